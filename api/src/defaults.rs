@@ -1,0 +1,64 @@
+//! Every default of the mesh, in one place, so the init rules, the proxy's listeners
+//! and the injected manifests can never disagree.
+
+use std::time::Duration;
+
+/// Port the outbound listener binds on loopback; nat OUTPUT redirects here.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Port the inbound listener binds on all addresses; nat PREROUTING redirects here.
+pub const INBOUND_PORT: u16 = 15006;
+/// Port of the admin server (probes, metrics, config, shutdown).
+pub const ADMIN_PORT: u16 = 15020;
+/// Port of the agent's HTTPS API.
+pub const AGENT_PORT: u16 = 15012;
+/// User id the proxy runs as; init exempts its traffic from redirection.
+pub const PROXY_UID: u32 = 2580;
+/// Group id the proxy runs as.
+pub const PROXY_GID: u32 = 2580;
+/// Inbound ports that bypass the proxy unless told otherwise (the admin port, so
+/// kubelet probes reach it directly).
+pub const SKIP_INBOUND_PORTS: &[u16] = &[ADMIN_PORT];
+/// Trust domain of workload identities.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// ALPN protocol id spoken between two Pillion proxies inside mesh TLS.
+pub const MESH_ALPN: &[u8] = b"pillion/1";
+/// Ports whose protocols speak first from the server, so detection is skipped.
+pub const OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+/// Time a connection may take to send enough bytes for protocol detection.
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to establish an upstream TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long in-flight connections may drain after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Lifetime of a leaf certificate.
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Share of a certificate's lifetime after which it is renewed.
+pub const RENEW_AT_FRACTION: f64 = 0.7;
+/// Prefix of every environment variable a Pillion binary reads.
+pub const ENV_PREFIX: &str = "PILLION_";
+
+/// Address the outbound listener binds, IPv4.
+pub const OUTBOUND_ADDR_V4: &str = "127.0.0.1:15001";
+/// Address the outbound listener binds, IPv6.
+pub const OUTBOUND_ADDR_V6: &str = "[::1]:15001";
+/// Address the inbound listener binds, IPv4.
+pub const INBOUND_ADDR_V4: &str = "0.0.0.0:15006";
+/// Address the inbound listener binds, IPv6.
+pub const INBOUND_ADDR_V6: &str = "[::]:15006";
+/// Address the admin server binds.
+pub const ADMIN_ADDR: &str = "0.0.0.0:15020";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_agree_with_ports() {
+        assert!(OUTBOUND_ADDR_V4.ends_with(&format!(":{OUTBOUND_PORT}")));
+        assert!(OUTBOUND_ADDR_V6.ends_with(&format!(":{OUTBOUND_PORT}")));
+        assert!(INBOUND_ADDR_V4.ends_with(&format!(":{INBOUND_PORT}")));
+        assert!(INBOUND_ADDR_V6.ends_with(&format!(":{INBOUND_PORT}")));
+        assert!(ADMIN_ADDR.ends_with(&format!(":{ADMIN_PORT}")));
+        assert!(SKIP_INBOUND_PORTS.contains(&ADMIN_PORT));
+    }
+}

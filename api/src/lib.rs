@@ -1,0 +1,6 @@
+//! Types and defaults that Pillion's agent, proxy and init share.
+//!
+//! The proxy and the agent never depend on each other; they meet here.
+#![forbid(unsafe_code)]
+
+pub mod defaults;
