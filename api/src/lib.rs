@@ -3,4 +3,6 @@
 //! The proxy and the agent never depend on each other; they meet here.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod defaults;
+pub mod view;
