@@ -62,3 +62,39 @@ mod tests {
         assert!(SKIP_INBOUND_PORTS.contains(&ADMIN_PORT));
     }
 }
+
+/// Environment variable names the proxy reads; the Kubernetes injector sets exactly
+/// these, so the two can never drift apart.
+pub mod env {
+    /// Address (host:port) of the agent's API.
+    pub const AGENT_ADDR: &str = "PILLION_AGENT_ADDR";
+    /// SPIFFE id the agent's certificate must carry.
+    pub const AGENT_IDENTITY: &str = "PILLION_AGENT_IDENTITY";
+    /// Path of the PEM trust anchors that verify the agent (and seed the mesh bundle).
+    pub const TRUST_ANCHORS: &str = "PILLION_TRUST_ANCHORS";
+    /// Path of the credential (a projected ServiceAccount token, or a local token).
+    pub const TOKEN_FILE: &str = "PILLION_TOKEN_FILE";
+    /// Trust domain of the workload's identity.
+    pub const TRUST_DOMAIN: &str = "PILLION_TRUST_DOMAIN";
+    /// Namespace of the workload (from the downward API).
+    pub const NAMESPACE: &str = "PILLION_NAMESPACE";
+    /// ServiceAccount of the workload (from the downward API).
+    pub const SERVICE_ACCOUNT: &str = "PILLION_SERVICE_ACCOUNT";
+    /// Pod name (from the downward API), for telemetry.
+    pub const POD_NAME: &str = "PILLION_POD_NAME";
+    /// Log filter, e.g. `info` or `pillion_proxy=debug`.
+    pub const LOG_LEVEL: &str = "PILLION_LOG_LEVEL";
+    /// `text` or `json`.
+    pub const LOG_FORMAT: &str = "PILLION_LOG_FORMAT";
+    /// Admin listener address.
+    pub const ADMIN_ADDR: &str = "PILLION_ADMIN_ADDR";
+    /// Comma list of inbound ports that skip protocol detection.
+    pub const OPAQUE_PORTS: &str = "PILLION_OPAQUE_PORTS";
+    /// Ratio of new traces to sample, 0.0 to 1.0.
+    pub const TRACE_SAMPLING: &str = "PILLION_TRACE_SAMPLING";
+}
+
+/// Default SPIFFE id path of the agent: `spiffe://<trust-domain>/ns/pillion/sa/agent`.
+pub const AGENT_NAMESPACE: &str = "pillion";
+/// Service account of the agent.
+pub const AGENT_SERVICE_ACCOUNT: &str = "agent";
