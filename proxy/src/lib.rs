@@ -1,1 +1,34 @@
 #![forbid(unsafe_code)]
+//! Pillion's per-pod sidecar data plane.
+//!
+//! Each connection climbs a stack of small layers:
+//! [`accept`] (listener, original destination) → [`outbound`] / [`inbound`]
+//! (where it should go) → [`relay`] (loop guard, connect, forward) built on
+//! [`transport`]. Protocol detection, TLS and routing slot in between as
+//! further layers. Around the stacks: [`admin`], [`metrics`], [`readiness`],
+//! [`drain`].
+//!
+//! In-process use: [`Proxy::bind`] (or [`Proxy::builder`]) binds every
+//! listener from a [`ProxyConfig`], then [`Proxy::run`] serves until the given
+//! shutdown future resolves (or `POST /shutdown` / [`drain::Drain::trigger`]),
+//! drains and returns a [`drain::DrainReport`]. The binary is
+//! [`cli::main_with_args`].
+
+pub mod accept;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod drain;
+pub mod duration;
+pub mod inbound;
+pub mod logging;
+pub mod loop_guard;
+pub mod metrics;
+pub mod outbound;
+pub mod proxy;
+pub mod readiness;
+pub mod relay;
+pub mod transport;
+
+pub use config::ProxyConfig;
+pub use proxy::{Proxy, ProxyBuilder, ProxyError};

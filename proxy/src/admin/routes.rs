@@ -1,0 +1,167 @@
+//! What each admin path answers. State-changing endpoints answer loopback callers only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use prometheus_client::registry::Registry;
+
+use crate::drain::Drain;
+use crate::metrics;
+use crate::readiness::Readiness;
+
+/// What the admin endpoints read and control.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// Conditions `/ready` reports.
+    pub readiness: Readiness,
+    /// Metrics `/metrics` renders.
+    pub registry: Arc<Registry>,
+    /// The drain `/shutdown` starts.
+    pub drain: Drain,
+}
+
+/// Content type of every plain-text answer.
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Answers one admin request from `peer`.
+pub fn respond(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    match (method, path) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
+        (&Method::GET, "/ready") => ready(&state.readiness),
+        (&Method::GET, "/metrics") => match metrics::encode(&state.registry) {
+            Ok(body) => with_type(StatusCode::OK, metrics::CONTENT_TYPE, body),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot encode metrics");
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode metrics\n".into(),
+                )
+            }
+        },
+        (&Method::POST, "/shutdown") => shutdown(&state.drain, peer),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// 200 `ready` when every condition holds, else 503 naming what is missing.
+fn ready(readiness: &Readiness) -> Response<Full<Bytes>> {
+    let missing = readiness.missing();
+    if missing.is_empty() {
+        return text(StatusCode::OK, "ready\n".into());
+    }
+    let names: Vec<&str> = missing.iter().map(|n| &**n).collect();
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready; unmet: {}\n", names.join(", ")),
+    )
+}
+
+/// Starts the drain for loopback callers; 403 for anyone else.
+fn shutdown(drain: &Drain, peer: SocketAddr) -> Response<Full<Bytes>> {
+    if !peer.ip().to_canonical().is_loopback() {
+        tracing::warn!(%peer, "refusing /shutdown from a non-loopback caller");
+        return text(
+            StatusCode::FORBIDDEN,
+            "shutdown answers loopback callers only\n".into(),
+        );
+    }
+    tracing::info!(%peer, "shutdown requested through the admin server");
+    drain.trigger();
+    text(StatusCode::OK, "shutting down\n".into())
+}
+
+/// A plain-text response.
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    with_type(status, TEXT, body)
+}
+
+/// A response with a body and a static content type.
+fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn state() -> AdminState {
+        AdminState {
+            readiness: Readiness::new(),
+            registry: Arc::new(Registry::default()),
+            drain: Drain::new(),
+        }
+    }
+
+    async fn call(
+        state: &AdminState,
+        method: Method,
+        path: &str,
+        peer: &str,
+    ) -> (StatusCode, String) {
+        let response = respond(state, &method, path, peer.parse().unwrap());
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readiness_names_what_is_missing() {
+        let s = state();
+        let c = s.readiness.condition("listeners bound");
+        let (status, body) = call(&s, Method::GET, "/ready", "198.18.0.2:1").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("listeners bound"), "{body}");
+        c.set(true);
+        assert_eq!(
+            call(&s, Method::GET, "/ready", "198.18.0.2:1").await,
+            (StatusCode::OK, "ready\n".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_loopback_only() {
+        let s = state();
+        let (status, _) = call(&s, Method::POST, "/shutdown", "198.18.0.2:1").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(!s.drain.is_draining());
+        let (status, _) = call(&s, Method::POST, "/shutdown", "[::ffff:127.0.0.1]:1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(s.drain.is_draining());
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_404() {
+        let s = state();
+        for (method, path) in [
+            (Method::GET, "/"),
+            (Method::GET, "/shutdown"),
+            (Method::POST, "/live"),
+            (Method::GET, "/metricsx"),
+        ] {
+            assert_eq!(
+                call(&s, method, path, "127.0.0.1:1").await.0,
+                StatusCode::NOT_FOUND,
+                "{path}"
+            );
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The `pillion-proxy` binary: flags and env vars, logging, the tokio runtime,
+//! signals, and exit codes. Everything else lives in the library.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use pillion_api::defaults;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{ProxyConfig, DEFAULT_BACKLOG};
+use crate::duration::HumaneDuration;
+use crate::logging::{self, LogFormat};
+use crate::proxy::Proxy;
+
+/// Exit code for a configuration the operator must fix (same as clap's usage errors).
+const EXIT_USAGE: u8 = 2;
+
+/// How long the runtime waits for stray tasks after the drain has finished.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The transparent sidecar proxy of the Pillion mesh.
+///
+/// Every flag can also be set through its `PILLION_*` environment variable.
+#[derive(Debug, Parser)]
+#[command(name = "pillion-proxy", version, about, long_about = None)]
+pub struct Args {
+    /// Addresses of the outbound listener (nat OUTPUT redirects here), comma-separated.
+    #[arg(
+        long,
+        env = "PILLION_OUTBOUND_ADDRS",
+        value_delimiter = ',',
+        default_values = [defaults::OUTBOUND_ADDR_V4, defaults::OUTBOUND_ADDR_V6],
+    )]
+    pub outbound_addrs: Vec<SocketAddr>,
+
+    /// Addresses of the inbound listener (nat PREROUTING redirects here), comma-separated.
+    #[arg(
+        long,
+        env = "PILLION_INBOUND_ADDRS",
+        value_delimiter = ',',
+        default_values = [defaults::INBOUND_ADDR_V4, defaults::INBOUND_ADDR_V6],
+    )]
+    pub inbound_addrs: Vec<SocketAddr>,
+
+    /// Address of the admin server (/live, /ready, /metrics, /shutdown).
+    #[arg(long, env = "PILLION_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+
+    /// Time allowed to connect upstream, e.g. 500ms, 5s, 2m.
+    #[arg(long, env = "PILLION_CONNECT_TIMEOUT", default_value_t = HumaneDuration(defaults::CONNECT_TIMEOUT))]
+    pub connect_timeout: HumaneDuration,
+
+    /// Time open connections may take to finish after SIGTERM, e.g. 30s, 2m.
+    #[arg(long, env = "PILLION_DRAIN_TIMEOUT", default_value_t = HumaneDuration(defaults::DRAIN_TIMEOUT))]
+    pub drain_timeout: HumaneDuration,
+
+    /// Log line format.
+    #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in RUST_LOG syntax, e.g. info or pillion_proxy=debug,warn.
+    #[arg(long, env = "PILLION_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Listen backlog of the outbound and inbound listeners.
+    #[arg(long, env = "PILLION_BACKLOG", default_value_t = DEFAULT_BACKLOG)]
+    pub backlog: u32,
+}
+
+impl Args {
+    /// The library configuration these flags describe (not yet validated).
+    pub fn to_config(&self) -> ProxyConfig {
+        ProxyConfig {
+            outbound_addrs: self.outbound_addrs.clone(),
+            inbound_addrs: self.inbound_addrs.clone(),
+            admin_addr: self.admin_addr,
+            connect_timeout: self.connect_timeout.get(),
+            drain_timeout: self.drain_timeout.get(),
+            backlog: self.backlog,
+        }
+    }
+}
+
+/// The whole `pillion-proxy` binary: parses `args` (including the program
+/// name), runs until the SIGTERM/SIGINT drain completes, and returns the exit code.
+pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(err) => {
+            // Prints help and version to stdout, usage errors to stderr.
+            let _ = err.print();
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(1));
+        }
+    };
+    let filter = match logging::filter(&args.log_level) {
+        Ok(filter) => filter,
+        Err(err) => return fail(EXIT_USAGE, &err),
+    };
+    let config = args.to_config();
+    if let Err(err) = config.validate() {
+        return fail(EXIT_USAGE, &err);
+    }
+    if let Err(err) = logging::init(args.log_format, filter) {
+        return fail(1, &err);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pillion-proxy")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(1, &format!("cannot start the tokio runtime: {err}")),
+    };
+    let result = runtime.block_on(serve(config));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(1, &format!("{err:#}")),
+    }
+}
+
+/// Binds, serves and drains.
+async fn serve(config: ProxyConfig) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
+    let proxy = Proxy::bind(config).await?;
+    tracing::info!(
+        outbound = ?proxy.outbound_addrs(),
+        inbound = ?proxy.inbound_addrs(),
+        admin = %proxy.admin_addr(),
+        "pillion-proxy listening"
+    );
+    let report = proxy.run(shutdown).await;
+    tracing::info!(forced = report.forced, "pillion-proxy stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT. Handlers are installed now, so a
+/// signal that arrives while binding is not lost.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "received shutdown signal");
+    })
+}
+
+/// Reports a fatal startup error on stderr and returns its exit code.
+fn fail(code: u8, err: &dyn std::fmt::Display) -> ExitCode {
+    tracing::error!(error = %err, "pillion-proxy cannot run");
+    eprintln!("pillion-proxy: error: {err}");
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("pillion-proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_come_from_the_shared_defaults() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.to_config(), ProxyConfig::default());
+        assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.log_level, "info");
+    }
+
+    #[test]
+    fn parses_lists_and_humane_durations() {
+        let args = parse(&[
+            "--outbound-addrs",
+            "127.0.0.1:1,[::1]:2",
+            "--connect-timeout",
+            "500ms",
+            "--drain-timeout",
+            "2m",
+            "--log-format",
+            "json",
+            "--backlog",
+            "10",
+        ])
+        .unwrap();
+        let c = args.to_config();
+        assert_eq!(c.outbound_addrs.len(), 2);
+        assert_eq!(c.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.drain_timeout, Duration::from_secs(120));
+        assert_eq!(c.backlog, 10);
+        assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn zero_connect_timeout_fails_validation() {
+        let args = parse(&["--connect-timeout", "0s"]).unwrap();
+        let err = args.to_config().validate().unwrap_err();
+        assert_eq!(err.to_string(), "--connect-timeout must be > 0, got 0s");
+    }
+
+    #[test]
+    fn bad_values_and_unknown_flags_are_clap_errors() {
+        assert!(parse(&["--connect-timeout", "5"]).is_err());
+        assert!(parse(&["--outbound-addrs", "nowhere"]).is_err());
+        assert!(parse(&["--log-format", "xml"]).is_err());
+        let err = parse(&["--bogus"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn every_flag_has_a_pillion_env_var() {
+        let cmd = Args::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{id} has no env var"));
+            let want = format!("{}{}", defaults::ENV_PREFIX, id.to_uppercase());
+            assert_eq!(env.to_str().unwrap(), want);
+        }
+        cmd.debug_assert();
+    }
+
+    #[test]
+    fn exits_non_zero_on_invalid_input() {
+        let code = |args: &[&str]| {
+            main_with_args(
+                std::iter::once("pillion-proxy")
+                    .chain(args.iter().copied())
+                    .map(OsString::from)
+                    .collect(),
+            )
+        };
+        assert_eq!(code(&["--bogus"]), ExitCode::from(2));
+        assert_eq!(
+            code(&["--connect-timeout", "0s"]),
+            ExitCode::from(EXIT_USAGE)
+        );
+        assert_eq!(code(&["--log-level", "x=loud"]), ExitCode::from(EXIT_USAGE));
+    }
+}

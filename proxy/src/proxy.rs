@@ -1,0 +1,338 @@
+//! The library entry point: bind every listener up front (so bind errors surface
+//! before anything runs), then run the stacks until a shutdown drains them.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::{AcceptLoop, Stack};
+use crate::admin::{AdminError, AdminServer, AdminState};
+use crate::config::{ConfigError, ProxyConfig};
+use crate::drain::{Drain, DrainReport};
+use crate::duration::HumaneDuration;
+use crate::inbound::Inbound;
+use crate::loop_guard::LoopGuard;
+use crate::metrics::{Direction, DirectionMetrics, TcpMetrics};
+use crate::outbound::Outbound;
+use crate::readiness::{Condition, Readiness};
+use crate::relay::Relay;
+use crate::transport::listen::{bind_all, BindError};
+use crate::transport::orig_dst::{KernelOrigDst, OrigDstLookup};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A traffic listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The admin listener could not be bound.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// A bound listener's address could not be read back.
+    #[error("cannot read the local address of a bound {flag} listener: {source}")]
+    LocalAddr {
+        /// The flag of the listener.
+        flag: &'static str,
+        /// The kernel's reason.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Name of the readiness condition the proxy meets once its listeners are bound.
+pub const READY_LISTENERS: &str = "listeners bound";
+/// Name of the readiness condition that fails once draining starts.
+pub const READY_NOT_DRAINING: &str = "proxy not draining";
+
+/// Options for [`Proxy`] beyond its [`ProxyConfig`]; start with [`Proxy::builder`].
+pub struct ProxyBuilder {
+    config: ProxyConfig,
+    orig_dst: Arc<dyn OrigDstLookup>,
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// A bound proxy: listeners and admin server are open, nothing is served
+/// until [`Proxy::run`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), pillion_proxy::ProxyError> {
+/// let proxy = pillion_proxy::Proxy::bind(pillion_proxy::ProxyConfig::default()).await?;
+/// tracing::info!(admin = %proxy.admin_addr(), "bound");
+/// let report = proxy.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// tracing::info!(forced = report.forced, "drained");
+/// # Ok(()) }
+/// ```
+pub struct Proxy {
+    config: ProxyConfig,
+    outbound: Vec<TcpListener>,
+    inbound: Vec<TcpListener>,
+    outbound_addrs: Vec<SocketAddr>,
+    inbound_addrs: Vec<SocketAddr>,
+    admin: AdminServer,
+    registry: Arc<Registry>,
+    tcp: TcpMetrics,
+    readiness: Readiness,
+    not_draining: Condition,
+    drain: Drain,
+    orig_dst: Arc<dyn OrigDstLookup>,
+}
+
+impl ProxyBuilder {
+    /// Replaces the original-destination lookup (default: the kernel's
+    /// `SO_ORIGINAL_DST`), e.g. with a fixed address in tests.
+    pub fn orig_dst(mut self, lookup: impl OrigDstLookup) -> Self {
+        self.orig_dst = Arc::new(lookup);
+        self
+    }
+
+    /// Starts from a registry that already holds the caller's own metrics;
+    /// the TCP metrics are added to it.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Shares a readiness state whose extra conditions (certificate, first
+    /// view, ...) `/ready` should also wait for.
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Validates the config and binds every listener. Must run inside a tokio runtime.
+    pub async fn bind(self) -> Result<Proxy, ProxyError> {
+        let Self {
+            config,
+            orig_dst,
+            mut registry,
+            readiness,
+        } = self;
+        config.validate()?;
+        let listeners_bound = readiness.condition(READY_LISTENERS);
+        let not_draining = readiness.condition(READY_NOT_DRAINING);
+        not_draining.set(true);
+
+        let outbound = bind_all("--outbound-addrs", &config.outbound_addrs, config.backlog)?;
+        let inbound = bind_all("--inbound-addrs", &config.inbound_addrs, config.backlog)?;
+        let admin = AdminServer::bind(config.admin_addr)?;
+        let outbound_addrs = local_addrs("--outbound-addrs", &outbound)?;
+        let inbound_addrs = local_addrs("--inbound-addrs", &inbound)?;
+
+        let tcp = TcpMetrics::register(&mut registry);
+        listeners_bound.set(true);
+        Ok(Proxy {
+            config,
+            outbound,
+            inbound,
+            outbound_addrs,
+            inbound_addrs,
+            admin,
+            registry: Arc::new(registry),
+            tcp,
+            readiness,
+            not_draining,
+            drain: Drain::new(),
+            orig_dst,
+        })
+    }
+}
+
+impl Proxy {
+    /// A builder for options beyond the config (lookup, registry, readiness).
+    pub fn builder(config: ProxyConfig) -> ProxyBuilder {
+        ProxyBuilder {
+            config,
+            orig_dst: Arc::new(KernelOrigDst),
+            registry: Registry::default(),
+            readiness: Readiness::new(),
+        }
+    }
+
+    /// Validates `config` and binds with the default options. Must run inside a tokio runtime.
+    pub async fn bind(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        Self::builder(config).bind().await
+    }
+
+    /// The outbound listener addresses actually bound (IPv6 may have been skipped).
+    pub fn outbound_addrs(&self) -> &[SocketAddr] {
+        &self.outbound_addrs
+    }
+
+    /// The inbound listener addresses actually bound.
+    pub fn inbound_addrs(&self) -> &[SocketAddr] {
+        &self.inbound_addrs
+    }
+
+    /// The admin server's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// The readiness state `/ready` reports; add conditions to hold it back.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The drain; `drain().trigger()` starts the same shutdown as SIGTERM.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// One direction's metric handles, e.g. to read counters in tests.
+    pub fn metrics(&self, direction: Direction) -> DirectionMetrics {
+        self.tcp.direction(direction)
+    }
+
+    /// The metrics registry `/metrics` renders.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serves until `shutdown` resolves or the drain is triggered (e.g. by
+    /// `POST /shutdown`), then closes the listeners, waits up to the drain
+    /// timeout for open connections and force-closes the rest.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> DrainReport {
+        let Proxy {
+            config,
+            outbound,
+            inbound,
+            outbound_addrs,
+            inbound_addrs,
+            admin,
+            registry,
+            tcp,
+            readiness,
+            not_draining,
+            drain,
+            orig_dst,
+        } = self;
+        let loop_guard = LoopGuard::new(
+            outbound_addrs
+                .iter()
+                .chain(&inbound_addrs)
+                .map(SocketAddr::port),
+        );
+        let relay = |direction| {
+            Relay::new(
+                direction,
+                loop_guard.clone(),
+                config.connect_timeout,
+                tcp.direction(direction),
+            )
+        };
+        let outbound_stack = Arc::new(Outbound::new(relay(Direction::Outbound)));
+        let inbound_stack = Arc::new(Inbound::new(relay(Direction::Inbound)));
+
+        let mut accepting = Vec::new();
+        for listener in outbound {
+            let task = accept_loop(
+                listener,
+                Arc::clone(&outbound_stack),
+                &orig_dst,
+                &tcp,
+                &drain,
+            );
+            accepting.push(tokio::spawn(task));
+        }
+        for listener in inbound {
+            let task = accept_loop(
+                listener,
+                Arc::clone(&inbound_stack),
+                &orig_dst,
+                &tcp,
+                &drain,
+            );
+            accepting.push(tokio::spawn(task));
+        }
+
+        let admin_stop = CancellationToken::new();
+        let admin_state = AdminState {
+            readiness,
+            registry,
+            drain: drain.clone(),
+        };
+        let admin_task =
+            tokio::spawn(admin.serve(admin_state, admin_stop.clone().cancelled_owned()));
+        tracing::info!(
+            outbound = ?outbound_addrs,
+            inbound = ?inbound_addrs,
+            "proxy serving"
+        );
+
+        tokio::select! {
+            () = shutdown => tracing::info!("shutdown signal received; draining"),
+            () = drain.started() => tracing::info!("shutdown requested; draining"),
+        }
+        not_draining.set(false);
+        drain.trigger();
+        for task in accepting {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "accept loop failed");
+            }
+        }
+        tracing::info!(
+            open = drain.active(),
+            timeout = %HumaneDuration(config.drain_timeout),
+            "listeners closed; waiting for open connections"
+        );
+        let report = drain.finish(config.drain_timeout).await;
+        if report.forced > 0 {
+            tracing::warn!(
+                forced = report.forced,
+                "drain timeout elapsed; force-closed the remaining connections"
+            );
+        } else {
+            tracing::info!(
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "drain complete"
+            );
+        }
+        admin_stop.cancel();
+        if let Err(err) = admin_task.await {
+            tracing::error!(error = %err, "admin server failed");
+        }
+        report
+    }
+}
+
+/// Builds and runs one listener's accept loop.
+fn accept_loop<S: Stack>(
+    listener: TcpListener,
+    stack: Arc<S>,
+    orig_dst: &Arc<dyn OrigDstLookup>,
+    tcp: &TcpMetrics,
+    drain: &Drain,
+) -> impl Future<Output = ()> + Send + 'static {
+    let metrics = tcp.direction(stack.direction());
+    AcceptLoop {
+        listener,
+        stack,
+        orig_dst: Arc::clone(orig_dst),
+        metrics,
+        drain: drain.clone(),
+    }
+    .run()
+}
+
+/// The addresses the kernel actually bound (resolves port 0).
+fn local_addrs(
+    flag: &'static str,
+    listeners: &[TcpListener],
+) -> Result<Vec<SocketAddr>, ProxyError> {
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map_err(|source| ProxyError::LocalAddr { flag, source })
+        })
+        .collect()
+}
