@@ -23,9 +23,8 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Err(error) => {
             // --help and --version land here too, with exit code 0.
             let code = error.exit_code();
-            if let Err(print_error) = error.print() {
-                drop(print_error);
-            }
+            // Nothing better to do if stderr itself is gone.
+            let _ = error.print();
             return ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX));
         }
     };

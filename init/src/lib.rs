@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 //! `pillion-init`: installs (and removes) the nat redirect rules in a pod's network
 //! namespace so that the pod's Pillion proxy transparently intercepts its TCP.
 //!

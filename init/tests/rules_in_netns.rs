@@ -145,6 +145,12 @@ netns_test! {
     /// Auto picks nft in an empty namespace, legacy where legacy already has rules, and
     /// auto cleanup finds the rules wherever they are.
     fn auto_backend_follows_the_namespace() {
+        // Cleanup with nothing installed succeeds, and detection creates no tables.
+        let out = init_ok(&["--cleanup"]);
+        assert!(out.stderr.contains("nothing to clean up"), "{}", out.stderr);
+        assert_eq!(dump("iptables", "legacy"), "");
+        assert_eq!(dump("ip6tables", "legacy"), "");
+
         init_ok(&[]);
         assert!(dump_nat("iptables", "nft").contains(JUMP_OUT));
         assert!(dump_nat("ip6tables", "nft").contains(JUMP_OUT));
