@@ -48,7 +48,8 @@
 //! - [`metrics`]: scrape and query a proxy's `/metrics`;
 //! - [`apps`]: echo and reply-after-EOF servers, clients, test data, checksum;
 //! - [`rules`]: normalised `iptables-save` output;
-//! - [`multicall`]: `<bin> init|proxy …`, so one test binary runs every program.
+//! - [`multicall`]: `<bin> init|proxy …`, so one test binary runs every program;
+//! - [`probe`]: a one-shot TCP client process (e.g. to run as the proxy's uid).
 
 pub mod addr;
 pub mod apps;
@@ -60,6 +61,7 @@ pub mod metrics;
 pub mod multicall;
 mod netns;
 mod pod;
+pub mod probe;
 pub mod process;
 pub mod rules;
 pub mod sidecar;

@@ -35,3 +35,30 @@ pub fn dump(procs: &[&Process]) -> String {
 pub fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
 }
+
+/// Polls `check` every 20 ms until it returns true; false if `limit` passes first.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Metric names of the proxy's TCP contract.
+pub mod m {
+    pub const OPENED: &str = "pillion_tcp_connections_opened_total";
+    pub const CLOSED: &str = "pillion_tcp_connections_closed_total";
+    pub const OPEN: &str = "pillion_tcp_connections_open";
+    pub const SENT: &str = "pillion_tcp_sent_bytes_total";
+    pub const RECEIVED: &str = "pillion_tcp_received_bytes_total";
+    pub const CONNECT_FAILURES: &str = "pillion_tcp_connect_failures_total";
+    pub const LOOPS: &str = "pillion_tcp_loops_refused_total";
+    pub const OUT: &[(&str, &str)] = &[("direction", "outbound")];
+    pub const IN: &[(&str, &str)] = &[("direction", "inbound")];
+}
