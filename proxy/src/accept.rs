@@ -63,7 +63,10 @@ impl<S: Stack> AcceptLoop<S> {
     /// connections are refused.
     pub async fn run(self) {
         let direction = self.stack.direction();
-        let local = self.listener.local_addr().ok();
+        let listener = self
+            .listener
+            .local_addr()
+            .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -80,7 +83,7 @@ impl<S: Stack> AcceptLoop<S> {
                 }
             }
         }
-        tracing::info!(%direction, listener = ?local, "listener closed");
+        tracing::info!(%direction, %listener, "listener closed");
     }
 
     /// Reads the connection's addresses and spawns its stack as a tracked task.

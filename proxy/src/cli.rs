@@ -48,7 +48,7 @@ pub struct Args {
     pub inbound_addrs: Vec<SocketAddr>,
 
     /// Address of the admin server (/live, /ready, /metrics, /shutdown).
-    #[arg(long, env = "PILLION_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
+    #[arg(long, env = defaults::env::ADMIN_ADDR, default_value = defaults::ADMIN_ADDR)]
     pub admin_addr: SocketAddr,
 
     /// Time allowed to connect upstream, e.g. 500ms, 5s, 2m.
@@ -60,11 +60,11 @@ pub struct Args {
     pub drain_timeout: HumaneDuration,
 
     /// Log line format.
-    #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = defaults::env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter in RUST_LOG syntax, e.g. info or pillion_proxy=debug,warn.
-    #[arg(long, env = "PILLION_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = defaults::env::LOG_LEVEL, default_value = "info")]
     pub log_level: String,
 
     /// Listen backlog of the outbound and inbound listeners.

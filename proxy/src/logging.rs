@@ -1,6 +1,8 @@
 //! Installs the process-wide `tracing` subscriber: text or JSON lines on
 //! stderr, filtered with `RUST_LOG`-style directives.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::filter::{EnvFilter, ParseError};
 
 /// How log lines are written.
@@ -42,7 +44,8 @@ pub fn filter(value: &str) -> Result<EnvFilter, LogError> {
 pub fn init(format: LogFormat, filter: EnvFilter) -> Result<(), LogError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
