@@ -1,0 +1,16 @@
+//! The mesh certificate authority: generation, loading, CSR checks and issuance.
+
+mod authority;
+mod chain;
+mod csr_check;
+mod error;
+mod files;
+mod leaf;
+
+pub use authority::{Ca, ROOT_LIFETIME};
+pub use error::{CaError, IssueError};
+pub use files::{CA_CERT_FILE, CA_KEY_FILE};
+pub use leaf::{Issued, BACKDATE};
+
+#[cfg(test)]
+pub(crate) use leaf::Validity;
