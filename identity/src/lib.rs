@@ -12,10 +12,14 @@ mod cert_info;
 pub mod csr;
 mod pem_blocks;
 pub mod spiffe;
+pub mod store;
+pub mod tls;
 
 pub use ca::{Ca, CaError, IssueError, Issued};
 pub use cert_info::CertInfoError;
 pub use csr::CsrError;
 pub use pem_blocks::PemError;
 pub use spiffe::{IdError, SpiffeId, SpiffeIdPattern};
+pub use store::{CertStore, StoreError};
+pub use tls::{PeerRejected, TlsError};
 pub use zeroize::Zeroizing;
