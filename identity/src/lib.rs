@@ -6,6 +6,7 @@
 //! its TLS once with [`tls::server_config`] / [`tls::client_config`], which follow
 //! the store as certificates and bundles rotate.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod ca;
 mod cert_info;
