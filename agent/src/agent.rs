@@ -1,0 +1,191 @@
+//! Starting and stopping a whole agent: source, CA, trust anchor, serving
+//! certificate and server, in that order. The binary and the tests both use it.
+
+use crate::ca::{AgentCa, CaSetupError};
+use crate::config::{AgentConfig, ConfigError};
+use crate::server::tls::{ServingCert, ServingCertError};
+use crate::server::{self, Shared};
+use crate::source::{self, Snapshot, SourceError, SourceHandle};
+use crate::trust_anchor::{self, WriteAnchorError};
+use pillion_identity::SpiffeId;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Time `shutdown` waits for the server and background tasks to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration value cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The source file is missing or broken.
+    #[error("cannot load the source: {0}")]
+    Source(#[from] SourceError),
+    /// The CA cannot be loaded or created.
+    #[error(transparent)]
+    Ca(#[from] CaSetupError),
+    /// The trust anchor cannot be written.
+    #[error(transparent)]
+    TrustAnchor(#[from] WriteAnchorError),
+    /// The agent's own certificate cannot be made.
+    #[error(transparent)]
+    ServingCert(#[from] ServingCertError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Entry point for starting an agent.
+#[derive(Debug)]
+pub struct Agent;
+
+/// A started agent: where it listens, what it trusts, and how to stop it. Dropping
+/// it stops the agent too (without waiting).
+#[derive(Debug)]
+pub struct RunningAgent {
+    local_addr: SocketAddr,
+    trust_anchor_pem: String,
+    agent_identity: SpiffeId,
+    source: SourceHandle,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts an agent: everything that can fail does so here, before it serves.
+    /// Must be called inside a tokio runtime.
+    pub async fn start(config: AgentConfig) -> Result<RunningAgent, StartError> {
+        config.validate()?;
+        let shutdown = CancellationToken::new();
+        let source = source::start(
+            &config.source,
+            &config.trust_domain,
+            config.reload_interval,
+            shutdown.child_token(),
+        )
+        .inspect_err(|_| shutdown.cancel())?;
+        let started = Self::start_serving(&config, &source, &shutdown).await;
+        let (local_addr, ca, tasks) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e);
+            }
+        };
+        tracing::info!(%local_addr, identity = %ca.agent_identity(),
+            trust_domain = %config.trust_domain, "agent serving");
+        Ok(RunningAgent {
+            local_addr,
+            trust_anchor_pem: ca.trust_bundle_pem(),
+            agent_identity: ca.agent_identity().clone(),
+            source,
+            shutdown,
+            tasks,
+        })
+    }
+
+    async fn start_serving(
+        config: &AgentConfig,
+        source: &SourceHandle,
+        shutdown: &CancellationToken,
+    ) -> Result<(SocketAddr, Arc<AgentCa>, Vec<JoinHandle<()>>), StartError> {
+        let ca = Arc::new(AgentCa::open(&config.ca, &config.trust_domain)?);
+        if let Some(path) = &config.trust_anchor_out {
+            trust_anchor::write_atomic(path, &ca.trust_bundle_pem())?;
+        }
+        let (cert, expires_at) = ServingCert::issue(&ca, config.agent_cert_lifetime)?;
+        let cert = Arc::new(cert);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            source: source.subscribe(),
+            ca: ca.clone(),
+            leaf_lifetime: config.leaf_lifetime,
+            shutdown: shutdown.clone(),
+        });
+        let tasks = vec![
+            tokio::spawn(server::serve(listener, cert.clone(), shared)),
+            tokio::spawn(cert.keep_renewed(ca.clone(), expires_at, shutdown.clone())),
+        ];
+        Ok((local_addr, ca, tasks))
+    }
+}
+
+impl RunningAgent {
+    /// The address the API listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The root certificate(s) that verify the agent and every workload, PEM.
+    pub fn trust_anchor_pem(&self) -> &str {
+        &self.trust_anchor_pem
+    }
+
+    /// The SPIFFE id the agent's serving certificate carries.
+    pub fn agent_identity(&self) -> &SpiffeId {
+        &self.agent_identity
+    }
+
+    /// The catalog version being served now.
+    pub fn version(&self) -> u64 {
+        self.source.current().version
+    }
+
+    /// The snapshot being served now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.source.current()
+    }
+
+    /// Why the newest source file was refused, until a good one replaces it.
+    pub fn last_error(&self) -> Option<SourceError> {
+        self.source.last_error()
+    }
+
+    /// A handle that stops the agent when cancelled (for signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, ends watch streams, lets open requests finish briefly, and
+    /// waits for the background tasks.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        let tasks = std::mem::take(&mut self.tasks);
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+            self.source.stopped().await;
+        };
+        if tokio::time::timeout(STOP_TIMEOUT, all).await.is_err() {
+            tracing::warn!("agent tasks did not stop in time");
+        }
+        tracing::info!("agent stopped");
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

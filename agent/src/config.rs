@@ -1,0 +1,293 @@
+//! The agent's command line (every flag also an environment variable `PILLION_*`),
+//! checked at start into an [`AgentConfig`] with messages that say what to fix.
+
+use crate::ca::CaSpec;
+use crate::source::SourceSpec;
+use clap::{Parser, ValueEnum};
+use pillion_api::defaults;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How often the source file is checked for changes unless told otherwise.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
+/// Lifetime of the agent's own serving certificate (renewed at
+/// [`defaults::RENEW_AT_FRACTION`] of it), independent of `--leaf-lifetime`.
+pub const AGENT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Shortest leaf lifetime accepted: anything shorter cannot be renewed in time.
+const MIN_LEAF_LIFETIME: Duration = Duration::from_secs(1);
+/// Longest leaf lifetime accepted.
+const MAX_LEAF_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Reload interval bounds: fast enough for tests, slow enough to be sane.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_RELOAD_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Command line of `pillion-agent`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pillion-agent",
+    version,
+    about = "Pillion's central agent: signs workload certificates and streams discovery and policy to the proxies."
+)]
+pub struct AgentArgs {
+    /// YAML source (workloads, tokens, services, policy), re-read when it changes.
+    /// Without it the agent serves the embedded local-demo default.
+    #[arg(long, env = "PILLION_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the HTTPS (HTTP/2 and HTTP/1.1) API.
+    #[arg(long, env = "PILLION_LISTEN", value_name = "ADDR",
+          default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, defaults::AGENT_PORT)))]
+    pub listen: SocketAddr,
+
+    /// Directory holding the CA (`ca.pem`, `ca-key.pem`); generated there if absent.
+    /// Without it the CA lives in memory and changes at every start.
+    #[arg(long, env = "PILLION_CA_DIR", value_name = "PATH")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Trust domain of every identity the agent issues.
+    #[arg(long, env = "PILLION_TRUST_DOMAIN", value_name = "DOMAIN",
+          default_value = defaults::TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Lifetime of issued workload certificates, like `24h` or `10s`.
+    #[arg(long, env = "PILLION_LEAF_LIFETIME", value_name = "DURATION",
+          default_value_t = humantime::Duration::from(defaults::LEAF_LIFETIME))]
+    pub leaf_lifetime: humantime::Duration,
+
+    /// Write the CA's root certificate (PEM) here at start, so proxies can verify the agent.
+    #[arg(long, env = "PILLION_TRUST_ANCHOR_OUT", value_name = "PATH")]
+    pub trust_anchor_out: Option<PathBuf>,
+
+    /// How often to check the source file for changes, like `500ms`.
+    #[arg(long, env = "PILLION_RELOAD_INTERVAL", value_name = "DURATION",
+          default_value_t = humantime::Duration::from(DEFAULT_RELOAD_INTERVAL))]
+    pub reload_interval: humantime::Duration,
+
+    /// Log line format.
+    #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, like `info` or `pillion_agent=debug,info`.
+    #[arg(
+        long,
+        env = "PILLION_LOG_LEVEL",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+/// Everything an agent needs to start, already checked.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where workloads, services and policy come from.
+    pub source: SourceSpec,
+    /// Address of the HTTPS API (port 0 picks a free port; see `local_addr`).
+    pub listen: SocketAddr,
+    /// Where the CA lives.
+    pub ca: CaSpec,
+    /// Trust domain of every identity.
+    pub trust_domain: String,
+    /// Lifetime of issued workload certificates.
+    pub leaf_lifetime: Duration,
+    /// Lifetime of the agent's own serving certificate.
+    pub agent_cert_lifetime: Duration,
+    /// Where to write the root certificate at start, if anywhere.
+    pub trust_anchor_out: Option<PathBuf>,
+    /// How often to poll the source file.
+    pub reload_interval: Duration,
+}
+
+/// A flag value that cannot work, with what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {reason}")]
+pub struct ConfigError {
+    /// The offending flag, like `--leaf-lifetime`.
+    pub flag: &'static str,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl AgentConfig {
+    /// A configuration with every default, serving `source`; tests then set `listen`
+    /// to a loopback address with port 0.
+    pub fn new(source: SourceSpec) -> Self {
+        Self {
+            source,
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, defaults::AGENT_PORT)),
+            ca: CaSpec::InMemory,
+            trust_domain: defaults::TRUST_DOMAIN.to_string(),
+            leaf_lifetime: defaults::LEAF_LIFETIME,
+            agent_cert_lifetime: AGENT_CERT_LIFETIME,
+            trust_anchor_out: None,
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+        }
+    }
+
+    /// Checks values that don't depend on the command line, for library callers too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        pillion_identity::spiffe::validate_trust_domain(&self.trust_domain).map_err(|e| {
+            ConfigError {
+                flag: "--trust-domain",
+                reason: format!(
+                    "{e}; use a lowercase DNS-like name such as `{}`",
+                    defaults::TRUST_DOMAIN
+                ),
+            }
+        })?;
+        check_range(
+            "--leaf-lifetime",
+            self.leaf_lifetime,
+            MIN_LEAF_LIFETIME,
+            MAX_LEAF_LIFETIME,
+        )?;
+        check_range(
+            "--reload-interval",
+            self.reload_interval,
+            MIN_RELOAD_INTERVAL,
+            MAX_RELOAD_INTERVAL,
+        )?;
+        if let SourceSpec::File(path) = &self.source {
+            if !path.is_file() {
+                return Err(ConfigError {
+                    flag: "--config",
+                    reason: format!(
+                        "{} is not a readable file; give the path of the agent's YAML source, \
+                         or leave --config out to serve the embedded demo default",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        if let CaSpec::Dir(dir) = &self.ca {
+            if dir.exists() && !dir.is_dir() {
+                return Err(ConfigError {
+                    flag: "--ca-dir",
+                    reason: format!(
+                        "{} exists but is not a directory; give a directory for ca.pem and ca-key.pem",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        if let Some(out) = &self.trust_anchor_out {
+            let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+            if parent.is_some_and(|p| !p.is_dir()) || out.is_dir() {
+                return Err(ConfigError {
+                    flag: "--trust-anchor-out",
+                    reason: format!(
+                        "cannot write {}: its directory must exist and the path must not be a directory",
+                        out.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AgentArgs {
+    /// Turns the command line into a checked [`AgentConfig`].
+    pub fn to_config(&self) -> Result<AgentConfig, ConfigError> {
+        let config = AgentConfig {
+            source: match &self.config {
+                Some(path) => SourceSpec::File(path.clone()),
+                None => SourceSpec::Embedded,
+            },
+            listen: self.listen,
+            ca: match &self.ca_dir {
+                Some(dir) => CaSpec::Dir(dir.clone()),
+                None => CaSpec::InMemory,
+            },
+            trust_domain: self.trust_domain.clone(),
+            leaf_lifetime: self.leaf_lifetime.into(),
+            agent_cert_lifetime: AGENT_CERT_LIFETIME,
+            trust_anchor_out: self.trust_anchor_out.clone(),
+            reload_interval: self.reload_interval.into(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn check_range(
+    flag: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError {
+            flag,
+            reason: format!(
+                "{} is out of range; use between {} and {}",
+                humantime::format_duration(value),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<AgentArgs, clap::Error> {
+        AgentArgs::try_parse_from(std::iter::once("pillion-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_come_from_the_api_defaults() {
+        let config = parse(&[]).unwrap().to_config().unwrap();
+        assert_eq!(config.source, SourceSpec::Embedded);
+        assert_eq!(config.listen.port(), defaults::AGENT_PORT);
+        assert_eq!(config.trust_domain, defaults::TRUST_DOMAIN);
+        assert_eq!(config.leaf_lifetime, defaults::LEAF_LIFETIME);
+        assert_eq!(config.reload_interval, Duration::from_millis(500));
+        assert_eq!(config.ca, CaSpec::InMemory);
+    }
+
+    #[test]
+    fn humane_durations_parse() {
+        let args = parse(&["--leaf-lifetime", "10s", "--reload-interval", "50ms"]).unwrap();
+        let config = args.to_config().unwrap();
+        assert_eq!(config.leaf_lifetime, Duration::from_secs(10));
+        assert_eq!(config.reload_interval, Duration::from_millis(50));
+        assert!(parse(&["--leaf-lifetime", "ten seconds"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_say_what_to_fix() {
+        let e = parse(&["--leaf-lifetime", "0s"])
+            .unwrap()
+            .to_config()
+            .unwrap_err();
+        assert_eq!(e.flag, "--leaf-lifetime");
+        assert!(e.reason.contains("use between"), "{e}");
+
+        let e = parse(&["--trust-domain", "Bad Domain"])
+            .unwrap()
+            .to_config()
+            .unwrap_err();
+        assert_eq!(e.flag, "--trust-domain");
+
+        let e = parse(&["--config", "/nonexistent/pillion.yaml"])
+            .unwrap()
+            .to_config()
+            .unwrap_err();
+        assert_eq!(e.flag, "--config");
+        assert!(e.reason.contains("embedded demo default"), "{e}");
+    }
+}

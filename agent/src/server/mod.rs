@@ -1,0 +1,133 @@
+//! The agent's HTTPS API: accepts TLS connections, speaks HTTP/2 or HTTP/1.1 (by
+//! ALPN), and routes requests to the certificate and watch handlers.
+
+pub mod auth;
+pub mod certificates;
+pub mod reply;
+pub mod tls;
+pub mod watch;
+
+use crate::ca::AgentCa;
+use crate::source::Snapshot;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use pillion_api::certs::{error_codes, CERTIFICATES_PATH, HEALTHZ_PATH, WATCH_PATH};
+use reply::Body;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tls::ServingCert;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an HTTP/1.1 client has to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PING interval, so dead watchers are noticed and dropped.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// Time a PING has to be answered.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time open connections get to finish after shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every request handler needs.
+#[derive(Debug)]
+pub struct Shared {
+    /// The published catalogs.
+    pub source: tokio::sync::watch::Receiver<Snapshot>,
+    /// The CA that signs workload CSRs.
+    pub ca: Arc<AgentCa>,
+    /// Lifetime of issued workload certificates.
+    pub leaf_lifetime: Duration,
+    /// Fires when the agent shuts down; ends watch streams.
+    pub shutdown: CancellationToken,
+}
+
+/// Serves connections from `listener` until `shared.shutdown` fires, then lets open
+/// connections finish for a short grace period.
+pub async fn serve(listener: TcpListener, cert: Arc<ServingCert>, shared: Arc<Shared>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = cert.acceptor();
+        let shared = shared.clone();
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(req, &shared).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!("all connections closed"),
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("connections still open after the shutdown grace period"),
+    }
+}
+
+/// Sends a request to its handler.
+async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match (&method, path.as_str()) {
+        (&Method::POST, CERTIFICATES_PATH) => certificates::handle(req, shared).await,
+        (&Method::GET, WATCH_PATH) => watch::handle(&req, shared),
+        (&Method::GET, HEALTHZ_PATH) => reply::bytes(StatusCode::OK, "text/plain", "ok\n"),
+        (_, CERTIFICATES_PATH | WATCH_PATH | HEALTHZ_PATH) => reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            error_codes::METHOD_NOT_ALLOWED,
+            format!(
+                "use POST {CERTIFICATES_PATH}, GET {WATCH_PATH} or GET {HEALTHZ_PATH}"
+            ),
+        ),
+        _ => reply::error(
+            StatusCode::NOT_FOUND,
+            error_codes::NOT_FOUND,
+            format!("no such endpoint; the agent serves POST {CERTIFICATES_PATH}, GET {WATCH_PATH} and GET {HEALTHZ_PATH}"),
+        ),
+    }
+}

@@ -1,0 +1,131 @@
+//! `GET /v1/watch`: streams the requesting workload's [`View`] as newline-delimited
+//! JSON: the current view at once, then a new line whenever it changes.
+//!
+//! Why one long-lived stream rather than a long poll: a change reaches every proxy
+//! as soon as the reloader publishes it, without a request round trip per change and
+//! without a gap between polls (the `watch` channel always holds the newest value,
+//! so a slow reader skips to the latest view instead of queueing stale ones). Under
+//! HTTP/2 the stream shares one connection with certificate requests and PING frames
+//! keep it alive; under HTTP/1.1 it is a chunked response (`curl -N` shows it live).
+//! The cost, that a proxy must notice a dead stream and reconnect with backoff, it
+//! pays anyway, since the agent can restart at any time.
+
+use super::auth::authenticate;
+use super::reply::Body;
+use super::Shared;
+use crate::source::Snapshot;
+use crate::token::TokenHash;
+use crate::view::{same_except_version, view_for};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use pillion_api::view::View;
+use pillion_identity::SpiffeId;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Lines buffered per watcher; the watch channel already collapses bursts.
+const BUFFERED_LINES: usize = 2;
+
+/// Starts a view stream for the workload the token proves.
+pub fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let rx = shared.source.clone();
+    let (identity, token) = {
+        let snapshot = rx.borrow().clone();
+        match authenticate(req.headers(), &snapshot.catalog, "watch") {
+            Ok((w, token)) => (w.identity.clone(), token),
+            Err(resp) => return *resp,
+        }
+    };
+    let (tx, lines) = mpsc::channel(BUFFERED_LINES);
+    tracing::info!(%identity, token_sha256 = %token.short(), "watch started");
+    tokio::spawn(stream_views(
+        rx,
+        token,
+        identity,
+        tx,
+        shared.shutdown.clone(),
+    ));
+    let mut resp = Response::new(LineBody { lines }.boxed());
+    *resp.status_mut() = StatusCode::OK;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Sends the workload's view now and after every change that affects it, until the
+/// client goes away, the token stops proving the identity, or the agent shuts down.
+async fn stream_views(
+    mut rx: watch::Receiver<Snapshot>,
+    token: TokenHash,
+    identity: SpiffeId,
+    tx: mpsc::Sender<Bytes>,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<View> = None;
+    loop {
+        let view = {
+            let snapshot = rx.borrow_and_update();
+            snapshot
+                .catalog
+                .workload_for_hash(&token)
+                .filter(|w| w.identity == identity)
+                .map(|w| view_for(&snapshot.catalog, w, snapshot.version))
+        };
+        let Some(view) = view else {
+            tracing::info!(%identity, token_sha256 = %token.short(),
+                "watch ended: the token no longer proves this identity");
+            return;
+        };
+        if !last.as_ref().is_some_and(|l| same_except_version(l, &view)) {
+            let mut line = match serde_json::to_vec(&view) {
+                Ok(line) => line,
+                Err(e) => {
+                    tracing::error!(%identity, error = %e, "cannot encode a view; ending the watch");
+                    return;
+                }
+            };
+            line.push(b'\n');
+            tokio::select! {
+                sent = tx.send(Bytes::from(line)) => if sent.is_err() { break },
+                _ = shutdown.cancelled() => return,
+            }
+            tracing::debug!(%identity, version = view.version, "view sent");
+            last = Some(view);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tx.closed() => break,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    tracing::info!(%identity, "watch ended: the client went away");
+}
+
+/// A response body fed line by line from a channel; it ends when the sender drops.
+struct LineBody {
+    lines: mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for LineBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.lines
+            .poll_recv(cx)
+            .map(|line| line.map(|l| Ok(Frame::data(l))))
+    }
+}

@@ -1,0 +1,116 @@
+//! Reads and parses a source file, turning every problem into one
+//! `<file>:<line>:<col>: <reason>` message.
+
+use super::catalog::Catalog;
+use super::locate::locate;
+use super::model::SourceFile;
+use super::validate::validate;
+use std::fmt;
+use std::path::Path;
+
+/// Why a source was refused: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SourceError {
+    /// The file, as given on the command line (or `<embedded default>`).
+    pub file: String,
+    /// 1-based line and column of the problem, when known.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong, naming the entry (`services[0].ports[1].port: ...`).
+    pub reason: String,
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file, self.reason),
+            None => write!(f, "{}: {}", self.file, self.reason),
+        }
+    }
+}
+
+impl SourceError {
+    /// The 1-based line of the problem, if known.
+    pub fn line(&self) -> Option<usize> {
+        self.position.map(|(l, _)| l)
+    }
+}
+
+/// Reads a source file from disk as UTF-8 text.
+pub fn read_source(path: &Path) -> Result<String, SourceError> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| SourceError {
+        file: name.clone(),
+        position: None,
+        reason: format!("cannot read the source file: {e}"),
+    })?;
+    String::from_utf8(bytes).map_err(|e| SourceError {
+        file: name,
+        position: None,
+        reason: format!("the source file is not UTF-8 text: {e}"),
+    })
+}
+
+/// Parses and validates source text; `name` is what error messages call the file.
+pub fn parse_source(name: &str, text: &str, trust_domain: &str) -> Result<Catalog, SourceError> {
+    if text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---"
+    }) {
+        return Err(SourceError {
+            file: name.to_string(),
+            position: None,
+            reason: "the source file is empty: expected `workloads:` and/or `services:`".into(),
+        });
+    }
+    let file: SourceFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(name, &e))?;
+    validate(&file, trust_domain).map_err(|e| SourceError {
+        file: name.to_string(),
+        position: locate(text, &e.path),
+        reason: format!("{}: {}", e.path, e.reason),
+    })
+}
+
+/// Splits serde_yaml_ng's "message at line L column C" into position and reason.
+fn yaml_error(name: &str, e: &serde_yaml_ng::Error) -> SourceError {
+    let text = e.to_string();
+    let position = e.location().map(|l| (l.line(), l.column()));
+    let reason = match position {
+        Some((line, col)) => {
+            let suffix = format!(" at line {line} column {col}");
+            text.replacen(&suffix, "", 1)
+        }
+        None => text,
+    };
+    SourceError {
+        file: name.to_string(),
+        position,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fails(text: &str) -> SourceError {
+        match parse_source("t.yaml", text, "cluster.local") {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let e = fails("workloads:\n  - name: a\n   namespace: [\n");
+        assert_eq!(e.file, "t.yaml");
+        assert!(e.position.is_some(), "{e}");
+        assert!(e.to_string().starts_with("t.yaml:"), "{e}");
+        assert!(!e.reason.contains(" at line "), "{e}");
+    }
+
+    #[test]
+    fn empty_files_are_refused() {
+        let e = fails("# nothing here\n\n");
+        assert!(e.reason.contains("empty"), "{e}");
+    }
+}

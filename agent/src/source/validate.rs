@@ -1,0 +1,312 @@
+//! Checks that need the whole source file (duplicates, references between entries)
+//! and turns a parsed [`SourceFile`] into a [`Catalog`].
+
+use super::catalog::{Catalog, Workload};
+use super::model::{EndpointSpec, Name, ServiceSpec, SourceFile, WorkloadSpec};
+use super::path::EntryPath;
+use crate::token::TokenHash;
+use pillion_api::view::{Endpoint, InboundPolicy, PortPolicy, Service, ServicePort};
+use pillion_identity::{IdError, SpiffeId};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+/// A problem found after parsing, naming the entry it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SemanticError {
+    /// The offending entry, like `services[2].endpoints[0].workload`.
+    pub path: EntryPath,
+    /// What is wrong and what to do about it.
+    pub reason: String,
+}
+
+/// Checks a parsed file and resolves it against the trust domain.
+pub fn validate(file: &SourceFile, trust_domain: &str) -> Result<Catalog, SemanticError> {
+    let mut catalog = Catalog::default();
+    let mut names: HashMap<(String, String), usize> = HashMap::new();
+    let mut pod_addresses: HashMap<IpAddr, usize> = HashMap::new();
+    for (i, spec) in file.workloads.iter().enumerate() {
+        let at = EntryPath::root("workloads").index(i);
+        let key = (spec.namespace.0.clone(), spec.name.0.clone());
+        if let Some(&first) = names.get(&key) {
+            return Err(err(
+                at.key("name"),
+                format!(
+                    "duplicate workload {}/{}: workloads[{first}] already has this namespace and name",
+                    key.0, key.1
+                ),
+            ));
+        }
+        names.insert(key, i);
+        let workload = workload(spec, &at, trust_domain)?;
+        for (k, addr) in workload.addresses.iter().enumerate() {
+            if let Some(&other) = pod_addresses.get(addr) {
+                return Err(err(
+                    at.key("addresses").index(k),
+                    format!("address {addr} is already an address of workloads[{other}]"),
+                ));
+            }
+            pod_addresses.insert(*addr, i);
+        }
+        if let Some(hash) = workload.token {
+            if let Some(&other) = catalog.by_token.get(&hash) {
+                return Err(err(
+                    at.key("token"),
+                    format!(
+                        "workloads[{other}] already uses this token: every workload needs its own token"
+                    ),
+                ));
+            }
+            catalog.by_token.insert(hash, i);
+        }
+        catalog.workloads.push(workload);
+    }
+
+    let mut services: HashMap<(String, String), usize> = HashMap::new();
+    let mut vips: HashMap<IpAddr, usize> = HashMap::new();
+    for (i, spec) in file.services.iter().enumerate() {
+        let at = EntryPath::root("services").index(i);
+        let key = (spec.namespace.0.clone(), spec.name.0.clone());
+        if let Some(&first) = services.get(&key) {
+            return Err(err(
+                at.key("name"),
+                format!(
+                    "duplicate service {}/{}: services[{first}] already has this namespace and name",
+                    key.0, key.1
+                ),
+            ));
+        }
+        services.insert(key, i);
+        for (k, vip) in spec.addresses.iter().enumerate() {
+            if let Some(&other) = vips.get(&vip.0) {
+                return Err(err(
+                    at.key("addresses").index(k),
+                    format!(
+                        "address {} is already an address of services[{other}]",
+                        vip.0
+                    ),
+                ));
+            }
+            vips.insert(vip.0, i);
+        }
+        catalog
+            .services
+            .push(service(spec, &at, &catalog.workloads, &names)?);
+    }
+    Ok(catalog)
+}
+
+fn err(path: EntryPath, reason: impl Into<String>) -> SemanticError {
+    SemanticError {
+        path,
+        reason: reason.into(),
+    }
+}
+
+fn workload(spec: &WorkloadSpec, at: &EntryPath, td: &str) -> Result<Workload, SemanticError> {
+    let sa = spec.service_account.as_ref().unwrap_or(&spec.name);
+    let identity = SpiffeId::new(td, &spec.namespace.0, &sa.0).map_err(|e| {
+        let field = match e {
+            IdError::InvalidNamespace { .. } => "namespace",
+            IdError::InvalidServiceAccount { .. } if spec.service_account.is_some() => {
+                "service_account"
+            }
+            IdError::InvalidServiceAccount { .. } => "name",
+            _ => "namespace",
+        };
+        err(at.key(field), format!("cannot make a SPIFFE id: {e}"))
+    })?;
+    let mut seen = BTreeSet::new();
+    let mut addresses = Vec::new();
+    for (k, a) in spec.addresses.iter().enumerate() {
+        if !seen.insert(a.0) {
+            return Err(err(
+                at.key("addresses").index(k),
+                format!("address {} is listed twice", a.0),
+            ));
+        }
+        addresses.push(a.0);
+    }
+    let default_mode = spec.inbound.default_mode;
+    let inbound = InboundPolicy {
+        default_mode,
+        ports: spec
+            .inbound
+            .ports
+            .iter()
+            .map(|(port, p)| {
+                let policy = PortPolicy {
+                    mode: p.mode.unwrap_or(default_mode),
+                    allow: p.allow.iter().map(|a| a.0.as_str().to_string()).collect(),
+                };
+                (port.0, policy)
+            })
+            .collect(),
+    };
+    Ok(Workload {
+        namespace: spec.namespace.0.clone(),
+        name: spec.name.0.clone(),
+        identity,
+        addresses,
+        inbound,
+        token: spec.token.as_ref().map(|t| TokenHash::of(&t.0)),
+    })
+}
+
+fn service(
+    spec: &ServiceSpec,
+    at: &EntryPath,
+    workloads: &[Workload],
+    names: &HashMap<(String, String), usize>,
+) -> Result<Service, SemanticError> {
+    if spec.ports.is_empty() {
+        return Err(err(
+            at.key("ports"),
+            "a service needs at least one port, like `ports: [{port: 80}]`",
+        ));
+    }
+    let mut ports = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (k, p) in spec.ports.iter().enumerate() {
+        if !seen.insert(p.port.0) {
+            return Err(err(
+                at.key("ports").index(k).key("port"),
+                format!("port {} is listed twice", p.port.0),
+            ));
+        }
+        ports.push(ServicePort {
+            port: p.port.0,
+            protocol: p.protocol,
+            target_port: p.target_port.map(|t| t.0).filter(|&t| t != p.port.0),
+        });
+    }
+    let targets: BTreeSet<u16> = ports.iter().map(ServicePort::target_port).collect();
+
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for (j, e) in spec.endpoints.iter().enumerate() {
+        let at = at.key("endpoints").index(j);
+        for ep in endpoint_group(e, &at, &spec.namespace, &targets, workloads, names)? {
+            if endpoints
+                .iter()
+                .any(|other| other.address == ep.address && other.port == ep.port)
+            {
+                return Err(err(
+                    at,
+                    format!(
+                        "endpoint {} is listed twice in this service",
+                        std::net::SocketAddr::new(ep.address, ep.port)
+                    ),
+                ));
+            }
+            endpoints.push(ep);
+        }
+    }
+    Ok(Service {
+        name: spec.name.0.clone(),
+        namespace: spec.namespace.0.clone(),
+        addresses: spec.addresses.iter().map(|a| a.0).collect(),
+        ports,
+        endpoints,
+    })
+}
+
+/// Expands one endpoint entry into one wire endpoint per address and port.
+fn endpoint_group(
+    e: &EndpointSpec,
+    at: &EntryPath,
+    service_ns: &Name,
+    targets: &BTreeSet<u16>,
+    workloads: &[Workload],
+    names: &HashMap<(String, String), usize>,
+) -> Result<Vec<Endpoint>, SemanticError> {
+    let workload = match &e.workload {
+        None => None,
+        Some(r) => {
+            let ns = r.namespace.as_ref().unwrap_or(service_ns);
+            let found = names
+                .get(&(ns.0.clone(), r.name.0.clone()))
+                .and_then(|&i| workloads.get(i));
+            match found {
+                Some(w) => Some(w),
+                None => {
+                    let known: Vec<String> = workloads
+                        .iter()
+                        .map(|w| format!("{}/{}", w.namespace, w.name))
+                        .collect();
+                    return Err(err(
+                        at.key("workload"),
+                        format!(
+                            "no workload named `{}` in namespace `{ns}` (known workloads: {})",
+                            r.name,
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    if workload.is_some() && e.identity.is_some() {
+        return Err(err(
+            at.key("identity"),
+            "give either `workload` or `identity`, not both (a workload brings its identity)",
+        ));
+    }
+    let identity = match (workload, &e.identity) {
+        (Some(w), _) => Some(w.identity.to_string()),
+        (None, Some(id)) => Some(id.0.to_string()),
+        (None, None) => None,
+    };
+    let addresses: Vec<IpAddr> = if e.addresses.is_empty() {
+        workload.map(|w| w.addresses.clone()).unwrap_or_default()
+    } else {
+        e.addresses.iter().map(|a| a.0).collect()
+    };
+    if addresses.is_empty() {
+        let why = match workload {
+            Some(w) => format!(
+                "endpoint has no addresses: list `addresses` here or on workload {}/{}",
+                w.namespace, w.name
+            ),
+            None => {
+                "endpoint has no addresses: list `addresses` or refer to a `workload` that has them"
+                    .into()
+            }
+        };
+        return Err(err(at.clone(), why));
+    }
+    let ports: Vec<u16> = if e.ports.is_empty() {
+        targets.iter().copied().collect()
+    } else {
+        let mut ports = Vec::new();
+        for (k, p) in e.ports.iter().enumerate() {
+            if !targets.contains(&p.0) {
+                let list: Vec<String> = targets.iter().map(u16::to_string).collect();
+                return Err(err(
+                    at.key("ports").index(k),
+                    format!(
+                        "port {} is not a target port of this service (target ports: {})",
+                        p.0,
+                        list.join(", ")
+                    ),
+                ));
+            }
+            ports.push(p.0);
+        }
+        ports
+    };
+    let mut out = Vec::new();
+    for address in &addresses {
+        for port in &ports {
+            out.push(Endpoint {
+                address: *address,
+                port: *port,
+                identity: identity.clone(),
+                labels: e.labels.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
