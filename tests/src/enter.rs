@@ -3,6 +3,7 @@
 //! reach the root namespace by mistake.
 
 use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use crate::marker::MARKER_VAR;
@@ -21,7 +22,9 @@ impl Enter {
     }
 
     /// `program` run in the world's node namespace, marked, killed if the thread that
-    /// started it dies (`--pdeathsig`), with stdin closed. Callers add arguments.
+    /// started it dies (`--pdeathsig`), with stdin closed, in its own process group (so
+    /// a terminal's Ctrl-C reaches only the harness, which then tears down in order).
+    /// Callers add arguments.
     ///
     /// This is the only function that creates commands touching networking; pods
     /// prefix their commands with `ip netns exec <ns>` on top of it.
@@ -32,7 +35,8 @@ impl Enter {
             .args(["--mount", "--net", "--"])
             .arg(program)
             .env(MARKER_VAR, &self.marker)
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .process_group(0);
         cmd
     }
 

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -46,6 +47,7 @@ pub(crate) fn start(marker: &str, stderr_log: &Path) -> Result<Child> {
         .args(["--", "sh", "-c"])
         .arg(setup_script())
         .env(MARKER_VAR, marker)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(File::create(stderr_log).context("creating the holder's log")?);

@@ -49,10 +49,12 @@
 //! - [`apps`]: echo and reply-after-EOF servers, clients, test data, checksum;
 //! - [`rules`]: normalised `iptables-save` output;
 //! - [`multicall`]: `<bin> init|proxy …`, so one test binary runs every program;
-//! - [`probe`]: a one-shot TCP client process (e.g. to run as the proxy's uid).
+//! - [`probe`]: a one-shot TCP client process (e.g. to run as the proxy's uid);
+//! - [`demo`]: the `pillion-demo` binary's two-pod world with live traffic.
 
 pub mod addr;
 pub mod apps;
+pub mod demo;
 mod enter;
 mod holder;
 pub mod http;

@@ -116,6 +116,16 @@ pub fn processes_with_marker(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Every live process whose marker names test process `owner` (any of its worlds).
+pub fn processes_owned_by(owner: u32) -> Vec<u32> {
+    proc_pids()
+        .into_iter()
+        .filter(|pid| {
+            marker_of(*pid).and_then(|m| owner_pid(&m)) == Some(owner) && !is_zombie(*pid)
+        })
+        .collect()
+}
+
 /// Whether a process exists (zombies count as gone).
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
