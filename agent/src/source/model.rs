@@ -310,44 +310,73 @@ impl FromStr for Pattern {
     }
 }
 
-/// Deserializes a string and parses it with `FromStr`, so the error carries the
-/// YAML location of the offending value.
-fn parse_str<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr<Err = String>,
-{
-    let s = String::deserialize(d)?;
-    s.parse().map_err(de::Error::custom)
+/// Parses a string scalar with `FromStr` *inside* the parser's visit, so an error is
+/// stamped with the value's own line, column and path.
+struct ParseVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: FromStr<Err = String>> de::Visitor<'_> for ParseVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        s.parse().map_err(E::custom)
+    }
 }
 
 macro_rules! deserialize_from_str {
     ($($ty:ty),*) => {$(
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                parse_str(d)
+                d.deserialize_str(ParseVisitor(std::marker::PhantomData))
             }
         }
     )*};
 }
 
-deserialize_from_str!(Name, Token, WorkloadRef, Identity, Pattern);
+deserialize_from_str!(Name, Token, WorkloadRef, Identity, Pattern, Address);
 
-impl<'de> Deserialize<'de> for Address {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl FromStr for Address {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.parse::<IpAddr>()
             .map(Self)
-            .map_err(|_| de::Error::custom(format!("`{s}` is not an IP address")))
+            .map_err(|_| format!("`{s}` is not an IP address"))
+    }
+}
+
+/// Checks a port number inside the parser's visit, for the same reason.
+struct PortVisitor;
+
+impl de::Visitor<'_> for PortVisitor {
+    type Value = Port;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a port number (1-65535)")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Port, E> {
+        match u16::try_from(v) {
+            Ok(0) => Err(E::custom("port 0 is not a valid port: use 1-65535")),
+            Ok(p) => Ok(Port(p)),
+            Err(_) => Err(E::custom(format!("{v} is not a valid port: use 1-65535"))),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Port, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.visit_u64(v),
+            Err(_) => Err(E::custom(format!("{v} is not a valid port: use 1-65535"))),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Port {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match u16::deserialize(d)? {
-            0 => Err(de::Error::custom("port 0 is not a valid port: use 1-65535")),
-            p => Ok(Self(p)),
-        }
+        d.deserialize_u16(PortVisitor)
     }
 }
 
