@@ -16,6 +16,7 @@ use crate::config::{ProxyConfig, DEFAULT_BACKLOG};
 use crate::duration::HumaneDuration;
 use crate::logging::{self, LogFormat};
 use crate::proxy::Proxy;
+use crate::rlimit;
 
 /// Exit code for a configuration the operator must fix (same as clap's usage errors).
 const EXIT_USAGE: u8 = 2;
@@ -107,6 +108,17 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     }
     if let Err(err) = logging::init(args.log_format, filter) {
         return fail(1, &err);
+    }
+    match rlimit::raise_nofile() {
+        Ok(limit) if limit.after > limit.before => {
+            tracing::info!(
+                from = limit.before,
+                to = limit.after,
+                "raised the open-files limit"
+            );
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-files limit"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -28,6 +28,7 @@ pub mod outbound;
 pub mod proxy;
 pub mod readiness;
 pub mod relay;
+pub mod rlimit;
 pub mod transport;
 
 pub use config::ProxyConfig;
