@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 //! `pillion-tests`: a small cluster on one machine, built from real Linux namespaces,
 //! and the end-to-end tests that run Pillion's init and proxy in it.
 //!

@@ -2,6 +2,7 @@
 //! format and a scrape that fetches it the way Prometheus would, from the node.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -157,6 +158,21 @@ pub fn scrape(pod: &Pod, admin_port: u16) -> Result<Samples> {
     let resp = pod.run_in_node(move || http::request(addr, "GET", "/metrics"))??;
     if resp.status != 200 {
         bail!("GET /metrics on {addr}: status {}", resp.status);
+    }
+    Samples::parse(&resp.body)
+}
+
+/// Fetches and parses `GET /metrics` from inside the pod, over its loopback
+/// (`127.0.0.1:admin_port`), as a root process of the pod would.
+pub fn scrape_in_pod(pod: &Pod, admin_port: u16) -> Result<Samples> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let resp = pod.run(move || http::request(addr, "GET", "/metrics"))??;
+    if resp.status != 200 {
+        bail!(
+            "GET /metrics on {addr} in pod {}: status {}",
+            pod.name(),
+            resp.status
+        );
     }
     Samples::parse(&resp.body)
 }

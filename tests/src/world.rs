@@ -151,6 +151,9 @@ impl World {
     /// world must be dropped on the thread that created it or later: its holder dies
     /// with the thread that started it (`PR_SET_PDEATHSIG`).
     pub fn new(test_name: &str) -> Result<World> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("a test world needs root (network and mount namespaces, iptables)");
+        }
         marker::sweep_once();
         let marker = marker::new_marker();
         let name = sanitize(test_name);

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pillion_tests::apps::{self, App};
-use pillion_tests::metrics::Samples;
+use pillion_tests::metrics::{self, Samples};
 use pillion_tests::{Cmd, Pod, Sidecar, World};
 
 use common::{m, sidecar_opts, testbin, within};
@@ -165,8 +165,18 @@ fn the_proxy_never_loops_and_its_uid_bypasses_it() {
         "b's echo replies are not new connections"
     );
 
-    // A client process running as the proxy's uid in pod a goes straight out.
+    // The pod talking to itself over loopback (here: scraping its own admin port)
+    // stays off the proxy.
     let before = outbound(&sa);
+    let from_inside = metrics::scrape_in_pod(&a, 15020).unwrap();
+    assert_eq!(traffic(&from_inside, m::OUT), before);
+    assert_eq!(
+        outbound(&sa),
+        before,
+        "loopback traffic went through the proxy"
+    );
+
+    // A client process running as the proxy's uid in pod a goes straight out.
     for target in [b.addr_v4(7000), b.addr_v6(7000)] {
         let probe = Cmd::new(testbin())
             .args(["probe", &target.to_string(), "as-2580"])
