@@ -5,4 +5,5 @@
 
 pub mod certs;
 pub mod defaults;
+pub mod policy;
 pub mod view;
