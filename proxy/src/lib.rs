@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 //! Pillion's per-pod sidecar data plane.
 //!
 //! Each connection climbs a stack of small layers:

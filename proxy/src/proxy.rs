@@ -336,3 +336,71 @@ fn local_addrs(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn binding_resolves_ports_and_meets_readiness() {
+        let proxy = Proxy::bind(ProxyConfig::loopback_ephemeral())
+            .await
+            .unwrap();
+        assert!(proxy.outbound_addrs().iter().all(|a| a.port() != 0));
+        assert!(proxy.inbound_addrs().iter().all(|a| a.port() != 0));
+        assert_ne!(proxy.admin_addr().port(), 0);
+        assert!(proxy.readiness().is_ready());
+        // A later layer can hold readiness back.
+        let cert = proxy.readiness().condition("certificate");
+        assert_eq!(proxy.readiness().missing().len(), 1);
+        cert.set(true);
+        assert!(proxy.readiness().is_ready());
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_rejected_before_binding() {
+        let config = ProxyConfig {
+            connect_timeout: std::time::Duration::ZERO,
+            ..ProxyConfig::loopback_ephemeral()
+        };
+        assert!(matches!(
+            Proxy::bind(config).await,
+            Err(ProxyError::Config(ConfigError::ZeroConnectTimeout { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_taken_inbound_address_names_its_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let config = ProxyConfig {
+            inbound_addrs: vec![addr],
+            ..ProxyConfig::loopback_ephemeral()
+        };
+        let Err(err) = Proxy::bind(config).await else {
+            panic!("bound a taken address");
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot bind --inbound-addrs address {addr}: Address already in use (os error 98)"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn extra_metrics_share_the_registry() {
+        let mut registry = Registry::default();
+        let extra = prometheus_client::metrics::counter::Counter::<u64>::default();
+        registry.register("pillion_extra", "a later layer's metric", extra.clone());
+        extra.inc();
+        let proxy = Proxy::builder(ProxyConfig::loopback_ephemeral())
+            .registry(registry)
+            .bind()
+            .await
+            .unwrap();
+        let text = crate::metrics::encode(proxy.registry()).unwrap();
+        assert!(text.contains("pillion_extra_total 1"));
+        assert!(text.contains("pillion_tcp_connections_opened_total{direction=\"inbound\"} 0"));
+    }
+}

@@ -108,3 +108,94 @@ impl Relay {
 fn elapsed_ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::TcpMetrics;
+    use prometheus_client::registry::Registry;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A downstream connection as the accept layer would hand it up, plus the
+    /// client's end of it.
+    async fn accepted(
+        metrics: &DirectionMetrics,
+        orig_dst: Option<SocketAddr>,
+    ) -> (Accepted, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let local = stream.local_addr().unwrap();
+        let conn = Accepted {
+            stream,
+            client: peer,
+            local,
+            orig_dst: orig_dst.unwrap_or(local),
+            guard: metrics.open_connection(),
+        };
+        (conn, client)
+    }
+
+    fn relay(own_ports: &[u16]) -> Relay {
+        let metrics = TcpMetrics::register(&mut Registry::default()).direction(Direction::Outbound);
+        Relay::new(
+            Direction::Outbound,
+            LoopGuard::new(own_ports.iter().copied()),
+            Duration::from_secs(5),
+            metrics,
+        )
+    }
+
+    #[tokio::test]
+    async fn forwards_to_the_target_and_counts() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = upstream.local_addr().unwrap();
+        let r = relay(&[15001]);
+        let (conn, mut client) = accepted(&r.metrics, Some(target)).await;
+        let task = tokio::spawn({
+            let r = r.clone();
+            async move { r.relay(conn, target).await }
+        });
+        let (mut server, _) = upstream.accept().await.unwrap();
+        client.write_all(b"abc").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"abc");
+        drop(server);
+        task.await.unwrap();
+        assert_eq!(r.metrics.sent_bytes.get(), 3);
+        assert_eq!((r.metrics.opened.get(), r.metrics.closed.get()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn refuses_a_loop_without_connecting() {
+        let r = relay(&[15001]);
+        // Not redirected: the original destination is the socket itself.
+        let (conn, mut client) = accepted(&r.metrics, None).await;
+        let target = conn.orig_dst;
+        r.relay(conn, target).await;
+        assert_eq!(r.metrics.loops_refused.get(), 1);
+        assert_eq!(r.metrics.connect_failures.get(), 0);
+        assert_eq!(r.metrics.closed.get(), 1);
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest).await;
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn counts_a_failed_connect() {
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let r = relay(&[15001]);
+        let (conn, _client) = accepted(&r.metrics, Some(closed)).await;
+        r.relay(conn, closed).await;
+        assert_eq!(r.metrics.connect_failures.get(), 1);
+        assert_eq!(r.metrics.loops_refused.get(), 0);
+    }
+}
