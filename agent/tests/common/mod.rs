@@ -89,11 +89,23 @@ pub async fn connect_h1(agent: &RunningAgent) -> Client {
 }
 
 async fn connect_with(agent: &RunningAgent, http1: bool) -> Client {
-    let config = pillion_identity::tls::agent_client_config(
+    connect_to(
+        agent.local_addr(),
         agent.trust_anchor_pem(),
         agent.agent_identity(),
+        http1,
     )
-    .unwrap();
+    .await
+}
+
+/// Connects to an agent at `addr` that must prove `agent_id` under `anchor_pem`.
+pub async fn connect_to(
+    addr: std::net::SocketAddr,
+    anchor_pem: &str,
+    agent_id: &pillion_identity::SpiffeId,
+    http1: bool,
+) -> Client {
+    let config = pillion_identity::tls::agent_client_config(anchor_pem, agent_id).unwrap();
     let config = if http1 {
         let mut c = (*config).clone();
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -101,8 +113,8 @@ async fn connect_with(agent: &RunningAgent, http1: bool) -> Client {
     } else {
         config
     };
-    let name = pillion_identity::tls::server_name_for(agent.agent_identity()).unwrap();
-    let tcp = TcpStream::connect(agent.local_addr()).await.unwrap();
+    let name = pillion_identity::tls::server_name_for(agent_id).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = TlsConnector::from(config).connect(name, tcp).await.unwrap();
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let io = TokioIo::new(tls);
@@ -212,12 +224,16 @@ impl ViewStream {
         }
     }
 
-    /// Whether the server ended the stream within `wait`.
+    /// Whether the server ended the stream within `wait` (lines before the end are
+    /// skipped).
     pub async fn ends_within(&mut self, wait: Duration) -> bool {
-        match tokio::time::timeout(wait, self.body.frame()).await {
-            Ok(None) => true,
-            Ok(Some(Err(_))) => true,
-            _ => false,
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
         }
     }
 }
