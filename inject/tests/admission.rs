@@ -374,6 +374,9 @@ fn garbage_is_an_error_only_without_a_uid() {
     );
 }
 
+/// A named change to a pod object.
+type Mutation = (&'static str, Box<dyn Fn(&mut Value)>);
+
 #[test]
 fn unusual_pods_never_panic_and_never_break_the_pod() {
     let base = fixture("deployment-pod.json");
@@ -381,7 +384,7 @@ fn unusual_pods_never_panic_and_never_break_the_pod() {
     let many: serde_json::Map<String, Value> = (0..10_000)
         .map(|i| (format!("example.com/key-{i}"), json!(i.to_string())))
         .collect();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<Mutation> = vec![
         (
             "no containers",
             Box::new(|o| o["spec"]["containers"] = json!([])),
