@@ -4,6 +4,7 @@
 //! The binary is a thin shell over [`cli::main_with_args`]; tests start an agent in
 //! process with [`Agent::start`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod agent;
 pub mod ca;

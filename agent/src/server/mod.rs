@@ -113,7 +113,19 @@ pub async fn serve(listener: TcpListener, cert: Arc<ServingCert>, shared: Arc<Sh
 async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    match (&method, path.as_str()) {
+    let resp = dispatch(req, &method, &path, shared).await;
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+    resp
+}
+
+/// Picks the handler for a method and path.
+async fn dispatch(
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    shared: &Shared,
+) -> Response<Body> {
+    match (method, path) {
         (&Method::POST, CERTIFICATES_PATH) => certificates::handle(req, shared).await,
         (&Method::GET, WATCH_PATH) => watch::handle(&req, shared),
         (&Method::GET, HEALTHZ_PATH) => reply::bytes(StatusCode::OK, "text/plain", "ok\n"),
