@@ -344,3 +344,24 @@ fn the_sweep_kills_leftovers_of_dead_test_processes_only() {
         p.wait().unwrap();
     }
 }
+
+#[test]
+fn a_panicking_test_still_removes_its_world() {
+    let seen = std::sync::Mutex::new(None);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let world = World::new("panics").unwrap();
+        let a = world.pod("a").unwrap();
+        let _sleeper = a.spawn(Cmd::new("sleep").arg("600")).unwrap();
+        *seen.lock().unwrap() = Some((world.marker().to_string(), world.log_dir().to_path_buf()));
+        panic!("deliberate");
+    }));
+    assert!(result.is_err());
+    let (marker_value, log_dir) = seen.into_inner().unwrap().unwrap();
+    assert_eq!(
+        marker::processes_with_marker(&marker_value),
+        Vec::<u32>::new()
+    );
+    // Logs are kept for the failing test to be debugged; clean them up here.
+    assert!(log_dir.exists());
+    fs::remove_dir_all(log_dir).unwrap();
+}
