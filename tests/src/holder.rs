@@ -66,7 +66,14 @@ pub(crate) fn start(marker: &str, stderr_log: &Path) -> Result<Child> {
         let _ = tx.send(line);
     });
     match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(line) if line.trim() == READY_LINE => Ok(child),
+        Ok(line) if line.trim() == READY_LINE => match verify_isolated(child.id()) {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        },
         outcome => {
             let _ = child.kill();
             let _ = child.wait();
@@ -83,9 +90,41 @@ pub(crate) fn start(marker: &str, stderr_log: &Path) -> Result<Child> {
     }
 }
 
+/// Refuses a holder that does not live in namespaces of its own: its network and mount
+/// namespaces must differ from this process's, and its `/run` must be another file
+/// system than ours. Every later command targets this PID, so it is checked first.
+pub(crate) fn verify_isolated(holder_pid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        |path: String| std::fs::metadata(&path).with_context(|| format!("inspecting {path}"));
+    for ns in ["net", "mnt"] {
+        let ours = meta(format!("/proc/self/ns/{ns}"))?.ino();
+        let holders = meta(format!("/proc/{holder_pid}/ns/{ns}"))?.ino();
+        if ours == holders {
+            bail!("holder {holder_pid} shares our {ns} namespace; refusing to use it");
+        }
+    }
+    let our_run = meta("/run".into())?.dev();
+    let world_run = meta(format!("/proc/{holder_pid}/root/run"))?.dev();
+    if our_run == world_run {
+        bail!("holder {holder_pid}'s /run is not its private tmpfs; refusing to use it");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_in_our_namespaces_is_refused() {
+        // This test process itself is no world.
+        let err = verify_isolated(std::process::id()).unwrap_err();
+        assert!(
+            err.to_string().contains("shares our net namespace"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn script_mounts_run_before_touching_netns_and_sleeps_last() {

@@ -174,7 +174,7 @@ fn host_footprint() -> (Footprint, BTreeSet<String>) {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
     };
-    let netns = fs::read_dir("/run/netns")
+    let mut netns: BTreeSet<String> = fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -182,6 +182,14 @@ fn host_footprint() -> (Footprint, BTreeSet<String>) {
                 .collect()
         })
         .unwrap_or_default();
+    // Named-netns mounts (and the /run/netns bind `ip netns` makes) in our mount table.
+    netns.extend(
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("/run/netns") || l.contains(" nsfs "))
+            .map(|l| format!("mount: {l}")),
+    );
     (footprint(&run), netns)
 }
 
