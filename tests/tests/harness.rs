@@ -280,11 +280,17 @@ fn dropping_a_world_removes_its_processes() {
     let marker_value = world.marker().to_string();
     let holder = world.holder_pid();
     let log_dir = world.log_dir().to_path_buf();
-    let mut ours = marker::processes_with_marker(&marker_value);
-    ours.sort();
+    // /proc/<pid>/environ is briefly unreadable while the spawn's exec chain
+    // (setpriv, nsenter, ip netns exec, sleep) runs, so poll.
+    let mut ours = Vec::new();
+    let listed = common::eventually(Duration::from_secs(5), || {
+        ours = marker::processes_with_marker(&marker_value);
+        ours.contains(&holder) && ours.contains(&sleeper.pid())
+    });
     assert!(
-        ours.contains(&holder) && ours.contains(&sleeper.pid()),
-        "{ours:?}"
+        listed,
+        "{ours:?} lacks holder {holder} or sleeper {}",
+        sleeper.pid()
     );
     assert!(log_dir.exists());
 
