@@ -164,6 +164,13 @@ fn tidy_warnings(mut warnings: Vec<String>) -> Vec<String> {
         warnings.push(format!("pillion: {dropped} more warnings not shown"));
     }
     for warning in &mut warnings {
+        // Warnings travel as HTTP header values: no control characters.
+        if warning.chars().any(char::is_control) {
+            *warning = warning
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+        }
         if warning.len() > MAX_WARNING_LEN {
             let mut cut = MAX_WARNING_LEN - '…'.len_utf8();
             while !warning.is_char_boundary(cut) {

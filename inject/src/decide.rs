@@ -35,6 +35,8 @@ pub enum SkipReason {
     HostNetwork,
     /// The pod has no containers, so there is nothing to mesh.
     NoContainers,
+    /// The pod is not for Linux; the redirect rules are iptables rules.
+    NotLinux(String),
     /// The pod already uses a name the sidecar needs (a container or a volume).
     NameClash {
         /// `container` or `volume`.
@@ -74,6 +76,10 @@ impl fmt::Display for SkipReason {
                  capturing the node's"
             ),
             SkipReason::NoContainers => write!(f, "the pod has no containers"),
+            SkipReason::NotLinux(os) => write!(
+                f,
+                "the pod runs on {os:?}; the sidecar needs Linux (iptables)"
+            ),
             SkipReason::NameClash { what, name } => write!(
                 f,
                 "the pod already has a {what} named {name:?}, which the sidecar needs; \
@@ -122,6 +128,9 @@ pub fn decide(
     }
     if spec.containers.is_empty() {
         return Decision::Skip(SkipReason::NoContainers);
+    }
+    if let Some(os) = spec.os.as_ref().filter(|os| os.name != "linux") {
+        return Decision::Skip(SkipReason::NotLinux(os.name.clone()));
     }
     if let Some(name) = container_names.find(|name| CONTAINER_NAMES.contains(name)) {
         return Decision::Skip(SkipReason::NameClash {
@@ -215,6 +224,15 @@ mod tests {
         );
         assert!(SkipReason::HostNetwork.is_surprising());
         assert!(!SkipReason::NotRequested.is_surprising());
+
+        let (meta, mut spec) = pod(&[]);
+        spec.os = Some(k8s_openapi::api::core::v1::PodOS {
+            name: "windows".into(),
+        });
+        assert_eq!(
+            decide(&meta, &spec, Some(&enabled())),
+            Decision::Skip(SkipReason::NotLinux("windows".into()))
+        );
 
         let (meta, mut spec) = pod(&[]);
         spec.containers.clear();

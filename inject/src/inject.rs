@@ -15,11 +15,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::annotations::{self, DEFAULT_CONTAINER, INJECTED};
+use pillion_api::defaults;
+
+use crate::annotations::{self, DEFAULT_CONTAINER, DISABLED, ENABLED, INJECT, INJECTED};
 use crate::config::InjectConfig;
 use crate::decide::{decide, Decision, SkipReason};
 use crate::patch::add;
 use crate::sidecar;
+use crate::values::shorten;
 
 /// What the injector did with one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,15 +95,29 @@ pub fn inject_pod(
         Ok(typed) => typed,
         Err(why) => return Outcome::untouched(Decision::Skip(SkipReason::Unreadable(why))),
     };
-    let decision = decide(&meta, &spec, namespace);
-    if decision != Decision::Inject {
-        return Outcome::untouched(decision);
-    }
-
     let empty = BTreeMap::new();
     let pod_annotations = meta.annotations.as_ref().unwrap_or(&empty);
-    let (settings, warnings) =
+    let mut warnings = Vec::new();
+    if let Some(value) = pod_annotations.get(INJECT) {
+        if ![ENABLED, DISABLED].contains(&value.trim()) {
+            warnings.push(format!(
+                "pillion: ignoring pod annotation {INJECT}={:?}: use {ENABLED:?} or {DISABLED:?}",
+                shorten(value)
+            ));
+        }
+    }
+    let decision = decide(&meta, &spec, namespace);
+    if decision != Decision::Inject {
+        let mut outcome = Outcome::untouched(decision);
+        warnings.append(&mut outcome.warnings);
+        outcome.warnings = warnings;
+        return outcome;
+    }
+
+    let (settings, mut setting_warnings) =
         annotations::pod_settings(pod_annotations, namespace.unwrap_or(&empty), config);
+    warnings.append(&mut setting_warnings);
+    warnings.extend(proxy_uid_warnings(&spec));
     let init = sidecar::init_container(config, &settings);
     let proxy = sidecar::proxy_container(config, &settings);
 
@@ -123,6 +140,31 @@ pub fn inject_pod(
         patch: Patch(ops),
         warnings,
     }
+}
+
+/// Warns about containers that run as the proxy's uid: `pillion-init` exempts that
+/// uid from redirection, so their traffic would bypass the proxy unseen.
+fn proxy_uid_warnings(spec: &PodSpec) -> Vec<String> {
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers);
+    containers
+        .filter(|c| {
+            let uid = c.security_context.as_ref().and_then(|s| s.run_as_user);
+            uid.or(pod_uid) == Some(i64::from(defaults::PROXY_UID))
+        })
+        .map(|c| {
+            format!(
+                "pillion: container {:?} runs as uid {}, the proxy's own uid: its traffic \
+                 bypasses the proxy; run it as another uid",
+                shorten(&c.name),
+                defaults::PROXY_UID
+            )
+        })
+        .collect()
 }
 
 /// Adds the injected marker and, unless set, the default container for `kubectl`.
@@ -185,7 +227,6 @@ fn append(spec: Option<&Value>, field: &str, items: &[Volume], ops: &mut Vec<Pat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::{ENABLED, INJECT};
     use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
 
@@ -257,6 +298,23 @@ mod tests {
         assert_eq!(spec.containers[0].name, "pillion-proxy");
         assert_eq!(spec.containers[1].name, "app");
         assert_eq!(spec.init_containers.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn odd_inject_values_and_the_proxy_uid_are_warned_about() {
+        let pod = json!({
+            "metadata": {"annotations": {"pillion.io/inject": "true"}},
+            "spec": {"securityContext": {"runAsUser": 2580}, "containers": [{"name": "app"}]}
+        });
+        let outcome = inject_pod(&pod, Some(&BTreeMap::new()), &InjectConfig::default());
+        assert_eq!(outcome.decision, Decision::Skip(SkipReason::NotRequested));
+        assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
+        assert!(outcome.warnings[0].contains("\"true\""));
+
+        let outcome = inject_pod(&pod, Some(&enabled()), &InjectConfig::default());
+        assert_eq!(outcome.decision, Decision::Inject);
+        assert_eq!(outcome.warnings.len(), 2, "{:?}", outcome.warnings);
+        assert!(outcome.warnings[1].contains("uid 2580"));
     }
 
     #[test]

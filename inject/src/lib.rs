@@ -10,6 +10,7 @@
 //! The injector never blocks a pod: anything it cannot or will not do becomes a warning
 //! and the pod is created as it was.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admission;
 pub mod annotations;
