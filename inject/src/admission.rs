@@ -7,6 +7,35 @@
 //! response's `warnings` (which `kubectl` prints); the full reason also goes to
 //! `status.message` and the agent's log. Only a body with no `request.uid` to answer
 //! to is an error, which the server maps to HTTP 400.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use pillion_inject::{review, InjectConfig};
+//!
+//! // What the agent's namespace watch knows: annotations by namespace name.
+//! let mut namespaces = BTreeMap::new();
+//! namespaces.insert(
+//!     "shop".to_owned(),
+//!     BTreeMap::from([("pillion.io/inject".to_owned(), "enabled".to_owned())]),
+//! );
+//! let config = InjectConfig::default();
+//!
+//! let body = br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+//!   "request": {"uid": "705ab4f5", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+//!     "resource": {"group": "", "version": "v1", "resource": "pods"},
+//!     "namespace": "shop", "operation": "CREATE",
+//!     "object": {"metadata": {"generateName": "web-"},
+//!                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}"#;
+//! match review(body, |ns| namespaces.get(ns).cloned(), &config) {
+//!     // HTTP 200, Content-Type: application/json
+//!     Ok(response) => {
+//!         let text = String::from_utf8(response).unwrap();
+//!         assert!(text.contains(r#""allowed":true"#) && text.contains(r#""patchType":"JSONPatch""#));
+//!     }
+//!     // HTTP 400 with the message
+//!     Err(error) => panic!("{error}"),
+//! }
+//! ```
 
 use std::collections::BTreeMap;
 

@@ -231,8 +231,10 @@ fn wait_ready_script() -> String {
 
 /// The proxy container. As a native sidecar (`restartPolicy: Always` on an init
 /// container) the kubelet starts the following containers only after its startup
-/// probe passes and stops it after them, so Jobs complete. Otherwise it is a regular
-/// container with a postStart hook that holds the app back until it is ready.
+/// probe passes and stops it after them, so Jobs complete. Otherwise (clusters before
+/// 1.29) it is the first regular container with a postStart hook that holds the app
+/// back until it is ready; a Job's pod then only completes when its app ends with
+/// `POST http://localhost:15020/shutdown`, since the proxy would run on forever.
 pub fn proxy_container(config: &InjectConfig, settings: &PodSettings) -> Container {
     let r = &settings.resources;
     let mut container = Container {
