@@ -3,7 +3,7 @@
 //! until Ctrl-C or a set duration; then an orderly teardown.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,9 +49,52 @@ struct Tally {
     failed: AtomicU64,
 }
 
+/// Whether users other than the owner (the proxy's uid) can execute `path`: the file
+/// and every directory above it need the "others" execute bit.
+fn executable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors().all(|p| {
+        p.as_os_str().is_empty()
+            || std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    })
+}
+
+/// A copy of the demo binary that the proxy's uid may execute, removed on drop.
+struct SharedCopy(PathBuf);
+
+impl Drop for SharedCopy {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `binary` itself if the proxy's uid can run it (e.g. not under a 0700 home
+/// directory), else a 0755 copy in a fresh temp directory.
+fn binary_for_proxy(binary: &Path) -> Result<(PathBuf, Option<SharedCopy>)> {
+    use std::os::unix::fs::PermissionsExt;
+    if executable_by_others(binary) {
+        return Ok((binary.to_path_buf(), None));
+    }
+    let dir = std::env::temp_dir().join(format!("pillion-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("creating a directory for the binary copy")?;
+    let copy = SharedCopy(dir.join("pillion-demo"));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::copy(binary, &copy.0).context("copying the demo binary")?;
+    std::fs::set_permissions(&copy.0, std::fs::Permissions::from_mode(0o755))?;
+    println!(
+        "{} is not executable by the proxy's uid; using a copy in {}",
+        binary.display(),
+        dir.display()
+    );
+    Ok((copy.0.clone(), Some(copy)))
+}
+
 /// Builds the world, runs the traffic until Ctrl-C / SIGTERM / the duration, tears
 /// everything down and reports.
 pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
+    let (binary, _copy) = binary_for_proxy(&opts.binary)?;
     let world = World::new("demo")?;
     let client = world.pod("client")?;
     let server = world.pod("server")?;
@@ -63,7 +106,7 @@ pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
         server.ipv4(),
         server.ipv6()
     );
-    let sidecar_opts = SidecarOpts::new(&opts.binary).proxy_args(["--drain-timeout", "5s"]);
+    let sidecar_opts = SidecarOpts::new(&binary).proxy_args(["--drain-timeout", "5s"]);
     let client_side = client
         .install_sidecar(&sidecar_opts)
         .context("client sidecar")?;
@@ -249,6 +292,12 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn others_may_run_system_binaries() {
+        assert!(executable_by_others(Path::new("/bin/sh")));
+        assert!(!executable_by_others(Path::new("/nonexistent/x")));
+    }
 
     #[test]
     fn durations() {
