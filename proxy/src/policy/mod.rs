@@ -1,0 +1,28 @@
+//! Per-request policy for HTTP-aware proxying, as pure building blocks over `http`
+//! types, so the HTTP layer can wire them in without any of them knowing about hyper.
+//!
+//! When a new view arrives, the HTTP layer compiles each port's routes once
+//! ([`route_match::RouteTable`], [`split::Split`], [`headers::HeaderEditor`],
+//! [`rate_limit::RateLimiter`], [`retry::RetryBudget`], [`authz::Authorizer`]); per
+//! request it then only reads that compiled state:
+//!
+//! 1. inbound: strip the forged identity header and set the verified one
+//!    ([`authz::set_peer_identity`]), check [`authz::Authorizer::check`];
+//! 2. pick the route ([`route_match::RouteTable::select`]);
+//! 3. rate limit ([`rate_limit::RateLimiter::check`]);
+//! 4. outbound: pick a backend by weight ([`split::Split::pick`]), then an endpoint of
+//!    its subset with [`balance::p2c::Balancer`] over [`balance::peak_ewma::PeakEwma`]
+//!    costs, skipping endpoints [`outlier::OutlierDetector`] has ejected;
+//! 5. edit headers and rewrite the path ([`headers`]);
+//! 6. on failure, [`retry::should_retry`], [`retry::RetryBudget::try_withdraw`] and
+//!    [`retry::backoff`]; report the outcome to the outlier detector and the EWMA.
+//!
+//! Time is always passed in as `now: Instant` (read once per request), never read
+//! inside: that keeps the per-request path to one clock read and lets tests drive a
+//! simulated clock. Randomness is passed in as plain integers for the same reasons.
+//! Nothing here allocates per request except where it must build a new value (a
+//! rewritten URI, a `RateLimit` header), and locks are per endpoint or per key shard,
+//! held for a few instructions.
+
+pub mod route_match;
+pub mod split;
