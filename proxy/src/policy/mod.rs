@@ -24,5 +24,6 @@
 //! rewritten URI, a `RateLimit` header), and locks are per endpoint or per key shard,
 //! held for a few instructions.
 
+pub mod balance;
 pub mod route_match;
 pub mod split;
