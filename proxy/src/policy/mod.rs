@@ -25,5 +25,6 @@
 //! held for a few instructions.
 
 pub mod balance;
+pub mod retry;
 pub mod route_match;
 pub mod split;
