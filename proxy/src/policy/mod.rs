@@ -25,6 +25,7 @@
 //! held for a few instructions.
 
 pub mod balance;
+pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
 pub mod route_match;
