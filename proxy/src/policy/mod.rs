@@ -24,7 +24,9 @@
 //! rewritten URI, a `RateLimit` header), and locks are per endpoint or per key shard,
 //! held for a few instructions.
 
+pub mod authz;
 pub mod balance;
+pub mod headers;
 pub mod outlier;
 pub mod rate_limit;
 pub mod retry;

@@ -1,0 +1,384 @@
+//! Inbound authorization: may this caller (its verified SPIFFE id, or none for
+//! plaintext) use this port or route; and the one header that carries that identity
+//! to the application, which only the proxy may set.
+//!
+//! # Rules
+//!
+//! - `strict` port, no identity (plaintext): denied.
+//! - empty allow list: every authenticated caller is allowed, and plaintext callers
+//!   too on a `permissive` port.
+//! - non-empty allow list: the caller's identity must match one pattern; plaintext
+//!   callers never match.
+//! - an inbound route's own non-empty `allow` replaces the port's list for requests
+//!   that select that route ([`Authorizer::for_route`]); the port's mode still holds.
+//!
+//! # Patterns
+//!
+//! The syntax of `pillion_identity::SpiffeIdPattern` (checked by
+//! [`pillion_api::policy::validate_identity_pattern`]), matched here over the
+//! identity string without parsing or allocating per request: `*` alone matches
+//! every identity; otherwise `spiffe://<td>/<seg>/…` where the trust domain and each
+//! segment are literal or `*` (exactly one segment), and a `*` in last place matches
+//! one or more remaining segments. `spiffe://cluster.local/ns/demo/*` admits every
+//! workload of namespace `demo`.
+//!
+//! # The identity header
+//!
+//! [`PEER_IDENTITY_HEADER`] is removed from every incoming request, whatever its
+//! case or number of values, and then set only from the verified mTLS identity
+//! ([`set_peer_identity`]), so an application can trust it. Build the value once per
+//! connection with [`peer_identity_value`].
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pillion_api::policy::validate_identity_pattern;
+use pillion_api::view::{InboundPolicy, Mode};
+
+/// The header that tells the application who called (the verified SPIFFE id).
+pub const PEER_IDENTITY_HEADER: HeaderName =
+    HeaderName::from_static(pillion_api::policy::PEER_IDENTITY_HEADER);
+
+/// An allow list entry or identity that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthzError {
+    /// An allow pattern that is not well formed.
+    #[error("identity pattern {pattern:?} is invalid: {reason}")]
+    BadPattern {
+        /// The pattern as written.
+        pattern: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An identity that cannot be carried in a header.
+    #[error("identity {0:?} cannot be carried in a header")]
+    BadIdentity(String),
+}
+
+/// Why a request was refused (the HTTP layer answers 403 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// The caller has no verified identity and the port or route needs one.
+    Unauthenticated,
+    /// The caller's identity matches none of the allowed patterns.
+    NotAllowed,
+}
+
+/// A SPIFFE id pattern compiled for allocation-free matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityPattern {
+    /// `None` means `*` alone: every identity.
+    shape: Option<Segments>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segments {
+    /// `None` is `*`.
+    trust_domain: Option<Box<str>>,
+    /// The path segments before a trailing `*`; `None` entries are `*`.
+    path: Box<[Option<Box<str>>]>,
+    /// The last segment was `*`: one or more further segments match.
+    trailing_any: bool,
+}
+
+fn literal(part: &str) -> Option<Box<str>> {
+    (part != "*").then(|| part.into())
+}
+
+impl IdentityPattern {
+    /// Parses a pattern (see the module docs).
+    pub fn parse(pattern: &str) -> Result<IdentityPattern, AuthzError> {
+        validate_identity_pattern(pattern).map_err(|reason| AuthzError::BadPattern {
+            pattern: pattern.to_string(),
+            reason,
+        })?;
+        if pattern == "*" {
+            return Ok(IdentityPattern { shape: None });
+        }
+        let rest = pattern.strip_prefix("spiffe://").unwrap_or(pattern);
+        let (trust_domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut segments: Vec<&str> = path.split('/').collect();
+        let trailing_any = segments.last() == Some(&"*");
+        if trailing_any {
+            segments.pop();
+        }
+        Ok(IdentityPattern {
+            shape: Some(Segments {
+                trust_domain: literal(trust_domain),
+                path: segments.into_iter().map(literal).collect(),
+                trailing_any,
+            }),
+        })
+    }
+
+    /// True when `identity` (a SPIFFE id URI) is admitted.
+    pub fn matches(&self, identity: &str) -> bool {
+        let Some(shape) = &self.shape else {
+            return true;
+        };
+        let Some(rest) = identity.strip_prefix("spiffe://") else {
+            return false;
+        };
+        let Some((trust_domain, path)) = rest.split_once('/') else {
+            return false;
+        };
+        if shape
+            .trust_domain
+            .as_deref()
+            .is_some_and(|td| td != trust_domain)
+        {
+            return false;
+        }
+        let mut id_segments = path.split('/');
+        for want in shape.path.iter() {
+            match id_segments.next() {
+                Some(got) if !got.is_empty() && want.as_deref().is_none_or(|w| w == got) => {}
+                _ => return false,
+            }
+        }
+        let mut rest = id_segments.peekable();
+        if shape.trailing_any {
+            // At least one more segment, none of them empty.
+            rest.peek().is_some() && rest.all(|s| !s.is_empty())
+        } else {
+            rest.next().is_none()
+        }
+    }
+}
+
+/// The allow decision of one inbound port (or one inbound route of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorizer {
+    mode: Mode,
+    allow: Box<[IdentityPattern]>,
+}
+
+impl Authorizer {
+    /// An authorizer for a port's mode and allow patterns.
+    pub fn new(mode: Mode, allow: &[String]) -> Result<Authorizer, AuthzError> {
+        Ok(Authorizer {
+            mode,
+            allow: allow
+                .iter()
+                .map(|p| IdentityPattern::parse(p))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The authorizer of inbound `port` (the default mode and "anyone" for ports
+    /// without their own policy).
+    pub fn for_port(inbound: &InboundPolicy, port: u16) -> Result<Authorizer, AuthzError> {
+        let (mode, allow) = inbound.for_port(port);
+        Authorizer::new(mode, allow)
+    }
+
+    /// The authorizer for an inbound route of this port: the route's own allow list
+    /// when it has one, the port's otherwise; the port's mode either way.
+    pub fn for_route(&self, route_allow: &[String]) -> Result<Authorizer, AuthzError> {
+        if route_allow.is_empty() {
+            return Ok(self.clone());
+        }
+        Authorizer::new(self.mode, route_allow)
+    }
+
+    /// Decides for a caller: its verified identity, or `None` for plaintext.
+    pub fn check(&self, peer: Option<&str>) -> Result<(), Denied> {
+        match peer {
+            None if self.mode == Mode::Strict || !self.allow.is_empty() => {
+                Err(Denied::Unauthenticated)
+            }
+            None => Ok(()),
+            Some(_) if self.allow.is_empty() => Ok(()),
+            Some(id) if self.allow.iter().any(|p| p.matches(id)) => Ok(()),
+            Some(_) => Err(Denied::NotAllowed),
+        }
+    }
+}
+
+/// The header value for a verified identity; build it once per connection.
+pub fn peer_identity_value(identity: &str) -> Result<HeaderValue, AuthzError> {
+    HeaderValue::from_str(identity).map_err(|_| AuthzError::BadIdentity(identity.to_string()))
+}
+
+/// Removes every caller-supplied [`PEER_IDENTITY_HEADER`] and sets it to the verified
+/// identity, if any. Call it on every inbound request (and with `None` on outbound
+/// ones, so an application cannot forward a forged value).
+pub fn set_peer_identity(headers: &mut HeaderMap, verified: Option<&HeaderValue>) {
+    headers.remove(&PEER_IDENTITY_HEADER);
+    if let Some(value) = verified {
+        headers.insert(PEER_IDENTITY_HEADER, value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
+
+    fn pattern(p: &str) -> IdentityPattern {
+        IdentityPattern::parse(p).unwrap()
+    }
+
+    #[test]
+    fn patterns_match_like_spiffe_id_patterns() {
+        let cases = [
+            ("*", CLIENT, true),
+            ("*", "spiffe://other.td/ns/x/sa/y", true),
+            ("spiffe://cluster.local/ns/demo/sa/client", CLIENT, true),
+            ("spiffe://cluster.local/ns/demo/sa/server", CLIENT, false),
+            ("spiffe://cluster.local/ns/demo/*", CLIENT, true),
+            ("spiffe://cluster.local/ns/other/*", CLIENT, false),
+            ("spiffe://cluster.local/*", CLIENT, true),
+            ("spiffe://other.td/*", CLIENT, false),
+            ("spiffe://*/ns/demo/sa/client", CLIENT, true),
+            ("spiffe://cluster.local/ns/*/sa/client", CLIENT, true),
+            ("spiffe://cluster.local/ns/*/sa/server", CLIENT, false),
+            ("spiffe://cluster.local/ns/demo/sa/client/*", CLIENT, false),
+            ("spiffe://cluster.local/ns/demo/sa/*", CLIENT, true),
+            ("spiffe://cluster.local/ns/demo", CLIENT, false),
+            (
+                "spiffe://cluster.local/ns/demo/*",
+                "spiffe://cluster.local/ns/demo",
+                false,
+            ),
+            (
+                "spiffe://cluster.local/ns/demo/*",
+                "spiffe://cluster.local/ns/demo/",
+                false,
+            ),
+            (
+                "spiffe://cluster.local/ns/demo/*",
+                "http://cluster.local/ns/demo/sa/a",
+                false,
+            ),
+            (
+                "spiffe://cluster.local/ns/demo/*",
+                "spiffe://cluster.local",
+                false,
+            ),
+            (
+                "spiffe://cluster.local/ns/demo/sa/client",
+                "spiffe://cluster.local/ns/demo/sa/client/x",
+                false,
+            ),
+            (
+                "spiffe://cluster.local/ns/demo/sa/client",
+                "spiffe://cluster.localx/ns/demo/sa/client",
+                false,
+            ),
+        ];
+        for (p, id, want) in cases {
+            assert_eq!(pattern(p).matches(id), want, "{p} vs {id}");
+        }
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for bad in [
+            "",
+            "spiffe://cluster.local",
+            "spiffe://td/ns/de*",
+            "td/ns/a",
+        ] {
+            assert!(
+                matches!(
+                    IdentityPattern::parse(bad),
+                    Err(AuthzError::BadPattern { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    fn authorizer(mode: Mode, allow: &[&str]) -> Authorizer {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        Authorizer::new(mode, &allow).unwrap()
+    }
+
+    #[test]
+    fn decisions_follow_mode_and_allow_list() {
+        use Mode::{Permissive, Strict};
+        let demo = "spiffe://cluster.local/ns/demo/*";
+        let other = "spiffe://cluster.local/ns/other/sa/x";
+        type Case<'a> = (Mode, &'a [&'a str], Option<&'a str>, Result<(), Denied>);
+        let cases: [Case; 8] = [
+            (Permissive, &[], None, Ok(())),
+            (Permissive, &[], Some(CLIENT), Ok(())),
+            (Strict, &[], None, Err(Denied::Unauthenticated)),
+            (Strict, &[], Some(CLIENT), Ok(())),
+            (Permissive, &[demo], None, Err(Denied::Unauthenticated)),
+            (Permissive, &[demo], Some(CLIENT), Ok(())),
+            (Strict, &[demo], Some(other), Err(Denied::NotAllowed)),
+            (Strict, &[other, demo], Some(CLIENT), Ok(())),
+        ];
+        for (mode, allow, peer, want) in cases {
+            assert_eq!(
+                authorizer(mode, allow).check(peer),
+                want,
+                "{mode:?} {allow:?} {peer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_narrow_the_port_list_and_keep_the_mode() {
+        let port = authorizer(Mode::Strict, &["spiffe://cluster.local/*"]);
+        let admin = port
+            .for_route(&["spiffe://cluster.local/ns/ops/*".to_string()])
+            .unwrap();
+        assert_eq!(port.check(Some(CLIENT)), Ok(()));
+        assert_eq!(admin.check(Some(CLIENT)), Err(Denied::NotAllowed));
+        assert_eq!(
+            admin.check(Some("spiffe://cluster.local/ns/ops/sa/a")),
+            Ok(())
+        );
+        assert_eq!(admin.check(None), Err(Denied::Unauthenticated));
+        assert_eq!(port.for_route(&[]).unwrap(), port);
+    }
+
+    #[test]
+    fn port_authorizers_come_from_the_inbound_policy() {
+        let inbound = InboundPolicy {
+            default_mode: Mode::Permissive,
+            ports: BTreeMap::from([(
+                7000,
+                pillion_api::view::PortPolicy {
+                    mode: Mode::Strict,
+                    allow: vec!["spiffe://cluster.local/ns/demo/*".into()],
+                },
+            )]),
+        };
+        let strict = Authorizer::for_port(&inbound, 7000).unwrap();
+        assert_eq!(strict.check(Some(CLIENT)), Ok(()));
+        assert_eq!(strict.check(None), Err(Denied::Unauthenticated));
+        let open = Authorizer::for_port(&inbound, 8080).unwrap();
+        assert_eq!(open.check(None), Ok(()));
+    }
+
+    #[test]
+    fn forged_identity_headers_are_stripped_and_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "Pillion-Peer-Identity",
+            HeaderValue::from_static("spiffe://evil/ns/a/sa/b"),
+        );
+        headers.append(
+            "pillion-peer-identity",
+            HeaderValue::from_static("spiffe://evil/ns/c/sa/d"),
+        );
+        headers.append("x-other", HeaderValue::from_static("kept"));
+        let verified = peer_identity_value(CLIENT).unwrap();
+        set_peer_identity(&mut headers, Some(&verified));
+        let values: Vec<_> = headers.get_all(&PEER_IDENTITY_HEADER).iter().collect();
+        assert_eq!(values, [&verified]);
+        assert_eq!(headers.get("x-other").unwrap(), "kept");
+
+        set_peer_identity(&mut headers, None);
+        assert!(
+            headers.get(&PEER_IDENTITY_HEADER).is_none(),
+            "plaintext: no identity"
+        );
+        assert_eq!(PEER_IDENTITY_HEADER.as_str(), "pillion-peer-identity");
+        assert!(peer_identity_value("bad\nid").is_err());
+    }
+}
