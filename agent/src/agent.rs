@@ -17,34 +17,52 @@ use tokio_util::sync::CancellationToken;
 /// Time `shutdown` waits for the server and background tasks to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why the agent could not start.
+/// Why the agent could not start. Each message already carries its cause, so no
+/// `source()` chain repeats it.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A configuration value cannot work.
     #[error("invalid configuration: {0}")]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
     /// The source file is missing or broken.
     #[error("cannot load the source: {0}")]
-    Source(#[from] SourceError),
+    Source(SourceError),
     /// The CA cannot be loaded or created.
-    #[error(transparent)]
-    Ca(#[from] CaSetupError),
+    #[error("{0}")]
+    Ca(CaSetupError),
     /// The trust anchor cannot be written.
-    #[error(transparent)]
-    TrustAnchor(#[from] WriteAnchorError),
+    #[error("{0}")]
+    TrustAnchor(WriteAnchorError),
     /// The agent's own certificate cannot be made.
-    #[error(transparent)]
-    ServingCert(#[from] ServingCertError),
+    #[error("{0}")]
+    ServingCert(ServingCertError),
     /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
+    #[error("cannot listen on {addr}: {error}; pick a free address with --listen")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
+
+macro_rules! start_error_from {
+    ($($variant:ident($ty:ty)),*) => {$(
+        impl From<$ty> for StartError {
+            fn from(e: $ty) -> Self {
+                StartError::$variant(e)
+            }
+        }
+    )*};
+}
+
+start_error_from!(
+    Config(ConfigError),
+    Source(SourceError),
+    Ca(CaSetupError),
+    TrustAnchor(WriteAnchorError),
+    ServingCert(ServingCertError)
+);
 
 /// Entry point for starting an agent.
 #[derive(Debug)]
@@ -108,13 +126,13 @@ impl Agent {
         let cert = Arc::new(cert);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 addr: config.listen,
-                source,
+                error,
             })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let local_addr = listener.local_addr().map_err(|error| StartError::Bind {
             addr: config.listen,
-            source,
+            error,
         })?;
         let shared = Arc::new(Shared {
             source: source.subscribe(),

@@ -16,20 +16,20 @@ pub enum CaSpec {
     Dir(PathBuf),
 }
 
-/// Why the CA could not be set up, naming where it was looked for.
+/// Why the CA could not be set up, naming where it was looked for (the message
+/// carries the cause).
 #[derive(Debug, thiserror::Error)]
 pub enum CaSetupError {
     /// Generating an in-memory root failed.
     #[error("cannot generate an in-memory CA: {0}")]
-    Generate(#[source] CaError),
+    Generate(CaError),
     /// Loading or generating the CA in a directory failed.
-    #[error("cannot load or create the CA in {}: {source}", dir.display())]
+    #[error("cannot load or create the CA in {}: {error}", dir.display())]
     Dir {
         /// The `--ca-dir` given.
         dir: PathBuf,
         /// What went wrong.
-        #[source]
-        source: CaError,
+        error: CaError,
     },
     /// The trust domain can't form the agent's identity.
     #[error("cannot form the agent's identity in trust domain {trust_domain:?}: {reason}")]
@@ -54,9 +54,9 @@ impl AgentCa {
         let ca = match spec {
             CaSpec::InMemory => Ca::generate(trust_domain).map_err(CaSetupError::Generate)?,
             CaSpec::Dir(dir) => {
-                Ca::load_or_generate(dir, trust_domain).map_err(|source| CaSetupError::Dir {
+                Ca::load_or_generate(dir, trust_domain).map_err(|error| CaSetupError::Dir {
                     dir: dir.clone(),
-                    source,
+                    error,
                 })?
             }
         };

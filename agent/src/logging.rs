@@ -1,6 +1,7 @@
 //! Sets up `tracing` output for the binary: text or JSON lines on stderr.
 
 use crate::config::LogFormat;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Filter used when the one given cannot be parsed.
@@ -15,6 +16,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A subscriber may already be installed (several agents in one test process).
     let _ = match format {

@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 
 /// Why the trust anchor could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the trust anchor to {}: {source}", path.display())]
+#[error("cannot write the trust anchor to {}: {error}", path.display())]
 pub struct WriteAnchorError {
     /// The file that was being written (the temporary one, if that failed).
     pub path: PathBuf,
     /// The I/O error.
-    #[source]
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 /// Writes `pem` to `path` through `<path>.tmp` and a rename.
@@ -22,7 +21,7 @@ pub fn write_atomic(path: &Path, pem: &str) -> Result<(), WriteAnchorError> {
     let tmp = PathBuf::from(tmp_name);
     let fail = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| WriteAnchorError { path: p, source }
+        move |error| WriteAnchorError { path: p, error }
     };
     let mut file = std::fs::File::create(&tmp).map_err(fail(&tmp))?;
     file.write_all(pem.as_bytes()).map_err(fail(&tmp))?;

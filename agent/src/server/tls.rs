@@ -20,10 +20,10 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 pub enum ServingCertError {
     /// The CA refused to issue it.
     #[error("cannot issue the agent's serving certificate: {0}")]
-    Issue(#[from] pillion_identity::CaError),
+    Issue(pillion_identity::CaError),
     /// rustls refused the certificate or key.
     #[error("cannot build the agent's TLS configuration: {0}")]
-    Tls(#[from] TlsError),
+    Tls(TlsError),
 }
 
 /// The current TLS configuration, swapped whole on renewal.
@@ -84,8 +84,11 @@ fn build(
     ca: &AgentCa,
     lifetime: Duration,
 ) -> Result<(Arc<ServerConfig>, SystemTime), ServingCertError> {
-    let (issued, key) = ca.issue_agent_cert(lifetime)?;
-    let config = pillion_identity::tls::agent_server_config(&issued.chain_pem, &key)?;
+    let (issued, key) = ca
+        .issue_agent_cert(lifetime)
+        .map_err(ServingCertError::Issue)?;
+    let config = pillion_identity::tls::agent_server_config(&issued.chain_pem, &key)
+        .map_err(ServingCertError::Tls)?;
     Ok((config, issued.expires_at))
 }
 
