@@ -436,6 +436,13 @@ pub struct ServerPolicy {
     pub routes: Vec<ServerRoute>,
 }
 
+impl ServerPolicy {
+    /// True when the port has no inbound routes, so the wire form can leave it out.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
 /// One inbound rule: which requests it covers, who may send them, and how fast.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ServerRoute {

@@ -41,7 +41,14 @@
 //! port's `target_port` (absent: `P` itself). An endpoint with an `identity` is meshed
 //! and is reached over mutual TLS, verifying that SPIFFE id; without one it is plain
 //! TCP. `inbound.ports` keys are port numbers written as JSON strings.
+//!
+//! HTTP policy rides on the same objects: a service port may carry `routes` (a list
+//! of [`crate::policy::Route`]) and an inbound port a `server` object (a
+//! [`crate::policy::ServerPolicy`]), e.g.
+//! `{"port": 8080, "routes": [{"name": "all", "timeout": "2s"}]}` and
+//! `"8080": {"mode": "strict", "server": {"routes": [{"name": "admin", "allow": [...]}]}}`.
 
+use crate::policy::{Route, ServerPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -91,6 +98,10 @@ pub struct ServicePort {
     /// The port the endpoints listen on for this service port; absent means `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u16>,
+    /// HTTP routes of the port (client side), most specific match wins; empty means
+    /// one implicit route to every endpoint. See [`crate::policy`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 /// What a port speaks, so the proxy knows whether to detect, parse or just copy.
@@ -155,6 +166,9 @@ pub struct PortPolicy {
     /// authenticated peer, and plaintext peers too when the mode is permissive.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// HTTP routes of the port (server side): per-route allow lists and rate limits.
+    #[serde(default, skip_serializing_if = "ServerPolicy::is_empty")]
+    pub server: ServerPolicy,
 }
 
 impl InboundPolicy {
@@ -227,11 +241,17 @@ mod tests {
                         port: 7000,
                         protocol: Protocol::Opaque,
                         target_port: None,
+                        routes: Vec::new(),
                     },
                     ServicePort {
                         port: 80,
                         protocol: Protocol::Auto,
                         target_port: Some(8080),
+                        routes: vec![serde_json::from_str(
+                            r#"{"name": "v2", "matches": [{"path": {"prefix": "/v2"}}],
+                                "backends": [{"subset": {"version": "v2"}}]}"#,
+                        )
+                        .unwrap()],
                     },
                 ],
                 endpoints: vec![
@@ -256,6 +276,11 @@ mod tests {
                     PortPolicy {
                         mode: Mode::Strict,
                         allow: vec!["spiffe://cluster.local/ns/demo/*".into()],
+                        server: serde_json::from_str(
+                            r#"{"routes": [{"name": "admin", "matches": [{"path": {"prefix": "/admin"}}],
+                                "allow": ["spiffe://cluster.local/ns/ops/*"]}]}"#,
+                        )
+                        .unwrap(),
                     },
                 )]),
             },

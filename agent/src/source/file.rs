@@ -65,9 +65,22 @@ pub fn parse_source(name: &str, text: &str, trust_domain: &str) -> Result<Catalo
     let file: SourceFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(name, &e))?;
     validate(&file, trust_domain).map_err(|e| SourceError {
         file: name.to_string(),
-        position: locate(text, &e.path),
+        position: locate_nearest(text, &e.path),
         reason: format!("{}: {}", e.path, e.reason),
     })
+}
+
+/// The position of `path`, or of its nearest ancestor present in the text (a policy
+/// error may name a part of a value, like a header inside `remove[1]`).
+fn locate_nearest(text: &str, path: &super::path::EntryPath) -> Option<(usize, usize)> {
+    let mut path = path.clone();
+    while !path.0.is_empty() {
+        if let Some(position) = locate(text, &path) {
+            return Some(position);
+        }
+        path.0.pop();
+    }
+    None
 }
 
 /// Splits serde_yaml_ng's "message at line L column C" into position and reason.

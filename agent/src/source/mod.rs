@@ -7,6 +7,7 @@ mod locate;
 pub mod model;
 pub mod path;
 mod reload;
+pub mod routes;
 pub mod validate;
 
 pub use catalog::{Catalog, Snapshot, Workload};

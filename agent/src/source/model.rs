@@ -21,6 +21,7 @@
 //!         7000:
 //!           mode: strict           # optional, defaults to default_mode
 //!           allow: ["spiffe://cluster.local/ns/demo/*"]   # empty: any peer
+//!           routes: []             # optional HTTP server routes (see `routes`)
 //!
 //! services:
 //!   - name: echo
@@ -31,6 +32,7 @@
 //!         protocol: opaque         # auto (default) | http1 | http2 | opaque
 //!       - port: 80
 //!         target_port: 8080        # optional, defaults to `port`
+//!         routes: []               # optional HTTP routes (see `routes`)
 //!     endpoints:
 //!       - workload: server         # identity and (if not given) addresses of a workload;
 //!                                  # `other-namespace/name` reaches across namespaces
@@ -41,6 +43,7 @@
 //!       - addresses: [198.18.0.10] # no workload and no identity: plain TCP
 //! ```
 
+use super::routes::{RouteSpec, ServerRouteSpec};
 use pillion_api::view::{Mode, Protocol};
 use pillion_identity::{SpiffeId, SpiffeIdPattern};
 use serde::de::{self, Deserializer};
@@ -106,6 +109,9 @@ pub struct PortPolicySpec {
     /// SPIFFE id patterns allowed in; empty allows any peer.
     #[serde(default)]
     pub allow: Vec<Pattern>,
+    /// HTTP routes with their own allow lists and rate limits (see [`super::routes`]).
+    #[serde(default)]
+    pub routes: Vec<ServerRouteSpec>,
 }
 
 /// One service as written.
@@ -138,6 +144,9 @@ pub struct ServicePortSpec {
     /// Port the endpoints listen on; defaults to `port`.
     #[serde(default)]
     pub target_port: Option<Port>,
+    /// HTTP routes of the port (see [`super::routes`]).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
 }
 
 /// One group of endpoints as written: addresses × ports, sharing identity and labels.

@@ -4,10 +4,11 @@
 use super::catalog::{Catalog, Workload};
 use super::model::{EndpointSpec, Name, ServiceSpec, SourceFile, WorkloadSpec};
 use super::path::EntryPath;
+use super::routes;
 use crate::token::TokenHash;
 use pillion_api::view::{Endpoint, InboundPolicy, PortPolicy, Service, ServicePort};
 use pillion_identity::{IdError, SpiffeId};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 /// A problem found after parsing, naming the entry it is about.
@@ -92,7 +93,58 @@ pub fn validate(file: &SourceFile, trust_domain: &str) -> Result<Catalog, Semant
             .services
             .push(service(spec, &at, &catalog.workloads, &names)?);
     }
+    check_backend_services(&catalog.services)?;
     Ok(catalog)
+}
+
+/// Every route backend that names another service must name one of the same
+/// namespace that offers the same port, since that is where the proxy sends it.
+fn check_backend_services(services: &[Service]) -> Result<(), SemanticError> {
+    for (i, service) in services.iter().enumerate() {
+        for (k, port) in service.ports.iter().enumerate() {
+            for (r, route) in port.routes.iter().enumerate() {
+                for (b, backend) in route.backends.iter().enumerate() {
+                    let Some(name) = &backend.service else {
+                        continue;
+                    };
+                    let at = EntryPath::root("services")
+                        .index(i)
+                        .key("ports")
+                        .index(k)
+                        .key("routes")
+                        .index(r)
+                        .key("backends")
+                        .index(b)
+                        .key("service");
+                    let target = services
+                        .iter()
+                        .find(|s| s.namespace == service.namespace && &s.name == name);
+                    match target {
+                        None => {
+                            return Err(err(
+                                at,
+                                format!(
+                                    "no service named `{name}` in namespace `{}`",
+                                    service.namespace
+                                ),
+                            ))
+                        }
+                        Some(t) if !t.ports.iter().any(|p| p.port == port.port) => {
+                            return Err(err(
+                                at,
+                                format!(
+                                    "service `{name}` has no port {}: a backend service must offer the route's port",
+                                    port.port
+                                ),
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn err(path: EntryPath, reason: impl Into<String>) -> SemanticError {
@@ -127,20 +179,20 @@ fn workload(spec: &WorkloadSpec, at: &EntryPath, td: &str) -> Result<Workload, S
         addresses.push(a.0);
     }
     let default_mode = spec.inbound.default_mode;
+    let mut ports = BTreeMap::new();
+    for (port, p) in &spec.inbound.ports {
+        let at = at.key("inbound").key("ports").key(port.0);
+        let server = routes::server_policy(&p.routes, &at).map_err(|(path, why)| err(path, why))?;
+        let policy = PortPolicy {
+            mode: p.mode.unwrap_or(default_mode),
+            allow: p.allow.iter().map(|a| a.0.as_str().to_string()).collect(),
+            server,
+        };
+        ports.insert(port.0, policy);
+    }
     let inbound = InboundPolicy {
         default_mode,
-        ports: spec
-            .inbound
-            .ports
-            .iter()
-            .map(|(port, p)| {
-                let policy = PortPolicy {
-                    mode: p.mode.unwrap_or(default_mode),
-                    allow: p.allow.iter().map(|a| a.0.as_str().to_string()).collect(),
-                };
-                (port.0, policy)
-            })
-            .collect(),
+        ports,
     };
     Ok(Workload {
         namespace: spec.namespace.0.clone(),
@@ -173,10 +225,13 @@ fn service(
                 format!("port {} is listed twice", p.port.0),
             ));
         }
+        let routes = routes::client_routes(&p.routes, &at.key("ports").index(k))
+            .map_err(|(path, why)| err(path, why))?;
         ports.push(ServicePort {
             port: p.port.0,
             protocol: p.protocol,
             target_port: p.target_port.map(|t| t.0).filter(|&t| t != p.port.0),
+            routes,
         });
     }
     let targets: BTreeSet<u16> = ports.iter().map(ServicePort::target_port).collect();

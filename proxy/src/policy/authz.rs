@@ -345,6 +345,7 @@ mod tests {
                 pillion_api::view::PortPolicy {
                     mode: Mode::Strict,
                     allow: vec!["spiffe://cluster.local/ns/demo/*".into()],
+                    ..Default::default()
                 },
             )]),
         };
