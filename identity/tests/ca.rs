@@ -328,3 +328,31 @@ fn load_or_generate_writes_0600_key_and_reloads_the_same_ca() {
         Err(CaError::PartialFiles { .. })
     ));
 }
+
+#[test]
+fn issue_with_dns_names_adds_dns_sans_after_the_spiffe_id() {
+    let ca = Ca::generate("cluster.local").unwrap();
+    let me = id("spiffe://cluster.local/ns/pillion/sa/agent");
+    let names = [
+        "pillion-agent.pillion.svc",
+        "pillion-agent.pillion.svc.cluster.local",
+    ];
+    let (issued, _key) = ca.issue_with_dns_names(&me, &names, HOUR).unwrap();
+    let der = &common::certs(&issued.chain_pem)[0];
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    for name in &san.value.general_names {
+        match name {
+            GeneralName::URI(u) => uris.push(u.to_string()),
+            GeneralName::DNSName(d) => dns.push(d.to_string()),
+            other => panic!("unexpected SAN {other:?}"),
+        }
+    }
+    assert_eq!(uris, [me.as_str()]);
+    assert_eq!(dns, names);
+    assert!(ca
+        .issue_with_dns_names(&me, &["not a dns name\u{0}"], HOUR)
+        .is_err());
+}

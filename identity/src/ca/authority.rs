@@ -225,7 +225,7 @@ impl Ca {
             }
         }
         let validity = Validity::starting_now(lifetime)?;
-        self.sign_key(&P256PublicKey(csr.public_point), expected, validity)
+        self.sign_key(&P256PublicKey(csr.public_point), expected, &[], validity)
     }
 
     /// Issues a certificate and a new P-256 key for `id` (the agent's own server
@@ -239,10 +239,34 @@ impl Ca {
         self.issue_with_validity(id, validity)
     }
 
+    /// `issue` plus DNS SANs, for the agent's serving certificate: the Kubernetes API
+    /// server calls the admission webhook by its Service DNS name, not its SPIFFE id.
+    pub fn issue_with_dns_names(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[&str],
+        lifetime: Duration,
+    ) -> Result<(Issued, Zeroizing<String>), CaError> {
+        if let Some(bad) = dns_names.iter().find(|n| !is_dns_name(n)) {
+            return Err(IssueError::InvalidDnsName((*bad).to_string()).into());
+        }
+        let validity = Validity::starting_now(lifetime)?;
+        self.issue_inner(id, dns_names, validity)
+    }
+
     /// `issue` with an explicit validity window; tests use it for expired certificates.
     pub(crate) fn issue_with_validity(
         &self,
         id: &SpiffeId,
+        validity: Validity,
+    ) -> Result<(Issued, Zeroizing<String>), CaError> {
+        self.issue_inner(id, &[], validity)
+    }
+
+    fn issue_inner(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[&str],
         validity: Validity,
     ) -> Result<(Issued, Zeroizing<String>), CaError> {
         self.check_trust_domain(id)?;
@@ -252,7 +276,7 @@ impl Ca {
                 source,
             }
         })?;
-        let issued = self.sign_key(&key, id, validity)?;
+        let issued = self.sign_key(&key, id, dns_names, validity)?;
         Ok((issued, Zeroizing::new(key.serialize_pem())))
     }
 
@@ -271,13 +295,20 @@ impl Ca {
         &self,
         public_key: &impl PublicKeyData,
         id: &SpiffeId,
+        dns_names: &[&str],
         mut validity: Validity,
     ) -> Result<Issued, IssueError> {
         if validity.not_after > self.not_after {
             debug!(id = %id, "leaf lifetime clamped to the CA's expiry");
             validity.not_after = self.not_after;
         }
-        let params = leaf_params(id, validity)?;
+        let mut params = leaf_params(id, validity)?;
+        for name in dns_names {
+            let name = (*name)
+                .try_into()
+                .map_err(|e: rcgen::Error| IssueError::Signing(e))?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
         let cert = params
             .signed_by(public_key, &self.signer, &self.key)
             .map_err(IssueError::Signing)?;
@@ -298,6 +329,21 @@ impl Ca {
             serial_hex,
         })
     }
+}
+
+/// A lowercase DNS name: labels of 1-63 `a-z`, `0-9`, `-` (not at either end), at
+/// most 253 bytes in all.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// The trust domain of a CA certificate's `spiffe://<td>` URI SAN, if it has one.

@@ -122,6 +122,9 @@ pub enum IssueError {
         /// The CA's trust domain.
         ca_trust_domain: String,
     },
+    /// A DNS name for a serving certificate is not a valid DNS name.
+    #[error("{0:?} is not a valid DNS name: use dot-separated labels of a-z, 0-9 and '-'")]
+    InvalidDnsName(String),
     /// A zero lifetime was asked for.
     #[error("a certificate lifetime must be at least one second")]
     InvalidLifetime,
