@@ -10,6 +10,7 @@ pub mod agent;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod kubernetes;
 pub mod logging;
 pub mod server;
 pub mod source;
