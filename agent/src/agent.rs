@@ -3,6 +3,9 @@
 
 use crate::ca::{AgentCa, CaSetupError};
 use crate::config::{AgentConfig, ConfigError};
+use crate::kubernetes::{self, publish, token_review::TokenReviewer, watch::KubeSource};
+use crate::server::auth::{StaticTokens, TokenAuthenticator};
+use crate::server::inject::{NamespaceSource, NoNamespaces};
 use crate::server::tls::{ServingCert, ServingCertError};
 use crate::server::{self, Shared};
 use crate::source::{self, Snapshot, SourceError, SourceHandle};
@@ -36,6 +39,9 @@ pub enum StartError {
     /// The agent's own certificate cannot be made.
     #[error("{0}")]
     ServingCert(ServingCertError),
+    /// The Kubernetes API cannot be reached or configured.
+    #[error("--kubernetes: {0}")]
+    Kubernetes(String),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {error}; pick a free address with --listen")]
     Bind {
@@ -75,8 +81,34 @@ pub struct RunningAgent {
     local_addr: SocketAddr,
     trust_anchor_pem: String,
     agent_identity: SpiffeId,
-    source: SourceHandle,
+    source: Source,
     shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Where the served snapshots come from.
+#[derive(Debug)]
+enum Source {
+    /// The YAML file or the embedded default.
+    File(SourceHandle),
+    /// The cluster's watch.
+    Kubernetes(KubeSource),
+}
+
+impl Source {
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Snapshot> {
+        match self {
+            Source::File(h) => h.subscribe(),
+            Source::Kubernetes(k) => k.snapshots.clone(),
+        }
+    }
+}
+
+/// What the server needs besides the CA, per mode.
+struct ModeParts {
+    auth: Arc<dyn TokenAuthenticator>,
+    ready: tokio::sync::watch::Receiver<bool>,
+    namespaces: Arc<dyn NamespaceSource>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -86,14 +118,29 @@ impl Agent {
     pub async fn start(config: AgentConfig) -> Result<RunningAgent, StartError> {
         config.validate()?;
         let shutdown = CancellationToken::new();
-        let source = source::start(
-            &config.source,
-            &config.trust_domain,
-            config.reload_interval,
-            shutdown.child_token(),
-        )
-        .inspect_err(|_| shutdown.cancel())?;
-        let started = Self::start_serving(&config, &source, &shutdown).await;
+        let (source, client) = match &config.kubernetes {
+            None => {
+                let handle = source::start(
+                    &config.source,
+                    &config.trust_domain,
+                    config.reload_interval,
+                    shutdown.child_token(),
+                )
+                .inspect_err(|_| shutdown.cancel())?;
+                (Source::File(handle), None)
+            }
+            Some(spec) => {
+                let client = spec.connect().map_err(StartError::Kubernetes)?;
+                let kube = kubernetes::watch::start(
+                    client.clone(),
+                    config.trust_domain.clone(),
+                    spec.debounce,
+                    shutdown.child_token(),
+                );
+                (Source::Kubernetes(kube), Some(client))
+            }
+        };
+        let started = Self::start_serving(&config, &source, client, &shutdown).await;
         let (local_addr, ca, tasks) = match started {
             Ok(started) => started,
             Err(e) => {
@@ -102,7 +149,9 @@ impl Agent {
             }
         };
         tracing::info!(%local_addr, identity = %ca.agent_identity(),
-            trust_domain = %config.trust_domain, "agent serving");
+            trust_domain = %config.trust_domain,
+            mode = if config.kubernetes.is_some() { "kubernetes" } else { "file" },
+            "agent serving");
         Ok(RunningAgent {
             local_addr,
             trust_anchor_pem: ca.trust_bundle_pem(),
@@ -113,9 +162,53 @@ impl Agent {
         })
     }
 
+    /// The authenticator, readiness and namespace source of the mode, with the
+    /// Kubernetes publishers started.
+    fn mode_parts(
+        config: &AgentConfig,
+        source: &Source,
+        client: Option<kube::Client>,
+        ca: &AgentCa,
+        shutdown: &CancellationToken,
+    ) -> ModeParts {
+        match (source, client, &config.kubernetes) {
+            (Source::Kubernetes(kube), Some(client), Some(spec)) => {
+                let bundle = ca.trust_bundle_pem();
+                let webhook = publish::spawn_webhook_patcher(
+                    client.clone(),
+                    bundle.clone(),
+                    shutdown.clone(),
+                );
+                let (namespaces, anchors) = publish::start_trust_anchors(
+                    client.clone(),
+                    &kube.stores,
+                    bundle,
+                    shutdown.clone(),
+                );
+                ModeParts {
+                    auth: Arc::new(TokenReviewer::new(
+                        client,
+                        &config.trust_domain,
+                        spec.token_cache_ttl,
+                    )),
+                    ready: kube.ready.clone(),
+                    namespaces,
+                    tasks: vec![webhook, anchors],
+                }
+            }
+            _ => ModeParts {
+                auth: Arc::new(StaticTokens::new(source.subscribe())),
+                ready: tokio::sync::watch::channel(true).1,
+                namespaces: Arc::new(NoNamespaces),
+                tasks: Vec::new(),
+            },
+        }
+    }
+
     async fn start_serving(
         config: &AgentConfig,
-        source: &SourceHandle,
+        source: &Source,
+        client: Option<kube::Client>,
         shutdown: &CancellationToken,
     ) -> Result<(SocketAddr, Arc<AgentCa>, Vec<JoinHandle<()>>), StartError> {
         let ca = Arc::new(AgentCa::open(&config.ca, &config.trust_domain)?);
@@ -134,16 +227,25 @@ impl Agent {
             addr: config.listen,
             error,
         })?;
+        let parts = Self::mode_parts(config, source, client, &ca, shutdown);
+        let mut inject = config.inject.clone();
+        inject.trust_domain = config.trust_domain.clone();
+        inject.agent_identity = ca.agent_identity().to_string();
         let shared = Arc::new(Shared {
             source: source.subscribe(),
             ca: ca.clone(),
             leaf_lifetime: config.leaf_lifetime,
             shutdown: shutdown.clone(),
+            auth: parts.auth,
+            ready: parts.ready,
+            inject: Arc::new(inject),
+            namespaces: parts.namespaces,
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(server::serve(listener, cert.clone(), shared)),
             tokio::spawn(cert.keep_renewed(ca.clone(), expires_at, shutdown.clone())),
         ];
+        tasks.extend(parts.tasks);
         Ok((local_addr, ca, tasks))
     }
 }
@@ -166,17 +268,26 @@ impl RunningAgent {
 
     /// The catalog version being served now.
     pub fn version(&self) -> u64 {
-        self.source.current().version
+        self.snapshot().version
     }
 
     /// The snapshot being served now.
     pub fn snapshot(&self) -> Snapshot {
-        self.source.current()
+        self.source.subscribe().borrow().clone()
     }
 
-    /// Why the newest source file was refused, until a good one replaces it.
+    /// Why the newest source file was refused, until a good one replaces it (never
+    /// in Kubernetes mode, where odd objects are skipped one by one).
     pub fn last_error(&self) -> Option<SourceError> {
-        self.source.last_error()
+        match &self.source {
+            Source::File(h) => h.last_error(),
+            Source::Kubernetes(_) => None,
+        }
+    }
+
+    /// A receiver of every snapshot published from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Snapshot> {
+        self.source.subscribe()
     }
 
     /// A handle that stops the agent when cancelled (for signal handlers).
@@ -193,7 +304,10 @@ impl RunningAgent {
             for task in tasks {
                 let _ = task.await;
             }
-            self.source.stopped().await;
+            match &mut self.source {
+                Source::File(h) => h.stopped().await,
+                Source::Kubernetes(k) => k.stopped().await,
+            }
         };
         if tokio::time::timeout(STOP_TIMEOUT, all).await.is_err() {
             tracing::warn!("agent tasks did not stop in time");

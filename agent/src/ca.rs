@@ -7,6 +7,13 @@ use pillion_identity::{SpiffeId, Zeroizing};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// DNS names of the agent's Service (`deploy/agent/service.yaml`) on its serving
+/// certificate: the Kubernetes API server verifies the webhook by them.
+pub const AGENT_DNS_NAMES: [&str; 2] = [
+    "pillion-agent.pillion.svc",
+    "pillion-agent.pillion.svc.cluster.local",
+];
+
 /// Where the CA's certificate and key come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CaSpec {
@@ -86,12 +93,14 @@ impl AgentCa {
         self.ca.sign_csr(csr_pem, identity, lifetime)
     }
 
-    /// Issues the agent's own serving certificate and key.
+    /// Issues the agent's own serving certificate and key: its SPIFFE id for the
+    /// proxies, plus [`AGENT_DNS_NAMES`] for the API server calling the webhook.
     pub fn issue_agent_cert(
         &self,
         lifetime: Duration,
     ) -> Result<(Issued, Zeroizing<String>), CaError> {
-        self.ca.issue(&self.agent_identity, lifetime)
+        self.ca
+            .issue_with_dns_names(&self.agent_identity, &AGENT_DNS_NAMES, lifetime)
     }
 }
 

@@ -2,9 +2,11 @@
 //! checked at start into an [`AgentConfig`] with messages that say what to fix.
 
 use crate::ca::CaSpec;
+use crate::kubernetes::{ClientSpec, KubernetesSpec};
 use crate::source::SourceSpec;
 use clap::{Parser, ValueEnum};
 use pillion_api::defaults;
+use pillion_inject::{InjectArgs, InjectConfig};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +23,9 @@ const MAX_LEAF_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Reload interval bounds: fast enough for tests, slow enough to be sane.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_RELOAD_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How long a positive TokenReview is cached unless told otherwise.
+pub const DEFAULT_TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,6 +49,23 @@ pub struct AgentArgs {
     #[arg(long, env = "PILLION_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Watch the cluster (Services, EndpointSlices, Pods, Namespaces, pillion.io
+    /// policies) instead of a YAML source, check proxy tokens with TokenReview, and
+    /// publish the webhook's caBundle and the trust anchors. Uses the in-cluster
+    /// ServiceAccount.
+    #[arg(long, env = "PILLION_KUBERNETES", conflicts_with = "config")]
+    pub kubernetes: bool,
+
+    /// How long a TokenReview that accepted a token is trusted, at most 60s.
+    #[arg(long, env = "PILLION_TOKEN_CACHE_TTL", value_name = "DURATION",
+          default_value_t = humantime::Duration::from(DEFAULT_TOKEN_CACHE_TTL))]
+    pub token_cache_ttl: humantime::Duration,
+
+    /// The sidecar injector's settings (`POST /v1/inject`); its trust domain is
+    /// always the agent's `--trust-domain`.
+    #[command(flatten)]
+    pub inject: InjectArgs,
+
     /// Address of the HTTPS (HTTP/2 and HTTP/1.1) API.
     #[arg(long, env = "PILLION_LISTEN", value_name = "ADDR",
           default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, defaults::AGENT_PORT)))]
@@ -55,7 +77,7 @@ pub struct AgentArgs {
     pub ca_dir: Option<PathBuf>,
 
     /// Trust domain of every identity the agent issues.
-    #[arg(long, env = "PILLION_TRUST_DOMAIN", value_name = "DOMAIN",
+    #[arg(id = "agent_trust_domain", long = "trust-domain", env = "PILLION_TRUST_DOMAIN", value_name = "DOMAIN",
           default_value = defaults::TRUST_DOMAIN)]
     pub trust_domain: String,
 
@@ -106,6 +128,10 @@ pub struct AgentConfig {
     pub trust_anchor_out: Option<PathBuf>,
     /// How often to poll the source file.
     pub reload_interval: Duration,
+    /// Watch the cluster instead of `source` (and authenticate with TokenReview).
+    pub kubernetes: Option<KubernetesSpec>,
+    /// What the webhook injects.
+    pub inject: InjectConfig,
 }
 
 /// A flag value that cannot work, with what to do instead.
@@ -131,6 +157,8 @@ impl AgentConfig {
             agent_cert_lifetime: AGENT_CERT_LIFETIME,
             trust_anchor_out: None,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
+            kubernetes: None,
+            inject: InjectConfig::default(),
         }
     }
 
@@ -151,6 +179,17 @@ impl AgentConfig {
             MIN_LEAF_LIFETIME,
             MAX_LEAF_LIFETIME,
         )?;
+        if let Some(k) = &self.kubernetes {
+            if k.token_cache_ttl > crate::kubernetes::token_review::MAX_CACHE_TTL {
+                return Err(ConfigError {
+                    flag: "--token-cache-ttl",
+                    reason: format!(
+                        "{} is too long: a revoked token must stop working within a minute; use at most 60s",
+                        humantime::format_duration(k.token_cache_ttl)
+                    ),
+                });
+            }
+        }
         check_range(
             "--reload-interval",
             self.reload_interval,
@@ -214,6 +253,14 @@ impl AgentArgs {
             agent_cert_lifetime: AGENT_CERT_LIFETIME,
             trust_anchor_out: self.trust_anchor_out.clone(),
             reload_interval: self.reload_interval.into(),
+            kubernetes: self.kubernetes.then(|| KubernetesSpec {
+                token_cache_ttl: self.token_cache_ttl.into(),
+                ..KubernetesSpec::new(ClientSpec::InCluster)
+            }),
+            inject: self.inject.clone().into_config().map_err(|e| ConfigError {
+                flag: "--proxy-*",
+                reason: e.to_string(),
+            })?,
         };
         config.validate()?;
         Ok(config)
@@ -289,5 +336,30 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.flag, "--config");
         assert!(e.reason.contains("embedded demo default"), "{e}");
+
+        let e = parse(&["--kubernetes", "--token-cache-ttl", "5m"])
+            .unwrap()
+            .to_config()
+            .unwrap_err();
+        assert_eq!(e.flag, "--token-cache-ttl");
+        assert!(parse(&["--kubernetes", "--config", "x.yaml"]).is_err());
+    }
+
+    #[test]
+    fn kubernetes_mode_and_injector_flags() {
+        let config = parse(&["--kubernetes", "--proxy-image", "registry.example/p:1"])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        let k = config.kubernetes.expect("kubernetes mode");
+        assert!(matches!(k.client, ClientSpec::InCluster));
+        assert_eq!(k.token_cache_ttl, DEFAULT_TOKEN_CACHE_TTL);
+        assert_eq!(config.inject.proxy_image, "registry.example/p:1");
+        assert!(parse(&[])
+            .unwrap()
+            .to_config()
+            .unwrap()
+            .kubernetes
+            .is_none());
     }
 }

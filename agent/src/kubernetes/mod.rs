@@ -11,4 +11,52 @@
 //!   ConfigMap into injected namespaces.
 
 pub mod crd;
+pub mod publish;
+pub mod token_review;
 pub mod translate;
+pub mod watch;
+
+use std::time::Duration;
+
+/// How the agent reaches the API server and how it treats what it learns.
+#[derive(Debug, Clone)]
+pub struct KubernetesSpec {
+    /// Where the API server is and how to authenticate to it.
+    pub client: ClientSpec,
+    /// Wait between a change and its translation.
+    pub debounce: Duration,
+    /// How long a positive TokenReview is trusted (≤ 60 s).
+    pub token_cache_ttl: Duration,
+}
+
+impl KubernetesSpec {
+    /// Defaults (100 ms debounce, 30 s token cache) for `client`.
+    pub fn new(client: ClientSpec) -> Self {
+        Self {
+            client,
+            debounce: watch::DEFAULT_DEBOUNCE,
+            token_cache_ttl: crate::config::DEFAULT_TOKEN_CACHE_TTL,
+        }
+    }
+
+    /// A client for the API server.
+    pub fn connect(&self) -> Result<kube::Client, String> {
+        let config = match &self.client {
+            ClientSpec::InCluster => kube::Config::incluster().map_err(|e| {
+                format!("cannot read the in-cluster configuration (is the agent running in a pod with a ServiceAccount?): {e}")
+            })?,
+            ClientSpec::Config(config) => (**config).clone(),
+        };
+        kube::Client::try_from(config)
+            .map_err(|e| format!("cannot build the Kubernetes client: {e}"))
+    }
+}
+
+/// Where the API server is.
+#[derive(Debug, Clone)]
+pub enum ClientSpec {
+    /// The pod's ServiceAccount and `KUBERNETES_SERVICE_*` (the deployment).
+    InCluster,
+    /// A given configuration (tests, or an agent outside the cluster).
+    Config(Box<kube::Config>),
+}

@@ -387,7 +387,7 @@ impl Translator<'_> {
                 }
             }
         }
-        out.sort_by(|a, b| (a.address, a.port).cmp(&(b.address, b.port)));
+        out.sort_by_key(|e| (e.address, e.port));
         out
     }
 

@@ -15,13 +15,11 @@ use std::time::UNIX_EPOCH;
 
 /// Answers one certificate request.
 pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
-    let (identity, token) = {
-        let snapshot = shared.source.borrow().clone();
-        match authenticate(req.headers(), &snapshot.catalog, "certificates") {
-            Ok((w, token)) => (w.identity.clone(), token),
+    let (identity, token) =
+        match authenticate(req.headers(), shared.auth.as_ref(), "certificates").await {
+            Ok(found) => found,
             Err(resp) => return *resp,
-        }
-    };
+        };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -3,19 +3,23 @@
 
 pub mod auth;
 pub mod certificates;
+pub mod inject;
 pub mod reply;
 pub mod tls;
 pub mod watch;
 
 use crate::ca::AgentCa;
 use crate::source::Snapshot;
+use auth::TokenAuthenticator;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use inject::{NamespaceSource, INJECT_PATH};
 use pillion_api::certs::{error_codes, CERTIFICATES_PATH, HEALTHZ_PATH, WATCH_PATH};
+use pillion_inject::InjectConfig;
 use reply::Body;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,7 +50,20 @@ pub struct Shared {
     pub leaf_lifetime: Duration,
     /// Fires when the agent shuts down; ends watch streams.
     pub shutdown: CancellationToken,
+    /// Proves the identity behind a bearer token.
+    pub auth: Arc<dyn TokenAuthenticator>,
+    /// True once the source has published a complete first view (`/ready`).
+    pub ready: tokio::sync::watch::Receiver<bool>,
+    /// What the webhook injects.
+    pub inject: Arc<InjectConfig>,
+    /// Namespace annotations for the webhook.
+    pub namespaces: Arc<dyn NamespaceSource>,
 }
+
+/// Readiness probe path: 200 once the first view is loaded, 503 before.
+pub const READY_PATH: &str = "/ready";
+/// Liveness probe path: 200 while the server answers.
+pub const LIVE_PATH: &str = "/live";
 
 /// Serves connections from `listener` until `shared.shutdown` fires, then lets open
 /// connections finish for a short grace period.
@@ -127,19 +144,40 @@ async fn dispatch(
 ) -> Response<Body> {
     match (method, path) {
         (&Method::POST, CERTIFICATES_PATH) => certificates::handle(req, shared).await,
-        (&Method::GET, WATCH_PATH) => watch::handle(&req, shared),
-        (&Method::GET, HEALTHZ_PATH) => reply::bytes(StatusCode::OK, "text/plain", "ok\n"),
-        (_, CERTIFICATES_PATH | WATCH_PATH | HEALTHZ_PATH) => reply::error(
+        (&Method::GET, WATCH_PATH) => watch::handle(&req, shared).await,
+        (&Method::POST, INJECT_PATH) => inject::handle(req, shared).await,
+        (&Method::GET, HEALTHZ_PATH | LIVE_PATH) => {
+            reply::bytes(StatusCode::OK, "text/plain", "ok\n")
+        }
+        (&Method::GET, READY_PATH) => {
+            if *shared.ready.borrow() {
+                reply::bytes(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                reply::bytes(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: the first view is still loading\n",
+                )
+            }
+        }
+        (
+            _,
+            CERTIFICATES_PATH | WATCH_PATH | INJECT_PATH | HEALTHZ_PATH | LIVE_PATH | READY_PATH,
+        ) => reply::error(
             StatusCode::METHOD_NOT_ALLOWED,
             error_codes::METHOD_NOT_ALLOWED,
             format!(
-                "use POST {CERTIFICATES_PATH}, GET {WATCH_PATH} or GET {HEALTHZ_PATH}"
+                "use POST {CERTIFICATES_PATH}, GET {WATCH_PATH}, POST {INJECT_PATH}, \
+                     or GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}"
             ),
         ),
         _ => reply::error(
             StatusCode::NOT_FOUND,
             error_codes::NOT_FOUND,
-            format!("no such endpoint; the agent serves POST {CERTIFICATES_PATH}, GET {WATCH_PATH} and GET {HEALTHZ_PATH}"),
+            format!(
+                "no such endpoint; the agent serves POST {CERTIFICATES_PATH}, GET {WATCH_PATH}, \
+                 POST {INJECT_PATH} and GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}"
+            ),
         ),
     }
 }

@@ -10,10 +10,10 @@
 //! The cost, that a proxy must notice a dead stream and reconnect with backoff, it
 //! pays anyway, since the agent can restart at any time.
 
-use super::auth::authenticate;
+use super::auth::{authenticate, TokenAuthenticator};
 use super::reply::Body;
 use super::Shared;
-use crate::source::Snapshot;
+use crate::source::{Snapshot, Workload};
 use crate::token::TokenHash;
 use crate::view::{same_except_version, view_for};
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use pillion_api::view::View;
 use pillion_identity::SpiffeId;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -32,20 +33,27 @@ use tokio_util::sync::CancellationToken;
 /// Lines buffered per watcher; the watch channel already collapses bursts.
 const BUFFERED_LINES: usize = 2;
 
-/// Starts a view stream for the workload the token proves.
-pub fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
+/// Starts a view stream for the workload the token proves; before the source's
+/// first complete view (Kubernetes: the first sync of every watch) it answers 503,
+/// so no proxy ever takes an empty view for the mesh.
+pub async fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
     let rx = shared.source.clone();
-    let (identity, token) = {
-        let snapshot = rx.borrow().clone();
-        match authenticate(req.headers(), &snapshot.catalog, "watch") {
-            Ok((w, token)) => (w.identity.clone(), token),
-            Err(resp) => return *resp,
-        }
+    let (identity, token) = match authenticate(req.headers(), shared.auth.as_ref(), "watch").await {
+        Ok(found) => found,
+        Err(resp) => return *resp,
     };
+    if !*shared.ready.borrow() {
+        return super::reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the agent has not loaded its first view of the cluster yet; retry shortly",
+        );
+    }
     let (tx, lines) = mpsc::channel(BUFFERED_LINES);
     tracing::info!(%identity, token_sha256 = %token.short(), "watch started");
     tokio::spawn(stream_views(
         rx,
+        shared.auth.clone(),
         token,
         identity,
         tx,
@@ -66,6 +74,7 @@ pub fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
 /// client goes away, the token stops proving the identity, or the agent shuts down.
 async fn stream_views(
     mut rx: watch::Receiver<Snapshot>,
+    auth: Arc<dyn TokenAuthenticator>,
     token: TokenHash,
     identity: SpiffeId,
     tx: mpsc::Sender<Bytes>,
@@ -75,11 +84,15 @@ async fn stream_views(
     loop {
         let view = {
             let snapshot = rx.borrow_and_update();
-            snapshot
-                .catalog
-                .workload_for_hash(&token)
-                .filter(|w| w.identity == identity)
-                .map(|w| view_for(&snapshot.catalog, w, snapshot.version))
+            let catalog = &snapshot.catalog;
+            auth.still_valid(&token, &identity, catalog).then(|| {
+                match catalog.workloads().iter().find(|w| w.identity == identity) {
+                    Some(w) => view_for(catalog, w, snapshot.version),
+                    // Known to the credential but not (yet) to the source, e.g. a pod
+                    // the Kubernetes watch has not seen: every service, default policy.
+                    None => view_for(catalog, &unlisted(&identity), snapshot.version),
+                }
+            })
         };
         let Some(view) = view else {
             tracing::info!(%identity, token_sha256 = %token.short(),
@@ -109,6 +122,18 @@ async fn stream_views(
         }
     }
     tracing::info!(%identity, "watch ended: the client went away");
+}
+
+/// A workload the source does not list: its identity and the default policy.
+fn unlisted(identity: &SpiffeId) -> Workload {
+    Workload {
+        namespace: identity.namespace().to_string(),
+        name: identity.service_account().to_string(),
+        identity: identity.clone(),
+        addresses: Vec::new(),
+        inbound: Default::default(),
+        token: None,
+    }
 }
 
 /// A response body fed line by line from a channel; it ends when the sender drops.
