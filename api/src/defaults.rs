@@ -92,6 +92,46 @@ pub mod env {
     pub const OPAQUE_PORTS: &str = "PILLION_OPAQUE_PORTS";
     /// Ratio of new traces to sample, 0.0 to 1.0.
     pub const TRACE_SAMPLING: &str = "PILLION_TRACE_SAMPLING";
+    /// OTLP collector URL, e.g. `http://198.18.0.1:4317`; unset means no tracing.
+    pub const OTLP_ENDPOINT: &str = "PILLION_OTLP_ENDPOINT";
+    /// OTLP transport: `grpc` or `http` (HTTP/protobuf).
+    pub const OTLP_PROTOCOL: &str = "PILLION_OTLP_PROTOCOL";
+    /// Access log target: `off`, `stderr` or a file path.
+    pub const ACCESS_LOG: &str = "PILLION_ACCESS_LOG";
+}
+
+/// Telemetry defaults: tracing, OTLP export and access logs. Every queue is bounded so
+/// telemetry can only ever drop data, never slow traffic.
+pub mod telemetry {
+    use std::time::Duration;
+
+    /// Share of new traces sampled when none is configured. Tracing is off until an
+    /// OTLP endpoint is set, so "everything" is the useful default once it is.
+    pub const TRACE_SAMPLING: f64 = 1.0;
+    /// Port of an OTLP/gRPC collector.
+    pub const OTLP_GRPC_PORT: u16 = 4317;
+    /// Port of an OTLP HTTP/protobuf collector.
+    pub const OTLP_HTTP_PORT: u16 = 4318;
+    /// Path of the OTLP HTTP/protobuf trace endpoint.
+    pub const OTLP_HTTP_TRACES_PATH: &str = "/v1/traces";
+    /// Finished spans waiting for export; more are dropped and counted.
+    pub const SPAN_QUEUE: usize = 2048;
+    /// Spans sent in one export request at most.
+    pub const SPAN_BATCH: usize = 512;
+    /// Longest a finished span waits before its batch is sent.
+    pub const SPAN_BATCH_DELAY: Duration = Duration::from_secs(1);
+    /// Time one export request may take.
+    pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// First retry delay of a failed export; doubles up to [`EXPORT_BACKOFF_MAX`].
+    pub const EXPORT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+    /// Longest retry delay of a failed export.
+    pub const EXPORT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+    /// Attempts of one batch before it is dropped (and counted).
+    pub const EXPORT_ATTEMPTS: u32 = 5;
+    /// Access log lines waiting for the writer; more are dropped and counted.
+    pub const ACCESS_LOG_QUEUE: usize = 4096;
+    /// `service.name` when neither a service account nor a pod name is known.
+    pub const SERVICE_NAME: &str = "pillion-proxy";
 }
 
 /// Default SPIFFE id path of the agent: `spiffe://<trust-domain>/ns/pillion/sa/agent`.

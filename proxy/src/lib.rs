@@ -30,6 +30,7 @@ pub mod proxy;
 pub mod readiness;
 pub mod relay;
 pub mod rlimit;
+pub mod telemetry;
 pub mod transport;
 
 pub use config::ProxyConfig;

@@ -49,6 +49,7 @@
 //! - [`metrics`]: scrape and query a proxy's `/metrics`;
 //! - [`apps`]: echo and reply-after-EOF servers, clients, test data, checksum;
 //! - [`rules`]: normalised `iptables-save` output;
+//! - [`otlp`]: a test OTLP collector (gRPC and HTTP/protobuf) to assert on spans;
 //! - [`multicall`]: `<bin> init|proxy …`, so one test binary runs every program;
 //! - [`probe`]: a one-shot TCP client process (e.g. to run as the proxy's uid);
 //! - [`demo`]: the `pillion-demo` binary's two-pod world with live traffic.
@@ -62,6 +63,7 @@ pub mod http;
 pub mod marker;
 pub mod metrics;
 pub mod multicall;
+pub mod otlp;
 mod netns;
 mod pod;
 pub mod probe;
