@@ -21,13 +21,15 @@
 //!
 //! Modules: [`ids`] (trace/span ids), [`context`] (headers in and out), [`sampler`],
 //! [`span`] (the tracer), [`export`] (the OTLP exporter), [`access_log`],
-//! [`resource`] (`service.name` and friends), [`metrics`].
+//! [`resource`] (`service.name` and friends), [`metrics`], [`process`] (`process_*`
+//! and `pillion_build_info`).
 
 pub mod access_log;
 pub mod context;
 pub mod export;
 pub mod ids;
 pub mod metrics;
+pub mod process;
 pub mod resource;
 pub mod sampler;
 pub mod span;
@@ -120,6 +122,7 @@ impl Telemetry {
     ) -> Result<Telemetry, TelemetryError> {
         let sampler = Sampler::new(config.sampling)?;
         let metrics = TelemetryMetrics::register(registry);
+        process::register(registry);
         let access_log =
             AccessLog::start(&config.access_log, config.access_log_queue, metrics.clone())?;
         let (tracer, exporter) = match &config.otlp {
