@@ -1,0 +1,87 @@
+//! The binary's edge: the pods' programs (`init`, `proxy`, `agent`) by first argument,
+//! otherwise the benchmark's flags, the run, the report and the exit code.
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::bench::{self, Opts};
+
+/// Pillion side by side: direct, the Pillion pair, an nginx pair and an HAProxy pair,
+/// in private network namespaces. Needs root.
+#[derive(Debug, Parser)]
+#[command(name = "pillion-benches")]
+pub struct Args {
+    /// One short run of each figure (seconds in all), for tests and CI.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Where bench.md and bench.json go (default: the workspace's target/bench).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Runs per figure (default: 3, or 1 with --smoke).
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Tokio worker threads of each Pillion proxy (nginx and HAProxy run one worker).
+    #[arg(long, default_value_t = 1)]
+    pub proxy_workers: usize,
+    /// Keep the scratch directory (certificates, configs, peer logs) after the run.
+    #[arg(long)]
+    pub keep_workdir: bool,
+}
+
+/// Runs the program named by `args[1]` if it is one the pods use; `None` otherwise.
+pub fn dispatch_program(args: &[OsString]) -> Option<ExitCode> {
+    if args.get(1).map(OsString::as_os_str) == Some(OsStr::new("agent")) {
+        let rest =
+            std::iter::once(OsString::from("pillion-agent")).chain(args[2..].iter().cloned());
+        return Some(pillion_agent::cli::main_with_args(rest.collect()));
+    }
+    pillion_tests::multicall::dispatch(args.to_vec())
+}
+
+/// The whole binary.
+pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+    if let Some(code) = dispatch_program(&args) {
+        return code;
+    }
+    let parsed = match Args::try_parse_from(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let binary = match std::env::current_exe() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("pillion-benches: cannot find my own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = Opts {
+        smoke: parsed.smoke,
+        runs: parsed.runs,
+        workers: parsed.proxy_workers.max(1),
+        binary,
+        keep_workdir: parsed.keep_workdir,
+    };
+    let out = parsed.out.unwrap_or_else(bench::default_out);
+    let report = match bench::run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pillion-benches: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = bench::publish(&report, &out) {
+        eprintln!("pillion-benches: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    if report.has_failures() {
+        eprintln!("pillion-benches: some figures failed (see the table)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,149 @@
+//! The figures of the report, in order: id (the JSON key), label, unit and which
+//! direction is better. One list, so the table, the JSON and the ratios agree.
+
+use serde::Serialize;
+
+use crate::plan::Plan;
+
+/// One figure's definition.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// Stable key in the JSON.
+    pub id: String,
+    /// Row label in the markdown table.
+    pub label: String,
+    /// Unit of the values.
+    pub unit: &'static str,
+    /// Whether a larger value is better (throughput) or worse (latency, memory, CPU).
+    pub higher_is_better: bool,
+    /// Decimals shown in the table.
+    #[serde(skip)]
+    pub decimals: usize,
+}
+
+fn fig(id: String, label: String, unit: &'static str, higher: bool, decimals: usize) -> Figure {
+    Figure {
+        id,
+        label,
+        unit,
+        higher_is_better: higher,
+        decimals,
+    }
+}
+
+/// Id of the closed-loop HTTP/1.1 figure.
+pub const H1_RPS: &str = "http1_rps";
+/// Id of the HTTP/2 figure.
+pub const H2_RPS: &str = "http2_rps";
+/// Id of the new-connections figure.
+pub const CONN_RATE: &str = "new_connections_per_s";
+/// Id of the bulk figure.
+pub const BULK: &str = "bulk_gbit_per_s";
+/// Id of the idle memory figure.
+pub const RSS_IDLE: &str = "proxy_rss_idle_mib";
+/// Id of the memory-with-open-connections figure.
+pub const RSS_HOLD: &str = "proxy_rss_open_conns_mib";
+/// Id of the peak memory figure.
+pub const RSS_PEAK: &str = "proxy_rss_peak_mib";
+/// Id of the CPU figure.
+pub const CPU: &str = "proxy_cpu_s_per_10k_requests";
+
+/// Id of a latency percentile at an open-loop rate (`p` is `p50`, `p99` or `p999`).
+pub fn latency_id(rate: u32, p: &str) -> String {
+    format!("latency_{p}_ms_at_{rate}_rps")
+}
+
+/// The percentiles reported per rate, with their labels.
+pub const PERCENTILES: &[(&str, &str)] = &[("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")];
+
+/// Every figure the plan measures, in table order.
+pub fn all(plan: &Plan) -> Vec<Figure> {
+    let mut v = vec![fig(
+        H1_RPS.into(),
+        format!("HTTP/1.1 keep-alive, {} conns: max req/s", plan.h1_conns),
+        "req/s",
+        true,
+        0,
+    )];
+    for rate in &plan.open_rates {
+        for (p, label) in PERCENTILES {
+            v.push(fig(
+                latency_id(*rate, p),
+                format!("latency {label} at {rate} req/s (open loop, CO-corrected), ms"),
+                "ms",
+                false,
+                3,
+            ));
+        }
+    }
+    v.extend([
+        fig(
+            H2_RPS.into(),
+            format!(
+                "HTTP/2, {} streams on {} conns: req/s",
+                plan.h2_streams, plan.h2_conns
+            ),
+            "req/s",
+            true,
+            0,
+        ),
+        fig(
+            CONN_RATE.into(),
+            "new connections/s (1 request each)".into(),
+            "conn/s",
+            true,
+            0,
+        ),
+        fig(
+            BULK.into(),
+            format!("bulk TCP, {} MiB: Gbit/s", plan.bulk_bytes >> 20),
+            "Gbit/s",
+            true,
+            2,
+        ),
+        fig(
+            RSS_IDLE.into(),
+            "proxy RSS idle (both sides), MiB".into(),
+            "MiB",
+            false,
+            1,
+        ),
+        fig(
+            RSS_HOLD.into(),
+            format!("proxy RSS at {} open conns, MiB", plan.hold_conns),
+            "MiB",
+            false,
+            1,
+        ),
+        fig(
+            RSS_PEAK.into(),
+            "proxy RSS peak (VmHWM), MiB".into(),
+            "MiB",
+            false,
+            1,
+        ),
+        fig(
+            CPU.into(),
+            "proxy CPU s per 10,000 requests".into(),
+            "s",
+            false,
+            3,
+        ),
+    ]);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique() {
+        let figs = all(&Plan::full());
+        let mut ids: Vec<_> = figs.iter().map(|f| f.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), figs.len());
+        assert!(ids.contains(&latency_id(5000, "p999")));
+    }
+}

@@ -1,0 +1,32 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! `pillion-benches`: Pillion side by side with a direct connection, an nginx pair and
+//! an HAProxy pair, all in one run on the same client and server, in private network
+//! namespaces built with the `pillion-tests` harness.
+//!
+//! Run `sudo cargo run --release -p pillion-benches -- [--smoke] [--out DIR]`. The
+//! binary is also the multicall program the pods run (`init`, `proxy`, `agent`).
+//!
+//! - [`topology`]: the pods, servers and proxy pairs;
+//! - [`load`]: the load generator (closed and open loop, HTTP/1.1, h2c, connections,
+//!   bulk);
+//! - [`measure`]: runs every figure for every row;
+//! - [`report`]: markdown and JSON, ratios.
+
+pub mod bench;
+pub mod certs;
+pub mod cli;
+pub mod figures;
+pub mod install;
+pub mod load;
+pub mod machine;
+pub mod measure;
+pub mod pin;
+pub mod plan;
+pub mod procstat;
+pub mod report;
+pub mod server;
+pub mod stats;
+pub mod template;
+pub mod topology;
+pub mod workdir;

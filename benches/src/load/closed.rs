@@ -1,0 +1,68 @@
+//! Maximum requests per second: a closed loop of HTTP/1.1 keep-alive connections, each
+//! sending its next request as soon as the previous answer is in, for a fixed time.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::time::{timeout, Instant};
+
+use super::{connect_h1, connect_many, get, Throughput, REQUEST_TIMEOUT};
+
+/// Runs `conns` connections against `addr` for `duration`; connections are opened
+/// before the clock starts, and a failed one is re-opened (counting an error).
+pub async fn run(addr: SocketAddr, conns: usize, duration: Duration) -> Result<Throughput> {
+    let host = addr.to_string();
+    let senders = connect_many(addr, conns)
+        .await
+        .context("opening the keep-alive connections")?;
+    let start = Instant::now();
+    let deadline = start + duration;
+    let workers: Vec<_> = senders
+        .into_iter()
+        .map(|sender| tokio::spawn(worker(addr, host.clone(), sender, deadline)))
+        .collect();
+    let mut total = Throughput {
+        ok: 0,
+        errors: 0,
+        seconds: 0.0,
+    };
+    for w in workers {
+        let (ok, errors) = w.await.context("a load worker panicked")?;
+        total.ok += ok;
+        total.errors += errors;
+    }
+    total.seconds = start.elapsed().as_secs_f64();
+    Ok(total)
+}
+
+async fn worker(
+    addr: SocketAddr,
+    host: String,
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    deadline: Instant,
+) -> (u64, u64) {
+    let (mut ok, mut errors) = (0, 0);
+    let mut sender = Some(sender);
+    while Instant::now() < deadline {
+        let s = match sender.as_mut() {
+            Some(s) => s,
+            None => match timeout(REQUEST_TIMEOUT, connect_h1(addr)).await {
+                Ok(Ok(s)) => sender.insert(s),
+                _ => {
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        match timeout(REQUEST_TIMEOUT, get(s, &host)).await {
+            Ok(Ok(())) => ok += 1,
+            _ => {
+                errors += 1;
+                sender = None;
+            }
+        }
+    }
+    (ok, errors)
+}

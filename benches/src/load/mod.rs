@@ -1,0 +1,42 @@
+//! The load generator: in-process hyper clients run on a pinned pod thread. Each
+//! submodule measures one figure; all are bounded in time (or size) and stop by
+//! themselves.
+
+pub mod bulk;
+pub mod closed;
+pub mod conns;
+pub mod h2;
+mod http1;
+pub mod open;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use http1::{connect_h1, connect_many, get};
+
+/// Bound of a single request or connection attempt; a stuck proxy shows up as errors,
+/// never as a hung benchmark.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a closed-loop run achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Throughput {
+    /// Requests (or connections) that completed correctly.
+    pub ok: u64,
+    /// Requests (or connections) that failed or timed out.
+    pub errors: u64,
+    /// Wall time of the measured phase, seconds.
+    pub seconds: f64,
+}
+
+impl Throughput {
+    /// Completed operations per second.
+    pub fn per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.ok as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}

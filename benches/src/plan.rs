@@ -1,0 +1,104 @@
+//! What one run measures and for how long: the full plan (several runs of each figure,
+//! seconds each) and the smoke plan (one short run of each, for tests and CI).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Durations, sizes and counts of one benchmark run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// `full` or `smoke`.
+    pub mode: &'static str,
+    /// Runs of each figure; figures report the median, min and max.
+    pub runs: usize,
+    /// HTTP/1.1 keep-alive connections of the closed-loop and open-loop tests.
+    pub h1_conns: usize,
+    /// Length of a closed-loop HTTP/1.1 run.
+    pub rps_duration: Duration,
+    /// Open-loop rates, requests per second.
+    pub open_rates: Vec<u32>,
+    /// Length of an open-loop run.
+    pub open_duration: Duration,
+    /// HTTP/2 connections.
+    pub h2_conns: usize,
+    /// Concurrent HTTP/2 streams over all connections.
+    pub h2_streams: usize,
+    /// Length of an HTTP/2 run.
+    pub h2_duration: Duration,
+    /// Concurrent workers of the new-connection test.
+    pub conn_workers: usize,
+    /// Length of a new-connection run.
+    pub conn_duration: Duration,
+    /// Bytes of one bulk transfer.
+    pub bulk_bytes: u64,
+    /// Connections held open for the memory figure.
+    pub hold_conns: usize,
+    /// Pause between two measurements (lets sockets and caches settle).
+    pub settle: Duration,
+}
+
+impl Plan {
+    /// The real benchmark: three runs of each figure.
+    pub fn full() -> Plan {
+        Plan {
+            mode: "full",
+            runs: 3,
+            h1_conns: 64,
+            rps_duration: Duration::from_secs(10),
+            open_rates: vec![1_000, 5_000],
+            open_duration: Duration::from_secs(10),
+            h2_conns: 4,
+            h2_streams: 100,
+            h2_duration: Duration::from_secs(10),
+            conn_workers: 32,
+            conn_duration: Duration::from_secs(5),
+            bulk_bytes: 256 << 20,
+            hold_conns: 1_000,
+            settle: Duration::from_secs(1),
+        }
+    }
+
+    /// One short run of each figure: checks the whole path in seconds, numbers are
+    /// only indicative.
+    pub fn smoke() -> Plan {
+        Plan {
+            mode: "smoke",
+            runs: 1,
+            rps_duration: Duration::from_millis(500),
+            open_duration: Duration::from_millis(500),
+            h2_duration: Duration::from_millis(500),
+            conn_duration: Duration::from_millis(500),
+            bulk_bytes: 16 << 20,
+            hold_conns: 100,
+            settle: Duration::from_millis(50),
+            ..Plan::full()
+        }
+    }
+
+    /// A rough upper bound of the measuring time per row, for the progress line.
+    pub fn estimate_per_row(&self) -> Duration {
+        let one = self.rps_duration
+            + self.open_duration * self.open_rates.len() as u32
+            + self.h2_duration
+            + self.conn_duration
+            + self.settle * 6;
+        one * self.runs as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoke_is_short_and_shaped_like_full() {
+        let (full, smoke) = (Plan::full(), Plan::smoke());
+        assert_eq!(full.open_rates, smoke.open_rates);
+        assert_eq!(full.h1_conns, 64);
+        assert_eq!(full.h2_streams, 100);
+        assert_eq!(full.bulk_bytes, 256 * 1024 * 1024);
+        assert!(smoke.estimate_per_row() < Duration::from_secs(5));
+        assert!(full.runs >= 3);
+    }
+}

@@ -1,0 +1,216 @@
+//! The Pillion pair: the agent in its own pod (when the proxy can use one), and init +
+//! pillion-proxy in the client and server pods, exactly as `install_sidecar` puts them
+//! there. Whether the hop really is mesh TLS is read from the proxies' metrics later.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use pillion_api::defaults::AGENT_PORT;
+use pillion_tests::{Cmd, Pod, Process, Sidecar, SidecarOpts};
+
+use super::pods::wait_listening;
+use crate::certs::{Certs, NAMESPACE};
+use crate::server::{HTTP_PORT, SINK_PORT};
+use crate::workdir::WorkDir;
+
+/// An unused virtual IP for the bench service (the client dials the pod address).
+const SERVICE_VIP: &str = "198.18.1.100";
+
+/// The running pair.
+#[derive(Debug)]
+pub struct PillionPair {
+    /// The client pod's sidecar.
+    pub client: Sidecar,
+    /// The server pod's sidecar.
+    pub server: Sidecar,
+    /// The agent, when the proxies use one.
+    pub agent: Option<Process>,
+    /// What the report should know about the set-up.
+    pub notes: Vec<String>,
+}
+
+/// How the proxies are set up.
+#[derive(Debug, Clone)]
+pub struct PairOpts {
+    /// The multicall binary (`init`, `proxy`, `agent`).
+    pub binary: PathBuf,
+    /// Tokio worker threads of each proxy.
+    pub workers: usize,
+}
+
+/// Whether this build's proxy takes an agent (`--agent-addr`): if not, it is the plain
+/// L4 proxy and no agent is started.
+pub fn proxy_takes_agent(binary: &Path) -> bool {
+    Command::new(binary)
+        .args(["proxy", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--agent-addr"))
+}
+
+/// Starts the pair in `client` and `server` (with the agent in `agent_pod` if the
+/// proxy takes one).
+pub fn start(
+    opts: &PairOpts,
+    client: &Pod,
+    server: &Pod,
+    agent_pod: &Pod,
+    certs: &Certs,
+    work: &WorkDir,
+) -> Result<PillionPair> {
+    let base = SidecarOpts::new(&opts.binary)
+        .proxy_args(["--drain-timeout", "1s", "--log-level", "warn"])
+        .proxy_env("TOKIO_WORKER_THREADS", opts.workers.to_string());
+    if !proxy_takes_agent(&opts.binary) {
+        return Ok(PillionPair {
+            client: client.install_sidecar(&base).context("client sidecar")?,
+            server: server.install_sidecar(&base).context("server sidecar")?,
+            agent: None,
+            notes: vec!["this build's proxy takes no agent (no --agent-addr): plain L4".into()],
+        });
+    }
+    let agent = start_agent(opts, agent_pod, client, server, certs, work)?;
+    let agent_addr = SocketAddr::new(agent_pod.ipv4(), AGENT_PORT);
+    let mesh = |sa: &str| -> Result<SidecarOpts> {
+        let token = work.write(&format!("{sa}.token"), &token(sa))?;
+        Ok(base.clone().proxy_args([
+            "--agent-addr".to_string(),
+            agent_addr.to_string(),
+            "--trust-anchors".into(),
+            certs.bundle.display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--service-account".into(),
+            sa.into(),
+        ]))
+    };
+    let with_logs = |e: anyhow::Error| e.context(format!("{}", agent.logs()));
+    let client_side = client
+        .install_sidecar(&mesh("client")?)
+        .context("client sidecar (with the agent)")
+        .map_err(with_logs)?;
+    let server_side = server
+        .install_sidecar(&mesh("server")?)
+        .context("server sidecar (with the agent)")
+        .map_err(with_logs)?;
+    Ok(PillionPair {
+        client: client_side,
+        server: server_side,
+        agent: Some(agent),
+        notes: Vec::new(),
+    })
+}
+
+fn token(service_account: &str) -> String {
+    format!("bench-{service_account}-token-0001")
+}
+
+fn start_agent(
+    opts: &PairOpts,
+    pod: &Pod,
+    client: &Pod,
+    server: &Pod,
+    certs: &Certs,
+    work: &WorkDir,
+) -> Result<Process> {
+    let config = work.write("agent.yaml", &agent_yaml(client, server))?;
+    let agent = pod.spawn(
+        Cmd::new(&opts.binary)
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .arg("--ca-dir")
+            .arg(&certs.ca_dir)
+            .arg("--listen")
+            .arg(format!("0.0.0.0:{AGENT_PORT}"))
+            .args(["--log-level", "warn"]),
+    )?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], AGENT_PORT));
+    wait_listening(pod, addr, "the agent", &agent)?;
+    Ok(agent)
+}
+
+/// The agent's source: the two workloads with their tokens and pod addresses, and the
+/// bench service (HTTP port, detected; sink port, opaque) served by `server`.
+fn agent_yaml(client: &Pod, server: &Pod) -> String {
+    let addrs = |p: &Pod| format!("[\"{}\", \"{}\"]", p.ipv4(), p.ipv6());
+    format!(
+        "# Written by pillion-benches for one run.\n\
+         workloads:\n\
+         \x20 - name: client\n\
+         \x20   namespace: {NAMESPACE}\n\
+         \x20   token: {client_token}\n\
+         \x20   addresses: {client_addrs}\n\
+         \x20 - name: server\n\
+         \x20   namespace: {NAMESPACE}\n\
+         \x20   token: {server_token}\n\
+         \x20   addresses: {server_addrs}\n\
+         \x20   inbound:\n\
+         \x20     default_mode: permissive\n\
+         services:\n\
+         \x20 - name: bench\n\
+         \x20   namespace: {NAMESPACE}\n\
+         \x20   addresses: [{SERVICE_VIP}]\n\
+         \x20   ports:\n\
+         \x20     - port: {HTTP_PORT}\n\
+         \x20       protocol: auto\n\
+         \x20     - port: {SINK_PORT}\n\
+         \x20       protocol: opaque\n\
+         \x20   endpoints:\n\
+         \x20     - workload: server\n",
+        client_token = token("client"),
+        server_token = token("server"),
+        client_addrs = addrs(client),
+        server_addrs = addrs(server),
+    )
+}
+
+/// The mesh TLS counters of the client's proxy: (connections over mesh TLS, plain
+/// passthroughs), outbound.
+pub fn mesh_counts(pair: &PillionPair) -> Result<(f64, f64)> {
+    let m = pair.client.metrics()?;
+    let out = [("direction", "outbound")];
+    Ok((
+        m.value("pillion_tls_connections_total", &out),
+        m.value("pillion_tcp_passthrough_total", &out),
+    ))
+}
+
+/// The proxies' PIDs, client side first.
+pub fn pids(pair: &PillionPair) -> Vec<u32> {
+    vec![pair.client.proxy().pid(), pair.server.proxy().pid()]
+}
+
+/// Address the client dials for the service: the server pod's own address.
+pub fn service_addr(server: &Pod, port: u16) -> SocketAddr {
+    SocketAddr::new(server.ipv4(), port)
+}
+
+/// Whether an address is one of the bench's (never anything outside 198.18.0.0/15).
+pub fn in_bench_range(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            o[0] == 198 && (o[1] & 0xfe) == 18
+        }
+        IpAddr::V6(v6) => v6.segments()[..2] == [0x2001, 0x0002],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_range() {
+        assert!(in_bench_range("198.18.0.3".parse().unwrap()));
+        assert!(in_bench_range("198.19.255.1".parse().unwrap()));
+        assert!(in_bench_range(SERVICE_VIP.parse().unwrap()));
+        assert!(!in_bench_range("198.20.0.1".parse().unwrap()));
+        assert!(!in_bench_range("10.0.0.1".parse().unwrap()));
+        assert!(in_bench_range("2001:2::3".parse().unwrap()));
+    }
+}
