@@ -168,6 +168,11 @@ pub fn start_trust_anchors(
         let mut wanted: HashSet<String> = HashSet::new();
         let mut delay = FIRST_RETRY;
         let mut scans = 0u32;
+        // Scan once the namespaces are listed, not before (an empty store says nothing).
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ready = store.wait_until_ready() => if ready.is_err() { return },
+        }
         loop {
             for ns in store.state() {
                 let enabled = ns
