@@ -85,3 +85,33 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn runs_the_pods_programs() {
+        for program in ["agent", "proxy", "init"] {
+            assert_eq!(
+                dispatch_program(&os(&["bench", program, "--help"])),
+                Some(ExitCode::SUCCESS),
+                "{program}"
+            );
+        }
+        assert_eq!(dispatch_program(&os(&["bench", "--smoke"])), None);
+    }
+
+    #[test]
+    fn flags() {
+        let a = Args::try_parse_from(["b", "--smoke", "--out", "/x", "--runs", "5"]).unwrap();
+        assert!(a.smoke);
+        assert_eq!(a.runs, Some(5));
+        assert_eq!(a.proxy_workers, 1);
+        assert!(Args::try_parse_from(["b", "--bogus"]).is_err());
+    }
+}

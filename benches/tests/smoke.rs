@@ -1,0 +1,82 @@
+//! The benchmark's smoke mode end to end, through the real binary, as CI runs it (root,
+//! debug build): every row set up, every figure measured once, the report written.
+//! nginx and HAProxy must be installed or installable (apt-get); otherwise this fails
+//! with the binary's message naming the packages.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bound of the whole smoke run; it normally takes well under a minute.
+const LIMIT: Duration = Duration::from_secs(240);
+
+#[test]
+fn smoke_mode_measures_every_row() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmark smoke test needs root (network namespaces, iptables); CI runs as root"
+    );
+    let out = std::env::temp_dir().join(format!("pillion-bench-smoke-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pillion-benches"))
+        .arg("--smoke")
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting pillion-benches");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for pillion-benches") {
+            break status;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pillion-benches --smoke took over {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let printed = out_reader.join().unwrap_or_default();
+    let log = err_reader.join().unwrap_or_default();
+    assert!(
+        status.success(),
+        "pillion-benches --smoke failed ({status}):\n{log}\n{printed}"
+    );
+    assert!(
+        printed.contains("| figure |"),
+        "no table printed:\n{printed}"
+    );
+
+    let json = std::fs::read_to_string(out.join("bench.json")).expect("bench.json written");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("bench.json parses");
+    let rows = report["rows"].as_array().expect("rows");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names[0], "direct");
+    assert!(names[1].starts_with("Pillion ("), "{names:?}");
+    assert_eq!(&names[2..], ["nginx (mTLS)", "HAProxy (mTLS)"]);
+    for row in rows {
+        let rps = &row["cells"]["http1_rps"];
+        assert_eq!(rps["status"], "ok", "{}: {rps}", row["name"]);
+        assert!(rps["median"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+        for (id, cell) in row["cells"].as_object().expect("cells") {
+            assert_ne!(cell["status"], "failed", "{} {id}: {cell}", row["name"]);
+        }
+    }
+    assert!(report["machine"]["nproc"].as_u64().unwrap_or(0) >= 1);
+    assert!(!report["ratios"].as_array().expect("ratios").is_empty());
+    let _ = std::fs::remove_dir_all(&out);
+}
