@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use pillion_api::defaults::env::{OTLP_ENDPOINT, OTLP_PROTOCOL};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::apps::{self, App};
 use crate::metrics::Samples;
+use crate::otlp::CollectorBridge;
 use crate::sidecar::{Sidecar, SidecarOpts};
 use crate::world::World;
 
@@ -30,6 +32,38 @@ pub struct DemoOpts {
     pub binary: PathBuf,
     /// Stop after this long instead of waiting for Ctrl-C.
     pub duration: Option<Duration>,
+    /// A collector outside the world (e.g. Jaeger's `http://127.0.0.1:4317`) the
+    /// proxies export spans to, through a [`CollectorBridge`].
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` (default) or `http`.
+    pub otlp_protocol: Option<String>,
+}
+
+/// Bridges `endpoint` (`http://host[:port]`, outside the world) into `world`;
+/// answers the bridge and the endpoint the proxies inside should use.
+fn bridge_collector(
+    world: &World,
+    endpoint: &str,
+    protocol: &str,
+) -> Result<(CollectorBridge, String)> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .with_context(|| format!("--otlp-endpoint {endpoint:?} is not a URL"))?;
+    let host = uri
+        .host()
+        .with_context(|| format!("--otlp-endpoint {endpoint:?} has no host"))?;
+    let default_port = if protocol == "http" { 4318 } else { 4317 };
+    let port = uri.port_u16().unwrap_or(default_port);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let outside = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let bridge = CollectorBridge::start(world, port, outside)?;
+    let inside = format!("http://{}", bridge.inside());
+    println!("spans go to {endpoint} ({protocol}), bridged into the world at {inside}");
+    Ok((bridge, inside))
 }
 
 /// What the client achieved, for the exit status of a bounded (CI) run.
@@ -106,7 +140,18 @@ pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
         server.ipv4(),
         server.ipv6()
     );
-    let sidecar_opts = SidecarOpts::new(&binary).proxy_args(["--drain-timeout", "5s"]);
+    let mut sidecar_opts = SidecarOpts::new(&binary).proxy_args(["--drain-timeout", "5s"]);
+    let _bridge = match &opts.otlp_endpoint {
+        Some(endpoint) => {
+            let protocol = opts.otlp_protocol.as_deref().unwrap_or("grpc");
+            let (bridge, inside) = bridge_collector(&world, endpoint, protocol)?;
+            sidecar_opts = sidecar_opts
+                .proxy_env(OTLP_ENDPOINT, inside)
+                .proxy_env(OTLP_PROTOCOL, protocol);
+            Some(bridge)
+        }
+        None => None,
+    };
     let client_side = client
         .install_sidecar(&sidecar_opts)
         .context("client sidecar")?;

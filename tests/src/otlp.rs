@@ -480,3 +480,71 @@ impl OtlpReceiver {
         &self.collected
     }
 }
+
+/// A TCP bridge that makes a collector outside the world (e.g. Jaeger on the host's
+/// loopback) reachable from inside it at the bridge address `198.18.0.1:<port>`.
+/// The listening socket is made in the node namespace and the connections out in
+/// this process's own namespace; neither namespace's interfaces, routes or firewall
+/// are touched. Dropping it stops it.
+#[derive(Debug)]
+pub struct CollectorBridge {
+    inside: SocketAddr,
+    _task: LoopbackTask,
+}
+
+impl CollectorBridge {
+    /// Listens at `198.18.0.1:port` in `world`'s node and forwards every connection
+    /// to `outside` (resolved and connected from this process's namespace).
+    pub fn start(world: &crate::World, port: u16, outside: String) -> Result<CollectorBridge> {
+        let inside = SocketAddr::new(IpAddr::V4(crate::addr::BRIDGE_V4), port);
+        let listener = world
+            .run_in_node(move || async move { std::net::TcpListener::bind(inside) })?
+            .with_context(|| format!("binding the collector bridge at {inside} in the node"))?;
+        listener.set_nonblocking(true)?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("collector-bridge".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let relay = async {
+                        while let Ok((mut inner, _)) = listener.accept().await {
+                            let outside = outside.clone();
+                            tokio::spawn(async move {
+                                if let Ok(mut outer) = tokio::net::TcpStream::connect(outside).await
+                                {
+                                    let _ =
+                                        tokio::io::copy_bidirectional(&mut inner, &mut outer).await;
+                                }
+                            });
+                        }
+                    };
+                    tokio::select! {
+                        () = relay => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            })
+            .context("spawning the collector bridge thread")?;
+        Ok(CollectorBridge {
+            inside,
+            _task: LoopbackTask {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            },
+        })
+    }
+
+    /// The address proxies in the world export to.
+    pub fn inside(&self) -> SocketAddr {
+        self.inside
+    }
+}

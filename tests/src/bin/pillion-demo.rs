@@ -16,6 +16,15 @@ struct Args {
     /// Stop by itself after this long (e.g. 10s, 2m) instead of waiting for Ctrl-C.
     #[arg(long, value_parser = demo::parse_duration)]
     duration: Option<std::time::Duration>,
+
+    /// Export the proxies' spans to this OTLP collector outside the demo's world,
+    /// e.g. Jaeger's http://127.0.0.1:4317 (see docs/telemetry.md).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// OTLP transport of --otlp-endpoint.
+    #[arg(long, value_parser = ["grpc", "http"], default_value = "grpc")]
+    otlp_protocol: String,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +52,8 @@ fn main() -> ExitCode {
     match demo::run(&DemoOpts {
         binary,
         duration: args.duration,
+        otlp_endpoint: args.otlp_endpoint,
+        otlp_protocol: Some(args.otlp_protocol),
     }) {
         Ok(report) => {
             println!(
