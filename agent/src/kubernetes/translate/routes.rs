@@ -1,0 +1,195 @@
+//! Route objects onto service ports, and the retries and client-side rate limits
+//! that policies attach to those routes.
+
+use super::rules::{for_parent, rate_limit, retry_policy, translate_rule};
+use super::{find_service, PortKey, RouteEntry, Translator, DEFAULT_ROUTE};
+use crate::kubernetes::crd::{self, RateLimitPolicySpec, RetryPolicySpec, RouteSpec};
+use kube::core::DynamicObject;
+use pillion_api::policy::Route;
+use pillion_api::view;
+use std::sync::Arc;
+
+impl Translator<'_> {
+    /// Route objects → routes on their parents' ports.
+    pub(super) fn routes(&mut self, routes: &[Arc<DynamicObject>], services: &[view::Service]) {
+        let mut parsed: Vec<crd::Object<RouteSpec>> = Vec::new();
+        for obj in routes {
+            match crd::parse::<RouteSpec>(obj) {
+                Ok(r) => parsed.push(r),
+                Err(e) => self.warn(format!("Route {e}")),
+            }
+        }
+        parsed.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for route in parsed {
+            let mut rules = Vec::new();
+            for (i, rule) in route.spec.rules.iter().enumerate() {
+                let rule_name = rule.name.clone().unwrap_or_else(|| i.to_string());
+                let name = format!("{}.{rule_name}", route.name);
+                match translate_rule(rule, &name) {
+                    Ok(r) => match r.validate() {
+                        Ok(()) => rules.push(r),
+                        Err(e) => self.warn(format!(
+                            "Route {}/{} rule {rule_name} skipped: {e}",
+                            route.namespace, route.name
+                        )),
+                    },
+                    Err(e) => self.warn(format!(
+                        "Route {}/{} rule {rule_name} skipped: {e}",
+                        route.namespace, route.name
+                    )),
+                }
+            }
+            for parent in &route.spec.parent_refs {
+                let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
+                let Some(service) = find_service(services, ns, &parent.name) else {
+                    self.warn(format!(
+                        "Route {}/{}: parent service {ns}/{} not found",
+                        route.namespace, route.name, parent.name
+                    ));
+                    continue;
+                };
+                for port in &service.ports {
+                    if parent.port.is_some_and(|p| p != port.port) {
+                        continue;
+                    }
+                    let entries = self
+                        .routes
+                        .entry((ns.to_string(), parent.name.clone(), port.port))
+                        .or_default();
+                    entries.extend(rules.iter().map(|r| RouteEntry {
+                        origin: Some(route.name.clone()),
+                        route: for_parent(r, &parent.name),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The routes a policy's `targetRef` names, creating a catch-all for a Service
+    /// port without routes.
+    pub(super) fn targeted_routes(
+        &mut self,
+        ns: &str,
+        target: &crd::TargetRef,
+        services: &[view::Service],
+    ) -> Vec<&mut Route> {
+        match target.kind.as_str() {
+            "Service" => {
+                let Some(service) = find_service(services, ns, &target.name) else {
+                    return Vec::new();
+                };
+                let keys: Vec<PortKey> = service
+                    .ports
+                    .iter()
+                    .filter(|p| target.port.is_none_or(|t| t == p.port))
+                    .map(|p| (ns.to_string(), target.name.clone(), p.port))
+                    .collect();
+                for key in &keys {
+                    let entries = self.routes.entry(key.clone()).or_default();
+                    if entries.is_empty() {
+                        entries.push(RouteEntry {
+                            origin: None,
+                            route: Route {
+                                name: DEFAULT_ROUTE.to_string(),
+                                ..Route::default()
+                            },
+                        });
+                    }
+                }
+                self.routes
+                    .iter_mut()
+                    .filter(|(k, _)| keys.contains(k))
+                    .flat_map(|(_, entries)| entries.iter_mut().map(|e| &mut e.route))
+                    .collect()
+            }
+            "Route" => self
+                .routes
+                .iter_mut()
+                .filter(|((route_ns, _, _), _)| route_ns == ns)
+                .flat_map(|(_, entries)| entries.iter_mut())
+                .filter(|e| e.origin.as_deref() == Some(target.name.as_str()))
+                .map(|e| &mut e.route)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Service-targeted retry policies first, then Route-targeted ones, so the more
+    /// specific policy wins.
+    pub(super) fn retry_policies(
+        &mut self,
+        policies: &[Arc<DynamicObject>],
+        services: &[view::Service],
+    ) {
+        let mut parsed = Vec::new();
+        for obj in policies {
+            match crd::parse::<RetryPolicySpec>(obj) {
+                Ok(p) => parsed.push(p),
+                Err(e) => self.warn(format!("RetryPolicy {e}")),
+            }
+        }
+        parsed.sort_by_key(|p| (p.spec.target_ref.kind == "Route", p.name.clone()));
+        for p in parsed {
+            let (retry, per_try) = match retry_policy(&p.spec) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.warn(format!(
+                        "RetryPolicy {}/{} skipped: {e}",
+                        p.namespace, p.name
+                    ));
+                    continue;
+                }
+            };
+            let targets = self.targeted_routes(&p.namespace, &p.spec.target_ref, services);
+            let found = !targets.is_empty();
+            for route in targets {
+                route.retry = Some(retry.clone());
+                // A Route's own backendRequest timeout is more specific; keep it.
+                if route.per_try_timeout.is_none() {
+                    route.per_try_timeout = per_try;
+                }
+            }
+            if !found {
+                self.warn(format!(
+                    "RetryPolicy {}/{}: target {} {} not found",
+                    p.namespace, p.name, p.spec.target_ref.kind, p.spec.target_ref.name
+                ));
+            }
+        }
+    }
+
+    /// Route-targeted rate limits: enforced by every calling proxy.
+    pub(super) fn route_rate_limits(&mut self, policies: &[Arc<DynamicObject>]) {
+        for obj in policies {
+            let p = match crd::parse::<RateLimitPolicySpec>(obj) {
+                Ok(p) if p.spec.target_ref.kind == "Route" => p,
+                Ok(_) => continue,
+                Err(e) => {
+                    self.warn(format!("RateLimitPolicy {e}"));
+                    continue;
+                }
+            };
+            let limit = match rate_limit(&p.spec) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.warn(format!(
+                        "RateLimitPolicy {}/{} skipped: {e}",
+                        p.namespace, p.name
+                    ));
+                    continue;
+                }
+            };
+            let targets = self.targeted_routes(&p.namespace, &p.spec.target_ref, &[]);
+            let found = !targets.is_empty();
+            for route in targets {
+                route.rate_limit = Some(limit.clone());
+            }
+            if !found {
+                self.warn(format!(
+                    "RateLimitPolicy {}/{}: Route {} not found",
+                    p.namespace, p.name, p.spec.target_ref.name
+                ));
+            }
+        }
+    }
+}
