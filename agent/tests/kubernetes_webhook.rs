@@ -298,3 +298,20 @@ async fn a_watch_event_reaches_the_served_view() {
     }
     panic!("the ADDED Service never reached the catalog");
 }
+
+#[tokio::test]
+async fn outside_kubernetes_only_pods_that_ask_are_injected() {
+    let agent = common::start_default().await;
+    let mut client = common::connect(&agent).await;
+    // No namespace watch: a namespace's annotation cannot be seen.
+    let answer = post_review(&mut client, &review_in("shop")).await;
+    let response = answer.response.unwrap();
+    assert!(response.allowed && response.patch.is_none());
+    assert!(response.warnings.is_empty(), "{:?}", response.warnings);
+
+    let mut request = review_in("shop");
+    request["request"]["object"]["metadata"]["annotations"]["pillion.io/inject"] = json!("enabled");
+    let answer = post_review(&mut client, &request).await;
+    assert!(answer.response.unwrap().patch.is_some());
+    agent.shutdown().await;
+}
