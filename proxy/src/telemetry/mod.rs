@@ -27,6 +27,7 @@
 pub mod access_log;
 pub mod context;
 pub mod export;
+pub mod flags;
 pub mod ids;
 pub mod metrics;
 pub mod process;
@@ -41,6 +42,7 @@ use prometheus_client::registry::Registry;
 
 pub use access_log::{AccessLog, AccessLogTarget, AccessRecord};
 pub use export::{Endpoint, OtlpConfig, OtlpProtocol};
+pub use flags::TelemetryArgs;
 pub use metrics::TelemetryMetrics;
 pub use resource::Resource;
 pub use sampler::Sampler;
