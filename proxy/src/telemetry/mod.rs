@@ -30,6 +30,7 @@ pub mod export;
 pub mod flags;
 pub mod ids;
 pub mod metrics;
+pub mod observe;
 pub mod process;
 pub mod resource;
 pub mod sampler;
@@ -44,6 +45,7 @@ pub use access_log::{AccessLog, AccessLogTarget, AccessRecord};
 pub use export::{Endpoint, OtlpConfig, OtlpProtocol};
 pub use flags::TelemetryArgs;
 pub use metrics::TelemetryMetrics;
+pub use observe::{ObservedBody, Recorders, RequestObserver};
 pub use resource::Resource;
 pub use sampler::Sampler;
 pub use span::{ActiveSpan, Inbound, SpanKind, Tracer};
@@ -158,6 +160,14 @@ impl Telemetry {
     /// The access log requests are logged to.
     pub fn access_log(&self) -> &AccessLog {
         &self.access_log
+    }
+
+    /// The tracer and access log together, for the HTTP stacks.
+    pub fn recorders(&self) -> Recorders {
+        Recorders {
+            tracer: self.tracer.clone(),
+            access_log: self.access_log.clone(),
+        }
     }
 
     /// The telemetry health metrics (exported / dropped spans, log lines).

@@ -230,6 +230,7 @@ impl Tracer {
             error: None,
         };
         Some(ActiveSpan {
+            kind,
             outgoing: Outgoing {
                 trace_id,
                 span_id,
@@ -263,6 +264,7 @@ fn unix_nanos(t: SystemTime) -> u64 {
 /// dropping it unended records it as `cancelled`, so no sampled request vanishes.
 #[derive(Debug)]
 pub struct ActiveSpan {
+    kind: SpanKind,
     outgoing: Outgoing,
     started: Instant,
     record: Option<SpanRecord>,
@@ -283,6 +285,11 @@ impl ActiveSpan {
     /// The remote parent span, if the trace was continued.
     pub fn parent_span_id(&self) -> Option<SpanId> {
         self.outgoing.parent_span_id
+    }
+
+    /// SERVER or CLIENT.
+    pub fn kind(&self) -> SpanKind {
+        self.kind
     }
 
     /// The header family the incoming context came in.
