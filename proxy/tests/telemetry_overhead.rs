@@ -67,7 +67,7 @@ fn unsampled_requests_cost_almost_nothing() {
     );
     // Loose bounds that hold in debug builds too: the point is the order of magnitude.
     assert!(
-        off_ns < baseline + Duration::from_micros(2),
+        off_ns < baseline + Duration::from_micros(5),
         "tracing off costs {off_ns:?}"
     );
     assert!(
