@@ -71,11 +71,11 @@ fn unsampled_requests_cost_almost_nothing() {
         "tracing off costs {off_ns:?}"
     );
     assert!(
-        not_sampled < baseline + Duration::from_micros(5),
+        not_sampled < baseline + Duration::from_micros(20),
         "unsampled costs {not_sampled:?}"
     );
     assert!(
-        sampled < Duration::from_micros(100),
+        sampled < Duration::from_micros(200),
         "a sampled span costs {sampled:?}"
     );
 }
