@@ -35,6 +35,31 @@ pub struct Accepted {
     pub guard: OpenConnection,
 }
 
+/// The addresses of one connection: what logs and the loop guard need once the
+/// socket itself has been handed to a protocol layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The downstream peer's address.
+    pub client: SocketAddr,
+    /// The address the connection arrived on.
+    pub local: SocketAddr,
+    /// Where the connection was going before the redirect.
+    pub orig_dst: SocketAddr,
+}
+
+impl Accepted {
+    /// Splits the connection into its socket, its addresses and the guard that
+    /// must live as long as the connection is handled.
+    pub fn split(self) -> (TcpStream, ConnInfo, OpenConnection) {
+        let info = ConnInfo {
+            client: self.client,
+            local: self.local,
+            orig_dst: self.orig_dst,
+        };
+        (self.stream, info, self.guard)
+    }
+}
+
 /// One direction's stack above the accept layer.
 pub trait Stack: Send + Sync + 'static {
     /// Which listener this stack serves (for metrics and logs).

@@ -4,18 +4,23 @@
 use std::ffi::OsString;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use pillion_api::defaults;
+use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{ProxyConfig, DEFAULT_BACKLOG};
+use crate::control::config::{ControlConfig, ControlFlags};
+use crate::control::ControlPlane;
 use crate::duration::HumaneDuration;
 use crate::logging::{self, LogFormat};
 use crate::proxy::Proxy;
+use crate::readiness::Readiness;
 use crate::rlimit;
 
 /// Exit code for a configuration the operator must fix (same as clap's usage errors).
@@ -71,6 +76,40 @@ pub struct Args {
     /// Listen backlog of the outbound and inbound listeners.
     #[arg(long, env = "PILLION_BACKLOG", default_value_t = DEFAULT_BACKLOG)]
     pub backlog: u32,
+
+    /// Address (host:port) of the agent's API; without it the proxy runs without a
+    /// control plane (plain L4, no mesh TLS).
+    #[arg(long, env = defaults::env::AGENT_ADDR, value_name = "HOST:PORT")]
+    pub agent_addr: Option<String>,
+
+    /// SPIFFE id the agent must prove [default: spiffe://<trust-domain>/ns/pillion/sa/agent].
+    #[arg(long, env = defaults::env::AGENT_IDENTITY, value_name = "SPIFFE_ID")]
+    pub agent_identity: Option<String>,
+
+    /// PEM file of the root certificate(s) that verify the agent (required with --agent-addr).
+    #[arg(long, env = defaults::env::TRUST_ANCHORS, value_name = "PATH")]
+    pub trust_anchors: Option<PathBuf>,
+
+    /// File holding the token that proves the workload's identity, re-read for every
+    /// request (required with --agent-addr).
+    #[arg(long, env = defaults::env::TOKEN_FILE, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Trust domain of the workload's identity.
+    #[arg(long, env = defaults::env::TRUST_DOMAIN, default_value = defaults::TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Namespace of the workload (required with --agent-addr).
+    #[arg(long, env = defaults::env::NAMESPACE)]
+    pub namespace: Option<String>,
+
+    /// Service account of the workload (required with --agent-addr).
+    #[arg(long, env = defaults::env::SERVICE_ACCOUNT)]
+    pub service_account: Option<String>,
+
+    /// Name of the pod, for logs and telemetry.
+    #[arg(long, env = defaults::env::POD_NAME)]
+    pub pod_name: Option<String>,
 }
 
 impl Args {
@@ -83,6 +122,20 @@ impl Args {
             connect_timeout: self.connect_timeout.get(),
             drain_timeout: self.drain_timeout.get(),
             backlog: self.backlog,
+        }
+    }
+
+    /// The control-plane flags (not yet checked).
+    pub fn to_control_flags(&self) -> ControlFlags {
+        ControlFlags {
+            agent_addr: self.agent_addr.clone(),
+            agent_identity: self.agent_identity.clone(),
+            trust_anchors: self.trust_anchors.clone(),
+            token_file: self.token_file.clone(),
+            trust_domain: self.trust_domain.clone(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+            pod_name: self.pod_name.clone(),
         }
     }
 }
@@ -106,6 +159,10 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if let Err(err) = config.validate() {
         return fail(EXIT_USAGE, &err);
     }
+    let control = match args.to_control_flags().resolve() {
+        Ok(control) => control,
+        Err(err) => return fail(EXIT_USAGE, &err),
+    };
     if let Err(err) = logging::init(args.log_format, filter) {
         return fail(1, &err);
     }
@@ -128,7 +185,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(1, &format!("cannot start the tokio runtime: {err}")),
     };
-    let result = runtime.block_on(serve(config));
+    let result = runtime.block_on(serve(config, control));
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,10 +193,35 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-/// Binds, serves and drains.
-async fn serve(config: ProxyConfig) -> anyhow::Result<()> {
+/// Starts the control plane (if configured), binds, serves and drains.
+async fn serve(config: ProxyConfig, control: Option<ControlConfig>) -> anyhow::Result<()> {
     let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
-    let proxy = Proxy::bind(config).await?;
+    let mut registry = Registry::default();
+    let readiness = Readiness::new();
+    let mut builder = Proxy::builder(config);
+    let control = match control {
+        Some(control) => {
+            let plane = ControlPlane::start(&control, &mut registry, &readiness)
+                .context("cannot start the control plane")?;
+            builder = builder.mesh(
+                plane
+                    .mesh()
+                    .context("cannot build the mesh TLS configuration")?,
+            );
+            Some(plane)
+        }
+        None => {
+            tracing::info!(
+                "no --agent-addr: running without a control plane (plain TCP, no mesh TLS)"
+            );
+            None
+        }
+    };
+    let proxy = builder
+        .registry(registry)
+        .readiness(readiness)
+        .bind()
+        .await?;
     tracing::info!(
         outbound = ?proxy.outbound_addrs(),
         inbound = ?proxy.inbound_addrs(),
@@ -147,6 +229,9 @@ async fn serve(config: ProxyConfig) -> anyhow::Result<()> {
         "pillion-proxy listening"
     );
     let report = proxy.run(shutdown).await;
+    if let Some(plane) = control {
+        plane.stop().await;
+    }
     tracing::info!(forced = report.forced, "pillion-proxy stopped");
     Ok(())
 }
@@ -261,5 +346,31 @@ mod tests {
             ExitCode::from(EXIT_USAGE)
         );
         assert_eq!(code(&["--log-level", "x=loud"]), ExitCode::from(EXIT_USAGE));
+        assert_eq!(
+            code(&["--agent-addr", "198.18.0.1:15012"]),
+            ExitCode::from(EXIT_USAGE)
+        );
+        assert_eq!(code(&["--token-file", "/t"]), ExitCode::from(EXIT_USAGE));
+    }
+
+    #[test]
+    fn control_flags_map_through() {
+        let args = parse(&[
+            "--agent-addr",
+            "198.18.0.1:15012",
+            "--namespace",
+            "demo",
+            "--service-account",
+            "client",
+            "--pod-name",
+            "a",
+        ])
+        .unwrap();
+        let f = args.to_control_flags();
+        assert_eq!(f.agent_addr.as_deref(), Some("198.18.0.1:15012"));
+        assert_eq!(f.trust_domain, defaults::TRUST_DOMAIN);
+        assert_eq!(f.pod_name.as_deref(), Some("a"));
+        let err = f.resolve().unwrap_err().to_string();
+        assert!(err.starts_with("--trust-anchors is required"), "{err}");
     }
 }

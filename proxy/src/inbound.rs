@@ -1,22 +1,43 @@
 //! The inbound stack (listener 15006): connections to this pod go to the local
-//! application on loopback at the original port, and never anywhere else.
+//! application on loopback at the original port, and never anywhere else. With a
+//! mesh, the first bytes decide: mesh TLS is terminated and its peer identity
+//! checked against the port's allow list; plaintext is let in only where the
+//! port's mode is permissive.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::accept::{Accepted, Stack};
+use pillion_api::defaults::DETECT_TIMEOUT;
+use pillion_api::view::Mode;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::accept::{Accepted, ConnInfo, Stack};
+use crate::mesh::{Mesh, HANDSHAKE_TIMEOUT};
+use crate::mesh_metrics::{Denied, MeshMetrics};
 use crate::metrics::Direction;
 use crate::relay::Relay;
+use crate::tls::accept::accept;
+use crate::tls::detect::{detect, Detected};
+use crate::tls::rewind::Rewind;
+use crate::view::InboundRule;
 
 /// Serves connections from elsewhere to the local application.
 #[derive(Clone, Debug)]
 pub struct Inbound {
     relay: Relay,
+    metrics: MeshMetrics,
+    mesh: Option<Mesh>,
 }
 
 impl Inbound {
-    /// An inbound stack that relays through `relay`.
-    pub fn new(relay: Relay) -> Self {
-        Self { relay }
+    /// An inbound stack that relays through `relay`; with `mesh`, it terminates
+    /// mesh TLS and enforces the view's inbound policy.
+    pub fn new(relay: Relay, metrics: MeshMetrics, mesh: Option<Mesh>) -> Self {
+        Self {
+            relay,
+            metrics,
+            mesh,
+        }
     }
 
     /// Where an inbound connection goes: loopback of the same family at the
@@ -28,6 +49,63 @@ impl Inbound {
         };
         SocketAddr::new(ip, orig_dst.port())
     }
+
+    /// Detects, authenticates and authorizes one connection, then relays it.
+    async fn serve_meshed(
+        &self,
+        stream: TcpStream,
+        info: ConnInfo,
+        target: SocketAddr,
+        mesh: &Mesh,
+    ) {
+        // The policy in force when the connection arrived decides it.
+        let rule: InboundRule = mesh.views.current().inbound(info.orig_dst.port()).clone();
+        let deadline = Instant::now() + DETECT_TIMEOUT.max(HANDSHAKE_TIMEOUT);
+        match detect(stream, DETECT_TIMEOUT).await {
+            Detected::Mesh(start) => {
+                let (tls, peer) = match accept(&mesh.tls, *start, deadline).await {
+                    Ok(done) => done,
+                    Err(err) => {
+                        self.metrics
+                            .handshake_failed(Direction::Inbound, err.reason);
+                        tracing::warn!(direction = "inbound", client = %info.client, port = info.orig_dst.port(),
+                            reason = err.reason.as_str(), error = %err.source,
+                            "mesh TLS handshake failed; closing the connection");
+                        return;
+                    }
+                };
+                if !rule.admits(&peer) {
+                    self.metrics.denied(Denied::Identity);
+                    tracing::info!(direction = "inbound", client = %info.client, port = info.orig_dst.port(),
+                        peer_identity = %peer, "peer identity not allowed on this port; closing the connection");
+                    return;
+                }
+                self.metrics
+                    .tls_connection(Direction::Inbound, peer.as_str());
+                tracing::debug!(direction = "inbound", client = %info.client, peer_identity = %peer, "mesh TLS accepted");
+                if let Some(upstream) = self.relay.connect(&info, target).await {
+                    self.relay.forward(tls, upstream, &info).await;
+                }
+            }
+            Detected::Plain(reason, io) => {
+                if rule.mode == Mode::Strict {
+                    self.metrics.denied(Denied::Plaintext);
+                    tracing::info!(direction = "inbound", client = %info.client, port = info.orig_dst.port(),
+                        detected = reason.as_str(), "plaintext refused on a strict port; closing the connection");
+                    return;
+                }
+                self.forward_plain(io, info, target).await;
+            }
+            Detected::Gone => {}
+        }
+    }
+
+    async fn forward_plain(&self, io: Rewind<TcpStream>, info: ConnInfo, target: SocketAddr) {
+        self.metrics.passthrough(Direction::Inbound);
+        if let Some(upstream) = self.relay.connect(&info, target).await {
+            self.relay.forward(io, upstream, &info).await;
+        }
+    }
 }
 
 impl Stack for Inbound {
@@ -37,7 +115,16 @@ impl Stack for Inbound {
 
     async fn serve(&self, conn: Accepted) {
         let target = Self::target(conn.orig_dst);
-        self.relay.relay(conn, target).await;
+        let Some(mesh) = &self.mesh else {
+            self.metrics.passthrough(Direction::Inbound);
+            self.relay.relay(conn, target).await;
+            return;
+        };
+        let (stream, info, _guard) = conn.split();
+        if self.relay.is_loop(&info, target) {
+            return;
+        }
+        self.serve_meshed(stream, info, target, mesh).await;
     }
 }
 

@@ -17,6 +17,8 @@ use crate::drain::{Drain, DrainReport};
 use crate::duration::HumaneDuration;
 use crate::inbound::Inbound;
 use crate::loop_guard::LoopGuard;
+use crate::mesh::Mesh;
+use crate::mesh_metrics::MeshMetrics;
 use crate::metrics::{Direction, DirectionMetrics, TcpMetrics};
 use crate::outbound::Outbound;
 use crate::readiness::{Condition, Readiness};
@@ -58,6 +60,7 @@ pub struct ProxyBuilder {
     orig_dst: Arc<dyn OrigDstLookup>,
     registry: Registry,
     readiness: Readiness,
+    mesh: Option<Mesh>,
 }
 
 /// A bound proxy: listeners and admin server are open, nothing is served
@@ -80,10 +83,12 @@ pub struct Proxy {
     admin: AdminServer,
     registry: Arc<Registry>,
     tcp: TcpMetrics,
+    mesh_metrics: MeshMetrics,
     readiness: Readiness,
     not_draining: Condition,
     drain: Drain,
     orig_dst: Arc<dyn OrigDstLookup>,
+    mesh: Option<Mesh>,
 }
 
 impl ProxyBuilder {
@@ -108,6 +113,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Turns on the mesh: mutual TLS to meshed endpoints, TLS termination and
+    /// inbound policy, all following `mesh`'s certificate store and views.
+    pub fn mesh(mut self, mesh: Mesh) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+
     /// Validates the config and binds every listener. Must run inside a tokio runtime.
     pub async fn bind(self) -> Result<Proxy, ProxyError> {
         let Self {
@@ -115,6 +127,7 @@ impl ProxyBuilder {
             orig_dst,
             mut registry,
             readiness,
+            mesh,
         } = self;
         config.validate()?;
         let listeners_bound = readiness.condition(READY_LISTENERS);
@@ -128,6 +141,7 @@ impl ProxyBuilder {
         let inbound_addrs = local_addrs("--inbound-addrs", &inbound)?;
 
         let tcp = TcpMetrics::register(&mut registry);
+        let mesh_metrics = MeshMetrics::register(&mut registry);
         listeners_bound.set(true);
         Ok(Proxy {
             config,
@@ -138,10 +152,12 @@ impl ProxyBuilder {
             admin,
             registry: Arc::new(registry),
             tcp,
+            mesh_metrics,
             readiness,
             not_draining,
             drain: Drain::new(),
             orig_dst,
+            mesh,
         })
     }
 }
@@ -154,6 +170,7 @@ impl Proxy {
             orig_dst: Arc::new(KernelOrigDst),
             registry: Registry::default(),
             readiness: Readiness::new(),
+            mesh: None,
         }
     }
 
@@ -192,6 +209,11 @@ impl Proxy {
         self.tcp.direction(direction)
     }
 
+    /// The mesh metric handles (TLS, passthrough, denials), e.g. for tests.
+    pub fn mesh_metrics(&self) -> &MeshMetrics {
+        &self.mesh_metrics
+    }
+
     /// The metrics registry `/metrics` renders.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
@@ -210,10 +232,12 @@ impl Proxy {
             admin,
             registry,
             tcp,
+            mesh_metrics,
             readiness,
             not_draining,
             drain,
             orig_dst,
+            mesh,
         } = self;
         let loop_guard = LoopGuard::new(
             outbound_addrs
@@ -229,8 +253,12 @@ impl Proxy {
                 tcp.direction(direction),
             )
         };
-        let outbound_stack = Arc::new(Outbound::new(relay(Direction::Outbound)));
-        let inbound_stack = Arc::new(Inbound::new(relay(Direction::Inbound)));
+        let outbound_stack = Arc::new(Outbound::new(
+            relay(Direction::Outbound),
+            mesh_metrics.clone(),
+            mesh.clone(),
+        ));
+        let inbound_stack = Arc::new(Inbound::new(relay(Direction::Inbound), mesh_metrics, mesh));
 
         let mut accepting = Vec::new();
         for listener in outbound {

@@ -1,10 +1,14 @@
 //! The top of the plain-TCP stack: refuses loops, connects to the chosen target
-//! and forwards bytes, recording metrics and one log line per connection.
+//! and forwards bytes, recording metrics and one log line per connection. The
+//! steps are also offered one by one, so the TLS layers can wrap either side.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::accept::Accepted;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::accept::{Accepted, ConnInfo};
 use crate::loop_guard::LoopGuard;
 use crate::metrics::{Direction, DirectionMetrics};
 use crate::transport::connect::connect;
@@ -49,38 +53,77 @@ impl Relay {
 
     /// Relays `conn` to `target` until both sides are done.
     pub async fn relay(&self, conn: Accepted, target: SocketAddr) {
-        let Accepted {
-            stream,
+        let (stream, info, _guard) = conn.split();
+        if let Some(upstream) = self.open(&info, target).await {
+            self.forward(stream, upstream, &info).await;
+        }
+    }
+
+    /// Refuses a loop, else connects to `target`; `None` (logged and counted) when
+    /// the connection must be closed.
+    pub async fn open(&self, info: &ConnInfo, target: SocketAddr) -> Option<TcpStream> {
+        if self.is_loop(info, target) {
+            return None;
+        }
+        self.connect(info, target).await
+    }
+
+    /// True (logged and counted) when connecting to `target` would come back into
+    /// the proxy.
+    pub fn is_loop(&self, info: &ConnInfo, target: SocketAddr) -> bool {
+        let direction = self.direction;
+        let ConnInfo {
             client,
             local,
             orig_dst,
-            guard: _guard,
-        } = conn;
+        } = *info;
+        let Some(reason) = self.loop_guard.check(local, orig_dst, target) else {
+            return false;
+        };
+        self.metrics.loops_refused.inc();
+        tracing::warn!(
+            %direction,
+            %client,
+            %orig_dst,
+            %target,
+            %local,
+            reason = reason.as_str(),
+            "refusing connection that would loop back into the proxy"
+        );
+        true
+    }
+
+    /// Connects to `target` within the connect timeout; `None` (logged and counted)
+    /// on failure.
+    pub async fn connect(&self, info: &ConnInfo, target: SocketAddr) -> Option<TcpStream> {
         let direction = self.direction;
-        if let Some(reason) = self.loop_guard.check(local, orig_dst, target) {
-            self.metrics.loops_refused.inc();
-            tracing::warn!(
-                %direction,
-                %client,
-                %orig_dst,
-                %target,
-                %local,
-                reason = reason.as_str(),
-                "refusing connection that would loop back into the proxy"
-            );
-            return;
-        }
+        let ConnInfo {
+            client, orig_dst, ..
+        } = *info;
         tracing::debug!(%direction, %client, %orig_dst, %target, "connection opened");
-        let started = Instant::now();
-        let upstream = match connect(target, self.connect_timeout).await {
-            Ok(upstream) => upstream,
+        match connect(target, self.connect_timeout).await {
+            Ok(upstream) => Some(upstream),
             Err(err) => {
                 self.metrics.connect_failures.inc();
                 tracing::info!(%direction, %client, %orig_dst, %target, error = %err, "upstream connect failed");
-                return;
+                None
             }
-        };
-        match forward(stream, upstream, &self.counters).await {
+        }
+    }
+
+    /// Forwards between `downstream` and `upstream` (plain or TLS) until both
+    /// sides are done, counting bytes and logging how it ended.
+    pub async fn forward<D, U>(&self, downstream: D, upstream: U, info: &ConnInfo)
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let direction = self.direction;
+        let ConnInfo {
+            client, orig_dst, ..
+        } = *info;
+        let started = Instant::now();
+        match forward(downstream, upstream, &self.counters).await {
             Ok(t) => tracing::debug!(
                 %direction,
                 %client,

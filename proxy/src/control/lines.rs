@@ -1,0 +1,89 @@
+//! Splits a byte stream into newline-terminated lines, refusing any line longer
+//! than a bound so a broken or hostile peer cannot make the proxy buffer forever.
+
+/// Longest view line accepted from the agent.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// A line grew past the bound without a newline.
+#[derive(Debug, thiserror::Error)]
+#[error("a line from the agent exceeds {max} bytes")]
+pub struct LineTooLong {
+    /// The bound.
+    pub max: usize,
+}
+
+/// Collects chunks and yields the complete lines in them.
+#[derive(Debug)]
+pub struct Lines {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
+    max: usize,
+}
+
+impl Lines {
+    /// A splitter refusing lines longer than `max` bytes (newline excluded).
+    pub fn new(max: usize) -> Lines {
+        Lines {
+            buf: Vec::new(),
+            scanned: 0,
+            max,
+        }
+    }
+
+    /// Adds `chunk`; returns the lines it completed, without their newlines (blank
+    /// lines are skipped).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, LineTooLong> {
+        self.buf.extend_from_slice(chunk);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while let Some(offset) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+            let end = self.scanned + offset;
+            if end - start > self.max {
+                return Err(LineTooLong { max: self.max });
+            }
+            let line = &self.buf[start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                lines.push(line.to_vec());
+            }
+            start = end + 1;
+            self.scanned = start;
+        }
+        self.buf.drain(..start);
+        self.scanned = self.buf.len();
+        if self.buf.len() > self.max {
+            return Err(LineTooLong { max: self.max });
+        }
+        Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_across_chunks() {
+        let mut l = Lines::new(100);
+        assert!(l.push(b"{\"a\":").unwrap().is_empty());
+        assert_eq!(
+            l.push(b"1}\n\n{\"b\"").unwrap(),
+            vec![b"{\"a\":1}".to_vec()]
+        );
+        assert_eq!(
+            l.push(b":2}\r\n{}\n").unwrap(),
+            vec![b"{\"b\":2}".to_vec(), b"{}".to_vec()]
+        );
+    }
+
+    #[test]
+    fn refuses_long_lines() {
+        let mut l = Lines::new(4);
+        assert!(l.push(b"1234\n").is_ok());
+        assert!(l.push(b"123").is_ok());
+        assert!(l.push(b"45").is_err());
+        let mut l = Lines::new(4);
+        assert!(l.push(b"12345\n").is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! The proxy's side of the control plane: certificates from the agent (fetched at
+//! start, renewed before expiry) and the agent's view stream. Both run as
+//! background tasks; the data path only reads what they install, so it keeps
+//! working on the cached certificate and view while the agent is away.
+
+pub mod backoff;
+pub mod certificates;
+pub mod client;
+pub mod config;
+pub mod lines;
+pub mod metrics;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pillion_identity::{CertStore, TlsError};
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::mesh::Mesh;
+use crate::readiness::Readiness;
+use crate::tls::MeshTls;
+use crate::view::Views;
+use certificates::Renewer;
+use client::AgentClient;
+use config::ControlConfig;
+use metrics::ControlMetrics;
+use watch::Watcher;
+
+/// Readiness condition met once the proxy holds a certificate.
+pub const READY_CERTIFICATE: &str = "certificate";
+/// Readiness condition met once the first view arrived.
+pub const READY_VIEW: &str = "view";
+
+/// Time `stop` waits for the background tasks.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The running control plane: the store and views it fills, and its tasks.
+#[derive(Debug)]
+pub struct ControlPlane {
+    store: Arc<CertStore>,
+    views: Views,
+    metrics: ControlMetrics,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Registers its metrics and readiness conditions, then starts the certificate
+    /// and watch loops. Must run inside a tokio runtime.
+    pub fn start(
+        config: &ControlConfig,
+        registry: &mut Registry,
+        readiness: &Readiness,
+    ) -> Result<ControlPlane, TlsError> {
+        let client = Arc::new(AgentClient::new(config)?);
+        let store = Arc::new(CertStore::new(config.workload.clone()));
+        let views = Views::new();
+        let metrics = ControlMetrics::register(registry);
+        let shutdown = CancellationToken::new();
+        let renewer = Renewer {
+            client: Arc::clone(&client),
+            store: Arc::clone(&store),
+            metrics: metrics.clone(),
+            ready: readiness.condition(READY_CERTIFICATE),
+        };
+        let watcher = Watcher {
+            client,
+            views: views.clone(),
+            identity: config.workload.clone(),
+            metrics: metrics.clone(),
+            ready: readiness.condition(READY_VIEW),
+        };
+        tracing::info!(agent = %config.agent_addr, agent_identity = %config.agent_identity,
+            identity = %config.workload, pod = config.pod_name.as_deref().unwrap_or(""),
+            "control plane starting");
+        let tasks = vec![
+            tokio::spawn(renewer.run(shutdown.clone())),
+            tokio::spawn(watcher.run(shutdown.clone())),
+        ];
+        Ok(ControlPlane {
+            store,
+            views,
+            metrics,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The mesh the stacks use: TLS over this control plane's store, and its views.
+    pub fn mesh(&self) -> Result<Mesh, TlsError> {
+        Ok(Mesh {
+            tls: MeshTls::new(Arc::clone(&self.store))?,
+            views: self.views.clone(),
+        })
+    }
+
+    /// The certificate store the renewal loop fills.
+    pub fn store(&self) -> &Arc<CertStore> {
+        &self.store
+    }
+
+    /// The views the watch loop fills.
+    pub fn views(&self) -> &Views {
+        &self.views
+    }
+
+    /// The control-plane metric handles.
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.metrics
+    }
+
+    /// Stops both loops and waits (briefly) for them.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let tasks = std::mem::take(&mut self.tasks);
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(STOP_TIMEOUT, all).await.is_err() {
+            tracing::warn!("control-plane tasks did not stop in time");
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,148 @@
+//! Follows the agent's view stream (`GET /v1/watch`, NDJSON): each line replaces
+//! the view for new connections. When the stream ends or fails the last good view
+//! stays in force and the stream is reopened with exponential backoff and jitter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use pillion_api::view::View;
+use pillion_identity::SpiffeId;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::client::{AgentClient, AgentError};
+use super::lines::{LineTooLong, Lines, MAX_LINE};
+use super::metrics::ControlMetrics;
+use crate::readiness::Condition;
+use crate::view::Views;
+
+/// First reconnect delay.
+pub const RECONNECT_BASE: Duration = Duration::from_millis(200);
+/// Longest reconnect delay.
+pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
+/// Why one view stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The stream could not be opened.
+    #[error(transparent)]
+    Open(#[from] AgentError),
+    /// The stream broke.
+    #[error("the view stream failed: {0}")]
+    Stream(#[source] hyper::Error),
+    /// A line was too long.
+    #[error(transparent)]
+    LineTooLong(#[from] LineTooLong),
+    /// The agent sent a view for another workload.
+    #[error("the agent sent a view for {got}, but this proxy is {want}; check --token-file and the workload's identity flags")]
+    WrongIdentity {
+        /// The identity in the view.
+        got: String,
+        /// Ours.
+        want: SpiffeId,
+    },
+    /// The agent closed the stream.
+    #[error("the agent closed the view stream")]
+    Ended,
+}
+
+/// The watch loop's state.
+pub struct Watcher {
+    /// Where the stream comes from.
+    pub client: Arc<AgentClient>,
+    /// Where views go.
+    pub views: Views,
+    /// Our identity; views for others are refused.
+    pub identity: SpiffeId,
+    /// The connected gauge.
+    pub metrics: ControlMetrics,
+    /// Met once the first view is installed.
+    pub ready: Condition,
+}
+
+impl Watcher {
+    /// Follows the stream, reconnecting, until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP);
+        loop {
+            let ended = tokio::select! {
+                () = shutdown.cancelled() => return,
+                ended = self.follow(&mut backoff) => ended,
+            };
+            self.metrics.agent_connected.set(0);
+            let wait = backoff.next_delay();
+            let version = self.views.current().version();
+            match &ended {
+                WatchError::Ended => {
+                    tracing::info!(agent = %self.client.addr(), reconnect_in_ms = wait.as_millis() as u64,
+                    view_version = ?version, "view stream ended; keeping the last good view")
+                }
+                err => {
+                    tracing::warn!(agent = %self.client.addr(), error = %err, reconnect_in_ms = wait.as_millis() as u64,
+                    view_version = ?version, "view stream failed; keeping the last good view")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Opens one stream and installs its views until it ends; always returns why.
+    async fn follow(&self, backoff: &mut Backoff) -> WatchError {
+        let mut body = match self.client.watch().await {
+            Ok(body) => body,
+            Err(err) => return err.into(),
+        };
+        self.metrics.agent_connected.set(1);
+        tracing::info!(agent = %self.client.addr(), "view stream open");
+        let mut lines = Lines::new(MAX_LINE);
+        // Versions only grow within one stream; a restarted agent counts anew.
+        let mut last: Option<u64> = None;
+        loop {
+            let frame = match body.frame().await {
+                None => return WatchError::Ended,
+                Some(Err(err)) => return WatchError::Stream(err),
+                Some(Ok(frame)) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let complete = match lines.push(&data) {
+                Ok(complete) => complete,
+                Err(err) => return err.into(),
+            };
+            for line in complete {
+                let view: View = match serde_json::from_slice(&line) {
+                    Ok(view) => view,
+                    Err(err) => {
+                        tracing::warn!(agent = %self.client.addr(), error = %err, "ignoring a view line that does not parse");
+                        continue;
+                    }
+                };
+                if view.identity != self.identity.as_str() {
+                    return WatchError::WrongIdentity {
+                        got: view.identity,
+                        want: self.identity.clone(),
+                    };
+                }
+                if last.is_some_and(|v| view.version < v) {
+                    tracing::debug!(version = view.version, "ignoring an older view");
+                    continue;
+                }
+                last = Some(view.version);
+                self.views.install(&view);
+                self.ready.set(true);
+                backoff.reset();
+                tracing::info!(
+                    version = view.version,
+                    services = view.services.len(),
+                    inbound_ports = view.inbound.ports.len(),
+                    "view installed"
+                );
+            }
+        }
+    }
+}
