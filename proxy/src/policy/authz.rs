@@ -179,6 +179,23 @@ impl Authorizer {
         Authorizer::new(self.mode, route_allow)
     }
 
+    /// An authorizer that admits nobody: the fail-closed stand-in for an allow list
+    /// that cannot be parsed (the agent validates, so this is a safety net).
+    pub fn deny_all() -> Authorizer {
+        Authorizer {
+            mode: Mode::Strict,
+            // A trust domain holding '/', which the matcher never sees in one (it
+            // splits there), so nothing matches.
+            allow: Box::new([IdentityPattern {
+                shape: Some(Segments {
+                    trust_domain: Some("/".into()),
+                    path: Box::new([]),
+                    trailing_any: true,
+                }),
+            }]),
+        }
+    }
+
     /// Decides for a caller: its verified identity, or `None` for plaintext.
     pub fn check(&self, peer: Option<&str>) -> Result<(), Denied> {
         match peer {
@@ -381,5 +398,13 @@ mod tests {
         );
         assert_eq!(PEER_IDENTITY_HEADER.as_str(), "pillion-peer-identity");
         assert!(peer_identity_value("bad\nid").is_err());
+    }
+
+    #[test]
+    fn deny_all_admits_nobody() {
+        let a = Authorizer::deny_all();
+        assert_eq!(a.check(None), Err(Denied::Unauthenticated));
+        assert_eq!(a.check(Some(CLIENT)), Err(Denied::NotAllowed));
+        assert_eq!(a.check(Some("spiffe:///x")), Err(Denied::NotAllowed));
     }
 }

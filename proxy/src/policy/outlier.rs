@@ -156,6 +156,41 @@ impl OutlierDetector {
         })
     }
 
+    /// A detector for a changed endpoint list that keeps what this one knows about
+    /// the endpoints both lists share: `old_index(i)` is the index in this detector of
+    /// the new list's endpoint `i` (`None` for a new endpoint, which starts healthy).
+    /// Ejections in progress, failure runs and ejection counts carry over, so a view
+    /// update never returns a failing endpoint to service early.
+    pub fn carried(
+        &self,
+        endpoints: usize,
+        old_index: impl Fn(usize) -> Option<usize>,
+    ) -> OutlierDetector {
+        let health = (0..endpoints)
+            .map(|i| {
+                let fresh = Health::default();
+                if let Some(old) = old_index(i).and_then(|j| self.endpoints.get(j)) {
+                    fresh
+                        .failures
+                        .store(old.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+                    fresh
+                        .ejected_until
+                        .store(old.ejected_until.load(Ordering::Acquire), Ordering::Release);
+                    fresh
+                        .times
+                        .store(old.times.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                fresh
+            })
+            .collect();
+        OutlierDetector {
+            config: self.config,
+            epoch: self.epoch,
+            endpoints: health,
+            ejecting: Mutex::new(()),
+        }
+    }
+
     /// Number of endpoints watched.
     pub fn len(&self) -> usize {
         self.endpoints.len()
@@ -302,5 +337,29 @@ mod tests {
             ejection_time(u32::MAX, Duration::MAX, Duration::MAX),
             Duration::MAX
         );
+    }
+
+    #[test]
+    fn carried_detectors_keep_shared_endpoints_state() {
+        let t0 = Instant::now();
+        let config = OutlierConfig {
+            consecutive_failures: 2,
+            ..OutlierConfig::default()
+        };
+        let old = OutlierDetector::new(4, config, t0);
+        old.record_failure(1, t0);
+        assert!(old.record_failure(1, t0).is_some());
+        old.record_failure(3, t0);
+        // New list: old 3, a new endpoint, old 1.
+        let map = [Some(3), None, Some(1)];
+        let new = old.carried(3, |i| map[i]);
+        assert_eq!(new.len(), 3);
+        assert!(new.is_ejected(2, t0 + S));
+        assert!(!new.is_ejected(0, t0 + S) && !new.is_ejected(1, t0 + S));
+        // Old 3 had one failure in its run: one more would eject it, but the cap
+        // (one of three) is taken by the carried ejection.
+        assert!(new.record_failure(0, t0 + S).is_none());
+        assert_eq!(new.ejected_count(t0 + S), 1);
+        assert!(!new.is_ejected(2, t0 + 11 * S));
     }
 }

@@ -1,0 +1,134 @@
+//! The body types the HTTP layer moves: request bodies sent upstream (streamed, or
+//! replayable for retries) and response bodies returned downstream (the upstream's,
+//! or a short one the proxy wrote itself). Enums rather than boxes, so forwarding a
+//! request allocates nothing for its body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::replay::ReplayBody;
+
+/// The error type of every body the proxy forwards.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way upstream.
+#[derive(Debug, Default)]
+pub enum RequestBody {
+    /// No body at all (most `GET`s).
+    #[default]
+    Empty,
+    /// The caller's body, streamed once.
+    Stream(Incoming),
+    /// The caller's body, recorded so a retry can send it again.
+    Replay(ReplayBody),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            RequestBody::Replay(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream(body) => body.is_end_stream(),
+            RequestBody::Replay(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream(body) => body.size_hint(),
+            RequestBody::Replay(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A response body on its way downstream.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// What the upstream sent, streamed through (trailers included).
+    Upstream(Incoming),
+    /// A body the proxy made (an error reason); `None` once sent.
+    Local(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// A body of fixed bytes (empty for none).
+    pub fn local(bytes: impl Into<Bytes>) -> ResponseBody {
+        let bytes = bytes.into();
+        ResponseBody::Local((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// No body.
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Local(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Local(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn local_bodies_send_their_bytes_once() {
+        let body = ResponseBody::local("no endpoints\n");
+        assert_eq!(body.size_hint().exact(), Some(13));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"no endpoints\n");
+        let empty = ResponseBody::local("");
+        assert!(empty.is_end_stream());
+        assert!(RequestBody::Empty.is_end_stream());
+    }
+}

@@ -1,0 +1,168 @@
+//! Answers the proxy gives itself, with a status a client can act on and a one-line
+//! reason a person can read: 503 when nothing can serve, 502 when the upstream
+//! failed, 504 when it was too slow, 429 for rate limits, 403 for authorization,
+//! 400 for requests the proxy cannot forward. Every one carries [`PILLION_ERROR`]
+//! with a short code, so callers (and tests) can tell them from the application's.
+
+use std::fmt;
+
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use super::body::ResponseBody;
+use crate::policy::rate_limit::{RateLimiter, RetryAfter, RATELIMIT, RATELIMIT_POLICY};
+
+/// Marks a response the proxy made, with a short machine-readable reason.
+pub const PILLION_ERROR: HeaderName = HeaderName::from_static("pillion-error");
+
+/// Why the proxy answered instead of the application.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The service has no endpoints (in the chosen backend).
+    #[error("no endpoints available for {service}")]
+    NoEndpoints {
+        /// The service (and subset) that was asked for.
+        service: String,
+    },
+    /// Every endpoint is ejected by outlier detection.
+    #[error("every endpoint of {service} is ejected after repeated failures")]
+    AllEjected {
+        /// The service that was asked for.
+        service: String,
+    },
+    /// No connection to the upstream could be made.
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect {
+        /// The endpoint tried last.
+        endpoint: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The upstream broke the request or connection.
+    #[error("upstream {endpoint} failed: {reason}")]
+    Upstream {
+        /// The endpoint tried last.
+        endpoint: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The route's request timeout passed.
+    #[error("request timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The last try's per-try timeout passed.
+    #[error("upstream did not answer within the per-try timeout of {0:?}")]
+    TryTimeout(std::time::Duration),
+    /// The caller may not use this port or route.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The request cannot be forwarded as it is.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A request kind the proxy does not carry.
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+}
+
+impl HttpError {
+    /// The status returned for the error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HttpError::NoEndpoints { .. } | HttpError::AllEjected { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            HttpError::Connect { .. } | HttpError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            HttpError::Timeout(_) | HttpError::TryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// The value of [`PILLION_ERROR`].
+    pub fn code(&self) -> &'static str {
+        match self {
+            HttpError::NoEndpoints { .. } => "no-endpoints",
+            HttpError::AllEjected { .. } => "all-ejected",
+            HttpError::Connect { .. } => "connect-failed",
+            HttpError::Upstream { .. } => "upstream-failed",
+            HttpError::Timeout(_) => "timeout",
+            HttpError::TryTimeout(_) => "per-try-timeout",
+            HttpError::Forbidden(_) => "forbidden",
+            HttpError::BadRequest(_) => "bad-request",
+            HttpError::Unsupported(_) => "unsupported",
+        }
+    }
+
+    /// The response: status, [`PILLION_ERROR`], and `pillion: <reason>` as text.
+    pub fn response(&self) -> Response<ResponseBody> {
+        local_response(self.status(), self.code(), self)
+    }
+}
+
+/// A short text response made by the proxy.
+pub fn local_response(
+    status: StatusCode,
+    code: &'static str,
+    reason: &dyn fmt::Display,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::local(format!("pillion: {reason}\n")));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(PILLION_ERROR, HeaderValue::from_static(code));
+    response
+}
+
+/// The 429 of a rate limit: `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+pub fn rate_limited(
+    limiter: &RateLimiter,
+    route: &str,
+    wait: &RetryAfter,
+) -> Response<ResponseBody> {
+    let reason = format_args!(
+        "rate limit of route {route} exceeded; retry after {}s",
+        wait.seconds()
+    );
+    let mut response = local_response(StatusCode::TOO_MANY_REQUESTS, "rate-limited", &reason);
+    let headers = response.headers_mut();
+    headers.insert(RETRY_AFTER, wait.header_value());
+    headers.insert(RATELIMIT_POLICY, limiter.policy_header().clone());
+    headers.insert(RATELIMIT, limiter.refused_header(wait));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_read_well() {
+        let e = HttpError::NoEndpoints {
+            service: "demo/echo:8080".into(),
+        };
+        let r = e.response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[PILLION_ERROR], "no-endpoints");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"pillion: no endpoints available for demo/echo:8080\n"
+        );
+        assert_eq!(
+            HttpError::Timeout(std::time::Duration::from_millis(250)).status(),
+            504
+        );
+        assert_eq!(
+            HttpError::Connect {
+                endpoint: "198.18.0.3:80".into(),
+                reason: "refused".into()
+            }
+            .status(),
+            502
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! What changes about a message as it crosses the proxy: hop-by-hop headers are
+//! dropped (RFC 9110 §7.6.1), and between two proxies an HTTP/1.x request travels as
+//! HTTP/2 carrying its original version in [`ORIG_PROTO`], which the far proxy
+//! removes before the application sees the request.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Version};
+
+/// Carries the version the client spoke across the proxy-to-proxy HTTP/2 hop.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("pillion-orig-proto");
+/// The [`ORIG_PROTO`] value of an HTTP/1.1 request.
+pub const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+/// The [`ORIG_PROTO`] value of an HTTP/1.0 request.
+pub const HTTP_10: HeaderValue = HeaderValue::from_static("HTTP/1.0");
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+];
+
+/// Removes hop-by-hop headers and any header the `Connection` header names. `TE:
+/// trailers` is kept (gRPC needs it; it is the one `TE` value HTTP/2 allows).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        strip_connection_named(headers);
+    }
+    let keep_te = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in HOP_BY_HOP {
+        if name == header::TE && keep_te {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// Rare path: `Connection: close, x-foo` also names headers to drop.
+fn strip_connection_named(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// Whether a request asks to leave HTTP (`Upgrade`, e.g. WebSocket) or to tunnel
+/// (`CONNECT`): such a connection becomes opaque bytes end to end after the answer.
+pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    upgrade_requested(req.method(), req.version(), req.headers())
+}
+
+/// [`wants_upgrade`] for a request's head.
+pub fn upgrade_requested(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    if method == Method::CONNECT {
+        return true;
+    }
+    version != Version::HTTP_2
+        && headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The [`ORIG_PROTO`] value for a request version, if it is an HTTP/1.x one.
+pub fn orig_proto_value(version: Version) -> Option<HeaderValue> {
+    match version {
+        Version::HTTP_11 => Some(HTTP_11),
+        Version::HTTP_10 => Some(HTTP_10),
+        _ => None,
+    }
+}
+
+/// Takes [`ORIG_PROTO`] out of a request's headers: the version to speak to the
+/// application (`None`: keep the version it arrived with). Unknown values are
+/// dropped and ignored.
+pub fn take_orig_proto(headers: &mut HeaderMap) -> Option<Version> {
+    let value = headers.remove(ORIG_PROTO)?;
+    match value.as_bytes() {
+        b"HTTP/1.1" => Some(Version::HTTP_11),
+        b"HTTP/1.0" => Some(Version::HTTP_10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::TE, "gzip".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn upgrades_and_connect_are_recognised() {
+        let ws = Request::get("/chat")
+            .header(header::CONNECTION, "keep-alive, Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(wants_upgrade(&ws));
+        let no_conn = Request::get("/")
+            .header(header::UPGRADE, "h2c")
+            .body(())
+            .unwrap();
+        assert!(!wants_upgrade(&no_conn));
+        let connect = Request::connect("example.com:443").body(()).unwrap();
+        assert!(wants_upgrade(&connect));
+        assert!(!wants_upgrade(&Request::get("/").body(()).unwrap()));
+    }
+
+    #[test]
+    fn orig_proto_round_trips() {
+        let mut h = HeaderMap::new();
+        h.insert(ORIG_PROTO, orig_proto_value(Version::HTTP_10).unwrap());
+        assert_eq!(take_orig_proto(&mut h), Some(Version::HTTP_10));
+        assert!(h.is_empty());
+        h.insert(ORIG_PROTO, "HTTP/9".parse().unwrap());
+        assert_eq!(take_orig_proto(&mut h), None);
+        assert!(h.is_empty());
+        assert_eq!(orig_proto_value(Version::HTTP_2), None);
+    }
+}

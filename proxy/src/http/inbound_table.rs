@@ -1,0 +1,193 @@
+//! The inbound side of a view, compiled for per-request use: each application port's
+//! authorization (mode and allow list) and its server routes with their own allow
+//! lists and rate limits. Rate limiters carry over view updates while their settings
+//! are unchanged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use pillion_api::policy::{RateLimit, ServerRoute};
+use pillion_api::view::{Mode, PortPolicy, View};
+
+use super::metrics::{HttpMetrics, RouteMetrics};
+use crate::metrics::Direction;
+use crate::policy::authz::Authorizer;
+use crate::policy::rate_limit::RateLimiter;
+use crate::policy::route_match::RouteTable;
+
+/// Route name of inbound requests that match no server route.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// One inbound port's policy.
+#[derive(Debug)]
+pub struct InboundPort {
+    /// The port, as the metrics' `service` label.
+    pub label: Arc<str>,
+    table: Option<RouteTable<ServerRoute>>,
+    routes: Box<[ServerRouteState]>,
+    default: ServerRouteState,
+}
+
+/// One server route (or the port's default).
+#[derive(Debug)]
+pub struct ServerRouteState {
+    /// The route's name.
+    pub name: Arc<str>,
+    /// Who may call it.
+    pub authz: Authorizer,
+    /// Server-side rate limit.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// The route's metric handles.
+    pub metrics: RouteMetrics,
+}
+
+impl InboundPort {
+    /// The route for a request; requests no route matches are judged by the port's
+    /// allow list alone and not rate limited.
+    pub fn select(&self, parts: &Parts) -> &ServerRouteState {
+        self.table
+            .as_ref()
+            .and_then(|t| t.select_parts(parts))
+            .and_then(|s| self.routes.get(s.route.index()))
+            .unwrap_or(&self.default)
+    }
+}
+
+/// The compiled inbound view.
+#[derive(Debug, Default)]
+pub struct InboundTable {
+    version: Option<u64>,
+    default_mode: Mode,
+    ports: HashMap<u16, Arc<InboundPort>>,
+    limiters: HashMap<(u16, String), (RateLimit, Arc<RateLimiter>)>,
+}
+
+impl InboundTable {
+    /// The version of the view compiled, `None` before the first.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// The policy of application port `port` (ports without their own policy get the
+    /// default mode, anyone allowed, no routes).
+    pub fn port(&self, port: u16, metrics: &HttpMetrics) -> Arc<InboundPort> {
+        if let Some(found) = self.ports.get(&port) {
+            return Arc::clone(found);
+        }
+        let label: Arc<str> = Arc::from(port.to_string().as_str());
+        let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
+        Arc::new(InboundPort {
+            table: None,
+            routes: Box::new([]),
+            default: ServerRouteState {
+                metrics: metrics.route(Direction::Inbound, &label, &default_name),
+                name: default_name,
+                authz: Authorizer::new(self.default_mode, &[])
+                    .unwrap_or_else(|_| Authorizer::deny_all()),
+                limiter: None,
+            },
+            label,
+        })
+    }
+
+    /// Compiles the inbound policy of `view`, carrying rate limiters from `previous`.
+    pub fn compile(
+        view: &View,
+        previous: &InboundTable,
+        metrics: &HttpMetrics,
+        now: Instant,
+    ) -> InboundTable {
+        let mut table = InboundTable {
+            version: Some(view.version),
+            default_mode: view.inbound.default_mode,
+            ..InboundTable::default()
+        };
+        for (port, policy) in &view.inbound.ports {
+            let compiled = compile_port(*port, policy, previous, &mut table, metrics, now);
+            table.ports.insert(*port, Arc::new(compiled));
+        }
+        table
+    }
+}
+
+fn compile_port(
+    port: u16,
+    policy: &PortPolicy,
+    previous: &InboundTable,
+    table: &mut InboundTable,
+    metrics: &HttpMetrics,
+    now: Instant,
+) -> InboundPort {
+    let label: Arc<str> = Arc::from(port.to_string().as_str());
+    let port_authz = Authorizer::new(policy.mode, &policy.allow).unwrap_or_else(|e| {
+        tracing::warn!(port, error = %e, "inbound allow list unusable; the port admits nobody");
+        Authorizer::deny_all()
+    });
+    let mut routes = Vec::new();
+    let mut specs = Vec::new();
+    for route in &policy.server.routes {
+        let authz = match port_authz.for_route(&route.allow) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(port, route = %route.name, error = %e,
+                    "route allow list unusable; the route admits nobody");
+                Authorizer::deny_all()
+            }
+        };
+        let limiter = match &route.rate_limit {
+            None => None,
+            Some(limit) => {
+                let key = (port, route.name.clone());
+                let limiter = match previous.limiters.get(&key) {
+                    Some((old, limiter)) if old == limit => Some(Arc::clone(limiter)),
+                    _ => match RateLimiter::new(&route.name, limit, now) {
+                        Ok(l) => Some(Arc::new(l)),
+                        Err(e) => {
+                            tracing::warn!(port, route = %route.name, error = %e,
+                                "route rate limit unusable; the route is left out");
+                            continue;
+                        }
+                    },
+                };
+                if let Some(l) = &limiter {
+                    table.limiters.insert(key, (limit.clone(), Arc::clone(l)));
+                }
+                limiter
+            }
+        };
+        let name: Arc<str> = Arc::from(route.name.as_str());
+        routes.push(ServerRouteState {
+            metrics: metrics.route(Direction::Inbound, &label, &name),
+            name,
+            authz,
+            limiter,
+        });
+        specs.push(route.clone());
+    }
+    let table_compiled = if specs.is_empty() {
+        None
+    } else {
+        match RouteTable::new(specs) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(port, error = %e, "inbound routes cannot be compiled; only the port's policy applies");
+                routes.clear();
+                None
+            }
+        }
+    };
+    let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
+    InboundPort {
+        table: table_compiled,
+        routes: routes.into_boxed_slice(),
+        default: ServerRouteState {
+            metrics: metrics.route(Direction::Inbound, &label, &default_name),
+            name: default_name,
+            authz: port_authz,
+            limiter: None,
+        },
+        label,
+    }
+}

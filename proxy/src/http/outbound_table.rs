@@ -1,0 +1,546 @@
+//! The outbound side of a view, compiled for per-request use: original destination
+//! (a service VIP:port, or one endpoint's address:port) → the service port's routes →
+//! each route's policy and backends → endpoints.
+//!
+//! Compiling reuses the previous table's stateful parts wherever the view still has
+//! them: endpoints (latency estimate, connection pools) by address and identity,
+//! backends (balancer, outlier detector) by service, port and subset, and rate
+//! limiters and retry budgets by route name while their settings are unchanged. So a
+//! view update changes routing at once without resetting what the proxy learned, and
+//! requests in flight finish on the state they started with.
+//!
+//! A connection aimed at one endpoint's own address keeps the routes of its service
+//! (timeouts, retries, limits, edits) but always goes to that endpoint: the
+//! application asked for that pod.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::request::Parts;
+use pillion_api::policy::{RateLimit, RetryPolicy, Route, WeightedBackend};
+use pillion_api::view::{Endpoint, Protocol, Service, ServicePort, View};
+use pillion_identity::tls::server_name_for;
+use pillion_identity::SpiffeId;
+
+use super::backend::{Backend, EndpointState};
+use super::connect::{MeshTarget, UpstreamConnector};
+use super::metrics::{HttpMetrics, RouteMetrics};
+use super::settings::HttpSettings;
+use super::upstream::Upstream;
+use crate::metrics::Direction;
+use crate::policy::balance::p2c::Balancer;
+use crate::policy::balance::peak_ewma::PeakEwma;
+use crate::policy::headers::{HeaderEditor, PathRewriter};
+use crate::policy::rate_limit::RateLimiter;
+use crate::policy::retry::RetryBudget;
+use crate::policy::route_match::RouteTable;
+use crate::policy::split::{labels_match, Split};
+
+/// Name of the implicit route that takes requests no route matches.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// Where a connection to one original destination goes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The service port's routes.
+    pub port: Arc<PortRoutes>,
+    /// Set for a connection aimed at one endpoint: every try goes there.
+    pub pinned: Option<Arc<Backend>>,
+}
+
+/// One service port's routes, compiled.
+#[derive(Debug)]
+pub struct PortRoutes {
+    /// `namespace/name` of the service.
+    pub service: Arc<str>,
+    /// The port applications connect to.
+    pub port: u16,
+    /// What the port speaks (`auto` means detect).
+    pub protocol: Protocol,
+    /// `None` when the port has no routes (or they failed to compile).
+    table: Option<RouteTable<Route>>,
+    routes: Box<[RouteState]>,
+    default: RouteState,
+}
+
+/// One route's policy and per-route state.
+#[derive(Debug)]
+pub struct RouteState {
+    /// The route's name (metrics, rate-limit headers).
+    pub name: Arc<str>,
+    /// Weighted choice among `backends`.
+    pub split: Split,
+    /// The route's backends, by the split's indices.
+    pub backends: Box<[Arc<Backend>]>,
+    /// Deadline of the whole request, retries included.
+    pub timeout: Option<Duration>,
+    /// Deadline of each try.
+    pub per_try_timeout: Option<Duration>,
+    /// When to retry, and the budget that caps it.
+    pub retry: Option<(RetryPolicy, Arc<RetryBudget>)>,
+    /// Client-side rate limit.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Edits of forwarded requests.
+    pub request_edits: HeaderEditor,
+    /// Edits of returned responses.
+    pub response_edits: HeaderEditor,
+    /// Prefix rewrite.
+    pub rewrite: Option<PathRewriter>,
+    /// The route's metric handles.
+    pub metrics: RouteMetrics,
+}
+
+impl PortRoutes {
+    /// The route for a request and the prefix its path matched (for a rewrite);
+    /// requests no route matches take the implicit default route (every endpoint,
+    /// no policy).
+    pub fn select(&self, parts: &Parts) -> (&RouteState, Option<&str>) {
+        let selected = self.table.as_ref().and_then(|t| t.select_parts(parts));
+        match selected {
+            Some(selection) => match self.routes.get(selection.route.index()) {
+                Some(route) => (route, selection.matched_prefix),
+                None => (&self.default, None),
+            },
+            None => (&self.default, None),
+        }
+    }
+
+    /// `namespace/name:port`, for errors and logs.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.service, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EndpointKey {
+    addr: SocketAddr,
+    identity: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BackendKey {
+    service: String,
+    port: u16,
+    subset: BTreeMap<String, String>,
+    pinned: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RouteKey {
+    service: String,
+    port: u16,
+    route: String,
+}
+
+/// The compiled outbound view.
+#[derive(Debug, Default)]
+pub struct OutboundTable {
+    version: Option<u64>,
+    identity: Option<Arc<str>>,
+    targets: HashMap<SocketAddr, Target>,
+    endpoints: HashMap<EndpointKey, Arc<EndpointState>>,
+    backends: HashMap<BackendKey, Arc<Backend>>,
+    limiters: HashMap<RouteKey, (RateLimit, Arc<RateLimiter>)>,
+    budgets: HashMap<RouteKey, (pillion_api::policy::RetryBudget, Arc<RetryBudget>)>,
+}
+
+impl OutboundTable {
+    /// The version of the view compiled, `None` before the first.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// This workload's own identity (the client-side rate-limit key).
+    pub fn identity(&self) -> Option<&Arc<str>> {
+        self.identity.as_ref()
+    }
+
+    /// Where a connection to `orig_dst` goes; `None` for destinations the view does
+    /// not know (they pass through as plain TCP).
+    pub fn target(&self, orig_dst: SocketAddr) -> Option<&Target> {
+        self.targets.get(&SocketAddr::new(
+            orig_dst.ip().to_canonical(),
+            orig_dst.port(),
+        ))
+    }
+
+    /// Compiles `view`, reusing `previous`'s state (see the module docs).
+    pub fn compile(
+        view: &View,
+        previous: &OutboundTable,
+        settings: &HttpSettings,
+        metrics: &HttpMetrics,
+        now: Instant,
+    ) -> OutboundTable {
+        let mut table = OutboundTable {
+            version: Some(view.version),
+            identity: Some(Arc::from(view.identity.as_str())),
+            ..OutboundTable::default()
+        };
+        let mut compiler = Compiler {
+            view,
+            previous,
+            settings,
+            metrics,
+            now,
+            table: &mut table,
+        };
+        for service in &view.services {
+            for port in &service.ports {
+                compiler.port(service, port);
+            }
+        }
+        table
+    }
+}
+
+struct Compiler<'a> {
+    view: &'a View,
+    previous: &'a OutboundTable,
+    settings: &'a HttpSettings,
+    metrics: &'a HttpMetrics,
+    now: Instant,
+    table: &'a mut OutboundTable,
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+fn service_name(service: &Service) -> String {
+    format!("{}/{}", service.namespace, service.name)
+}
+
+impl Compiler<'_> {
+    fn port(&mut self, service: &Service, port: &ServicePort) {
+        let name = service_name(service);
+        let service_label: Arc<str> = Arc::from(name.as_str());
+        let endpoints = self.endpoints_of(service, port);
+        let mut routes = Vec::new();
+        let mut specs = Vec::new();
+        for route in &port.routes {
+            match self.route(service, port, &service_label, &endpoints, route) {
+                Some(state) => {
+                    routes.push(state);
+                    specs.push(route.clone());
+                }
+                None => continue,
+            }
+        }
+        let table = if specs.is_empty() {
+            None
+        } else {
+            match RouteTable::new(specs) {
+                Ok(table) => Some(table),
+                Err(err) => {
+                    tracing::warn!(service = %name, port = port.port, error = %err,
+                        "routes of the port cannot be compiled; only the default route applies");
+                    routes.clear();
+                    None
+                }
+            }
+        };
+        let all = self.backend(&name, port.port, &BTreeMap::new(), None, &endpoints);
+        let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
+        let default = RouteState {
+            metrics: self
+                .metrics
+                .route(Direction::Outbound, &service_label, &default_name),
+            name: default_name,
+            split: Split::single(),
+            backends: Box::new([all]),
+            timeout: None,
+            per_try_timeout: None,
+            retry: None,
+            limiter: None,
+            request_edits: HeaderEditor::default(),
+            response_edits: HeaderEditor::default(),
+            rewrite: None,
+        };
+        let compiled = Arc::new(PortRoutes {
+            service: service_label,
+            port: port.port,
+            protocol: port.protocol,
+            table,
+            routes: routes.into_boxed_slice(),
+            default,
+        });
+        for vip in &service.addresses {
+            let addr = SocketAddr::new(canonical(*vip), port.port);
+            self.table.targets.entry(addr).or_insert_with(|| Target {
+                port: Arc::clone(&compiled),
+                pinned: None,
+            });
+        }
+        for endpoint in &endpoints {
+            let pinned = self.backend(
+                &name,
+                port.port,
+                &BTreeMap::new(),
+                Some(endpoint.addr),
+                std::slice::from_ref(endpoint),
+            );
+            self.table
+                .targets
+                .entry(endpoint.addr)
+                .or_insert_with(|| Target {
+                    port: Arc::clone(&compiled),
+                    pinned: Some(pinned),
+                });
+        }
+    }
+
+    /// The reachable endpoints of a service port, with their view labels.
+    fn endpoints_of(&mut self, service: &Service, port: &ServicePort) -> Vec<Arc<EndpointState>> {
+        service
+            .endpoints_for(port)
+            .filter_map(|e| self.endpoint(service, e))
+            .collect()
+    }
+
+    fn endpoint(&mut self, service: &Service, e: &Endpoint) -> Option<Arc<EndpointState>> {
+        let addr = SocketAddr::new(canonical(e.address), e.port);
+        let key = EndpointKey {
+            addr,
+            identity: e.identity.clone(),
+        };
+        if let Some(found) = self.table.endpoints.get(&key) {
+            return Some(Arc::clone(found));
+        }
+        let state = match self.previous.endpoints.get(&key) {
+            Some(old) => Arc::clone(old),
+            None => {
+                let mesh = match &e.identity {
+                    None => None,
+                    Some(id) => Some(self.mesh_target(service, addr, id)?),
+                };
+                let identity: Option<Arc<str>> = e.identity.as_deref().map(Arc::from);
+                Arc::new(EndpointState {
+                    addr,
+                    peer_label: identity.clone().unwrap_or_else(|| Arc::from("")),
+                    identity,
+                    ewma: Arc::new(PeakEwma::new(self.now)),
+                    upstream: Upstream::new(UpstreamConnector::new(
+                        addr,
+                        mesh,
+                        self.settings.connect_timeout,
+                    )),
+                })
+            }
+        };
+        self.table.endpoints.insert(key, Arc::clone(&state));
+        Some(state)
+    }
+
+    /// Mesh TLS towards an endpoint; `None` (endpoint left out) when it cannot be
+    /// reached safely: never send meshed traffic in plaintext.
+    fn mesh_target(&self, service: &Service, addr: SocketAddr, id: &str) -> Option<MeshTarget> {
+        let Some(config) = &self.settings.mesh_client else {
+            tracing::warn!(service = %service.name, endpoint = %addr,
+                "endpoint is meshed but this proxy has no mesh TLS; leaving it out");
+            return None;
+        };
+        let name = id
+            .parse::<SpiffeId>()
+            .map_err(|e| e.to_string())
+            .and_then(|id| server_name_for(&id).map_err(|e| e.to_string()));
+        match name {
+            Ok(name) => Some(MeshTarget {
+                config: Arc::clone(config),
+                name,
+            }),
+            Err(error) => {
+                tracing::warn!(service = %service.name, endpoint = %addr, identity = %id, %error,
+                    "endpoint identity unusable; leaving it out");
+                None
+            }
+        }
+    }
+
+    /// The backend with this key, carried over from the previous table when possible.
+    fn backend(
+        &mut self,
+        service: &str,
+        port: u16,
+        subset: &BTreeMap<String, String>,
+        pinned: Option<SocketAddr>,
+        endpoints: &[Arc<EndpointState>],
+    ) -> Arc<Backend> {
+        let key = BackendKey {
+            service: service.to_string(),
+            port,
+            subset: subset.clone(),
+            pinned,
+        };
+        if let Some(found) = self.table.backends.get(&key) {
+            return Arc::clone(found);
+        }
+        let backend = match self.previous.backends.get(&key) {
+            Some(old) if old.same_endpoints(endpoints) => Arc::clone(old),
+            Some(old) => Arc::new(old.changed(endpoints.to_vec(), self.balancer())),
+            None => {
+                let mut name = format!("{service}:{port}");
+                if !subset.is_empty() {
+                    let labels: Vec<String> =
+                        subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    name.push_str(&format!("{{{}}}", labels.join(",")));
+                }
+                if let Some(addr) = pinned {
+                    name.push_str(&format!(" at {addr}"));
+                }
+                let service_label: Arc<str> = Arc::from(service);
+                Arc::new(Backend::new(
+                    Arc::from(name.as_str()),
+                    endpoints.to_vec(),
+                    self.settings.outlier,
+                    self.balancer(),
+                    self.metrics.ejections(Direction::Outbound, &service_label),
+                    self.now,
+                ))
+            }
+        };
+        self.table.backends.insert(key, Arc::clone(&backend));
+        backend
+    }
+
+    fn balancer(&self) -> Balancer {
+        Balancer::new(self.settings.strategy)
+    }
+
+    /// One route, or `None` (logged) when the view sent one that cannot be compiled.
+    fn route(
+        &mut self,
+        service: &Service,
+        port: &ServicePort,
+        service_label: &Arc<str>,
+        all: &[Arc<EndpointState>],
+        route: &Route,
+    ) -> Option<RouteState> {
+        let name = service_name(service);
+        let fail = |what: &str, error: &dyn std::fmt::Display| {
+            tracing::warn!(service = %name, port = port.port, route = %route.name, %error,
+                "route {what} cannot be compiled; the route is left out");
+        };
+        let split = match Split::from_backends(&route.backends) {
+            Ok(split) => split,
+            Err(e) => {
+                fail("backends", &e);
+                return None;
+            }
+        };
+        let request_edits = HeaderEditor::new(&route.request_headers)
+            .map_err(|e| fail("request_headers", &e))
+            .ok()?;
+        let response_edits = HeaderEditor::new(&route.response_headers)
+            .map_err(|e| fail("response_headers", &e))
+            .ok()?;
+        let rewrite = match &route.rewrite {
+            Some(r) => Some(PathRewriter::new(r).map_err(|e| fail("rewrite", &e)).ok()?),
+            None => None,
+        };
+        let key = RouteKey {
+            service: name.clone(),
+            port: port.port,
+            route: route.name.clone(),
+        };
+        let limiter = match &route.rate_limit {
+            None => None,
+            Some(limit) => Some(
+                self.limiter(&key, &route.name, limit)
+                    .map_err(|e| fail("rate_limit", &e))
+                    .ok()?,
+            ),
+        };
+        let retry = route.retry.as_ref().map(|policy| {
+            let config = policy.budget_or_default();
+            let budget = match self.previous.budgets.get(&key) {
+                Some((old, budget)) if *old == config => Arc::clone(budget),
+                _ => Arc::new(RetryBudget::new(&config, self.now)),
+            };
+            self.table
+                .budgets
+                .insert(key.clone(), (config, Arc::clone(&budget)));
+            (policy.clone(), budget)
+        });
+        let backends = if route.backends.is_empty() {
+            vec![self.backend(&name, port.port, &BTreeMap::new(), None, all)]
+        } else {
+            route
+                .backends
+                .iter()
+                .map(|b| self.route_backend(service, port, b))
+                .collect()
+        };
+        let route_name: Arc<str> = Arc::from(route.name.as_str());
+        Some(RouteState {
+            metrics: self
+                .metrics
+                .route(Direction::Outbound, service_label, &route_name),
+            name: route_name,
+            split,
+            backends: backends.into_boxed_slice(),
+            timeout: route.timeout,
+            per_try_timeout: route.per_try_timeout,
+            retry,
+            limiter,
+            request_edits,
+            response_edits,
+            rewrite,
+        })
+    }
+
+    /// A weighted backend: a label subset of this port's endpoints, or of another
+    /// service's endpoints on the same port number.
+    fn route_backend(
+        &mut self,
+        service: &Service,
+        port: &ServicePort,
+        backend: &WeightedBackend,
+    ) -> Arc<Backend> {
+        let view = self.view;
+        let (owner, owner_port) = match &backend.service {
+            None => (service, port),
+            Some(other) => {
+                let found = view.services.iter().find_map(|s| {
+                    (s.namespace == service.namespace && &s.name == other)
+                        .then(|| s.ports.iter().find(|p| p.port == port.port).map(|p| (s, p)))
+                        .flatten()
+                });
+                match found {
+                    Some(found) => found,
+                    None => {
+                        tracing::warn!(service = %service.name, backend = %other,
+                            "backend service not in the view (or lacks the port); it has no endpoints");
+                        let name = format!("{}/{other}", service.namespace);
+                        return self.backend(&name, port.port, &backend.subset, None, &[]);
+                    }
+                }
+            }
+        };
+        let endpoints: Vec<Arc<EndpointState>> = owner
+            .endpoints_for(owner_port)
+            .filter(|e| labels_match(&backend.subset, &e.labels))
+            .filter_map(|e| self.endpoint(owner, e))
+            .collect();
+        let name = service_name(owner);
+        self.backend(&name, port.port, &backend.subset, None, &endpoints)
+    }
+
+    fn limiter(
+        &mut self,
+        key: &RouteKey,
+        name: &str,
+        limit: &RateLimit,
+    ) -> Result<Arc<RateLimiter>, crate::policy::rate_limit::RateLimitError> {
+        let limiter = match self.previous.limiters.get(key) {
+            Some((old, limiter)) if old == limit => Arc::clone(limiter),
+            _ => Arc::new(RateLimiter::new(name, limit, self.now)?),
+        };
+        self.table
+            .limiters
+            .insert(key.clone(), (limit.clone(), Arc::clone(&limiter)));
+        Ok(limiter)
+    }
+}
