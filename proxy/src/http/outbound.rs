@@ -271,7 +271,7 @@ impl OutboundConn {
             let ok = matches!(outcome, Outcome::Status(s) if !s.is_server_error());
             backend.report(index, ok, done);
 
-            if let (Some((policy, budget)), Some(recording)) = (retry, recording.as_ref()) {
+            if let Some((policy, budget)) = retry {
                 if should_retry(policy, &method, outcome, attempt) {
                     let wait = backoff(
                         attempt,
@@ -280,13 +280,17 @@ impl OutboundConn {
                         rand::random(),
                     );
                     let in_time = deadline.is_none_or(|d| done + wait < d);
-                    if in_time && recording.is_replayable() && budget.try_withdraw(done) {
+                    let replayable = recording.as_ref().is_none_or(ReplayBody::is_replayable);
+                    if in_time && replayable && budget.try_withdraw(done) {
                         route.metrics.retries.inc();
                         tracing::debug!(service = %target.port.service, route = %route.name,
                             endpoint = %endpoint.addr, attempt, ?outcome, "retrying");
                         drop(result);
                         tokio::time::sleep(wait).await;
-                        body = recording.replay().map(RequestBody::Replay);
+                        body = match &recording {
+                            Some(recording) => recording.replay().map(RequestBody::Replay),
+                            None => Some(RequestBody::Empty),
+                        };
                         attempt += 1;
                         continue;
                     }

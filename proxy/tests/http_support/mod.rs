@@ -341,3 +341,127 @@ pub fn view(
     }))
     .unwrap()
 }
+
+/// A loopback service: applications behind meshed inbound proxies, and an outbound
+/// proxy for the client identity.
+pub struct Fleet {
+    pub apps: Vec<App>,
+    pub inbounds: Vec<Inbound>,
+    pub outbound: Outbound,
+    pub pki: Pki,
+    pub endpoints: Vec<(SocketAddr, String)>,
+}
+
+impl Fleet {
+    /// Endpoints `handlers[i]` labelled `version: versions[i]`, routes and inbound
+    /// policy as JSON, outbound settings.
+    pub async fn start(
+        handlers: Vec<(Handler, &str)>,
+        routes: serde_json::Value,
+        inbound_policy: serde_json::Value,
+        settings: HttpSettings,
+    ) -> Fleet {
+        let pki = Pki::new();
+        let port = common_port().await;
+        let mut apps = Vec::new();
+        let mut inbounds = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (h, version)) in handlers.into_iter().enumerate() {
+            apps.push(app(lo(1, 0), h).await);
+            endpoints.push((lo(30 + i as u8, port), version.to_string()));
+        }
+        let eps: Vec<(SocketAddr, &str)> =
+            endpoints.iter().map(|(a, v)| (*a, v.as_str())).collect();
+        let v = view(1, &eps, true, routes, inbound_policy);
+        for (i, app) in apps.iter().enumerate() {
+            inbounds.push(inbound(endpoints[i].0, app.addr, Some(pki.store(SERVER_ID)), &v).await);
+        }
+        let client_store = pki.store(CLIENT_ID);
+        let outbound = outbound(tables(Some(&client_store), &v, settings)).await;
+        Fleet {
+            apps,
+            inbounds,
+            outbound,
+            pki,
+            endpoints,
+        }
+    }
+
+    /// The view with new routes (and version), for updates.
+    pub fn view(
+        &self,
+        version: u64,
+        routes: serde_json::Value,
+        inbound_policy: serde_json::Value,
+    ) -> View {
+        let eps: Vec<(SocketAddr, &str)> = self
+            .endpoints
+            .iter()
+            .map(|(a, v)| (*a, v.as_str()))
+            .collect();
+        view(version, &eps, true, routes, inbound_policy)
+    }
+
+    /// Another outbound proxy for identity `id`, over the same view.
+    pub async fn outbound_as(&self, id: &str, routes: serde_json::Value) -> Outbound {
+        let store = self.pki.store(id);
+        let v = self.view(1, routes, serde_json::json!({}));
+        outbound(tables(Some(&store), &v, HttpSettings::default())).await
+    }
+}
+
+/// Sends `n` GETs to `addr` from `concurrency` tasks; returns the statuses in order
+/// of completion (with the `x-app` header of each response, if any).
+pub async fn load(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    path: &str,
+) -> Vec<(u16, String)> {
+    let client = h1_client();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let next = Arc::clone(&next);
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < n {
+                match client.request(get(addr, &path)).await {
+                    Ok(resp) => {
+                        let app = resp
+                            .headers()
+                            .get("x-app")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let status = resp.status().as_u16();
+                        let _ = resp.into_body().collect().await;
+                        out.push((status, app));
+                    }
+                    Err(_) => out.push((0, String::new())),
+                }
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// An application that answers 200 with `x-app: <name>` after `delay`.
+pub fn named(name: &'static str, delay: Duration) -> Handler {
+    handler(move |_req| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut r = text(200, name);
+        r.headers_mut()
+            .insert("x-app", http::HeaderValue::from_static(name));
+        r
+    })
+}
