@@ -30,6 +30,8 @@ pub struct Opts {
     pub binary: PathBuf,
     /// Keep the scratch directory (configs, logs) after the run.
     pub keep_workdir: bool,
+    /// Log filter of the Pillion proxies and the agent.
+    pub log_level: String,
 }
 
 /// Runs the benchmark and returns its report (not yet written anywhere).
@@ -62,6 +64,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
             binary: opts.binary.clone(),
             workers: opts.workers,
             layout,
+            log_level: opts.log_level.clone(),
         },
         &certs,
         &work,

@@ -26,6 +26,10 @@ pub struct Args {
     /// Tokio worker threads of each Pillion proxy (nginx and HAProxy run one worker).
     #[arg(long, default_value_t = 1)]
     pub proxy_workers: usize,
+    /// Log filter of the Pillion proxies and the agent (RUST_LOG syntax); `warn` keeps
+    /// logging out of the figures.
+    #[arg(long, default_value = "warn")]
+    pub proxy_log_level: String,
     /// Keep the scratch directory (certificates, configs, peer logs) after the run.
     #[arg(long)]
     pub keep_workdir: bool,
@@ -66,6 +70,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         workers: parsed.proxy_workers.max(1),
         binary,
         keep_workdir: parsed.keep_workdir,
+        log_level: parsed.proxy_log_level,
     };
     let out = parsed.out.unwrap_or_else(bench::default_out);
     let report = match bench::run(&opts) {

@@ -70,6 +70,8 @@ pub struct TopologyOpts {
     pub workers: usize,
     /// CPU pinning.
     pub layout: Layout,
+    /// Log filter of the Pillion proxies and the agent.
+    pub log_level: String,
 }
 
 /// Everything running for one benchmark; dropping it stops it all, the world last.
@@ -105,6 +107,7 @@ impl Topology {
         let pair_opts = pillion::PairOpts {
             binary: opts.binary.clone(),
             workers: opts.workers,
+            log_level: opts.log_level.clone(),
         };
         let pair = pillion::start(&pair_opts, &mclient, &mserver, &agent, certs, work)?;
         pin_process_tree(pair.client.proxy().pid(), ccpu)?;

@@ -38,6 +38,8 @@ pub struct PairOpts {
     pub binary: PathBuf,
     /// Tokio worker threads of each proxy.
     pub workers: usize,
+    /// Log filter of the proxies and the agent.
+    pub log_level: String,
 }
 
 /// Whether this build's proxy takes an agent (`--agent-addr`): if not, it is the plain
@@ -60,7 +62,7 @@ pub fn start(
     work: &WorkDir,
 ) -> Result<PillionPair> {
     let base = SidecarOpts::new(&opts.binary)
-        .proxy_args(["--drain-timeout", "1s", "--log-level", "warn"])
+        .proxy_args(["--drain-timeout", "1s", "--log-level", &opts.log_level])
         .proxy_env("TOKIO_WORKER_THREADS", opts.workers.to_string());
     if !proxy_takes_agent(&opts.binary) {
         return Ok(PillionPair {
@@ -126,7 +128,8 @@ fn start_agent(
             .arg(&certs.ca_dir)
             .arg("--listen")
             .arg(format!("0.0.0.0:{AGENT_PORT}"))
-            .args(["--log-level", "warn"]),
+            .arg("--log-level")
+            .arg(&opts.log_level),
     )?;
     let addr = SocketAddr::from(([127, 0, 0, 1], AGENT_PORT));
     wait_listening(pod, addr, "the agent", &agent)?;
