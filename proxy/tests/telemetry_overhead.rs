@@ -23,7 +23,7 @@ fn per_request(tracer: &Tracer, traceparent: Option<&str>) -> Duration {
         req.headers_mut().insert("traceparent", tp.parse().unwrap());
     }
     let conn = Inbound {
-        peer_addr: "198.18.0.2:40000".parse().unwrap(),
+        peer_addr: Some("198.18.0.2:40000".parse().unwrap()),
         peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client"),
         server_port: 8080,
     };

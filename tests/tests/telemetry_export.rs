@@ -38,7 +38,7 @@ fn request(traceparent: Option<&str>) -> http::Request<()> {
 
 fn inbound() -> Inbound<'static> {
     Inbound {
-        peer_addr: "198.18.0.2:40000".parse().unwrap(),
+        peer_addr: Some("198.18.0.2:40000".parse().unwrap()),
         peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client"),
         server_port: 8080,
     }

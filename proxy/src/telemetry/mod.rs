@@ -12,7 +12,7 @@
 //! ```no_run
 //! # use pillion_proxy::telemetry::{Telemetry, span::Inbound};
 //! # fn demo(t: &Telemetry, mut req: http::Request<()>, peer: std::net::SocketAddr) {
-//! let span = t.tracer().start_server(&req, Inbound { peer_addr: peer, peer_identity: None, server_port: 8080 });
+//! let span = t.tracer().start_server(&req, Inbound { peer_addr: Some(peer), peer_identity: None, server_port: 8080 });
 //! if let Some(span) = &span { span.inject(req.headers_mut()); }
 //! // ... forward to the application, get the response ...
 //! if let Some(span) = span { span.end(Some(http::StatusCode::OK), Some("route-name")); }

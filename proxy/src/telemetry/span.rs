@@ -71,8 +71,8 @@ impl RequestHead for http::request::Parts {
 /// The inbound connection a SERVER span's request came on.
 #[derive(Clone, Copy, Debug)]
 pub struct Inbound<'a> {
-    /// The client's address (`network.peer.address`).
-    pub peer_addr: SocketAddr,
+    /// The client's address (`network.peer.address`), when the layer knows it.
+    pub peer_addr: Option<SocketAddr>,
     /// The SPIFFE id the client proved over mesh TLS (`pillion.peer.identity`).
     pub peer_identity: Option<&'a str>,
     /// The port the request was sent to (`server.port` when the authority has none).
@@ -177,7 +177,7 @@ impl Tracer {
     pub fn start_server(&self, req: &impl RequestHead, conn: Inbound<'_>) -> Option<ActiveSpan> {
         let mut span = self.start(SpanKind::Server, req)?;
         if let Some(rec) = span.record.as_mut() {
-            rec.peer_addr = Some(conn.peer_addr);
+            rec.peer_addr = conn.peer_addr;
             rec.peer_identity = conn.peer_identity.map(Box::from);
             rec.server_port = Some(conn.server_port);
         }
@@ -386,7 +386,7 @@ mod tests {
 
     fn inbound() -> Inbound<'static> {
         Inbound {
-            peer_addr: "198.18.0.2:40000".parse().unwrap(),
+            peer_addr: Some("198.18.0.2:40000".parse().unwrap()),
             peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client"),
             server_port: 8080,
         }
