@@ -110,6 +110,10 @@ pub struct Args {
     /// Name of the pod, for logs and telemetry.
     #[arg(long, env = defaults::env::POD_NAME)]
     pub pod_name: Option<String>,
+
+    /// Protocol detection, load balancing and outlier detection.
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
 }
 
 impl Args {
@@ -185,7 +189,8 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(1, &format!("cannot start the tokio runtime: {err}")),
     };
-    let result = runtime.block_on(serve(config, control));
+    let http = args.http.to_settings(config.connect_timeout);
+    let result = runtime.block_on(serve(config, control, http));
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,11 +199,15 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
 }
 
 /// Starts the control plane (if configured), binds, serves and drains.
-async fn serve(config: ProxyConfig, control: Option<ControlConfig>) -> anyhow::Result<()> {
+async fn serve(
+    config: ProxyConfig,
+    control: Option<ControlConfig>,
+    http: crate::http::HttpSettings,
+) -> anyhow::Result<()> {
     let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
     let mut registry = Registry::default();
     let readiness = Readiness::new();
-    let mut builder = Proxy::builder(config);
+    let mut builder = Proxy::builder(config).http(http);
     let control = match control {
         Some(control) => {
             let plane = ControlPlane::start(&control, &mut registry, &readiness)

@@ -3,15 +3,23 @@
 //! mesh, the first bytes decide: mesh TLS is terminated and its peer identity
 //! checked against the port's allow list; plaintext is let in only where the
 //! port's mode is permissive.
+//!
+//! With the HTTP layer, what arrives (inside mesh TLS or plaintext) is detected
+//! once more: HTTP goes to the HTTP layer (per-request authorization, identity
+//! header, server rate limits, pooled connections to the application); anything
+//! else, and server-speaks-first ports, is relayed as before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use pillion_api::defaults::DETECT_TIMEOUT;
 use pillion_api::view::Mode;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::accept::{Accepted, ConnInfo, Stack};
+use crate::detect::{self, Protocol};
+use crate::http::{HttpLayer, Peer};
 use crate::mesh::{Mesh, HANDSHAKE_TIMEOUT};
 use crate::mesh_metrics::{Denied, MeshMetrics};
 use crate::metrics::Direction;
@@ -27,6 +35,7 @@ pub struct Inbound {
     relay: Relay,
     metrics: MeshMetrics,
     mesh: Option<Mesh>,
+    http: Option<HttpLayer>,
 }
 
 impl Inbound {
@@ -37,6 +46,57 @@ impl Inbound {
             relay,
             metrics,
             mesh,
+            http: None,
+        }
+    }
+
+    /// Serves HTTP (inside mesh TLS or plaintext) through the HTTP layer.
+    pub fn with_http(mut self, http: Option<HttpLayer>) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Detects HTTP in an admitted connection (plaintext or already decrypted) and
+    /// serves it per request; relays anything else to the application.
+    async fn serve_admitted<IO>(
+        &self,
+        io: IO,
+        info: ConnInfo,
+        target: SocketAddr,
+        peer: Option<Peer>,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(http) = &self.http else {
+            if let Some(upstream) = self.relay.connect(&info, target).await {
+                self.relay.forward(io, upstream, &info).await;
+            }
+            return;
+        };
+        let settings = http.tables.settings();
+        let port = info.orig_dst.port();
+        let (protocol, io) = if detect::skips_detection(port, None, &settings.opaque_ports) {
+            (
+                Protocol::Opaque,
+                detect::rewind::Rewind::new(bytes::Bytes::new(), io),
+            )
+        } else {
+            let (protocol, reason, io) = detect::detect(io, settings.detect_timeout).await;
+            tracing::debug!(direction = "inbound", client = %info.client, port,
+                protocol = protocol.as_str(), ?reason, "protocol detected");
+            (protocol, io)
+        };
+        match protocol {
+            Protocol::Opaque => {
+                if let Some(upstream) = self.relay.connect(&info, target).await {
+                    self.relay.forward(io, upstream, &info).await;
+                }
+            }
+            http_protocol => {
+                http.inbound
+                    .serve(io, http_protocol, target, peer, http.shutdown())
+                    .await
+            }
         }
     }
 
@@ -83,9 +143,8 @@ impl Inbound {
                 self.metrics
                     .tls_connection(Direction::Inbound, peer.as_str());
                 tracing::debug!(direction = "inbound", client = %info.client, peer_identity = %peer, "mesh TLS accepted");
-                if let Some(upstream) = self.relay.connect(&info, target).await {
-                    self.relay.forward(tls, upstream, &info).await;
-                }
+                self.serve_admitted(tls, info, target, Peer::verified(peer.as_str()))
+                    .await;
             }
             Detected::Plain(reason, io) => {
                 if rule.mode == Mode::Strict {
@@ -102,9 +161,7 @@ impl Inbound {
 
     async fn forward_plain(&self, io: Rewind<TcpStream>, info: ConnInfo, target: SocketAddr) {
         self.metrics.passthrough(Direction::Inbound);
-        if let Some(upstream) = self.relay.connect(&info, target).await {
-            self.relay.forward(io, upstream, &info).await;
-        }
+        self.serve_admitted(io, info, target, None).await;
     }
 }
 

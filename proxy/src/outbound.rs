@@ -2,12 +2,23 @@
 //! to their original destination. A destination the view lists as a meshed
 //! endpoint is reached over mutual TLS, verifying its SPIFFE id; anything else
 //! passes through as plain TCP.
+//!
+//! A destination the view knows as a service (a VIP and port, or one of its
+//! endpoints) goes through the HTTP layer instead: its protocol is detected (unless
+//! the port is marked opaque or is a server-speaks-first port), HTTP is routed per
+//! request, and anything else is relayed to an endpoint the balancer picks.
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use pillion_identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::accept::{Accepted, Stack};
+use crate::accept::{Accepted, ConnInfo, Stack};
+use crate::detect::{self, rewind::Rewind, Protocol};
+use crate::http::connect::UpstreamConnectError;
+use crate::http::outbound_table::Target;
+use crate::http::HttpLayer;
 use crate::mesh::{Mesh, HANDSHAKE_TIMEOUT};
 use crate::mesh_metrics::{HandshakeFailure, MeshMetrics};
 use crate::metrics::Direction;
@@ -21,6 +32,7 @@ pub struct Outbound {
     relay: Relay,
     metrics: MeshMetrics,
     mesh: Option<Mesh>,
+    http: Option<HttpLayer>,
 }
 
 impl Outbound {
@@ -31,6 +43,90 @@ impl Outbound {
             relay,
             metrics,
             mesh,
+            http: None,
+        }
+    }
+
+    /// Routes connections to known services through the HTTP layer.
+    pub fn with_http(mut self, http: Option<HttpLayer>) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Serves a connection to a known service: detect, then HTTP or opaque.
+    async fn serve_service(&self, conn: Accepted, target: Target, http: &HttpLayer) {
+        let settings = http.tables.settings();
+        let orig_dst = conn.orig_dst;
+        let declared = target.port.protocol;
+        let (stream, info, _guard) = conn.split();
+        if detect::skips_detection(orig_dst.port(), Some(declared), &settings.opaque_ports) {
+            return self
+                .serve_opaque(Rewind::new(Bytes::new(), stream), info, &target)
+                .await;
+        }
+        let (protocol, io) = match detect::declared(declared) {
+            Some(protocol) => (protocol, Rewind::new(Bytes::new(), stream)),
+            None => {
+                let (protocol, reason, io) = detect::detect(stream, settings.detect_timeout).await;
+                tracing::debug!(direction = "outbound", client = %info.client, %orig_dst,
+                    protocol = protocol.as_str(), ?reason, "protocol detected");
+                (protocol, io)
+            }
+        };
+        match protocol {
+            Protocol::Opaque => self.serve_opaque(io, info, &target).await,
+            http_protocol => {
+                crate::http::outbound::serve(
+                    std::sync::Arc::clone(&http.tables),
+                    io,
+                    http_protocol,
+                    orig_dst,
+                    http.shutdown(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Relays opaque bytes to one endpoint of the service (mesh TLS when meshed).
+    async fn serve_opaque<D>(&self, downstream: D, info: ConnInfo, target: &Target)
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        let endpoint = match target.opaque_endpoint(std::time::Instant::now()) {
+            Ok(endpoint) => endpoint,
+            Err(err) => {
+                tracing::info!(direction = "outbound", client = %info.client, orig_dst = %info.orig_dst,
+                    error = %err, "no endpoint for an opaque connection; closing it");
+                return;
+            }
+        };
+        if self.relay.is_loop(&info, endpoint.addr) {
+            return;
+        }
+        match endpoint.upstream.open().await {
+            Ok(upstream) => {
+                if let Some(peer) = &endpoint.identity {
+                    self.metrics.tls_connection(Direction::Outbound, peer);
+                }
+                self.relay.forward(downstream, upstream, &info).await;
+            }
+            Err(err) => {
+                match &err {
+                    UpstreamConnectError::Tcp(_) => {
+                        self.relay.metrics.connect_failures.inc();
+                    }
+                    UpstreamConnectError::Tls { source, .. } => self.metrics.handshake_failed(
+                        Direction::Outbound,
+                        crate::tls::failure::classify(source),
+                    ),
+                    UpstreamConnectError::TlsTimeout { .. } => self
+                        .metrics
+                        .handshake_failed(Direction::Outbound, HandshakeFailure::Timeout),
+                }
+                tracing::info!(direction = "outbound", client = %info.client, endpoint = %endpoint.addr,
+                    error = %err, "upstream connect failed");
+            }
         }
     }
 
@@ -75,6 +171,12 @@ impl Stack for Outbound {
 
     async fn serve(&self, conn: Accepted) {
         let target = Self::target(conn.orig_dst);
+        if let Some(http) = &self.http {
+            let service = http.tables.outbound().target(target).cloned();
+            if let Some(service) = service {
+                return self.serve_service(conn, service, http).await;
+            }
+        }
         let mesh = self.mesh.as_ref();
         let destination = mesh.and_then(|m| m.views.current().destination(target).cloned());
         match (destination, mesh) {

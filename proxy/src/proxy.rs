@@ -15,6 +15,7 @@ use crate::admin::{AdminError, AdminServer, AdminState};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::drain::{Drain, DrainReport};
 use crate::duration::HumaneDuration;
+use crate::http::{HttpLayer, HttpMetrics, HttpSettings, HttpTables};
 use crate::inbound::Inbound;
 use crate::loop_guard::LoopGuard;
 use crate::mesh::Mesh;
@@ -61,6 +62,7 @@ pub struct ProxyBuilder {
     registry: Registry,
     readiness: Readiness,
     mesh: Option<Mesh>,
+    http: HttpSettings,
 }
 
 /// A bound proxy: listeners and admin server are open, nothing is served
@@ -89,6 +91,8 @@ pub struct Proxy {
     drain: Drain,
     orig_dst: Arc<dyn OrigDstLookup>,
     mesh: Option<Mesh>,
+    http: HttpSettings,
+    http_metrics: HttpMetrics,
 }
 
 impl ProxyBuilder {
@@ -120,6 +124,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Sets the HTTP layer's knobs (detection, balancing, outlier detection); the
+    /// layer runs whenever the mesh is on.
+    pub fn http(mut self, settings: HttpSettings) -> Self {
+        self.http = settings;
+        self
+    }
+
     /// Validates the config and binds every listener. Must run inside a tokio runtime.
     pub async fn bind(self) -> Result<Proxy, ProxyError> {
         let Self {
@@ -128,6 +139,7 @@ impl ProxyBuilder {
             mut registry,
             readiness,
             mesh,
+            http,
         } = self;
         config.validate()?;
         let listeners_bound = readiness.condition(READY_LISTENERS);
@@ -142,6 +154,7 @@ impl ProxyBuilder {
 
         let tcp = TcpMetrics::register(&mut registry);
         let mesh_metrics = MeshMetrics::register(&mut registry);
+        let http_metrics = HttpMetrics::register(&mut registry);
         listeners_bound.set(true);
         Ok(Proxy {
             config,
@@ -158,6 +171,8 @@ impl ProxyBuilder {
             drain: Drain::new(),
             orig_dst,
             mesh,
+            http,
+            http_metrics,
         })
     }
 }
@@ -171,6 +186,7 @@ impl Proxy {
             registry: Registry::default(),
             readiness: Readiness::new(),
             mesh: None,
+            http: HttpSettings::default(),
         }
     }
 
@@ -238,7 +254,20 @@ impl Proxy {
             drain,
             orig_dst,
             mesh,
+            http,
+            http_metrics,
         } = self;
+        let http_layer = mesh.as_ref().map(|mesh| {
+            let settings = HttpSettings {
+                connect_timeout: config.connect_timeout,
+                mesh_client: Some(Arc::clone(mesh.tls.client_config())),
+                ..http
+            };
+            let tables = HttpTables::new(settings, http_metrics);
+            let installer = Arc::clone(&tables);
+            mesh.views.subscribe(move |view| installer.install(view));
+            HttpLayer::new(tables, drain.clone())
+        });
         let loop_guard = LoopGuard::new(
             outbound_addrs
                 .iter()
@@ -253,12 +282,17 @@ impl Proxy {
                 tcp.direction(direction),
             )
         };
-        let outbound_stack = Arc::new(Outbound::new(
-            relay(Direction::Outbound),
-            mesh_metrics.clone(),
-            mesh.clone(),
-        ));
-        let inbound_stack = Arc::new(Inbound::new(relay(Direction::Inbound), mesh_metrics, mesh));
+        let outbound_stack = Arc::new(
+            Outbound::new(
+                relay(Direction::Outbound),
+                mesh_metrics.clone(),
+                mesh.clone(),
+            )
+            .with_http(http_layer.clone()),
+        );
+        let inbound_stack = Arc::new(
+            Inbound::new(relay(Direction::Inbound), mesh_metrics, mesh).with_http(http_layer),
+        );
 
         let mut accepting = Vec::new();
         for listener in outbound {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use pillion_api::view::{Mode, View};
@@ -149,16 +149,31 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// Something that compiles its own form of each new view (the HTTP routes).
+type Subscriber = Arc<dyn Fn(&View) + Send + Sync>;
+
 /// The proxy's current view, shared by the watch (writer) and the stacks (readers).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Views {
     current: Arc<ArcSwap<Snapshot>>,
+    /// The raw newest view and who wants each new one, under one lock so a late
+    /// subscriber never misses a view.
+    subscribers: Arc<Mutex<(Option<View>, Vec<Subscriber>)>>,
+}
+
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Views")
+            .field("version", &self.current.load().version())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Views {
     fn default() -> Self {
         Views {
             current: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            subscribers: Arc::new(Mutex::new((None, Vec::new()))),
         }
     }
 }
@@ -174,9 +189,31 @@ impl Views {
         self.current.load_full()
     }
 
-    /// Compiles and installs `view` for new connections.
+    /// Compiles and installs `view` for new connections, and hands it to every
+    /// subscriber.
     pub fn install(&self, view: &View) {
         self.current.store(Arc::new(Snapshot::compile(view)));
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for subscriber in &subscribers.1 {
+            subscriber(view);
+        }
+        subscribers.0 = Some(view.clone());
+    }
+
+    /// Calls `f` with every view installed from now on, and at once with the
+    /// current one if there is one (views arrive seldom; `f` may compile).
+    pub fn subscribe(&self, f: impl Fn(&View) + Send + Sync + 'static) {
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(view) = &subscribers.0 {
+            f(view);
+        }
+        subscribers.1.push(Arc::new(f));
     }
 }
 
@@ -246,8 +283,14 @@ mod tests {
         assert_eq!(s.version(), None);
         assert_eq!(s.inbound(1).mode, Mode::Permissive);
         assert!(s.destination("198.18.0.3:7000".parse().unwrap()).is_none());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let early = Arc::clone(&seen);
+        views.subscribe(move |v| early.lock().unwrap().push(("early", v.version)));
         views.install(&view(SAMPLE));
         assert_eq!(views.current().version(), Some(4));
+        let late = Arc::clone(&seen);
+        views.subscribe(move |v| late.lock().unwrap().push(("late", v.version)));
+        assert_eq!(*seen.lock().unwrap(), [("early", 4), ("late", 4)]);
         // The old snapshot held by an open connection is unchanged.
         assert_eq!(s.version(), None);
     }

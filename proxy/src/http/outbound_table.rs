@@ -92,7 +92,30 @@ pub struct RouteState {
     pub metrics: RouteMetrics,
 }
 
+impl Target {
+    /// The endpoint for an opaque (non-HTTP) connection: the pinned one, or one of
+    /// the service port's endpoints by load.
+    pub fn opaque_endpoint(
+        &self,
+        now: Instant,
+    ) -> Result<Arc<EndpointState>, super::errors::HttpError> {
+        let backend = match &self.pinned {
+            Some(pinned) => pinned,
+            None => self.port.default_backend(),
+        };
+        backend
+            .pick(now, rand::random())
+            .map(|(_, endpoint)| Arc::clone(endpoint))
+    }
+}
+
 impl PortRoutes {
+    /// The backend of every endpoint of the port (what the default route uses).
+    pub fn default_backend(&self) -> &Arc<Backend> {
+        // The default route is built with exactly one backend.
+        &self.default.backends[0]
+    }
+
     /// The route for a request and the prefix its path matched (for a rewrite);
     /// requests no route matches take the implicit default route (every endpoint,
     /// no policy).
