@@ -409,4 +409,23 @@ services:
         let e = refused(&bad);
         assert!(e.reason.contains("has no port 80"), "{e}");
     }
+
+    #[test]
+    fn the_worked_example_of_docs_policy_md_is_valid() {
+        let doc = include_str!("../../../docs/policy.md");
+        let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let len = doc[start..].find("```").expect("the end of the block");
+        let catalog =
+            crate::source::parse_source("policy.md", &doc[start..start + len], "cluster.local")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let routes = &catalog.services()[0].ports[0].routes;
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[1].backends[0].weight, 90);
+        let api = catalog
+            .workloads()
+            .iter()
+            .find(|w| w.name == "api")
+            .unwrap();
+        assert_eq!(api.inbound.ports[&8080].server.routes.len(), 2);
+    }
 }
