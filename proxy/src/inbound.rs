@@ -64,6 +64,7 @@ impl Inbound {
         info: ConnInfo,
         target: SocketAddr,
         peer: Option<Peer>,
+        admitted: Result<(), &pillion_identity::SpiffeId>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -88,6 +89,10 @@ impl Inbound {
         };
         match protocol {
             Protocol::Opaque => {
+                if let Err(peer) = admitted {
+                    self.refuse_identity(&info, peer);
+                    return;
+                }
                 if let Some(upstream) = self.relay.connect(&info, target).await {
                     self.relay.forward(io, upstream, &info).await;
                 }
@@ -134,16 +139,19 @@ impl Inbound {
                         return;
                     }
                 };
-                if !rule.admits(&peer) {
-                    self.metrics.denied(Denied::Identity);
-                    tracing::info!(direction = "inbound", client = %info.client, port = info.orig_dst.port(),
-                        peer_identity = %peer, "peer identity not allowed on this port; closing the connection");
+                // With the HTTP layer, an HTTP connection is judged per request
+                // (403, and per-route allow lists); anything else right here.
+                let admitted = rule.admits(&peer);
+                if !admitted && self.http.is_none() {
+                    self.refuse_identity(&info, &peer);
                     return;
                 }
                 self.metrics
                     .tls_connection(Direction::Inbound, peer.as_str());
                 tracing::debug!(direction = "inbound", client = %info.client, peer_identity = %peer, "mesh TLS accepted");
-                self.serve_admitted(tls, info, target, Peer::verified(peer.as_str()))
+                let verified = Peer::verified(peer.as_str());
+                let admitted = if admitted { Ok(()) } else { Err(&peer) };
+                self.serve_admitted(tls, info, target, verified, admitted)
                     .await;
             }
             Detected::Plain(reason, io) => {
@@ -159,9 +167,16 @@ impl Inbound {
         }
     }
 
+    /// Counts and logs a connection whose verified identity the port does not allow.
+    fn refuse_identity(&self, info: &ConnInfo, peer: &pillion_identity::SpiffeId) {
+        self.metrics.denied(Denied::Identity);
+        tracing::info!(direction = "inbound", client = %info.client, port = info.orig_dst.port(),
+            peer_identity = %peer, "peer identity not allowed on this port; closing the connection");
+    }
+
     async fn forward_plain(&self, io: Rewind<TcpStream>, info: ConnInfo, target: SocketAddr) {
         self.metrics.passthrough(Direction::Inbound);
-        self.serve_admitted(io, info, target, None).await;
+        self.serve_admitted(io, info, target, None, Ok(())).await;
     }
 }
 
