@@ -232,7 +232,7 @@ async fn a_90_10_split_holds_and_a_header_selects_the_v2_subset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_side_rate_limit_holds_its_rate_and_says_so() {
     let routes =
-        json!([{"name": "limited", "rate_limit": {"requests_per_second": 20, "burst": 1}}]);
+        json!([{"name": "limited", "rate_limit": {"requests_per_second": 20, "burst": 5}}]);
     let fleet = Fleet::start(
         vec![(named("one", Duration::ZERO), "v1")],
         routes,
@@ -255,7 +255,7 @@ async fn a_client_side_rate_limit_holds_its_rate_and_says_so() {
                     assert_eq!(h["retry-after"], "1");
                     assert_eq!(
                         h["ratelimit-policy"],
-                        "\"limited\";q=20;w=1;pillion-burst=1"
+                        "\"limited\";q=20;w=1;pillion-burst=5"
                     );
                     assert!(h["ratelimit"]
                         .to_str()
