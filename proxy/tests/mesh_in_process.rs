@@ -307,3 +307,29 @@ async fn endpoints_without_identity_pass_through_in_plaintext() {
     assert_eq!(a.metrics.passthroughs(Direction::Outbound), 2);
     a.stop().await;
 }
+
+/// New connections one after another (resumed TLS sessions after the first),
+/// each sending one byte that no protocol detection waits on.
+#[tokio::test]
+async fn many_short_connections_in_a_row() {
+    let ca = Ca::generate(TD).unwrap();
+    let app = echo_server().await;
+    let (a, b) = pair(&ca, app).await;
+    a.views
+        .install(&view(1, "client", b.inbound, id("server").as_str(), "{}"));
+    for i in 0..100 {
+        let fut = async {
+            let mut s = TcpStream::connect(a.outbound).await?;
+            s.write_all(b"\0").await?;
+            let mut got = [0u8; 1];
+            s.read_exact(&mut got).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} hung"))
+            .unwrap();
+    }
+    a.stop().await;
+    b.stop().await;
+}
