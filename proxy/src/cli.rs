@@ -22,9 +22,13 @@ use crate::logging::{self, LogFormat};
 use crate::proxy::Proxy;
 use crate::readiness::Readiness;
 use crate::rlimit;
+use crate::telemetry::{Resource, Telemetry, TelemetryArgs, TelemetryConfig};
 
 /// Exit code for a configuration the operator must fix (same as clap's usage errors).
 const EXIT_USAGE: u8 = 2;
+
+/// How long queued spans may take to reach the collector after the drain.
+const TELEMETRY_FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// How long the runtime waits for stray tasks after the drain has finished.
 const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -114,6 +118,10 @@ pub struct Args {
     /// Protocol detection, load balancing and outlier detection.
     #[command(flatten)]
     pub http: crate::http::HttpArgs,
+
+    /// Tracing (OTLP export, sampling) and the access log.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 impl Args {
@@ -127,6 +135,16 @@ impl Args {
             drain_timeout: self.drain_timeout.get(),
             backlog: self.backlog,
         }
+    }
+
+    /// The telemetry configuration: `service.name` and the `k8s.*` attributes come
+    /// from the workload flags (see [`Resource::for_workload`]).
+    pub fn to_telemetry_config(&self) -> TelemetryConfig {
+        self.telemetry.to_config(Resource::for_workload(
+            self.service_account.as_deref(),
+            self.pod_name.as_deref(),
+            self.namespace.as_deref(),
+        ))
     }
 
     /// The control-plane flags (not yet checked).
@@ -163,6 +181,9 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if let Err(err) = config.validate() {
         return fail(EXIT_USAGE, &err);
     }
+    if let Err(err) = args.to_telemetry_config().validate() {
+        return fail(EXIT_USAGE, &err);
+    }
     let control = match args.to_control_flags().resolve() {
         Ok(control) => control,
         Err(err) => return fail(EXIT_USAGE, &err),
@@ -190,7 +211,8 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Err(err) => return fail(1, &format!("cannot start the tokio runtime: {err}")),
     };
     let http = args.http.to_settings(config.connect_timeout);
-    let result = runtime.block_on(serve(config, control, http));
+    let telemetry = args.to_telemetry_config();
+    let result = runtime.block_on(serve(config, control, http, telemetry));
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,11 +224,15 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
 async fn serve(
     config: ProxyConfig,
     control: Option<ControlConfig>,
-    http: crate::http::HttpSettings,
+    mut http: crate::http::HttpSettings,
+    telemetry: TelemetryConfig,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
     let mut registry = Registry::default();
     let readiness = Readiness::new();
+    let telemetry =
+        Telemetry::start(&telemetry, &mut registry).context("cannot start telemetry")?;
+    http.recorders = telemetry.recorders();
     let mut builder = Proxy::builder(config).http(http);
     let control = match control {
         Some(control) => {
@@ -241,6 +267,7 @@ async fn serve(
     if let Some(plane) = control {
         plane.stop().await;
     }
+    telemetry.shutdown(TELEMETRY_FLUSH_GRACE).await;
     tracing::info!(forced = report.forced, "pillion-proxy stopped");
     Ok(())
 }
@@ -360,6 +387,41 @@ mod tests {
             ExitCode::from(EXIT_USAGE)
         );
         assert_eq!(code(&["--token-file", "/t"]), ExitCode::from(EXIT_USAGE));
+    }
+
+    #[test]
+    fn telemetry_flags_map_through() {
+        let args = parse(&[
+            "--otlp-endpoint",
+            "http://198.18.0.1:4317",
+            "--trace-sampling",
+            "0.5",
+            "--service-account",
+            "web",
+            "--pod-name",
+            "web-0",
+            "--namespace",
+            "shop",
+        ])
+        .unwrap();
+        let t = args.to_telemetry_config();
+        assert!(t.otlp.is_some());
+        assert_eq!(t.sampling, 0.5);
+        assert_eq!(t.resource.service_name, "web");
+        assert_eq!(t.resource.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(t.resource.namespace.as_deref(), Some("shop"));
+        assert!(parse(&[]).unwrap().to_telemetry_config().otlp.is_none());
+        let code = main_with_args(
+            [
+                "pillion-proxy",
+                "--otlp-endpoint",
+                "http://c:4317/v1/traces",
+            ]
+            .into_iter()
+            .map(OsString::from)
+            .collect(),
+        );
+        assert_eq!(code, ExitCode::from(EXIT_USAGE));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::replay::ReplayBody;
+use crate::telemetry::{ObservedBody, RequestObserver};
 
 /// The error type of every body the proxy forwards.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,6 +69,9 @@ pub enum ResponseBody {
     Upstream(Incoming),
     /// A body the proxy made (an error reason); `None` once sent.
     Local(Option<Bytes>),
+    /// Either of the above, finishing the request's span and access log line when
+    /// it ends.
+    Observed(Box<ObservedBody<ResponseBody>>),
 }
 
 impl ResponseBody {
@@ -80,6 +84,19 @@ impl ResponseBody {
     /// No body.
     pub fn empty() -> ResponseBody {
         ResponseBody::Local(None)
+    }
+
+    /// `response` with its telemetry finishing when its body ends; unchanged (no
+    /// wrapping, no cost) when the observer records nothing.
+    pub fn observed(
+        observer: RequestObserver,
+        response: http::Response<ResponseBody>,
+    ) -> http::Response<ResponseBody> {
+        if !observer.is_active() {
+            return response;
+        }
+        let status = response.status();
+        response.map(|body| ResponseBody::Observed(Box::new(observer.observe(status, body))))
     }
 }
 
@@ -96,6 +113,7 @@ impl Body for ResponseBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(Into::into))),
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Observed(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -103,6 +121,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(body) => body.is_end_stream(),
             ResponseBody::Local(bytes) => bytes.is_none(),
+            ResponseBody::Observed(body) => body.is_end_stream(),
         }
     }
 
@@ -112,6 +131,7 @@ impl Body for ResponseBody {
             ResponseBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            ResponseBody::Observed(body) => body.size_hint(),
         }
     }
 }

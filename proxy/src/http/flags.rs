@@ -60,6 +60,7 @@ impl HttpArgs {
                 BalancerFlag::RoundRobin => Strategy::RoundRobin,
             },
             mesh_client: None,
+            recorders: Default::default(),
         }
     }
 }

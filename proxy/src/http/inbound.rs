@@ -26,11 +26,14 @@ use super::errors::{rate_limited, HttpError};
 use super::hop::{strip_hop_by_hop, take_orig_proto, upgrade_requested};
 use super::inbound_table::InboundPort;
 use super::metrics::no_peer;
+use super::outbound::declared_len;
 use super::tables::HttpTables;
 use super::upstream::{Upstream, Wire};
 use super::{server, upgrade};
 use crate::detect::Protocol;
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
+use crate::telemetry::span::Inbound as SpanConn;
+use crate::telemetry::RequestObserver;
 
 /// The inbound HTTP layer: tables plus the application's connection pools, shared by
 /// every inbound connection.
@@ -98,7 +101,25 @@ impl InboundHttp {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: Future<Output = ()>,
     {
+        self.serve_from(io, protocol, target, peer, None, shutdown)
+            .await;
+    }
+
+    /// [`InboundHttp::serve`] for a caller at `remote` (its address goes into spans).
+    pub async fn serve_from<IO, F>(
+        self: &Arc<Self>,
+        io: IO,
+        protocol: Protocol,
+        target: SocketAddr,
+        peer: Option<Peer>,
+        remote: Option<SocketAddr>,
+        shutdown: F,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Future<Output = ()>,
+    {
         let conn = Arc::new(InboundConn {
+            remote,
             tables: Arc::clone(&self.tables),
             app: self.app(target),
             target,
@@ -118,6 +139,8 @@ impl InboundHttp {
 
 /// What every request of one inbound connection shares.
 struct InboundConn {
+    /// The caller's address, when known.
+    remote: Option<SocketAddr>,
     tables: Arc<HttpTables>,
     app: Arc<Upstream>,
     target: SocketAddr,
@@ -152,13 +175,24 @@ impl InboundConn {
         let route = policy.select(&parts);
         route.metrics.request(&self.peer_label);
         let peer = self.peer.as_ref().map(|p| &*p.identity);
-        let done = |response: Response<ResponseBody>| {
+        let mut observer = self.tables.settings().recorders.server(
+            &parts,
+            SpanConn {
+                peer_addr: self.remote,
+                peer_identity: peer,
+                server_port: self.target.port(),
+            },
+        );
+        observer.set_route(&route.name);
+        observer.set_upstream(self.target, None);
+        observer.set_request_bytes(declared_len(&body));
+        let done = |observer: RequestObserver, response: Response<ResponseBody>| {
             route.metrics.response(
                 &self.peer_label,
                 response.status().as_u16(),
                 start.elapsed(),
             );
-            response
+            ResponseBody::observed(observer, response)
         };
         if let Err(denied) = route.authz.check(peer) {
             tracing::info!(port = self.target.port(), route = %route.name, peer = %self.peer_label,
@@ -167,18 +201,18 @@ impl InboundConn {
                 Denied::Unauthenticated => "this route needs a verified mesh identity",
                 Denied::NotAllowed => "the caller's identity is not allowed on this route",
             };
-            return done(HttpError::Forbidden(why).response());
+            return done(observer, HttpError::Forbidden(why).response());
         }
         if let Some(limiter) = &route.limiter {
             let key = limiter.key(peer, &parts.headers);
             if let Err(wait) = limiter.check(key, start) {
                 route.metrics.rate_limited.inc();
-                return done(rate_limited(limiter, &route.name, &wait));
+                return done(observer, rate_limited(limiter, &route.name, &wait));
             }
         }
         if upgrade_requested(&parts.method, parts.version, &parts.headers) {
             let response = upgrade::forward(Request::from_parts(parts, body), &self.app).await;
-            return done(response.unwrap_or_else(|e| e.response()));
+            return done(observer, response.unwrap_or_else(|e| e.response()));
         }
         strip_hop_by_hop(&mut parts.headers);
         let authority = match parts.uri.authority().cloned() {
@@ -192,7 +226,7 @@ impl InboundConn {
             Some(a) => a,
             None => match Authority::try_from(self.target.to_string()) {
                 Ok(a) => a,
-                Err(_) => return done(HttpError::BadRequest("no authority").response()),
+                Err(_) => return done(observer, HttpError::BadRequest("no authority").response()),
             },
         };
         let path_and_query = parts
@@ -206,9 +240,13 @@ impl InboundConn {
             .path_and_query(path_and_query)
             .build();
         let Ok(uri) = uri else {
-            return done(HttpError::BadRequest("the request target is not valid").response());
+            return done(
+                observer,
+                HttpError::BadRequest("the request target is not valid").response(),
+            );
         };
         parts.uri = uri;
+        observer.inject(&mut parts.headers);
         let wire = if app_version == Version::HTTP_2 {
             Wire::Http2
         } else {
@@ -244,6 +282,6 @@ impl InboundConn {
                 error.response()
             }
         };
-        done(response)
+        done(observer, response)
     }
 }

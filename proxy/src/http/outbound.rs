@@ -34,6 +34,7 @@ use super::{server, upgrade};
 use crate::detect::Protocol;
 use crate::policy::authz::set_peer_identity;
 use crate::policy::retry::{backoff, should_retry, Outcome};
+use crate::telemetry::RequestObserver;
 
 /// Serves one HTTP connection from the local application to `orig_dst` (a known
 /// service or endpoint) until it closes or `shutdown` resolves.
@@ -96,25 +97,36 @@ impl OutboundConn {
         }
         let (mut parts, body) = req.into_parts();
         let (route, matched_prefix) = target.port.select(&parts);
+        let mut observer = self
+            .tables
+            .settings()
+            .recorders
+            .client(&parts, self.orig_dst);
+        observer.set_route(&route.name);
+        observer.set_request_bytes(declared_len(&body));
         route.metrics.request(&self.no_peer);
         if let Some(limiter) = &route.limiter {
             let key = limiter.key(identity.as_deref(), &parts.headers);
             if let Err(wait) = limiter.check(key, start) {
                 route.metrics.rate_limited.inc();
                 route.metrics.response(&self.no_peer, 429, start.elapsed());
-                return rate_limited(limiter, &route.name, &wait);
+                return ResponseBody::observed(observer, rate_limited(limiter, &route.name, &wait));
             }
         }
-        let template = match self.template(&mut parts, route, matched_prefix) {
+        let mut template = match self.template(&mut parts, route, matched_prefix) {
             Ok(t) => t,
             Err(e) => {
                 route
                     .metrics
                     .response(&self.no_peer, e.status().as_u16(), start.elapsed());
-                return e.response();
+                return ResponseBody::observed(observer, e.response());
             }
         };
-        let (mut response, peer) = match self.forward(&target, route, template, body, start).await {
+        observer.inject(&mut template.headers);
+        let forwarded = self
+            .forward(&target, route, template, body, start, &mut observer)
+            .await;
+        let (mut response, peer) = match forwarded {
             Ok((response, peer)) => (response.map(ResponseBody::Upstream), peer),
             Err(e) => {
                 tracing::debug!(service = %target.port.service, route = %route.name, error = %e, "request failed");
@@ -127,7 +139,7 @@ impl OutboundConn {
         route
             .metrics
             .response(&peer, response.status().as_u16(), start.elapsed());
-        response
+        ResponseBody::observed(observer, response)
     }
 
     /// Cleans, edits and rewrites the request head into what every try sends.
@@ -177,6 +189,7 @@ impl OutboundConn {
         template: Template,
         body: Incoming,
         start: Instant,
+        observer: &mut RequestObserver,
     ) -> Result<(Response<Incoming>, Arc<str>), HttpError> {
         let retry = route.retry.as_ref();
         if let Some((_, budget)) = retry {
@@ -214,6 +227,10 @@ impl OutboundConn {
                 return Err(HttpError::BadRequest("request already sent"));
             };
             let wire = endpoint.upstream.wire_for(wants);
+            observer.set_upstream(
+                endpoint.addr,
+                Some(&*endpoint.peer_label).filter(|id| !id.is_empty()),
+            );
             // Without retries, the head moves into the only try instead of a copy.
             let request = if retry.is_some() {
                 build(tpl, this_body, wire)
@@ -385,6 +402,13 @@ fn authority(parts: &Parts, orig_dst: SocketAddr) -> Result<Authority, HttpError
         None => Authority::try_from(orig_dst.to_string())
             .map_err(|_| HttpError::BadRequest("no authority for the request")),
     }
+}
+
+/// The request body's declared size (its exact size hint, e.g. `Content-Length`);
+/// a streamed body of unknown length counts its known lower bound.
+pub(crate) fn declared_len(body: &impl hyper::body::Body) -> u64 {
+    let hint = body.size_hint();
+    hint.exact().unwrap_or_else(|| hint.lower())
 }
 
 /// An error and its causes on one line.

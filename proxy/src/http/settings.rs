@@ -8,6 +8,7 @@ use pillion_api::defaults::{CONNECT_TIMEOUT, DETECT_TIMEOUT};
 
 use crate::policy::balance::p2c::Strategy;
 use crate::policy::outlier::OutlierConfig;
+use crate::telemetry::Recorders;
 
 /// Largest request head (request line and headers) accepted; larger ones get 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -29,6 +30,8 @@ pub struct HttpSettings {
     pub strategy: Strategy,
     /// The mesh TLS client config; without it meshed endpoints cannot be reached.
     pub mesh_client: Option<Arc<rustls::ClientConfig>>,
+    /// Spans and access log lines of every request (default: off).
+    pub recorders: Recorders,
 }
 
 impl Default for HttpSettings {
@@ -40,6 +43,7 @@ impl Default for HttpSettings {
             outlier: OutlierConfig::default(),
             strategy: Strategy::PowerOfTwoChoices,
             mesh_client: None,
+            recorders: Recorders::default(),
         }
     }
 }
