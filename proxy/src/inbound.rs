@@ -76,7 +76,9 @@ impl Inbound {
         };
         let settings = http.tables.settings();
         let port = info.orig_dst.port();
-        let (protocol, io) = if detect::skips_detection(port, None, &settings.opaque_ports) {
+        let opaque = detect::skips_detection(port, None, &settings.opaque_ports)
+            || http.tables.inbound().is_opaque(port);
+        let (protocol, io) = if opaque {
             (
                 Protocol::Opaque,
                 detect::rewind::Rewind::new(bytes::Bytes::new(), io),

@@ -3,7 +3,7 @@
 //! lists and rate limits. Rate limiters carry over view updates while their settings
 //! are unchanged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,12 +62,21 @@ pub struct InboundTable {
     default_mode: Mode,
     ports: HashMap<u16, Arc<InboundPort>>,
     limiters: HashMap<(u16, String), (RateLimit, Arc<RateLimiter>)>,
+    /// Application ports some service marks `opaque` (its target ports): inbound
+    /// connections there skip detection, so server-speaks-first protocols never
+    /// wait for the detection timeout.
+    opaque: HashSet<u16>,
 }
 
 impl InboundTable {
     /// The version of the view compiled, `None` before the first.
     pub fn version(&self) -> Option<u64> {
         self.version
+    }
+
+    /// Whether a service marks application port `port` opaque.
+    pub fn is_opaque(&self, port: u16) -> bool {
+        self.opaque.contains(&port)
     }
 
     /// The policy of application port `port` (ports without their own policy get the
@@ -104,6 +113,13 @@ impl InboundTable {
             default_mode: view.inbound.default_mode,
             ..InboundTable::default()
         };
+        table.opaque = view
+            .services
+            .iter()
+            .flat_map(|s| &s.ports)
+            .filter(|p| p.protocol == pillion_api::view::Protocol::Opaque)
+            .map(|p| p.target_port())
+            .collect();
         for (port, policy) in &view.inbound.ports {
             let compiled = compile_port(*port, policy, previous, &mut table, metrics, now);
             table.ports.insert(*port, Arc::new(compiled));
@@ -189,5 +205,47 @@ fn compile_port(
             limiter: None,
         },
         label,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opaque_target_ports_and_port_policies_compile() {
+        let view: View = serde_json::from_str(
+            r#"{"version": 1, "identity": "spiffe://cluster.local/ns/demo/sa/server",
+              "services": [{"name": "db", "namespace": "demo", "ports": [
+                 {"port": 5433, "target_port": 15433, "protocol": "opaque"}, {"port": 80}]}],
+              "inbound": {"default_mode": "strict", "ports": {"8080": {"mode": "permissive",
+                "server": {"routes": [{"name": "admin", "matches": [{"path": {"prefix": "/admin"}}],
+                  "allow": ["spiffe://cluster.local/ns/ops/*"]}]}}}}}"#,
+        )
+        .unwrap();
+        let metrics = HttpMetrics::default();
+        let table =
+            InboundTable::compile(&view, &InboundTable::default(), &metrics, Instant::now());
+        assert!(table.is_opaque(15433) && !table.is_opaque(80));
+        let port = table.port(8080, &metrics);
+        let admin = http::Request::get("/admin/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let other = http::Request::get("/x").body(()).unwrap().into_parts().0;
+        let ops = Some("spiffe://cluster.local/ns/ops/sa/tool");
+        let demo = Some("spiffe://cluster.local/ns/demo/sa/client");
+        assert_eq!(&*port.select(&admin).name, "admin");
+        assert!(port.select(&admin).authz.check(ops).is_ok());
+        assert!(port.select(&admin).authz.check(demo).is_err());
+        assert!(port.select(&other).authz.check(None).is_ok());
+        // An unlisted port takes the default mode: strict refuses plaintext.
+        assert!(table
+            .port(9090, &metrics)
+            .select(&other)
+            .authz
+            .check(None)
+            .is_err());
     }
 }
