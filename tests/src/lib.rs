@@ -50,7 +50,8 @@
 //! - [`apps`]: echo and reply-after-EOF servers, clients, test data, checksum;
 //! - [`rules`]: normalised `iptables-save` output;
 //! - [`otlp`]: a test OTLP collector (gRPC and HTTP/protobuf) to assert on spans;
-//! - [`multicall`]: `<bin> init|proxy …`, so one test binary runs every program;
+//! - [`multicall`]: `<bin> init|proxy|agent …`, so one test binary runs every program;
+//! - [`mesh`]: the real agent in a pod, mesh sidecar options, a capture on the bridge;
 //! - [`probe`]: a one-shot TCP client process (e.g. to run as the proxy's uid);
 //! - [`demo`]: the `pillion-demo` binary's two-pod world with live traffic.
 
@@ -61,6 +62,7 @@ mod enter;
 mod holder;
 pub mod http;
 pub mod marker;
+pub mod mesh;
 pub mod metrics;
 pub mod multicall;
 pub mod otlp;

@@ -1,12 +1,13 @@
 //! One binary, several programs: `<bin> init …` runs pillion-init, `<bin> proxy …`
-//! runs pillion-proxy, exactly as their own binaries would. The test binary and the
-//! demo both use it, so tests need only one executable per pod.
+//! runs pillion-proxy, `<bin> agent …` runs pillion-agent, exactly as their own
+//! binaries would. The test binary and the demo both use it, so tests need only
+//! one executable per pod.
 
 use std::ffi::{OsStr, OsString};
 use std::process::ExitCode;
 
 /// The programs [`dispatch`] knows, by subcommand.
-pub const PROGRAMS: &[&str] = &["init", "proxy"];
+pub const PROGRAMS: &[&str] = &["init", "proxy", "agent"];
 
 /// If `args[1]` names a program, runs it with the rest of the arguments (its argv[0]
 /// set to `pillion-<program>` so its messages name it) and returns its exit code;
@@ -19,8 +20,7 @@ pub fn dispatch(args: Vec<OsString>) -> Option<ExitCode> {
     let run: fn(Vec<OsString>) -> ExitCode = match program.to_str()? {
         "init" => pillion_init::cli::main_with_args,
         "proxy" => pillion_proxy::cli::main_with_args,
-        // "agent" => pillion_agent::cli::main_with_args, once that crate exists
-        // (add `pillion-agent.workspace = true` and the name to PROGRAMS).
+        "agent" => pillion_agent::cli::main_with_args,
         _ => return None,
     };
     Some(run(program_args(&program, rest)))
@@ -73,6 +73,10 @@ mod tests {
         );
         assert_eq!(
             dispatch(os(&["bin", "init", "--help"])),
+            Some(ExitCode::SUCCESS)
+        );
+        assert_eq!(
+            dispatch(os(&["bin", "agent", "--help"])),
             Some(ExitCode::SUCCESS)
         );
     }
