@@ -44,7 +44,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
     }
     install::ensure_tools()?;
     raise_open_files();
-    let machine = Machine::detect();
+    let mut machine = Machine::detect();
     let layout = Layout::for_cpus(machine.nproc);
     let mut plan = if opts.smoke {
         Plan::smoke()
@@ -84,6 +84,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
         layout.describe()
     );
     let collected = measure::all(&topo.contenders, &plan, &layout);
+    machine.finish();
     let figures = figures::all(&plan);
     let mut notes = base_notes(&plan);
     notes.extend(topo.pillion.notes.iter().cloned());

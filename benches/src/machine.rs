@@ -16,6 +16,11 @@ pub struct Machine {
     pub kernel: String,
     /// MemTotal from /proc/meminfo, GiB.
     pub memory_gib: f64,
+    /// 1, 5 and 15 minute load averages when the run started: other work on the
+    /// machine (a build, a test suite) shows here and distorts every figure.
+    pub loadavg_at_start: String,
+    /// The same when the measurements ended.
+    pub loadavg_at_end: String,
 }
 
 impl Machine {
@@ -32,16 +37,34 @@ impl Machine {
             memory_gib: field(&meminfo, "MemTotal")
                 .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
                 .map_or(0.0, |kib| kib / (1024.0 * 1024.0)),
+            loadavg_at_start: loadavg(),
+            loadavg_at_end: String::new(),
         }
+    }
+
+    /// Records the load average at the end of the measurements.
+    pub fn finish(&mut self) {
+        self.loadavg_at_end = loadavg();
     }
 
     /// One line for the report's header.
     pub fn summary(&self) -> String {
-        format!(
-            "{} CPUs ({}), {:.1} GiB memory, Linux {}",
-            self.nproc, self.cpu_model, self.memory_gib, self.kernel
-        )
+        let mut s = format!(
+            "{} CPUs ({}), {:.1} GiB memory, Linux {}; load average {} at the start",
+            self.nproc, self.cpu_model, self.memory_gib, self.kernel, self.loadavg_at_start
+        );
+        if !self.loadavg_at_end.is_empty() {
+            s.push_str(&format!(", {} at the end", self.loadavg_at_end));
+        }
+        s
     }
+}
+
+/// The three load averages of /proc/loadavg.
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The value of the first `key : value` line of a /proc file.
@@ -70,5 +93,6 @@ mod tests {
         assert!(m.nproc >= 1);
         assert!(m.memory_gib > 0.0);
         assert!(m.summary().contains("CPUs"));
+        assert_eq!(loadavg().split(' ').count(), 3);
     }
 }
