@@ -5,9 +5,11 @@
 //! Each connection climbs a stack of small layers:
 //! [`accept`] (listener, original destination) → [`outbound`] / [`inbound`]
 //! (where it should go) → [`relay`] (loop guard, connect, forward) built on
-//! [`transport`]. Protocol detection, TLS and routing slot in between as
-//! further layers. Around the stacks: [`admin`], [`metrics`], [`readiness`],
-//! [`drain`].
+//! [`transport`]. With a control plane ([`control`]: certificates and views
+//! from the agent), [`view`] says which destinations are meshed and what each
+//! inbound port allows, and [`tls`] detects, terminates and originates mutual
+//! TLS between proxies ([`mesh`], [`mesh_metrics`]). Around the stacks:
+//! [`admin`], [`metrics`], [`readiness`], [`drain`].
 //!
 //! In-process use: [`Proxy::bind`] (or [`Proxy::builder`]) binds every
 //! listener from a [`ProxyConfig`], then [`Proxy::run`] serves until the given
