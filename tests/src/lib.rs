@@ -53,7 +53,9 @@
 //! - [`multicall`]: `<bin> init|proxy|agent …`, so one test binary runs every program;
 //! - [`mesh`]: the real agent in a pod, mesh sidecar options, a capture on the bridge;
 //! - [`probe`]: a one-shot TCP client process (e.g. to run as the proxy's uid);
-//! - [`demo`]: the `pillion-demo` binary's two-pod world with live traffic.
+//! - [`demo`]: the `pillion-demo` binary's two-pod world with live traffic;
+//! - [`http_mesh`]: HTTP applications and a four-pod world with routes in the agent's
+//!   source, for the HTTP layer's end-to-end tests.
 
 pub mod addr;
 pub mod apps;
@@ -61,6 +63,7 @@ pub mod demo;
 mod enter;
 mod holder;
 pub mod http;
+pub mod http_mesh;
 pub mod marker;
 pub mod mesh;
 pub mod metrics;

@@ -1,0 +1,472 @@
+//! HTTP through the mesh in a world: a client pod and an intruder pod (another
+//! namespace), two server pods (`version: v1` and `v2`) running an HTTP application
+//! with per-path behaviours, every pod with a sidecar, and the real agent serving a
+//! YAML source with routes that a test can rewrite.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::apps::bind_dual_stack;
+use crate::mesh::{mesh_sidecar_opts, MeshAgent, MeshDir};
+use crate::netns::Task;
+use crate::pod::Pod;
+use crate::sidecar::{Sidecar, SidecarOpts};
+use crate::world::World;
+
+/// Port the server applications listen on (the service's target port).
+pub const APP_PORT: u16 = 8080;
+/// The service VIP clients call.
+pub const VIP: &str = "198.18.1.100:80";
+
+/// What one application has seen, shared with the test.
+#[derive(Debug, Default)]
+pub struct AppStats {
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
+    /// Requests by first path segment (`/fail/x` counts under `fail`).
+    pub requests: Mutex<HashMap<String, usize>>,
+    /// While set, `/sick` answers 500.
+    pub sick: AtomicBool,
+    /// Extra delay of `/lb`, in milliseconds.
+    pub lb_delay_ms: AtomicU64,
+}
+
+impl AppStats {
+    /// Requests seen under `segment`.
+    pub fn count(&self, segment: &str) -> usize {
+        self.requests
+            .lock()
+            .map(|m| m.get(segment).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+/// A running HTTP application in a pod.
+#[derive(Debug)]
+pub struct HttpApp {
+    /// What it has seen.
+    pub stats: Arc<AppStats>,
+    _task: Task<()>,
+}
+
+/// Starts the test application in `pod` on `port`; `name` comes back in `x-app`.
+///
+/// Paths: `/echo` reports version, `pillion-orig-proto` and `pillion-peer-identity`;
+/// `/flaky` fails 30 % with 503; `/fail` always 503; `/slow` waits 2 s; `/lb` waits
+/// the configured delay; `/sick` is 500 while sick; `/big` echoes the body; a
+/// WebSocket upgrade gets an echo socket; anything else is 200.
+pub fn spawn_http_app(pod: &Pod, port: u16, name: &'static str) -> Result<HttpApp> {
+    let stats = Arc::new(AppStats::default());
+    let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
+    let s = Arc::clone(&stats);
+    let task = pod.background(move || async move {
+        let listener = match bind_dual_stack(port) {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            s.connections.fetch_add(1, Ordering::SeqCst);
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let s = Arc::clone(&s);
+                    async move { Ok::<_, Infallible>(answer(req, name, &s).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    })?;
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow!("the HTTP app in pod {} did not bind", pod.name()))??;
+    Ok(HttpApp { stats, _task: task })
+}
+
+fn reply(status: u16, name: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    r.headers_mut()
+        .insert("x-app", hyper::header::HeaderValue::from_static(name));
+    r
+}
+
+async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Response<Full<Bytes>> {
+    let segment = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if let Ok(mut m) = s.requests.lock() {
+        *m.entry(segment.clone()).or_default() += 1;
+    }
+    if req.headers().contains_key("sec-websocket-key") {
+        return websocket(req, name);
+    }
+    match segment.as_str() {
+        "echo" => {
+            let peer = req
+                .headers()
+                .get_all("pillion-peer-identity")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            let text = format!(
+                "app={name} version={:?} orig={} peer={peer} path={}",
+                req.version(),
+                req.headers().contains_key("pillion-orig-proto"),
+                req.uri().path()
+            );
+            reply(200, name, text)
+        }
+        "flaky" if rand_percent() < 30 => reply(503, name, "flaky"),
+        "fail" => reply(503, name, "failing"),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            reply(200, name, "slow")
+        }
+        "lb" => {
+            let ms = s.lb_delay_ms.load(Ordering::SeqCst);
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            reply(200, name, "lb")
+        }
+        "sick" if s.sick.load(Ordering::SeqCst) => reply(500, name, "sick"),
+        "big" => match req.into_body().collect().await {
+            Ok(body) => reply(200, name, body.to_bytes()),
+            Err(_) => reply(400, name, "body"),
+        },
+        _ => reply(200, name, "ok"),
+    }
+}
+
+/// Answers a WebSocket upgrade with 101 and echoes every message on the socket.
+fn websocket(mut req: Request<Incoming>, name: &'static str) -> Response<Full<Bytes>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let accept = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() || ((msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err())
+            {
+                return;
+            }
+        }
+    });
+    let mut r = reply(101, name, Bytes::new());
+    let h = r.headers_mut();
+    h.insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        "upgrade",
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}
+
+/// A uniformly random number below 100.
+fn rand_percent() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish() % 100
+}
+
+/// The agent's source: workloads `client` (demo), `intruder` (other), `server`
+/// (demo, pods `b1` and `b2`), the service `demo/web` at [`VIP`] with endpoints
+/// `b1` (`version: v1`) and `b2` (`version: v2`). `routes` is the YAML list of the
+/// service port's routes; `inbound` the YAML body of the server's port policy.
+pub fn source_yaml(pods: &HttpPods, routes: &str, inbound: &str) -> String {
+    let indent = |text: &str, n: usize| {
+        text.lines()
+            .map(|l| format!("{}{l}", " ".repeat(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "workloads:
+  - name: client
+    namespace: demo
+    token: client-token-http
+    addresses: [{a}]
+  - name: intruder
+    namespace: other
+    token: intruder-token-http
+    addresses: [{x}]
+  - name: server
+    namespace: demo
+    token: server-token-http
+    addresses: [{b1}, {b2}]
+    inbound:
+      default_mode: permissive
+      ports:
+        {APP_PORT}:
+{inbound}
+services:
+  - name: web
+    namespace: demo
+    addresses: [198.18.1.100]
+    ports:
+      - port: 80
+        target_port: {APP_PORT}
+        routes:
+{routes}
+    endpoints:
+      - workload: server
+        addresses: [{b1}]
+        labels: {{version: v1}}
+      - workload: server
+        addresses: [{b2}]
+        labels: {{version: v2}}
+",
+        a = pods.a.ipv4(),
+        x = pods.x.ipv4(),
+        b1 = pods.b1.ipv4(),
+        b2 = pods.b2.ipv4(),
+        inbound = indent(inbound, 10),
+        routes = indent(routes, 10),
+    )
+}
+
+/// The pods of an [`HttpWorld`].
+#[derive(Debug, Clone)]
+pub struct HttpPods {
+    /// The client (`spiffe://cluster.local/ns/demo/sa/client`).
+    pub a: Pod,
+    /// Another client (`spiffe://cluster.local/ns/other/sa/intruder`).
+    pub x: Pod,
+    /// Server `v1`.
+    pub b1: Pod,
+    /// Server `v2`.
+    pub b2: Pod,
+}
+
+/// The world; dropping it tears everything down.
+#[derive(Debug)]
+pub struct HttpWorld {
+    /// The pods.
+    pub pods: HttpPods,
+    /// Sidecars of a, x, b1, b2.
+    pub sidecars: Vec<Sidecar>,
+    /// The apps of b1 and b2.
+    pub apps: Vec<HttpApp>,
+    /// The agent.
+    pub agent: MeshAgent,
+    /// The source file.
+    pub source: PathBuf,
+    /// The mesh files.
+    pub dir: MeshDir,
+    /// The world, last so it goes after everything in it.
+    pub world: World,
+}
+
+impl HttpWorld {
+    /// Builds the world for `test` with the given routes and inbound policy (YAML,
+    /// see [`source_yaml`]); `base` are the sidecar options (extra proxy flags).
+    pub fn start(
+        test: &str,
+        binary: &Path,
+        base: &SidecarOpts,
+        routes: &str,
+        inbound: &str,
+    ) -> Result<HttpWorld> {
+        let world = World::new(test)?;
+        let pods = HttpPods {
+            a: world.pod("a")?,
+            x: world.pod("x")?,
+            b1: world.pod("b1")?,
+            b2: world.pod("b2")?,
+        };
+        let agent_pod = world.pod("agent")?;
+        let dir = MeshDir::new(test)?;
+        let source = dir.write("source.yaml", &source_yaml(&pods, routes, inbound))?;
+        let agent = MeshAgent::start(&agent_pod, binary, &dir, &source, &[])?;
+        let apps = vec![
+            spawn_http_app(&pods.b1, APP_PORT, "b1")?,
+            spawn_http_app(&pods.b2, APP_PORT, "b2")?,
+        ];
+        let mut sidecars = Vec::new();
+        for (pod, ns, sa, token) in [
+            (&pods.a, "demo", "client", "client-token-http"),
+            (&pods.x, "other", "intruder", "intruder-token-http"),
+            (&pods.b1, "demo", "server", "server-token-http"),
+            (&pods.b2, "demo", "server", "server-token-http"),
+        ] {
+            let token_file = dir.write(&format!("{}.token", pod.name()), token)?;
+            let opts = mesh_sidecar_opts(
+                base.clone(),
+                agent.addr(),
+                agent.anchors(),
+                &token_file,
+                ns,
+                sa,
+            );
+            let sidecar = pod
+                .install_sidecar(&opts)
+                .with_context(|| format!("sidecar of {}\n{}", pod.name(), agent.logs()))?;
+            sidecars.push(sidecar);
+        }
+        Ok(HttpWorld {
+            pods,
+            sidecars,
+            apps,
+            agent,
+            source,
+            dir,
+            world,
+        })
+    }
+
+    /// Rewrites the source with new routes and inbound policy.
+    pub fn write_source(&self, routes: &str, inbound: &str) -> Result<()> {
+        self.dir
+            .write("source.yaml", &source_yaml(&self.pods, routes, inbound))
+            .map(drop)
+    }
+
+    /// Every proxy's and the agent's logs, for failure messages.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for s in &self.sidecars {
+            out.push_str(&format!("--- {}\n{}", s.pod().name(), s.proxy().logs()));
+        }
+        out.push_str(&format!("--- agent\n{}", self.agent.logs()));
+        out
+    }
+}
+
+/// An HTTP/1.1 client (one keep-alive pool).
+pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A GET of `path` at `addr` with extra headers.
+pub fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = format!("http://{addr}{path}")
+        .parse()
+        .unwrap_or_else(|_| hyper::Uri::from_static("/"));
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(*k, hyper::header::HeaderValue::from_static(v));
+    }
+    req
+}
+
+/// One answer: status, `x-app`, `pillion-error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The status (0 when the request failed without a response).
+    pub status: u16,
+    /// Which application answered (`x-app`), if one did.
+    pub app: String,
+    /// The proxy's error code (`pillion-error`), if it answered itself.
+    pub error: String,
+}
+
+/// Sends `n` GETs from `concurrency` tasks (inside a pod); answers in completion order.
+pub async fn load(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<Answer> {
+    let client = h1_client();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next) = (client.clone(), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < n {
+                out.push(one(&client, get(addr, path, headers)).await);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(part) = t.await {
+            all.extend(part);
+        }
+    }
+    all
+}
+
+/// Sends one request and reads the answer.
+pub async fn one(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Answer {
+    match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let answer = Answer {
+                status: resp.status().as_u16(),
+                app: header("x-app"),
+                error: header("pillion-error"),
+            };
+            let _ = resp.into_body().collect().await;
+            answer
+        }
+        _ => Answer {
+            status: 0,
+            app: String::new(),
+            error: String::new(),
+        },
+    }
+}
