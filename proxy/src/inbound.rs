@@ -100,8 +100,16 @@ impl Inbound {
                 }
             }
             http_protocol => {
+                // The caller's address goes into the request's SERVER span.
                 http.inbound
-                    .serve(io, http_protocol, target, peer, http.shutdown())
+                    .serve_from(
+                        io,
+                        http_protocol,
+                        target,
+                        peer,
+                        Some(info.client),
+                        http.shutdown(),
+                    )
                     .await
             }
         }
