@@ -39,6 +39,9 @@ fn grpc_and_ws() -> Handler {
         if req.headers().contains_key("sec-websocket-key") {
             return websocket(req);
         }
+        if req.method() == http::Method::CONNECT {
+            return tunnel(req);
+        }
         let (mut tx, body) = Channel::<Bytes>::new(16);
         let mut incoming = req.into_body();
         tokio::spawn(async move {
@@ -87,6 +90,17 @@ fn websocket(mut req: Request<Incoming>) -> Response<AppBody> {
         HeaderValue::from_str(&derive_accept_key(key.as_bytes())).unwrap(),
     );
     r
+}
+
+/// Accepts a `CONNECT` and echoes the tunnel's bytes.
+fn tunnel(mut req: Request<Incoming>) -> Response<AppBody> {
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    text(200, "")
 }
 
 async fn fleet() -> Fleet {
@@ -186,4 +200,31 @@ async fn a_websocket_echo_crosses_the_mesh() {
     let echo = ws.next().await.unwrap().unwrap();
     assert_eq!(echo.into_data().as_ref(), &big[..]);
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_tunnel_crosses_the_mesh() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fleet().await;
+    let mut s = TcpStream::connect(f.outbound.addr).await.unwrap();
+    s.write_all(b"CONNECT db.example:5432 HTTP/1.1\r\nHost: db.example:5432\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for msg in [&b"ping"[..], b"through the tunnel"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
 }
