@@ -285,6 +285,10 @@ pub struct HttpPods {
     pub b1: Pod,
     /// Server `v2`.
     pub b2: Pod,
+    /// A client without a sidecar, for direct (unmeshed) comparisons.
+    pub c: Pod,
+    /// A server without a sidecar (runs the app at [`APP_PORT`]), reached from `c`.
+    pub d: Pod,
 }
 
 /// The world; dropping it tears everything down.
@@ -294,7 +298,7 @@ pub struct HttpWorld {
     pub pods: HttpPods,
     /// Sidecars of a, x, b1, b2.
     pub sidecars: Vec<Sidecar>,
-    /// The apps of b1 and b2.
+    /// The apps of b1, b2 and d.
     pub apps: Vec<HttpApp>,
     /// The agent.
     pub agent: MeshAgent,
@@ -322,6 +326,8 @@ impl HttpWorld {
             x: world.pod("x")?,
             b1: world.pod("b1")?,
             b2: world.pod("b2")?,
+            c: world.pod("c")?,
+            d: world.pod("d")?,
         };
         let agent_pod = world.pod("agent")?;
         let dir = MeshDir::new(test)?;
@@ -330,6 +336,7 @@ impl HttpWorld {
         let apps = vec![
             spawn_http_app(&pods.b1, APP_PORT, "b1")?,
             spawn_http_app(&pods.b2, APP_PORT, "b2")?,
+            spawn_http_app(&pods.d, APP_PORT, "d")?,
         ];
         let mut sidecars = Vec::new();
         for (pod, ns, sa, token) in [
@@ -469,4 +476,40 @@ pub async fn one(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<
             error: String::new(),
         },
     }
+}
+
+/// Requests per second from `connections` clients, each on its own keep-alive
+/// connection, for `duration` (inside a pod); `(rate, errors)`.
+pub async fn rate(
+    addr: SocketAddr,
+    path: &'static str,
+    connections: usize,
+    duration: Duration,
+) -> (f64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (done, errors, stop) = (Arc::clone(&done), Arc::clone(&errors), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let client = h1_client();
+            while !stop.load(Ordering::Relaxed) {
+                if one(&client, get(addr, path, &[])).await.status == 200 {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let started = std::time::Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = done.load(Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    (count as f64 / elapsed, errors.load(Ordering::Relaxed))
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use pillion_tests::http_mesh::{get, h1_client, load, one, Answer, HttpWorld, VIP};
+use pillion_tests::http_mesh::{get, h1_client, load, one, rate, Answer, HttpWorld, VIP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -172,6 +172,25 @@ fn routes_retries_timeouts_balancing_splits_and_limits() {
         .unwrap();
     println!("limited: {allowed} allowed in 10 s, {refused} refused, {headers:?}");
     assert!((180..=220).contains(&allowed), "{allowed} allowed");
+    // Requests per second at 64 connections: meshed (a → both sidecars → b) and
+    // direct (c → d, no sidecars), in the same run.
+    let meshed = a
+        .run(|| async { rate(vip(), "/rps", 64, Duration::from_secs(3)).await })
+        .unwrap();
+    let d = w.pods.d.addr_v4(pillion_tests::http_mesh::APP_PORT);
+    let direct = w
+        .pods
+        .c
+        .run(move || async move { rate(d, "/rps", 64, Duration::from_secs(3)).await })
+        .unwrap();
+    println!(
+        "rps at 64 connections: direct {:.0}/s, through the mTLS pair {:.0}/s ({:.0} %)",
+        direct.0,
+        meshed.0,
+        meshed.0 / direct.0 * 100.0
+    );
+    assert_eq!((meshed.1, direct.1), (0, 0), "errors under load");
+
     let [retry_after, policy, remaining] = headers.expect("a refusal");
     // The client proxy's per-route metrics saw all of it.
     let m = w.sidecars[0].metrics().unwrap();
