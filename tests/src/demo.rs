@@ -15,8 +15,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::apps::{self, App};
 use crate::metrics::Samples;
 use crate::otlp::CollectorBridge;
+use crate::pod::Pod;
 use crate::sidecar::{Sidecar, SidecarOpts};
 use crate::world::World;
+use crate::Task;
 
 /// Port of the demo's echo app in the `server` pod.
 pub const ECHO_PORT: u16 = 7000;
@@ -152,12 +154,21 @@ pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
         }
         None => None,
     };
-    let client_side = client
-        .install_sidecar(&sidecar_opts)
-        .context("client sidecar")?;
+    // Traces need HTTP through the mesh: an agent with the demo's view, and an HTTP app.
+    let traced = match opts.otlp_endpoint {
+        Some(_) => Some(TracedMesh::start(&world, &server)?),
+        None => None,
+    };
+    let side_opts = |sa: &str| match &traced {
+        Some(mesh) => mesh.sidecar_opts(&sidecar_opts, sa),
+        None => sidecar_opts.clone(),
+    };
     let server_side = server
-        .install_sidecar(&sidecar_opts)
+        .install_sidecar(&side_opts("server"))
         .context("server sidecar")?;
+    let client_side = client
+        .install_sidecar(&side_opts("client"))
+        .context("client sidecar")?;
     println!(
         "sidecars ready: init ran as root, proxies run as uid {} (pids {} and {})",
         sidecar_opts.proxy_uid,
@@ -175,7 +186,13 @@ pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
     let tally = Arc::new(Tally::default());
     let client_task = {
         let tally = Arc::clone(&tally);
-        client.background(move || client_loop(target, tally))?
+        let http_target = traced.as_ref().map(|_| TracedMesh::http_target());
+        if let Some(t) = http_target {
+            println!(
+                "and one HTTP GET http://{t}/hello a second, each a trace (see docs/telemetry.md)"
+            );
+        }
+        client.background(move || client_loop(target, http_target, tally))?
     };
 
     wait_and_report(opts.duration, &client_side, &server_side)?;
@@ -244,11 +261,19 @@ fn wait_and_report(duration: Option<Duration>, client: &Sidecar, server: &Sideca
     })
 }
 
-/// One request a second from the client pod, each on a new connection.
-async fn client_loop(target: std::net::SocketAddr, tally: Arc<Tally>) {
+/// One request a second from the client pod, each on a new connection; with
+/// `http_target`, also one traced HTTP request.
+async fn client_loop(
+    target: std::net::SocketAddr,
+    http_target: Option<std::net::SocketAddr>,
+    tally: Arc<Tally>,
+) {
     let mut tick = tokio::time::interval(REQUEST_EVERY);
     for n in 1u64.. {
         tick.tick().await;
+        if let Some(http_target) = http_target {
+            traced_get(http_target, n).await;
+        }
         let msg = format!("hello #{n} from the client pod");
         let start = Instant::now();
         let outcome = tokio::time::timeout(
@@ -332,6 +357,183 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         bail!("the duration must be more than zero");
     }
     Ok(d)
+}
+
+/// The mesh a traced demo needs besides the proxies: the agent serving its embedded
+/// demo view (this very world: `client` 198.18.0.2, `server` 198.18.0.3, service
+/// `echo` at 198.18.0.100 with HTTP on 8080) in pod `agent`, the files the proxies
+/// read, and an HTTP app on the server's port 8080.
+struct TracedMesh {
+    agent_addr: std::net::SocketAddr,
+    dir: MeshFiles,
+    _agent: Task<()>,
+    _app: Task<()>,
+}
+
+/// The proxies' files (trust anchors, tokens), removed on drop.
+struct MeshFiles(PathBuf);
+
+impl Drop for MeshFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Port of the demo's HTTP app (service `echo`'s HTTP port in the agent's default).
+const HTTP_PORT: u16 = 8080;
+
+impl TracedMesh {
+    fn start(world: &World, server: &Pod) -> Result<TracedMesh> {
+        use std::os::unix::fs::PermissionsExt;
+        let agent_pod = world.pod("agent")?;
+        let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        let agent = agent_pod.background(move || async move {
+            let mut config = pillion_agent::AgentConfig::new(pillion_agent::SourceSpec::Embedded);
+            config.listen =
+                std::net::SocketAddr::from(([0, 0, 0, 0], pillion_api::defaults::AGENT_PORT));
+            match pillion_agent::Agent::start(config).await {
+                Ok(running) => {
+                    let _ = tx.send(Ok(running.trust_anchor_pem().to_owned()));
+                    std::future::pending::<()>().await;
+                    drop(running);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        })?;
+        let pem = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("the agent did not start")?
+            .map_err(|e| anyhow::anyhow!("the agent cannot start: {e}"))?;
+        let dir = MeshFiles(
+            std::env::temp_dir().join(format!("pillion-demo-mesh-{}", std::process::id())),
+        );
+        std::fs::create_dir_all(&dir.0)?;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))?;
+        // The embedded view's demo tokens (public: they exist for this demo only).
+        for (name, text) in [
+            ("anchors.pem", pem.as_str()),
+            ("client.token", "demo-client-token"),
+            ("server.token", "demo-server-token"),
+        ] {
+            let path = dir.0.join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        }
+        let app = spawn_http_app(server)?;
+        println!(
+            "agent in pod agent ({}), HTTP app on the server's port {HTTP_PORT}",
+            agent_pod.ipv4()
+        );
+        Ok(TracedMesh {
+            agent_addr: agent_pod.addr_v4(pillion_api::defaults::AGENT_PORT),
+            dir,
+            _agent: agent,
+            _app: app,
+        })
+    }
+
+    /// `base` plus the flags that put workload `sa` (namespace `demo`) in the mesh.
+    fn sidecar_opts(&self, base: &SidecarOpts, sa: &str) -> SidecarOpts {
+        let path = |name: &str| self.dir.0.join(name).display().to_string();
+        base.clone().proxy_args([
+            "--agent-addr".to_owned(),
+            self.agent_addr.to_string(),
+            "--trust-anchors".to_owned(),
+            path("anchors.pem"),
+            "--token-file".to_owned(),
+            path(&format!("{sa}.token")),
+            "--namespace".to_owned(),
+            "demo".to_owned(),
+            "--service-account".to_owned(),
+            sa.to_owned(),
+            "--pod-name".to_owned(),
+            sa.to_owned(),
+        ])
+    }
+
+    /// The service's HTTP address the client calls.
+    fn http_target() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([198, 18, 0, 100], HTTP_PORT))
+    }
+}
+
+/// An HTTP/1.1 app answering `hello from the server pod`.
+fn spawn_http_app(pod: &Pod) -> Result<Task<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let task = pod.background(move || async move {
+        let listener = match apps::bind_dual_stack(HTTP_PORT) {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"hello from the server pod\n",
+                        )),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })?;
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow::anyhow!("the HTTP app did not bind"))??;
+    Ok(task)
+}
+
+/// One HTTP GET to `target` as an instrumented app would send it: with its own
+/// `traceparent`, whose trace id it prints so the trace is easy to find in Jaeger.
+async fn traced_get(target: std::net::SocketAddr, n: u64) {
+    let trace: u128 = rand_id();
+    let parent = u64::try_from(trace >> 64).unwrap_or(1) | 1;
+    let traceparent = format!("00-{trace:032x}-{parent:016x}-01");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        let stream = tokio::net::TcpStream::connect(target).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("/hello/{n}"))
+            .header(hyper::header::HOST, "echo.demo:8080")
+            .header("traceparent", &traceparent)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        anyhow::Ok(resp.status().as_u16())
+    })
+    .await;
+    match outcome {
+        Ok(Ok(status)) => {
+            println!("client → http://{target}/hello/{n}: {status}, trace {trace:032x}")
+        }
+        Ok(Err(e)) => println!("client → http://{target}/hello/{n}: {e:#}"),
+        Err(_) => println!("client → http://{target}/hello/{n}: timed out"),
+    }
+}
+
+/// A random, non-zero 128-bit id (time and a counter through a mixer: good enough
+/// for demo trace ids).
+fn rand_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let a = h.finish();
+    h.write_u64(a);
+    (u128::from(a) << 64 | u128::from(h.finish())) | 1
 }
 
 #[cfg(test)]
