@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::uri::PathAndQuery;
@@ -120,10 +121,16 @@ impl AccessRecord {
     }
 }
 
-/// The handle requests log through; cheap to clone, and a disabled one does nothing.
+/// The handle requests log through; cheap to clone (one `Arc`, none when off), and
+/// a disabled one does nothing.
 #[derive(Clone, Debug, Default)]
 pub struct AccessLog {
-    tx: Option<SyncSender<AccessRecord>>,
+    inner: Option<Arc<LogInner>>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    tx: SyncSender<AccessRecord>,
     metrics: TelemetryMetrics,
 }
 
@@ -163,23 +170,22 @@ impl AccessLog {
                 source,
             })?;
         Ok(AccessLog {
-            tx: Some(tx),
-            metrics,
+            inner: Some(Arc::new(LogInner { tx, metrics })),
         })
     }
 
     /// Whether lines are written at all (skip building records when not).
     pub fn is_enabled(&self) -> bool {
-        self.tx.is_some()
+        self.inner.is_some()
     }
 
     /// Queues one line without waiting; drops and counts it if the writer is behind.
     pub fn log(&self, record: AccessRecord) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(record) {
+        let Some(inner) = &self.inner else { return };
+        match inner.tx.try_send(record) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics.access_log_dropped.inc();
+                inner.metrics.access_log_dropped.inc();
             }
         }
     }
@@ -307,8 +313,10 @@ mod tests {
         let (tx, _rx) = sync_channel(2);
         let metrics = TelemetryMetrics::default();
         let log = AccessLog {
-            tx: Some(tx),
-            metrics: metrics.clone(),
+            inner: Some(Arc::new(LogInner {
+                tx,
+                metrics: metrics.clone(),
+            })),
         };
         for n in 0..5 {
             log.log(record(n));

@@ -31,7 +31,7 @@ impl Recorders {
     pub fn server(&self, req: &impl RequestHead, conn: Inbound<'_>) -> RequestObserver {
         let span = self.tracer.start_server(req, conn);
         let mut observer = self.observer(Direction::Inbound, req, span);
-        if let Some(log) = observer.log.as_mut() {
+        if let Some((_, log)) = observer.log.as_mut() {
             log.peer_identity = conn.peer_identity.map(Box::from);
         }
         observer
@@ -66,8 +66,7 @@ impl Recorders {
         RequestObserver {
             started: Instant::now(),
             span,
-            access_log: self.access_log.clone(),
-            log,
+            log: log.map(|record| (self.access_log.clone(), record)),
         }
     }
 }
@@ -77,8 +76,8 @@ impl Recorders {
 pub struct RequestObserver {
     started: Instant,
     span: Option<ActiveSpan>,
-    access_log: AccessLog,
-    log: Option<AccessRecord>,
+    /// The log and the line in the making; `None` when logging is off.
+    log: Option<(AccessLog, AccessRecord)>,
 }
 
 impl RequestObserver {
@@ -99,7 +98,7 @@ impl RequestObserver {
         if let Some(span) = self.span.as_mut() {
             span.set_route(route);
         }
-        if let Some(log) = self.log.as_mut() {
+        if let Some((_, log)) = self.log.as_mut() {
             log.route = Some(Box::from(route));
         }
     }
@@ -112,7 +111,7 @@ impl RequestObserver {
                 span.set_peer(addr, identity);
             }
         }
-        if let Some(log) = self.log.as_mut() {
+        if let Some((_, log)) = self.log.as_mut() {
             log.upstream = Some(addr);
             if log.direction == Direction::Outbound {
                 log.peer_identity = identity.map(Box::from);
@@ -122,7 +121,7 @@ impl RequestObserver {
 
     /// Records the request body's size.
     pub fn set_request_bytes(&mut self, bytes: u64) {
-        if let Some(log) = self.log.as_mut() {
+        if let Some((_, log)) = self.log.as_mut() {
             log.request_bytes = bytes;
         }
     }
@@ -143,11 +142,11 @@ impl RequestObserver {
         if let Some(span) = self.span.take() {
             span.end(status, None);
         }
-        if let Some(mut log) = self.log.take() {
+        if let Some((access_log, mut log)) = self.log.take() {
             log.status = status.map(|s| s.as_u16());
             log.duration = self.started.elapsed();
             log.response_bytes = response_bytes;
-            self.access_log.log(log);
+            access_log.log(log);
         }
     }
 
