@@ -419,6 +419,18 @@ fn metrics_count_the_requests_by_route_status_and_identity() {
     assert_eq!(c.value("pillion_http_requests_total", &out), 10.0, "{c}");
     assert_eq!(s.value("pillion_http_requests_total", &inb), 10.0, "{s}");
     assert_eq!(
+        c.value(
+            "pillion_http_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("route", "default"),
+                ("peer", "")
+            ]
+        ),
+        10.0,
+        "{c}"
+    );
+    assert_eq!(
         s.value(
             "pillion_http_requests_total",
             &[("direction", "inbound"), ("peer", CLIENT_ID)]
@@ -429,7 +441,12 @@ fn metrics_count_the_requests_by_route_status_and_identity() {
     assert_eq!(
         c.value(
             "pillion_http_responses_total",
-            &[("direction", "outbound"), ("status_code", "200")]
+            &[
+                ("direction", "outbound"),
+                ("route", "default"),
+                ("peer", SERVER_ID),
+                ("status_code", "200")
+            ]
         ),
         7.0,
         "{c}"
@@ -437,7 +454,11 @@ fn metrics_count_the_requests_by_route_status_and_identity() {
     assert_eq!(
         s.value(
             "pillion_http_responses_total",
-            &[("direction", "inbound"), ("status_code", "503")]
+            &[
+                ("direction", "inbound"),
+                ("peer", CLIENT_ID),
+                ("status_code", "503")
+            ]
         ),
         3.0,
         "{s}"
@@ -447,9 +468,11 @@ fn metrics_count_the_requests_by_route_status_and_identity() {
         .collected()
         .wait_for("20 spans", Duration::from_secs(15), |s| s.len() >= 20)
         .unwrap();
-    assert!(common::eventually(Duration::from_secs(5), || {
-        scrape(&mesh.sc).value("pillion_trace_spans_exported_total", &[]) == 10.0
-    }));
+    for side in [&mesh.sc, &mesh.ss] {
+        assert!(common::eventually(Duration::from_secs(5), || {
+            scrape(side).value("pillion_trace_spans_exported_total", &[]) == 10.0
+        }));
+    }
     assert_eq!(c.value("pillion_trace_spans_dropped_total", &[]), 0.0);
     for name in [
         "process_cpu_seconds_total",
