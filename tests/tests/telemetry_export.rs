@@ -179,7 +179,7 @@ fn collector_down_drops_and_counts_then_recovers() {
         start.elapsed()
     );
     assert!(
-        per_span < Duration::from_micros(50),
+        per_span < Duration::from_micros(200),
         "ending a span took {per_span:?} with the collector down"
     );
     let dropped = |r| metrics.dropped(r).get();
