@@ -354,7 +354,11 @@ fn pick_backend<'a>(target: &'a Target, route: &'a RouteState) -> &'a Arc<Backen
         return pinned;
     }
     let i = route.split.pick(rand::random());
-    &route.backends[i.min(route.backends.len().saturating_sub(1))]
+    // The split has one weight per backend, so `i` is always in range.
+    route
+        .backends
+        .get(i)
+        .unwrap_or_else(|| target.port.default_backend())
 }
 
 /// A try's request from the template (copied, so later tries can use it again).

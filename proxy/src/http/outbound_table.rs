@@ -63,6 +63,8 @@ pub struct PortRoutes {
     table: Option<RouteTable<Route>>,
     routes: Box<[RouteState]>,
     default: RouteState,
+    /// Every endpoint of the port (the default route's one backend).
+    all: Arc<Backend>,
 }
 
 /// One route's policy and per-route state.
@@ -112,8 +114,7 @@ impl Target {
 impl PortRoutes {
     /// The backend of every endpoint of the port (what the default route uses).
     pub fn default_backend(&self) -> &Arc<Backend> {
-        // The default route is built with exactly one backend.
-        &self.default.backends[0]
+        &self.all
     }
 
     /// The route for a request and the prefix its path matched (for a rewrite);
@@ -273,7 +274,7 @@ impl Compiler<'_> {
                 .route(Direction::Outbound, &service_label, &default_name),
             name: default_name,
             split: Split::single(),
-            backends: Box::new([all]),
+            backends: Box::new([Arc::clone(&all)]),
             timeout: None,
             per_try_timeout: None,
             retry: None,
@@ -289,6 +290,7 @@ impl Compiler<'_> {
             table,
             routes: routes.into_boxed_slice(),
             default,
+            all,
         });
         for vip in &service.addresses {
             let addr = SocketAddr::new(canonical(*vip), port.port);
