@@ -11,6 +11,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwapOption;
 use std::time::Instant;
 
 use http::header::{HeaderValue, HOST};
@@ -127,7 +129,7 @@ impl InboundHttp {
                 .as_ref()
                 .map_or_else(no_peer, |p| Arc::clone(&p.identity)),
             peer,
-            policy: Mutex::new(None),
+            policy: ArcSwapOption::empty(),
         });
         let service = service_fn(move |req| {
             let conn = Arc::clone(&conn);
@@ -147,21 +149,24 @@ struct InboundConn {
     peer: Option<Peer>,
     peer_label: Arc<str>,
     /// The port policy of the view version last used.
-    policy: Mutex<Option<(Option<u64>, Arc<InboundPort>)>>,
+    /// Read without a lock: one HTTP/2 connection from a peer proxy carries many
+    /// concurrent requests.
+    policy: ArcSwapOption<(Option<u64>, Arc<InboundPort>)>,
 }
 
 impl InboundConn {
     fn policy(&self) -> Arc<InboundPort> {
         let table = self.tables.inbound();
-        let mut cached = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*cached {
-            Some((version, port)) if *version == table.version() => Arc::clone(port),
-            _ => {
-                let port = table.port(self.target.port(), self.tables.metrics());
-                *cached = Some((table.version(), Arc::clone(&port)));
-                port
+        if let Some(cached) = &*self.policy.load() {
+            if cached.0 == table.version() {
+                return Arc::clone(&cached.1);
             }
         }
+        // A new view (rare): build once; racing requests may each build one.
+        let port = table.port(self.target.port(), self.tables.metrics());
+        self.policy
+            .store(Some(Arc::new((table.version(), Arc::clone(&port)))));
+        port
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
