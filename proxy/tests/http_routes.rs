@@ -228,3 +228,27 @@ async fn endpoints_can_leave_and_join_under_load_without_failures() {
     assert!(all.iter().all(|(s, _)| *s == 200), "a request failed");
     assert!(all.iter().any(|(_, a)| a == "two"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_one_endpoint_stays_there_with_the_routes_policy() {
+    let routes = json!([{"name": "all", "backends": [{"subset": {"version": "v1"}}],
+        "request_headers": {"set": {"x-route": "all"}}}]);
+    let f = Fleet::start(
+        vec![(mirror(), "v1"), (named("two", Duration::ZERO), "v2")],
+        routes,
+        json!({}),
+        HttpSettings::default(),
+    )
+    .await;
+    // Aimed at the v2 endpoint's own address: the split (v1 only) does not apply.
+    let direct = outbound_to(std::sync::Arc::clone(&f.outbound.tables), f.endpoints[1].0).await;
+    let client = h1_client();
+    for _ in 0..10 {
+        let resp = client.request(get(direct.addr, "/")).await.unwrap();
+        assert_eq!(resp.headers()["x-app"], "two");
+    }
+    // Aimed at v1's address: its route policy (header edit) still applies.
+    let direct = outbound_to(std::sync::Arc::clone(&f.outbound.tables), f.endpoints[0].0).await;
+    let (_, body) = read(client.request(get(direct.addr, "/p")).await.unwrap()).await;
+    assert_eq!(body, "GET /p x-route=all x-debug=- via=-");
+}

@@ -257,9 +257,13 @@ impl Drop for Outbound {
 
 /// An outbound proxy on loopback; every connection counts as aimed at [`VIP`].
 pub async fn outbound(tables: Arc<HttpTables>) -> Outbound {
+    outbound_to(tables, VIP.parse().unwrap()).await
+}
+
+/// An outbound proxy on loopback; every connection counts as aimed at `vip`.
+pub async fn outbound_to(tables: Arc<HttpTables>, vip: SocketAddr) -> Outbound {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let vip: SocketAddr = VIP.parse().unwrap();
     let t = Arc::clone(&tables);
     let task = tokio::spawn(async move {
         loop {
