@@ -96,6 +96,8 @@ pub struct HttpMetrics {
 pub struct RouteMetrics {
     families: HttpMetrics,
     labels: RouteLabels,
+    /// Requests without a peer identity (every outbound request), resolved once.
+    anonymous: Counter,
     /// Retries sent.
     pub retries: Counter,
     /// Requests refused with 429.
@@ -176,8 +178,18 @@ impl HttpMetrics {
             service: Label(Arc::clone(service)),
             route: Label(Arc::clone(route)),
         };
+        let anonymous = self
+            .requests
+            .get_or_create(&PeerLabels {
+                direction,
+                service: labels.service.clone(),
+                route: labels.route.clone(),
+                peer: Label(Arc::from("")),
+            })
+            .clone();
         RouteMetrics {
             families: self.clone(),
+            anonymous,
             retries: self.retries.get_or_create(&labels).clone(),
             rate_limited: self.rate_limited.get_or_create(&labels).clone(),
             duration: self.duration.get_or_create(&labels).clone(),
@@ -199,6 +211,10 @@ impl HttpMetrics {
 impl RouteMetrics {
     /// Counts a request from `peer` (see the module docs).
     pub fn request(&self, peer: &Arc<str>) {
+        if peer.is_empty() {
+            self.anonymous.inc();
+            return;
+        }
         let labels = PeerLabels {
             direction: self.labels.direction,
             service: self.labels.service.clone(),
