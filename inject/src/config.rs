@@ -21,7 +21,16 @@ pub const TOKEN_AUDIENCE: &str = "pillion";
 /// Lifetime asked for the projected token; the kubelet rotates it at 80 %.
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 
-/// The agent's default address, `pillion-agent.pillion.svc:15012`.
+/// The OTLP/gRPC endpoint of the Jaeger that `deploy/` installs in the `pillion` namespace.
+pub fn default_otlp_endpoint() -> String {
+    format!(
+        "http://jaeger.{}.svc:{}",
+        defaults::AGENT_NAMESPACE,
+        defaults::telemetry::OTLP_GRPC_PORT
+    )
+}
+
+/// `host:port` of the agent's API as injected proxies reach it.
 pub fn default_agent_addr() -> String {
     format!(
         "{AGENT_SERVICE}.{}.svc:{}",
@@ -96,6 +105,9 @@ pub struct InjectConfig {
     pub opaque_ports: Vec<u16>,
     /// Default ratio of new traces the proxy samples.
     pub trace_sampling: f64,
+    /// OTLP/gRPC collector the proxies export spans to (the Jaeger of `deploy/`);
+    /// `None` leaves tracing off.
+    pub otlp_endpoint: Option<String>,
     /// Value of the `pillion.io/injected` marker (the injector's version).
     pub version: String,
 }
@@ -117,6 +129,7 @@ impl Default for InjectConfig {
             log_format: "json".to_owned(),
             opaque_ports: defaults::OPAQUE_PORTS.to_vec(),
             trace_sampling: 0.1,
+            otlp_endpoint: Some(default_otlp_endpoint()),
             version,
         }
     }
@@ -169,6 +182,9 @@ pub struct InjectArgs {
     /// Default ratio of traces injected proxies sample, 0 to 1.
     #[arg(long, env = "PILLION_PROXY_TRACE_SAMPLING", default_value = "0.1", value_parser = values::parse_sampling)]
     pub proxy_trace_sampling: f64,
+    /// OTLP/gRPC collector of injected proxies; an empty value turns export off.
+    #[arg(long, env = "PILLION_PROXY_OTLP_ENDPOINT", value_name = "URL")]
+    pub proxy_otlp_endpoint: Option<String>,
 }
 
 impl InjectArgs {
@@ -192,6 +208,11 @@ impl InjectArgs {
             native_sidecars: !self.no_native_sidecars,
             log_level: self.proxy_log_level,
             trace_sampling: self.proxy_trace_sampling,
+            otlp_endpoint: match self.proxy_otlp_endpoint {
+                Some(url) if url.trim().is_empty() => None,
+                Some(url) => Some(url),
+                None => base.otlp_endpoint.clone(),
+            },
             ..base
         };
         config.validate()?;

@@ -180,9 +180,9 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
-/// The proxy's environment: exactly the variables of `pillion_api::defaults::env`.
+/// The proxy's environment: the variables of `pillion_api::defaults::env`.
 pub fn proxy_env(config: &InjectConfig, settings: &PodSettings) -> Vec<EnvVar> {
-    vec![
+    let mut vars = vec![
         value_env(env::AGENT_ADDR, &config.agent_addr),
         value_env(env::AGENT_IDENTITY, &config.agent_identity),
         value_env(env::TRUST_ANCHORS, trust_anchors_path()),
@@ -196,7 +196,11 @@ pub fn proxy_env(config: &InjectConfig, settings: &PodSettings) -> Vec<EnvVar> {
         value_env(env::ADMIN_ADDR, defaults::ADMIN_ADDR),
         value_env(env::OPAQUE_PORTS, join(&settings.opaque_ports)),
         value_env(env::TRACE_SAMPLING, settings.trace_sampling.to_string()),
-    ]
+    ];
+    if let Some(endpoint) = &config.otlp_endpoint {
+        vars.push(value_env(env::OTLP_ENDPOINT, endpoint));
+    }
+    vars
 }
 
 fn admin_probe(path: &str, period: i32, failures: i32) -> Probe {

@@ -25,6 +25,7 @@ pub fn proxy_env_names() -> BTreeSet<&'static str> {
         env::ADMIN_ADDR,
         env::OPAQUE_PORTS,
         env::TRACE_SAMPLING,
+        env::OTLP_ENDPOINT,
     ])
 }
 
