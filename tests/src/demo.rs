@@ -154,11 +154,9 @@ pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
         }
         None => None,
     };
-    // Traces need HTTP through the mesh: an agent with the demo's view, and an HTTP app.
-    let traced = match opts.otlp_endpoint {
-        Some(_) => Some(TracedMesh::start(&world, &server)?),
-        None => None,
-    };
+    // The mesh: the agent on its embedded default view (certificates, discovery,
+    // policy) and an HTTP app, so traffic is mTLS between the two identities.
+    let traced = Some(TracedMesh::start(&world, &server)?);
     let side_opts = |sa: &str| match &traced {
         Some(mesh) => mesh.sidecar_opts(&sidecar_opts, sa),
         None => sidecar_opts.clone(),
@@ -323,7 +321,20 @@ impl fmt::Display for Counters {
             v("pillion_tcp_received_bytes_total"),
             v("pillion_tcp_connect_failures_total"),
             v("pillion_tcp_loops_refused_total"),
-        )
+        )?;
+        // Mesh TLS connections by the peer's verified SPIFFE id.
+        for sample in self.0.iter().filter(|s| {
+            s.name == "pillion_tls_connections_total"
+                && s.labels.iter().any(|(k, v)| k == "direction" && v == self.1)
+        }) {
+            let peer = sample
+                .labels
+                .iter()
+                .find(|(k, _)| k == "peer_identity")
+                .map_or("?", |(_, v)| v.as_str());
+            write!(f, "\n      mTLS {} with peer {peer}: {}", self.1, sample.value)?;
+        }
+        Ok(())
     }
 }
 
@@ -359,7 +370,7 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// The mesh a traced demo needs besides the proxies: the agent serving its embedded
+/// The mesh the demo runs besides the proxies: the agent serving its embedded
 /// demo view (this very world: `client` 198.18.0.2, `server` 198.18.0.3, service
 /// `echo` at 198.18.0.100 with HTTP on 8080) in pod `agent`, the files the proxies
 /// read, and an HTTP app on the server's port 8080.
