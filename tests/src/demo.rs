@@ -325,14 +325,20 @@ impl fmt::Display for Counters {
         // Mesh TLS connections by the peer's verified SPIFFE id.
         for sample in self.0.iter().filter(|s| {
             s.name == "pillion_tls_connections_total"
-                && s.labels.iter().any(|(k, v)| k == "direction" && v == self.1)
+                && s.labels
+                    .iter()
+                    .any(|(k, v)| k == "direction" && v == self.1)
         }) {
             let peer = sample
                 .labels
                 .iter()
                 .find(|(k, _)| k == "peer_identity")
                 .map_or("?", |(_, v)| v.as_str());
-            write!(f, "\n      mTLS {} with peer {peer}: {}", self.1, sample.value)?;
+            write!(
+                f,
+                "\n      mTLS {} with peer {peer}: {}",
+                self.1, sample.value
+            )?;
         }
         Ok(())
     }
