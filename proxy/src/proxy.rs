@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{AcceptLoop, Stack};
-use crate::admin::{AdminError, AdminServer, AdminState};
+use crate::admin::{AdminError, AdminServer, AdminState, ConfigDump};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::drain::{Drain, DrainReport};
 use crate::duration::HumaneDuration;
@@ -257,6 +257,7 @@ impl Proxy {
             http,
             http_metrics,
         } = self;
+        let dump = config_dump(&config, mesh.as_ref());
         let http_layer = mesh.as_ref().map(|mesh| {
             let settings = HttpSettings {
                 connect_timeout: config.connect_timeout,
@@ -321,6 +322,7 @@ impl Proxy {
             readiness,
             registry,
             drain: drain.clone(),
+            config: dump,
         };
         let admin_task =
             tokio::spawn(admin.serve(admin_state, admin_stop.clone().cancelled_owned()));
@@ -397,6 +399,38 @@ fn local_addrs(
                 .map_err(|source| ProxyError::LocalAddr { flag, source })
         })
         .collect()
+}
+
+/// What `/config` shows: the effective configuration, the certificate's serial and
+/// expiry (never the key) and the newest view from the agent.
+fn config_dump(config: &ProxyConfig, mesh: Option<&Mesh>) -> ConfigDump {
+    let settings = format!("{config:#?}");
+    let mesh = mesh.cloned();
+    ConfigDump(Arc::new(move || {
+        let (certificate, view) = match &mesh {
+            Some(mesh) => {
+                let store = mesh.tls.store();
+                let expires = store
+                    .expires_at()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                (
+                    serde_json::json!({
+                        "identity": store.local_id().to_string(),
+                        "serial": store.current_serial(),
+                        "expires_at_unix": expires,
+                    }),
+                    serde_json::to_value(mesh.views.latest_view()).unwrap_or_default(),
+                )
+            }
+            None => (serde_json::Value::Null, serde_json::Value::Null),
+        };
+        serde_json::json!({
+            "settings": settings,
+            "certificate": certificate,
+            "view": view,
+        })
+    }))
 }
 
 #[cfg(test)]

@@ -189,6 +189,16 @@ impl Views {
         self.current.load_full()
     }
 
+    /// A copy of the newest raw view, for the admin `/config` dump (never on the
+    /// request path).
+    pub fn latest_view(&self) -> Option<View> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
     /// Compiles and installs `view` for new connections, and hands it to every
     /// subscriber.
     pub fn install(&self, view: &View) {

@@ -5,5 +5,5 @@
 pub mod routes;
 pub mod server;
 
-pub use routes::AdminState;
+pub use routes::{AdminState, ConfigDump};
 pub use server::{AdminError, AdminServer};

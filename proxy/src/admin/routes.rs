@@ -22,6 +22,26 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// The drain `/shutdown` starts.
     pub drain: Drain,
+    /// What `/config` shows: the effective configuration and the agent's view.
+    pub config: ConfigDump,
+}
+
+/// Renders the proxy's effective configuration, certificate and view as JSON for
+/// `/config`, so an operator can see what the proxy acts on; no key material.
+#[derive(Clone)]
+pub struct ConfigDump(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl ConfigDump {
+    /// A dump that always shows `value`.
+    pub fn fixed(value: serde_json::Value) -> ConfigDump {
+        ConfigDump(Arc::new(move || value.clone()))
+    }
+}
+
+impl std::fmt::Debug for ConfigDump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigDump")
+    }
 }
 
 /// Content type of every plain-text answer.
@@ -48,6 +68,7 @@ pub fn respond(
             }
         },
         (&Method::POST, "/shutdown") => shutdown(&state.drain, peer),
+        (&Method::GET, "/config") => config(&state.config, peer),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -63,6 +84,24 @@ fn ready(readiness: &Readiness) -> Response<Full<Bytes>> {
         StatusCode::SERVICE_UNAVAILABLE,
         format!("not ready; unmet: {}\n", names.join(", ")),
     )
+}
+
+/// The configuration dump for loopback callers; 403 for anyone else (it names the
+/// workload's identity, files and peers).
+fn config(dump: &ConfigDump, peer: SocketAddr) -> Response<Full<Bytes>> {
+    if !peer.ip().to_canonical().is_loopback() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "config answers loopback callers only\n".into(),
+        );
+    }
+    match serde_json::to_string_pretty(&(dump.0)()) {
+        Ok(body) => with_type(StatusCode::OK, "application/json", body),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the configuration: {err}\n"),
+        ),
+    }
 }
 
 /// Starts the drain for loopback callers; 403 for anyone else.
@@ -108,6 +147,7 @@ mod tests {
             readiness: Readiness::new(),
             registry: Arc::new(Registry::default()),
             drain: Drain::new(),
+            config: ConfigDump::fixed(serde_json::json!({"outbound": ["127.0.0.1:15001"]})),
         }
     }
 
@@ -135,6 +175,17 @@ mod tests {
             call(&s, Method::GET, "/ready", "198.18.0.2:1").await,
             (StatusCode::OK, "ready\n".into())
         );
+    }
+
+    #[tokio::test]
+    async fn config_is_loopback_only_json() {
+        let s = state();
+        let (status, _) = call(&s, Method::GET, "/config", "198.18.0.2:1").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body) = call(&s, Method::GET, "/config", "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::OK);
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["outbound"][0], "127.0.0.1:15001");
     }
 
     #[tokio::test]

@@ -133,6 +133,7 @@ mod tests {
             readiness,
             registry: Arc::new(registry),
             drain: Drain::new(),
+            config: crate::admin::ConfigDump::fixed(serde_json::Value::Null),
         };
         let server = AdminServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr();
