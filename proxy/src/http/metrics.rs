@@ -184,7 +184,7 @@ impl HttpMetrics {
                 direction,
                 service: labels.service.clone(),
                 route: labels.route.clone(),
-                peer: Label(Arc::from("")),
+                peer: Label(no_peer()),
             })
             .clone();
         RouteMetrics {
