@@ -580,15 +580,23 @@ impl PolicyError {
 /// Checks a port's routes: each route on its own, plus unique names. Errors start
 /// with `routes[i]`.
 pub fn validate_routes(routes: &[Route]) -> Result<(), PolicyError> {
+    validate_route_list(routes, |r| &r.name, Route::validate)
+}
+
+/// Checks each route and that names are unique, so outbound and inbound route
+/// lists report errors under the same `routes[i]` paths.
+fn validate_route_list<T>(
+    routes: &[T],
+    name: impl Fn(&T) -> &String,
+    validate: impl Fn(&T) -> Result<(), PolicyError>,
+) -> Result<(), PolicyError> {
     let mut names = BTreeSet::new();
     for (i, route) in routes.iter().enumerate() {
-        route
-            .validate()
-            .map_err(|e| e.within(format!("routes[{i}]")))?;
-        if !names.insert(route.name.as_str()) {
+        validate(route).map_err(|e| e.within(format!("routes[{i}]")))?;
+        if !names.insert(name(route).as_str()) {
             return Err(PolicyError::new(
                 format!("routes[{i}].name"),
-                PolicyProblem::DuplicateName(route.name.clone()),
+                PolicyProblem::DuplicateName(name(route).clone()),
             ));
         }
     }
@@ -645,19 +653,7 @@ impl ServerPolicy {
     /// Checks every inbound route and that names are unique; errors start with
     /// `routes[i]`.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        let mut names = BTreeSet::new();
-        for (i, route) in self.routes.iter().enumerate() {
-            route
-                .validate()
-                .map_err(|e| e.within(format!("routes[{i}]")))?;
-            if !names.insert(route.name.as_str()) {
-                return Err(PolicyError::new(
-                    format!("routes[{i}].name"),
-                    PolicyProblem::DuplicateName(route.name.clone()),
-                ));
-            }
-        }
-        Ok(())
+        validate_route_list(&self.routes, |r| &r.name, ServerRoute::validate)
     }
 }
 
