@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::time::{timeout, Instant};
 
-use super::{connect_h1, connect_many, get, Throughput, REQUEST_TIMEOUT};
+use super::{connect_h1, connect_many, get, sum_workers, Throughput, REQUEST_TIMEOUT};
 
 /// Runs `conns` connections against `addr` for `duration`; connections are opened
 /// before the clock starts, and a failed one is re-opened (counting an error).
@@ -22,18 +22,7 @@ pub async fn run(addr: SocketAddr, conns: usize, duration: Duration) -> Result<T
         .into_iter()
         .map(|sender| tokio::spawn(worker(addr, host.clone(), sender, deadline)))
         .collect();
-    let mut total = Throughput {
-        ok: 0,
-        errors: 0,
-        seconds: 0.0,
-    };
-    for w in workers {
-        let (ok, errors) = w.await.context("a load worker panicked")?;
-        total.ok += ok;
-        total.errors += errors;
-    }
-    total.seconds = start.elapsed().as_secs_f64();
-    Ok(total)
+    sum_workers(workers, start, "a load worker panicked").await
 }
 
 async fn worker(

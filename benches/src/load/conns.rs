@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use super::{connect_many, get, Throughput, REQUEST_TIMEOUT};
+use super::{connect_many, get, sum_workers, Throughput, REQUEST_TIMEOUT};
 
 /// Runs `workers` loops of connect → one request → read to close, for `duration`.
 pub async fn rate(addr: SocketAddr, workers: usize, duration: Duration) -> Result<Throughput> {
@@ -38,18 +38,7 @@ pub async fn rate(addr: SocketAddr, workers: usize, duration: Duration) -> Resul
             })
         })
         .collect();
-    let mut total = Throughput {
-        ok: 0,
-        errors: 0,
-        seconds: 0.0,
-    };
-    for t in tasks {
-        let (ok, errors) = t.await.context("a connection worker panicked")?;
-        total.ok += ok;
-        total.errors += errors;
-    }
-    total.seconds = start.elapsed().as_secs_f64();
-    Ok(total)
+    sum_workers(tasks, start, "a connection worker panicked").await
 }
 
 /// One connection: write the request, read until the peer closes, check the status.

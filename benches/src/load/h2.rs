@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use super::{Throughput, REQUEST_TIMEOUT};
+use super::{sum_workers, Throughput, REQUEST_TIMEOUT};
 
 /// Opens `conns` h2c connections and runs `streams` concurrent request loops spread
 /// evenly over them, for `duration`.
@@ -38,18 +38,7 @@ pub async fn run(
             tokio::spawn(stream_loop(sender, uri.clone(), deadline))
         })
         .collect();
-    let mut total = Throughput {
-        ok: 0,
-        errors: 0,
-        seconds: 0.0,
-    };
-    for w in workers {
-        let (ok, errors) = w.await.context("a stream worker panicked")?;
-        total.ok += ok;
-        total.errors += errors;
-    }
-    total.seconds = start.elapsed().as_secs_f64();
-    Ok(total)
+    sum_workers(workers, start, "a stream worker panicked").await
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>> {

@@ -11,7 +11,10 @@ pub mod open;
 
 use std::time::Duration;
 
+use anyhow::{Context, Result};
 use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 pub use http1::{connect_h1, connect_many, get};
 
@@ -39,4 +42,25 @@ impl Throughput {
             0.0
         }
     }
+}
+
+/// Adds up the `(ok, errors)` of every closed-loop worker and times the run from
+/// `start`, so each benchmark totals its workers the same way.
+pub(crate) async fn sum_workers(
+    workers: Vec<JoinHandle<(u64, u64)>>,
+    start: Instant,
+    what: &'static str,
+) -> Result<Throughput> {
+    let mut total = Throughput {
+        ok: 0,
+        errors: 0,
+        seconds: 0.0,
+    };
+    for w in workers {
+        let (ok, errors) = w.await.context(what)?;
+        total.ok += ok;
+        total.errors += errors;
+    }
+    total.seconds = start.elapsed().as_secs_f64();
+    Ok(total)
 }
