@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 use crate::certs::Certs;
+use crate::cli::RowName;
 use crate::figures;
 use crate::install;
 use crate::machine::Machine;
@@ -32,6 +33,8 @@ pub struct Opts {
     pub keep_workdir: bool,
     /// Log filter of the Pillion proxies and the agent.
     pub log_level: String,
+    /// Rows to measure; empty means all.
+    pub rows: Vec<RowName>,
 }
 
 /// Runs the benchmark and returns its report (not yet written anywhere).
@@ -59,7 +62,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
         work.keep();
     }
     let certs = Certs::create(&work)?;
-    let topo = Topology::build(
+    let mut topo = Topology::build(
         &TopologyOpts {
             binary: opts.binary.clone(),
             workers: opts.workers,
@@ -76,6 +79,10 @@ pub fn run(opts: &Opts) -> Result<Report> {
             work.path().display()
         ))
     })?;
+    if !opts.rows.is_empty() {
+        topo.contenders
+            .retain(|c| opts.rows.contains(&RowName::of(c.kind)));
+    }
     eprintln!(
         "measuring {} rows, about {:?} each ({} mode); {}",
         topo.contenders.len(),

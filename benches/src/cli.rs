@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::bench::{self, Opts};
+use crate::topology::{Kind, Peer};
 
 /// Pillion side by side: direct, the Pillion pair, an nginx pair and an HAProxy pair,
 /// in private network namespaces. Needs root.
@@ -33,6 +34,23 @@ pub struct Args {
     /// Keep the scratch directory (certificates, configs, peer logs) after the run.
     #[arg(long)]
     pub keep_workdir: bool,
+    /// Measure only these rows (comma-separated: direct, pillion, nginx, haproxy), e.g.
+    /// for a quick before/after of one proxy or a profile; the default is all four.
+    #[arg(long, value_delimiter = ',', value_name = "ROW")]
+    pub rows: Vec<RowName>,
+}
+
+/// A row the command line can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RowName {
+    /// No proxy.
+    Direct,
+    /// The Pillion pair.
+    Pillion,
+    /// The nginx pair.
+    Nginx,
+    /// The HAProxy pair.
+    Haproxy,
 }
 
 /// Runs the program named by `args[1]` if it is one the pods use; `None` otherwise.
@@ -43,6 +61,18 @@ pub fn dispatch_program(args: &[OsString]) -> Option<ExitCode> {
         return Some(pillion_agent::cli::main_with_args(rest.collect()));
     }
     pillion_tests::multicall::dispatch(args.to_vec())
+}
+
+impl RowName {
+    /// The name of a row of the topology.
+    pub fn of(kind: Kind) -> RowName {
+        match kind {
+            Kind::Direct => RowName::Direct,
+            Kind::Pillion => RowName::Pillion,
+            Kind::Peer(Peer::Nginx) => RowName::Nginx,
+            Kind::Peer(Peer::Haproxy) => RowName::Haproxy,
+        }
+    }
 }
 
 /// The whole binary.
@@ -71,6 +101,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         binary,
         keep_workdir: parsed.keep_workdir,
         log_level: parsed.proxy_log_level,
+        rows: parsed.rows,
     };
     let out = parsed.out.unwrap_or_else(bench::default_out);
     let report = match bench::run(&opts) {
@@ -117,6 +148,10 @@ mod tests {
         assert!(a.smoke);
         assert_eq!(a.runs, Some(5));
         assert_eq!(a.proxy_workers, 1);
+        assert!(a.rows.is_empty());
+        let a = Args::try_parse_from(["b", "--rows", "pillion,direct"]).unwrap();
+        assert_eq!(a.rows, vec![RowName::Pillion, RowName::Direct]);
+        assert!(Args::try_parse_from(["b", "--rows", "envoy"]).is_err());
         assert!(Args::try_parse_from(["b", "--bogus"]).is_err());
     }
 }

@@ -64,6 +64,11 @@ pub fn start(
     let base = SidecarOpts::new(&opts.binary)
         .proxy_args(["--drain-timeout", "1s", "--log-level", &opts.log_level])
         .proxy_env("TOKIO_WORKER_THREADS", opts.workers.to_string());
+    // PILLION_* settings in the bench's own environment reach the proxies, so a
+    // setting can be compared run against run (e.g. PILLION_MESH_PROTOCOL=http2).
+    let base = std::env::vars_os()
+        .filter(|(k, _)| k.to_string_lossy().starts_with("PILLION_"))
+        .fold(base, |base, (k, v)| base.proxy_env(k, v));
     if !proxy_takes_agent(&opts.binary) {
         return Ok(PillionPair {
             client: client.install_sidecar(&base).context("client sidecar")?,
