@@ -498,3 +498,60 @@ fn identity_authorization_ejection_updates_and_streams() {
     assert!(big.starts_with("HTTP/1.1 431"), "{big}");
     assert_eq!(after.status, 200);
 }
+
+/// Inbound TCP connections b1's proxy has accepted so far.
+fn inbound_opened(w: &HttpWorld) -> f64 {
+    w.sidecars[2].metrics().unwrap().value(
+        "pillion_tcp_connections_opened_total",
+        &[("direction", "inbound")],
+    )
+}
+
+#[test]
+fn mesh_protocol_keeps_http1_by_default_or_multiplexes_it_on_http2() {
+    for (mode, multiplexed) in [("keep", false), ("http2", true)] {
+        let opts = sidecar_opts().proxy_args(["--mesh-protocol", mode]);
+        let w = HttpWorld::start(
+            &format!("http_wire_{mode}"),
+            &testbin(),
+            &opts,
+            FEATURE_ROUTES,
+            FEATURE_INBOUND,
+        )
+        .unwrap();
+        let a = w.pods.a.clone();
+        // Either way the app sees its client's HTTP/1.1, without the hop's header.
+        let (status, body) = a
+            .run(|| async { body_of(get(vip(), "/echo", &[])).await })
+            .unwrap();
+        assert_eq!(status, 200, "{mode}: {body}\n{}", w.dump());
+        assert_eq!(
+            body,
+            format!("app=b1 version=HTTP/1.1 orig=false peer={CLIENT_ID} path=/echo"),
+            "{mode}"
+        );
+        let before = inbound_opened(&w);
+        let answers = a
+            .run(|| async { load(vip(), 400, 16, "/echo", &[]).await })
+            .unwrap();
+        assert!(
+            answers.iter().all(|r| r.status == 200 && r.app == "b1"),
+            "{mode}: {answers:?}"
+        );
+        let opened = inbound_opened(&w) - before;
+        println!(
+            "mesh protocol {mode}: {opened} new mesh connections for 400 requests from 16 callers"
+        );
+        if multiplexed {
+            // One HTTP/2 connection (made by the first request) carries everything.
+            assert_eq!(opened, 0.0, "{mode}\n{}", w.dump());
+        } else {
+            // Pooled HTTP/1.1: more connections for concurrent requests, then reuse.
+            assert!(
+                (1.0..=16.0).contains(&opened),
+                "{mode}: {opened}\n{}",
+                w.dump()
+            );
+        }
+    }
+}

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::pool::UpstreamBody;
 use super::replay::ReplayBody;
 use crate::telemetry::{ObservedBody, RequestObserver};
 
@@ -66,7 +67,7 @@ impl Body for RequestBody {
 #[derive(Debug)]
 pub enum ResponseBody {
     /// What the upstream sent, streamed through (trailers included).
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// A body the proxy made (an error reason); `None` once sent.
     Local(Option<Bytes>),
     /// Either of the above, finishing the request's span and access log line when

@@ -1,9 +1,7 @@
 //! Opening a connection to one upstream: plain TCP, or mesh TLS (ALPN `pillion/1`)
-//! verifying the SPIFFE id the view expects, within the connect timeout. It is the
-//! connector of that upstream's connection pools, so every pooled connection is
-//! made the same way.
+//! verifying the SPIFFE id the view expects, within the connect timeout. Every
+//! pooled connection of that upstream is made here, so all are made the same way.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,9 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -115,29 +110,6 @@ impl UpstreamConnector {
             }),
             Err(_) => Err(UpstreamConnectError::TlsTimeout { addr: self.addr }),
         }
-    }
-}
-
-impl tower_service::Service<Uri> for UpstreamConnector {
-    type Response = TokioIo<UpstreamIo>;
-    type Error = UpstreamConnectError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<TokioIo<UpstreamIo>, UpstreamConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        // The pool asks by URI; this connector only ever reaches its one upstream.
-        let this = self.clone();
-        Box::pin(async move { this.open().await.map(TokioIo::new) })
-    }
-}
-
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pillion_api::defaults::{self, env};
 
-use super::settings::HttpSettings;
+use super::settings::{HttpSettings, MeshProtocol};
 use crate::duration::HumaneDuration;
 use crate::policy::balance::p2c::Strategy;
 use crate::policy::outlier::OutlierConfig;
@@ -38,6 +38,11 @@ pub struct HttpArgs {
     #[arg(long, env = "PILLION_OUTLIER_FAILURES", default_value_t = OutlierConfig::default().consecutive_failures)]
     pub outlier_failures: u32,
 
+    /// HTTP version between proxies: keep (the client's) or http2 (multiplex every
+    /// request on one connection per endpoint).
+    #[arg(long, env = "PILLION_MESH_PROTOCOL", value_enum, default_value_t = MeshProtocol::Keep)]
+    pub mesh_protocol: MeshProtocol,
+
     /// Length of a first ejection (doubling with each further one).
     #[arg(long, env = "PILLION_OUTLIER_BASE_EJECTION", default_value_t = HumaneDuration(OutlierConfig::default().base_ejection))]
     pub outlier_base_ejection: HumaneDuration,
@@ -61,6 +66,7 @@ impl HttpArgs {
             },
             mesh_client: None,
             recorders: Default::default(),
+            mesh_protocol: self.mesh_protocol,
         }
     }
 }
@@ -83,6 +89,7 @@ mod tests {
         assert_eq!(s.detect_timeout, defaults::DETECT_TIMEOUT);
         assert_eq!(s.strategy, Strategy::PowerOfTwoChoices);
         assert_eq!(s.outlier, OutlierConfig::default());
+        assert_eq!(s.mesh_protocol, MeshProtocol::Keep);
         let cli = Cli::try_parse_from([
             "x",
             "--balancer",
@@ -93,6 +100,8 @@ mod tests {
             "2s",
             "--outlier-failures",
             "3",
+            "--mesh-protocol",
+            "http2",
         ])
         .unwrap();
         let s = cli.http.to_settings(Duration::from_secs(1));
@@ -101,5 +110,7 @@ mod tests {
         assert_eq!(s.outlier.base_ejection, Duration::from_secs(2));
         assert_eq!(s.outlier.consecutive_failures, 3);
         assert_eq!(s.connect_timeout, Duration::from_secs(1));
+        assert_eq!(s.mesh_protocol, MeshProtocol::Http2);
+        assert!(Cli::try_parse_from(["x", "--mesh-protocol", "h3"]).is_err());
     }
 }

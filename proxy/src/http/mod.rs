@@ -10,14 +10,15 @@
 //!   state across updates;
 //! - [`backend`]: endpoints and backends (peak-EWMA power of two choices, outlier
 //!   ejection);
-//! - [`upstream`] / [`connect`]: per-endpoint connection pools (HTTP/1.1 keep-alive,
-//!   one multiplexed HTTP/2 connection) over plain TCP or mesh TLS;
+//! - [`upstream`] / [`pool`] / [`connect`]: per-endpoint connections (HTTP/1.1
+//!   keep-alive pool, one multiplexed HTTP/2 connection) over plain TCP or mesh TLS;
 //! - [`upgrade`]: WebSocket / `CONNECT`, which turn a connection opaque end to end;
 //! - [`hop`], [`body`], [`replay`], [`errors`], [`metrics`], [`settings`]: the pieces.
 //!
-//! Between two proxies every request travels as HTTP/2 inside mesh TLS (ALPN
-//! `pillion/1`), many requests on one connection; an HTTP/1.x request carries its
-//! version in `pillion-orig-proto` and leaves the far proxy as HTTP/1.x again.
+//! Between two proxies a request travels inside mesh TLS (ALPN `pillion/1`) in its
+//! client's version; with `--mesh-protocol http2` every request shares one HTTP/2
+//! connection, an HTTP/1.x one carrying its version in `pillion-orig-proto` so it
+//! leaves the far proxy as HTTP/1.x again.
 
 pub mod backend;
 pub mod body;
@@ -31,6 +32,7 @@ pub mod layer;
 pub mod metrics;
 pub mod outbound;
 pub mod outbound_table;
+pub mod pool;
 pub mod replay;
 pub mod server;
 pub mod settings;

@@ -27,6 +27,7 @@ use super::errors::{rate_limited, HttpError};
 use super::hop::{orig_proto_value, strip_hop_by_hop, wants_upgrade, ORIG_PROTO};
 use super::metrics::no_peer;
 use super::outbound_table::{RouteState, Target};
+use super::pool::UpstreamBody;
 use super::replay::ReplayBody;
 use super::tables::HttpTables;
 use super::upstream::Wire;
@@ -190,7 +191,7 @@ impl OutboundConn {
         body: Incoming,
         start: Instant,
         observer: &mut RequestObserver,
-    ) -> Result<(Response<Incoming>, Arc<str>), HttpError> {
+    ) -> Result<(Response<UpstreamBody>, Arc<str>), HttpError> {
         let retry = route.retry.as_ref();
         if let Some((_, budget)) = retry {
             budget.deposit(start);

@@ -27,7 +27,7 @@ use pillion_identity::SpiffeId;
 use super::backend::{Backend, EndpointState};
 use super::connect::{MeshTarget, UpstreamConnector};
 use super::metrics::{HttpMetrics, RouteMetrics};
-use super::settings::HttpSettings;
+use super::settings::{HttpSettings, MeshProtocol};
 use super::upstream::Upstream;
 use crate::metrics::Direction;
 use crate::policy::balance::p2c::Balancer;
@@ -351,7 +351,8 @@ impl Compiler<'_> {
                         addr,
                         mesh,
                         self.settings.connect_timeout,
-                    )),
+                    ))
+                    .mesh_http2(self.settings.mesh_protocol == MeshProtocol::Http2),
                 })
             }
         };

@@ -32,6 +32,20 @@ pub struct HttpSettings {
     pub mesh_client: Option<Arc<rustls::ClientConfig>>,
     /// Spans and access log lines of every request (default: off).
     pub recorders: Recorders,
+    /// Which HTTP version requests take between two proxies.
+    pub mesh_protocol: MeshProtocol,
+}
+
+/// Which HTTP version requests take on the mesh hop (docs/decisions.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeshProtocol {
+    /// The version the client spoke: HTTP/1.1 on pooled keep-alive connections,
+    /// HTTP/2 on one multiplexed connection. Cheapest for the server's proxy.
+    #[default]
+    Keep,
+    /// Every request on one multiplexed HTTP/2 connection per endpoint; HTTP/1.x
+    /// carries its version in `pillion-orig-proto`. Fewest mesh connections.
+    Http2,
 }
 
 impl Default for HttpSettings {
@@ -44,6 +58,7 @@ impl Default for HttpSettings {
             strategy: Strategy::PowerOfTwoChoices,
             mesh_client: None,
             recorders: Recorders::default(),
+            mesh_protocol: MeshProtocol::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{RequestBody, ResponseBody};
 use super::errors::HttpError;
+use super::pool::UpstreamBody;
 use super::upstream::Upstream;
 
 /// Forwards an upgrade request to `upstream` and, if it agrees, joins the two
@@ -66,7 +67,7 @@ pub async fn forward(
         let upstream_side = hyper::upgrade::on(&mut response);
         tokio::spawn(join(downstream, upstream_side));
     }
-    Ok(response.map(ResponseBody::Upstream))
+    Ok(response.map(|body| ResponseBody::Upstream(UpstreamBody::plain(body))))
 }
 
 fn upstream_failed(endpoint: std::net::SocketAddr, e: &hyper::Error) -> HttpError {

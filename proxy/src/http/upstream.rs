@@ -1,26 +1,22 @@
-//! The connection pools of one upstream (an endpoint, or the local application on
-//! one port): HTTP/1.1 keep-alive connections and one multiplexed HTTP/2
-//! connection, made lazily and shared by every request to that upstream.
+//! The connections of one upstream (an endpoint, or the local application on one
+//! port): HTTP/1.1 keep-alive connections and one multiplexed HTTP/2 connection,
+//! made lazily and shared by every request to that upstream ([`super::pool`]).
 //!
-//! A meshed endpoint is only ever spoken to over HTTP/2 inside mesh TLS, whatever the
-//! client spoke: the far proxy turns it back into the client's version. Upgrades
-//! (WebSocket, `CONNECT`) take a fresh connection of their own, outside the pools.
+//! A request keeps the version its client spoke, also inside mesh TLS, unless the
+//! proxy runs with `--mesh-protocol http2`: then every request to a meshed endpoint
+//! rides its one HTTP/2 connection and the far proxy turns it back into the client's
+//! version. Upgrades (WebSocket, `CONNECT`) take a fresh connection of their own,
+//! outside the pools.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::Arc;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, Error as ClientError};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::RequestBody;
 use super::connect::{UpstreamConnectError, UpstreamConnector, UpstreamIo};
+use super::pool::{Http1Pool, Http2Conn, SendError, UpstreamBody};
 
-/// How long an idle pooled connection is kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Largest response head accepted from an upstream (HTTP/1 buffer, HTTP/2 header list).
-pub const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+pub use super::pool::{MAX_UPSTREAM_HEAD, POOL_IDLE_TIMEOUT};
 
 /// Which wire protocol a request to an upstream uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,14 +27,14 @@ pub enum Wire {
     Http2,
 }
 
-type Pool = Client<UpstreamConnector, RequestBody>;
-
-/// One upstream's connector and pools.
+/// One upstream's connector and connections.
 #[derive(Debug)]
 pub struct Upstream {
     connector: UpstreamConnector,
-    http1: OnceLock<Pool>,
-    http2: OnceLock<Pool>,
+    /// Whether HTTP/1.x requests to this (meshed) upstream travel as HTTP/2.
+    mesh_http2: bool,
+    http1: Arc<Http1Pool>,
+    http2: Http2Conn,
 }
 
 impl Upstream {
@@ -46,9 +42,19 @@ impl Upstream {
     pub fn new(connector: UpstreamConnector) -> Upstream {
         Upstream {
             connector,
-            http1: OnceLock::new(),
-            http2: OnceLock::new(),
+            mesh_http2: false,
+            http1: Arc::default(),
+            http2: Http2Conn::default(),
         }
+    }
+
+    /// With `on`, requests to a meshed upstream all travel on its one HTTP/2
+    /// connection, whatever version the client spoke ([`MeshProtocol::Http2`]).
+    ///
+    /// [`MeshProtocol::Http2`]: super::settings::MeshProtocol::Http2
+    pub fn mesh_http2(mut self, on: bool) -> Upstream {
+        self.mesh_http2 = on;
+        self
     }
 
     /// The connector (address and TLS) of this upstream.
@@ -56,35 +62,14 @@ impl Upstream {
         &self.connector
     }
 
-    /// The wire protocol for a request the client sent as `wants`: HTTP/2 for every
-    /// mesh connection, otherwise what the client spoke.
+    /// The wire protocol for a request the client sent as `wants`: what the client
+    /// spoke, or HTTP/2 towards a meshed upstream when upgrading is on.
     pub fn wire_for(&self, wants: Wire) -> Wire {
-        if self.connector.is_mesh() {
+        if self.mesh_http2 && self.connector.is_mesh() {
             Wire::Http2
         } else {
             wants
         }
-    }
-
-    fn pool(&self, wire: Wire) -> &Pool {
-        let (cell, http2) = match wire {
-            Wire::Http1 => (&self.http1, false),
-            Wire::Http2 => (&self.http2, true),
-        };
-        cell.get_or_init(|| {
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .http1_max_buf_size(MAX_UPSTREAM_HEAD)
-                .http2_max_header_list_size(MAX_UPSTREAM_HEAD as u32)
-                .http2_adaptive_window(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .http2_keep_alive_timeout(Duration::from_secs(10))
-                .http2_only(http2);
-            builder.build(self.connector.clone())
-        })
     }
 
     /// Sends a request (absolute URI, version matching `wire`) on a pooled connection.
@@ -92,8 +77,16 @@ impl Upstream {
         &self,
         wire: Wire,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        self.pool(wire).request(request).await
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        match wire {
+            Wire::Http1 => self.http1.send(&self.connector, request).await,
+            Wire::Http2 => self.http2.send(&self.connector, request).await,
+        }
+    }
+
+    /// Idle HTTP/1.1 connections (for tests).
+    pub fn idle_http1(&self) -> usize {
+        self.http1.idle_len()
     }
 
     /// A fresh connection outside the pools, for an upgrade.
