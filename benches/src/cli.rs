@@ -38,6 +38,11 @@ pub struct Args {
     /// for a quick before/after of one proxy or a profile; the default is all four.
     #[arg(long, value_delimiter = ',', value_name = "ROW")]
     pub rows: Vec<RowName>,
+    /// Run the Pillion pair's proxies from this binary (the shipped
+    /// target/release/pillion-proxy) instead of this program's built-in `proxy`; the
+    /// report says which ran.
+    #[arg(long, value_name = "PATH")]
+    pub proxy_binary: Option<PathBuf>,
 }
 
 /// A row the command line can pick.
@@ -98,10 +103,11 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         smoke: parsed.smoke,
         runs: parsed.runs,
         workers: parsed.proxy_workers.max(1),
-        binary,
         keep_workdir: parsed.keep_workdir,
         log_level: parsed.proxy_log_level,
         rows: parsed.rows,
+        proxy_binary: parsed.proxy_binary,
+        binary,
     };
     let out = parsed.out.unwrap_or_else(bench::default_out);
     let report = match bench::run(&opts) {
@@ -152,6 +158,8 @@ mod tests {
         let a = Args::try_parse_from(["b", "--rows", "pillion,direct"]).unwrap();
         assert_eq!(a.rows, vec![RowName::Pillion, RowName::Direct]);
         assert!(Args::try_parse_from(["b", "--rows", "envoy"]).is_err());
+        let a = Args::try_parse_from(["b", "--proxy-binary", "/p"]).unwrap();
+        assert_eq!(a.proxy_binary, Some(PathBuf::from("/p")));
         assert!(Args::try_parse_from(["b", "--bogus"]).is_err());
     }
 }

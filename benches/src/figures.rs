@@ -47,6 +47,8 @@ pub const RSS_HOLD: &str = "proxy_rss_open_conns_mib";
 pub const RSS_PEAK: &str = "proxy_rss_peak_mib";
 /// Id of the CPU figure.
 pub const CPU: &str = "proxy_cpu_s_per_10k_requests";
+/// Id of the whole machine's CPU figure (softirq work is nobody's process time).
+pub const MACHINE_CPU: &str = "machine_cpu_s_per_10k_requests";
 
 /// Id of a latency percentile at an open-loop rate (`p` is `p50`, `p99` or `p999`).
 pub fn latency_id(rate: u32, p: &str) -> String {
@@ -125,6 +127,13 @@ pub fn all(plan: &Plan) -> Vec<Figure> {
         fig(
             CPU.into(),
             "proxy CPU s per 10,000 requests".into(),
+            "s",
+            false,
+            3,
+        ),
+        fig(
+            MACHINE_CPU.into(),
+            "machine CPU s per 10,000 requests (everything: load, server, proxies, kernel)".into(),
             "s",
             false,
             3,

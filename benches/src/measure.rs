@@ -156,8 +156,10 @@ pub fn all(rows: &[Contender], plan: &Plan, layout: &Layout) -> Vec<Collected> {
 fn closed_h1(c: &Contender, acc: &mut Collected, plan: &Plan, cpu: Option<usize>) {
     let (addr, conns, duration) = (c.h1, plan.h1_conns, plan.rps_duration);
     let before = procstat::cpu_seconds(&c.proxies);
+    let machine_before = procstat::machine_busy_seconds();
     let result = in_client(c, cpu, move || load::closed::run(addr, conns, duration));
     let used = procstat::cpu_seconds(&c.proxies) - before;
+    let machine = procstat::machine_busy_seconds() - machine_before;
     match result {
         Ok(t) => {
             acc.push(figures::H1_RPS, t.per_second(), t.errors);
@@ -165,10 +167,14 @@ fn closed_h1(c: &Contender, acc: &mut Collected, plan: &Plan, cpu: Option<usize>
             if !c.proxies.is_empty() && t.ok > 0 {
                 acc.push(figures::CPU, used / t.ok as f64 * 10_000.0, 0);
             }
+            if t.ok > 0 {
+                acc.push(figures::MACHINE_CPU, machine / t.ok as f64 * 10_000.0, 0);
+            }
         }
         Err(e) => {
             acc.fail(figures::H1_RPS, &e);
             acc.fail(figures::CPU, &e);
+            acc.fail(figures::MACHINE_CPU, &e);
             report_line(c, "HTTP/1.1 req/s", &format!("FAILED: {e:#}"));
         }
     }

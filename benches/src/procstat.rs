@@ -62,6 +62,26 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     ticks as f64 / clock_ticks()
 }
 
+/// CPU seconds the whole machine has been busy (every process, kernel, interrupts
+/// and softirqs: all of /proc/stat's first line but idle and iowait).
+pub fn machine_busy_seconds() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let busy: u64 = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        // user nice system idle iowait irq softirq steal (guest time is inside user)
+        .filter(|(i, _)| !matches!(i, 3 | 4) && *i < 8)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    busy as f64 / clock_ticks()
+}
+
 fn clock_ticks() -> f64 {
     match sysconf(SysconfVar::CLK_TCK) {
         Ok(Some(t)) if t > 0 => t as f64,

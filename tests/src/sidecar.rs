@@ -35,6 +35,9 @@ pub struct SidecarOpts {
     pub admin_port: u16,
     /// How long the proxy may take to answer `/ready` with 200.
     pub ready_timeout: Duration,
+    /// A dedicated proxy binary (e.g. the shipped `pillion-proxy`) run instead of
+    /// `<binary> proxy`, to measure exactly what ships.
+    pub proxy_binary: Option<PathBuf>,
 }
 
 impl SidecarOpts {
@@ -49,7 +52,14 @@ impl SidecarOpts {
             proxy_env: Vec::new(),
             admin_port: ADMIN_PORT,
             ready_timeout: Duration::from_secs(30),
+            proxy_binary: None,
         }
+    }
+
+    /// Runs the proxy from `binary` (which takes the proxy's flags directly).
+    pub fn proxy_binary(mut self, binary: impl Into<PathBuf>) -> SidecarOpts {
+        self.proxy_binary = Some(binary.into());
+        self
     }
 
     /// Adds flags for `init` (e.g. `["--skip-outbound-ports", "7001"]`).
@@ -94,8 +104,11 @@ impl SidecarOpts {
 
     /// The `proxy` command these options describe (run as the proxy user).
     pub fn proxy_cmd(&self) -> Cmd {
-        let mut cmd = Cmd::new(&self.binary)
-            .arg("proxy")
+        let cmd = match &self.proxy_binary {
+            Some(binary) => Cmd::new(binary),
+            None => Cmd::new(&self.binary).arg("proxy"),
+        };
+        let mut cmd = cmd
             .args(&self.proxy_args)
             .user(self.proxy_uid, self.proxy_gid);
         for (k, v) in &self.proxy_env {

@@ -72,6 +72,8 @@ pub struct TopologyOpts {
     pub layout: Layout,
     /// Log filter of the Pillion proxies and the agent.
     pub log_level: String,
+    /// The shipped proxy binary, if the Pillion pair should run it.
+    pub proxy_binary: Option<PathBuf>,
 }
 
 /// Everything running for one benchmark; dropping it stops it all, the world last.
@@ -108,6 +110,7 @@ impl Topology {
             binary: opts.binary.clone(),
             workers: opts.workers,
             log_level: opts.log_level.clone(),
+            proxy_binary: opts.proxy_binary.clone(),
         };
         let pair = pillion::start(&pair_opts, &mclient, &mserver, &agent, certs, work)?;
         pin_process_tree(pair.client.proxy().pid(), ccpu)?;

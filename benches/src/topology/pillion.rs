@@ -40,13 +40,20 @@ pub struct PairOpts {
     pub workers: usize,
     /// Log filter of the proxies and the agent.
     pub log_level: String,
+    /// The shipped proxy binary to run instead of this program's `proxy`.
+    pub proxy_binary: Option<PathBuf>,
 }
 
 /// Whether this build's proxy takes an agent (`--agent-addr`): if not, it is the plain
-/// L4 proxy and no agent is started.
-pub fn proxy_takes_agent(binary: &Path) -> bool {
+/// L4 proxy and no agent is started. `dedicated` is a proxy binary of its own.
+pub fn proxy_takes_agent(binary: &Path, dedicated: bool) -> bool {
+    let args: &[&str] = if dedicated {
+        &["--help"]
+    } else {
+        &["proxy", "--help"]
+    };
     Command::new(binary)
-        .args(["proxy", "--help"])
+        .args(args)
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--agent-addr"))
 }
@@ -64,12 +71,20 @@ pub fn start(
     let base = SidecarOpts::new(&opts.binary)
         .proxy_args(["--drain-timeout", "1s", "--log-level", &opts.log_level])
         .proxy_env("TOKIO_WORKER_THREADS", opts.workers.to_string());
+    let base = match &opts.proxy_binary {
+        Some(binary) => base.proxy_binary(binary),
+        None => base,
+    };
     // PILLION_* settings in the bench's own environment reach the proxies, so a
     // setting can be compared run against run (e.g. PILLION_MESH_PROTOCOL=http2).
     let base = std::env::vars_os()
         .filter(|(k, _)| k.to_string_lossy().starts_with("PILLION_"))
         .fold(base, |base, (k, v)| base.proxy_env(k, v));
-    if !proxy_takes_agent(&opts.binary) {
+    let takes_agent = match &opts.proxy_binary {
+        Some(binary) => proxy_takes_agent(binary, true),
+        None => proxy_takes_agent(&opts.binary, false),
+    };
+    if !takes_agent {
         return Ok(PillionPair {
             client: client.install_sidecar(&base).context("client sidecar")?,
             server: server.install_sidecar(&base).context("server sidecar")?,
