@@ -181,9 +181,10 @@ fn base_notes(plan: &Plan) -> Vec<String> {
          verifies its chain without a name; Pillion verifies the chain and the SPIFFE id. The \
          inbound side of each pair requires and verifies the client certificate's chain."
             .into(),
-        "nginx and HAProxy pool the mesh hop's keep-alive connections, so in the new-connection \
-         figure they make a new TCP connection per request only on the client's side, while a \
-         connection-level (L4) proxy makes a new mesh TLS connection for every client connection."
+        "All three pairs pool the mesh hop's keep-alive connections for HTTP (Pillion keeps the \
+         client's HTTP version on that hop by default), so in the new-connection figure only the \
+         client's side makes a new TCP connection per request; Pillion's also passes iptables' \
+         redirect (a new conntrack + NAT entry) for each."
             .into(),
         "HTTP/2: the client speaks h2c with prior knowledge to every row. Pillion and direct \
          carry HTTP/2 end to end; nginx and HAProxy end it at the outbound proxy and use \
@@ -205,7 +206,8 @@ fn base_notes(plan: &Plan) -> Vec<String> {
             .into(),
         format!(
             "open connections: {} client connections each with one request, so the whole path \
-             exists; pooling peers may need fewer mesh-hop connections than an L4 proxy.",
+             exists; each concurrent HTTP/1.1 request holds a mesh-hop connection of its own in \
+             every pair (Pillion's --mesh-protocol http2 would hold one).",
             plan.hold_conns
         ),
     ]
