@@ -99,6 +99,18 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The pods run it from elsewhere (as the proxy user): an absolute path, checked now.
+    let proxy_binary = match parsed.proxy_binary.as_deref().map(std::fs::canonicalize) {
+        None => None,
+        Some(Ok(path)) => Some(path),
+        Some(Err(e)) => {
+            eprintln!(
+                "pillion-benches: --proxy-binary {}: {e} (build it with cargo build --release -p pillion-proxy)",
+                parsed.proxy_binary.unwrap_or_default().display()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let opts = Opts {
         smoke: parsed.smoke,
         runs: parsed.runs,
@@ -106,7 +118,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         keep_workdir: parsed.keep_workdir,
         log_level: parsed.proxy_log_level,
         rows: parsed.rows,
-        proxy_binary: parsed.proxy_binary,
+        proxy_binary,
         binary,
     };
     let out = parsed.out.unwrap_or_else(bench::default_out);
