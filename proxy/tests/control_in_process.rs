@@ -234,6 +234,14 @@ fn config(agent: &TestAgent, token: &Path) -> ControlConfig {
     }
 }
 
+/// The control plane against `agent` with the token in `token`, and its readiness.
+fn start_plane(agent: &TestAgent, token: &Path) -> (ControlPlane, Readiness) {
+    let readiness = Readiness::new();
+    let plane =
+        ControlPlane::start(&config(agent, token), &mut Registry::default(), &readiness).unwrap();
+    (plane, readiness)
+}
+
 async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
@@ -246,13 +254,7 @@ async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool)
 async fn first_certificate_and_view_make_the_proxy_ready() {
     let agent = TestAgent::start(Duration::from_secs(3600)).await;
     let token = token_file("client-token-1");
-    let readiness = Readiness::new();
-    let plane = ControlPlane::start(
-        &config(&agent, &token),
-        &mut Registry::default(),
-        &readiness,
-    )
-    .unwrap();
+    let (plane, readiness) = start_plane(&agent, &token);
     eventually("the certificate", Duration::from_secs(10), || {
         plane.store().has_leaf()
     })
@@ -299,13 +301,7 @@ async fn first_certificate_and_view_make_the_proxy_ready() {
 async fn the_watch_reconnects_with_backoff_and_keeps_the_last_view() {
     let agent = TestAgent::start(Duration::from_secs(3600)).await;
     let token = token_file("client-token-1");
-    let readiness = Readiness::new();
-    let plane = ControlPlane::start(
-        &config(&agent, &token),
-        &mut Registry::default(),
-        &readiness,
-    )
-    .unwrap();
+    let (plane, readiness) = start_plane(&agent, &token);
     eventually("the watch", Duration::from_secs(10), || {
         agent.state.watcher.lock().unwrap().is_some()
     })
@@ -369,13 +365,7 @@ async fn certificates_renew_and_failures_keep_the_old_one() {
     // 2 s leaves: renewal every ~1.4 s.
     let agent = TestAgent::start(Duration::from_secs(2)).await;
     let token = token_file("client-token-1");
-    let readiness = Readiness::new();
-    let plane = ControlPlane::start(
-        &config(&agent, &token),
-        &mut Registry::default(),
-        &readiness,
-    )
-    .unwrap();
+    let (plane, _readiness) = start_plane(&agent, &token);
     let mut serials = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     while serials.len() < 4 {
@@ -419,13 +409,7 @@ async fn certificates_renew_and_failures_keep_the_old_one() {
 async fn an_unknown_token_is_an_error_not_a_crash() {
     let agent = TestAgent::start(Duration::from_secs(3600)).await;
     let token = token_file("nobody-knows-me");
-    let readiness = Readiness::new();
-    let plane = ControlPlane::start(
-        &config(&agent, &token),
-        &mut Registry::default(),
-        &readiness,
-    )
-    .unwrap();
+    let (plane, readiness) = start_plane(&agent, &token);
     eventually("a refused request", Duration::from_secs(5), || {
         plane.metrics().renewals_error.get() >= 1
     })

@@ -3,6 +3,9 @@
 //! counted per route; opaque bytes to a VIP go to an endpoint over mesh TLS; an
 //! idle keep-alive connection does not hold up the drain.
 
+mod echo;
+use echo::echo_server;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,21 +118,6 @@ async fn http_app() -> SocketAddr {
     addr
 }
 
-async fn echo_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Service `web` (VIP port 80, auto) in front of `http_server`'s inbound, and
 /// service `db` (VIP port 7000, opaque) in front of `echo_server`'s inbound.
 fn view(version: u64, me: &str, http_server: SocketAddr, echo_server: SocketAddr) -> View {
@@ -154,7 +142,7 @@ fn view(version: u64, me: &str, http_server: SocketAddr, echo_server: SocketAddr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_proxies_route_http_relay_opaque_to_a_vip_and_drain_keep_alive() {
     let ca = Ca::generate("cluster.local").unwrap();
-    let (http, echo) = (http_app().await, echo_app().await);
+    let (http, echo) = (http_app().await, echo_server().await);
     // Server side: one proxy per application (a fixed redirect record each).
     let web = start(store(&ca, "server"), http).await;
     let db = start(store(&ca, "server"), echo).await;

@@ -2,6 +2,9 @@
 //! loop refusal and drain, with a fixed original destination standing in for
 //! the kernel's redirect record where needed.
 
+mod echo;
+use echo::echo_server;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,35 +16,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// An echo server on loopback that answers each chunk as it arrives and
-/// half-closes after the client does.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
 
 /// A running proxy and the handle that stops it.
 struct Running {

@@ -2,6 +2,9 @@
 //! inbound policy (strict, permissive, allow lists), outbound identity checks.
 //! A fixed original destination stands in for the kernel's redirect record.
 
+mod echo;
+use echo::echo_server;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,21 +28,6 @@ const TD: &str = "cluster.local";
 
 fn id(sa: &str) -> SpiffeId {
     SpiffeId::new(TD, "demo", sa).unwrap()
-}
-
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// A running proxy with a mesh.

@@ -2,13 +2,16 @@
 //! re-runs itself inside a fresh network and mount namespace (`unshare`), adds
 //! test hosts and nat rules there only, and drives traffic through the proxy.
 
+mod echo;
+use echo::echo_on;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Set in the child's environment to tell the inner test it was started by the outer one.
 const INNER_ENV: &str = "PILLION_PROXY_NETNS_SMOKE_INNER";
@@ -112,24 +115,6 @@ fn in_private_netns() -> bool {
         (Some(ours), Ok(parent)) => !parent.is_empty() && ours != parent,
         _ => false,
     }
-}
-
-/// Echoes every chunk back, then half-closes after the client does.
-async fn echo_on(addr: SocketAddr) {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
 }
 
 /// GET over HTTP/1.1; `None` while the server is not up.

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
@@ -334,6 +335,39 @@ struct LoopbackTask {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+impl LoopbackTask {
+    /// Runs `body()` on a thread `name` with its own current-thread runtime until it
+    /// ends or the task is dropped.
+    fn spawn<F, Fut>(name: &str, body: F) -> Result<LoopbackTask>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future,
+    {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    tokio::select! {
+                        _ = body() => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            })
+            .with_context(|| format!("spawning the {name} thread"))?;
+        Ok(LoopbackTask {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
 impl Drop for LoopbackTask {
     fn drop(&mut self) {
         drop(self.stop.take());
@@ -407,32 +441,9 @@ impl OtlpReceiver {
             Place::Pod(pod) => Running::Pod {
                 _task: pod.background(body)?,
             },
-            Place::Loopback => {
-                let (stop_tx, stop_rx) = oneshot::channel::<()>();
-                let thread = thread::Builder::new()
-                    .name("otlp-receiver".into())
-                    .spawn(move || {
-                        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        else {
-                            return;
-                        };
-                        rt.block_on(async move {
-                            tokio::select! {
-                                _ = body() => {}
-                                _ = stop_rx => {}
-                            }
-                        });
-                    })
-                    .context("spawning the receiver thread")?;
-                Running::Loopback {
-                    _task: LoopbackTask {
-                        stop: Some(stop_tx),
-                        thread: Some(thread),
-                    },
-                }
-            }
+            Place::Loopback => Running::Loopback {
+                _task: LoopbackTask::spawn("otlp-receiver", body)?,
+            },
         };
         let (grpc, http) = ready_rx
             .recv_timeout(BIND_TIMEOUT)
@@ -501,45 +512,22 @@ impl CollectorBridge {
             .run_in_node(move || async move { std::net::TcpListener::bind(inside) })?
             .with_context(|| format!("binding the collector bridge at {inside} in the node"))?;
         listener.set_nonblocking(true)?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = thread::Builder::new()
-            .name("collector-bridge".into())
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    let relay = async {
-                        while let Ok((mut inner, _)) = listener.accept().await {
-                            let outside = outside.clone();
-                            tokio::spawn(async move {
-                                if let Ok(mut outer) = tokio::net::TcpStream::connect(outside).await
-                                {
-                                    let _ =
-                                        tokio::io::copy_bidirectional(&mut inner, &mut outer).await;
-                                }
-                            });
-                        }
-                    };
-                    tokio::select! {
-                        () = relay => {}
-                        _ = stop_rx => {}
+        let task = LoopbackTask::spawn("collector-bridge", move || async move {
+            let Ok(listener) = TcpListener::from_std(listener) else {
+                return;
+            };
+            while let Ok((mut inner, _)) = listener.accept().await {
+                let outside = outside.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outer) = tokio::net::TcpStream::connect(outside).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inner, &mut outer).await;
                     }
                 });
-            })
-            .context("spawning the collector bridge thread")?;
+            }
+        })?;
         Ok(CollectorBridge {
             inside,
-            _task: LoopbackTask {
-                stop: Some(stop_tx),
-                thread: Some(thread),
-            },
+            _task: task,
         })
     }
 

@@ -4,7 +4,7 @@
 //! are unchanged.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use http::request::Parts;
@@ -61,6 +61,9 @@ pub struct InboundTable {
     version: Option<u64>,
     default_mode: Mode,
     ports: HashMap<u16, Arc<InboundPort>>,
+    /// Ports without policy of their own, built on first use and shared by every
+    /// connection after (this table is replaced, and this with it, on a new view).
+    unlisted: Mutex<HashMap<u16, Arc<InboundPort>>>,
     limiters: HashMap<(u16, String), (RateLimit, Arc<RateLimiter>)>,
     /// Application ports some service marks `opaque` (its target ports): inbound
     /// connections there skip detection, so server-speaks-first protocols never
@@ -85,6 +88,15 @@ impl InboundTable {
         if let Some(found) = self.ports.get(&port) {
             return Arc::clone(found);
         }
+        let mut unlisted = self.unlisted.lock().unwrap_or_else(PoisonError::into_inner);
+        let built = unlisted
+            .entry(port)
+            .or_insert_with(|| self.unlisted_port(port, metrics));
+        Arc::clone(built)
+    }
+
+    /// The policy of a port the view says nothing about: the default mode, one route.
+    fn unlisted_port(&self, port: u16, metrics: &HttpMetrics) -> Arc<InboundPort> {
         let label: Arc<str> = Arc::from(port.to_string().as_str());
         let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
         Arc::new(InboundPort {

@@ -106,9 +106,10 @@ pub struct RouteMetrics {
     pub duration: Histogram,
 }
 
-/// Empty label value (no identity).
+/// Empty label value (no identity); one shared allocation for every connection.
 pub fn no_peer() -> Arc<str> {
-    Arc::from("")
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Arc::clone(EMPTY.get_or_init(|| Arc::from("")))
 }
 
 fn duration_histogram() -> Histogram {

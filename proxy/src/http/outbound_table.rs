@@ -26,7 +26,7 @@ use pillion_identity::SpiffeId;
 
 use super::backend::{Backend, EndpointState};
 use super::connect::{MeshTarget, UpstreamConnector};
-use super::metrics::{HttpMetrics, RouteMetrics};
+use super::metrics::{no_peer, HttpMetrics, RouteMetrics};
 use super::settings::{HttpSettings, MeshProtocol};
 use super::upstream::Upstream;
 use crate::metrics::Direction;
@@ -344,7 +344,7 @@ impl Compiler<'_> {
                 let identity: Option<Arc<str>> = e.identity.as_deref().map(Arc::from);
                 Arc::new(EndpointState {
                     addr,
-                    peer_label: identity.clone().unwrap_or_else(|| Arc::from("")),
+                    peer_label: identity.clone().unwrap_or_else(no_peer),
                     identity,
                     ewma: Arc::new(PeakEwma::new(self.now)),
                     upstream: Upstream::new(UpstreamConnector::new(

@@ -99,22 +99,14 @@ impl Http1Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection died while idle; try another.
                     Some(back) => request = back,
-                    None => {
-                        return Err(SendError::Request {
-                            addr: connector.addr(),
-                            source: e.into_error(),
-                        })
-                    }
+                    None => return Err(request_failed(connector, e.into_error())),
                 },
             }
         }
         let mut sender = connect_http1(connector).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok(self.wrap(response, sender)),
-            Err(source) => Err(SendError::Request {
-                addr: connector.addr(),
-                source,
-            }),
+            Err(source) => Err(request_failed(connector, source)),
         }
     }
 
@@ -192,40 +184,26 @@ pub struct Http2Conn {
 }
 
 impl Http2Conn {
-    /// Sends `request` on the shared connection, making it if needed.
+    /// Sends `request` on the shared connection, making it if needed; a connection
+    /// found closed before the request was written is replaced.
     pub async fn send(
         &self,
         connector: &UpstreamConnector,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        for _ in 0..STALE_TRIES {
+        let mut tries = 0;
+        loop {
+            tries += 1;
             let mut sender = self.sender(connector).await?;
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response.map(UpstreamBody::plain)),
                 Err(mut e) => match e.take_message() {
-                    Some(back) => {
-                        // Closed under us (GOAWAY, reset): forget it, connect again.
-                        self.forget(&sender);
-                        request = back;
-                    }
-                    None => {
-                        return Err(SendError::Request {
-                            addr: connector.addr(),
-                            source: e.into_error(),
-                        })
-                    }
+                    // Closed under us (GOAWAY, reset): `sender` skips it next time.
+                    Some(back) if tries < STALE_TRIES => request = back,
+                    _ => return Err(request_failed(connector, e.into_error())),
                 },
             }
         }
-        let mut sender = self.sender(connector).await?;
-        sender
-            .send_request(request)
-            .await
-            .map(|response| response.map(UpstreamBody::plain))
-            .map_err(|source| SendError::Request {
-                addr: connector.addr(),
-                source,
-            })
     }
 
     fn current(&self) -> Option<http2::SendRequest<RequestBody>> {
@@ -248,60 +226,62 @@ impl Http2Conn {
         *self.sender.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
         Ok(sender)
     }
-
-    fn forget(&self, failed: &http2::SendRequest<RequestBody>) {
-        let mut guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard
-            .as_ref()
-            .is_some_and(|s| s.is_closed() || failed.is_closed())
-        {
-            *guard = None;
-        }
-    }
 }
 
 async fn connect_http1(
     connector: &UpstreamConnector,
 ) -> Result<http1::SendRequest<RequestBody>, SendError> {
-    let io = connector.open().await?;
+    let io = TokioIo::new(connector.open().await?);
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(MAX_UPSTREAM_HEAD)
-        .handshake(TokioIo::new(io))
+        .handshake(io)
         .await
-        .map_err(|source| SendError::Handshake {
-            addr: connector.addr(),
-            source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(error) = conn.await {
-            tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
-        }
-    });
+        .map_err(|source| handshake_failed(connector, source))?;
+    drive(conn, "HTTP/1.1");
     Ok(sender)
 }
 
 async fn connect_http2(
     connector: &UpstreamConnector,
 ) -> Result<http2::SendRequest<RequestBody>, SendError> {
-    let io = connector.open().await?;
+    let io = TokioIo::new(connector.open().await?);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_UPSTREAM_HEAD as u32)
         .adaptive_window(true)
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
-        .handshake(TokioIo::new(io))
+        .handshake(io)
         .await
-        .map_err(|source| SendError::Handshake {
-            addr: connector.addr(),
-            source,
-        })?;
+        .map_err(|source| handshake_failed(connector, source))?;
+    drive(conn, "HTTP/2");
+    Ok(sender)
+}
+
+/// Runs a connection's I/O as a task of its own until it closes.
+fn drive<C>(conn: C, version: &'static str)
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(error) = conn.await {
-            tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+            tracing::debug!(%error, version, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+}
+
+fn handshake_failed(connector: &UpstreamConnector, source: hyper::Error) -> SendError {
+    SendError::Handshake {
+        addr: connector.addr(),
+        source,
+    }
+}
+
+fn request_failed(connector: &UpstreamConnector, source: hyper::Error) -> SendError {
+    SendError::Request {
+        addr: connector.addr(),
+        source,
+    }
 }
 
 /// HTTP/1.1 wants origin form (`/path?query`) and a `Host` header; the layer builds
