@@ -6,6 +6,7 @@ use crate::kubernetes::{ClientSpec, KubernetesSpec};
 use crate::source::SourceSpec;
 use clap::{Parser, ValueEnum};
 use pillion_api::defaults;
+use pillion_api::duration::HumaneDuration;
 use pillion_inject::{InjectArgs, InjectConfig};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -58,8 +59,8 @@ pub struct AgentArgs {
 
     /// How long a TokenReview that accepted a token is trusted, at most 60s.
     #[arg(long, env = "PILLION_TOKEN_CACHE_TTL", value_name = "DURATION",
-          default_value_t = humantime::Duration::from(DEFAULT_TOKEN_CACHE_TTL))]
-    pub token_cache_ttl: humantime::Duration,
+          default_value_t = HumaneDuration(DEFAULT_TOKEN_CACHE_TTL))]
+    pub token_cache_ttl: HumaneDuration,
 
     /// The sidecar injector's settings (`POST /v1/inject`); its trust domain is
     /// always the agent's `--trust-domain`.
@@ -83,8 +84,8 @@ pub struct AgentArgs {
 
     /// Lifetime of issued workload certificates, like `24h` or `10s`.
     #[arg(long, env = "PILLION_LEAF_LIFETIME", value_name = "DURATION",
-          default_value_t = humantime::Duration::from(defaults::LEAF_LIFETIME))]
-    pub leaf_lifetime: humantime::Duration,
+          default_value_t = HumaneDuration(defaults::LEAF_LIFETIME))]
+    pub leaf_lifetime: HumaneDuration,
 
     /// Write the CA's root certificate (PEM) here at start, so proxies can verify the agent.
     #[arg(long, env = "PILLION_TRUST_ANCHOR_OUT", value_name = "PATH")]
@@ -92,8 +93,8 @@ pub struct AgentArgs {
 
     /// How often to check the source file for changes, like `500ms`.
     #[arg(long, env = "PILLION_RELOAD_INTERVAL", value_name = "DURATION",
-          default_value_t = humantime::Duration::from(DEFAULT_RELOAD_INTERVAL))]
-    pub reload_interval: humantime::Duration,
+          default_value_t = HumaneDuration(DEFAULT_RELOAD_INTERVAL))]
+    pub reload_interval: HumaneDuration,
 
     /// Log line format.
     #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -185,7 +186,7 @@ impl AgentConfig {
                     flag: "--token-cache-ttl",
                     reason: format!(
                         "{} is too long: a revoked token must stop working within a minute; use at most 60s",
-                        humantime::format_duration(k.token_cache_ttl)
+                        HumaneDuration(k.token_cache_ttl)
                     ),
                 });
             }
@@ -278,9 +279,9 @@ fn check_range(
             flag,
             reason: format!(
                 "{} is out of range; use between {} and {}",
-                humantime::format_duration(value),
-                humantime::format_duration(min),
-                humantime::format_duration(max)
+                HumaneDuration(value),
+                HumaneDuration(min),
+                HumaneDuration(max)
             ),
         });
     }

@@ -5,5 +5,7 @@
 
 pub mod certs;
 pub mod defaults;
+pub mod duration;
+pub mod identity;
 pub mod policy;
 pub mod view;

@@ -10,9 +10,9 @@
 //! # Wire format
 //!
 //! JSON (or the agent's YAML), snake_case fields, lowercase enum values. Optional
-//! fields may be absent. Durations are humane strings: whole numbers with a unit,
-//! `ns`, `us`, `ms`, `s`, `m` or `h`, combined largest first (`250ms`, `2s`,
-//! `1m30s`); bare numbers are refused so nobody has to guess the unit.
+//! fields may be absent. Durations are [`crate::duration`] strings: whole numbers
+//! with a unit, `ns`, `us`, `ms`, `s`, `m`, `h` or `d` (`250ms`, `2s`, `1m30s`); bare
+//! numbers are refused so nobody has to guess the unit.
 //!
 //! ```json
 //! {
@@ -138,14 +138,14 @@ pub struct Route {
     /// Deadline for the whole request, retries included.
     #[serde(
         default,
-        with = "opt_duration",
+        with = "crate::duration::serde_humane_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
     /// Deadline for each single try.
     #[serde(
         default,
-        with = "opt_duration",
+        with = "crate::duration::serde_humane_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_timeout: Option<Duration>,
@@ -243,10 +243,16 @@ pub struct RetryPolicy {
     #[serde(default = "default_conditions")]
     pub conditions: Vec<RetryOn>,
     /// First backoff cap; each retry doubles it, and the wait is random below it.
-    #[serde(default = "default_backoff_base", with = "duration")]
+    #[serde(
+        default = "default_backoff_base",
+        with = "crate::duration::serde_humane"
+    )]
     pub backoff_base: Duration,
     /// Ceiling of the backoff cap.
-    #[serde(default = "default_backoff_max", with = "duration")]
+    #[serde(
+        default = "default_backoff_max",
+        with = "crate::duration::serde_humane"
+    )]
     pub backoff_max: Duration,
     /// Retry POST, PATCH and other non-idempotent methods too.
     #[serde(default)]
@@ -323,7 +329,7 @@ pub struct RetryBudget {
     #[serde(default = "default_min_per_second")]
     pub min_per_second: u32,
     /// How far back requests and retries are counted (1 s ..= 1 h).
-    #[serde(default = "default_window", with = "duration")]
+    #[serde(default = "default_window", with = "crate::duration::serde_humane")]
     pub window: Duration,
 }
 
@@ -664,12 +670,12 @@ impl ServerRoute {
         validate_name(&self.name)?;
         validate_matches(&self.matches)?;
         for (i, pattern) in self.allow.iter().enumerate() {
-            validate_identity_pattern(pattern).map_err(|reason| {
+            crate::identity::IdentityPattern::parse(pattern).map_err(|e| {
                 PolicyError::new(
                     format!("allow[{i}]"),
                     PolicyProblem::BadIdentityPattern {
-                        pattern: pattern.clone(),
-                        reason,
+                        pattern: e.pattern,
+                        reason: e.reason,
                     },
                 )
             })?;
@@ -929,52 +935,6 @@ pub fn regex_builder(pattern: &str) -> regex::RegexBuilder {
     builder
 }
 
-/// Checks the syntax of a SPIFFE id pattern, as `pillion_identity::SpiffeIdPattern`
-/// reads it, without depending on that crate: `*` alone, or
-/// `spiffe://<trust-domain or *>/<seg>/…` where each segment is a literal of lowercase
-/// letters, digits, `-` and `.`, or a whole `*` (in last place: the rest of the path).
-pub fn validate_identity_pattern(pattern: &str) -> Result<(), &'static str> {
-    if pattern == "*" {
-        return Ok(());
-    }
-    let rest = pattern
-        .strip_prefix("spiffe://")
-        .ok_or("must be '*' or start with spiffe://")?;
-    let (trust_domain, path) = rest
-        .split_once('/')
-        .ok_or("needs a path; use spiffe://<trust-domain>/* for a whole trust domain")?;
-    let td_ok = trust_domain == "*"
-        || (!trust_domain.is_empty()
-            && trust_domain.len() <= 255
-            && trust_domain.split('.').all(|label| {
-                !label.is_empty()
-                    && label.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_')
-                    })
-            }));
-    if !td_ok {
-        return Err("the trust domain must be '*' or lowercase letters, digits, '-', '_' and '.'");
-    }
-    for segment in path.split('/') {
-        if segment == "*" {
-            continue;
-        }
-        if segment.is_empty() {
-            return Err("empty path segment");
-        }
-        if segment.contains('*') {
-            return Err("'*' must stand for a whole segment");
-        }
-        if !segment
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
-        {
-            return Err("segments may hold only lowercase letters, digits, '-' and '.'");
-        }
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------
 // Serde helpers
 // ---------------------------------------------------------------------------------
@@ -1027,90 +987,6 @@ impl<'de> Deserialize<'de> for RetryOn {
             }
         }
         d.deserialize_any(Visitor)
-    }
-}
-
-/// Parses a humane duration: whole numbers with units, largest first (`1m30s`).
-pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    const UNITS: &[(&str, u64)] = &[
-        ("ns", 1),
-        ("us", 1_000),
-        ("ms", 1_000_000),
-        ("s", 1_000_000_000),
-        ("m", 60_000_000_000),
-        ("h", 3_600_000_000_000),
-    ];
-    let bad =
-        |why: &str| format!("invalid duration {input:?}: {why} (write e.g. 250ms, 2s, 1m30s)");
-    let mut rest = input.trim();
-    if rest.is_empty() {
-        return Err(bad("empty"));
-    }
-    let mut total: u64 = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad("expected a number"));
-        }
-        let (number, tail) = rest.split_at(digits);
-        let number: u64 = number.parse().map_err(|_| bad("number too large"))?;
-        let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let (unit, tail) = tail.split_at(unit_len);
-        let (_, nanos) = UNITS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .ok_or_else(|| bad("missing or unknown unit; use ns, us, ms, s, m or h"))?;
-        total = number
-            .checked_mul(*nanos)
-            .and_then(|n| total.checked_add(n))
-            .ok_or_else(|| bad("too large"))?;
-        rest = tail;
-    }
-    Ok(Duration::from_nanos(total))
-}
-
-/// Formats a duration in the one unit that shows it exactly (`2s`, `1500ms`).
-pub fn format_duration(d: Duration) -> String {
-    let nanos = d.as_nanos();
-    let units: [(u128, &str); 3] = [(1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")];
-    for (size, unit) in units {
-        if nanos / size * size == nanos {
-            return format!("{}{unit}", nanos / size);
-        }
-    }
-    format!("{nanos}ns")
-}
-
-mod duration {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration(*d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-mod opt_duration {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            Some(text) => parse_duration(&text)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
     }
 }
 
@@ -1240,34 +1116,12 @@ mod tests {
 
     #[test]
     fn durations_are_humane() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration(" 7us "), Ok(Duration::from_micros(7)));
-        for bad in [
-            "",
-            "2",
-            "s",
-            "1.5s",
-            "-1s",
-            "2 s",
-            "5d",
-            "99999999999999999999s",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
-        }
-        for d in [
-            Duration::from_secs(3),
-            Duration::from_millis(1500),
-            Duration::from_micros(3),
-            Duration::from_nanos(1),
-        ] {
-            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
-        }
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        let route: Route = serde_json::from_str(r#"{"name": "r", "timeout": "1m30s"}"#).unwrap();
+        assert_eq!(route.timeout, Some(Duration::from_secs(90)));
         let err = serde_json::from_str::<Route>(r#"{"name": "r", "timeout": 2}"#);
         assert!(err.is_err(), "bare numbers are refused");
+        let err = serde_json::from_str::<Route>(r#"{"name": "r", "timeout": "2"}"#);
+        assert!(err.is_err(), "numbers without a unit are refused");
     }
 
     fn problem_at(route: &Route) -> (String, PolicyProblem) {
@@ -1456,33 +1310,6 @@ mod tests {
         let mut bad = policy;
         bad.routes[1].name = "admin".into();
         assert_eq!(bad.validate().unwrap_err().path, "routes[1].name");
-    }
-
-    #[test]
-    fn identity_patterns_follow_spiffe_pattern_syntax() {
-        for ok in [
-            "*",
-            "spiffe://cluster.local/*",
-            "spiffe://*/ns/demo/sa/client",
-            "spiffe://cluster.local/ns/demo/*",
-            "spiffe://cluster.local/ns/*/sa/client",
-        ] {
-            assert_eq!(validate_identity_pattern(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "",
-            "**",
-            "http://cluster.local/ns/a/sa/b",
-            "spiffe://cluster.local",
-            "spiffe://cluster.local/",
-            "spiffe://cluster.local/ns//sa/b",
-            "spiffe://cluster.local/ns/de*",
-            "spiffe://Cluster.local/ns/a/sa/b",
-            "spiffe://cluster.local/ns/A/sa/b",
-            "spiffe://cluster.local:80/ns/a/sa/b",
-        ] {
-            assert!(validate_identity_pattern(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

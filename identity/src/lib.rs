@@ -20,7 +20,7 @@ pub use ca::{Ca, CaError, IssueError, Issued};
 pub use cert_info::CertInfoError;
 pub use csr::CsrError;
 pub use pem_blocks::PemError;
-pub use spiffe::{IdError, SpiffeId, SpiffeIdPattern};
+pub use spiffe::{IdError, SpiffeId};
 pub use store::{CertStore, StoreError};
 pub use tls::{PeerRejected, TlsError};
 pub use zeroize::Zeroizing;

@@ -17,12 +17,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{ProxyConfig, DEFAULT_BACKLOG};
 use crate::control::config::{ControlConfig, ControlFlags};
 use crate::control::ControlPlane;
-use crate::duration::HumaneDuration;
 use crate::logging::{self, LogFormat};
 use crate::proxy::Proxy;
 use crate::readiness::Readiness;
 use crate::rlimit;
 use crate::telemetry::{Resource, Telemetry, TelemetryArgs, TelemetryConfig};
+use pillion_api::duration::HumaneDuration;
 
 /// Exit code for a configuration the operator must fix (same as clap's usage errors).
 const EXIT_USAGE: u8 = 2;

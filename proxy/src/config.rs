@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pillion_api::defaults;
 
-use crate::duration::HumaneDuration;
+use pillion_api::duration::HumaneDuration;
 
 /// Listen backlog of the outbound and inbound listeners unless told otherwise.
 pub const DEFAULT_BACKLOG: u32 = 1024;

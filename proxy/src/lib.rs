@@ -24,7 +24,6 @@ pub mod config;
 pub mod control;
 pub mod detect;
 pub mod drain;
-pub mod duration;
 pub mod http;
 pub mod inbound;
 pub mod logging;

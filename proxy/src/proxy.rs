@@ -14,7 +14,6 @@ use crate::accept::{AcceptLoop, Stack};
 use crate::admin::{AdminError, AdminServer, AdminState, ConfigDump};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::drain::{Drain, DrainReport};
-use crate::duration::HumaneDuration;
 use crate::http::{HttpLayer, HttpMetrics, HttpSettings, HttpTables};
 use crate::inbound::Inbound;
 use crate::loop_guard::LoopGuard;
@@ -26,6 +25,7 @@ use crate::readiness::{Condition, Readiness};
 use crate::relay::Relay;
 use crate::transport::listen::{bind_all, BindError};
 use crate::transport::orig_dst::{KernelOrigDst, OrigDstLookup};
+use pillion_api::duration::HumaneDuration;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use pillion_api::identity::IdentityPattern;
 use pillion_api::view::{Mode, View};
-use pillion_identity::{SpiffeId, SpiffeIdPattern};
+use pillion_identity::SpiffeId;
 
 /// How an outbound destination is reached, as the view says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +29,7 @@ pub struct InboundRule {
     /// Whether plaintext is accepted.
     pub mode: Mode,
     /// Client identities allowed over mesh TLS; empty admits any authenticated peer.
-    pub allow: Arc<[SpiffeIdPattern]>,
+    pub allow: Arc<[IdentityPattern]>,
     /// Set when some allow pattern of the view could not be parsed: such a pattern
     /// admits nobody (fail closed), and a non-empty `allow` list stays non-empty.
     pub had_bad_pattern: bool,
@@ -46,7 +47,8 @@ impl InboundRule {
 
     /// Whether an authenticated peer with identity `id` may connect.
     pub fn admits(&self, id: &SpiffeId) -> bool {
-        (self.allow.is_empty() && !self.had_bad_pattern) || self.allow.iter().any(|p| p.matches(id))
+        (self.allow.is_empty() && !self.had_bad_pattern)
+            || self.allow.iter().any(|p| p.matches(id.as_str()))
     }
 }
 
@@ -130,7 +132,7 @@ fn compile_rule(port: u16, mode: Mode, allow: &[String]) -> InboundRule {
     let mut patterns = Vec::with_capacity(allow.len());
     let mut had_bad_pattern = false;
     for text in allow {
-        match SpiffeIdPattern::parse(text) {
+        match IdentityPattern::parse(text) {
             Ok(p) => patterns.push(p),
             Err(err) => {
                 had_bad_pattern = true;

@@ -353,23 +353,9 @@ fn print_counters(client: &Sidecar, server: &Sidecar) {
     }
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h` (or bare seconds).
+/// `--duration`: a humane duration ([`pillion_api::duration`]) above zero.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("bad duration {text:?}: expected e.g. 10s, 500ms, 2m"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => bail!("bad duration unit in {text:?}: use ms, s, m or h"),
-    };
+    let d = pillion_api::duration::parse(text)?;
     if d.is_zero() {
         bail!("the duration must be more than zero");
     }
@@ -568,7 +554,8 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("7").is_err(), "a bare number has no unit");
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10 parsecs").is_err());

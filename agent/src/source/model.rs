@@ -44,8 +44,9 @@
 //! ```
 
 use super::routes::{RouteSpec, ServerRouteSpec};
+use pillion_api::identity::IdentityPattern;
 use pillion_api::view::{Mode, Protocol};
-use pillion_identity::{SpiffeId, SpiffeIdPattern};
+use pillion_identity::SpiffeId;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -201,7 +202,7 @@ pub struct Identity(pub SpiffeId);
 
 /// A SPIFFE id pattern with `*` wildcards, checked at parse time.
 #[derive(Debug, Clone)]
-pub struct Pattern(pub SpiffeIdPattern);
+pub struct Pattern(pub IdentityPattern);
 
 /// Longest name accepted (a DNS subdomain).
 const MAX_NAME_LEN: usize = 253;
@@ -313,9 +314,9 @@ impl FromStr for Pattern {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse::<SpiffeIdPattern>()
+        s.parse::<IdentityPattern>()
             .map(Self)
-            .map_err(|e| format!("`{s}` is not a valid SPIFFE id pattern: {e}"))
+            .map_err(|e| format!("`{s}` is not a valid SPIFFE id pattern: {}", e.reason))
     }
 }
 

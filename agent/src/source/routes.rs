@@ -43,14 +43,11 @@
 //!               rate_limit: {requests_per_second: 5, burst: 5, key: client_identity}
 //! ```
 
-use std::fmt;
-use std::time::Duration;
-
+use pillion_api::duration::HumaneDuration;
 use pillion_api::policy::{
-    parse_duration, validate_routes, HeaderEdits, PathRewrite, PolicyError, RateLimit, RetryPolicy,
-    Route, RouteMatch, ServerPolicy, ServerRoute, WeightedBackend,
+    validate_routes, HeaderEdits, PathRewrite, PolicyError, RateLimit, RetryPolicy, Route,
+    RouteMatch, ServerPolicy, ServerRoute, WeightedBackend,
 };
-use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::model::Pattern;
@@ -70,10 +67,10 @@ pub struct RouteSpec {
     pub backends: Vec<WeightedBackend>,
     /// Deadline for the whole request, retries included.
     #[serde(default)]
-    pub timeout: Option<Humane>,
+    pub timeout: Option<HumaneDuration>,
     /// Deadline for each try.
     #[serde(default)]
-    pub per_try_timeout: Option<Humane>,
+    pub per_try_timeout: Option<HumaneDuration>,
     /// When and how to retry.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
@@ -108,42 +105,6 @@ pub struct ServerRouteSpec {
     pub rate_limit: Option<RateLimit>,
 }
 
-/// A humane duration (`250ms`, `2s`, `1m30s`), checked where it is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Humane(pub Duration);
-
-struct HumaneVisitor;
-
-impl de::Visitor<'_> for HumaneVisitor {
-    type Value = Humane;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a duration with a unit, like 250ms or 2s")
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Humane, E> {
-        parse_duration(s).map(Humane).map_err(E::custom)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Humane, E> {
-        Err(E::custom(format!(
-            "invalid duration {v}: a bare number has no unit (write e.g. {v}ms or {v}s)"
-        )))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Humane, E> {
-        Err(E::custom(format!(
-            "invalid duration {v}: write a positive number with a unit, like 250ms"
-        )))
-    }
-}
-
-impl<'de> Deserialize<'de> for Humane {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(HumaneVisitor)
-    }
-}
-
 impl RouteSpec {
     /// The wire route.
     pub fn to_route(&self) -> Route {
@@ -151,8 +112,8 @@ impl RouteSpec {
             name: self.name.clone(),
             matches: self.matches.clone(),
             backends: self.backends.clone(),
-            timeout: self.timeout.map(|d| d.0),
-            per_try_timeout: self.per_try_timeout.map(|d| d.0),
+            timeout: self.timeout.map(HumaneDuration::get),
+            per_try_timeout: self.per_try_timeout.map(HumaneDuration::get),
             retry: self.retry.clone(),
             rate_limit: self.rate_limit.clone(),
             request_headers: self.request_headers.clone(),
@@ -266,7 +227,7 @@ request_headers: {set: {x-route: r}, remove: [x-debug]}
         let spec: RouteSpec = serde_yaml_ng::from_str(yaml).unwrap();
         let route = spec.to_route();
         route.validate().unwrap();
-        assert_eq!(route.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(route.timeout, Some(std::time::Duration::from_secs(2)));
         assert_eq!(route.backends[1].weight, 10);
         let limit = route.rate_limit.unwrap();
         assert_eq!(limit.requests_per_second, 100.0);

@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-/// A SPIFFE id (or id pattern) that is not well formed, with the reason.
+/// A SPIFFE id that is not well formed, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IdError {
     /// The string does not start with `spiffe://` (lowercase).
@@ -60,13 +60,5 @@ pub enum IdError {
         len: usize,
         /// The limit.
         max: usize,
-    },
-    /// An id pattern segment that is neither a valid literal nor a whole `*`.
-    #[error("invalid pattern {pattern:?}: {reason}")]
-    InvalidPattern {
-        /// The refused pattern.
-        pattern: String,
-        /// What is wrong with it.
-        reason: String,
     },
 }

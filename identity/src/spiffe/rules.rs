@@ -2,41 +2,23 @@
 
 use super::error::IdError;
 
-/// Longest trust domain accepted (the SPIFFE spec's limit).
-const MAX_TRUST_DOMAIN_LEN: usize = 255;
 /// Longest namespace (Kubernetes DNS-1123 label).
 const MAX_NAMESPACE_LEN: usize = 63;
 /// Longest service account (Kubernetes DNS-1123 subdomain).
 const MAX_SERVICE_ACCOUNT_LEN: usize = 253;
 
-/// Checks a trust domain: lowercase letters, digits, `-`, `_` and `.`-separated
-/// non-empty labels, at most 255 bytes.
+/// Checks a trust domain by the one rule of [`pillion_api::identity::trust_domain_problem`].
 pub fn validate_trust_domain(td: &str) -> Result<(), IdError> {
-    let bad = |reason| IdError::InvalidTrustDomain {
-        trust_domain: td.to_string(),
-        reason,
-    };
     if td.is_empty() {
         return Err(IdError::EmptyTrustDomain);
     }
-    if td.len() > MAX_TRUST_DOMAIN_LEN {
-        return Err(bad("longer than 255 bytes"));
+    match pillion_api::identity::trust_domain_problem(td) {
+        None => Ok(()),
+        Some(reason) => Err(IdError::InvalidTrustDomain {
+            trust_domain: td.to_string(),
+            reason,
+        }),
     }
-    if !td
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(bad(
-            "only lowercase letters, digits, '-', '_' and '.' are allowed",
-        ));
-    }
-    if td.split('.').any(str::is_empty) {
-        return Err(bad("empty label (leading, trailing or doubled '.')"));
-    }
-    if td.split('.').any(|l| l.len() > 63) {
-        return Err(bad("a label is longer than 63 bytes"));
-    }
-    Ok(())
 }
 
 /// Checks a namespace: a DNS-1123 label (lowercase alphanumerics and `-`,

@@ -6,9 +6,9 @@ use std::time::Duration;
 use pillion_api::defaults::{self, env};
 
 use super::settings::{HttpSettings, MeshProtocol};
-use crate::duration::HumaneDuration;
 use crate::policy::balance::p2c::Strategy;
 use crate::policy::outlier::OutlierConfig;
+use pillion_api::duration::HumaneDuration;
 
 /// How a backend chooses an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -14,13 +14,8 @@
 //!
 //! # Patterns
 //!
-//! The syntax of `pillion_identity::SpiffeIdPattern` (checked by
-//! [`pillion_api::policy::validate_identity_pattern`]), matched here over the
-//! identity string without parsing or allocating per request: `*` alone matches
-//! every identity; otherwise `spiffe://<td>/<seg>/…` where the trust domain and each
-//! segment are literal or `*` (exactly one segment), and a `*` in last place matches
-//! one or more remaining segments. `spiffe://cluster.local/ns/demo/*` admits every
-//! workload of namespace `demo`.
+//! [`pillion_api::identity::IdentityPattern`]: the one grammar, matched over the
+//! identity string without parsing or allocating per request.
 //!
 //! # The identity header
 //!
@@ -30,7 +25,7 @@
 //! connection with [`peer_identity_value`].
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pillion_api::policy::validate_identity_pattern;
+use pillion_api::identity::{IdentityPattern, PatternError};
 use pillion_api::view::{InboundPolicy, Mode};
 
 /// The header that tells the application who called (the verified SPIFFE id).
@@ -41,13 +36,8 @@ pub const PEER_IDENTITY_HEADER: HeaderName =
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthzError {
     /// An allow pattern that is not well formed.
-    #[error("identity pattern {pattern:?} is invalid: {reason}")]
-    BadPattern {
-        /// The pattern as written.
-        pattern: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    BadPattern(#[from] PatternError),
     /// An identity that cannot be carried in a header.
     #[error("identity {0:?} cannot be carried in a header")]
     BadIdentity(String),
@@ -60,88 +50,6 @@ pub enum Denied {
     Unauthenticated,
     /// The caller's identity matches none of the allowed patterns.
     NotAllowed,
-}
-
-/// A SPIFFE id pattern compiled for allocation-free matching.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityPattern {
-    /// `None` means `*` alone: every identity.
-    shape: Option<Segments>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Segments {
-    /// `None` is `*`.
-    trust_domain: Option<Box<str>>,
-    /// The path segments before a trailing `*`; `None` entries are `*`.
-    path: Box<[Option<Box<str>>]>,
-    /// The last segment was `*`: one or more further segments match.
-    trailing_any: bool,
-}
-
-fn literal(part: &str) -> Option<Box<str>> {
-    (part != "*").then(|| part.into())
-}
-
-impl IdentityPattern {
-    /// Parses a pattern (see the module docs).
-    pub fn parse(pattern: &str) -> Result<IdentityPattern, AuthzError> {
-        validate_identity_pattern(pattern).map_err(|reason| AuthzError::BadPattern {
-            pattern: pattern.to_string(),
-            reason,
-        })?;
-        if pattern == "*" {
-            return Ok(IdentityPattern { shape: None });
-        }
-        let rest = pattern.strip_prefix("spiffe://").unwrap_or(pattern);
-        let (trust_domain, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut segments: Vec<&str> = path.split('/').collect();
-        let trailing_any = segments.last() == Some(&"*");
-        if trailing_any {
-            segments.pop();
-        }
-        Ok(IdentityPattern {
-            shape: Some(Segments {
-                trust_domain: literal(trust_domain),
-                path: segments.into_iter().map(literal).collect(),
-                trailing_any,
-            }),
-        })
-    }
-
-    /// True when `identity` (a SPIFFE id URI) is admitted.
-    pub fn matches(&self, identity: &str) -> bool {
-        let Some(shape) = &self.shape else {
-            return true;
-        };
-        let Some(rest) = identity.strip_prefix("spiffe://") else {
-            return false;
-        };
-        let Some((trust_domain, path)) = rest.split_once('/') else {
-            return false;
-        };
-        if shape
-            .trust_domain
-            .as_deref()
-            .is_some_and(|td| td != trust_domain)
-        {
-            return false;
-        }
-        let mut id_segments = path.split('/');
-        for want in shape.path.iter() {
-            match id_segments.next() {
-                Some(got) if !got.is_empty() && want.as_deref().is_none_or(|w| w == got) => {}
-                _ => return false,
-            }
-        }
-        let mut rest = id_segments.peekable();
-        if shape.trailing_any {
-            // At least one more segment, none of them empty.
-            rest.peek().is_some() && rest.all(|s| !s.is_empty())
-        } else {
-            rest.next().is_none()
-        }
-    }
 }
 
 /// The allow decision of one inbound port (or one inbound route of it).
@@ -159,7 +67,8 @@ impl Authorizer {
             allow: allow
                 .iter()
                 .map(|p| IdentityPattern::parse(p))
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<_, _>>()
+                .map_err(AuthzError::BadPattern)?,
         })
     }
 
@@ -184,15 +93,7 @@ impl Authorizer {
     pub fn deny_all() -> Authorizer {
         Authorizer {
             mode: Mode::Strict,
-            // A trust domain holding '/', which the matcher never sees in one (it
-            // splits there), so nothing matches.
-            allow: Box::new([IdentityPattern {
-                shape: Some(Segments {
-                    trust_domain: Some("/".into()),
-                    path: Box::new([]),
-                    trailing_any: true,
-                }),
-            }]),
+            allow: Box::new([IdentityPattern::nobody()]),
         }
     }
 
@@ -231,81 +132,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
-
-    fn pattern(p: &str) -> IdentityPattern {
-        IdentityPattern::parse(p).unwrap()
-    }
-
-    #[test]
-    fn patterns_match_like_spiffe_id_patterns() {
-        let cases = [
-            ("*", CLIENT, true),
-            ("*", "spiffe://other.td/ns/x/sa/y", true),
-            ("spiffe://cluster.local/ns/demo/sa/client", CLIENT, true),
-            ("spiffe://cluster.local/ns/demo/sa/server", CLIENT, false),
-            ("spiffe://cluster.local/ns/demo/*", CLIENT, true),
-            ("spiffe://cluster.local/ns/other/*", CLIENT, false),
-            ("spiffe://cluster.local/*", CLIENT, true),
-            ("spiffe://other.td/*", CLIENT, false),
-            ("spiffe://*/ns/demo/sa/client", CLIENT, true),
-            ("spiffe://cluster.local/ns/*/sa/client", CLIENT, true),
-            ("spiffe://cluster.local/ns/*/sa/server", CLIENT, false),
-            ("spiffe://cluster.local/ns/demo/sa/client/*", CLIENT, false),
-            ("spiffe://cluster.local/ns/demo/sa/*", CLIENT, true),
-            ("spiffe://cluster.local/ns/demo", CLIENT, false),
-            (
-                "spiffe://cluster.local/ns/demo/*",
-                "spiffe://cluster.local/ns/demo",
-                false,
-            ),
-            (
-                "spiffe://cluster.local/ns/demo/*",
-                "spiffe://cluster.local/ns/demo/",
-                false,
-            ),
-            (
-                "spiffe://cluster.local/ns/demo/*",
-                "http://cluster.local/ns/demo/sa/a",
-                false,
-            ),
-            (
-                "spiffe://cluster.local/ns/demo/*",
-                "spiffe://cluster.local",
-                false,
-            ),
-            (
-                "spiffe://cluster.local/ns/demo/sa/client",
-                "spiffe://cluster.local/ns/demo/sa/client/x",
-                false,
-            ),
-            (
-                "spiffe://cluster.local/ns/demo/sa/client",
-                "spiffe://cluster.localx/ns/demo/sa/client",
-                false,
-            ),
-        ];
-        for (p, id, want) in cases {
-            assert_eq!(pattern(p).matches(id), want, "{p} vs {id}");
-        }
-    }
-
-    #[test]
-    fn bad_patterns_are_refused() {
-        for bad in [
-            "",
-            "spiffe://cluster.local",
-            "spiffe://td/ns/de*",
-            "td/ns/a",
-        ] {
-            assert!(
-                matches!(
-                    IdentityPattern::parse(bad),
-                    Err(AuthzError::BadPattern { .. })
-                ),
-                "{bad:?}"
-            );
-        }
-    }
 
     fn authorizer(mode: Mode, allow: &[&str]) -> Authorizer {
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();

@@ -6,7 +6,7 @@ use super::{find_service, Translator};
 use crate::kubernetes::crd::{self, AuthorizationPolicySpec, RateLimitPolicySpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
-use pillion_api::policy::{self, ServerRoute};
+use pillion_api::policy::ServerRoute;
 use pillion_api::view::{self, Mode, PortPolicy};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -116,9 +116,9 @@ impl Translator<'_> {
             let mut allow = Vec::new();
             let mut bad = None;
             for pattern in &p.spec.allow {
-                match policy::validate_identity_pattern(pattern) {
-                    Ok(()) => allow.push(pattern.clone()),
-                    Err(why) => bad = Some(format!("{pattern:?}: {why}")),
+                match pillion_api::identity::IdentityPattern::parse(pattern) {
+                    Ok(_) => allow.push(pattern.clone()),
+                    Err(e) => bad = Some(format!("{pattern:?}: {}", e.reason)),
                 }
             }
             if let Some(why) = bad {

@@ -133,7 +133,7 @@ fn header_edits(m: &crd::HeaderModifier) -> HeaderEdits {
 }
 
 fn duration(text: &str) -> Result<std::time::Duration, String> {
-    policy::parse_duration(text).map_err(|e| format!("bad duration {text:?}: {e}"))
+    pillion_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// A RetryPolicy's retry settings and per-try timeout, checked.
