@@ -11,9 +11,9 @@ use pillion_identity::{CertStore, CsrError, StoreError};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::client::{AgentClient, AgentError};
 use super::metrics::ControlMetrics;
+use crate::policy::backoff::Backoff;
 use crate::readiness::Condition;
 
 /// First retry delay after a failed request.

@@ -3,7 +3,6 @@
 //! background tasks; the data path only reads what they install, so it keeps
 //! working on the cached certificate and view while the agent is away.
 
-pub mod backoff;
 pub mod certificates;
 pub mod client;
 pub mod config;

@@ -10,10 +10,10 @@ use pillion_api::view::View;
 use pillion_identity::SpiffeId;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::client::{AgentClient, AgentError};
 use super::lines::{LineTooLong, Lines, MAX_LINE};
 use super::metrics::ControlMetrics;
+use crate::policy::backoff::Backoff;
 use crate::readiness::Condition;
 use crate::view::Views;
 

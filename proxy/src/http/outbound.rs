@@ -34,7 +34,8 @@ use super::upstream::Wire;
 use super::{server, upgrade};
 use crate::detect::Protocol;
 use crate::policy::authz::set_peer_identity;
-use crate::policy::retry::{backoff, should_retry, Outcome};
+use crate::policy::backoff::full_jitter;
+use crate::policy::retry::{should_retry, Outcome};
 use crate::telemetry::RequestObserver;
 
 /// Serves one HTTP connection from the local application to `orig_dst` (a known
@@ -291,7 +292,7 @@ impl OutboundConn {
 
             if let Some((policy, budget)) = retry {
                 if should_retry(policy, &method, outcome, attempt) {
-                    let wait = backoff(
+                    let wait = full_jitter(
                         attempt,
                         policy.backoff_base,
                         policy.backoff_max,

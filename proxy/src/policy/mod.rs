@@ -15,7 +15,7 @@
 //!    costs, skipping endpoints [`outlier::OutlierDetector`] has ejected;
 //! 5. edit headers and rewrite the path ([`headers`]);
 //! 6. on failure, [`retry::should_retry`], [`retry::RetryBudget::try_withdraw`] and
-//!    [`retry::backoff`]; report the outcome to the outlier detector and the EWMA.
+//!    [`backoff::full_jitter`]; report the outcome to the outlier detector and the EWMA.
 //!
 //! Time is always passed in as `now: Instant` (read once per request), never read
 //! inside: that keeps the per-request path to one clock read and lets tests drive a
@@ -25,6 +25,7 @@
 //! held for a few instructions.
 
 pub mod authz;
+pub mod backoff;
 pub mod balance;
 pub mod headers;
 pub mod outlier;

@@ -8,7 +8,7 @@
 //! that would not be retried anyway spends nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Method, StatusCode};
 use pillion_api::policy::{RetryOn, RetryPolicy};
@@ -60,19 +60,6 @@ fn covers(condition: RetryOn, outcome: Outcome) -> bool {
         (RetryOn::Status(code), Outcome::Status(s)) => s.as_u16() == code,
         _ => false,
     }
-}
-
-/// The wait before retry number `retry` (1 for the first retry): exponential with
-/// full jitter, uniformly random in `0..=min(max, base × 2^(retry-1))` given a
-/// uniformly random `rng`.
-pub fn backoff(retry: u32, base: Duration, max: Duration, rng: u64) -> Duration {
-    let base_ns = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
-    let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-    let doublings = retry.saturating_sub(1).min(63);
-    let cap = base_ns.saturating_mul(1u64 << doublings).min(max_ns);
-    // rng × (cap + 1) / 2^64: uniform in 0..=cap without a division.
-    let wait = (u128::from(rng) * (u128::from(cap) + 1)) >> 64;
-    Duration::from_nanos(wait as u64)
 }
 
 /// Number of buckets the budget window is divided into.
@@ -180,6 +167,7 @@ impl RetryBudget {
 mod tests {
     use super::*;
     use pillion_api::policy::RetryBudget as BudgetConfig;
+    use std::time::Duration;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -317,24 +305,5 @@ mod tests {
         assert!(check(RetryOn::Reset, Outcome::Reset));
         assert!(!check(RetryOn::ConnectFailure, Outcome::Timeout));
         assert!(!check(RetryOn::ServerError, status(200)));
-    }
-
-    #[test]
-    fn backoff_is_exponential_with_full_jitter() {
-        let base = 25 * MS;
-        let max = 250 * MS;
-        assert_eq!(backoff(1, base, max, 0), Duration::ZERO);
-        assert_eq!(backoff(1, base, max, u64::MAX), base);
-        assert_eq!(backoff(2, base, max, u64::MAX), 50 * MS);
-        assert_eq!(backoff(3, base, max, u64::MAX), 100 * MS);
-        assert_eq!(backoff(5, base, max, u64::MAX), max, "capped");
-        assert_eq!(backoff(1_000, base, max, u64::MAX), max, "no overflow");
-        let half = backoff(3, base, max, u64::MAX / 2);
-        assert!((half.as_secs_f64() - 0.050).abs() < 1e-6, "{half:?}");
-        assert_eq!(
-            backoff(0, base, max, u64::MAX),
-            base,
-            "retry 0 treated as 1"
-        );
     }
 }

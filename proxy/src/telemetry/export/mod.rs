@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::policy::backoff::full_jitter;
+
 pub use config::{Endpoint, EndpointError, OtlpConfig, OtlpProtocol};
 pub use queue::{span_queue, SpanQueue, SpanSink};
 pub use transport::{ExportError, Transport};
@@ -157,7 +159,12 @@ impl Worker {
                     if !err.is_retryable() || attempt == attempts {
                         break;
                     }
-                    let wait = backoff(&self.config, attempt);
+                    let wait = full_jitter(
+                        attempt,
+                        self.config.backoff_min,
+                        self.config.backoff_max,
+                        rand::random(),
+                    );
                     tokio::select! {
                         () = sleep(wait) => {}
                         () = self.stop.cancelled() => break,
@@ -166,30 +173,5 @@ impl Worker {
             }
         }
         self.metrics.dropped(DropReason::ExportFailed).inc_by(count);
-    }
-}
-
-/// Full-jitter exponential backoff: uniform in `0..=min(max, min_delay * 2^(attempt-1))`.
-fn backoff(config: &OtlpConfig, attempt: u32) -> Duration {
-    let cap = config
-        .backoff_min
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(config.backoff_max);
-    cap.mul_f64(rand::random::<f64>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let c = OtlpConfig::new("http://127.0.0.1:4317".parse().unwrap(), OtlpProtocol::Grpc);
-        for attempt in 1..40 {
-            let cap = (c.backoff_min * 2u32.pow((attempt - 1).min(16))).min(c.backoff_max);
-            assert!(backoff(&c, attempt) <= cap);
-        }
-        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(&c, 3)).collect();
-        assert!(spread.len() > 1);
     }
 }
