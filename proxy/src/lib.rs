@@ -1,46 +1,56 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 //! Pillion's per-pod sidecar data plane.
 //!
-//! Each connection climbs a stack of small layers:
-//! [`accept`] (listener, original destination) → [`outbound`] / [`inbound`]
-//! (where it should go) → [`relay`] (loop guard, connect, forward) built on
-//! [`transport`]. With a control plane ([`control`]: certificates and views
-//! from the agent), [`view`] says which destinations are meshed and what each
-//! inbound port allows, and [`tls`] detects, terminates and originates mutual
-//! TLS between proxies ([`mesh`], [`mesh_metrics`]). Around the stacks:
-//! [`admin`], [`metrics`], [`readiness`], [`drain`].
+//! The folders are the layers; a connection's path reads top-down in one folder per
+//! direction:
 //!
-//! In-process use: [`Proxy::bind`] (or [`Proxy::builder`]) binds every
-//! listener from a [`ProxyConfig`], then [`Proxy::run`] serves until the given
-//! shutdown future resolves (or `POST /shutdown` / [`drain::Drain::trigger`]),
-//! drains and returns a [`drain::DrainReport`]. The binary is
-//! [`cli::main_with_args`].
+//! - [`transport`]: listeners, the accept loop (a span per connection), original
+//!   destination, loop guard, TCP connect and byte copying, mesh TLS handshakes;
+//! - [`detect`]: one buffer of first bytes, mesh TLS ClientHello and HTTP sniffing;
+//! - [`outbound`]: lookup → detect → HTTP ([`outbound::http`], [`outbound::retry`])
+//!   or bytes ([`outbound::tcp`]);
+//! - [`inbound`]: loop guard → mesh TLS → admit → detect → HTTP
+//!   ([`inbound::http`]) or bytes to the application;
+//! - [`upstream`]: endpoints, backends, connection pools, the one connect path;
+//! - [`http`]: what both directions' HTTP shares (server, bodies, hop headers,
+//!   errors, upgrades);
+//! - [`state`]: the one compiled state, swapped whole per view, compiled off the
+//!   data path;
+//! - [`policy`]: pure per-request decisions (routes, splits, retries, limits,
+//!   authorization, balancing, outliers, backoff);
+//! - [`control`]: certificates and views from the agent;
+//! - [`telemetry`]: metrics, spans, access log; [`admin`]: probes, metrics, config;
+//! - [`app`]: flags, configuration and [`Proxy`] (`builder() → bind() →
+//!   run(shutdown) → DrainReport`); the binary is [`main_with_args`].
 
-pub mod accept;
-pub mod admin;
-pub mod cli;
-pub mod config;
+mod admin;
+mod app;
 pub mod control;
-pub mod detect;
-pub mod drain;
-pub mod http;
-pub mod inbound;
-pub mod logging;
-pub mod loop_guard;
-pub mod mesh;
-pub mod mesh_metrics;
-pub mod metrics;
-pub mod outbound;
-pub mod policy;
-pub mod proxy;
-pub mod readiness;
-pub mod relay;
-pub mod rlimit;
+mod detect;
+mod http;
+mod inbound;
+mod outbound;
+mod policy;
+mod state;
 pub mod telemetry;
-pub mod tls;
-pub mod transport;
-pub mod view;
+mod transport;
+mod upstream;
 
-pub use config::ProxyConfig;
-pub use proxy::{Proxy, ProxyBuilder, ProxyError};
+pub use admin::readiness::{Condition, Readiness};
+pub use app::cli::main_with_args;
+pub use app::config::{ConfigError, ProxyConfig};
+pub use app::proxy::{
+    Mesh, Proxy, ProxyBuilder, ProxyError, READY_LISTENERS, READY_NOT_DRAINING, READY_STATE,
+};
+pub use app::settings::{MeshProtocol, Settings};
+pub use policy::balance::p2c::Strategy;
+pub use policy::outlier::OutlierConfig;
+pub use state::Views;
+pub use telemetry::metrics::mesh::{Denied, HandshakeFailure, MeshMetrics};
+pub use telemetry::metrics::tcp::DirectionMetrics;
+pub use telemetry::metrics::{encode, Direction};
+pub use transport::drain::{Drain, DrainReport};
+pub use transport::orig_dst::{KernelOrigDst, OrigDstLookup, StaticOrigDst};
+pub use transport::tls::MeshTls;

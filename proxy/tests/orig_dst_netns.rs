@@ -2,8 +2,7 @@
 //! re-runs itself inside a fresh network and mount namespace (`unshare`), adds
 //! test hosts and nat rules there only, and drives traffic through the proxy.
 
-mod echo;
-use echo::echo_on;
+use pillion_testkit::tcp::echo_on;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -19,7 +19,7 @@ pub fn dispatch(args: Vec<OsString>) -> Option<ExitCode> {
     let rest: Vec<OsString> = args.collect();
     let run: fn(Vec<OsString>) -> ExitCode = match program.to_str()? {
         "init" => pillion_init::cli::main_with_args,
-        "proxy" => pillion_proxy::cli::main_with_args,
+        "proxy" => pillion_proxy::main_with_args,
         "agent" => pillion_agent::cli::main_with_args,
         _ => return None,
     };

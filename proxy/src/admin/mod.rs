@@ -1,9 +1,11 @@
 //! The admin server: probes, metrics and shutdown over plain HTTP/1.
 //!
-//! `routes` decides answers (pure, easy to test); `server` speaks HTTP.
+//! `routes` decides answers (pure, easy to test); `server` speaks HTTP; `readiness`
+//! is the set of conditions `/ready` reports.
 
-pub mod routes;
-pub mod server;
+pub(crate) mod readiness;
+pub(crate) mod routes;
+pub(crate) mod server;
 
-pub use routes::{AdminState, ConfigDump};
-pub use server::{AdminError, AdminServer};
+pub(crate) use routes::{AdminState, ConfigDump};
+pub(crate) use server::{AdminError, AdminServer};

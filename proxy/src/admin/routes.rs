@@ -9,13 +9,13 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use prometheus_client::registry::Registry;
 
-use crate::drain::Drain;
-use crate::metrics;
-use crate::readiness::Readiness;
+use crate::admin::readiness::Readiness;
+use crate::telemetry::metrics;
+use crate::transport::drain::Drain;
 
 /// What the admin endpoints read and control.
 #[derive(Clone, Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// Conditions `/ready` reports.
     pub readiness: Readiness,
     /// Metrics `/metrics` renders.
@@ -29,11 +29,12 @@ pub struct AdminState {
 /// Renders the proxy's effective configuration, certificate and view as JSON for
 /// `/config`, so an operator can see what the proxy acts on; no key material.
 #[derive(Clone)]
-pub struct ConfigDump(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+pub(crate) struct ConfigDump(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
 
 impl ConfigDump {
     /// A dump that always shows `value`.
-    pub fn fixed(value: serde_json::Value) -> ConfigDump {
+    #[cfg(test)]
+    pub(crate) fn fixed(value: serde_json::Value) -> ConfigDump {
         ConfigDump(Arc::new(move || value.clone()))
     }
 }
@@ -48,7 +49,7 @@ impl std::fmt::Debug for ConfigDump {
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Answers one admin request from `peer`.
-pub fn respond(
+pub(crate) fn respond(
     state: &AdminState,
     method: &Method,
     path: &str,

@@ -36,14 +36,14 @@ pub struct AdminError {
 
 /// A bound admin server, not yet serving.
 #[derive(Debug)]
-pub struct AdminServer {
+pub(crate) struct AdminServer {
     listener: TcpListener,
     local_addr: SocketAddr,
 }
 
 impl AdminServer {
     /// Binds the admin listener (port 0 picks a free port; see [`Self::local_addr`]).
-    pub fn bind(addr: SocketAddr) -> Result<Self, AdminError> {
+    pub(crate) fn bind(addr: SocketAddr) -> Result<Self, AdminError> {
         let listener =
             listen::bind(addr, ADMIN_BACKLOG).map_err(|source| AdminError { addr, source })?;
         let local_addr = listener
@@ -56,12 +56,12 @@ impl AdminServer {
     }
 
     /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// Serves requests until `stop` resolves; open admin connections are then dropped.
-    pub async fn serve(self, state: AdminState, stop: impl Future<Output = ()>) {
+    pub(crate) async fn serve(self, state: AdminState, stop: impl Future<Output = ()>) {
         tracing::info!(addr = %self.local_addr, "admin server listening");
         let mut connections = JoinSet::new();
         tokio::pin!(stop);
@@ -103,9 +103,9 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::Drain;
-    use crate::metrics::TcpMetrics;
-    use crate::readiness::Readiness;
+    use crate::admin::readiness::Readiness;
+    use crate::telemetry::metrics::tcp::TcpMetrics;
+    use crate::transport::drain::Drain;
     use prometheus_client::registry::Registry;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{AgentClient, AgentError};
 use super::metrics::ControlMetrics;
+use crate::admin::readiness::Condition;
 use crate::policy::backoff::Backoff;
-use crate::readiness::Condition;
 
 /// First retry delay after a failed request.
 pub const RETRY_BASE: Duration = Duration::from_secs(1);

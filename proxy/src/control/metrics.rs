@@ -75,7 +75,7 @@ mod tests {
         m.cert_expiry.set(1_700_000_000);
         m.renewals_ok.inc();
         m.agent_connected.set(1);
-        let text = crate::metrics::encode(&registry).unwrap();
+        let text = crate::telemetry::metrics::encode(&registry).unwrap();
         for line in [
             "pillion_identity_cert_expiry_timestamp_seconds 1700000000",
             "pillion_identity_renewals_total{result=\"ok\"} 1",

@@ -18,10 +18,10 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::mesh::Mesh;
-use crate::readiness::Readiness;
-use crate::tls::MeshTls;
-use crate::view::Views;
+use crate::admin::readiness::Readiness;
+use crate::app::proxy::Mesh;
+use crate::state::Views;
+use crate::transport::tls::MeshTls;
 use certificates::Renewer;
 use client::AgentClient;
 use config::ControlConfig;

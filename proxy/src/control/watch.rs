@@ -1,6 +1,8 @@
-//! Follows the agent's view stream (`GET /v1/watch`, NDJSON): each line replaces
-//! the view for new connections. When the stream ends or fails the last good view
-//! stays in force and the stream is reopened with exponential backoff and jitter.
+//! Follows the agent's view stream (`GET /v1/watch`, NDJSON): each line is parsed
+//! on a blocking thread (a large view must not pause traffic) and published to the
+//! proxy's [`Views`], which the state compiler follows. When the stream ends or fails
+//! the last good view stays in force and the stream is reopened with exponential
+//! backoff and jitter.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::client::{AgentClient, AgentError};
 use super::lines::{LineTooLong, Lines, MAX_LINE};
 use super::metrics::ControlMetrics;
+use crate::admin::readiness::Condition;
 use crate::policy::backoff::Backoff;
-use crate::readiness::Condition;
-use crate::view::Views;
+use crate::state::Views;
 
 /// First reconnect delay.
 pub const RECONNECT_BASE: Duration = Duration::from_millis(200);
@@ -72,7 +74,7 @@ impl Watcher {
             };
             self.metrics.agent_connected.set(0);
             let wait = backoff.next_delay();
-            let version = self.views.current().version();
+            let version = self.views.latest().map(|v| v.version);
             match &ended {
                 WatchError::Ended => {
                     tracing::info!(agent = %self.client.addr(), reconnect_in_ms = wait.as_millis() as u64,
@@ -115,10 +117,17 @@ impl Watcher {
                 Err(err) => return err.into(),
             };
             for line in complete {
-                let view: View = match serde_json::from_slice(&line) {
-                    Ok(view) => view,
-                    Err(err) => {
+                let parsed =
+                    tokio::task::spawn_blocking(move || serde_json::from_slice::<View>(&line))
+                        .await;
+                let view = match parsed {
+                    Ok(Ok(view)) => view,
+                    Ok(Err(err)) => {
                         tracing::warn!(agent = %self.client.addr(), error = %err, "ignoring a view line that does not parse");
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "parsing a view line failed; ignoring it");
                         continue;
                     }
                 };
@@ -133,15 +142,15 @@ impl Watcher {
                     continue;
                 }
                 last = Some(view.version);
-                self.views.install(&view);
-                self.ready.set(true);
-                backoff.reset();
                 tracing::info!(
                     version = view.version,
                     services = view.services.len(),
                     inbound_ports = view.inbound.ports.len(),
-                    "view installed"
+                    "view received"
                 );
+                self.views.publish(view);
+                self.ready.set(true);
+                backoff.reset();
             }
         }
     }

@@ -1,184 +1,106 @@
-//! Protocol detection: is a connection HTTP/1.x (a request line), HTTP/2 with prior
-//! knowledge (the connection preface) or anything else (opaque TCP)?
+//! Protocol detection: what a connection speaks, from its first bytes.
 //!
-//! Detection reads at most [`MAX_DETECT_BYTES`] within a timeout
-//! (`defaults::DETECT_TIMEOUT`, 10 s) and gives the bytes back through a
-//! [`rewind::Rewind`] stream, so it works the same on a plain socket and inside
-//! mesh TLS. It decides as early as the bytes allow: one byte that cannot start a
-//! method means opaque at once; a request line is accepted when its `HTTP/1.x` and
-//! line end arrive. Peers that send nothing in time (server-speaks-first
-//! protocols) are opaque; ports a service marks `opaque`, and the mesh's
-//! [`OPAQUE_PORTS`], skip detection ([`skips_detection`]).
+//! One buffer, [`Peek`], reads a connection's first bytes — at most
+//! [`MAX_DETECT_BYTES`], within one deadline (`--detect-timeout`, 10 s by default) —
+//! and both detectors look at it: [`tls`] asks whether they are a ClientHello
+//! offering the mesh ALPN (inbound), [`http`] whether they are an HTTP/1.x request
+//! line or the HTTP/2 preface. Whatever is not consumed by a TLS handshake is handed
+//! on, every byte from the first, through the one replay type [`rewind::Rewind`], so
+//! detection works the same on a plain socket and inside mesh TLS.
+//!
+//! Ports a service marks `opaque`, and the mesh's [`OPAQUE_PORTS`], skip detection
+//! ([`skips_detection`]); a port that declares its protocol needs none
+//! ([`declared`]).
 
-pub mod rewind;
+pub(crate) mod http;
+pub(crate) mod rewind;
+pub(crate) mod tls;
 
-use std::io;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use pillion_api::defaults::OPAQUE_PORTS;
 use pillion_api::view::Protocol as PortProtocol;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
 
+pub(crate) use http::{detect, Protocol};
 use rewind::Rewind;
 
-/// Most bytes detection reads; a request line longer than this is not served as HTTP.
-pub const MAX_DETECT_BYTES: usize = 8 * 1024;
-/// The HTTP/2 client connection preface (RFC 9113 §3.4).
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Longest method token accepted; longer ones are not HTTP anyone speaks.
-const MAX_METHOD_LEN: usize = 32;
+/// Most bytes detection reads: a whole ClientHello (one 16 KiB record, split into a
+/// few at most) or an HTTP request head as large as the proxy serves.
+pub(crate) const MAX_DETECT_BYTES: usize = 64 * 1024;
 
-/// What a connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// HTTP/1.0 or HTTP/1.1.
-    Http1,
-    /// HTTP/2 with prior knowledge.
-    Http2,
-    /// Anything else: copied byte for byte.
-    Opaque,
+/// The first bytes of a connection, read so far, and the connection itself.
+#[derive(Debug)]
+pub(crate) struct Peek<IO> {
+    buf: BytesMut,
+    io: IO,
+    deadline: Instant,
 }
 
-impl Protocol {
-    /// For logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "http1",
-            Protocol::Http2 => "http2",
-            Protocol::Opaque => "opaque",
-        }
-    }
-}
-
-/// Why detection decided what it did (for logs).
+/// How one more read went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// The bytes showed the protocol.
-    Seen,
-    /// Nothing (or not enough) arrived in time.
-    Timeout,
-    /// The peer closed first.
+pub(crate) enum Read {
+    /// More bytes arrived.
+    More,
+    /// The peer closed (or the stream failed; whoever reads next sees it again).
     Eof,
-    /// [`MAX_DETECT_BYTES`] arrived without an answer.
-    TooLong,
+    /// The deadline passed.
+    Timeout,
+    /// [`MAX_DETECT_BYTES`] are buffered; nothing more is read.
+    Full,
 }
 
-/// The verdict on a buffer of first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The bytes decide it.
-    Is(Protocol),
-    /// Still a possible HTTP start; read more.
-    NeedMore,
-}
-
-/// Classifies the first bytes of a connection.
-pub fn classify(buf: &[u8]) -> Verdict {
-    if buf.is_empty() {
-        return Verdict::NeedMore;
-    }
-    let n = buf.len().min(H2_PREFACE.len());
-    if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() {
-            Verdict::Is(Protocol::Http2)
-        } else {
-            Verdict::NeedMore
-        };
-    }
-    request_line(buf)
-}
-
-/// `method SP target SP HTTP/1.d CRLF` (a bare LF is accepted, as hyper does).
-fn request_line(buf: &[u8]) -> Verdict {
-    let opaque = Verdict::Is(Protocol::Opaque);
-    let method = buf.iter().take_while(|b| is_tchar(**b)).count();
-    if method == 0 || method > MAX_METHOD_LEN {
-        return opaque;
-    }
-    let Some(&after) = buf.get(method) else {
-        return Verdict::NeedMore;
-    };
-    if after != b' ' {
-        return opaque;
-    }
-    let rest = &buf[method + 1..];
-    let target = rest.iter().take_while(|b| is_target_byte(**b)).count();
-    let Some(&after) = rest.get(target) else {
-        return Verdict::NeedMore;
-    };
-    if target == 0 || after != b' ' {
-        return opaque;
-    }
-    let version = &rest[target + 1..];
-    const VERSION: &[u8] = b"HTTP/1.";
-    let n = version.len().min(VERSION.len());
-    if version[..n] != VERSION[..n] {
-        return opaque;
-    }
-    match version.get(VERSION.len()) {
-        None => Verdict::NeedMore,
-        Some(d) if d.is_ascii_digit() => match &version[VERSION.len() + 1..] {
-            [] | [b'\r'] => Verdict::NeedMore,
-            [b'\n', ..] | [b'\r', b'\n', ..] => Verdict::Is(Protocol::Http1),
-            _ => opaque,
-        },
-        Some(_) => opaque,
-    }
-}
-
-/// RFC 9110 token characters.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Visible ASCII (what a request target may hold).
-fn is_target_byte(b: u8) -> bool {
-    b.is_ascii_graphic()
-}
-
-/// Reads the first bytes of `io` until they show the protocol, at most
-/// [`MAX_DETECT_BYTES`] and `timeout`; returns the verdict and a stream that yields
-/// every byte from the first. I/O errors end detection as opaque (the relay will see
-/// them again).
-pub async fn detect<IO>(mut io: IO, timeout: Duration) -> (Protocol, Reason, Rewind<IO>)
-where
-    IO: AsyncRead + Unpin,
-{
-    let mut buf = BytesMut::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let (protocol, reason) = loop {
-        if buf.len() >= MAX_DETECT_BYTES {
-            break (Protocol::Opaque, Reason::TooLong);
+impl<IO: AsyncRead + Unpin> Peek<IO> {
+    /// Starts detection on `io`, which must show its protocol within `timeout`.
+    pub(crate) fn new(io: IO, timeout: Duration) -> Peek<IO> {
+        Peek {
+            buf: BytesMut::new(),
+            io,
+            deadline: Instant::now() + timeout,
         }
-        let limit = MAX_DETECT_BYTES - buf.len();
-        let read = tokio::time::timeout_at(deadline, read_some(&mut io, &mut buf, limit)).await;
-        match read {
-            Err(_) => break (Protocol::Opaque, Reason::Timeout),
-            Ok(Ok(0)) | Ok(Err(_)) => break (Protocol::Opaque, Reason::Eof),
-            Ok(Ok(_)) => {}
-        }
-        if let Verdict::Is(p) = classify(&buf) {
-            break (p, Reason::Seen);
-        }
-    };
-    (protocol, reason, Rewind::new(buf.freeze(), io))
-}
+    }
 
-async fn read_some<IO: AsyncRead + Unpin>(
-    io: &mut IO,
-    buf: &mut BytesMut,
-    limit: usize,
-) -> io::Result<usize> {
-    buf.reserve(limit.min(4096));
-    let mut limited = (&mut *io).take(limit as u64);
-    limited.read_buf(buf).await
+    /// The bytes read so far.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Reads whatever arrives next, up to the byte limit, before the deadline.
+    pub(crate) async fn read_more(&mut self) -> Read {
+        let room = MAX_DETECT_BYTES.saturating_sub(self.buf.len());
+        if room == 0 {
+            return Read::Full;
+        }
+        self.buf.reserve(room.min(4096));
+        let mut limited = (&mut self.io).take(room as u64);
+        match tokio::time::timeout_at(self.deadline, limited.read_buf(&mut self.buf)).await {
+            Err(_) => Read::Timeout,
+            Ok(Ok(0)) | Ok(Err(_)) => Read::Eof,
+            Ok(Ok(_)) => Read::More,
+        }
+    }
+
+    /// Ends detection: a stream that yields every byte read so far, then the rest.
+    pub(crate) fn into_rewind(self) -> Rewind<IO> {
+        Rewind::new(self.buf.freeze(), self.io)
+    }
+
+    /// The connection itself, for a TLS handshake that took the buffered bytes.
+    fn into_io(self) -> IO {
+        self.io
+    }
 }
 
 /// Whether a port is served without detection: the service marks it `opaque`, or it
 /// is one of the mesh's server-speaks-first ports (`extra_opaque` adds the proxy's own
 /// configured list).
-pub fn skips_detection(port: u16, protocol: Option<PortProtocol>, extra_opaque: &[u16]) -> bool {
+pub(crate) fn skips_detection(
+    port: u16,
+    protocol: Option<PortProtocol>,
+    extra_opaque: &[u16],
+) -> bool {
     match protocol {
         Some(PortProtocol::Opaque) => true,
         Some(PortProtocol::Http1 | PortProtocol::Http2) => false,
@@ -190,7 +112,7 @@ pub fn skips_detection(port: u16, protocol: Option<PortProtocol>, extra_opaque: 
 
 /// The protocol a port declares without detection, if any (`http1`, `http2`,
 /// `opaque`); `auto` (and unknown ports) need [`detect`].
-pub fn declared(protocol: PortProtocol) -> Option<Protocol> {
+pub(crate) fn declared(protocol: PortProtocol) -> Option<Protocol> {
     match protocol {
         PortProtocol::Auto => None,
         PortProtocol::Http1 => Some(Protocol::Http1),
@@ -204,105 +126,6 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    fn is(p: Protocol) -> Verdict {
-        Verdict::Is(p)
-    }
-
-    #[test]
-    fn request_lines_are_http1() {
-        for line in [
-            &b"GET / HTTP/1.1\r\n"[..],
-            b"POST /api/items?x=1 HTTP/1.0\r\nHost: a\r\n\r\n",
-            b"CONNECT example.com:443 HTTP/1.1\r\n",
-            b"OPTIONS * HTTP/1.1\n",
-            b"M-SEARCH * HTTP/1.1\r\n",
-        ] {
-            assert_eq!(classify(line), is(Protocol::Http1), "{line:?}");
-        }
-    }
-
-    #[test]
-    fn partial_lines_ask_for_more() {
-        let line = b"GET /index.html HTTP/1.1\r\n";
-        for n in 1..line.len() - 1 {
-            assert_eq!(classify(&line[..n]), Verdict::NeedMore, "{n}");
-        }
-        for n in 1..H2_PREFACE.len() {
-            assert_eq!(classify(&H2_PREFACE[..n]), Verdict::NeedMore, "{n}");
-        }
-    }
-
-    #[test]
-    fn the_preface_is_http2() {
-        assert_eq!(classify(H2_PREFACE), is(Protocol::Http2));
-        let mut more = H2_PREFACE.to_vec();
-        more.extend_from_slice(&[0, 0, 0, 4]);
-        assert_eq!(classify(&more), is(Protocol::Http2));
-    }
-
-    #[test]
-    fn anything_else_is_opaque() {
-        for bytes in [
-            &[0x16u8, 3, 1, 0, 5][..], // a TLS record
-            b"\x00\x00\x00\x01",
-            b"SSH-2.0-OpenSSH_9.6\r\n",
-            b"GET  / HTTP/1.1\r\n",
-            b"GET / HTTP/2.0\r\n",
-            b"GET / HTTP/1.x\r\n",
-            b"GET / HTTP/1.1 trailing\r\n",
-            b"get\t/ HTTP/1.1\r\n",
-            b"PRI * HTTP/2.0\r\n\r\nXX",
-            b" GET / HTTP/1.1\r\n",
-        ] {
-            assert_eq!(classify(bytes), is(Protocol::Opaque), "{bytes:?}");
-        }
-        let long_method = vec![b'A'; MAX_METHOD_LEN + 1];
-        assert_eq!(classify(&long_method), is(Protocol::Opaque));
-    }
-
-    #[tokio::test]
-    async fn detection_keeps_every_byte() {
-        let (a, mut b) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(async move {
-            b.write_all(b"GET /x HT").await.unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            b.write_all(b"TP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-            let _ = b.shutdown().await;
-        });
-        let (p, reason, mut rewind) = detect(a, Duration::from_secs(5)).await;
-        assert_eq!((p, reason), (Protocol::Http1, Reason::Seen));
-        let mut all = String::new();
-        rewind.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn silence_is_opaque_after_the_timeout() {
-        let (a, _b) = tokio::io::duplex(64);
-        let (p, reason, rewind) = detect(a, Duration::from_secs(10)).await;
-        assert_eq!((p, reason), (Protocol::Opaque, Reason::Timeout));
-        assert!(rewind.prefix().is_empty());
-    }
-
-    #[tokio::test]
-    async fn eof_and_endless_lines_are_opaque() {
-        let (a, b) = tokio::io::duplex(64);
-        drop(b);
-        let (p, reason, _) = detect(a, Duration::from_secs(5)).await;
-        assert_eq!((p, reason), (Protocol::Opaque, Reason::Eof));
-
-        let (a, mut b) = tokio::io::duplex(64 * 1024);
-        let mut line = b"GET /".to_vec();
-        line.resize(MAX_DETECT_BYTES + 100, b'a');
-        tokio::spawn(async move {
-            let _ = b.write_all(&line).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
-        let (p, reason, rewind) = detect(a, Duration::from_secs(5)).await;
-        assert_eq!((p, reason), (Protocol::Opaque, Reason::TooLong));
-        assert_eq!(rewind.prefix().len(), MAX_DETECT_BYTES);
-    }
-
     #[test]
     fn opaque_ports_skip_detection() {
         assert!(skips_detection(5432, None, &[]));
@@ -314,5 +137,36 @@ mod tests {
         assert!(!skips_detection(3306, Some(PortProtocol::Http1), &[]));
         assert_eq!(declared(PortProtocol::Http2), Some(Protocol::Http2));
         assert_eq!(declared(PortProtocol::Auto), None);
+    }
+
+    #[tokio::test]
+    async fn the_buffer_stops_at_the_limit() {
+        let (a, mut b) = tokio::io::duplex(16 * 1024);
+        tokio::spawn(async move {
+            let _ = b.write_all(&vec![b'x'; MAX_DETECT_BYTES + 10]).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let mut peek = Peek::new(a, Duration::from_secs(5));
+        while peek.read_more().await == Read::More {}
+        assert_eq!(peek.buffered().len(), MAX_DETECT_BYTES);
+        assert_eq!(peek.read_more().await, Read::Full);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_for_all_reads() {
+        let (a, mut b) = tokio::io::duplex(64);
+        b.write_all(b"G").await.unwrap();
+        let mut peek = Peek::new(a, Duration::from_secs(10));
+        assert_eq!(peek.read_more().await, Read::More);
+        let started = Instant::now();
+        assert_eq!(peek.read_more().await, Read::Timeout);
+        assert!(started.elapsed() <= Duration::from_secs(10));
+        drop(b);
+        let (a, b) = tokio::io::duplex(64);
+        drop(b);
+        assert_eq!(
+            Peek::new(a, Duration::from_secs(1)).read_more().await,
+            Read::Eof
+        );
     }
 }

@@ -11,30 +11,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// `prefix` (bytes already read) followed by the rest of `inner`; writes go straight
 /// to `inner`.
 #[derive(Debug)]
-pub struct Rewind<IO> {
+pub(crate) struct Rewind<IO> {
     prefix: Bytes,
     inner: IO,
 }
 
 impl<IO> Rewind<IO> {
     /// A stream that yields `prefix` before reading from `inner`.
-    pub fn new(prefix: Bytes, inner: IO) -> Rewind<IO> {
+    pub(crate) fn new(prefix: Bytes, inner: IO) -> Rewind<IO> {
         Rewind { prefix, inner }
     }
 
     /// The bytes not yet replayed.
-    pub fn prefix(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn prefix(&self) -> &[u8] {
         &self.prefix
-    }
-
-    /// The wrapped stream (bytes still in the prefix are lost).
-    pub fn into_inner(self) -> IO {
-        self.inner
-    }
-
-    /// The wrapped stream, e.g. to read a TLS session's peer.
-    pub fn get_ref(&self) -> &IO {
-        &self.inner
     }
 }
 

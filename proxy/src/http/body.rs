@@ -10,16 +10,16 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::pool::UpstreamBody;
 use super::replay::ReplayBody;
 use crate::telemetry::{ObservedBody, RequestObserver};
+use crate::upstream::pool::UpstreamBody;
 
 /// The error type of every body the proxy forwards.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way upstream.
 #[derive(Debug, Default)]
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     /// No body at all (most `GET`s).
     #[default]
     Empty,
@@ -65,7 +65,7 @@ impl Body for RequestBody {
 
 /// A response body on its way downstream.
 #[derive(Debug)]
-pub enum ResponseBody {
+pub(crate) enum ResponseBody {
     /// What the upstream sent, streamed through (trailers included).
     Upstream(UpstreamBody),
     /// A body the proxy made (an error reason); `None` once sent.
@@ -77,19 +77,14 @@ pub enum ResponseBody {
 
 impl ResponseBody {
     /// A body of fixed bytes (empty for none).
-    pub fn local(bytes: impl Into<Bytes>) -> ResponseBody {
+    pub(crate) fn local(bytes: impl Into<Bytes>) -> ResponseBody {
         let bytes = bytes.into();
         ResponseBody::Local((!bytes.is_empty()).then_some(bytes))
     }
 
-    /// No body.
-    pub fn empty() -> ResponseBody {
-        ResponseBody::Local(None)
-    }
-
     /// `response` with its telemetry finishing when its body ends; unchanged (no
     /// wrapping, no cost) when the observer records nothing.
-    pub fn observed(
+    pub(crate) fn observed(
         observer: RequestObserver,
         response: http::Response<ResponseBody>,
     ) -> http::Response<ResponseBody> {
@@ -135,6 +130,13 @@ impl Body for ResponseBody {
             ResponseBody::Observed(body) => body.size_hint(),
         }
     }
+}
+
+/// The request body's declared size (its exact size hint, e.g. `Content-Length`);
+/// a streamed body of unknown length counts its known lower bound.
+pub(crate) fn declared_len(body: &impl Body) -> u64 {
+    let hint = body.size_hint();
+    hint.exact().unwrap_or_else(|| hint.lower())
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@ use super::body::ResponseBody;
 use crate::policy::rate_limit::{RateLimiter, RetryAfter, RATELIMIT, RATELIMIT_POLICY};
 
 /// Marks a response the proxy made, with a short machine-readable reason.
-pub const PILLION_ERROR: HeaderName = HeaderName::from_static("pillion-error");
+pub(crate) const PILLION_ERROR: HeaderName = HeaderName::from_static("pillion-error");
 
 /// Why the proxy answered instead of the application.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// The service has no endpoints (in the chosen backend).
     #[error("no endpoints available for {service}")]
     NoEndpoints {
@@ -65,7 +65,7 @@ pub enum HttpError {
 
 impl HttpError {
     /// The status returned for the error.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             HttpError::NoEndpoints { .. } | HttpError::AllEjected { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -79,7 +79,7 @@ impl HttpError {
     }
 
     /// The value of [`PILLION_ERROR`].
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             HttpError::NoEndpoints { .. } => "no-endpoints",
             HttpError::AllEjected { .. } => "all-ejected",
@@ -94,13 +94,13 @@ impl HttpError {
     }
 
     /// The response: status, [`PILLION_ERROR`], and `pillion: <reason>` as text.
-    pub fn response(&self) -> Response<ResponseBody> {
+    pub(crate) fn response(&self) -> Response<ResponseBody> {
         local_response(self.status(), self.code(), self)
     }
 }
 
 /// A short text response made by the proxy.
-pub fn local_response(
+pub(crate) fn local_response(
     status: StatusCode,
     code: &'static str,
     reason: &dyn fmt::Display,
@@ -117,7 +117,7 @@ pub fn local_response(
 }
 
 /// The 429 of a rate limit: `Retry-After`, `RateLimit-Policy` and `RateLimit`.
-pub fn rate_limited(
+pub(crate) fn rate_limited(
     limiter: &RateLimiter,
     route: &str,
     wait: &RetryAfter,

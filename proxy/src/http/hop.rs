@@ -1,17 +1,24 @@
 //! What changes about a message as it crosses the proxy: hop-by-hop headers are
-//! dropped (RFC 9110 §7.6.1), and between two proxies an HTTP/1.x request travels as
+//! dropped (RFC 9110 §7.6.1); the request goes upstream with an absolute URI
+//! ([`upstream_uri`]); and between two proxies an HTTP/1.x request may travel as
 //! HTTP/2 carrying its original version in [`ORIG_PROTO`], which the far proxy
 //! removes before the application sees the request.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Version};
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, HOST};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Uri, Version};
+
+use super::errors::HttpError;
 
 /// Carries the version the client spoke across the proxy-to-proxy HTTP/2 hop.
-pub const ORIG_PROTO: HeaderName = HeaderName::from_static("pillion-orig-proto");
+pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("pillion-orig-proto");
 /// The [`ORIG_PROTO`] value of an HTTP/1.1 request.
-pub const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+pub(crate) const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 /// The [`ORIG_PROTO`] value of an HTTP/1.0 request.
-pub const HTTP_10: HeaderValue = HeaderValue::from_static("HTTP/1.0");
+pub(crate) const HTTP_10: HeaderValue = HeaderValue::from_static("HTTP/1.0");
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -25,7 +32,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Removes hop-by-hop headers and any header the `Connection` header names. `TE:
 /// trailers` is kept (gRPC needs it; it is the one `TE` value HTTP/2 allows).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         strip_connection_named(headers);
     }
@@ -56,12 +63,12 @@ fn strip_connection_named(headers: &mut HeaderMap) {
 
 /// Whether a request asks to leave HTTP (`Upgrade`, e.g. WebSocket) or to tunnel
 /// (`CONNECT`): such a connection becomes opaque bytes end to end after the answer.
-pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn wants_upgrade<B>(req: &Request<B>) -> bool {
     upgrade_requested(req.method(), req.version(), req.headers())
 }
 
 /// [`wants_upgrade`] for a request's head.
-pub fn upgrade_requested(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+pub(crate) fn upgrade_requested(method: &Method, version: Version, headers: &HeaderMap) -> bool {
     if method == Method::CONNECT {
         return true;
     }
@@ -76,7 +83,7 @@ pub fn upgrade_requested(method: &Method, version: Version, headers: &HeaderMap)
 }
 
 /// The [`ORIG_PROTO`] value for a request version, if it is an HTTP/1.x one.
-pub fn orig_proto_value(version: Version) -> Option<HeaderValue> {
+pub(crate) fn orig_proto_value(version: Version) -> Option<HeaderValue> {
     match version {
         Version::HTTP_11 => Some(HTTP_11),
         Version::HTTP_10 => Some(HTTP_10),
@@ -87,13 +94,46 @@ pub fn orig_proto_value(version: Version) -> Option<HeaderValue> {
 /// Takes [`ORIG_PROTO`] out of a request's headers: the version to speak to the
 /// application (`None`: keep the version it arrived with). Unknown values are
 /// dropped and ignored.
-pub fn take_orig_proto(headers: &mut HeaderMap) -> Option<Version> {
+pub(crate) fn take_orig_proto(headers: &mut HeaderMap) -> Option<Version> {
     let value = headers.remove(ORIG_PROTO)?;
     match value.as_bytes() {
         b"HTTP/1.1" => Some(Version::HTTP_11),
         b"HTTP/1.0" => Some(Version::HTTP_10),
         _ => None,
     }
+}
+
+/// The URI a request is sent upstream with: `http://`, its authority (from its URI
+/// (HTTP/2, absolute form), else its `Host` header, else `fallback`, the address it
+/// was sent to) and `path_and_query`.
+pub(crate) fn upstream_uri(
+    parts: &Parts,
+    fallback: SocketAddr,
+    path_and_query: PathAndQuery,
+) -> Result<Uri, HttpError> {
+    let authority = match (parts.uri.authority(), parts.headers.get(HOST)) {
+        (Some(authority), _) => authority.clone(),
+        (None, Some(host)) => Authority::try_from(host.as_bytes())
+            .map_err(|_| HttpError::BadRequest("the Host header is not a valid authority"))?,
+        (None, None) => Authority::try_from(fallback.to_string())
+            .map_err(|_| HttpError::BadRequest("no authority for the request"))?,
+    };
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| HttpError::BadRequest("the request target is not valid"))
+}
+
+/// The request's path and query as sent (`/` when it has none, e.g. `OPTIONS *`
+/// aside).
+pub(crate) fn path_and_query(parts: &Parts) -> PathAndQuery {
+    parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 #[cfg(test)]
@@ -135,6 +175,24 @@ mod tests {
         let connect = Request::connect("example.com:443").body(()).unwrap();
         assert!(wants_upgrade(&connect));
         assert!(!wants_upgrade(&Request::get("/").body(()).unwrap()));
+    }
+
+    #[test]
+    fn the_upstream_uri_takes_the_best_authority() {
+        let fallback: SocketAddr = "198.18.0.100:80".parse().unwrap();
+        let uri = |req: Request<()>| {
+            let (parts, _) = req.into_parts();
+            let pq = path_and_query(&parts);
+            upstream_uri(&parts, fallback, pq).map(|u| u.to_string())
+        };
+        let h2 = Request::get("http://svc.demo:8080/a?b=1").body(()).unwrap();
+        assert_eq!(uri(h2).unwrap(), "http://svc.demo:8080/a?b=1");
+        let h1 = Request::get("/x").header(HOST, "web").body(()).unwrap();
+        assert_eq!(uri(h1).unwrap(), "http://web/x");
+        let bare = Request::get("/y").body(()).unwrap();
+        assert_eq!(uri(bare).unwrap(), "http://198.18.0.100:80/y");
+        let bad = Request::get("/z").header(HOST, "a b").body(()).unwrap();
+        assert_eq!(uri(bad).unwrap_err().status(), 400);
     }
 
     #[test]

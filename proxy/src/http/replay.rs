@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use super::body::BoxError;
 
 /// Largest request body kept for retries (64 KiB); larger bodies are sent once.
-pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REPLAY_BYTES: usize = 64 * 1024;
 
 #[derive(Debug)]
 struct State {
@@ -38,7 +38,7 @@ struct State {
 
 /// One try's view of a recorded request body; see the module docs.
 #[derive(Debug)]
-pub struct ReplayBody {
+pub(crate) struct ReplayBody {
     shared: Arc<Mutex<State>>,
     generation: u64,
     next: usize,
@@ -48,7 +48,7 @@ pub struct ReplayBody {
 
 impl ReplayBody {
     /// Starts recording `body` (call only for bodies that are not already empty).
-    pub fn new(body: Incoming) -> ReplayBody {
+    pub(crate) fn new(body: Incoming) -> ReplayBody {
         let hint = body.size_hint();
         ReplayBody {
             shared: Arc::new(Mutex::new(State {
@@ -75,7 +75,7 @@ impl ReplayBody {
 
     /// A body for the next try, starting from the first byte; `None` when the body
     /// outgrew [`MAX_REPLAY_BYTES`] or failed, so it cannot be sent again.
-    pub fn replay(&self) -> Option<ReplayBody> {
+    pub(crate) fn replay(&self) -> Option<ReplayBody> {
         let mut state = self.state();
         if state.overflowed || state.failed {
             return None;
@@ -91,7 +91,7 @@ impl ReplayBody {
     }
 
     /// Whether a retry could still send this body.
-    pub fn is_replayable(&self) -> bool {
+    pub(crate) fn is_replayable(&self) -> bool {
         let state = self.state();
         !(state.overflowed || state.failed)
     }

@@ -2,24 +2,47 @@
 //! requests never reach the proxy's code: hyper answers them itself (400 for a bad
 //! request line or header, 431 when the head exceeds [`MAX_REQUEST_HEAD`] or has too
 //! many headers) and closes the connection. On drain, connections finish the request
-//! in flight and close (HTTP/1) or send GOAWAY (HTTP/2).
+//! in flight and close (HTTP/1) or send GOAWAY (HTTP/2). HTTP/2 streams run in tasks
+//! of their own that keep the connection's span.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::rt::Executor;
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
 
 use super::body::ResponseBody;
-use super::settings::{HEADER_READ_TIMEOUT, MAX_REQUEST_HEAD};
 use crate::detect::Protocol;
+
+/// Largest request head (request line and headers) accepted; larger ones get 431.
+pub(crate) const MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// Time a client may take to send a request head on an idle HTTP/1 connection.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Spawns HTTP/2 stream tasks inside the connection's span, so their log lines say
+/// which connection they belong to.
+#[derive(Clone)]
+struct InSpan(tracing::Span);
+
+impl<F> Executor<F> for InSpan
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut.instrument(self.0.clone()));
+    }
+}
 
 /// Serves `io` (already detected as `protocol`, which must be HTTP) until the client
 /// closes, an error ends it, or `shutdown` resolves (then gracefully).
-pub async fn serve<IO, S, F>(io: IO, protocol: Protocol, service: S, shutdown: F)
+pub(crate) async fn serve<IO, S, F>(io: IO, protocol: Protocol, service: S, shutdown: F)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
@@ -38,34 +61,40 @@ where
                 .max_header_size(MAX_REQUEST_HEAD)
                 .serve_connection(io, service)
                 .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = &mut shutdown => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            graceful(conn, &mut shutdown, |c| c.graceful_shutdown()).await
         }
         Protocol::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let conn = hyper::server::conn::http2::Builder::new(InSpan(tracing::Span::current()))
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_REQUEST_HEAD as u32)
                 .adaptive_window(true)
                 .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = &mut shutdown => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            graceful(conn, &mut shutdown, |c| c.graceful_shutdown()).await
         }
         Protocol::Opaque => return,
     };
     if let Err(err) = result {
         // Clients going away mid-request is normal; keep it at debug.
         tracing::debug!(protocol = protocol.as_str(), error = %err, "HTTP connection ended with an error");
+    }
+}
+
+/// Drives `conn` to its end; once `shutdown` resolves, asks it to finish gracefully.
+async fn graceful<C, F>(
+    conn: C,
+    shutdown: &mut std::pin::Pin<&mut F>,
+    begin_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+) -> C::Output
+where
+    C: Future,
+    F: Future<Output = ()>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.as_mut() => {
+            begin_shutdown(conn.as_mut());
+            conn.await
+        }
     }
 }

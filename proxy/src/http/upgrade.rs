@@ -16,12 +16,12 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{RequestBody, ResponseBody};
 use super::errors::HttpError;
-use super::pool::UpstreamBody;
-use super::upstream::Upstream;
+use crate::upstream::pool::UpstreamBody;
+use crate::upstream::Upstream;
 
 /// Forwards an upgrade request to `upstream` and, if it agrees, joins the two
 /// upgraded connections. `req` must still carry hyper's upgrade handle.
-pub async fn forward(
+pub(crate) async fn forward(
     mut req: Request<Incoming>,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, HttpError> {

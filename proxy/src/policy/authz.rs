@@ -26,15 +26,15 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pillion_api::identity::{IdentityPattern, PatternError};
-use pillion_api::view::{InboundPolicy, Mode};
+use pillion_api::view::Mode;
 
 /// The header that tells the application who called (the verified SPIFFE id).
-pub const PEER_IDENTITY_HEADER: HeaderName =
+pub(crate) const PEER_IDENTITY_HEADER: HeaderName =
     HeaderName::from_static(pillion_api::policy::PEER_IDENTITY_HEADER);
 
 /// An allow list entry or identity that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthzError {
+pub(crate) enum AuthzError {
     /// An allow pattern that is not well formed.
     #[error(transparent)]
     BadPattern(#[from] PatternError),
@@ -45,7 +45,7 @@ pub enum AuthzError {
 
 /// Why a request was refused (the HTTP layer answers 403 either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// The caller has no verified identity and the port or route needs one.
     Unauthenticated,
     /// The caller's identity matches none of the allowed patterns.
@@ -54,14 +54,14 @@ pub enum Denied {
 
 /// The allow decision of one inbound port (or one inbound route of it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorizer {
+pub(crate) struct Authorizer {
     mode: Mode,
     allow: Box<[IdentityPattern]>,
 }
 
 impl Authorizer {
     /// An authorizer for a port's mode and allow patterns.
-    pub fn new(mode: Mode, allow: &[String]) -> Result<Authorizer, AuthzError> {
+    pub(crate) fn new(mode: Mode, allow: &[String]) -> Result<Authorizer, AuthzError> {
         Ok(Authorizer {
             mode,
             allow: allow
@@ -72,16 +72,9 @@ impl Authorizer {
         })
     }
 
-    /// The authorizer of inbound `port` (the default mode and "anyone" for ports
-    /// without their own policy).
-    pub fn for_port(inbound: &InboundPolicy, port: u16) -> Result<Authorizer, AuthzError> {
-        let (mode, allow) = inbound.for_port(port);
-        Authorizer::new(mode, allow)
-    }
-
     /// The authorizer for an inbound route of this port: the route's own allow list
     /// when it has one, the port's otherwise; the port's mode either way.
-    pub fn for_route(&self, route_allow: &[String]) -> Result<Authorizer, AuthzError> {
+    pub(crate) fn for_route(&self, route_allow: &[String]) -> Result<Authorizer, AuthzError> {
         if route_allow.is_empty() {
             return Ok(self.clone());
         }
@@ -90,7 +83,7 @@ impl Authorizer {
 
     /// An authorizer that admits nobody: the fail-closed stand-in for an allow list
     /// that cannot be parsed (the agent validates, so this is a safety net).
-    pub fn deny_all() -> Authorizer {
+    pub(crate) fn deny_all() -> Authorizer {
         Authorizer {
             mode: Mode::Strict,
             allow: Box::new([IdentityPattern::nobody()]),
@@ -98,7 +91,7 @@ impl Authorizer {
     }
 
     /// Decides for a caller: its verified identity, or `None` for plaintext.
-    pub fn check(&self, peer: Option<&str>) -> Result<(), Denied> {
+    pub(crate) fn check(&self, peer: Option<&str>) -> Result<(), Denied> {
         match peer {
             None if self.mode == Mode::Strict || !self.allow.is_empty() => {
                 Err(Denied::Unauthenticated)
@@ -112,14 +105,14 @@ impl Authorizer {
 }
 
 /// The header value for a verified identity; build it once per connection.
-pub fn peer_identity_value(identity: &str) -> Result<HeaderValue, AuthzError> {
+pub(crate) fn peer_identity_value(identity: &str) -> Result<HeaderValue, AuthzError> {
     HeaderValue::from_str(identity).map_err(|_| AuthzError::BadIdentity(identity.to_string()))
 }
 
 /// Removes every caller-supplied [`PEER_IDENTITY_HEADER`] and sets it to the verified
 /// identity, if any. Call it on every inbound request (and with `None` on outbound
 /// ones, so an application cannot forward a forged value).
-pub fn set_peer_identity(headers: &mut HeaderMap, verified: Option<&HeaderValue>) {
+pub(crate) fn set_peer_identity(headers: &mut HeaderMap, verified: Option<&HeaderValue>) {
     headers.remove(&PEER_IDENTITY_HEADER);
     if let Some(value) = verified {
         headers.insert(PEER_IDENTITY_HEADER, value.clone());
@@ -129,6 +122,7 @@ pub fn set_peer_identity(headers: &mut HeaderMap, verified: Option<&HeaderValue>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pillion_api::view::InboundPolicy;
     use std::collections::BTreeMap;
 
     const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
@@ -192,10 +186,16 @@ mod tests {
                 },
             )]),
         };
-        let strict = Authorizer::for_port(&inbound, 7000).unwrap();
+        let strict = {
+            let (mode, allow) = inbound.for_port(7000);
+            Authorizer::new(mode, allow).unwrap()
+        };
         assert_eq!(strict.check(Some(CLIENT)), Ok(()));
         assert_eq!(strict.check(None), Err(Denied::Unauthenticated));
-        let open = Authorizer::for_port(&inbound, 8080).unwrap();
+        let open = {
+            let (mode, allow) = inbound.for_port(8080);
+            Authorizer::new(mode, allow).unwrap()
+        };
         assert_eq!(open.check(None), Ok(()));
     }
 

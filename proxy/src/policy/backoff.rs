@@ -9,7 +9,7 @@ const RECONNECT_JITTER: f64 = 0.2;
 
 /// The longest wait before try `attempt` (1 for the first retry; 0 counts as 1):
 /// `base × 2^(attempt-1)`, never above `cap`.
-pub fn ceiling(attempt: u32, base: Duration, cap: Duration) -> Duration {
+pub(crate) fn ceiling(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let base_ns = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX);
     let cap_ns = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
     let doublings = attempt.saturating_sub(1).min(63);
@@ -18,7 +18,7 @@ pub fn ceiling(attempt: u32, base: Duration, cap: Duration) -> Duration {
 
 /// Full jitter, for retries and export: uniform in `0..=ceiling(attempt)` given a
 /// uniformly random `rng`.
-pub fn full_jitter(attempt: u32, base: Duration, cap: Duration, rng: u64) -> Duration {
+pub(crate) fn full_jitter(attempt: u32, base: Duration, cap: Duration, rng: u64) -> Duration {
     let ceiling = u64::try_from(ceiling(attempt, base, cap).as_nanos()).unwrap_or(u64::MAX);
     // rng × (ceiling + 1) / 2^64: uniform in 0..=ceiling without a division.
     let wait = (u128::from(rng) * (u128::from(ceiling) + 1)) >> 64;
@@ -28,7 +28,7 @@ pub fn full_jitter(attempt: u32, base: Duration, cap: Duration, rng: u64) -> Dur
 /// The delays of a loop that keeps reconnecting: each twice the last up to the cap,
 /// jittered by ±20 %, back to the base after a success.
 #[derive(Clone, Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     cap: Duration,
     attempt: u32,
@@ -36,7 +36,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// A backoff starting at `base` and never above `cap`.
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
+    pub(crate) fn new(base: Duration, cap: Duration) -> Backoff {
         Backoff {
             base,
             cap,
@@ -45,7 +45,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt, given a uniformly random `rng`.
-    pub fn next_delay_with(&mut self, rng: u64) -> Duration {
+    pub(crate) fn next_delay_with(&mut self, rng: u64) -> Duration {
         self.attempt = self.attempt.saturating_add(1);
         let ceiling = ceiling(self.attempt, self.base, self.cap);
         // rng mapped onto 1 - jitter ..= 1 + jitter.
@@ -55,12 +55,12 @@ impl Backoff {
     }
 
     /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.next_delay_with(rand::random())
     }
 
     /// Starts over from the base (after a success).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }

@@ -7,7 +7,7 @@ use pillion_api::policy::{HeaderEdits, PathRewrite, RESERVED_HEADERS};
 
 /// An edit that cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeaderEditError {
+pub(crate) enum HeaderEditError {
     /// Not a valid header name.
     #[error("{0:?} is not a valid header name")]
     BadName(String),
@@ -21,7 +21,7 @@ pub enum HeaderEditError {
 
 /// A route's header edits, ready to apply: remove, then set, then add.
 #[derive(Debug, Clone, Default)]
-pub struct HeaderEditor {
+pub(crate) struct HeaderEditor {
     remove: Box<[HeaderName]>,
     set: Box<[(HeaderName, HeaderValue)]>,
     add: Box<[(HeaderName, HeaderValue)]>,
@@ -50,7 +50,7 @@ fn pairs(
 
 impl HeaderEditor {
     /// Parses a route's edits; reserved headers are refused.
-    pub fn new(edits: &HeaderEdits) -> Result<HeaderEditor, HeaderEditError> {
+    pub(crate) fn new(edits: &HeaderEdits) -> Result<HeaderEditor, HeaderEditError> {
         Ok(HeaderEditor {
             remove: edits
                 .remove
@@ -63,12 +63,13 @@ impl HeaderEditor {
     }
 
     /// True when there is nothing to do, so the caller can skip the call.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
 
     /// Applies the edits to a request's or response's headers.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for name in self.remove.iter() {
             headers.remove(name);
         }
@@ -83,25 +84,22 @@ impl HeaderEditor {
 
 /// A rewrite that cannot be compiled or applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RewriteError {
+pub(crate) enum RewriteError {
     /// The replacement does not start with `/` or has a query or fragment.
     #[error("rewrite prefix {0:?} must start with '/' and have no '?' or '#'")]
     BadPrefix(String),
-    /// The rewritten URI is not valid (the request's path had invalid characters).
-    #[error("rewritten path {0:?} is not a valid URI path")]
-    BadUri(String),
 }
 
 /// A route's prefix rewrite, ready to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathRewriter {
+pub(crate) struct PathRewriter {
     /// The replacement without a trailing `/` (`/` itself becomes empty).
     replacement: Box<str>,
 }
 
 impl PathRewriter {
     /// Parses a route's rewrite.
-    pub fn new(rewrite: &PathRewrite) -> Result<PathRewriter, RewriteError> {
+    pub(crate) fn new(rewrite: &PathRewrite) -> Result<PathRewriter, RewriteError> {
         let prefix = &rewrite.prefix;
         if !prefix.starts_with('/') || prefix.contains(['?', '#']) {
             return Err(RewriteError::BadPrefix(prefix.clone()));
@@ -115,7 +113,7 @@ impl PathRewriter {
     /// the path and the query are kept. `/api/items?x=1` with prefix `/api` and
     /// replacement `/v2` becomes `/v2/items?x=1`; with replacement `/`, `/items?x=1`.
     /// A path that does not start with `matched_prefix` is returned unchanged.
-    pub fn rewrite_path_and_query(&self, uri: &Uri, matched_prefix: &str) -> String {
+    pub(crate) fn rewrite_path_and_query(&self, uri: &Uri, matched_prefix: &str) -> String {
         let path = uri.path();
         let unchanged = || {
             uri.path_and_query()
@@ -146,17 +144,6 @@ impl PathRewriter {
             out.push_str(q);
         }
         out
-    }
-
-    /// The whole URI rewritten (scheme and authority kept), for the request head.
-    pub fn rewrite(&self, uri: &Uri, matched_prefix: &str) -> Result<Uri, RewriteError> {
-        let path_and_query = self.rewrite_path_and_query(uri, matched_prefix);
-        let mut parts = uri.clone().into_parts();
-        parts.path_and_query = Some(
-            PathAndQuery::try_from(path_and_query.as_str())
-                .map_err(|_| RewriteError::BadUri(path_and_query.clone()))?,
-        );
-        Uri::from_parts(parts).map_err(|_| RewriteError::BadUri(path_and_query))
     }
 }
 
@@ -248,7 +235,10 @@ mod tests {
 
     fn rewrite(prefix: &str, uri: &str, matched: &str) -> String {
         let uri: Uri = uri.parse().unwrap();
-        rewriter(prefix).rewrite(&uri, matched).unwrap().to_string()
+        let mut parts = uri.clone().into_parts();
+        let rewritten = rewriter(prefix).rewrite_path_and_query(&uri, matched);
+        parts.path_and_query = Some(PathAndQuery::try_from(rewritten).unwrap());
+        Uri::from_parts(parts).unwrap().to_string()
     }
 
     #[test]

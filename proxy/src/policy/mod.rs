@@ -24,12 +24,12 @@
 //! rewritten URI, a `RateLimit` header), and locks are per endpoint or per key shard,
 //! held for a few instructions.
 
-pub mod authz;
-pub mod backoff;
-pub mod balance;
-pub mod headers;
-pub mod outlier;
-pub mod rate_limit;
-pub mod retry;
-pub mod route_match;
-pub mod split;
+pub(crate) mod authz;
+pub(crate) mod backoff;
+pub(crate) mod balance;
+pub(crate) mod headers;
+pub(crate) mod outlier;
+pub(crate) mod rate_limit;
+pub(crate) mod retry;
+pub(crate) mod route_match;
+pub(crate) mod split;

@@ -45,7 +45,7 @@ impl Default for OutlierConfig {
 
 /// An ejection that just happened, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ejection {
+pub(crate) struct Ejection {
     /// Index of the ejected endpoint.
     pub endpoint: usize,
     /// How long it stays out.
@@ -56,7 +56,7 @@ pub struct Ejection {
 
 /// The health of one backend's endpoints (indices as in the caller's endpoint list).
 #[derive(Debug)]
-pub struct OutlierDetector {
+pub(crate) struct OutlierDetector {
     config: OutlierConfig,
     epoch: Instant,
     endpoints: Box<[Health]>,
@@ -74,7 +74,7 @@ struct Health {
 
 impl OutlierDetector {
     /// A detector for `endpoints` endpoints, all in service; `now` starts its clock.
-    pub fn new(endpoints: usize, config: OutlierConfig, now: Instant) -> OutlierDetector {
+    pub(crate) fn new(endpoints: usize, config: OutlierConfig, now: Instant) -> OutlierDetector {
         OutlierDetector {
             config,
             epoch: now,
@@ -88,14 +88,14 @@ impl OutlierDetector {
     }
 
     /// True when endpoint `i` is ejected at `now` (unknown indices are not).
-    pub fn is_ejected(&self, i: usize, now: Instant) -> bool {
+    pub(crate) fn is_ejected(&self, i: usize, now: Instant) -> bool {
         self.endpoints
             .get(i)
             .is_some_and(|h| self.nanos(now) < h.ejected_until.load(Ordering::Acquire))
     }
 
     /// Number of endpoints ejected at `now`.
-    pub fn ejected_count(&self, now: Instant) -> usize {
+    pub(crate) fn ejected_count(&self, now: Instant) -> usize {
         let now_ns = self.nanos(now);
         self.endpoints
             .iter()
@@ -104,7 +104,7 @@ impl OutlierDetector {
     }
 
     /// Endpoint `i` answered well: its run of failures is over.
-    pub fn record_success(&self, i: usize) {
+    pub(crate) fn record_success(&self, i: usize) {
         if let Some(h) = self.endpoints.get(i) {
             // Read first: most successes find nothing to reset, and a load keeps the
             // cache line shared between cores.
@@ -115,7 +115,7 @@ impl OutlierDetector {
     }
 
     /// Endpoint `i` failed at `now`; returns the ejection if this failure caused one.
-    pub fn record_failure(&self, i: usize, now: Instant) -> Option<Ejection> {
+    pub(crate) fn record_failure(&self, i: usize, now: Instant) -> Option<Ejection> {
         let health = self.endpoints.get(i)?;
         let now_ns = self.nanos(now);
         if now_ns < health.ejected_until.load(Ordering::Acquire) {
@@ -161,7 +161,7 @@ impl OutlierDetector {
     /// the new list's endpoint `i` (`None` for a new endpoint, which starts healthy).
     /// Ejections in progress, failure runs and ejection counts carry over, so a view
     /// update never returns a failing endpoint to service early.
-    pub fn carried(
+    pub(crate) fn carried(
         &self,
         endpoints: usize,
         old_index: impl Fn(usize) -> Option<usize>,
@@ -192,12 +192,14 @@ impl OutlierDetector {
     }
 
     /// Number of endpoints watched.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.endpoints.len()
     }
 
     /// True when there are no endpoints to watch.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }
 }

@@ -44,17 +44,17 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use pillion_api::policy::{RateLimit, RateLimitKey};
 
 /// Name of the header that announces the limit's policy.
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// Name of the header that tells a caller how much of its limit is left.
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// Default bound on the keys one limiter tracks.
-pub const DEFAULT_MAX_KEYS: usize = 16_384;
+pub(crate) const DEFAULT_MAX_KEYS: usize = 16_384;
 /// Shards of a keyed limiter, so concurrent callers rarely share a lock.
 const SHARDS: usize = 16;
 
 /// A rate limit that cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RateLimitError {
+pub(crate) enum RateLimitError {
     /// Rate not a positive finite number.
     #[error("requests_per_second must be a positive number")]
     BadRate,
@@ -68,7 +68,7 @@ pub enum RateLimitError {
 
 /// A request the limit let through, and what is left of the caller's limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allowed {
+pub(crate) struct Allowed {
     /// Requests the key may still send at once.
     pub remaining: u64,
     /// Time until one more request becomes available.
@@ -77,16 +77,16 @@ pub struct Allowed {
 
 /// A refused request: the caller must wait this long before the next one passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
+pub(crate) struct RetryAfter(pub Duration);
 
 impl RetryAfter {
     /// Whole seconds for the `Retry-After` header, rounded up, at least 1.
-    pub fn seconds(&self) -> u64 {
+    pub(crate) fn seconds(&self) -> u64 {
         ceil_secs(self.0).max(1)
     }
 
     /// The `Retry-After` header value.
-    pub fn header_value(&self) -> HeaderValue {
+    pub(crate) fn header_value(&self) -> HeaderValue {
         HeaderValue::from(self.seconds())
     }
 }
@@ -105,7 +105,7 @@ enum KeySource {
 
 /// One route's (or port's) rate limit with its per-key state.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     epoch: Instant,
     /// Emission interval `T` in nanoseconds.
     interval_ns: u64,
@@ -176,6 +176,7 @@ impl Generations {
         self.current.insert(key, tat);
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.current.len() + self.previous.len()
     }
@@ -184,13 +185,13 @@ impl Generations {
 impl RateLimiter {
     /// A limiter for `limit`, named `name` in its headers (the route name), tracking
     /// at most [`DEFAULT_MAX_KEYS`] keys; `now` starts its clock.
-    pub fn new(name: &str, limit: &RateLimit, now: Instant) -> Result<Self, RateLimitError> {
+    pub(crate) fn new(name: &str, limit: &RateLimit, now: Instant) -> Result<Self, RateLimitError> {
         RateLimiter::with_max_keys(name, limit, DEFAULT_MAX_KEYS, now)
     }
 
     /// Like [`RateLimiter::new`] with an explicit bound on tracked keys (at least one
     /// per shard and generation is kept).
-    pub fn with_max_keys(
+    pub(crate) fn with_max_keys(
         name: &str,
         limit: &RateLimit,
         max_keys: usize,
@@ -245,7 +246,7 @@ impl RateLimiter {
 
     /// The key bytes of a request, by the limit's key kind: nothing, the verified
     /// client identity, or the header's first value (absent: one shared empty key).
-    pub fn key<'a>(&self, identity: Option<&'a str>, headers: &'a HeaderMap) -> &'a [u8] {
+    pub(crate) fn key<'a>(&self, identity: Option<&'a str>, headers: &'a HeaderMap) -> &'a [u8] {
         match &self.source {
             KeySource::None => b"",
             KeySource::Identity => identity.unwrap_or_default().as_bytes(),
@@ -255,7 +256,7 @@ impl RateLimiter {
 
     /// Counts one request for `key` at `now`: allowed, or refused with the wait.
     /// Unkeyed limiters ignore `key`.
-    pub fn check(&self, key: &[u8], now: Instant) -> Result<Allowed, RetryAfter> {
+    pub(crate) fn check(&self, key: &[u8], now: Instant) -> Result<Allowed, RetryAfter> {
         let now_ns =
             u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         match &self.keyed {
@@ -310,18 +311,19 @@ impl RateLimiter {
     }
 
     /// The constant `RateLimit-Policy` header value (built once, cloned cheaply).
-    pub fn policy_header(&self) -> &HeaderValue {
+    pub(crate) fn policy_header(&self) -> &HeaderValue {
         &self.policy_header
     }
 
     /// The `RateLimit` header value for an allowed request (built per call: send it
     /// only where wanted, e.g. when little is left).
-    pub fn ratelimit_header(&self, allowed: &Allowed) -> HeaderValue {
+    #[cfg(test)]
+    pub(crate) fn ratelimit_header(&self, allowed: &Allowed) -> HeaderValue {
         self.ratelimit_value(allowed.remaining, ceil_secs(allowed.reset))
     }
 
     /// The `RateLimit` header value for a refused request (`r=0`).
-    pub fn refused_header(&self, retry_after: &RetryAfter) -> HeaderValue {
+    pub(crate) fn refused_header(&self, retry_after: &RetryAfter) -> HeaderValue {
         self.ratelimit_value(0, retry_after.seconds())
     }
 
@@ -332,7 +334,8 @@ impl RateLimiter {
     }
 
     /// Keys currently tracked, for metrics and tests of the memory bound.
-    pub fn tracked_keys(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked_keys(&self) -> usize {
         self.keyed.as_ref().map_or(0, |k| {
             k.shards
                 .iter()

@@ -15,7 +15,7 @@ use pillion_api::policy::{RetryOn, RetryPolicy};
 
 /// How one try ended, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A response arrived with this status.
     Status(StatusCode),
     /// No connection could be made; nothing reached the server.
@@ -28,7 +28,7 @@ pub enum Outcome {
 
 /// True for methods RFC 9110 defines as idempotent: repeating them has the same
 /// effect as sending them once, so a retry cannot do harm.
-pub fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -40,7 +40,12 @@ pub fn is_idempotent(method: &Method) -> bool {
 ///
 /// Non-idempotent methods are retried only when the policy allows it, except after a
 /// connect failure: then nothing was sent and a retry is always safe.
-pub fn should_retry(policy: &RetryPolicy, method: &Method, outcome: Outcome, attempt: u32) -> bool {
+pub(crate) fn should_retry(
+    policy: &RetryPolicy,
+    method: &Method,
+    outcome: Outcome,
+    attempt: u32,
+) -> bool {
     if attempt >= policy.attempts {
         return false;
     }
@@ -73,7 +78,7 @@ const BUCKETS: u64 = 10;
 /// heavy concurrency a bucket turnover may lose a few counts, and concurrent
 /// withdrawals may overshoot the cap by at most the number of racing threads.
 #[derive(Debug)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     epoch: Instant,
     bucket_ns: u64,
     ratio: f64,
@@ -91,7 +96,7 @@ struct Bucket {
 
 impl RetryBudget {
     /// A budget from a route's policy, with its window starting at `now`.
-    pub fn new(config: &pillion_api::policy::RetryBudget, now: Instant) -> RetryBudget {
+    pub(crate) fn new(config: &pillion_api::policy::RetryBudget, now: Instant) -> RetryBudget {
         let window_ns = u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX);
         RetryBudget {
             epoch: now,
@@ -138,14 +143,14 @@ impl RetryBudget {
     }
 
     /// Counts one request (call once per request, not per try).
-    pub fn deposit(&self, now: Instant) {
+    pub(crate) fn deposit(&self, now: Instant) {
         self.bucket(self.tick(now))
             .deposits
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; false means the retry must not happen.
-    pub fn try_withdraw(&self, now: Instant) -> bool {
+    pub(crate) fn try_withdraw(&self, now: Instant) -> bool {
         let tick = self.tick(now);
         let bucket = self.bucket(tick);
         let (deposits, withdrawals) = self.totals(tick);
@@ -158,7 +163,8 @@ impl RetryBudget {
     }
 
     /// Requests and retries in the window ending at `now`, for metrics.
-    pub fn window_totals(&self, now: Instant) -> (u64, u64) {
+    #[cfg(test)]
+    pub(crate) fn window_totals(&self, now: Instant) -> (u64, u64) {
         self.totals(self.tick(now))
     }
 }

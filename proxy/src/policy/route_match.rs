@@ -25,7 +25,7 @@ use pillion_api::policy::{
 
 /// A route type a [`RouteTable`] can select: anything with a name and match rules, so
 /// client routes and inbound server routes share one matcher.
-pub trait Matchable {
+pub(crate) trait Matchable {
     /// The route's name, for metrics and errors.
     fn name(&self) -> &str;
     /// The route's matches; empty means every request.
@@ -53,7 +53,7 @@ impl Matchable for ServerRoute {
 /// A route whose matches could not be compiled; the agent validates policies, so this
 /// means a view it should not have sent.
 #[derive(Debug, thiserror::Error)]
-pub enum RouteTableError {
+pub(crate) enum RouteTableError {
     /// A path or header regex did not compile.
     #[error("route {route:?} matches[{index}]: regex {pattern:?} does not compile: {source}")]
     Regex {
@@ -81,51 +81,21 @@ pub enum RouteTableError {
     },
 }
 
-/// One route of a table with its spec, so the caller reaches the route's other
-/// policy (timeouts, retries, …) and its per-route state by [`CompiledRoute::index`].
-#[derive(Debug)]
-pub struct CompiledRoute<R> {
-    index: usize,
-    spec: R,
-}
-
-impl<R: Matchable> CompiledRoute<R> {
-    /// Position of the route in the list it was built from.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-    /// The route as the view gave it.
-    pub fn spec(&self) -> &R {
-        &self.spec
-    }
-    /// The route's name.
-    pub fn name(&self) -> &str {
-        self.spec.name()
-    }
-}
-
 /// The route chosen for a request and what its path matched, which a prefix rewrite
 /// needs.
-#[derive(Debug)]
-pub struct Selection<'a, R> {
-    /// The winning route.
-    pub route: &'a CompiledRoute<R>,
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Selection<'a> {
+    /// Position of the winning route in the list the table was built from.
+    pub route: usize,
     /// The matched prefix (without a trailing `/`) for a `prefix` match, the whole
     /// path for an `exact` match, `None` for `regex` or no path.
     pub matched_prefix: Option<&'a str>,
 }
 
-impl<R> Clone for Selection<'_, R> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<R> Copy for Selection<'_, R> {}
-
-/// A port's routes, compiled once per view and shared by every request.
+/// A port's routes, compiled once per view and shared by every request; it keeps
+/// only the match rules, and answers positions in the list it was built from.
 #[derive(Debug)]
-pub struct RouteTable<R> {
-    routes: Vec<CompiledRoute<R>>,
+pub(crate) struct RouteTable {
     /// Every (route, match) pair, most specific first.
     rules: Vec<Rule>,
 }
@@ -159,10 +129,11 @@ enum ValueRule {
     Regex(regex::bytes::Regex),
 }
 
-impl<R: Matchable> RouteTable<R> {
+impl RouteTable {
     /// Compiles `routes` in order; fails on the first match that is not valid.
-    pub fn new(routes: impl IntoIterator<Item = R>) -> Result<Self, RouteTableError> {
-        let mut compiled = Vec::new();
+    pub(crate) fn new<'r, R: Matchable + 'r>(
+        routes: impl IntoIterator<Item = &'r R>,
+    ) -> Result<Self, RouteTableError> {
         let mut rules = Vec::new();
         for (index, spec) in routes.into_iter().enumerate() {
             if spec.matches().is_empty() {
@@ -176,24 +147,20 @@ impl<R: Matchable> RouteTable<R> {
             for (i, m) in spec.matches().iter().enumerate() {
                 rules.push(compile_match(index, spec.name(), i, m)?);
             }
-            compiled.push(CompiledRoute { index, spec });
         }
         // Stable sort: equal keys keep route order, then match order.
         rules.sort_by_key(|rule| std::cmp::Reverse(rule.specificity()));
-        Ok(RouteTable {
-            routes: compiled,
-            rules,
-        })
+        Ok(RouteTable { rules })
     }
 
     /// The most specific route for a request, or `None` when no route matches (the
     /// caller then applies its port default).
-    pub fn select(
+    pub(crate) fn select(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-    ) -> Option<Selection<'_, R>> {
+    ) -> Option<Selection<'_>> {
         let rule = self
             .rules
             .iter()
@@ -203,24 +170,14 @@ impl<R: Matchable> RouteTable<R> {
             PathRule::Regex(_) | PathRule::Any => None,
         };
         Some(Selection {
-            route: &self.routes[rule.route],
+            route: rule.route,
             matched_prefix,
         })
     }
 
     /// [`RouteTable::select`] for a request's head.
-    pub fn select_parts(&self, parts: &http::request::Parts) -> Option<Selection<'_, R>> {
+    pub(crate) fn select_parts(&self, parts: &http::request::Parts) -> Option<Selection<'_>> {
         self.select(&parts.method, parts.uri.path(), &parts.headers)
-    }
-
-    /// The compiled routes, in the order they were given.
-    pub fn routes(&self) -> &[CompiledRoute<R>] {
-        &self.routes
-    }
-
-    /// True when the table has no routes, so nothing can match.
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
     }
 }
 
@@ -365,6 +322,11 @@ mod tests {
         }
     }
 
+    /// A table over `routes`, kept beside it so positions can be named.
+    fn compiled<R: Matchable>(routes: Vec<R>) -> Result<(RouteTable, Vec<R>), RouteTableError> {
+        RouteTable::new(&routes).map(|t| (t, routes))
+    }
+
     fn header(name: &str, value: StringMatch) -> HeaderMatch {
         HeaderMatch {
             name: name.into(),
@@ -372,8 +334,8 @@ mod tests {
         }
     }
 
-    fn pick<'a>(
-        table: &'a RouteTable<Route>,
+    fn pick<'a, R: Matchable>(
+        (table, routes): &'a (RouteTable, Vec<R>),
         method: &str,
         p: &str,
         hs: &[(&str, &str)],
@@ -386,12 +348,14 @@ mod tests {
             );
         }
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        table.select(&method, p, &headers).map(|s| s.route.name())
+        table
+            .select(&method, p, &headers)
+            .map(|s| routes[s.route].name())
     }
 
     #[test]
     fn path_kinds_rank_exact_then_longest_prefix_then_regex_then_none() {
-        let table = RouteTable::new(vec![
+        let table = compiled(vec![
             route("catch-all", vec![]),
             route("regex", vec![path(PathMatch::Regex("/api/.*".into()))]),
             route("short", vec![path(PathMatch::Prefix("/api".into()))]),
@@ -412,7 +376,7 @@ mod tests {
 
     #[test]
     fn regex_beats_no_path_and_must_match_the_whole_path() {
-        let table = RouteTable::new(vec![
+        let table = compiled(vec![
             route("any", vec![RouteMatch::default()]),
             route(
                 "items",
@@ -427,7 +391,7 @@ mod tests {
 
     #[test]
     fn prefixes_match_whole_segments() {
-        let table = RouteTable::new(vec![route(
+        let table = compiled(vec![route(
             "api",
             vec![path(PathMatch::Prefix("/api".into()))],
         )])
@@ -438,7 +402,7 @@ mod tests {
         assert_eq!(pick(&table, "GET", "/apix", &[]), None);
         assert_eq!(pick(&table, "GET", "/", &[]), None);
 
-        let root = RouteTable::new(vec![route(
+        let root = compiled(vec![route(
             "root",
             vec![path(PathMatch::Prefix("/".into()))],
         )])
@@ -460,7 +424,7 @@ mod tests {
         };
         let canary = || header("x-canary", StringMatch::Exact("1".into()));
         let user = || header("x-user", StringMatch::Regex("[a-z]+".into()));
-        let table = RouteTable::new(vec![
+        let table = compiled(vec![
             with("first", None, vec![]),
             with("second", None, vec![]),
             with("get", Some("GET"), vec![]),
@@ -492,7 +456,7 @@ mod tests {
 
     #[test]
     fn path_outranks_headers_and_method() {
-        let table = RouteTable::new(vec![
+        let table = compiled(vec![
             route(
                 "headers",
                 vec![RouteMatch {
@@ -509,7 +473,7 @@ mod tests {
 
     #[test]
     fn any_match_of_a_route_selects_it_and_all_parts_must_hold() {
-        let table = RouteTable::new(vec![route(
+        let table = compiled(vec![route(
             "either",
             vec![
                 RouteMatch {
@@ -528,7 +492,7 @@ mod tests {
 
     #[test]
     fn header_names_are_case_insensitive_and_any_value_counts() {
-        let table = RouteTable::new(vec![route(
+        let table = compiled(vec![route(
             "canary",
             vec![RouteMatch {
                 headers: vec![header("X-Canary", StringMatch::Exact("yes".into()))],
@@ -555,7 +519,7 @@ mod tests {
 
     #[test]
     fn methods_are_case_sensitive() {
-        let table = RouteTable::new(vec![route(
+        let table = compiled(vec![route(
             "get",
             vec![RouteMatch {
                 method: Some("GET".into()),
@@ -569,7 +533,7 @@ mod tests {
 
     #[test]
     fn selection_reports_the_matched_prefix_and_index() {
-        let table = RouteTable::new(vec![
+        let (table, routes) = compiled(vec![
             route("exact", vec![path(PathMatch::Exact("/e".into()))]),
             route("prefix", vec![path(PathMatch::Prefix("/p/".into()))]),
             route("re", vec![path(PathMatch::Regex("/r.*".into()))]),
@@ -577,17 +541,17 @@ mod tests {
         .unwrap();
         let h = HeaderMap::new();
         let s = table.select(&Method::GET, "/p/x", &h).unwrap();
-        assert_eq!((s.route.index(), s.matched_prefix), (1, Some("/p")));
+        assert_eq!((s.route, s.matched_prefix), (1, Some("/p")));
         let s = table.select(&Method::GET, "/e", &h).unwrap();
-        assert_eq!((s.route.index(), s.matched_prefix), (0, Some("/e")));
+        assert_eq!((s.route, s.matched_prefix), (0, Some("/e")));
         let s = table.select(&Method::GET, "/rx", &h).unwrap();
-        assert_eq!((s.route.index(), s.matched_prefix), (2, None));
-        assert_eq!(s.route.spec().name, "re");
+        assert_eq!((s.route, s.matched_prefix), (2, None));
+        assert_eq!(routes[s.route].name, "re");
     }
 
     #[test]
     fn select_parts_ignores_the_query() {
-        let table = RouteTable::new(vec![route(
+        let (table, routes) = compiled(vec![route(
             "exact",
             vec![path(PathMatch::Exact("/search".into()))],
         )])
@@ -596,25 +560,26 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        assert_eq!(table.select_parts(&parts).unwrap().route.name(), "exact");
+        let s = table.select_parts(&parts).unwrap();
+        assert_eq!(routes[s.route].name(), "exact");
     }
 
     #[test]
     fn server_routes_use_the_same_matcher() {
-        let table = RouteTable::new(vec![ServerRoute {
+        let (table, routes) = compiled(vec![ServerRoute {
             name: "admin".into(),
             matches: vec![path(PathMatch::Prefix("/admin".into()))],
             ..ServerRoute::default()
         }])
         .unwrap();
         let s = table.select(&Method::GET, "/admin/users", &HeaderMap::new());
-        assert_eq!(s.unwrap().route.name(), "admin");
+        assert_eq!(routes[s.unwrap().route].name(), "admin");
         assert!(table.select(&Method::GET, "/", &HeaderMap::new()).is_none());
     }
 
     #[test]
     fn bad_matches_fail_to_compile_with_the_route_named() {
-        let err = RouteTable::new(vec![route(
+        let err = compiled(vec![route(
             "broken",
             vec![RouteMatch::default(), path(PathMatch::Regex("(".into()))],
         )])
@@ -625,7 +590,7 @@ mod tests {
         );
         assert!(err.to_string().contains("\"broken\""), "{err}");
 
-        let err = RouteTable::new(vec![route(
+        let err = compiled(vec![route(
             "r",
             vec![RouteMatch {
                 headers: vec![header("bad name", StringMatch::Exact("x".into()))],
@@ -638,8 +603,8 @@ mod tests {
 
     #[test]
     fn empty_table_matches_nothing() {
-        let table = RouteTable::<Route>::new(vec![]).unwrap();
-        assert!(table.is_empty());
+        let (table, routes) = compiled::<Route>(vec![]).unwrap();
+        assert!(routes.is_empty());
         assert!(table.select(&Method::GET, "/", &HeaderMap::new()).is_none());
     }
 }

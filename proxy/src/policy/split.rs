@@ -2,16 +2,15 @@
 //! endpoints a backend's label subset selects.
 //!
 //! [`Split`] keeps cumulative weights, so a pick is one multiply and a binary search;
-//! subsets are resolved with [`endpoints_matching`] once per view, not per request.
+//! subsets are resolved with [`labels_match`] once per view, not per request.
 
 use std::collections::BTreeMap;
 
 use pillion_api::policy::WeightedBackend;
-use pillion_api::view::Endpoint;
 
 /// Weights that cannot form a split.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SplitError {
+pub(crate) enum SplitError {
     /// No backend has a positive weight, so nothing could be picked.
     #[error("no backend has a positive weight")]
     NoWeight,
@@ -22,7 +21,7 @@ pub enum SplitError {
 
 /// A weighted choice among a route's backends, built once per view.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
+pub(crate) struct Split {
     /// `cumulative[i]` = sum of the weights of backends `0..=i`.
     cumulative: Box<[u32]>,
 }
@@ -30,7 +29,7 @@ pub struct Split {
 impl Split {
     /// A split over `weights`; zero weights are kept (their backend is never picked)
     /// so indices stay those of the route's backend list.
-    pub fn new(weights: impl IntoIterator<Item = u32>) -> Result<Split, SplitError> {
+    pub(crate) fn new(weights: impl IntoIterator<Item = u32>) -> Result<Split, SplitError> {
         let mut total: u32 = 0;
         let mut cumulative = Vec::new();
         for weight in weights {
@@ -47,7 +46,7 @@ impl Split {
 
     /// The split of a route's backends; a route without backends gets [`Split::single`]
     /// (index 0 then stands for all of the service's endpoints).
-    pub fn from_backends(backends: &[WeightedBackend]) -> Result<Split, SplitError> {
+    pub(crate) fn from_backends(backends: &[WeightedBackend]) -> Result<Split, SplitError> {
         if backends.is_empty() {
             return Ok(Split::single());
         }
@@ -55,25 +54,21 @@ impl Split {
     }
 
     /// A split with one backend that always wins.
-    pub fn single() -> Split {
+    pub(crate) fn single() -> Split {
         Split {
             cumulative: Box::new([1]),
         }
     }
 
     /// Number of backends, zero-weight ones included.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.cumulative.len()
-    }
-
-    /// Never true: a split always has a backend to pick (kept for clippy's sake).
-    pub fn is_empty(&self) -> bool {
-        self.cumulative.is_empty()
     }
 
     /// The backend index for a uniformly random `rng`: backend `i` wins with
     /// probability `weight[i] / total` (off by at most `total / 2^32`).
-    pub fn pick(&self, rng: u32) -> usize {
+    pub(crate) fn pick(&self, rng: u32) -> usize {
         if self.cumulative.len() == 1 {
             return 0;
         }
@@ -86,28 +81,31 @@ impl Split {
 
 /// True when an endpoint's labels carry every label of `subset` with the same value;
 /// an empty subset selects every endpoint.
-pub fn labels_match(subset: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn labels_match(
+    subset: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     subset
         .iter()
         .all(|(key, value)| labels.get(key) == Some(value))
 }
 
-/// Indices of the endpoints a backend's `subset` selects, in order; meant to be
-/// collected once per view (a `Vec<usize>` per backend) and read per request.
-pub fn endpoints_matching<'a>(
-    subset: &'a BTreeMap<String, String>,
-    endpoints: &'a [Endpoint],
-) -> impl Iterator<Item = usize> + 'a {
-    endpoints
-        .iter()
-        .enumerate()
-        .filter(move |(_, e)| labels_match(subset, &e.labels))
-        .map(|(i, _)| i)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pillion_api::view::Endpoint;
+
+    /// Indices of the endpoints `subset` selects, in order.
+    fn endpoints_matching<'a>(
+        subset: &'a BTreeMap<String, String>,
+        endpoints: &'a [Endpoint],
+    ) -> impl Iterator<Item = usize> + 'a {
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(move |(_, e)| labels_match(subset, &e.labels))
+            .map(|(i, _)| i)
+    }
 
     /// xorshift32: a deterministic stand-in for the proxy's random source.
     fn rng(seed: u32) -> impl FnMut() -> u32 {

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use super::ids::TraceId;
 use super::metrics::TelemetryMetrics;
-use crate::metrics::Direction;
+use crate::telemetry::metrics::Direction;
 
 /// Where access log lines go (`--access-log off|stderr|PATH`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

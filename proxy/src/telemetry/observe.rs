@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::access_log::{AccessLog, AccessRecord};
 use super::span::{ActiveSpan, Inbound, RequestHead, Tracer};
-use crate::metrics::Direction;
+use crate::telemetry::metrics::Direction;
 
 /// The tracer and the access log, handed to the HTTP stacks.
 #[derive(Clone, Debug, Default)]

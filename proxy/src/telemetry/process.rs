@@ -167,7 +167,7 @@ mod tests {
     fn exposed_names_are_the_contract() {
         let mut registry = Registry::default();
         register(&mut registry);
-        let text = crate::metrics::encode(&registry).unwrap();
+        let text = crate::telemetry::metrics::encode(&registry).unwrap();
         for prefix in [
             "process_cpu_seconds_total ",
             "process_resident_memory_bytes ",

@@ -11,7 +11,7 @@ use super::sockopt;
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The upstream did not answer within the connect timeout.
     #[error("connecting to {addr} timed out after {timeout:?}")]
     Timeout {
@@ -32,7 +32,10 @@ pub enum ConnectError {
 }
 
 /// Connects to `addr`, giving up after `timeout`, and applies the socket options.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),

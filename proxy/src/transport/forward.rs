@@ -8,15 +8,15 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Starting size of the one buffer each direction of a connection reuses.
-pub const BUFFER_SIZE: usize = 16 * 1024;
+pub(crate) const BUFFER_SIZE: usize = 16 * 1024;
 
 /// Size the buffer grows to, once, when a read fills it: bulk transfers move
 /// about twice as fast with it, while idle and chatty connections stay small.
-pub const BULK_BUFFER_SIZE: usize = 64 * 1024;
+pub(crate) const BULK_BUFFER_SIZE: usize = 64 * 1024;
 
 /// Bytes moved in each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Transferred {
+pub(crate) struct Transferred {
     /// Client to upstream.
     pub sent: u64,
     /// Upstream to client.
@@ -25,7 +25,7 @@ pub struct Transferred {
 
 /// Which way bytes were flowing when forwarding failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
+pub(crate) enum Flow {
     /// Client to upstream.
     ClientToUpstream,
     /// Upstream to client.
@@ -35,7 +35,7 @@ pub enum Flow {
 /// Forwarding stopped on an I/O error; carries what had been moved until then.
 #[derive(Debug, thiserror::Error)]
 #[error("forwarding {flow:?} failed after {} bytes sent and {} received: {source}", transferred.sent, transferred.received)]
-pub struct ForwardError {
+pub(crate) struct ForwardError {
     /// The direction that failed.
     pub flow: Flow,
     /// Bytes moved before the failure.
@@ -47,7 +47,7 @@ pub struct ForwardError {
 
 /// Where each direction's byte counts go as chunks are written.
 #[derive(Clone, Debug)]
-pub struct ByteCounters {
+pub(crate) struct ByteCounters {
     /// Incremented by bytes written to the upstream.
     pub sent: Counter,
     /// Incremented by bytes written back to the client.
@@ -59,7 +59,7 @@ pub struct ByteCounters {
 /// When one side finishes sending (EOF), the write half of the other side is
 /// shut down and the other direction keeps flowing until it ends too. An I/O
 /// error in either direction ends both.
-pub async fn forward<C, U>(
+pub(crate) async fn forward<C, U>(
     client: C,
     upstream: U,
     counters: &ByteCounters,

@@ -30,7 +30,7 @@ pub enum BindError {
 }
 
 /// Binds one listening socket (non-blocking, close-on-exec).
-pub fn bind_std(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind_std(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -44,12 +44,12 @@ pub fn bind_std(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListe
 }
 
 /// Binds one tokio listener; needs a running tokio runtime.
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     TcpListener::from_std(bind_std(addr, backlog)?)
 }
 
 /// Whether a bind failure only means this namespace has no IPv6.
-pub fn ipv6_unavailable(addr: SocketAddr, err: &io::Error) -> bool {
+pub(crate) fn ipv6_unavailable(addr: SocketAddr, err: &io::Error) -> bool {
     addr.is_ipv6()
         && matches!(
             err.raw_os_error(),
@@ -59,7 +59,7 @@ pub fn ipv6_unavailable(addr: SocketAddr, err: &io::Error) -> bool {
 
 /// Binds every address of one flag. An IPv6 address that fails only because
 /// IPv6 is unavailable is skipped with a warning; any other failure is fatal.
-pub fn bind_all(
+pub(crate) fn bind_all(
     flag: &'static str,
     addrs: &[SocketAddr],
     backlog: u32,

@@ -1,8 +1,16 @@
-//! Plain TCP plumbing under every layer: binding listeners, reading the original
-//! destination, tuning sockets, connecting upstream and copying bytes.
+//! Plain TCP plumbing under both directions: binding listeners ([`listen`]),
+//! accepting until the drain starts ([`accept`], [`drain`]), reading the original
+//! destination ([`orig_dst`]), tuning sockets ([`sockopt`]), refusing loops
+//! ([`loop_guard`]), connecting upstream ([`connect`]), copying bytes ([`forward`],
+//! [`relay`]) and mutual TLS between proxies ([`tls`]).
 
-pub mod connect;
-pub mod forward;
-pub mod listen;
-pub mod orig_dst;
-pub mod sockopt;
+pub(crate) mod accept;
+pub(crate) mod connect;
+pub(crate) mod drain;
+pub(crate) mod forward;
+pub(crate) mod listen;
+pub(crate) mod loop_guard;
+pub(crate) mod orig_dst;
+pub(crate) mod relay;
+pub(crate) mod sockopt;
+pub(crate) mod tls;

@@ -8,14 +8,14 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 /// Idle time before the first keepalive probe.
-pub const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+pub(crate) const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
 /// Time between keepalive probes.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes before the kernel drops the connection.
-pub const KEEPALIVE_RETRIES: u32 = 3;
+pub(crate) const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Sets `TCP_NODELAY` and TCP keepalive on a connected stream.
-pub fn tune(stream: &TcpStream) -> io::Result<()> {
+pub(crate) fn tune(stream: &TcpStream) -> io::Result<()> {
     let sock = SockRef::from(stream);
     sock.set_nodelay(true)?;
     let keepalive = TcpKeepalive::new()

@@ -21,14 +21,14 @@ pub enum Strategy {
 
 /// Picks an endpoint per request for one backend; shared by all requests to it.
 #[derive(Debug, Default)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     strategy: Strategy,
     next: AtomicUsize,
 }
 
 impl Balancer {
     /// A balancer with the given strategy.
-    pub fn new(strategy: Strategy) -> Balancer {
+    pub(crate) fn new(strategy: Strategy) -> Balancer {
         Balancer {
             strategy,
             next: AtomicUsize::new(0),
@@ -36,13 +36,19 @@ impl Balancer {
     }
 
     /// The strategy in use, for metrics and `/config`.
-    pub fn strategy(&self) -> Strategy {
+    #[cfg(test)]
+    pub(crate) fn strategy(&self) -> Strategy {
         self.strategy
     }
 
     /// Picks an index in `0..len`, or `None` when every endpoint costs infinity (or
     /// there is none). `rng` must be uniformly random (any 64-bit source).
-    pub fn pick(&self, len: usize, rng: u64, cost: impl FnMut(usize) -> f64) -> Option<usize> {
+    pub(crate) fn pick(
+        &self,
+        len: usize,
+        rng: u64,
+        cost: impl FnMut(usize) -> f64,
+    ) -> Option<usize> {
         match self.strategy {
             Strategy::PowerOfTwoChoices => p2c(len, rng, cost),
             Strategy::RoundRobin => {
@@ -61,7 +67,7 @@ fn scale(bits: u64, n: usize) -> usize {
 /// Power of two choices over `0..len`: two distinct candidates drawn from the low
 /// and high halves of `rng`, the cheaper one wins (ties go to the first). If both are
 /// unavailable, the cheapest available endpoint is searched for.
-pub fn p2c(len: usize, rng: u64, mut cost: impl FnMut(usize) -> f64) -> Option<usize> {
+pub(crate) fn p2c(len: usize, rng: u64, mut cost: impl FnMut(usize) -> f64) -> Option<usize> {
     match len {
         0 => return None,
         1 => return cost(0).is_finite().then_some(0),

@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Estimate of a new endpoint before its first response (DESIGN: 30 ms).
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Time constant of the moving average (DESIGN: 10 s).
-pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 
 /// One endpoint's latency estimate and in-flight count, shared by every request to
 /// that endpoint.
 #[derive(Debug)]
-pub struct PeakEwma {
+pub(crate) struct PeakEwma {
     decay_ns: f64,
     estimate: Mutex<Estimate>,
     pending: AtomicU32,
@@ -52,13 +52,13 @@ impl Estimate {
 
 impl PeakEwma {
     /// An estimate with the mesh defaults (30 ms start, 10 s decay).
-    pub fn new(now: Instant) -> PeakEwma {
+    pub(crate) fn new(now: Instant) -> PeakEwma {
         PeakEwma::with_params(DEFAULT_RTT, DEFAULT_DECAY, now)
     }
 
     /// An estimate starting at `default_rtt` that decays with time constant `decay`
     /// (a zero decay is taken as 1 ns).
-    pub fn with_params(default_rtt: Duration, decay: Duration, now: Instant) -> PeakEwma {
+    pub(crate) fn with_params(default_rtt: Duration, decay: Duration, now: Instant) -> PeakEwma {
         PeakEwma {
             decay_ns: (decay.as_nanos() as f64).max(1.0),
             estimate: Mutex::new(Estimate {
@@ -75,7 +75,7 @@ impl PeakEwma {
     }
 
     /// Records one response time, observed at `now`.
-    pub fn observe(&self, rtt: Duration, now: Instant) {
+    pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
         let rtt_ns = rtt.as_nanos() as f64;
         let mut e = self.lock();
         if rtt_ns > e.rtt_ns {
@@ -88,7 +88,8 @@ impl PeakEwma {
     }
 
     /// The estimate as of `now`, decayed since the last response.
-    pub fn rtt_estimate(&self, now: Instant) -> Duration {
+    #[cfg(test)]
+    pub(crate) fn rtt_estimate(&self, now: Instant) -> Duration {
         Duration::from_nanos(self.decayed_ns(now) as u64)
     }
 
@@ -98,17 +99,17 @@ impl PeakEwma {
     }
 
     /// The load to compare: estimated nanoseconds × (requests in flight + 1).
-    pub fn cost(&self, now: Instant) -> f64 {
+    pub(crate) fn cost(&self, now: Instant) -> f64 {
         self.decayed_ns(now) * f64::from(self.pending() + 1)
     }
 
     /// Requests sent to this endpoint that have not finished.
-    pub fn pending(&self) -> u32 {
+    pub(crate) fn pending(&self) -> u32 {
         self.pending.load(Ordering::Relaxed)
     }
 
     /// Counts a request as in flight until the returned guard is finished or dropped.
-    pub fn start(self: &Arc<Self>, now: Instant) -> InFlight {
+    pub(crate) fn start(self: &Arc<Self>, now: Instant) -> InFlight {
         self.pending.fetch_add(1, Ordering::Relaxed);
         InFlight {
             ewma: Arc::clone(self),
@@ -120,7 +121,7 @@ impl PeakEwma {
 /// A request in flight to one endpoint; finishing it records its latency, dropping it
 /// (a cancelled request) only ends the in-flight count.
 #[derive(Debug)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     ewma: Arc<PeakEwma>,
     started: Instant,
 }
@@ -128,7 +129,7 @@ pub struct InFlight {
 impl InFlight {
     /// The request's response arrived (or it failed or timed out) at `now`: record
     /// the elapsed time. Call it for timeouts too, so a black hole looks slow.
-    pub fn finish(self, now: Instant) {
+    pub(crate) fn finish(self, now: Instant) {
         self.ewma
             .observe(now.saturating_duration_since(self.started), now);
     }

@@ -1,0 +1,117 @@
+//! The data path's flags of the proxy binary (detection, balancing, outlier
+//! detection, the mesh hop's protocol), as one clap group the CLI flattens in; each
+//! has its `PILLION_*` environment variable.
+
+use std::time::Duration;
+
+use pillion_api::defaults::{self, env};
+
+use super::settings::{MeshProtocol, Settings};
+use crate::policy::balance::p2c::Strategy;
+use crate::policy::outlier::OutlierConfig;
+use pillion_api::duration::HumaneDuration;
+
+/// How a backend chooses an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BalancerFlag {
+    /// Power of two choices over peak-EWMA latency.
+    P2c,
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
+/// Protocol detection, load balancing and outlier detection flags.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub(crate) struct DataPathArgs {
+    /// Time a new connection may take to show whether it speaks HTTP.
+    #[arg(long, env = "PILLION_DETECT_TIMEOUT", default_value_t = HumaneDuration(defaults::DETECT_TIMEOUT))]
+    pub detect_timeout: HumaneDuration,
+
+    /// Ports that skip protocol detection, besides the mesh's server-first ports.
+    #[arg(long, env = env::OPAQUE_PORTS, value_delimiter = ',', value_name = "PORT,…")]
+    pub opaque_ports: Vec<u16>,
+
+    /// How a backend picks an endpoint: p2c (peak-EWMA) or round-robin.
+    #[arg(long, env = "PILLION_BALANCER", value_enum, default_value_t = BalancerFlag::P2c)]
+    pub balancer: BalancerFlag,
+
+    /// Failures in a row that eject an endpoint from load balancing.
+    #[arg(long, env = "PILLION_OUTLIER_FAILURES", default_value_t = OutlierConfig::default().consecutive_failures)]
+    pub outlier_failures: u32,
+
+    /// HTTP version between proxies: keep (the client's) or http2 (multiplex every
+    /// request on one connection per endpoint).
+    #[arg(long, env = "PILLION_MESH_PROTOCOL", value_enum, default_value_t = MeshProtocol::Keep)]
+    pub mesh_protocol: MeshProtocol,
+
+    /// Length of a first ejection (doubling with each further one).
+    #[arg(long, env = "PILLION_OUTLIER_BASE_EJECTION", default_value_t = HumaneDuration(OutlierConfig::default().base_ejection))]
+    pub outlier_base_ejection: HumaneDuration,
+}
+
+impl DataPathArgs {
+    /// The settings these flags describe, with the proxy's connect timeout.
+    pub(crate) fn to_settings(&self, connect_timeout: Duration) -> Settings {
+        Settings {
+            connect_timeout,
+            detect_timeout: self.detect_timeout.get(),
+            opaque_ports: self.opaque_ports.clone(),
+            outlier: OutlierConfig {
+                consecutive_failures: self.outlier_failures.max(1),
+                base_ejection: self.outlier_base_ejection.get(),
+                ..OutlierConfig::default()
+            },
+            strategy: match self.balancer {
+                BalancerFlag::P2c => Strategy::PowerOfTwoChoices,
+                BalancerFlag::RoundRobin => Strategy::RoundRobin,
+            },
+            mesh_client: None,
+            recorders: Default::default(),
+            mesh_protocol: self.mesh_protocol,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        http: DataPathArgs,
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let s = cli.http.to_settings(Duration::from_secs(5));
+        assert_eq!(s.detect_timeout, defaults::DETECT_TIMEOUT);
+        assert_eq!(s.strategy, Strategy::PowerOfTwoChoices);
+        assert_eq!(s.outlier, OutlierConfig::default());
+        assert_eq!(s.mesh_protocol, MeshProtocol::Keep);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--balancer",
+            "round-robin",
+            "--opaque-ports",
+            "7000,7001",
+            "--outlier-base-ejection",
+            "2s",
+            "--outlier-failures",
+            "3",
+            "--mesh-protocol",
+            "http2",
+        ])
+        .unwrap();
+        let s = cli.http.to_settings(Duration::from_secs(1));
+        assert_eq!(s.strategy, Strategy::RoundRobin);
+        assert_eq!(s.opaque_ports, [7000, 7001]);
+        assert_eq!(s.outlier.base_ejection, Duration::from_secs(2));
+        assert_eq!(s.outlier.consecutive_failures, 3);
+        assert_eq!(s.connect_timeout, Duration::from_secs(1));
+        assert_eq!(s.mesh_protocol, MeshProtocol::Http2);
+        assert!(Cli::try_parse_from(["x", "--mesh-protocol", "h3"]).is_err());
+    }
+}

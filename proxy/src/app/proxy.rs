@@ -1,0 +1,534 @@
+//! The library entry point: bind every listener up front (so bind errors surface
+//! before anything runs), then run the stacks until a shutdown drains them.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pillion_api::duration::HumaneDuration;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{ConfigError, ProxyConfig};
+use super::inputs::Inputs;
+use super::settings::Settings;
+use crate::admin::readiness::{Condition, Readiness};
+use crate::admin::{AdminError, AdminServer, AdminState, ConfigDump};
+use crate::inbound::Inbound;
+use crate::outbound::Outbound;
+use crate::state::{self, Compiler, Store, Views};
+use crate::telemetry::metrics::http::HttpMetrics;
+use crate::telemetry::metrics::mesh::MeshMetrics;
+use crate::telemetry::metrics::tcp::{DirectionMetrics, TcpMetrics};
+use crate::telemetry::metrics::Direction;
+use crate::transport::accept::{AcceptLoop, Stack};
+use crate::transport::drain::{Drain, DrainReport};
+use crate::transport::listen::{bind_all, BindError};
+use crate::transport::loop_guard::LoopGuard;
+use crate::transport::orig_dst::{KernelOrigDst, OrigDstLookup};
+use crate::transport::relay::Relay;
+use crate::transport::tls::MeshTls;
+
+/// What the proxy needs when a control plane is configured: mesh TLS (over the
+/// certificate store the control plane fills) and the views it publishes. Without
+/// it the proxy is the plain L4 proxy: everything passes through.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    /// Client and server TLS configs over the proxy's certificate store.
+    pub tls: MeshTls,
+    /// The agent's views, compiled into the proxy's state as they arrive.
+    pub views: Views,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A traffic listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The admin listener could not be bound.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// A bound listener's address could not be read back.
+    #[error("cannot read the local address of a bound {flag} listener: {source}")]
+    LocalAddr {
+        /// The flag of the listener.
+        flag: &'static str,
+        /// The kernel's reason.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Name of the readiness condition the proxy meets once its listeners are bound.
+pub const READY_LISTENERS: &str = "listeners bound";
+/// Name of the readiness condition that fails once draining starts.
+pub const READY_NOT_DRAINING: &str = "proxy not draining";
+/// Name of the readiness condition met once the first view's state is served.
+pub const READY_STATE: &str = "view compiled";
+
+/// Options for [`Proxy`] beyond its [`ProxyConfig`]; start with [`Proxy::builder`].
+pub struct ProxyBuilder {
+    config: ProxyConfig,
+    orig_dst: Arc<dyn OrigDstLookup>,
+    registry: Registry,
+    readiness: Readiness,
+    mesh: Option<Mesh>,
+    settings: Settings,
+}
+
+/// A bound proxy: listeners and admin server are open, nothing is served
+/// until [`Proxy::run`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), pillion_proxy::ProxyError> {
+/// let proxy = pillion_proxy::Proxy::bind(pillion_proxy::ProxyConfig::default()).await?;
+/// tracing::info!(admin = %proxy.admin_addr(), "bound");
+/// let report = proxy.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// tracing::info!(forced = report.forced, "drained");
+/// # Ok(()) }
+/// ```
+pub struct Proxy {
+    config: ProxyConfig,
+    outbound: Vec<TcpListener>,
+    inbound: Vec<TcpListener>,
+    outbound_addrs: Vec<SocketAddr>,
+    inbound_addrs: Vec<SocketAddr>,
+    admin: AdminServer,
+    registry: Arc<Registry>,
+    tcp: TcpMetrics,
+    mesh_metrics: MeshMetrics,
+    readiness: Readiness,
+    not_draining: Condition,
+    drain: Drain,
+    orig_dst: Arc<dyn OrigDstLookup>,
+    mesh: Option<Mesh>,
+    state_ready: Option<Condition>,
+    settings: Settings,
+    http_metrics: HttpMetrics,
+}
+
+impl ProxyBuilder {
+    /// Replaces the original-destination lookup (default: the kernel's
+    /// `SO_ORIGINAL_DST`), e.g. with a fixed address in tests.
+    pub fn orig_dst(mut self, lookup: impl OrigDstLookup) -> Self {
+        self.orig_dst = Arc::new(lookup);
+        self
+    }
+
+    /// Starts from a registry that already holds the caller's own metrics;
+    /// the TCP metrics are added to it.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Shares a readiness state whose extra conditions (certificate, first
+    /// view, ...) `/ready` should also wait for.
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Turns on the mesh: mutual TLS to meshed endpoints, TLS termination and
+    /// inbound policy, all following `mesh`'s certificate store and views.
+    pub fn mesh(mut self, mesh: Mesh) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// Sets the data path's knobs (detection, balancing, outlier detection,
+    /// telemetry); HTTP is served whenever the mesh is on.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Validates the config and binds every listener. Must run inside a tokio runtime.
+    pub async fn bind(self) -> Result<Proxy, ProxyError> {
+        let Self {
+            config,
+            orig_dst,
+            mut registry,
+            readiness,
+            mesh,
+            settings,
+        } = self;
+        config.validate()?;
+        let listeners_bound = readiness.condition(READY_LISTENERS);
+        let not_draining = readiness.condition(READY_NOT_DRAINING);
+        not_draining.set(true);
+        let state_ready = mesh.as_ref().map(|_| readiness.condition(READY_STATE));
+
+        let outbound = bind_all("--outbound-addrs", &config.outbound_addrs, config.backlog)?;
+        let inbound = bind_all("--inbound-addrs", &config.inbound_addrs, config.backlog)?;
+        let admin = AdminServer::bind(config.admin_addr)?;
+        let outbound_addrs = local_addrs("--outbound-addrs", &outbound)?;
+        let inbound_addrs = local_addrs("--inbound-addrs", &inbound)?;
+
+        let tcp = TcpMetrics::register(&mut registry);
+        let mesh_metrics = MeshMetrics::register(&mut registry);
+        let http_metrics = HttpMetrics::register(&mut registry);
+        listeners_bound.set(true);
+        Ok(Proxy {
+            config,
+            outbound,
+            inbound,
+            outbound_addrs,
+            inbound_addrs,
+            admin,
+            registry: Arc::new(registry),
+            tcp,
+            mesh_metrics,
+            readiness,
+            not_draining,
+            drain: Drain::new(),
+            orig_dst,
+            mesh,
+            state_ready,
+            settings,
+            http_metrics,
+        })
+    }
+}
+
+impl Proxy {
+    /// A builder for options beyond the config (lookup, registry, readiness).
+    pub fn builder(config: ProxyConfig) -> ProxyBuilder {
+        ProxyBuilder {
+            config,
+            orig_dst: Arc::new(KernelOrigDst),
+            registry: Registry::default(),
+            readiness: Readiness::new(),
+            mesh: None,
+            settings: Settings::default(),
+        }
+    }
+
+    /// Validates `config` and binds with the default options. Must run inside a tokio runtime.
+    pub async fn bind(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        Self::builder(config).bind().await
+    }
+
+    /// The outbound listener addresses actually bound (IPv6 may have been skipped).
+    pub fn outbound_addrs(&self) -> &[SocketAddr] {
+        &self.outbound_addrs
+    }
+
+    /// The inbound listener addresses actually bound.
+    pub fn inbound_addrs(&self) -> &[SocketAddr] {
+        &self.inbound_addrs
+    }
+
+    /// The admin server's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// The readiness state `/ready` reports; add conditions to hold it back.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The drain; `drain().trigger()` starts the same shutdown as SIGTERM.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// One direction's metric handles, e.g. to read counters in tests.
+    pub fn metrics(&self, direction: Direction) -> DirectionMetrics {
+        self.tcp.direction(direction)
+    }
+
+    /// The mesh metric handles (TLS, passthrough, denials), e.g. for tests.
+    pub fn mesh_metrics(&self) -> &MeshMetrics {
+        &self.mesh_metrics
+    }
+
+    /// The metrics registry `/metrics` renders.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serves until `shutdown` resolves or the drain is triggered (e.g. by
+    /// `POST /shutdown`), then closes the listeners, waits up to the drain
+    /// timeout for open connections and force-closes the rest.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> DrainReport {
+        let Proxy {
+            config,
+            outbound,
+            inbound,
+            outbound_addrs,
+            inbound_addrs,
+            admin,
+            registry,
+            tcp,
+            mesh_metrics,
+            readiness,
+            not_draining,
+            drain,
+            orig_dst,
+            mesh,
+            state_ready,
+            settings,
+            http_metrics,
+        } = self;
+        let dump = config_dump(&config, mesh.as_ref());
+        let settings = Arc::new(Settings {
+            connect_timeout: config.connect_timeout,
+            mesh_client: mesh.as_ref().map(|m| Arc::clone(m.tls.client_config())),
+            ..settings
+        });
+        let store = Arc::new(Store::new());
+        let compiling = match (&mesh, state_ready) {
+            (Some(mesh), Some(ready)) => Some(tokio::spawn(state::follow(
+                mesh.views.clone(),
+                Arc::clone(&store),
+                Compiler {
+                    settings: Arc::clone(&settings),
+                    metrics: http_metrics.clone(),
+                    ready,
+                },
+            ))),
+            _ => None,
+        };
+        let inputs = Arc::new(Inputs {
+            settings,
+            state: store,
+            tls: mesh.map(|m| m.tls),
+            mesh_metrics,
+            http_metrics,
+            drain: drain.clone(),
+        });
+        let loop_guard = LoopGuard::new(
+            outbound_addrs
+                .iter()
+                .chain(&inbound_addrs)
+                .map(SocketAddr::port),
+        );
+        let relay = |direction| {
+            Relay::new(
+                loop_guard.clone(),
+                config.connect_timeout,
+                tcp.direction(direction),
+            )
+        };
+        let outbound_stack = Arc::new(Outbound::new(
+            relay(Direction::Outbound),
+            Arc::clone(&inputs),
+        ));
+        let inbound_stack = Arc::new(Inbound::new(relay(Direction::Inbound), inputs));
+
+        let mut accepting = Vec::new();
+        for listener in outbound {
+            let task = accept_loop(
+                listener,
+                Arc::clone(&outbound_stack),
+                &orig_dst,
+                &tcp,
+                &drain,
+            );
+            accepting.push(tokio::spawn(task));
+        }
+        for listener in inbound {
+            let task = accept_loop(
+                listener,
+                Arc::clone(&inbound_stack),
+                &orig_dst,
+                &tcp,
+                &drain,
+            );
+            accepting.push(tokio::spawn(task));
+        }
+
+        let admin_stop = CancellationToken::new();
+        let admin_state = AdminState {
+            readiness,
+            registry,
+            drain: drain.clone(),
+            config: dump,
+        };
+        let admin_task =
+            tokio::spawn(admin.serve(admin_state, admin_stop.clone().cancelled_owned()));
+        tracing::info!(
+            outbound = ?outbound_addrs,
+            inbound = ?inbound_addrs,
+            "proxy serving"
+        );
+
+        tokio::select! {
+            () = shutdown => tracing::info!("shutdown signal received; draining"),
+            () = drain.started() => tracing::info!("shutdown requested; draining"),
+        }
+        not_draining.set(false);
+        drain.trigger();
+        for task in accepting {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "accept loop failed");
+            }
+        }
+        tracing::info!(
+            open = drain.active(),
+            timeout = %HumaneDuration(config.drain_timeout),
+            "listeners closed; waiting for open connections"
+        );
+        let report = drain.finish(config.drain_timeout).await;
+        if report.forced > 0 {
+            tracing::warn!(
+                forced = report.forced,
+                "drain timeout elapsed; force-closed the remaining connections"
+            );
+        } else {
+            tracing::info!(
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "drain complete"
+            );
+        }
+        admin_stop.cancel();
+        if let Err(err) = admin_task.await {
+            tracing::error!(error = %err, "admin server failed");
+        }
+        if let Some(task) = compiling {
+            task.abort();
+        }
+        report
+    }
+}
+
+/// Builds and runs one listener's accept loop.
+fn accept_loop<S: Stack>(
+    listener: TcpListener,
+    stack: Arc<S>,
+    orig_dst: &Arc<dyn OrigDstLookup>,
+    tcp: &TcpMetrics,
+    drain: &Drain,
+) -> impl Future<Output = ()> + Send + 'static {
+    let metrics = tcp.direction(stack.direction());
+    AcceptLoop {
+        listener,
+        stack,
+        orig_dst: Arc::clone(orig_dst),
+        metrics,
+        drain: drain.clone(),
+    }
+    .run()
+}
+
+/// The addresses the kernel actually bound (resolves port 0).
+fn local_addrs(
+    flag: &'static str,
+    listeners: &[TcpListener],
+) -> Result<Vec<SocketAddr>, ProxyError> {
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map_err(|source| ProxyError::LocalAddr { flag, source })
+        })
+        .collect()
+}
+
+/// What `/config` shows: the effective configuration, the certificate's serial and
+/// expiry (never the key) and the newest view from the agent.
+fn config_dump(config: &ProxyConfig, mesh: Option<&Mesh>) -> ConfigDump {
+    let settings = format!("{config:#?}");
+    let mesh = mesh.cloned();
+    ConfigDump(Arc::new(move || {
+        let (certificate, view) = match &mesh {
+            Some(mesh) => {
+                let store = mesh.tls.store();
+                let expires = store
+                    .expires_at()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                (
+                    serde_json::json!({
+                        "identity": store.local_id().to_string(),
+                        "serial": store.current_serial(),
+                        "expires_at_unix": expires,
+                    }),
+                    serde_json::to_value(mesh.views.latest().as_deref()).unwrap_or_default(),
+                )
+            }
+            None => (serde_json::Value::Null, serde_json::Value::Null),
+        };
+        serde_json::json!({
+            "settings": settings,
+            "certificate": certificate,
+            "view": view,
+        })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn binding_resolves_ports_and_meets_readiness() {
+        let proxy = Proxy::bind(ProxyConfig::loopback_ephemeral())
+            .await
+            .unwrap();
+        assert!(proxy.outbound_addrs().iter().all(|a| a.port() != 0));
+        assert!(proxy.inbound_addrs().iter().all(|a| a.port() != 0));
+        assert_ne!(proxy.admin_addr().port(), 0);
+        assert!(proxy.readiness().is_ready());
+        // A later layer can hold readiness back.
+        let cert = proxy.readiness().condition("certificate");
+        assert_eq!(proxy.readiness().missing().len(), 1);
+        cert.set(true);
+        assert!(proxy.readiness().is_ready());
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_rejected_before_binding() {
+        let config = ProxyConfig {
+            connect_timeout: std::time::Duration::ZERO,
+            ..ProxyConfig::loopback_ephemeral()
+        };
+        assert!(matches!(
+            Proxy::bind(config).await,
+            Err(ProxyError::Config(ConfigError::ZeroConnectTimeout { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_taken_inbound_address_names_its_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let config = ProxyConfig {
+            inbound_addrs: vec![addr],
+            ..ProxyConfig::loopback_ephemeral()
+        };
+        let Err(err) = Proxy::bind(config).await else {
+            panic!("bound a taken address");
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot bind --inbound-addrs address {addr}: Address already in use (os error 98)"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn extra_metrics_share_the_registry() {
+        let mut registry = Registry::default();
+        let extra = prometheus_client::metrics::counter::Counter::<u64>::default();
+        registry.register("pillion_extra", "a later layer's metric", extra.clone());
+        extra.inc();
+        let proxy = Proxy::builder(ProxyConfig::loopback_ephemeral())
+            .registry(registry)
+            .bind()
+            .await
+            .unwrap();
+        let text = crate::telemetry::metrics::encode(proxy.registry()).unwrap();
+        assert!(text.contains("pillion_extra_total 1"));
+        assert!(text.contains("pillion_tcp_connections_opened_total{direction=\"inbound\"} 0"));
+    }
+}

@@ -1,0 +1,76 @@
+//! The data path's knobs, set once at start (from flags, see [`super::flags`]) and
+//! shared by every connection and every compile of the state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pillion_api::defaults::{CONNECT_TIMEOUT, DETECT_TIMEOUT};
+
+use crate::policy::balance::p2c::Strategy;
+use crate::policy::outlier::OutlierConfig;
+use crate::telemetry::Recorders;
+
+/// How the data path behaves.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Time to open an upstream TCP connection (502 when it passes).
+    pub connect_timeout: Duration,
+    /// Time a connection may take to show its protocol (mesh TLS or HTTP).
+    pub detect_timeout: Duration,
+    /// Ports that skip detection besides `defaults::OPAQUE_PORTS`.
+    pub opaque_ports: Vec<u16>,
+    /// Outlier detection of every backend.
+    pub outlier: OutlierConfig,
+    /// Endpoint choice within a backend.
+    pub strategy: Strategy,
+    /// The mesh TLS client config; without it meshed endpoints cannot be reached.
+    pub mesh_client: Option<Arc<rustls::ClientConfig>>,
+    /// Spans and access log lines of every request (default: off).
+    pub recorders: Recorders,
+    /// Which HTTP version requests take between two proxies.
+    pub mesh_protocol: MeshProtocol,
+}
+
+/// Which HTTP version requests take on the mesh hop (docs/decisions.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeshProtocol {
+    /// The version the client spoke: HTTP/1.1 on pooled keep-alive connections,
+    /// HTTP/2 on one multiplexed connection. Cheapest for the server's proxy.
+    #[default]
+    Keep,
+    /// Every request on one multiplexed HTTP/2 connection per endpoint; HTTP/1.x
+    /// carries its version in `pillion-orig-proto`. Fewest mesh connections.
+    Http2,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            connect_timeout: CONNECT_TIMEOUT,
+            detect_timeout: DETECT_TIMEOUT,
+            opaque_ports: Vec::new(),
+            outlier: OutlierConfig::default(),
+            strategy: Strategy::PowerOfTwoChoices,
+            mesh_client: None,
+            recorders: Recorders::default(),
+            mesh_protocol: MeshProtocol::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Settings {
+    /// Defaults with a mesh client config over an empty certificate store (meshed
+    /// endpoints compile; handshakes would fail).
+    pub(crate) fn with_mesh_client_for_tests() -> Settings {
+        let id = pillion_identity::SpiffeId::new("cluster.local", "demo", "client")
+            .expect("a valid test identity");
+        let store = Arc::new(pillion_identity::CertStore::new(id));
+        Settings {
+            mesh_client: Some(
+                pillion_identity::tls::client_config(store).expect("a client config"),
+            ),
+            ..Settings::default()
+        }
+    }
+}

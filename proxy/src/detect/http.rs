@@ -1,0 +1,262 @@
+//! HTTP detection: is a connection HTTP/1.x (a request line), HTTP/2 with prior
+//! knowledge (the connection preface) or anything else (opaque TCP)?
+//!
+//! It decides as early as the bytes allow: one byte that cannot start a method means
+//! opaque at once; a request line is accepted when its `HTTP/1.x` and line end arrive.
+//! Peers that send nothing in time (server-speaks-first protocols) are opaque.
+
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+
+use super::rewind::Rewind;
+use super::{Peek, Read};
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Longest method token accepted; longer ones are not HTTP anyone speaks.
+const MAX_METHOD_LEN: usize = 32;
+
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+    /// Anything else: copied byte for byte.
+    Opaque,
+}
+
+impl Protocol {
+    /// For logs and metrics.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Opaque => "opaque",
+        }
+    }
+}
+
+/// Why detection decided what it did (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// The bytes showed the protocol.
+    Seen,
+    /// Nothing (or not enough) arrived in time.
+    Timeout,
+    /// The peer closed first.
+    Eof,
+    /// [`super::MAX_DETECT_BYTES`] arrived without an answer.
+    TooLong,
+}
+
+/// The verdict on a buffer of first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The bytes decide it.
+    Is(Protocol),
+    /// Still a possible HTTP start; read more.
+    NeedMore,
+}
+
+/// Classifies the first bytes of a connection.
+pub(crate) fn classify(buf: &[u8]) -> Verdict {
+    if buf.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Verdict::Is(Protocol::Http2)
+        } else {
+            Verdict::NeedMore
+        };
+    }
+    request_line(buf)
+}
+
+/// `method SP target SP HTTP/1.d CRLF` (a bare LF is accepted, as hyper does).
+fn request_line(buf: &[u8]) -> Verdict {
+    let opaque = Verdict::Is(Protocol::Opaque);
+    let method = buf.iter().take_while(|b| is_tchar(**b)).count();
+    if method == 0 || method > MAX_METHOD_LEN {
+        return opaque;
+    }
+    let Some(&after) = buf.get(method) else {
+        return Verdict::NeedMore;
+    };
+    if after != b' ' {
+        return opaque;
+    }
+    let rest = &buf[method + 1..];
+    let target = rest.iter().take_while(|b| is_target_byte(**b)).count();
+    let Some(&after) = rest.get(target) else {
+        return Verdict::NeedMore;
+    };
+    if target == 0 || after != b' ' {
+        return opaque;
+    }
+    let version = &rest[target + 1..];
+    const VERSION: &[u8] = b"HTTP/1.";
+    let n = version.len().min(VERSION.len());
+    if version[..n] != VERSION[..n] {
+        return opaque;
+    }
+    match version.get(VERSION.len()) {
+        None => Verdict::NeedMore,
+        Some(d) if d.is_ascii_digit() => match &version[VERSION.len() + 1..] {
+            [] | [b'\r'] => Verdict::NeedMore,
+            [b'\n', ..] | [b'\r', b'\n', ..] => Verdict::Is(Protocol::Http1),
+            _ => opaque,
+        },
+        Some(_) => opaque,
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Visible ASCII (what a request target may hold).
+fn is_target_byte(b: u8) -> bool {
+    b.is_ascii_graphic()
+}
+
+/// Reads `io`'s first bytes until they show the protocol, within `timeout`; answers
+/// the verdict and a stream that yields every byte from the first.
+pub(crate) async fn detect<IO>(io: IO, timeout: Duration) -> (Protocol, Reason, Rewind<IO>)
+where
+    IO: AsyncRead + Unpin,
+{
+    detect_peeked(Peek::new(io, timeout)).await
+}
+
+/// [`detect`] on a connection whose first bytes are already (partly) buffered, e.g.
+/// by the mesh TLS detector, within the same deadline.
+pub(crate) async fn detect_peeked<IO>(mut peek: Peek<IO>) -> (Protocol, Reason, Rewind<IO>)
+where
+    IO: AsyncRead + Unpin,
+{
+    let (protocol, reason) = loop {
+        if let Verdict::Is(p) = classify(peek.buffered()) {
+            break (p, Reason::Seen);
+        }
+        match peek.read_more().await {
+            Read::More => {}
+            Read::Eof => break (Protocol::Opaque, Reason::Eof),
+            Read::Timeout => break (Protocol::Opaque, Reason::Timeout),
+            Read::Full => break (Protocol::Opaque, Reason::TooLong),
+        }
+    };
+    (protocol, reason, peek.into_rewind())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::MAX_DETECT_BYTES;
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+
+    fn is(p: Protocol) -> Verdict {
+        Verdict::Is(p)
+    }
+
+    #[test]
+    fn request_lines_are_http1() {
+        for line in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /api/items?x=1 HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\n",
+            b"OPTIONS * HTTP/1.1\n",
+            b"M-SEARCH * HTTP/1.1\r\n",
+        ] {
+            assert_eq!(classify(line), is(Protocol::Http1), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn partial_lines_ask_for_more() {
+        let line = b"GET /index.html HTTP/1.1\r\n";
+        for n in 1..line.len() - 1 {
+            assert_eq!(classify(&line[..n]), Verdict::NeedMore, "{n}");
+        }
+        for n in 1..H2_PREFACE.len() {
+            assert_eq!(classify(&H2_PREFACE[..n]), Verdict::NeedMore, "{n}");
+        }
+    }
+
+    #[test]
+    fn the_preface_is_http2() {
+        assert_eq!(classify(H2_PREFACE), is(Protocol::Http2));
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(&[0, 0, 0, 4]);
+        assert_eq!(classify(&more), is(Protocol::Http2));
+    }
+
+    #[test]
+    fn anything_else_is_opaque() {
+        for bytes in [
+            &[0x16u8, 3, 1, 0, 5][..], // a TLS record
+            b"\x00\x00\x00\x01",
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            b"GET  / HTTP/1.1\r\n",
+            b"GET / HTTP/2.0\r\n",
+            b"GET / HTTP/1.x\r\n",
+            b"GET / HTTP/1.1 trailing\r\n",
+            b"get\t/ HTTP/1.1\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nXX",
+            b" GET / HTTP/1.1\r\n",
+        ] {
+            assert_eq!(classify(bytes), is(Protocol::Opaque), "{bytes:?}");
+        }
+        let long_method = vec![b'A'; MAX_METHOD_LEN + 1];
+        assert_eq!(classify(&long_method), is(Protocol::Opaque));
+    }
+
+    #[tokio::test]
+    async fn detection_keeps_every_byte() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            b.write_all(b"GET /x HT").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            b.write_all(b"TP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+            let _ = b.shutdown().await;
+        });
+        let (p, reason, mut rewind) = detect(a, Duration::from_secs(5)).await;
+        assert_eq!((p, reason), (Protocol::Http1, Reason::Seen));
+        let mut all = String::new();
+        rewind.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_opaque_after_the_timeout() {
+        let (a, _b) = tokio::io::duplex(64);
+        let (p, reason, rewind) = detect(a, Duration::from_secs(10)).await;
+        assert_eq!((p, reason), (Protocol::Opaque, Reason::Timeout));
+        assert!(rewind.prefix().is_empty());
+    }
+
+    #[tokio::test]
+    async fn eof_and_endless_lines_are_opaque() {
+        let (a, b) = tokio::io::duplex(64);
+        drop(b);
+        let (p, reason, _) = detect(a, Duration::from_secs(5)).await;
+        assert_eq!((p, reason), (Protocol::Opaque, Reason::Eof));
+
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_DETECT_BYTES + 100, b'a');
+        tokio::spawn(async move {
+            let _ = b.write_all(&line).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let (p, reason, rewind) = detect(a, Duration::from_secs(5)).await;
+        assert_eq!((p, reason), (Protocol::Opaque, Reason::TooLong));
+        assert_eq!(rewind.prefix().len(), MAX_DETECT_BYTES);
+    }
+}

@@ -1,0 +1,227 @@
+//! The inbound stack (listener 15006): connections to this pod go to the local
+//! application on loopback at the original port, and never anywhere else. Top to
+//! bottom:
+//!
+//! 1. refuse a connection that would loop back into the proxy;
+//! 2. take the port's policy from the state the connection arrived with;
+//! 3. detect mesh TLS ([`crate::detect::tls`]) and terminate it: the client's
+//!    SPIFFE id becomes the peer identity;
+//! 4. admit the connection ([`admit`]): plaintext only where the port is
+//!    permissive, a peer identity the port does not allow only for HTTP (where each
+//!    request gets its 403);
+//! 5. detect HTTP ([`crate::detect::http`]), then serve it per request ([`http`]:
+//!    authorization, server rate limits, pooled connections to the application), or
+//!    relay the bytes to the application.
+
+pub(crate) mod admit;
+pub(crate) mod http;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::app::inputs::Inputs;
+use crate::detect::tls::Detected;
+use crate::detect::{self, Peek, Protocol};
+use crate::telemetry::metrics::mesh::Denied;
+use crate::telemetry::metrics::Direction;
+use crate::transport::accept::{Accepted, ConnInfo, Stack};
+use crate::transport::relay::Relay;
+use crate::transport::tls::{self, MeshTls, HANDSHAKE_TIMEOUT};
+use crate::upstream::connect::UpstreamConnector;
+use crate::upstream::Upstream;
+use admit::Verdict;
+use http::Peer;
+
+/// Serves connections from elsewhere to the local application.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    relay: Relay,
+    inputs: Arc<Inputs>,
+    /// Connection pools towards the application, one per port, shared by every
+    /// inbound HTTP connection.
+    apps: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+}
+
+impl Inbound {
+    /// The inbound stack over the proxy's inputs, relaying through `relay`.
+    pub(crate) fn new(relay: Relay, inputs: Arc<Inputs>) -> Inbound {
+        Inbound {
+            relay,
+            inputs,
+            apps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where an inbound connection goes: loopback of the same family at the
+    /// original port, whatever address the caller aimed at.
+    pub(crate) fn target(orig_dst: SocketAddr) -> SocketAddr {
+        let ip = match orig_dst.ip().to_canonical() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, orig_dst.port())
+    }
+
+    /// The pools towards the application at `target` (loopback and its port).
+    fn app(&self, target: SocketAddr) -> Arc<Upstream> {
+        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(apps.entry(target).or_insert_with(|| {
+            Arc::new(Upstream::new(UpstreamConnector::new(
+                target,
+                None,
+                self.inputs.settings.connect_timeout,
+            )))
+        }))
+    }
+
+    /// Detects, authenticates and admits one connection, then serves it.
+    async fn serve_meshed(
+        &self,
+        stream: TcpStream,
+        info: ConnInfo,
+        target: SocketAddr,
+        tls: &MeshTls,
+    ) {
+        let port = self
+            .inputs
+            .state
+            .load()
+            .inbound()
+            .port(info.orig_dst.port(), &self.inputs.http_metrics);
+        let detect_timeout = self.inputs.settings.detect_timeout;
+        let handshake_deadline = Instant::now() + detect_timeout.max(HANDSHAKE_TIMEOUT);
+        match detect::tls::detect(Peek::new(stream, detect_timeout)).await {
+            Detected::Mesh(start) => {
+                let (tls, peer) = match tls::accept(tls, *start, handshake_deadline).await {
+                    Ok(done) => done,
+                    Err(err) => {
+                        self.inputs
+                            .mesh_metrics
+                            .handshake_failed(Direction::Inbound, err.reason);
+                        tracing::warn!(reason = err.reason.as_str(), error = %err.source,
+                            "mesh TLS handshake failed; closing the connection");
+                        return;
+                    }
+                };
+                tracing::Span::current().record("peer_identity", peer.as_str());
+                let verdict = admit::admit(&port, Some(peer.as_str()));
+                if let Verdict::Refuse(denied) = verdict {
+                    return self.refuse(denied);
+                }
+                self.inputs
+                    .mesh_metrics
+                    .tls_connection(Direction::Inbound, peer.as_str());
+                tracing::debug!("mesh TLS accepted");
+                let peek = Peek::new(tls, detect_timeout);
+                let peer = Peer::verified(peer.as_str());
+                self.serve_admitted(peek, &info, target, peer, verdict)
+                    .await;
+            }
+            Detected::Plain(reason, peek) => {
+                let verdict = admit::admit(&port, None);
+                if let Verdict::Refuse(denied) = verdict {
+                    tracing::info!(detected = reason.as_str(), "plaintext on a strict port");
+                    return self.refuse(denied);
+                }
+                self.inputs.mesh_metrics.passthrough(Direction::Inbound);
+                self.serve_admitted(peek, &info, target, None, verdict)
+                    .await;
+            }
+        }
+    }
+
+    /// Detects HTTP in an admitted connection (plaintext, or already decrypted) and
+    /// serves it per request; relays anything else to the application.
+    async fn serve_admitted<IO>(
+        &self,
+        peek: Peek<IO>,
+        info: &ConnInfo,
+        target: SocketAddr,
+        peer: Option<Peer>,
+        verdict: Verdict,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let settings = &self.inputs.settings;
+        let app_port = info.orig_dst.port();
+        let opaque = detect::skips_detection(app_port, None, &settings.opaque_ports)
+            || self.inputs.state.load().inbound().is_opaque(app_port);
+        let (protocol, io) = if opaque {
+            (Protocol::Opaque, peek.into_rewind())
+        } else {
+            let (protocol, reason, io) = detect::http::detect_peeked(peek).await;
+            tracing::debug!(protocol = protocol.as_str(), ?reason, "protocol detected");
+            (protocol, io)
+        };
+        match protocol {
+            Protocol::Opaque => {
+                if verdict == Verdict::OnlyHttp {
+                    return self.refuse(Denied::Identity);
+                }
+                if let Some(upstream) = self.relay.connect(target).await {
+                    self.relay.forward(io, upstream).await;
+                }
+            }
+            http_protocol => {
+                http::serve(
+                    Arc::clone(&self.inputs),
+                    self.app(target),
+                    io,
+                    http_protocol,
+                    target,
+                    peer,
+                    Some(info.client),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Counts and logs a connection the port's policy refuses.
+    fn refuse(&self, denied: Denied) {
+        self.inputs.mesh_metrics.denied(denied);
+        tracing::info!(
+            reason = denied.as_str(),
+            "refused by the port's policy; closing the connection"
+        );
+    }
+}
+
+impl Stack for Inbound {
+    fn direction(&self) -> Direction {
+        Direction::Inbound
+    }
+
+    async fn serve(&self, conn: Accepted) {
+        let (stream, info, _guard) = conn.split();
+        let target = Self::target(info.orig_dst);
+        let Some(tls) = &self.inputs.tls else {
+            self.inputs.mesh_metrics.passthrough(Direction::Inbound);
+            self.relay.relay(stream, &info, target).await;
+            return;
+        };
+        if self.relay.is_loop(&info, target) {
+            return;
+        }
+        self.serve_meshed(stream, info, target, tls).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_loopback_at_the_original_port() {
+        let t = |s: &str| Inbound::target(s.parse().unwrap()).to_string();
+        assert_eq!(t("198.18.0.7:8080"), "127.0.0.1:8080");
+        assert_eq!(t("[2001:2::7]:8080"), "[::1]:8080");
+        assert_eq!(t("[::ffff:198.18.0.7]:80"), "127.0.0.1:80");
+        assert_eq!(t("203.0.113.9:22"), "127.0.0.1:22");
+    }
+}

@@ -1,0 +1,175 @@
+//! The outbound HTTP path: requests from the local application to a known service.
+//!
+//! Per request: pick the route in the newest state, apply its client-side rate
+//! limit, clean and edit the headers, rewrite the path into the head every try
+//! sends, then hand it to [`super::retry`]; edit the response on its way back and
+//! count it. Upgrades and `CONNECT` take [`crate::http::upgrade`] to one endpoint.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::retry::{self, pick_backend, Template};
+use crate::app::inputs::Inputs;
+use crate::detect::Protocol;
+use crate::http::body::{declared_len, ResponseBody};
+use crate::http::errors::{rate_limited, HttpError};
+use crate::http::hop::{self, strip_hop_by_hop, wants_upgrade, ORIG_PROTO};
+use crate::http::{server, upgrade};
+use crate::policy::authz::set_peer_identity;
+use crate::state::outbound::{RouteState, Target};
+use crate::telemetry::metrics::http::no_peer;
+
+/// Serves one HTTP connection from the local application to `orig_dst` (a known
+/// service or endpoint) until it closes or `shutdown` resolves.
+pub(crate) async fn serve<IO, F>(
+    inputs: Arc<Inputs>,
+    io: IO,
+    protocol: Protocol,
+    orig_dst: SocketAddr,
+    shutdown: F,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = ()>,
+{
+    let conn = Arc::new(OutboundConn {
+        inputs,
+        orig_dst,
+        no_peer: no_peer(),
+    });
+    let service = service_fn(move |req| {
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    server::serve(io, protocol, service, shutdown).await;
+}
+
+/// What every request of one connection shares.
+struct OutboundConn {
+    inputs: Arc<Inputs>,
+    orig_dst: SocketAddr,
+    no_peer: Arc<str>,
+}
+
+impl OutboundConn {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let (target, identity) = {
+            let state = self.inputs.state.load();
+            (
+                state.outbound().target(self.orig_dst).cloned(),
+                state.identity().cloned(),
+            )
+        };
+        let Some(target) = target else {
+            // The view dropped the service while this connection was open.
+            return HttpError::NoEndpoints {
+                service: self.orig_dst.to_string(),
+            }
+            .response();
+        };
+        if wants_upgrade(&req) {
+            return self.upgrade(req, &target).await;
+        }
+        let (mut parts, body) = req.into_parts();
+        let (route, matched_prefix) = target.port.select(&parts);
+        let mut observer = self.inputs.settings.recorders.client(&parts, self.orig_dst);
+        observer.set_route(&route.name);
+        observer.set_request_bytes(declared_len(&body));
+        route.metrics.request(&self.no_peer);
+        if let Some(limiter) = &route.limiter {
+            let key = limiter.key(identity.as_deref(), &parts.headers);
+            if let Err(wait) = limiter.check(key, start) {
+                route.metrics.rate_limited.inc();
+                route.metrics.response(&self.no_peer, 429, start.elapsed());
+                return ResponseBody::observed(observer, rate_limited(limiter, &route.name, &wait));
+            }
+        }
+        let mut template = match self.template(&mut parts, route, matched_prefix) {
+            Ok(t) => t,
+            Err(e) => {
+                route
+                    .metrics
+                    .response(&self.no_peer, e.status().as_u16(), start.elapsed());
+                return ResponseBody::observed(observer, e.response());
+            }
+        };
+        observer.inject(&mut template.headers);
+        let forwarded = retry::forward(&target, route, template, body, start, &mut observer).await;
+        let (mut response, peer) = match forwarded {
+            Ok((response, peer)) => (response.map(ResponseBody::Upstream), peer),
+            Err(e) => {
+                tracing::debug!(service = %target.port.service, route = %route.name, error = %e, "request failed");
+                (e.response(), Arc::clone(&self.no_peer))
+            }
+        };
+        strip_hop_by_hop(response.headers_mut());
+        route.response_edits.apply(response.headers_mut());
+        *response.version_mut() = parts.version;
+        route
+            .metrics
+            .response(&peer, response.status().as_u16(), start.elapsed());
+        ResponseBody::observed(observer, response)
+    }
+
+    /// Cleans, edits and rewrites the request head into what every try sends.
+    fn template(
+        &self,
+        parts: &mut Parts,
+        route: &RouteState,
+        matched_prefix: Option<&str>,
+    ) -> Result<Template, HttpError> {
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        headers.remove(ORIG_PROTO);
+        set_peer_identity(headers, None);
+        route.request_edits.apply(headers);
+        let path_and_query = match (&route.rewrite, matched_prefix) {
+            (Some(rewriter), Some(prefix)) => {
+                let rewritten = rewriter.rewrite_path_and_query(&parts.uri, prefix);
+                PathAndQuery::try_from(rewritten)
+                    .map_err(|_| HttpError::BadRequest("the rewritten path is not valid"))?
+            }
+            _ => hop::path_and_query(parts),
+        };
+        let uri = hop::upstream_uri(parts, self.orig_dst, path_and_query)?;
+        Ok(Template {
+            method: parts.method.clone(),
+            uri,
+            version: parts.version,
+            headers: std::mem::take(&mut parts.headers),
+        })
+    }
+
+    async fn upgrade(&self, req: Request<Incoming>, target: &Target) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let (parts, body) = req.into_parts();
+        let (route, _) = target.port.select(&parts);
+        let mut req = Request::from_parts(parts, body);
+        route.metrics.request(&self.no_peer);
+        set_peer_identity(req.headers_mut(), None);
+        req.headers_mut().remove(ORIG_PROTO);
+        let backend = pick_backend(target, route);
+        let (response, peer) = match backend.pick(start, rand::random()) {
+            Ok((_, endpoint)) => (
+                upgrade::forward(req, &endpoint.upstream).await,
+                Arc::clone(&endpoint.peer_label),
+            ),
+            Err(e) => (Err(e), Arc::clone(&self.no_peer)),
+        };
+        let response = response.unwrap_or_else(|e| e.response());
+        route
+            .metrics
+            .response(&peer, response.status().as_u16(), start.elapsed());
+        response
+    }
+}

@@ -1,0 +1,296 @@
+//! The tries of one outbound request: [`one_try`] picks a backend by weight and an
+//! endpoint by load, sends within the try's time limit and reports the outcome to
+//! the endpoint's latency estimate and the backend's outlier detector;
+//! [`retry_delay`] decides whether another try may follow (the route's conditions
+//! and attempts, its budget, the deadline, a replayable body) and after how long.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::{Body as _, Incoming};
+
+use crate::http::body::RequestBody;
+use crate::http::errors::HttpError;
+use crate::http::hop::{orig_proto_value, ORIG_PROTO};
+use crate::http::replay::ReplayBody;
+use crate::policy::backoff::full_jitter;
+use crate::policy::retry::{should_retry, Outcome};
+use crate::state::outbound::{RouteState, Target};
+use crate::telemetry::RequestObserver;
+use crate::upstream::endpoint::{Backend, EndpointState};
+use crate::upstream::pool::UpstreamBody;
+use crate::upstream::Wire;
+
+/// The parts of a request every try sends.
+pub(super) struct Template {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// A response and the identity of the endpoint that gave it (the metrics' `peer`).
+pub(super) type Answered = (Response<UpstreamBody>, Arc<str>);
+
+/// How one try went.
+struct Tried {
+    endpoint: Arc<EndpointState>,
+    outcome: Outcome,
+    result: Result<Response<UpstreamBody>, HttpError>,
+    done: Instant,
+}
+
+/// The request's time limits.
+#[derive(Clone, Copy)]
+struct Limits {
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    per_try: Option<Duration>,
+}
+
+/// Sends the request, trying again while the route allows (see the module docs).
+pub(super) async fn forward(
+    target: &Target,
+    route: &RouteState,
+    template: Template,
+    body: Incoming,
+    start: Instant,
+    observer: &mut RequestObserver,
+) -> Result<Answered, HttpError> {
+    let retry = route.retry.as_ref();
+    if let Some((_, budget)) = retry {
+        budget.deposit(start);
+    }
+    // With retries, keep a recording handle and give each try a replay of it.
+    let (mut body, recording) = if body.is_end_stream() {
+        (Some(RequestBody::Empty), None)
+    } else if retry.is_some() {
+        let recording = ReplayBody::new(body);
+        (recording.replay().map(RequestBody::Replay), Some(recording))
+    } else {
+        (Some(RequestBody::Stream(body)), None)
+    };
+    let limits = Limits {
+        deadline: route.timeout.map(|t| start + t),
+        timeout: route.timeout,
+        per_try: route.per_try_timeout,
+    };
+    // Without retries, the head moves into the only try instead of a copy.
+    let mut template = Some(template);
+    let mut attempt: u32 = 1;
+    loop {
+        let Some(this_body) = body.take() else {
+            return Err(HttpError::Upstream {
+                endpoint: target.port.label(),
+                reason: "the request body could not be replayed".into(),
+            });
+        };
+        let head = match (retry.is_some(), &template) {
+            (true, Some(tpl)) => Head::Copy(tpl),
+            (false, Some(_)) => match template.take() {
+                Some(tpl) => Head::Owned(tpl),
+                None => return Err(HttpError::BadRequest("request already sent")),
+            },
+            (_, None) => return Err(HttpError::BadRequest("request already sent")),
+        };
+        let tried = one_try(target, route, head, this_body, limits, observer).await?;
+        let Some((policy, budget)) = retry else {
+            return tried.into_answer();
+        };
+        let method = template.as_ref().map(|t| &t.method);
+        let replayable = recording.as_ref().is_none_or(ReplayBody::is_replayable);
+        match retry_delay(policy, method, &tried, attempt, limits.deadline) {
+            Some(wait) if replayable && budget.try_withdraw(tried.done) => {
+                route.metrics.retries.inc();
+                tracing::debug!(service = %target.port.service, route = %route.name,
+                    endpoint = %tried.endpoint.addr, attempt, outcome = ?tried.outcome, "retrying");
+                drop(tried);
+                tokio::time::sleep(wait).await;
+                body = match &recording {
+                    Some(recording) => recording.replay().map(RequestBody::Replay),
+                    None => Some(RequestBody::Empty),
+                };
+                attempt += 1;
+            }
+            _ => return tried.into_answer(),
+        }
+    }
+}
+
+/// The head of a try: a copy of the template (more tries may follow) or the
+/// template itself (the only try).
+// It lives on the stack for one try; boxing the owned head would allocate per request.
+#[allow(clippy::large_enum_variant)]
+enum Head<'a> {
+    Copy(&'a Template),
+    Owned(Template),
+}
+
+/// One try; an error means nothing was sent (no endpoint to send to), which is final.
+async fn one_try(
+    target: &Target,
+    route: &RouteState,
+    head: Head<'_>,
+    body: RequestBody,
+    limits: Limits,
+    observer: &mut RequestObserver,
+) -> Result<Tried, HttpError> {
+    let now = Instant::now();
+    let backend = pick_backend(target, route);
+    let (index, endpoint) = backend.pick(now, rand::random())?;
+    let endpoint = Arc::clone(endpoint);
+    let version = match &head {
+        Head::Copy(t) => t.version,
+        Head::Owned(t) => t.version,
+    };
+    let wants = if version == Version::HTTP_2 {
+        Wire::Http2
+    } else {
+        Wire::Http1
+    };
+    let wire = endpoint.upstream.wire_for(wants);
+    observer.set_upstream(
+        endpoint.addr,
+        Some(&*endpoint.peer_label).filter(|id| !id.is_empty()),
+    );
+    let request = request_for(head, body, wire);
+    let limit = match (limits.per_try, limits.deadline) {
+        (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(now))),
+        (Some(t), None) => Some(t),
+        (None, Some(d)) => Some(d.saturating_duration_since(now)),
+        (None, None) => None,
+    };
+    let in_flight = endpoint.ewma.start(now);
+    let sent = endpoint.upstream.send(wire, request);
+    let result = match limit {
+        Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
+        None => Some(sent.await),
+    };
+    let done = Instant::now();
+    let (outcome, result) = match result {
+        Some(Ok(response)) => (Outcome::Status(response.status()), Ok(response)),
+        Some(Err(e)) if e.is_connect() => (
+            Outcome::ConnectFailure,
+            Err(HttpError::Connect {
+                endpoint: endpoint.addr.to_string(),
+                reason: error_chain(&e),
+            }),
+        ),
+        Some(Err(e)) => (
+            Outcome::Reset,
+            Err(HttpError::Upstream {
+                endpoint: endpoint.addr.to_string(),
+                reason: error_chain(&e),
+            }),
+        ),
+        None => {
+            let overall = limits.deadline.is_some_and(|d| done >= d);
+            let error = match (overall, limits.timeout, limits.per_try) {
+                (true, Some(t), _) => HttpError::Timeout(t),
+                (_, _, Some(t)) => HttpError::TryTimeout(t),
+                (_, Some(t), None) => HttpError::Timeout(t),
+                (_, None, None) => HttpError::Timeout(limit.unwrap_or_default()),
+            };
+            (Outcome::Timeout, Err(error))
+        }
+    };
+    match outcome {
+        Outcome::Status(_) | Outcome::Timeout => in_flight.finish(done),
+        // A refused connection is fast; that must not make the endpoint look cheap.
+        Outcome::ConnectFailure | Outcome::Reset => drop(in_flight),
+    }
+    let ok = matches!(outcome, Outcome::Status(s) if !s.is_server_error());
+    backend.report(index, ok, done);
+    Ok(Tried {
+        endpoint,
+        outcome,
+        result,
+        done,
+    })
+}
+
+impl Tried {
+    fn into_answer(self) -> Result<Answered, HttpError> {
+        self.result
+            .map(|response| (response, Arc::clone(&self.endpoint.peer_label)))
+    }
+}
+
+/// The wait before another try, or `None` when this outcome is final: the route's
+/// conditions and attempts allow it and the wait ends before the deadline.
+fn retry_delay(
+    policy: &pillion_api::policy::RetryPolicy,
+    method: Option<&Method>,
+    tried: &Tried,
+    attempt: u32,
+    deadline: Option<Instant>,
+) -> Option<Duration> {
+    let method = method?;
+    if !should_retry(policy, method, tried.outcome, attempt) {
+        return None;
+    }
+    let wait = full_jitter(
+        attempt,
+        policy.backoff_base,
+        policy.backoff_max,
+        rand::random(),
+    );
+    deadline
+        .is_none_or(|d| tried.done + wait < d)
+        .then_some(wait)
+}
+
+/// The backend of this try: the pinned endpoint, or one of the route's by weight.
+pub(super) fn pick_backend<'a>(target: &'a Target, route: &'a RouteState) -> &'a Arc<Backend> {
+    if let Some(pinned) = &target.pinned {
+        return pinned;
+    }
+    let i = route.split.pick(rand::random());
+    // The split has one weight per backend, so `i` is always in range.
+    route
+        .backends
+        .get(i)
+        .unwrap_or_else(|| target.port.default_backend())
+}
+
+/// A try's request from the head; an HTTP/1.x request on HTTP/2 carries its version.
+fn request_for(head: Head<'_>, body: RequestBody, wire: Wire) -> Request<RequestBody> {
+    let mut request = Request::new(body);
+    let version = match head {
+        Head::Copy(t) => {
+            *request.method_mut() = t.method.clone();
+            *request.uri_mut() = t.uri.clone();
+            *request.headers_mut() = t.headers.clone();
+            t.version
+        }
+        Head::Owned(t) => {
+            *request.method_mut() = t.method;
+            *request.uri_mut() = t.uri;
+            *request.headers_mut() = t.headers;
+            t.version
+        }
+    };
+    match wire {
+        Wire::Http1 => *request.version_mut() = version,
+        Wire::Http2 => {
+            *request.version_mut() = Version::HTTP_2;
+            if let Some(value) = orig_proto_value(version) {
+                request.headers_mut().insert(ORIG_PROTO, value);
+            }
+        }
+    }
+    request
+}
+
+/// An error and its causes on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,85 @@
+//! Outbound connections carried as bytes: opaque traffic to one endpoint of a
+//! service (picked by load, or the one the application aimed at), a meshed endpoint
+//! under no service port, and passthrough to destinations the mesh does not know.
+//! Every endpoint is reached through its connector, so meshed ones always get mesh
+//! TLS with the identity the view expects.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::app::inputs::Inputs;
+use crate::state::outbound::Target;
+use crate::telemetry::metrics::Direction;
+use crate::transport::accept::ConnInfo;
+use crate::transport::relay::Relay;
+use crate::upstream::connect::UpstreamConnectError;
+use crate::upstream::endpoint::EndpointState;
+
+/// Relays opaque bytes to one endpoint of the service port.
+pub(crate) async fn to_service<D>(
+    relay: &Relay,
+    inputs: &Inputs,
+    downstream: D,
+    info: &ConnInfo,
+    target: &Target,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    match target.opaque_endpoint(Instant::now()) {
+        Ok(endpoint) => to_endpoint(relay, inputs, downstream, info, &endpoint).await,
+        Err(err) => {
+            tracing::info!(error = %err, "no endpoint for an opaque connection; closing it")
+        }
+    }
+}
+
+/// Relays bytes to `endpoint` over a fresh connection from its connector.
+pub(crate) async fn to_endpoint<D>(
+    relay: &Relay,
+    inputs: &Inputs,
+    downstream: D,
+    info: &ConnInfo,
+    endpoint: &Arc<EndpointState>,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    if relay.is_loop(info, endpoint.addr) {
+        return;
+    }
+    match endpoint.upstream.open().await {
+        Ok(upstream) => {
+            if let Some(peer) = &endpoint.identity {
+                inputs
+                    .mesh_metrics
+                    .tls_connection(Direction::Outbound, peer);
+            }
+            relay.forward(downstream, upstream).await;
+        }
+        Err(UpstreamConnectError::Tcp(err)) => {
+            relay.metrics.connect_failures.inc();
+            tracing::info!(endpoint = %endpoint.addr, error = %err, "upstream connect failed");
+        }
+        Err(UpstreamConnectError::Tls { source, .. }) => {
+            inputs
+                .mesh_metrics
+                .handshake_failed(Direction::Outbound, source.reason);
+            tracing::warn!(endpoint = %endpoint.addr, expected = endpoint.identity.as_deref().unwrap_or(""),
+                reason = source.reason.as_str(), error = %source.source,
+                "mesh TLS handshake failed; closing the connection");
+        }
+    }
+}
+
+/// Relays to the original destination as plain TCP, counted as passthrough.
+pub(crate) async fn passthrough(
+    relay: &Relay,
+    inputs: &Inputs,
+    stream: TcpStream,
+    info: &ConnInfo,
+) {
+    inputs.mesh_metrics.passthrough(Direction::Outbound);
+    relay.relay(stream, info, info.orig_dst).await;
+}

@@ -1,0 +1,263 @@
+//! The inbound side of the state: each application port's mode (is plaintext
+//! accepted?), its authorization (the allow list) and its server routes with their
+//! own allow lists and rate limits; the connection-level decision and every
+//! request's read the same [`InboundPort`]. Rate limiters carry over view updates
+//! while their settings are unchanged.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use http::request::Parts;
+use pillion_api::policy::RateLimit;
+use pillion_api::view::{Mode, PortPolicy, View};
+
+use crate::policy::authz::Authorizer;
+use crate::policy::rate_limit::RateLimiter;
+use crate::policy::route_match::RouteTable;
+use crate::telemetry::metrics::http::{HttpMetrics, RouteMetrics};
+use crate::telemetry::metrics::Direction;
+
+/// Route name of inbound requests that match no server route.
+pub(crate) const DEFAULT_ROUTE: &str = "default";
+
+/// One inbound port's policy.
+#[derive(Debug)]
+pub(crate) struct InboundPort {
+    /// Whether plaintext is accepted.
+    pub mode: Mode,
+    table: Option<RouteTable>,
+    routes: Box<[ServerRouteState]>,
+    default: ServerRouteState,
+}
+
+/// One server route (or the port's default).
+#[derive(Debug)]
+pub(crate) struct ServerRouteState {
+    /// The route's name.
+    pub name: Arc<str>,
+    /// Who may call it.
+    pub authz: Authorizer,
+    /// Server-side rate limit.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// The route's metric handles.
+    pub metrics: RouteMetrics,
+}
+
+impl InboundPort {
+    /// Whether a caller that proved `identity` may connect at all (requests are
+    /// judged again by their route).
+    pub(crate) fn admits(&self, identity: &str) -> bool {
+        self.default.authz.check(Some(identity)).is_ok()
+    }
+
+    /// The route for a request; requests no route matches are judged by the port's
+    /// allow list alone and not rate limited.
+    pub(crate) fn select(&self, parts: &Parts) -> &ServerRouteState {
+        self.table
+            .as_ref()
+            .and_then(|t| t.select_parts(parts))
+            .and_then(|s| self.routes.get(s.route))
+            .unwrap_or(&self.default)
+    }
+}
+
+/// The compiled inbound view.
+#[derive(Debug, Default)]
+pub(crate) struct InboundTable {
+    default_mode: Mode,
+    ports: HashMap<u16, Arc<InboundPort>>,
+    /// Ports without policy of their own, built on first use and shared by every
+    /// connection after (this table is replaced, and this with it, on a new view).
+    unlisted: Mutex<HashMap<u16, Arc<InboundPort>>>,
+    limiters: HashMap<(u16, String), (RateLimit, Arc<RateLimiter>)>,
+    /// Application ports some service marks `opaque` (its target ports): inbound
+    /// connections there skip detection, so server-speaks-first protocols never
+    /// wait for the detection timeout.
+    opaque: HashSet<u16>,
+}
+
+impl InboundTable {
+    /// Whether a service marks application port `port` opaque.
+    pub(crate) fn is_opaque(&self, port: u16) -> bool {
+        self.opaque.contains(&port)
+    }
+
+    /// The policy of application port `port` (ports without their own policy get the
+    /// default mode, anyone allowed, no routes).
+    pub(crate) fn port(&self, port: u16, metrics: &HttpMetrics) -> Arc<InboundPort> {
+        if let Some(found) = self.ports.get(&port) {
+            return Arc::clone(found);
+        }
+        let mut unlisted = self.unlisted.lock().unwrap_or_else(PoisonError::into_inner);
+        let built = unlisted
+            .entry(port)
+            .or_insert_with(|| self.unlisted_port(port, metrics));
+        Arc::clone(built)
+    }
+
+    /// The policy of a port the view says nothing about: the default mode, one route.
+    fn unlisted_port(&self, port: u16, metrics: &HttpMetrics) -> Arc<InboundPort> {
+        let label: Arc<str> = Arc::from(port.to_string().as_str());
+        let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
+        Arc::new(InboundPort {
+            mode: self.default_mode,
+            table: None,
+            routes: Box::new([]),
+            default: ServerRouteState {
+                metrics: metrics.route(Direction::Inbound, &label, &default_name),
+                name: default_name,
+                authz: Authorizer::new(self.default_mode, &[])
+                    .unwrap_or_else(|_| Authorizer::deny_all()),
+                limiter: None,
+            },
+        })
+    }
+
+    /// Compiles the inbound policy of `view`, carrying rate limiters from `previous`.
+    pub(crate) fn compile(
+        view: &View,
+        previous: &InboundTable,
+        metrics: &HttpMetrics,
+        now: Instant,
+    ) -> InboundTable {
+        let mut table = InboundTable {
+            default_mode: view.inbound.default_mode,
+            ..InboundTable::default()
+        };
+        table.opaque = view
+            .services
+            .iter()
+            .flat_map(|s| &s.ports)
+            .filter(|p| p.protocol == pillion_api::view::Protocol::Opaque)
+            .map(|p| p.target_port())
+            .collect();
+        for (port, policy) in &view.inbound.ports {
+            let compiled = compile_port(*port, policy, previous, &mut table, metrics, now);
+            table.ports.insert(*port, Arc::new(compiled));
+        }
+        table
+    }
+}
+
+fn compile_port(
+    port: u16,
+    policy: &PortPolicy,
+    previous: &InboundTable,
+    table: &mut InboundTable,
+    metrics: &HttpMetrics,
+    now: Instant,
+) -> InboundPort {
+    let label: Arc<str> = Arc::from(port.to_string().as_str());
+    let port_authz = Authorizer::new(policy.mode, &policy.allow).unwrap_or_else(|e| {
+        tracing::warn!(port, error = %e, "inbound allow list unusable; the port admits nobody");
+        Authorizer::deny_all()
+    });
+    let mut routes = Vec::new();
+    let mut specs = Vec::new();
+    for route in &policy.server.routes {
+        let authz = match port_authz.for_route(&route.allow) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(port, route = %route.name, error = %e,
+                    "route allow list unusable; the route admits nobody");
+                Authorizer::deny_all()
+            }
+        };
+        let limiter = match &route.rate_limit {
+            None => None,
+            Some(limit) => {
+                let key = (port, route.name.clone());
+                let limiter = match previous.limiters.get(&key) {
+                    Some((old, limiter)) if old == limit => Some(Arc::clone(limiter)),
+                    _ => match RateLimiter::new(&route.name, limit, now) {
+                        Ok(l) => Some(Arc::new(l)),
+                        Err(e) => {
+                            tracing::warn!(port, route = %route.name, error = %e,
+                                "route rate limit unusable; the route is left out");
+                            continue;
+                        }
+                    },
+                };
+                if let Some(l) = &limiter {
+                    table.limiters.insert(key, (limit.clone(), Arc::clone(l)));
+                }
+                limiter
+            }
+        };
+        let name: Arc<str> = Arc::from(route.name.as_str());
+        routes.push(ServerRouteState {
+            metrics: metrics.route(Direction::Inbound, &label, &name),
+            name,
+            authz,
+            limiter,
+        });
+        specs.push(route);
+    }
+    let table_compiled = if specs.is_empty() {
+        None
+    } else {
+        match RouteTable::new(specs) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(port, error = %e, "inbound routes cannot be compiled; only the port's policy applies");
+                routes.clear();
+                None
+            }
+        }
+    };
+    let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
+    InboundPort {
+        mode: policy.mode,
+        table: table_compiled,
+        routes: routes.into_boxed_slice(),
+        default: ServerRouteState {
+            metrics: metrics.route(Direction::Inbound, &label, &default_name),
+            name: default_name,
+            authz: port_authz,
+            limiter: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opaque_target_ports_and_port_policies_compile() {
+        let view: View = serde_json::from_str(
+            r#"{"version": 1, "identity": "spiffe://cluster.local/ns/demo/sa/server",
+              "services": [{"name": "db", "namespace": "demo", "ports": [
+                 {"port": 5433, "target_port": 15433, "protocol": "opaque"}, {"port": 80}]}],
+              "inbound": {"default_mode": "strict", "ports": {"8080": {"mode": "permissive",
+                "server": {"routes": [{"name": "admin", "matches": [{"path": {"prefix": "/admin"}}],
+                  "allow": ["spiffe://cluster.local/ns/ops/*"]}]}}}}}"#,
+        )
+        .unwrap();
+        let metrics = HttpMetrics::default();
+        let table =
+            InboundTable::compile(&view, &InboundTable::default(), &metrics, Instant::now());
+        assert!(table.is_opaque(15433) && !table.is_opaque(80));
+        let port = table.port(8080, &metrics);
+        let admin = http::Request::get("/admin/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let other = http::Request::get("/x").body(()).unwrap().into_parts().0;
+        let ops = Some("spiffe://cluster.local/ns/ops/sa/tool");
+        let demo = Some("spiffe://cluster.local/ns/demo/sa/client");
+        assert_eq!(&*port.select(&admin).name, "admin");
+        assert!(port.select(&admin).authz.check(ops).is_ok());
+        assert!(port.select(&admin).authz.check(demo).is_err());
+        assert!(port.select(&other).authz.check(None).is_ok());
+        // An unlisted port takes the default mode: strict refuses plaintext.
+        assert!(table
+            .port(9090, &metrics)
+            .select(&other)
+            .authz
+            .check(None)
+            .is_err());
+    }
+}

@@ -1,0 +1,601 @@
+//! The outbound side of the state: original destination → [`Destination`]. A
+//! service VIP:port, or one of its endpoints' address:port, leads to the service
+//! port's routes → each route's policy and backends → endpoints; an endpoint the view
+//! lists under no service port is reached over mesh TLS as bytes; an endpoint listed
+//! with an identity this proxy cannot verify is refused (never sent in plaintext).
+//!
+//! Compiling reuses the previous table's stateful parts wherever the view still has
+//! them: endpoints (latency estimate, connection pools) by address and identity,
+//! backends (balancer, outlier detector) by service, port and subset, and rate
+//! limiters and retry budgets by route name while their settings are unchanged. So a
+//! view update changes routing at once without resetting what the proxy learned, and
+//! requests in flight finish on the state they started with.
+//!
+//! A connection aimed at one endpoint's own address keeps the routes of its service
+//! (timeouts, retries, limits, edits) but always goes to that endpoint: the
+//! application asked for that pod.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::request::Parts;
+use pillion_api::policy::{RateLimit, RetryPolicy, Route, WeightedBackend};
+use pillion_api::view::{Endpoint, Protocol, Service, ServicePort, View};
+use pillion_identity::tls::server_name_for;
+use pillion_identity::SpiffeId;
+
+use crate::app::settings::{MeshProtocol, Settings};
+use crate::http::errors::HttpError;
+use crate::policy::balance::p2c::Balancer;
+use crate::policy::balance::peak_ewma::PeakEwma;
+use crate::policy::headers::{HeaderEditor, PathRewriter};
+use crate::policy::rate_limit::RateLimiter;
+use crate::policy::retry::RetryBudget;
+use crate::policy::route_match::RouteTable;
+use crate::policy::split::{labels_match, Split};
+use crate::telemetry::metrics::http::{no_peer, HttpMetrics, RouteMetrics};
+use crate::telemetry::metrics::Direction;
+use crate::upstream::connect::{MeshTarget, UpstreamConnector};
+use crate::upstream::endpoint::{Backend, EndpointState};
+use crate::upstream::Upstream;
+
+/// Name of the implicit route that takes requests no route matches.
+pub(crate) const DEFAULT_ROUTE: &str = "default";
+
+/// How a connection to one original destination is served.
+#[derive(Clone, Debug)]
+pub(crate) enum Destination {
+    /// A service port, or one of its endpoints: detection, routes, balancing.
+    Service(Target),
+    /// A meshed endpoint under no service port: mesh TLS, bytes only.
+    Endpoint(Arc<EndpointState>),
+    /// Listed with an identity this proxy cannot verify: refused.
+    Refused,
+}
+
+/// A service port as one original destination reaches it.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    /// The service port's routes.
+    pub port: Arc<PortRoutes>,
+    /// Set for a connection aimed at one endpoint: every try goes there.
+    pub pinned: Option<Arc<Backend>>,
+}
+
+/// One service port's routes, compiled.
+#[derive(Debug)]
+pub(crate) struct PortRoutes {
+    /// `namespace/name` of the service.
+    pub service: Arc<str>,
+    /// The port applications connect to.
+    pub port: u16,
+    /// What the port speaks (`auto` means detect).
+    pub protocol: Protocol,
+    /// `None` when the port has no routes (or they failed to compile).
+    table: Option<RouteTable>,
+    routes: Box<[RouteState]>,
+    default: RouteState,
+    /// Every endpoint of the port (the default route's one backend).
+    all: Arc<Backend>,
+}
+
+/// One route's policy and per-route state.
+#[derive(Debug)]
+pub(crate) struct RouteState {
+    /// The route's name (metrics, rate-limit headers).
+    pub name: Arc<str>,
+    /// Weighted choice among `backends`.
+    pub split: Split,
+    /// The route's backends, by the split's indices.
+    pub backends: Box<[Arc<Backend>]>,
+    /// Deadline of the whole request, retries included.
+    pub timeout: Option<Duration>,
+    /// Deadline of each try.
+    pub per_try_timeout: Option<Duration>,
+    /// When to retry, and the budget that caps it.
+    pub retry: Option<(RetryPolicy, Arc<RetryBudget>)>,
+    /// Client-side rate limit.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Edits of forwarded requests.
+    pub request_edits: HeaderEditor,
+    /// Edits of returned responses.
+    pub response_edits: HeaderEditor,
+    /// Prefix rewrite.
+    pub rewrite: Option<PathRewriter>,
+    /// The route's metric handles.
+    pub metrics: RouteMetrics,
+}
+
+impl Target {
+    /// The endpoint for an opaque (non-HTTP) connection: the pinned one, or one of
+    /// the service port's endpoints by load.
+    pub(crate) fn opaque_endpoint(&self, now: Instant) -> Result<Arc<EndpointState>, HttpError> {
+        let backend = match &self.pinned {
+            Some(pinned) => pinned,
+            None => self.port.default_backend(),
+        };
+        backend
+            .pick(now, rand::random())
+            .map(|(_, endpoint)| Arc::clone(endpoint))
+    }
+}
+
+impl PortRoutes {
+    /// The backend of every endpoint of the port (what the default route uses).
+    pub(crate) fn default_backend(&self) -> &Arc<Backend> {
+        &self.all
+    }
+
+    /// The route for a request and the prefix its path matched (for a rewrite);
+    /// requests no route matches take the implicit default route (every endpoint,
+    /// no policy).
+    pub(crate) fn select(&self, parts: &Parts) -> (&RouteState, Option<&str>) {
+        let selected = self.table.as_ref().and_then(|t| t.select_parts(parts));
+        match selected {
+            Some(selection) => match self.routes.get(selection.route) {
+                Some(route) => (route, selection.matched_prefix),
+                None => (&self.default, None),
+            },
+            None => (&self.default, None),
+        }
+    }
+
+    /// `namespace/name:port`, for errors and logs.
+    pub(crate) fn label(&self) -> String {
+        format!("{}:{}", self.service, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EndpointKey {
+    addr: SocketAddr,
+    identity: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BackendKey {
+    service: String,
+    port: u16,
+    subset: BTreeMap<String, String>,
+    pinned: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RouteKey {
+    service: String,
+    port: u16,
+    route: String,
+}
+
+/// The compiled outbound view.
+#[derive(Debug, Default)]
+pub(crate) struct OutboundTable {
+    targets: HashMap<SocketAddr, Destination>,
+    endpoints: HashMap<EndpointKey, Arc<EndpointState>>,
+    backends: HashMap<BackendKey, Arc<Backend>>,
+    limiters: HashMap<RouteKey, (RateLimit, Arc<RateLimiter>)>,
+    budgets: HashMap<RouteKey, (pillion_api::policy::RetryBudget, Arc<RetryBudget>)>,
+}
+
+impl OutboundTable {
+    /// Where a connection to `orig_dst` goes; `None` for destinations the view does
+    /// not know (they pass through as plain TCP).
+    pub(crate) fn destination(&self, orig_dst: SocketAddr) -> Option<&Destination> {
+        self.targets.get(&SocketAddr::new(
+            orig_dst.ip().to_canonical(),
+            orig_dst.port(),
+        ))
+    }
+
+    /// The service port a connection to `orig_dst` reaches, if it is one.
+    pub(crate) fn target(&self, orig_dst: SocketAddr) -> Option<&Target> {
+        match self.destination(orig_dst) {
+            Some(Destination::Service(target)) => Some(target),
+            _ => None,
+        }
+    }
+
+    /// How many destinations the table knows.
+    pub(crate) fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Compiles `view`, reusing `previous`'s state (see the module docs).
+    pub(crate) fn compile(
+        view: &View,
+        previous: &OutboundTable,
+        settings: &Settings,
+        metrics: &HttpMetrics,
+        now: Instant,
+    ) -> OutboundTable {
+        let mut table = OutboundTable::default();
+        let mut compiler = Compiler {
+            view,
+            previous,
+            settings,
+            metrics,
+            now,
+            table: &mut table,
+        };
+        for service in &view.services {
+            for port in &service.ports {
+                compiler.port(service, port);
+            }
+        }
+        for service in &view.services {
+            compiler.l4_endpoints(service);
+        }
+        table
+    }
+}
+
+struct Compiler<'a> {
+    view: &'a View,
+    previous: &'a OutboundTable,
+    settings: &'a Settings,
+    metrics: &'a HttpMetrics,
+    now: Instant,
+    table: &'a mut OutboundTable,
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+fn service_name(service: &Service) -> String {
+    format!("{}/{}", service.namespace, service.name)
+}
+
+impl Compiler<'_> {
+    fn port(&mut self, service: &Service, port: &ServicePort) {
+        let name = service_name(service);
+        let service_label: Arc<str> = Arc::from(name.as_str());
+        let endpoints = self.endpoints_of(service, port);
+        let mut routes = Vec::new();
+        let mut specs = Vec::new();
+        for route in &port.routes {
+            match self.route(service, port, &service_label, &endpoints, route) {
+                Some(state) => {
+                    routes.push(state);
+                    specs.push(route);
+                }
+                None => continue,
+            }
+        }
+        let table = if specs.is_empty() {
+            None
+        } else {
+            match RouteTable::new(specs) {
+                Ok(table) => Some(table),
+                Err(err) => {
+                    tracing::warn!(service = %name, port = port.port, error = %err,
+                        "routes of the port cannot be compiled; only the default route applies");
+                    routes.clear();
+                    None
+                }
+            }
+        };
+        let all = self.backend(&name, port.port, &BTreeMap::new(), None, &endpoints);
+        let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
+        let default = RouteState {
+            metrics: self
+                .metrics
+                .route(Direction::Outbound, &service_label, &default_name),
+            name: default_name,
+            split: Split::single(),
+            backends: Box::new([Arc::clone(&all)]),
+            timeout: None,
+            per_try_timeout: None,
+            retry: None,
+            limiter: None,
+            request_edits: HeaderEditor::default(),
+            response_edits: HeaderEditor::default(),
+            rewrite: None,
+        };
+        let compiled = Arc::new(PortRoutes {
+            service: service_label,
+            port: port.port,
+            protocol: port.protocol,
+            table,
+            routes: routes.into_boxed_slice(),
+            default,
+            all,
+        });
+        for vip in &service.addresses {
+            let addr = SocketAddr::new(canonical(*vip), port.port);
+            self.table.targets.entry(addr).or_insert_with(|| {
+                Destination::Service(Target {
+                    port: Arc::clone(&compiled),
+                    pinned: None,
+                })
+            });
+        }
+        for endpoint in &endpoints {
+            let pinned = self.backend(
+                &name,
+                port.port,
+                &BTreeMap::new(),
+                Some(endpoint.addr),
+                std::slice::from_ref(endpoint),
+            );
+            self.table.targets.entry(endpoint.addr).or_insert_with(|| {
+                Destination::Service(Target {
+                    port: Arc::clone(&compiled),
+                    pinned: Some(pinned),
+                })
+            });
+        }
+    }
+
+    /// Endpoints no service port covers: meshed ones are reached as bytes over mesh
+    /// TLS, ones whose identity cannot be verified are refused, plain ones pass
+    /// through (they are left out). The first listing of an address wins.
+    fn l4_endpoints(&mut self, service: &Service) {
+        for e in &service.endpoints {
+            let addr = SocketAddr::new(canonical(e.address), e.port);
+            if e.identity.is_none() || self.table.targets.contains_key(&addr) {
+                continue;
+            }
+            let destination = match self.endpoint(service, e) {
+                Some(endpoint) => Destination::Endpoint(endpoint),
+                None => Destination::Refused,
+            };
+            self.table.targets.insert(addr, destination);
+        }
+    }
+
+    /// The reachable endpoints of a service port, with their view labels.
+    fn endpoints_of(&mut self, service: &Service, port: &ServicePort) -> Vec<Arc<EndpointState>> {
+        service
+            .endpoints_for(port)
+            .filter_map(|e| self.endpoint(service, e))
+            .collect()
+    }
+
+    fn endpoint(&mut self, service: &Service, e: &Endpoint) -> Option<Arc<EndpointState>> {
+        let addr = SocketAddr::new(canonical(e.address), e.port);
+        let key = EndpointKey {
+            addr,
+            identity: e.identity.clone(),
+        };
+        if let Some(found) = self.table.endpoints.get(&key) {
+            return Some(Arc::clone(found));
+        }
+        let state = match self.previous.endpoints.get(&key) {
+            Some(old) => Arc::clone(old),
+            None => {
+                let mesh = match &e.identity {
+                    None => None,
+                    Some(id) => Some(self.mesh_target(service, addr, id)?),
+                };
+                let identity: Option<Arc<str>> = e.identity.as_deref().map(Arc::from);
+                Arc::new(EndpointState {
+                    addr,
+                    peer_label: identity.clone().unwrap_or_else(no_peer),
+                    identity,
+                    ewma: Arc::new(PeakEwma::new(self.now)),
+                    upstream: Upstream::new(UpstreamConnector::new(
+                        addr,
+                        mesh,
+                        self.settings.connect_timeout,
+                    ))
+                    .mesh_http2(self.settings.mesh_protocol == MeshProtocol::Http2),
+                })
+            }
+        };
+        self.table.endpoints.insert(key, Arc::clone(&state));
+        Some(state)
+    }
+
+    /// Mesh TLS towards an endpoint; `None` (endpoint left out) when it cannot be
+    /// reached safely: never send meshed traffic in plaintext.
+    fn mesh_target(&self, service: &Service, addr: SocketAddr, id: &str) -> Option<MeshTarget> {
+        let Some(config) = &self.settings.mesh_client else {
+            tracing::warn!(service = %service.name, endpoint = %addr,
+                "endpoint is meshed but this proxy has no mesh TLS; leaving it out");
+            return None;
+        };
+        let name = id
+            .parse::<SpiffeId>()
+            .map_err(|e| e.to_string())
+            .and_then(|id| server_name_for(&id).map_err(|e| e.to_string()));
+        match name {
+            Ok(name) => Some(MeshTarget {
+                config: Arc::clone(config),
+                name,
+            }),
+            Err(error) => {
+                tracing::warn!(service = %service.name, endpoint = %addr, identity = %id, %error,
+                    "endpoint identity unusable; leaving it out");
+                None
+            }
+        }
+    }
+
+    /// The backend with this key, carried over from the previous table when possible.
+    fn backend(
+        &mut self,
+        service: &str,
+        port: u16,
+        subset: &BTreeMap<String, String>,
+        pinned: Option<SocketAddr>,
+        endpoints: &[Arc<EndpointState>],
+    ) -> Arc<Backend> {
+        let key = BackendKey {
+            service: service.to_string(),
+            port,
+            subset: subset.clone(),
+            pinned,
+        };
+        if let Some(found) = self.table.backends.get(&key) {
+            return Arc::clone(found);
+        }
+        let backend = match self.previous.backends.get(&key) {
+            Some(old) if old.same_endpoints(endpoints) => Arc::clone(old),
+            Some(old) => Arc::new(old.changed(endpoints.to_vec(), self.balancer())),
+            None => {
+                let mut name = format!("{service}:{port}");
+                if !subset.is_empty() {
+                    let labels: Vec<String> =
+                        subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    name.push_str(&format!("{{{}}}", labels.join(",")));
+                }
+                if let Some(addr) = pinned {
+                    name.push_str(&format!(" at {addr}"));
+                }
+                let service_label: Arc<str> = Arc::from(service);
+                Arc::new(Backend::new(
+                    Arc::from(name.as_str()),
+                    endpoints.to_vec(),
+                    self.settings.outlier,
+                    self.balancer(),
+                    self.metrics.ejections(Direction::Outbound, &service_label),
+                    self.now,
+                ))
+            }
+        };
+        self.table.backends.insert(key, Arc::clone(&backend));
+        backend
+    }
+
+    fn balancer(&self) -> Balancer {
+        Balancer::new(self.settings.strategy)
+    }
+
+    /// One route, or `None` (logged) when the view sent one that cannot be compiled.
+    fn route(
+        &mut self,
+        service: &Service,
+        port: &ServicePort,
+        service_label: &Arc<str>,
+        all: &[Arc<EndpointState>],
+        route: &Route,
+    ) -> Option<RouteState> {
+        let name = service_name(service);
+        let fail = |what: &str, error: &dyn std::fmt::Display| {
+            tracing::warn!(service = %name, port = port.port, route = %route.name, %error,
+                "route {what} cannot be compiled; the route is left out");
+        };
+        let split = match Split::from_backends(&route.backends) {
+            Ok(split) => split,
+            Err(e) => {
+                fail("backends", &e);
+                return None;
+            }
+        };
+        let request_edits = HeaderEditor::new(&route.request_headers)
+            .map_err(|e| fail("request_headers", &e))
+            .ok()?;
+        let response_edits = HeaderEditor::new(&route.response_headers)
+            .map_err(|e| fail("response_headers", &e))
+            .ok()?;
+        let rewrite = match &route.rewrite {
+            Some(r) => Some(PathRewriter::new(r).map_err(|e| fail("rewrite", &e)).ok()?),
+            None => None,
+        };
+        let key = RouteKey {
+            service: name.clone(),
+            port: port.port,
+            route: route.name.clone(),
+        };
+        let limiter = match &route.rate_limit {
+            None => None,
+            Some(limit) => Some(
+                self.limiter(&key, &route.name, limit)
+                    .map_err(|e| fail("rate_limit", &e))
+                    .ok()?,
+            ),
+        };
+        let retry = route.retry.as_ref().map(|policy| {
+            let config = policy.budget_or_default();
+            let budget = match self.previous.budgets.get(&key) {
+                Some((old, budget)) if *old == config => Arc::clone(budget),
+                _ => Arc::new(RetryBudget::new(&config, self.now)),
+            };
+            self.table
+                .budgets
+                .insert(key.clone(), (config, Arc::clone(&budget)));
+            (policy.clone(), budget)
+        });
+        let backends = if route.backends.is_empty() {
+            vec![self.backend(&name, port.port, &BTreeMap::new(), None, all)]
+        } else {
+            route
+                .backends
+                .iter()
+                .map(|b| self.route_backend(service, port, b))
+                .collect()
+        };
+        let route_name: Arc<str> = Arc::from(route.name.as_str());
+        Some(RouteState {
+            metrics: self
+                .metrics
+                .route(Direction::Outbound, service_label, &route_name),
+            name: route_name,
+            split,
+            backends: backends.into_boxed_slice(),
+            timeout: route.timeout,
+            per_try_timeout: route.per_try_timeout,
+            retry,
+            limiter,
+            request_edits,
+            response_edits,
+            rewrite,
+        })
+    }
+
+    /// A weighted backend: a label subset of this port's endpoints, or of another
+    /// service's endpoints on the same port number.
+    fn route_backend(
+        &mut self,
+        service: &Service,
+        port: &ServicePort,
+        backend: &WeightedBackend,
+    ) -> Arc<Backend> {
+        let view = self.view;
+        let (owner, owner_port) = match &backend.service {
+            None => (service, port),
+            Some(other) => {
+                let found = view.services.iter().find_map(|s| {
+                    (s.namespace == service.namespace && &s.name == other)
+                        .then(|| s.ports.iter().find(|p| p.port == port.port).map(|p| (s, p)))
+                        .flatten()
+                });
+                match found {
+                    Some(found) => found,
+                    None => {
+                        tracing::warn!(service = %service.name, backend = %other,
+                            "backend service not in the view (or lacks the port); it has no endpoints");
+                        let name = format!("{}/{other}", service.namespace);
+                        return self.backend(&name, port.port, &backend.subset, None, &[]);
+                    }
+                }
+            }
+        };
+        let endpoints: Vec<Arc<EndpointState>> = owner
+            .endpoints_for(owner_port)
+            .filter(|e| labels_match(&backend.subset, &e.labels))
+            .filter_map(|e| self.endpoint(owner, e))
+            .collect();
+        let name = service_name(owner);
+        self.backend(&name, port.port, &backend.subset, None, &endpoints)
+    }
+
+    fn limiter(
+        &mut self,
+        key: &RouteKey,
+        name: &str,
+        limit: &RateLimit,
+    ) -> Result<Arc<RateLimiter>, crate::policy::rate_limit::RateLimitError> {
+        let limiter = match self.previous.limiters.get(key) {
+            Some((old, limiter)) if old == limit => Arc::clone(limiter),
+            _ => Arc::new(RateLimiter::new(name, limit, self.now)?),
+        };
+        self.table
+            .limiters
+            .insert(key.clone(), (limit.clone(), Arc::clone(&limiter)));
+        Ok(limiter)
+    }
+}

@@ -1,0 +1,230 @@
+//! The bottom layer of both stacks: accepts connections until the drain starts,
+//! reads each one's original destination and hands it to a direction's stack as
+//! a tracked, force-closable task inside a span of its own (`direction`, `client`,
+//! `orig_dst`, and `peer_identity` once mesh TLS proves one), so no log line of the
+//! connection repeats them.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use super::drain::Drain;
+use super::orig_dst::OrigDstLookup;
+use super::sockopt;
+use crate::telemetry::metrics::tcp::{DirectionMetrics, OpenConnection};
+use crate::telemetry::metrics::Direction;
+
+/// Pause after an accept error that signals resource exhaustion (EMFILE, ...),
+/// so the loop does not spin while nothing can be accepted.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// An accepted connection with what every layer above needs to know about it.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    /// The downstream socket.
+    pub stream: TcpStream,
+    /// The downstream peer's address.
+    pub client: SocketAddr,
+    /// The address the connection arrived on (the listener's side).
+    pub local: SocketAddr,
+    /// Where the connection was going before the redirect; equal to `local`
+    /// when the kernel has no redirect record.
+    pub orig_dst: SocketAddr,
+    /// Keeps the open/closed metrics right for as long as the connection lives.
+    pub guard: OpenConnection,
+}
+
+/// The addresses of one connection: what logs and the loop guard need once the
+/// socket itself has been handed to a protocol layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnInfo {
+    /// The downstream peer's address.
+    pub client: SocketAddr,
+    /// The address the connection arrived on.
+    pub local: SocketAddr,
+    /// Where the connection was going before the redirect.
+    pub orig_dst: SocketAddr,
+}
+
+impl Accepted {
+    /// Splits the connection into its socket, its addresses and the guard that
+    /// must live as long as the connection is handled.
+    pub(crate) fn split(self) -> (TcpStream, ConnInfo, OpenConnection) {
+        let info = ConnInfo {
+            client: self.client,
+            local: self.local,
+            orig_dst: self.orig_dst,
+        };
+        (self.stream, info, self.guard)
+    }
+}
+
+/// One direction's stack above the accept layer.
+pub(crate) trait Stack: Send + Sync + 'static {
+    /// Which listener this stack serves (for metrics and logs).
+    fn direction(&self) -> Direction;
+
+    /// Handles one connection to its end.
+    fn serve(&self, conn: Accepted) -> impl Future<Output = ()> + Send;
+}
+
+/// Everything the accept loop of one listener needs.
+pub(crate) struct AcceptLoop<S> {
+    /// The bound listener; dropped (closed) when the loop ends.
+    pub listener: TcpListener,
+    /// The stack that serves accepted connections.
+    pub stack: Arc<S>,
+    /// Finds each connection's original destination.
+    pub orig_dst: Arc<dyn OrigDstLookup>,
+    /// This direction's metric handles.
+    pub metrics: DirectionMetrics,
+    /// Stops the loop and tracks the spawned connections.
+    pub drain: Drain,
+}
+
+impl<S: Stack> AcceptLoop<S> {
+    /// Accepts until the drain starts, then drops the listener so new
+    /// connections are refused.
+    pub(crate) async fn run(self) {
+        let direction = self.stack.direction();
+        let listener = self
+            .listener
+            .local_addr()
+            .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = self.drain.started() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, client)) => self.dispatch(stream, client),
+                Err(err) => {
+                    tracing::warn!(%direction, error = %err, "accept failed");
+                    if is_resource_exhaustion(&err) {
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                }
+            }
+        }
+        tracing::info!(%direction, %listener, "listener closed");
+    }
+
+    /// Reads the connection's addresses and spawns its stack as a tracked task.
+    fn dispatch(&self, stream: TcpStream, client: SocketAddr) {
+        let direction = self.stack.direction();
+        let guard = self.metrics.open_connection();
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(err) => {
+                tracing::debug!(%direction, %client, error = %err, "connection gone before it was handled");
+                return;
+            }
+        };
+        if let Err(err) = sockopt::tune(&stream) {
+            tracing::debug!(%direction, %client, error = %err, "cannot set socket options");
+        }
+        let orig_dst = match self.orig_dst.original_dst(&stream) {
+            Ok(Some(dst)) => dst,
+            Ok(None) => local,
+            Err(err) => {
+                tracing::warn!(%direction, %client, error = %err, "cannot read the original destination; closing");
+                return;
+            }
+        };
+        let conn = Accepted {
+            stream,
+            client,
+            local,
+            orig_dst,
+            guard,
+        };
+        let span = tracing::info_span!(
+            "connection",
+            %direction,
+            %client,
+            %orig_dst,
+            peer_identity = tracing::field::Empty,
+        );
+        let stack = Arc::clone(&self.stack);
+        self.drain
+            .spawn_connection(async move { stack.serve(conn).await }.instrument(span));
+    }
+}
+
+/// Accept errors that mean "out of descriptors or memory", worth a pause.
+fn is_resource_exhaustion(err: &io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(err.raw_os_error(), Some(c) if c == EMFILE || c == ENFILE || c == ENOBUFS || c == ENOMEM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::tcp::TcpMetrics;
+    use crate::transport::orig_dst::StaticOrigDst;
+    use prometheus_client::registry::Registry;
+    use std::sync::Mutex;
+
+    /// Records what the accept layer hands up.
+    struct Recorder(Mutex<Vec<(SocketAddr, SocketAddr)>>);
+
+    impl Stack for Recorder {
+        fn direction(&self) -> Direction {
+            Direction::Outbound
+        }
+
+        async fn serve(&self, conn: Accepted) {
+            self.0.lock().unwrap().push((conn.local, conn.orig_dst));
+        }
+    }
+
+    #[tokio::test]
+    async fn hands_connections_up_and_stops_on_drain() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dst: SocketAddr = "198.18.0.1:7000".parse().unwrap();
+        let stack = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let metrics = TcpMetrics::register(&mut Registry::default()).direction(Direction::Outbound);
+        let drain = Drain::new();
+        let task = tokio::spawn(
+            AcceptLoop {
+                listener,
+                stack: Arc::clone(&stack),
+                orig_dst: Arc::new(StaticOrigDst(dst)),
+                metrics: metrics.clone(),
+                drain: drain.clone(),
+            }
+            .run(),
+        );
+        let _c = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..100 {
+            if metrics.closed.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stack.0.lock().unwrap().as_slice(), [(addr, dst)]);
+        assert_eq!((metrics.opened.get(), metrics.closed.get()), (1, 1));
+
+        drain.trigger();
+        task.await.unwrap();
+        let err = TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn exhaustion_errors_are_recognised() {
+        assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(
+            nix::libc::EMFILE
+        )));
+        assert!(!is_resource_exhaustion(&io::Error::from_raw_os_error(
+            nix::libc::ECONNABORTED
+        )));
+    }
+}

@@ -1,0 +1,141 @@
+//! Endpoints and backends: the state that outlives a view update. An endpoint keeps
+//! its latency estimate and connection pools for as long as some view lists it (by
+//! address and identity); a backend (a service's endpoints, or a label subset of
+//! them) keeps its balancer and outlier detector, carried over by endpoint when its
+//! list changes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+
+use super::Upstream;
+use crate::http::errors::HttpError;
+use crate::policy::balance::p2c::Balancer;
+use crate::policy::balance::peak_ewma::PeakEwma;
+use crate::policy::outlier::{OutlierConfig, OutlierDetector};
+
+/// One endpoint of a service, shared by every backend and view that lists it.
+#[derive(Debug)]
+pub(crate) struct EndpointState {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The SPIFFE id it must prove (meshed), or `None` (plain).
+    pub identity: Option<Arc<str>>,
+    /// Its identity as a metrics label (empty when plain).
+    pub peer_label: Arc<str>,
+    /// Its latency estimate.
+    pub ewma: Arc<PeakEwma>,
+    /// Its connection pools.
+    pub upstream: Upstream,
+}
+
+/// A set of endpoints one route backend sends to.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    /// `namespace/name:port`, plus `{label=value,…}` for a subset; for logs and errors.
+    pub name: Arc<str>,
+    /// The endpoints, in view order.
+    pub endpoints: Box<[Arc<EndpointState>]>,
+    outlier: OutlierDetector,
+    balancer: Balancer,
+    ejections: Counter,
+}
+
+impl Backend {
+    /// A backend over `endpoints` with fresh outlier state.
+    pub(crate) fn new(
+        name: Arc<str>,
+        endpoints: Vec<Arc<EndpointState>>,
+        outlier: OutlierConfig,
+        balancer: Balancer,
+        ejections: Counter,
+        now: Instant,
+    ) -> Backend {
+        Backend {
+            name,
+            outlier: OutlierDetector::new(endpoints.len(), outlier, now),
+            endpoints: endpoints.into_boxed_slice(),
+            balancer,
+            ejections,
+        }
+    }
+
+    /// This backend for a changed endpoint list: health carried over by endpoint.
+    pub(crate) fn changed(
+        &self,
+        endpoints: Vec<Arc<EndpointState>>,
+        balancer: Balancer,
+    ) -> Backend {
+        let outlier = self.outlier.carried(endpoints.len(), |i| {
+            self.endpoints
+                .iter()
+                .position(|old| Arc::ptr_eq(old, &endpoints[i]))
+        });
+        Backend {
+            name: Arc::clone(&self.name),
+            outlier,
+            endpoints: endpoints.into_boxed_slice(),
+            balancer,
+            ejections: self.ejections.clone(),
+        }
+    }
+
+    /// Whether this backend already has exactly these endpoints.
+    pub(crate) fn same_endpoints(&self, endpoints: &[Arc<EndpointState>]) -> bool {
+        self.endpoints.len() == endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(endpoints)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    /// Picks an endpoint: power of two choices over peak-EWMA cost (or round robin),
+    /// never an ejected one.
+    pub(crate) fn pick(
+        &self,
+        now: Instant,
+        rng: u64,
+    ) -> Result<(usize, &Arc<EndpointState>), HttpError> {
+        if self.endpoints.is_empty() {
+            return Err(HttpError::NoEndpoints {
+                service: self.name.to_string(),
+            });
+        }
+        let picked = self.balancer.pick(self.endpoints.len(), rng, |i| {
+            if self.outlier.is_ejected(i, now) {
+                f64::INFINITY
+            } else {
+                self.endpoints[i].ewma.cost(now)
+            }
+        });
+        match picked {
+            Some(i) => Ok((i, &self.endpoints[i])),
+            None => Err(HttpError::AllEjected {
+                service: self.name.to_string(),
+            }),
+        }
+    }
+
+    /// Reports how a try to endpoint `i` went, for outlier detection.
+    pub(crate) fn report(&self, i: usize, ok: bool, now: Instant) {
+        if ok {
+            self.outlier.record_success(i);
+            return;
+        }
+        if let Some(ejection) = self.outlier.record_failure(i, now) {
+            self.ejections.inc();
+            if let Some(endpoint) = self.endpoints.get(i) {
+                tracing::warn!(
+                    backend = %self.name,
+                    endpoint = %endpoint.addr,
+                    seconds = ejection.duration.as_secs_f64(),
+                    times = ejection.times,
+                    "endpoint ejected after repeated failures"
+                );
+            }
+        }
+    }
+}

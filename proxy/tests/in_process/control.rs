@@ -1,0 +1,420 @@
+//! The proxy's control plane against a small in-test agent that speaks the real
+//! wire format (HTTPS, HTTP/2, JSON certificates, NDJSON views): first
+//! certificate and view, readiness, token re-reads, renewal, retries with the old
+//! certificate still installed, and watch reconnects with backoff.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pillion_api::certs::{CertificateRequest, CertificateResponse, ErrorBody};
+use pillion_identity::{Ca, SpiffeId};
+use pillion_proxy::control::config::ControlConfig;
+use pillion_proxy::control::{ControlPlane, READY_CERTIFICATE, READY_VIEW};
+use pillion_proxy::Readiness;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const TD: &str = "cluster.local";
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new(TD, "demo", sa).unwrap()
+}
+
+fn agent_id() -> SpiffeId {
+    SpiffeId::new(TD, "pillion", "agent").unwrap()
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the test agent knows and records.
+struct AgentState {
+    ca: Ca,
+    tokens: HashMap<String, SpiffeId>,
+    lifetime: Duration,
+    fail_certificates: AtomicBool,
+    refuse_watch: AtomicBool,
+    certificate_requests: AtomicUsize,
+    watch_requests: AtomicUsize,
+    tokens_seen: Mutex<Vec<String>>,
+    /// The open watch stream's sender; dropping it ends the stream.
+    watcher: Mutex<Option<mpsc::Sender<Bytes>>>,
+}
+
+struct TestAgent {
+    addr: SocketAddr,
+    state: Arc<AgentState>,
+}
+
+impl TestAgent {
+    async fn start(lifetime: Duration) -> TestAgent {
+        let ca = Ca::generate(TD).unwrap();
+        let (issued, key) = ca.issue(&agent_id(), Duration::from_secs(3600)).unwrap();
+        let tls = pillion_identity::tls::agent_server_config(&issued.chain_pem, &key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let state = Arc::new(AgentState {
+            ca,
+            tokens: HashMap::from([
+                ("client-token-1".to_string(), id("client")),
+                ("client-token-2".to_string(), id("client")),
+            ]),
+            lifetime,
+            fail_certificates: AtomicBool::new(false),
+            refuse_watch: AtomicBool::new(false),
+            certificate_requests: AtomicUsize::new(0),
+            watch_requests: AtomicUsize::new(0),
+            tokens_seen: Mutex::new(Vec::new()),
+            watcher: Mutex::new(None),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = service_fn(move |req| {
+                        let s = Arc::clone(&s);
+                        async move { Ok::<_, Infallible>(handle(req, &s).await) }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TestAgent { addr, state }
+    }
+
+    fn anchors(&self) -> String {
+        self.state.ca.trust_bundle_pem()
+    }
+
+    /// Sends one view line on the open watch stream; false if none is open.
+    async fn send_view(&self, version: u64) -> bool {
+        let tx = self.state.watcher.lock().unwrap().clone();
+        let Some(tx) = tx else { return false };
+        let line = format!(
+            "{{\"version\":{version},\"identity\":\"{}\",\"inbound\":{{\"default_mode\":\"strict\"}}}}\n",
+            id("client")
+        );
+        tx.send(Bytes::from(line)).await.is_ok()
+    }
+
+    /// Ends the open watch stream.
+    fn end_watch(&self) {
+        self.state.watcher.lock().unwrap().take();
+    }
+}
+
+async fn handle(req: Request<Incoming>, s: &AgentState) -> Response<Body> {
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string();
+    s.tokens_seen.lock().unwrap().push(token.clone());
+    let Some(identity) = s.tokens.get(&token).cloned() else {
+        return error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    };
+    match req.uri().path() {
+        "/v1/certificates" => {
+            s.certificate_requests.fetch_add(1, Ordering::SeqCst);
+            if s.fail_certificates.load(Ordering::SeqCst) {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+            }
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let request: CertificateRequest = serde_json::from_slice(&body).unwrap();
+            match s.ca.sign_csr(&request.csr_pem, &identity, s.lifetime) {
+                Ok(issued) => json(
+                    StatusCode::OK,
+                    serde_json::to_vec(&CertificateResponse {
+                        chain_pem: issued.chain_pem,
+                        trust_bundle_pem: s.ca.trust_bundle_pem(),
+                        expires_at_unix: issued
+                            .expires_at
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs(),
+                    })
+                    .unwrap(),
+                ),
+                Err(e) => error(StatusCode::FORBIDDEN, &e.to_string()),
+            }
+        }
+        "/v1/watch" => {
+            s.watch_requests.fetch_add(1, Ordering::SeqCst);
+            if s.refuse_watch.load(Ordering::SeqCst) {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+            }
+            let (tx, rx) = mpsc::channel(4);
+            *s.watcher.lock().unwrap() = Some(tx);
+            Response::new(Lines(rx).boxed())
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found"),
+    }
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+fn error(status: StatusCode, code: &str) -> Response<Body> {
+    let body = ErrorBody {
+        error: code.into(),
+        reason: format!("test agent says {code}"),
+    };
+    json(status, serde_json::to_vec(&body).unwrap())
+}
+
+/// A body fed from a channel; it ends when the sender drops.
+struct Lines(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Lines {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|l| l.map(|l| Ok(Frame::data(l))))
+    }
+}
+
+/// A token file in a fresh temporary directory.
+fn token_file(token: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pillion-proxy-control-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
+
+fn rand_suffix() -> u64 {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::SeqCst) as u64
+}
+
+fn config(agent: &TestAgent, token: &Path) -> ControlConfig {
+    ControlConfig {
+        agent_addr: agent.addr.to_string(),
+        agent_identity: agent_id(),
+        trust_anchors_pem: agent.anchors(),
+        token_file: token.to_path_buf(),
+        workload: id("client"),
+        pod_name: Some("client-0".into()),
+    }
+}
+
+/// The control plane against `agent` with the token in `token`, and its readiness.
+fn start_plane(agent: &TestAgent, token: &Path) -> (ControlPlane, Readiness) {
+    let readiness = Readiness::new();
+    let plane =
+        ControlPlane::start(&config(agent, token), &mut Registry::default(), &readiness).unwrap();
+    (plane, readiness)
+}
+
+async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn first_certificate_and_view_make_the_proxy_ready() {
+    let agent = TestAgent::start(Duration::from_secs(3600)).await;
+    let token = token_file("client-token-1");
+    let (plane, readiness) = start_plane(&agent, &token);
+    eventually("the certificate", Duration::from_secs(10), || {
+        plane.store().has_leaf()
+    })
+    .await;
+    // A certificate alone is not enough.
+    assert_eq!(
+        readiness.missing().iter().map(|n| &**n).collect::<Vec<_>>(),
+        [READY_VIEW]
+    );
+    eventually("the watch", Duration::from_secs(10), || {
+        agent.state.watcher.lock().unwrap().is_some()
+    })
+    .await;
+    assert!(agent.send_view(3).await);
+    eventually("the first view", Duration::from_secs(5), || {
+        readiness.is_ready()
+    })
+    .await;
+    assert_eq!(plane.views().latest().map(|v| v.version), Some(3));
+    assert_eq!(plane.metrics().agent_connected.get(), 1);
+    assert_eq!(plane.metrics().renewals_ok.get(), 1);
+    let expiry = plane.metrics().cert_expiry.get();
+    let store_expiry = plane
+        .store()
+        .expires_at()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(expiry, store_expiry);
+    assert!(!READY_CERTIFICATE.is_empty());
+    // Every request carried the token, read from the file.
+    assert!(agent
+        .state
+        .tokens_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|t| t == "client-token-1"));
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn the_watch_reconnects_with_backoff_and_keeps_the_last_view() {
+    let agent = TestAgent::start(Duration::from_secs(3600)).await;
+    let token = token_file("client-token-1");
+    let (plane, readiness) = start_plane(&agent, &token);
+    eventually("the watch", Duration::from_secs(10), || {
+        agent.state.watcher.lock().unwrap().is_some()
+    })
+    .await;
+    assert!(agent.send_view(5).await);
+    eventually("view 5", Duration::from_secs(5), || {
+        plane.views().latest().map(|v| v.version) == Some(5)
+    })
+    .await;
+
+    // The token rotates: the next request reads the new one.
+    std::fs::write(&token, "client-token-2\n").unwrap();
+    // The agent refuses new streams and ends the open one.
+    agent.state.refuse_watch.store(true, Ordering::SeqCst);
+    let before = agent.state.watch_requests.load(Ordering::SeqCst);
+    agent.end_watch();
+    eventually("the disconnect", Duration::from_secs(5), || {
+        plane.metrics().agent_connected.get() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = agent.state.watch_requests.load(Ordering::SeqCst) - before;
+    // 200 ms doubling with ±20 % jitter: about 3 tries in 2 s, never a tight loop.
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} reconnect attempts in 2 s"
+    );
+    // The last good view stays in force.
+    assert_eq!(plane.views().latest().map(|v| v.version), Some(5));
+    assert!(readiness.is_ready());
+
+    // The agent is back (it restarted, so its versions start low again).
+    agent.state.refuse_watch.store(false, Ordering::SeqCst);
+    eventually("the reconnect", Duration::from_secs(10), || {
+        agent.state.watcher.lock().unwrap().is_some()
+    })
+    .await;
+    assert!(agent.send_view(1).await);
+    eventually(
+        "view 1 from the restarted agent",
+        Duration::from_secs(5),
+        || plane.views().latest().map(|v| v.version) == Some(1),
+    )
+    .await;
+    assert_eq!(plane.metrics().agent_connected.get(), 1);
+    assert_eq!(
+        agent
+            .state
+            .tokens_seen
+            .lock()
+            .unwrap()
+            .last()
+            .map(String::as_str),
+        Some("client-token-2")
+    );
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn certificates_renew_and_failures_keep_the_old_one() {
+    // 2 s leaves: renewal every ~1.4 s.
+    let agent = TestAgent::start(Duration::from_secs(2)).await;
+    let token = token_file("client-token-1");
+    let (plane, _readiness) = start_plane(&agent, &token);
+    let mut serials = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while serials.len() < 4 {
+        assert!(Instant::now() < deadline, "only {serials:?} in 15 s");
+        if let Some(serial) = plane.store().current_serial() {
+            if serials.last() != Some(&serial) {
+                serials.push(serial);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(plane.metrics().renewals_error.get(), 0);
+    assert!(plane.metrics().renewals_ok.get() >= 4);
+
+    // The agent fails: the current certificate stays installed while retries run.
+    agent.state.fail_certificates.store(true, Ordering::SeqCst);
+    let held = plane.store().current_serial();
+    eventually("a failed renewal", Duration::from_secs(5), || {
+        plane.metrics().renewals_error.get() >= 1
+    })
+    .await;
+    assert_eq!(plane.store().current_serial(), held);
+    // Retries come before the certificate expires, not after a 30 s backoff.
+    let errors = plane.metrics().renewals_error.get();
+    eventually("a retry before expiry", Duration::from_secs(3), || {
+        plane.metrics().renewals_error.get() > errors
+    })
+    .await;
+
+    agent.state.fail_certificates.store(false, Ordering::SeqCst);
+    eventually(
+        "a new certificate after the outage",
+        Duration::from_secs(35),
+        || plane.store().current_serial() != held,
+    )
+    .await;
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_token_is_an_error_not_a_crash() {
+    let agent = TestAgent::start(Duration::from_secs(3600)).await;
+    let token = token_file("nobody-knows-me");
+    let (plane, readiness) = start_plane(&agent, &token);
+    eventually("a refused request", Duration::from_secs(5), || {
+        plane.metrics().renewals_error.get() >= 1
+    })
+    .await;
+    assert!(!plane.store().has_leaf());
+    assert!(!readiness.is_ready());
+    plane.stop().await;
+}

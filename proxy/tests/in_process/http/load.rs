@@ -1,0 +1,84 @@
+//! Requests per second at 64 client connections: straight to the application, and
+//! through an outbound proxy, mesh TLS (one multiplexed HTTP/2 connection) and an
+//! inbound proxy, in the same run on loopback. Prints both numbers; run in release
+//! for meaningful ones:
+//!
+//! ```text
+//! PILLION_LOAD_SECS=5 cargo test --release -p pillion-proxy --test http_load -- --nocapture
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use pillion_proxy::Settings;
+use serde_json::json;
+
+const CONNECTIONS: usize = 64;
+
+/// Runs `CONNECTIONS` workers, each on its own keep-alive connection, for `secs`;
+/// returns (requests per second, errors).
+async fn run(addr: SocketAddr, secs: f64) -> (f64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (done, errors, stop) = (Arc::clone(&done), Arc::clone(&errors), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let client = h1_client();
+            while !stop.load(Ordering::Relaxed) {
+                match client.request(get(addr, "/")).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = done.load(Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    (count as f64 / elapsed, errors.load(Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_per_second_through_the_mtls_pair_and_direct() {
+    let secs: f64 = std::env::var("PILLION_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let fleet = Fleet::start(
+        vec![(named("app", Duration::ZERO), "v1")],
+        json!([]),
+        json!({}),
+        Settings::default(),
+    )
+    .await;
+    let (direct, direct_errors) = run(fleet.apps[0].addr, secs).await;
+    let (meshed, meshed_errors) = run(fleet.outbound.addr, secs).await;
+    println!(
+        "load ({CONNECTIONS} connections, {secs} s each, {} build): direct {direct:.0} req/s, \
+         through the mTLS pair {meshed:.0} req/s ({:.0} % of direct)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        meshed / direct * 100.0
+    );
+    assert_eq!(direct_errors, 0);
+    assert_eq!(meshed_errors, 0);
+    assert!(meshed > 0.0 && direct > 0.0);
+}

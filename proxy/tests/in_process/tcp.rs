@@ -1,0 +1,219 @@
+//! The proxy library run in-process on loopback ports: forwarding, metrics,
+//! loop refusal and drain, with a fixed original destination standing in for
+//! the kernel's redirect record where needed.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pillion_proxy::ProxyConfig;
+use pillion_testkit::tcp::echo_server;
+use pillion_testkit::wait::eventually;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{start, Options};
+
+/// A plain (meshless) proxy whose connections carry the redirect record `orig_dst`.
+async fn plain(config: ProxyConfig, orig_dst: Option<SocketAddr>) -> crate::support::Running {
+    let options = Options {
+        orig_dst,
+        ..Options::default()
+    };
+    start(config, options).await
+}
+
+/// One HTTP/1.1 request to the admin server; returns status and body.
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let status = raw[9..12].parse().unwrap();
+    (status, raw.split_once("\r\n\r\n").unwrap().1.to_owned())
+}
+
+/// Sends `msg` and reads the same number of bytes back.
+async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).await.unwrap();
+    got
+}
+
+#[tokio::test]
+async fn outbound_forwards_and_counts_bytes() {
+    let echo = echo_server().await;
+    let p = plain(ProxyConfig::loopback_ephemeral(), Some(echo)).await;
+    assert_eq!(
+        http(p.admin, "GET", "/ready").await,
+        (200, "ready\n".into())
+    );
+
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    assert_eq!(round_trip(&mut c, b"hello").await, b"hello");
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+
+    let out = p.proxy_metrics.0.clone();
+    eventually("the connection to close", Duration::from_secs(5), || {
+        out.closed.get() == 1
+    })
+    .await;
+    assert_eq!((out.sent_bytes.get(), out.received_bytes.get()), (5, 5));
+    let (status, text) = http(p.admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "pillion_tcp_connections_opened_total{direction=\"outbound\"} 1",
+        "pillion_tcp_connections_closed_total{direction=\"outbound\"} 1",
+        "pillion_tcp_connections_open{direction=\"outbound\"} 0",
+        "pillion_tcp_sent_bytes_total{direction=\"outbound\"} 5",
+        "pillion_tcp_received_bytes_total{direction=\"outbound\"} 5",
+        "pillion_tcp_connections_opened_total{direction=\"inbound\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    drop(p.stop);
+    assert_eq!(p.task.await.unwrap().forced, 0);
+}
+
+#[tokio::test]
+async fn inbound_goes_to_loopback_at_the_original_port() {
+    let echo = echo_server().await;
+    // The caller aimed at a pod address; inbound must only use its port.
+    let dst: SocketAddr = format!("198.18.0.77:{}", echo.port()).parse().unwrap();
+    let p = plain(ProxyConfig::loopback_ephemeral(), Some(dst)).await;
+    let mut c = TcpStream::connect(p.inbound).await.unwrap();
+    assert_eq!(round_trip(&mut c, b"inbound!").await, b"inbound!");
+    drop(c);
+    let inb = p.proxy_metrics.1.clone();
+    eventually(
+        "the inbound connection to close",
+        Duration::from_secs(5),
+        || inb.closed.get() == 1,
+    )
+    .await;
+    assert_eq!(inb.sent_bytes.get(), 8);
+    assert_eq!(inb.connect_failures.get(), 0);
+}
+
+#[tokio::test]
+async fn a_direct_connection_is_refused_as_a_loop() {
+    // The kernel lookup: nobody redirected this connection.
+    let p = plain(ProxyConfig::loopback_ephemeral(), None).await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf).await;
+    assert!(buf.is_empty());
+    let out = p.proxy_metrics.0.clone();
+    eventually("the loop to be counted", Duration::from_secs(5), || {
+        out.loops_refused.get() == 1
+    })
+    .await;
+    assert_eq!(out.connect_failures.get(), 0);
+    let (_, text) = http(p.admin, "GET", "/metrics").await;
+    assert!(text.contains("pillion_tcp_loops_refused_total{direction=\"outbound\"} 1"));
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_counts_a_connect_failure() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let p = plain(ProxyConfig::loopback_ephemeral(), Some(closed)).await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf).await;
+    let out = p.proxy_metrics.0.clone();
+    eventually("the connect failure", Duration::from_secs(5), || {
+        out.connect_failures.get() == 1
+    })
+    .await;
+    eventually("the close", Duration::from_secs(5), || {
+        out.closed.get() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn drain_refuses_new_connections_and_lets_open_ones_finish() {
+    let echo = echo_server().await;
+    let config = ProxyConfig {
+        drain_timeout: Duration::from_secs(30),
+        ..ProxyConfig::loopback_ephemeral()
+    };
+    let mut p = plain(config, Some(echo)).await;
+    let mut open = TcpStream::connect(p.outbound).await.unwrap();
+    assert_eq!(round_trip(&mut open, b"before").await, b"before");
+
+    p.stop.take().unwrap().send(()).unwrap();
+    // New connections are refused once the listeners are closed...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect(p.outbound).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {
+                assert!(Instant::now() < deadline, "listener still accepting");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    assert!(TcpStream::connect(p.inbound).await.is_err());
+    // ...the admin server still answers, and reports the drain...
+    let (status, body) = http(p.admin, "GET", "/ready").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("proxy not draining"), "{body}");
+    // ...and the open connection keeps working until it ends.
+    assert!(!p.task.is_finished());
+    assert_eq!(
+        round_trip(&mut open, b"during drain").await,
+        b"during drain"
+    );
+    open.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).await.unwrap();
+
+    let report = tokio::time::timeout(Duration::from_secs(5), p.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.forced, 0);
+    assert_eq!(p.proxy_metrics.0.sent_bytes.get(), 18);
+}
+
+#[tokio::test]
+async fn admin_shutdown_drains_and_force_closes_after_the_timeout() {
+    let echo = echo_server().await;
+    let config = ProxyConfig {
+        drain_timeout: Duration::from_millis(300),
+        ..ProxyConfig::loopback_ephemeral()
+    };
+    let p = plain(config, Some(echo)).await;
+    let mut idle = TcpStream::connect(p.outbound).await.unwrap();
+    assert_eq!(round_trip(&mut idle, b"x").await, b"x");
+
+    let started = Instant::now();
+    assert_eq!(http(p.admin, "POST", "/shutdown").await.0, 200);
+    let report = tokio::time::timeout(Duration::from_secs(5), p.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.forced, 1);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The forced connection was closed under the client.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(p.proxy_metrics.0.open.get(), 0);
+    // The admin server is gone with the proxy.
+    assert!(TcpStream::connect(p.admin).await.is_err());
+}
