@@ -1,4 +1,5 @@
 //! The real `pillion-agent` binary: flags, start-up errors, serving, and SIGTERM.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The CA on disk (`--ca-dir`) and the published trust anchor (`--trust-anchor-out`).
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

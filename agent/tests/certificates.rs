@@ -1,4 +1,5 @@
 //! `POST /v1/certificates` over real HTTPS on loopback.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

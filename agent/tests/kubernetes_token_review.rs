@@ -2,6 +2,7 @@
 //! TokenReview JSON: accepted, rejected, wrong audience, non-ServiceAccount users, an
 //! API server error; the cache; and `/v1/certificates` in Kubernetes mode issuing for
 //! exactly the reviewed ServiceAccount.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 mod kubernetes_fake;

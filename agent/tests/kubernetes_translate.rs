@@ -2,6 +2,7 @@
 //! dual-stack EndpointSlices with a not-ready endpoint, meshed and unmeshed pods, a
 //! headless Service, a Service without selector, named target ports, and the
 //! `pillion.io` policy objects, including broken ones that must only be skipped.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;

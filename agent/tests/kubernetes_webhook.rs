@@ -3,6 +3,7 @@
 //! (by the Service DNS name, against the caBundle the agent patched in), namespace
 //! annotations from the watch, the trust anchors ConfigMap, probes, and a watch event
 //! reaching the served view.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 mod kubernetes_fake;

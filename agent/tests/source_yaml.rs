@@ -1,5 +1,6 @@
 //! The YAML source: a good file gives the expected views; every kind of bad file is
 //! refused as `<file>:<line>:<col>: <reason>` naming the offending entry.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 use pillion_agent::source::{parse_source, SourceError, EMBEDDED_DEFAULT, EMBEDDED_NAME};
 use pillion_agent::view::view_for;

@@ -1,5 +1,6 @@
 //! `GET /v1/watch` and the reloader: the current view at once, a new one within a
 //! second of a change, a broken file logged and ignored, a fixed one served.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -956,7 +956,7 @@ impl<'de> Deserialize<'de> for RetryOn {
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
             type Value = RetryOn;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
                     "\"5xx\", \"gateway-error\", \"connect-failure\", \"reset\" or a status code",
                 )

@@ -2,6 +2,7 @@
 //! debug build): every row set up, every figure measured once, the report written.
 //! nginx and HAProxy must be installed or installable (apt-get); otherwise this fails
 //! with the binary's message naming the packages.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 use std::io::Read;
 use std::process::{Command, Stdio};

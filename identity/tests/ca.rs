@@ -1,4 +1,5 @@
 //! The CA: the shape of issued leaves, CSR checks, intermediates, files on disk.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The certificate store and the proxy's CSRs, without handshakes.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! readable through `SO_ORIGINAL_DST`, and every exemption really bypasses the proxy.
 //! Test hosts live behind a veth link (198.18.0.0/24, 2001:2::/64) that nobody answers on,
 //! and behind a veth pair into a second namespace the test makes for inbound traffic.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 #[macro_use]
 mod support;

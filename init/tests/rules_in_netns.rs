@@ -1,5 +1,6 @@
 //! The real `pillion-init` binary against real iptables (nft and legacy), each test in
 //! a fresh network namespace of its own (see `support`).
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 #[macro_use]
 mod support;

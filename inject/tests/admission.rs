@@ -1,6 +1,7 @@
 //! The webhook end to end on hand-written AdmissionReview v1 requests: answer the
 //! request, apply the returned JSON Patch to the original pod as the API server would,
 //! and check the result as a typed `k8s_openapi` Pod.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! what the agent needs, the CRDs are structural and the example's policies obey them,
 //! every container is locked down, and the offline injector turns the example's
 //! workloads into pods whose proxies agree with the defaults too.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

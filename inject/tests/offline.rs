@@ -1,5 +1,6 @@
 //! Offline injection (`pillion-inject -f`): workloads in multi-document YAML get the
 //! sidecar in their pod templates; everything else comes back byte for byte.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

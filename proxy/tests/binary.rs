@@ -1,5 +1,6 @@
 //! The `pillion-proxy` binary as an operator meets it: exit codes, error
 //! messages that name the flag, JSON logs, and SIGTERM. Loopback only.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

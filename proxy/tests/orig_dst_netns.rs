@@ -1,6 +1,7 @@
 //! Smoke test of the real binary against real netfilter redirects: the test
 //! re-runs itself inside a fresh network and mount namespace (`unshare`), adds
 //! test hosts and nat rules there only, and drives traffic through the proxy.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 use pillion_testkit::tcp::echo_on;
 

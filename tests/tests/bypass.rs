@@ -1,5 +1,6 @@
 //! Traffic that must not go through the proxy: skipped outbound ports and CIDRs,
 //! skipped inbound ports, the proxy's own connections and anything its uid sends.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

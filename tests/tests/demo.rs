@@ -1,5 +1,6 @@
 //! The demo binary as CI runs it: bounded, meshed traffic flows, everything is torn
 //! down and it exits 0.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! SIGTERM: the proxy stops accepting at once, lets open connections finish their
 //! transfer, then exits 0.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Bad flags: both programs say clearly what is wrong and exit non-zero, touching
 //! nothing.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Self-tests of the test world: pods reach each other, the root namespace is never
 //! touched, and nothing outlives a world.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

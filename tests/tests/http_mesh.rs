@@ -4,6 +4,7 @@
 //! authorization with the verified identity header, outlier ejection and return,
 //! a route change under load, WebSocket, 1 MiB bodies, keep-alive reuse, and the
 //! proxy's 400/431 answers.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `pillion-init` on a real kernel: installing twice leaves exactly one copy of the
 //! rules, and `--cleanup` gives back exactly the tables that were there before, for
 //! both address families and both iptables backends.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

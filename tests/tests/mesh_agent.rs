@@ -1,6 +1,7 @@
 //! The mesh when the agent goes away and comes back, and when its source file
 //! breaks: the proxies keep serving on their cached certificate and view, follow
 //! the agent again once it returns, and never take a broken file.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Certificate rotation with the real agent issuing 10-second leaves: a long-lived
 //! mesh connection crosses several renewals unbroken, while new connections see
 //! new server certificates.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Mutual TLS between sidecars with the real agent: encrypted on the wire, peer
 //! identities in the metrics, strict and permissive ports, the agent refusing a
 //! CSR for another identity, and the cost of it all (handshake time, throughput).
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

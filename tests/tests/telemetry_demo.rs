@@ -3,6 +3,7 @@
 //! where Jaeger would listen) receives the demo's traces through the bridge: each
 //! HTTP request a CLIENT span from the client's proxy and a SERVER span from the
 //! server's proxy, under the client app's own trace id.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! with their attributes over both transports; with the collector down, ending spans
 //! stays instant and the drops are counted; when it returns, spans flow again; a
 //! shutdown flushes what is queued. No namespaces needed.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! `server`, the agent's embedded demo view: service `echo` at 198.18.0.100:8080),
 //! an in-process agent and the test OTLP collector in a third pod. Real proxies, real
 //! mesh TLS, real HTTP, real OTLP protobuf.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The test collector inside a world: a receiver in a pod takes real OTLP exports
 //! from another pod and can go down and come back; the collector bridge carries
 //! exports from a pod to a collector outside the world (the demo's Jaeger path).
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 use std::time::Duration;
 

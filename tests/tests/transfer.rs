@@ -1,6 +1,7 @@
 //! Data through a pair of sidecars: bulk transfers (IPv4, IPv6) with checksums, byte
 //! counters and throughput against a direct connection; half-close; 1,000 concurrent
 //! connections.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod common;
 

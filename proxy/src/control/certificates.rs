@@ -17,9 +17,9 @@ use crate::admin::readiness::Condition;
 use crate::policy::backoff::Backoff;
 
 /// First retry delay after a failed request.
-pub const RETRY_BASE: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay.
-pub const RETRY_CAP: Duration = Duration::from_secs(30);
+pub(crate) const RETRY_CAP: Duration = Duration::from_secs(30);
 /// Share of the renewal point moved at random, either way.
 const RENEW_JITTER: f64 = 0.1;
 /// Shortest wait between two attempts, whatever the schedule says.
@@ -27,7 +27,7 @@ const MIN_WAIT: Duration = Duration::from_millis(100);
 
 /// Why one certificate request failed.
 #[derive(Debug, thiserror::Error)]
-pub enum RenewError {
+pub(crate) enum RenewError {
     /// The key or CSR could not be made.
     #[error("cannot make a key and CSR: {0}")]
     Csr(#[from] CsrError),
@@ -40,7 +40,7 @@ pub enum RenewError {
 }
 
 /// The renewal loop's state.
-pub struct Renewer {
+pub(crate) struct Renewer {
     /// Where requests go.
     pub client: Arc<AgentClient>,
     /// Where certificates go.
@@ -53,7 +53,7 @@ pub struct Renewer {
 
 impl Renewer {
     /// Requests, installs and renews certificates until `shutdown` fires.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
         loop {
             let wait = match self.renew_once().await {
@@ -113,7 +113,7 @@ impl Renewer {
 /// How long to wait before renewing a certificate received at `issued_at` that
 /// expires at `expires_at`: `RENEW_AT_FRACTION` of its life, moved by `jitter`
 /// (a share of that point, e.g. ±0.1).
-pub fn renew_delay(
+pub(crate) fn renew_delay(
     issued_at: SystemTime,
     expires_at: SystemTime,
     now: SystemTime,
@@ -131,7 +131,11 @@ pub fn renew_delay(
 /// The wait before retrying a failed request: the backoff's delay, but never past
 /// shortly before the current certificate expires (a twentieth of the time left,
 /// at most 5 s, before it).
-pub fn retry_delay(backoff: Duration, expires_at: Option<SystemTime>, now: SystemTime) -> Duration {
+pub(crate) fn retry_delay(
+    backoff: Duration,
+    expires_at: Option<SystemTime>,
+    now: SystemTime,
+) -> Duration {
     let Some(left) = expires_at.and_then(|e| e.duration_since(now).ok()) else {
         return backoff.max(MIN_WAIT);
     };

@@ -2,19 +2,19 @@
 //! than a bound so a broken or hostile peer cannot make the proxy buffer forever.
 
 /// Longest view line accepted from the agent.
-pub const MAX_LINE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_LINE: usize = 16 * 1024 * 1024;
 
 /// A line grew past the bound without a newline.
 #[derive(Debug, thiserror::Error)]
 #[error("a line from the agent exceeds {max} bytes")]
-pub struct LineTooLong {
+pub(crate) struct LineTooLong {
     /// The bound.
     pub max: usize,
 }
 
 /// Collects chunks and yields the complete lines in them.
 #[derive(Debug)]
-pub struct Lines {
+pub(crate) struct Lines {
     buf: Vec<u8>,
     /// Bytes of `buf` already searched for a newline.
     scanned: usize,
@@ -23,7 +23,7 @@ pub struct Lines {
 
 impl Lines {
     /// A splitter refusing lines longer than `max` bytes (newline excluded).
-    pub fn new(max: usize) -> Lines {
+    pub(crate) fn new(max: usize) -> Lines {
         Lines {
             buf: Vec::new(),
             scanned: 0,
@@ -33,7 +33,7 @@ impl Lines {
 
     /// Adds `chunk`; returns the lines it completed, without their newlines (blank
     /// lines are skipped).
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, LineTooLong> {
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, LineTooLong> {
         self.buf.extend_from_slice(chunk);
         let mut lines = Vec::new();
         let mut start = 0;

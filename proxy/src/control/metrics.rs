@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 
 /// Labels of `pillion_identity_renewals_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
+pub(crate) struct ResultLabels {
     /// `ok` or `error`.
     pub result: &'static str,
 }

@@ -3,12 +3,12 @@
 //! background tasks; the data path only reads what they install, so it keeps
 //! working on the cached certificate and view while the agent is away.
 
-pub mod certificates;
+pub(crate) mod certificates;
 pub mod client;
 pub mod config;
-pub mod lines;
-pub mod metrics;
-pub mod watch;
+pub(crate) mod lines;
+pub(crate) mod metrics;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

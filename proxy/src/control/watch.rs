@@ -20,13 +20,13 @@ use crate::policy::backoff::Backoff;
 use crate::state::Views;
 
 /// First reconnect delay.
-pub const RECONNECT_BASE: Duration = Duration::from_millis(200);
+pub(crate) const RECONNECT_BASE: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
-pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
+pub(crate) const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
 /// Why one view stream ended.
 #[derive(Debug, thiserror::Error)]
-pub enum WatchError {
+pub(crate) enum WatchError {
     /// The stream could not be opened.
     #[error(transparent)]
     Open(#[from] AgentError),
@@ -50,7 +50,7 @@ pub enum WatchError {
 }
 
 /// The watch loop's state.
-pub struct Watcher {
+pub(crate) struct Watcher {
     /// Where the stream comes from.
     pub client: Arc<AgentClient>,
     /// Where views go.
@@ -65,7 +65,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// Follows the stream, reconnecting, until `shutdown` fires.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP);
         loop {
             let ended = tokio::select! {

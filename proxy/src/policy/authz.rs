@@ -138,7 +138,7 @@ mod tests {
         let demo = "spiffe://cluster.local/ns/demo/*";
         let other = "spiffe://cluster.local/ns/other/sa/x";
         type Case<'a> = (Mode, &'a [&'a str], Option<&'a str>, Result<(), Denied>);
-        let cases: [Case; 8] = [
+        let cases: [Case<'_>; 8] = [
             (Permissive, &[], None, Ok(())),
             (Permissive, &[], Some(CLIENT), Ok(())),
             (Strict, &[], None, Err(Denied::Unauthenticated)),

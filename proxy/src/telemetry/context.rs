@@ -8,21 +8,21 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::ids::{hex_into, parse_hex, SpanId, TraceId};
 
 /// W3C Trace Context header.
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// W3C vendor state, passed through with a continued `traceparent`.
-pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// B3 single-header propagation.
-pub const B3: HeaderName = HeaderName::from_static("b3");
+pub(crate) const B3: HeaderName = HeaderName::from_static("b3");
 /// B3 multi-header trace id.
-pub const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub(crate) const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
 /// B3 multi-header span id.
-pub const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub(crate) const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
 /// B3 multi-header parent span id.
-pub const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub(crate) const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 /// B3 multi-header sampling decision.
-pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub(crate) const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 /// B3 multi-header debug flag (debug implies sampled).
-pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+pub(crate) const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// Which header family a parent came in, so the proxy answers in kind: an app that
 /// speaks only B3 still sees its context continued.
@@ -62,7 +62,7 @@ pub enum Incoming {
 
 /// Reads the trace context of a request: `traceparent` wins, then `b3`, then
 /// `x-b3-*`. Never fails; invalid headers count as absent.
-pub fn extract(headers: &HeaderMap) -> Incoming {
+pub(crate) fn extract(headers: &HeaderMap) -> Incoming {
     if let Some(value) = single(headers, &TRACEPARENT) {
         if let Some(parent) = parse_traceparent(value.as_bytes()) {
             return Incoming::Parent(parent);
@@ -85,7 +85,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
 
 /// Parses `version-traceid-parentid-flags`. Version `ff` is invalid; a future version
 /// may be longer, and then its first four fields are read as version 00's.
-pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
+pub(crate) fn parse_traceparent(v: &[u8]) -> Option<Parent> {
     if v.len() < 55 {
         return None;
     }
@@ -140,7 +140,7 @@ fn b3_sampling_state(text: &[u8]) -> Option<bool> {
 }
 
 /// Parses `b3: {traceid}-{spanid}[-{sampling}[-{parentspanid}]]` or `b3: {sampling}`.
-pub fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
+pub(crate) fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
     let mut fields = v.split(|&c| c == b'-');
     let first = fields.next()?;
     let Some(second) = fields.next() else {
@@ -167,7 +167,7 @@ pub fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
 }
 
 /// Parses the `x-b3-*` headers; anything inconsistent counts as no context.
-pub fn parse_b3_multi(headers: &HeaderMap) -> Incoming {
+pub(crate) fn parse_b3_multi(headers: &HeaderMap) -> Incoming {
     let debug = single(headers, &X_B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
     let sampled = match single(headers, &X_B3_SAMPLED).map(HeaderValue::as_bytes) {
         _ if debug => Some(true),
@@ -190,7 +190,7 @@ pub fn parse_b3_multi(headers: &HeaderMap) -> Incoming {
 }
 
 /// `00-{trace}-{span}-{flags}`, formatted on the stack.
-pub fn format_traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> [u8; 55] {
+pub(crate) fn format_traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> [u8; 55] {
     let mut out = [b'-'; 55];
     out[0..2].copy_from_slice(b"00");
     hex_into(&trace_id.0, &mut out[3..35]);
@@ -201,7 +201,7 @@ pub fn format_traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -
 
 /// The context our span hands on: to the app (inbound) or the next hop (outbound).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     /// The trace.
     pub trace_id: TraceId,
     /// Our span, the parent of whatever the receiver does.
@@ -217,7 +217,7 @@ pub struct Outgoing {
 /// Writes `ctx` into `headers`: always `traceparent`; the B3 headers too when the
 /// parent came as B3. `tracestate` stays as received when a W3C parent is continued
 /// and is removed otherwise (a new trace, or a B3 one: it would describe another).
-pub fn inject(ctx: &Outgoing, headers: &mut HeaderMap) {
+pub(crate) fn inject(ctx: &Outgoing, headers: &mut HeaderMap) {
     let tp = format_traceparent(&ctx.trace_id, &ctx.span_id, ctx.sampled);
     headers.insert(TRACEPARENT, ascii_value(&tp));
     if ctx.format != Format::W3c || ctx.parent_span_id.is_none() {

@@ -24,16 +24,16 @@
 //! [`resource`] (`service.name` and friends), [`metrics`], [`process`] (`process_*`
 //! and `pillion_build_info`).
 
-pub mod access_log;
-pub mod context;
+pub(crate) mod access_log;
+pub(crate) mod context;
 pub mod export;
-pub mod flags;
+pub(crate) mod flags;
 pub mod ids;
 pub mod metrics;
-pub mod observe;
-pub mod process;
-pub mod resource;
-pub mod sampler;
+pub(crate) mod observe;
+pub(crate) mod process;
+pub(crate) mod resource;
+pub(crate) mod sampler;
 pub mod span;
 
 use std::time::Duration;

@@ -17,12 +17,12 @@ const USER_HZ: f64 = 100.0;
 
 /// Reads the process's counters when `/metrics` is scraped.
 #[derive(Debug)]
-pub struct ProcessCollector {
+pub(crate) struct ProcessCollector {
     start_time: f64,
 }
 
 /// Registers the process collector and the build info.
-pub fn register(registry: &mut Registry) {
+pub(crate) fn register(registry: &mut Registry) {
     let start_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -31,7 +31,7 @@ pub fn register(registry: &mut Registry) {
 
 /// One sample of the process's resource use; `None` where `/proc` could not tell.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct ProcessStats {
+pub(crate) struct ProcessStats {
     /// User plus system CPU time, seconds.
     pub cpu_seconds: Option<f64>,
     /// Resident memory, bytes.
@@ -44,7 +44,7 @@ pub struct ProcessStats {
 
 impl ProcessStats {
     /// Reads `/proc/self` now.
-    pub fn read() -> ProcessStats {
+    pub(crate) fn read() -> ProcessStats {
         let stat = std::fs::read_to_string("/proc/self/stat").ok();
         let status = std::fs::read_to_string("/proc/self/status").ok();
         ProcessStats {
@@ -77,7 +77,7 @@ fn vm_rss_bytes(status: &str) -> Option<u64> {
 }
 
 fn encode_one(
-    encoder: &mut DescriptorEncoder,
+    encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
@@ -88,7 +88,7 @@ fn encode_one(
 }
 
 impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let stats = ProcessStats::read();
         if let Some(cpu) = stats.cpu_seconds {
             encode_one(

@@ -3,6 +3,7 @@
 //! inbound policy ([`mesh`]); the wiring of HTTP and opaque services to VIPs
 //! ([`wiring`]); the HTTP data path with its policy, streams and tracing ([`http`]);
 //! the control plane against a fake agent ([`control`]). [`support`] starts proxies.
+#![allow(clippy::unwrap_used)] // A test: a panic with its reason is the report.
 
 mod control;
 mod http;

@@ -14,10 +14,10 @@
 //!
 //! [`SpanRecord`]: crate::telemetry::span::SpanRecord
 
-pub mod config;
+pub(crate) mod config;
 pub mod encode;
 mod queue;
-pub mod transport;
+pub(crate) mod transport;
 
 use std::time::Duration;
 

@@ -20,7 +20,8 @@ use prost::Message;
 use super::config::{OtlpConfig, OtlpProtocol};
 
 /// The gRPC method path of the trace service.
-pub const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub(crate) const GRPC_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Why an export request failed.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +141,7 @@ impl Transport {
 }
 
 /// An uncompressed gRPC length-prefixed message.
-pub fn grpc_frame(msg: &impl Message) -> Bytes {
+pub(crate) fn grpc_frame(msg: &impl Message) -> Bytes {
     let len = msg.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);

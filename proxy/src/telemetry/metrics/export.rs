@@ -39,7 +39,7 @@ impl DropReason {
 }
 
 impl EncodeLabelValue for DropReason {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
         encoder.write_str(self.as_str())
     }
 }

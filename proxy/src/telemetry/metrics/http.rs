@@ -22,17 +22,17 @@ use crate::telemetry::metrics::Direction;
 
 /// A shared label value (a service, route or identity), cloned without allocating.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Label(pub Arc<str>);
+pub(crate) struct Label(pub Arc<str>);
 
 impl EncodeLabelValue for Label {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&&*self.0, encoder)
     }
 }
 
 /// Labels of the per-route series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
     /// The service (outbound) or application port (inbound).
@@ -43,7 +43,7 @@ pub struct RouteLabels {
 
 /// Labels of the request and response series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabels {
+pub(crate) struct PeerLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
     /// The service (outbound) or application port (inbound).
@@ -56,7 +56,7 @@ pub struct PeerLabels {
 
 /// Labels of the response series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResponseLabels {
+pub(crate) struct ResponseLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
     /// The service (outbound) or application port (inbound).
@@ -73,7 +73,7 @@ pub struct ResponseLabels {
 
 /// Labels of the ejection series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabels {
+pub(crate) struct ServiceLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
     /// The service.
@@ -82,7 +82,7 @@ pub struct ServiceLabels {
 
 /// Every HTTP metric family, registered once per proxy.
 #[derive(Clone, Debug)]
-pub struct HttpMetrics {
+pub(crate) struct HttpMetrics {
     requests: Family<PeerLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     retries: Family<RouteLabels, Counter>,
@@ -93,7 +93,7 @@ pub struct HttpMetrics {
 
 /// The handles of one route, resolved when the view is compiled.
 #[derive(Clone, Debug)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     families: HttpMetrics,
     labels: RouteLabels,
     /// Requests without a peer identity (every outbound request), resolved once.
@@ -107,7 +107,7 @@ pub struct RouteMetrics {
 }
 
 /// Empty label value (no identity); one shared allocation for every connection.
-pub fn no_peer() -> Arc<str> {
+pub(crate) fn no_peer() -> Arc<str> {
     static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
     Arc::clone(EMPTY.get_or_init(|| Arc::from("")))
 }
@@ -132,7 +132,7 @@ impl Default for HttpMetrics {
 
 impl HttpMetrics {
     /// Creates the families and registers them under their contract names.
-    pub fn register(registry: &mut Registry) -> HttpMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> HttpMetrics {
         let m = HttpMetrics::default();
         registry.register(
             "pillion_http_requests",
@@ -168,7 +168,7 @@ impl HttpMetrics {
     }
 
     /// The handles of one route.
-    pub fn route(
+    pub(crate) fn route(
         &self,
         direction: Direction,
         service: &Arc<str>,
@@ -199,7 +199,7 @@ impl HttpMetrics {
     }
 
     /// The ejection counter of a service.
-    pub fn ejections(&self, direction: Direction, service: &Arc<str>) -> Counter {
+    pub(crate) fn ejections(&self, direction: Direction, service: &Arc<str>) -> Counter {
         self.ejections
             .get_or_create(&ServiceLabels {
                 direction,
@@ -211,7 +211,7 @@ impl HttpMetrics {
 
 impl RouteMetrics {
     /// Counts a request from `peer` (see the module docs).
-    pub fn request(&self, peer: &Arc<str>) {
+    pub(crate) fn request(&self, peer: &Arc<str>) {
         if peer.is_empty() {
             self.anonymous.inc();
             return;
@@ -226,7 +226,7 @@ impl RouteMetrics {
     }
 
     /// Counts a response with `status` to or from `peer`, `elapsed` after the request.
-    pub fn response(&self, peer: &Arc<str>, status: u16, elapsed: Duration) {
+    pub(crate) fn response(&self, peer: &Arc<str>, status: u16, elapsed: Duration) {
         let labels = ResponseLabels {
             direction: self.labels.direction,
             service: self.labels.service.clone(),
@@ -241,7 +241,7 @@ impl RouteMetrics {
 }
 
 /// `2xx` for 200, and so on.
-pub fn status_class(status: u16) -> &'static str {
+pub(crate) fn status_class(status: u16) -> &'static str {
     match status / 100 {
         1 => "1xx",
         2 => "2xx",

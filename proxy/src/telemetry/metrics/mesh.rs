@@ -45,7 +45,7 @@ impl HandshakeFailure {
 }
 
 impl EncodeLabelValue for HandshakeFailure {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
         encoder.write_str(self.as_str())
     }
 }
@@ -70,14 +70,14 @@ impl Denied {
 }
 
 impl EncodeLabelValue for Denied {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
         encoder.write_str(self.as_str())
     }
 }
 
 /// Labels of `pillion_tls_handshake_failures_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
+pub(crate) struct FailureLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
     /// Why it failed.
@@ -86,7 +86,7 @@ pub struct FailureLabels {
 
 /// Labels of `pillion_tls_connections_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabels {
+pub(crate) struct PeerLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
     /// The SPIFFE id the peer proved.
@@ -95,7 +95,7 @@ pub struct PeerLabels {
 
 /// Labels of `pillion_inbound_denied_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeniedLabels {
+pub(crate) struct DeniedLabels {
     /// Why it was refused.
     pub reason: Denied,
 }

@@ -8,10 +8,10 @@ use std::fmt::{self, Write as _};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::registry::Registry;
 
-pub mod export;
-pub mod http;
-pub mod mesh;
-pub mod tcp;
+pub(crate) mod export;
+pub(crate) mod http;
+pub(crate) mod mesh;
+pub(crate) mod tcp;
 
 pub use export::{DropReason, TelemetryMetrics};
 
@@ -41,7 +41,7 @@ impl fmt::Display for Direction {
 }
 
 impl EncodeLabelValue for Direction {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
         encoder.write_str(self.as_str())
     }
 }

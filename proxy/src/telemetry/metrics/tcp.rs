@@ -10,7 +10,7 @@ use super::{Direction, DirectionLabels};
 
 /// All TCP metric families, registered once per proxy.
 #[derive(Clone, Debug, Default)]
-pub struct TcpMetrics {
+pub(crate) struct TcpMetrics {
     opened: Family<DirectionLabels, Counter>,
     closed: Family<DirectionLabels, Counter>,
     open: Family<DirectionLabels, Gauge>,
@@ -51,7 +51,7 @@ impl TcpMetrics {
     /// Creates the families and registers them under their contract names.
     ///
     /// Both directions are created up front so `/metrics` shows zeros before traffic.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         // prometheus-client appends `_total` to counters.
         registry.register(
@@ -96,7 +96,7 @@ impl TcpMetrics {
     }
 
     /// The handles for one direction (cheap clones sharing the registered values).
-    pub fn direction(&self, direction: Direction) -> DirectionMetrics {
+    pub(crate) fn direction(&self, direction: Direction) -> DirectionMetrics {
         let labels = DirectionLabels { direction };
         DirectionMetrics {
             opened: self.opened.get_or_create(&labels).clone(),
