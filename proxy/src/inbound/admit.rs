@@ -5,7 +5,7 @@
 
 use pillion_api::view::Mode;
 
-use crate::state::inbound::InboundPort;
+use crate::state::inbound::PortRule;
 use crate::telemetry::metrics::mesh::Denied;
 
 /// What the port's policy says about a connection.
@@ -21,7 +21,7 @@ pub(crate) enum Verdict {
 }
 
 /// Decides for a connection to `port` from `peer` (`None` for plaintext).
-pub(crate) fn admit(port: &InboundPort, peer: Option<&str>) -> Verdict {
+pub(crate) fn admit(port: PortRule<'_>, peer: Option<&str>) -> Verdict {
     match peer {
         None if port.mode == Mode::Strict => Verdict::Refuse(Denied::Plaintext),
         None => Verdict::Admit,
@@ -51,15 +51,14 @@ mod tests {
             &HttpMetrics::default(),
             std::time::Instant::now(),
         );
-        let metrics = HttpMetrics::default();
-        let strict = state.inbound().port(7000, &metrics);
-        let open = state.inbound().port(8080, &metrics);
+        let strict = state.inbound().rule(7000);
+        let open = state.inbound().rule(8080);
         let demo = "spiffe://cluster.local/ns/demo/sa/client";
         let other = "spiffe://cluster.local/ns/other/sa/client";
-        assert_eq!(admit(&strict, None), Verdict::Refuse(Denied::Plaintext));
-        assert_eq!(admit(&strict, Some(demo)), Verdict::Admit);
-        assert_eq!(admit(&strict, Some(other)), Verdict::OnlyHttp);
-        assert_eq!(admit(&open, None), Verdict::Admit);
-        assert_eq!(admit(&open, Some(other)), Verdict::Admit);
+        assert_eq!(admit(strict, None), Verdict::Refuse(Denied::Plaintext));
+        assert_eq!(admit(strict, Some(demo)), Verdict::Admit);
+        assert_eq!(admit(strict, Some(other)), Verdict::OnlyHttp);
+        assert_eq!(admit(open, None), Verdict::Admit);
+        assert_eq!(admit(open, Some(other)), Verdict::Admit);
     }
 }

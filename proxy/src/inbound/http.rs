@@ -97,17 +97,17 @@ struct InboundConn {
     target: SocketAddr,
     peer: Option<Peer>,
     peer_label: Arc<str>,
-    /// The port policy of the view version last used.
+    /// The port policy of the state generation last used.
     /// Read without a lock: one HTTP/2 connection from a peer proxy carries many
     /// concurrent requests.
-    policy: ArcSwapOption<(Option<u64>, Arc<InboundPort>)>,
+    policy: ArcSwapOption<(u64, Arc<InboundPort>)>,
 }
 
 impl InboundConn {
     fn policy(&self) -> Arc<InboundPort> {
         let state = self.inputs.state.load();
         if let Some(cached) = &*self.policy.load() {
-            if cached.0 == state.version() {
+            if cached.0 == state.generation() {
                 return Arc::clone(&cached.1);
             }
         }
@@ -116,7 +116,7 @@ impl InboundConn {
             .inbound()
             .port(self.target.port(), &self.inputs.http_metrics);
         self.policy
-            .store(Some(Arc::new((state.version(), Arc::clone(&port)))));
+            .store(Some(Arc::new((state.generation(), Arc::clone(&port)))));
         port
     }
 

@@ -87,12 +87,10 @@ impl Inbound {
         target: SocketAddr,
         tls: &MeshTls,
     ) {
-        let port = self
-            .inputs
-            .state
-            .load()
-            .inbound()
-            .port(info.orig_dst.port(), &self.inputs.http_metrics);
+        // The state the connection arrived with decides it; it is let go before the
+        // connection is served.
+        let state = self.inputs.state.load_full();
+        let port = info.orig_dst.port();
         let detect_timeout = self.inputs.settings.detect_timeout;
         let handshake_deadline = Instant::now() + detect_timeout.max(HANDSHAKE_TIMEOUT);
         match detect::tls::detect(Peek::new(stream, detect_timeout)).await {
@@ -109,7 +107,9 @@ impl Inbound {
                     }
                 };
                 tracing::Span::current().record("peer_identity", peer.as_str());
-                let verdict = admit::admit(&port, Some(peer.as_str()));
+                let rule = state.inbound().rule(port);
+                let (verdict, opaque) = (admit::admit(rule, Some(peer.as_str())), rule.opaque);
+                drop(state);
                 if let Verdict::Refuse(denied) = verdict {
                     return self.refuse(denied);
                 }
@@ -117,19 +117,21 @@ impl Inbound {
                     .mesh_metrics
                     .tls_connection(Direction::Inbound, peer.as_str());
                 tracing::debug!("mesh TLS accepted");
-                let peek = Peek::new(tls, detect_timeout);
                 let peer = Peer::verified(peer.as_str());
-                self.serve_admitted(peek, &info, target, peer, verdict)
+                let peek = Peek::new(tls, detect_timeout);
+                self.serve_admitted(peek, &info, target, peer, verdict, opaque)
                     .await;
             }
             Detected::Plain(reason, peek) => {
-                let verdict = admit::admit(&port, None);
+                let rule = state.inbound().rule(port);
+                let (verdict, opaque) = (admit::admit(rule, None), rule.opaque);
+                drop(state);
                 if let Verdict::Refuse(denied) = verdict {
                     tracing::info!(detected = reason.as_str(), "plaintext on a strict port");
                     return self.refuse(denied);
                 }
                 self.inputs.mesh_metrics.passthrough(Direction::Inbound);
-                self.serve_admitted(peek, &info, target, None, verdict)
+                self.serve_admitted(peek, &info, target, None, verdict, opaque)
                     .await;
             }
         }
@@ -144,13 +146,14 @@ impl Inbound {
         target: SocketAddr,
         peer: Option<Peer>,
         verdict: Verdict,
+        marked_opaque: bool,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let settings = &self.inputs.settings;
         let app_port = info.orig_dst.port();
-        let opaque = detect::skips_detection(app_port, None, &settings.opaque_ports)
-            || self.inputs.state.load().inbound().is_opaque(app_port);
+        let opaque =
+            marked_opaque || detect::skips_detection(app_port, None, &settings.opaque_ports);
         let (protocol, io) = if opaque {
             (Protocol::Opaque, peek.into_rewind())
         } else {

@@ -52,8 +52,9 @@ pub(crate) enum Denied {
     NotAllowed,
 }
 
-/// The allow decision of one inbound port (or one inbound route of it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The allow decision of one inbound port (or one inbound route of it); the
+/// default is a permissive port open to anyone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Authorizer {
     mode: Mode,
     allow: Box<[IdentityPattern]>,
@@ -88,6 +89,11 @@ impl Authorizer {
             mode: Mode::Strict,
             allow: Box::new([IdentityPattern::nobody()]),
         }
+    }
+
+    /// Whether plaintext is accepted where this authorizer applies.
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// Decides for a caller: its verified identity, or `None` for plaintext.

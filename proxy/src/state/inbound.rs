@@ -24,8 +24,6 @@ pub(crate) const DEFAULT_ROUTE: &str = "default";
 /// One inbound port's policy.
 #[derive(Debug)]
 pub(crate) struct InboundPort {
-    /// Whether plaintext is accepted.
-    pub mode: Mode,
     table: Option<RouteTable>,
     routes: Box<[ServerRouteState]>,
     default: ServerRouteState,
@@ -45,12 +43,6 @@ pub(crate) struct ServerRouteState {
 }
 
 impl InboundPort {
-    /// Whether a caller that proved `identity` may connect at all (requests are
-    /// judged again by their route).
-    pub(crate) fn admits(&self, identity: &str) -> bool {
-        self.default.authz.check(Some(identity)).is_ok()
-    }
-
     /// The route for a request; requests no route matches are judged by the port's
     /// allow list alone and not rate limited.
     pub(crate) fn select(&self, parts: &Parts) -> &ServerRouteState {
@@ -62,10 +54,31 @@ impl InboundPort {
     }
 }
 
+/// What a connection to one port is decided by, before any request: no metrics, no
+/// lock, so a port scan costs nothing but the lookup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PortRule<'a> {
+    /// Whether plaintext is accepted.
+    pub mode: Mode,
+    /// Who may connect (requests are judged again by their route).
+    pub authz: &'a Authorizer,
+    /// Whether a service marks the port opaque (no detection).
+    pub opaque: bool,
+}
+
+impl PortRule<'_> {
+    /// Whether a caller that proved `identity` may connect at all.
+    pub(crate) fn admits(&self, identity: &str) -> bool {
+        self.authz.check(Some(identity)).is_ok()
+    }
+}
+
 /// The compiled inbound view.
 #[derive(Debug, Default)]
 pub(crate) struct InboundTable {
     default_mode: Mode,
+    /// The allow decision of ports without policy of their own.
+    default_authz: Authorizer,
     ports: HashMap<u16, Arc<InboundPort>>,
     /// Ports without policy of their own, built on first use and shared by every
     /// connection after (this table is replaced, and this with it, on a new view).
@@ -78,9 +91,21 @@ pub(crate) struct InboundTable {
 }
 
 impl InboundTable {
-    /// Whether a service marks application port `port` opaque.
-    pub(crate) fn is_opaque(&self, port: u16) -> bool {
-        self.opaque.contains(&port)
+    /// The connection-level rule of application port `port`.
+    pub(crate) fn rule(&self, port: u16) -> PortRule<'_> {
+        let opaque = self.opaque.contains(&port);
+        match self.ports.get(&port) {
+            Some(policy) => PortRule {
+                mode: policy.default.authz.mode(),
+                authz: &policy.default.authz,
+                opaque,
+            },
+            None => PortRule {
+                mode: self.default_mode,
+                authz: &self.default_authz,
+                opaque,
+            },
+        }
     }
 
     /// The policy of application port `port` (ports without their own policy get the
@@ -101,14 +126,12 @@ impl InboundTable {
         let label: Arc<str> = Arc::from(port.to_string().as_str());
         let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
         Arc::new(InboundPort {
-            mode: self.default_mode,
             table: None,
             routes: Box::new([]),
             default: ServerRouteState {
                 metrics: metrics.route(Direction::Inbound, &label, &default_name),
                 name: default_name,
-                authz: Authorizer::new(self.default_mode, &[])
-                    .unwrap_or_else(|_| Authorizer::deny_all()),
+                authz: self.default_authz.clone(),
                 limiter: None,
             },
         })
@@ -123,6 +146,8 @@ impl InboundTable {
     ) -> InboundTable {
         let mut table = InboundTable {
             default_mode: view.inbound.default_mode,
+            default_authz: Authorizer::new(view.inbound.default_mode, &[])
+                .unwrap_or_else(|_| Authorizer::deny_all()),
             ..InboundTable::default()
         };
         table.opaque = view
@@ -208,7 +233,6 @@ fn compile_port(
     };
     let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
     InboundPort {
-        mode: policy.mode,
         table: table_compiled,
         routes: routes.into_boxed_slice(),
         default: ServerRouteState {
@@ -238,7 +262,7 @@ mod tests {
         let metrics = HttpMetrics::default();
         let table =
             InboundTable::compile(&view, &InboundTable::default(), &metrics, Instant::now());
-        assert!(table.is_opaque(15433) && !table.is_opaque(80));
+        assert!(table.rule(15433).opaque && !table.rule(80).opaque);
         let port = table.port(8080, &metrics);
         let admin = http::Request::get("/admin/x")
             .body(())

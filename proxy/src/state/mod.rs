@@ -32,6 +32,9 @@ pub use views::Views;
 /// Everything the data path decides with, compiled from one view.
 #[derive(Debug, Default)]
 pub(crate) struct State {
+    /// Counts compiles in this process (0 before the first): unlike the view's
+    /// version, which a restarted agent counts anew, it only grows.
+    generation: u64,
     version: Option<u64>,
     identity: Option<Arc<str>>,
     outbound: OutboundTable,
@@ -48,11 +51,17 @@ impl State {
         now: Instant,
     ) -> State {
         State {
+            generation: previous.generation + 1,
             version: Some(view.version),
             identity: Some(Arc::from(view.identity.as_str())),
             outbound: OutboundTable::compile(view, &previous.outbound, settings, metrics, now),
             inbound: InboundTable::compile(view, &previous.inbound, metrics, now),
         }
+    }
+
+    /// Which compile this is; compare it, not the version, to know the state changed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The version of the view compiled; `None` before the first.
@@ -120,8 +129,8 @@ pub(crate) struct Compiler {
 pub(crate) async fn follow(views: Views, store: Arc<Store>, compiler: Compiler) {
     let mut newest = views.subscribe();
     loop {
-        let view = newest.borrow_and_update().clone();
-        if let Some(view) = view {
+        let published = newest.borrow_and_update().clone();
+        if let Some(view) = published.view {
             let previous = store.load_full();
             let job = compiler.clone();
             let started = Instant::now();
@@ -138,22 +147,21 @@ pub(crate) async fn follow(views: Views, store: Arc<Store>, compiler: Compiler) 
             match compiled {
                 Ok(state) => {
                     let version = state.version();
-                    let outbound = state.outbound.len();
+                    let destinations = state.outbound.len();
                     store.store(state);
-                    if let Some(version) = version {
-                        views.mark_compiled(version);
-                    }
+                    views.mark_handled(published.seq, version);
                     compiler.ready.set(true);
                     tracing::debug!(
                         ?version,
-                        destinations = outbound,
+                        destinations,
                         compile_ms = started.elapsed().as_secs_f64() * 1e3,
                         "state compiled"
                     );
                 }
                 // A panic while compiling would be a bug; keep serving the last state.
                 Err(err) => {
-                    tracing::error!(error = %err, "compiling a view failed; the last state keeps serving")
+                    views.mark_handled(published.seq, None);
+                    tracing::error!(error = %err, "compiling a view failed; the last state keeps serving");
                 }
             }
         }
@@ -245,8 +253,7 @@ mod tests {
     #[test]
     fn inbound_ports_and_patterns() {
         let s = compile(&view(SAMPLE));
-        let metrics = HttpMetrics::default();
-        let port = |p| s.inbound().port(p, &metrics);
+        let port = |p| s.inbound().rule(p);
         let client = "spiffe://cluster.local/ns/demo/sa/client";
         let other = "spiffe://cluster.local/ns/other/sa/client";
         assert_eq!(port(9999).mode, Mode::Strict);
@@ -263,10 +270,7 @@ mod tests {
         let store = Arc::new(Store::new());
         let before = store.load_full();
         assert_eq!(before.version(), None);
-        assert_eq!(
-            before.inbound().port(1, &HttpMetrics::default()).mode,
-            Mode::Permissive
-        );
+        assert_eq!(before.inbound().rule(1).mode, Mode::Permissive);
         let views = Views::new();
         let readiness = Readiness::new();
         let compiler = Compiler {
@@ -274,19 +278,27 @@ mod tests {
             metrics: HttpMetrics::default(),
             ready: readiness.condition("view compiled"),
         };
-        views.publish(view(SAMPLE));
+        // Published before the compiler follows: still compiled.
+        let first = tokio::spawn({
+            let views = views.clone();
+            async move { views.install(view(SAMPLE)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let task = tokio::spawn(follow(views.clone(), Arc::clone(&store), compiler));
-        tokio::time::timeout(Duration::from_secs(10), views.compiled(4))
+        tokio::time::timeout(Duration::from_secs(10), first)
             .await
+            .unwrap()
             .unwrap();
         assert!(readiness.is_ready());
         assert_eq!(store.load().version(), Some(4));
-        let next = SAMPLE.replace(r#""version": 4"#, r#""version": 5"#);
-        views.publish(view(&next));
-        tokio::time::timeout(Duration::from_secs(10), views.compiled(5))
+        let generation = store.load().generation();
+        // A restarted agent counts versions anew: a lower one is served too.
+        let restarted = SAMPLE.replace(r#""version": 4"#, r#""version": 1"#);
+        tokio::time::timeout(Duration::from_secs(10), views.install(view(&restarted)))
             .await
             .unwrap();
-        assert_eq!(store.load().version(), Some(5));
+        assert_eq!(store.load().version(), Some(1));
+        assert!(store.load().generation() > generation);
         // The snapshot an open connection holds is unchanged.
         assert_eq!(before.version(), None);
         task.abort();

@@ -238,3 +238,31 @@ async fn many_short_connections_in_a_row() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A connection refused before any request (plaintext on a strict port the view does
+/// not list) leaves no per-route series behind: scanning ports costs no metrics.
+#[tokio::test]
+async fn refused_connections_create_no_route_series() {
+    let ca = Pki::new();
+    let app = echo_server().await;
+    let b = start(store(&ca, "server"), app).await;
+    b.install(view(1, "server", app, "", r#"{"default_mode": "strict"}"#))
+        .await;
+    for _ in 0..3 {
+        let got = exchange(b.inbound, b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap_or_default();
+        assert!(got.is_empty(), "plaintext got through a strict port");
+    }
+    eventually("the plaintext denials", Duration::from_secs(5), || {
+        b.metrics.denials(Denied::Plaintext) == 3
+    })
+    .await;
+    let text = pillion_proxy::encode(&b.registry).unwrap();
+    let port = format!("service=\"{}\"", app.port());
+    assert!(
+        !text.lines().any(|l| l.contains(&port)),
+        "route series for a refused port:\n{text}"
+    );
+    b.stop().await;
+}

@@ -1,0 +1,382 @@
+//! The Kubernetes translation on realistic objects (`tests/fixtures/k8s/`): Services,
+//! dual-stack EndpointSlices with a not-ready endpoint, meshed and unmeshed pods, a
+//! headless Service, a Service without selector, named target ports, and the
+//! `pillion.io` policy objects, including broken ones that must only be skipped.
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::DynamicObject;
+use pillion_agent::kubernetes::translate::{translate, Objects, Translation};
+use pillion_agent::view::view_for;
+use pillion_api::policy::{PathMatch, RateLimitKey, RetryOn, StringMatch};
+use pillion_api::view::{Mode, Protocol};
+use serde::de::DeserializeOwned;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const TD: &str = "cluster.local";
+
+fn fixture<T: DeserializeOwned>(name: &str) -> Vec<Arc<T>> {
+    let path = format!("{}/tests/fixtures/k8s/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let items: Vec<T> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    items.into_iter().map(Arc::new).collect()
+}
+
+fn objects() -> Objects {
+    let policies: Vec<Arc<DynamicObject>> = fixture("policies.json");
+    let of_kind = |kind: &str| -> Vec<Arc<DynamicObject>> {
+        policies
+            .iter()
+            .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == kind))
+            .cloned()
+            .collect()
+    };
+    Objects {
+        services: fixture::<Service>("services.json"),
+        endpoint_slices: fixture::<EndpointSlice>("endpointslices.json"),
+        pods: fixture::<Pod>("pods.json"),
+        routes: of_kind("Route"),
+        retry_policies: of_kind("RetryPolicy"),
+        rate_limit_policies: of_kind("RateLimitPolicy"),
+        authorization_policies: of_kind("AuthorizationPolicy"),
+    }
+}
+
+fn translated() -> Translation {
+    translate(&objects(), TD)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn id(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/demo/sa/{sa}")
+}
+
+#[test]
+fn services_are_sorted_and_udp_and_external_name_services_are_left_out() {
+    let t = translated();
+    let names: Vec<_> = t
+        .catalog
+        .services()
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .collect();
+    assert_eq!(names, ["demo/db", "demo/echo", "demo/legacy", "demo/web"]);
+}
+
+#[test]
+fn a_service_with_named_target_ports_dual_stack_and_a_not_ready_endpoint() {
+    let t = translated();
+    let echo = &t.catalog.services()[1];
+    assert_eq!(echo.addresses, [ip("198.18.100.10"), ip("2001:2::100:10")]);
+    let ports: Vec<_> = echo
+        .ports
+        .iter()
+        .map(|p| (p.port, p.protocol, p.target_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            // targetPort "http" resolves through the slices' port of the same name.
+            (80, Protocol::Auto, Some(5678)),
+            (9090, Protocol::Http2, None),
+            // pillion.io/opaque-ports
+            (7000, Protocol::Opaque, None),
+        ]
+    );
+    // 2 ready pods × (v4 + v6) × 3 ports; the terminating, not-ready pod is left out.
+    assert_eq!(echo.endpoints.len(), 12);
+    assert!(echo
+        .endpoints
+        .iter()
+        .all(|e| e.address != ip("198.18.1.13")));
+    for e in &echo.endpoints {
+        assert_eq!(e.identity.as_deref(), Some(id("echo").as_str()), "{e:?}");
+        assert!([5678, 9090, 7000].contains(&e.port));
+    }
+    let v2 = echo
+        .endpoints
+        .iter()
+        .find(|e| e.address == ip("2001:2::1:12") && e.port == 5678)
+        .expect("v6 endpoint whose conditions are empty counts as ready");
+    assert_eq!(v2.labels.get("version").map(String::as_str), Some("v2"));
+    assert_eq!(echo.endpoints_for(&echo.ports[0]).count(), 4);
+}
+
+#[test]
+fn headless_and_selectorless_services_and_unmeshed_endpoints() {
+    let t = translated();
+    let db = &t.catalog.services()[0];
+    assert!(db.addresses.is_empty(), "headless: no VIP");
+    assert_eq!(db.endpoints.len(), 1);
+    let e = &db.endpoints[0];
+    assert_eq!((e.address, e.port), (ip("198.18.1.31"), 5432));
+    assert_eq!(e.identity, None, "db-0 is not injected: plain TCP");
+    assert_eq!(e.labels.get("app").map(String::as_str), Some("db"));
+
+    let legacy = &t.catalog.services()[2];
+    assert_eq!(legacy.addresses, [ip("198.18.100.30")]);
+    assert_eq!(legacy.ports[0].target_port, Some(8443));
+    assert_eq!(legacy.endpoints.len(), 1, "the FQDN slice is ignored");
+    let e = &legacy.endpoints[0];
+    assert_eq!((e.address, e.port), (ip("198.18.50.1"), 8443));
+    assert!(e.identity.is_none() && e.labels.is_empty());
+
+    let web = &t.catalog.services()[3];
+    assert_eq!(web.ports[0].protocol, Protocol::Http1, "appProtocol http");
+    assert_eq!(web.ports[0].target_port, Some(8080));
+}
+
+#[test]
+fn one_workload_per_meshed_service_account() {
+    let t = translated();
+    let ids: Vec<_> = t
+        .catalog
+        .workloads()
+        .iter()
+        .map(|w| w.identity.to_string())
+        .collect();
+    // loadgen has no serviceAccountName: the namespace's `default`.
+    assert_eq!(ids, [id("default"), id("echo"), id("web")]);
+    let echo = &t.catalog.workloads()[1];
+    assert_eq!(echo.namespace, "demo");
+    assert!(echo.addresses.contains(&ip("198.18.1.11")));
+    assert!(echo.addresses.contains(&ip("2001:2::1:12")));
+    assert!(
+        echo.token.is_none(),
+        "Kubernetes identities have no static token"
+    );
+}
+
+#[test]
+fn routes_retries_and_rate_limits_land_on_the_parent_port() {
+    let t = translated();
+    let echo = &t.catalog.services()[1];
+    let routes = &echo.ports[0].routes;
+    let names: Vec<_> = routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["echo.canary", "echo.1"], "the bad rule is skipped");
+
+    let canary = &routes[0];
+    assert_eq!(canary.matches[0].path, Some(PathMatch::Prefix("/".into())));
+    assert_eq!(canary.backends.len(), 2);
+    assert_eq!(canary.backends[0].weight, 90);
+    assert_eq!(
+        canary.backends[0].service, None,
+        "the parent's own endpoints"
+    );
+    assert_eq!(
+        canary.backends[1].subset.get("version").map(String::as_str),
+        Some("v2")
+    );
+    assert_eq!(
+        canary
+            .request_headers
+            .set
+            .get("x-route")
+            .map(String::as_str),
+        Some("canary")
+    );
+    assert_eq!(canary.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        canary.per_try_timeout,
+        Some(Duration::from_millis(500)),
+        "the Route's backendRequest wins over the RetryPolicy's perTryTimeout"
+    );
+    let retry = canary.retry.as_ref().expect("RetryPolicy echo");
+    assert_eq!(retry.attempts, 3);
+    assert_eq!(
+        retry.conditions,
+        [
+            RetryOn::GatewayError,
+            RetryOn::ConnectFailure,
+            RetryOn::Status(429)
+        ]
+    );
+    assert_eq!(retry.budget.as_ref().map(|b| b.min_per_second), Some(10));
+    let limit = canary
+        .rate_limit
+        .as_ref()
+        .expect("RateLimitPolicy echo-route");
+    assert_eq!(limit.key, RateLimitKey::Header("x-api-key".into()));
+    assert_eq!(limit.burst, 1, "burst 0 still lets one request through");
+
+    let old = &routes[1];
+    assert_eq!(old.matches[0].path, Some(PathMatch::Exact("/old".into())));
+    assert_eq!(old.matches[0].method.as_deref(), Some("GET"));
+    assert_eq!(old.matches[0].headers[0].name, "x-debug");
+    assert_eq!(
+        old.matches[0].headers[0].value,
+        StringMatch::Exact("1".into())
+    );
+    assert_eq!(
+        old.rewrite.as_ref().map(|r| r.prefix.as_str()),
+        Some("/new")
+    );
+    assert_eq!(old.per_try_timeout, Some(Duration::from_millis(250)));
+
+    assert!(
+        echo.ports[1].routes.is_empty(),
+        "RetryPolicy echo names port 80 only"
+    );
+    pillion_api::policy::validate_routes(routes).unwrap();
+
+    // RetryPolicy web targets every port: a catch-all route carries it.
+    let web = &t.catalog.services()[3];
+    assert_eq!(web.ports[0].routes.len(), 1);
+    assert_eq!(web.ports[0].routes[0].name, "default");
+    assert_eq!(
+        web.ports[0].routes[0].retry.as_ref().map(|r| r.attempts),
+        Some(2)
+    );
+}
+
+#[test]
+fn authorization_and_service_rate_limits_become_inbound_policy() {
+    let t = translated();
+    let echo = &t.catalog.workloads()[1];
+    let (mode, allow) = echo.inbound.for_port(5678);
+    assert_eq!(mode, Mode::Strict, "Strict wins over Permissive");
+    assert_eq!(
+        allow,
+        [id("web"), "spiffe://cluster.local/ns/ops/*".to_string()]
+    );
+    assert_eq!(echo.inbound.for_port(9090).0, Mode::Permissive);
+
+    let web = &t.catalog.workloads()[2];
+    let port = web.inbound.ports.get(&8080).expect("target port of web:80");
+    assert_eq!(port.mode, Mode::Permissive);
+    assert_eq!(port.server.routes.len(), 1);
+    let limit = port.server.routes[0].rate_limit.as_ref().unwrap();
+    assert_eq!(limit.requests_per_second, 50.0);
+    assert_eq!(limit.burst, 20);
+    assert_eq!(limit.key, RateLimitKey::ClientIdentity);
+    port.server.validate().unwrap();
+}
+
+#[test]
+fn broken_policies_are_skipped_with_warnings() {
+    let t = translated();
+    let all = t.warnings.join("\n");
+    assert!(
+        all.contains("Route demo/broken has an unusable spec"),
+        "{all}"
+    );
+    assert!(
+        all.contains("parent service demo/missing not found"),
+        "{all}"
+    );
+    assert!(all.contains("rule bad skipped"), "{all}");
+}
+
+#[test]
+fn views_for_kubernetes_workloads_look_like_yaml_ones() {
+    let t = translated();
+    let web = &t.catalog.workloads()[2];
+    let view = view_for(&t.catalog, web, 7);
+    assert_eq!(view.identity, id("web"));
+    let (svc, port) = view
+        .service_for("198.18.100.10:80".parse().unwrap())
+        .unwrap();
+    assert_eq!(svc.name, "echo");
+    assert_eq!(port.target_port(), 5678);
+    let ep = view
+        .endpoint_for("[2001:2::1:11]:5678".parse().unwrap())
+        .unwrap();
+    assert_eq!(ep.identity.as_deref(), Some(id("echo").as_str()));
+    // The whole view survives the wire format.
+    let line = serde_json::to_string(&view).unwrap();
+    let back: pillion_api::view::View = serde_json::from_str(&line).unwrap();
+    assert_eq!(back, view);
+}
+
+#[test]
+fn odd_objects_never_panic() {
+    let odd_services: Vec<Service> = serde_json::from_value(serde_json::json!([
+        {"metadata": {}},
+        {"metadata": {"name": "nospec", "namespace": "x"}},
+        {"metadata": {"name": "p", "namespace": "x"},
+         "spec": {"clusterIP": "not-an-ip", "ports": [{"port": 70000}, {"port": 0}, {"port": -1}]}},
+        {"metadata": {"name": "q", "namespace": "x", "annotations": {"pillion.io/opaque-ports": "lots"}},
+         "spec": {"clusterIPs": [], "ports": [{"port": 80, "targetPort": 0}]}}
+    ]))
+    .unwrap();
+    let odd_slices: Vec<EndpointSlice> = serde_json::from_value(serde_json::json!([
+        {"metadata": {"namespace": "x", "labels": {"kubernetes.io/service-name": "q"}},
+         "addressType": "IPv4",
+         "endpoints": [{"addresses": ["garbage", "198.18.9.9"],
+                        "targetRef": {"kind": "Pod"}},
+                       {"addresses": [], "targetRef": {"kind": "Node", "name": "n"}}],
+         "ports": [{"port": 99999}, {}]},
+        {"metadata": {}, "addressType": "IPv6", "endpoints": []}
+    ]))
+    .unwrap();
+    let odd_pods: Vec<Pod> = serde_json::from_value(serde_json::json!([
+        {"metadata": {"annotations": {"pillion.io/injected": "x"}}},
+        {"metadata": {"name": "BAD_NAME", "namespace": "x", "annotations": {"pillion.io/injected": "x"}},
+         "spec": {"serviceAccountName": "Not Valid", "containers": []},
+         "status": {"podIPs": [{"ip": "nope"}]}}
+    ]))
+    .unwrap();
+    let odd_policies: Vec<DynamicObject> = serde_json::from_value(serde_json::json!([
+        {"apiVersion": "pillion.io/v1alpha1", "kind": "RetryPolicy", "metadata": {"name": "a", "namespace": "x"},
+         "spec": {"targetRef": {"kind": "Service", "name": "q"}, "attempts": 99}},
+        {"apiVersion": "pillion.io/v1alpha1", "kind": "RetryPolicy", "metadata": {"name": "b", "namespace": "x"},
+         "spec": {"targetRef": {"kind": "Service", "name": "q"}, "conditions": ["sometimes"]}},
+        {"apiVersion": "pillion.io/v1alpha1", "kind": "RateLimitPolicy", "metadata": {"name": "c", "namespace": "x"},
+         "spec": {"targetRef": {"kind": "Service", "name": "q"}, "requestsPerSecond": -1}},
+        {"apiVersion": "pillion.io/v1alpha1", "kind": "AuthorizationPolicy", "metadata": {"name": "d", "namespace": "x"},
+         "spec": {"port": 80, "mode": "Sideways"}},
+        {"apiVersion": "pillion.io/v1alpha1", "kind": "AuthorizationPolicy", "metadata": {"name": "e", "namespace": "x"},
+         "spec": {"port": 80, "allow": ["http://not-spiffe"]}},
+        {"apiVersion": "pillion.io/v1alpha1", "kind": "Route", "metadata": {"name": "f", "namespace": "x"},
+         "spec": {"parentRefs": [{"name": "q"}], "rules": [
+            {"matches": [{"path": {"type": "Glob", "value": "/*"}}]},
+            {"matches": [{"path": {"type": "RegularExpression", "value": "(unclosed"}}]},
+            {"filters": [{"type": "URLRewrite"}]},
+            {"filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/x"}}}]}]}},
+        {"apiVersion": "pillion.io/v1alpha1", "kind": "Route", "metadata": {}}
+    ]))
+    .unwrap();
+    let of_kind = |kind: &str| -> Vec<Arc<DynamicObject>> {
+        odd_policies
+            .iter()
+            .filter(|o| o.types.as_ref().is_none_or(|t| t.kind == kind))
+            .cloned()
+            .map(Arc::new)
+            .collect()
+    };
+    let objects = Objects {
+        services: odd_services.into_iter().map(Arc::new).collect(),
+        endpoint_slices: odd_slices.into_iter().map(Arc::new).collect(),
+        pods: odd_pods.into_iter().map(Arc::new).collect(),
+        routes: of_kind("Route"),
+        retry_policies: of_kind("RetryPolicy"),
+        rate_limit_policies: of_kind("RateLimitPolicy"),
+        authorization_policies: of_kind("AuthorizationPolicy"),
+    };
+    let t = translate(&objects, TD);
+    let names: Vec<_> = t
+        .catalog
+        .services()
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["q"]);
+    let q = &t.catalog.services()[0];
+    assert!(q.addresses.is_empty());
+    assert_eq!(
+        q.ports[0].protocol,
+        Protocol::Auto,
+        "bad annotation ignored"
+    );
+    assert!(q.ports[0].routes.is_empty(), "{:?}", q.ports[0].routes);
+    assert!(t.catalog.workloads().is_empty(), "no valid identity");
+    assert!(!t.warnings.is_empty());
+
+    let empty = translate(&Objects::default(), TD);
+    assert!(empty.catalog.services().is_empty() && empty.warnings.is_empty());
+}

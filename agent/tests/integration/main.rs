@@ -1,0 +1,13 @@
+//! The agent through its public API and binary: certificates, the CA on disk, the YAML source, the watch stream, and the Kubernetes side against a fake API server speaking the real wire formats; one test binary.
+#![allow(clippy::unwrap_used)] // Tests: a panic with its reason is the report.
+
+mod common;
+mod kubernetes_fake;
+mod binary;
+mod ca_dir;
+mod certificates;
+mod kubernetes_token_review;
+mod kubernetes_translate;
+mod kubernetes_webhook;
+mod source_yaml;
+mod watch;

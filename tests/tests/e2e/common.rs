@@ -1,0 +1,41 @@
+//! Helpers shared by the end-to-end test files (each file uses a subset).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pillion_tests::{Process, SidecarOpts};
+pub use pillion_testkit::wait::{eventually_blocking as eventually, within};
+
+/// The multicall binary (`pillion-testbin init|proxy …`) that pods run.
+pub fn testbin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pillion-testbin"))
+}
+
+/// Sidecar options with the mesh defaults, run from the test binary; a short drain so
+/// teardown is quick.
+pub fn sidecar_opts() -> SidecarOpts {
+    SidecarOpts::new(testbin()).proxy_args(["--drain-timeout", "5s"])
+}
+
+/// Prints the logs of the given processes (for a failing assertion's context).
+pub fn dump(procs: &[&Process]) -> String {
+    procs.iter().map(|p| p.logs().to_string()).collect()
+}
+
+/// MiB per second of `bytes` moved in `elapsed`.
+pub fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
+}
+
+/// Metric names of the proxy's TCP contract.
+pub mod m {
+    pub const OPENED: &str = "pillion_tcp_connections_opened_total";
+    pub const CLOSED: &str = "pillion_tcp_connections_closed_total";
+    pub const OPEN: &str = "pillion_tcp_connections_open";
+    pub const SENT: &str = "pillion_tcp_sent_bytes_total";
+    pub const RECEIVED: &str = "pillion_tcp_received_bytes_total";
+    pub const CONNECT_FAILURES: &str = "pillion_tcp_connect_failures_total";
+    pub const LOOPS: &str = "pillion_tcp_loops_refused_total";
+    pub const OUT: &[(&str, &str)] = &[("direction", "outbound")];
+    pub const IN: &[(&str, &str)] = &[("direction", "inbound")];
+}

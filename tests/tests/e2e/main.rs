@@ -1,0 +1,19 @@
+//! The end-to-end tests: pods as real network namespaces in a private world, real iptables, the real agent, init and proxy, real TLS and HTTP clients; one test binary (`common` holds what several modules use).
+#![allow(clippy::unwrap_used)] // Tests: a panic with its reason is the report.
+
+mod common;
+mod bypass;
+mod demo;
+mod drain;
+mod flags;
+mod harness;
+mod http_mesh;
+mod init_rules;
+mod mesh_agent;
+mod mesh_rotation;
+mod mesh_tls;
+mod telemetry_demo;
+mod telemetry_export;
+mod telemetry_mesh;
+mod telemetry_world;
+mod transfer;
