@@ -245,6 +245,44 @@ pub async fn load(
     all
 }
 
+/// Requests per second from `connections` clients, each on its own keep-alive
+/// connection, sending GETs of `path` to `addr` for `duration`; `(rate, errors)`.
+pub async fn rate(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    duration: Duration,
+) -> (f64, u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (done, errors, stop) = (Arc::clone(&done), Arc::clone(&errors), Arc::clone(&stop));
+        let path = path.to_string();
+        workers.push(tokio::spawn(async move {
+            let client = h1_client();
+            while !stop.load(Ordering::Relaxed) {
+                if one(&client, get(addr, &path, &[])).await.status == 200 {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let started = std::time::Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = done.load(Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    (count as f64 / elapsed, errors.load(Ordering::Relaxed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,8 +37,8 @@ fn spawn_echo(listener: TcpListener) {
 /// Copies `reader` to `writer` until EOF; the bytes copied.
 pub async fn pump<R, W>(reader: &mut R, writer: &mut W) -> std::io::Result<u64>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
 {
     let mut buf = vec![0u8; COPY_BUF];
     let mut total = 0u64;

@@ -4,28 +4,25 @@
 //! YAML source with routes that a test can rewrite.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
-use crate::apps::bind_dual_stack;
+use crate::apps::spawn_listener;
 use crate::mesh::{mesh_sidecar_opts, MeshAgent, MeshDir};
 use crate::netns::Task;
 use crate::pod::Pod;
 use crate::sidecar::{Sidecar, SidecarOpts};
 use crate::world::World;
+use pillion_testkit::http::{handler, serve, Counters};
 
 /// Port the server applications listen on (the service's target port).
 pub const APP_PORT: u16 = 8080;
@@ -35,8 +32,8 @@ pub const VIP: &str = "198.18.1.100:80";
 /// What one application has seen, shared with the test.
 #[derive(Debug, Default)]
 pub struct AppStats {
-    /// TCP connections accepted.
-    pub connections: AtomicUsize,
+    /// Connections accepted and requests handled.
+    pub counters: Arc<Counters>,
     /// Requests by first path segment (`/fail/x` counts under `fail`).
     pub requests: Mutex<HashMap<String, usize>>,
     /// While set, `/sick` answers 500.
@@ -71,38 +68,15 @@ pub struct HttpApp {
 /// WebSocket upgrade gets an echo socket; anything else is 200.
 pub fn spawn_http_app(pod: &Pod, port: u16, name: &'static str) -> Result<HttpApp> {
     let stats = Arc::new(AppStats::default());
-    let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
     let s = Arc::clone(&stats);
-    let task = pod.background(move || async move {
-        let listener = match bind_dual_stack(port) {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            s.connections.fetch_add(1, Ordering::SeqCst);
-            let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let s = Arc::clone(&s);
-                    async move { Ok::<_, Infallible>(answer(req, name, &s).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
+    let handler = handler(move |req| {
+        let s = Arc::clone(&s);
+        async move { answer(req, name, &s).await.map(BodyExt::boxed) }
+    });
+    let counters = Arc::clone(&stats.counters);
+    let task = spawn_listener(pod, port, "the HTTP app", move |listener| {
+        serve(listener, handler, counters)
     })?;
-    rx.recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow!("the HTTP app in pod {} did not bind", pod.name()))??;
     Ok(HttpApp { stats, _task: task })
 }
 
@@ -388,128 +362,4 @@ impl HttpWorld {
     }
 }
 
-/// An HTTP/1.1 client (one keep-alive pool).
-pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// A GET of `path` at `addr` with extra headers.
-pub fn get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&'static str, &'static str)],
-) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(Bytes::new()));
-    *req.uri_mut() = format!("http://{addr}{path}")
-        .parse()
-        .unwrap_or_else(|_| hyper::Uri::from_static("/"));
-    for (k, v) in headers {
-        req.headers_mut()
-            .insert(*k, hyper::header::HeaderValue::from_static(v));
-    }
-    req
-}
-
-/// One answer: status, `x-app`, `pillion-error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    /// The status (0 when the request failed without a response).
-    pub status: u16,
-    /// Which application answered (`x-app`), if one did.
-    pub app: String,
-    /// The proxy's error code (`pillion-error`), if it answered itself.
-    pub error: String,
-}
-
-/// Sends `n` GETs from `concurrency` tasks (inside a pod); answers in completion order.
-pub async fn load(
-    addr: SocketAddr,
-    n: usize,
-    concurrency: usize,
-    path: &'static str,
-    headers: &'static [(&'static str, &'static str)],
-) -> Vec<Answer> {
-    let client = h1_client();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, next) = (client.clone(), Arc::clone(&next));
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            while next.fetch_add(1, Ordering::SeqCst) < n {
-                out.push(one(&client, get(addr, path, headers)).await);
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        if let Ok(part) = t.await {
-            all.extend(part);
-        }
-    }
-    all
-}
-
-/// Sends one request and reads the answer.
-pub async fn one(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Answer {
-    match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let header = |name: &str| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let answer = Answer {
-                status: resp.status().as_u16(),
-                app: header("x-app"),
-                error: header("pillion-error"),
-            };
-            let _ = resp.into_body().collect().await;
-            answer
-        }
-        _ => Answer {
-            status: 0,
-            app: String::new(),
-            error: String::new(),
-        },
-    }
-}
-
-/// Requests per second from `connections` clients, each on its own keep-alive
-/// connection, for `duration` (inside a pod); `(rate, errors)`.
-pub async fn rate(
-    addr: SocketAddr,
-    path: &'static str,
-    connections: usize,
-    duration: Duration,
-) -> (f64, u64) {
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..connections {
-        let (done, errors, stop) = (Arc::clone(&done), Arc::clone(&errors), Arc::clone(&stop));
-        workers.push(tokio::spawn(async move {
-            let client = h1_client();
-            while !stop.load(Ordering::Relaxed) {
-                if one(&client, get(addr, path, &[])).await.status == 200 {
-                    done.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    let started = std::time::Instant::now();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    let count = done.load(Ordering::Relaxed);
-    for w in workers {
-        let _ = w.await;
-    }
-    (count as f64 / elapsed, errors.load(Ordering::Relaxed))
-}
+pub use pillion_testkit::http::{get, h1_client, load, one, rate, Answer};

@@ -1,6 +1,5 @@
 //! The real `pillion-agent` binary: flags, start-up errors, serving, and SIGTERM.
 
-
 use crate::common::*;
 use pillion_agent::cli::main_with_args;
 use std::process::{Command, ExitCode, Stdio};

@@ -1,6 +1,5 @@
 //! The CA on disk (`--ca-dir`) and the published trust anchor (`--trust-anchor-out`).
 
-
 use crate::common::*;
 use pillion_agent::ca::CaSpec;
 use pillion_agent::{Agent, SourceSpec};

@@ -1,6 +1,5 @@
 //! `POST /v1/certificates` over real HTTPS on loopback.
 
-
 use crate::common::*;
 use pillion_agent::{Agent, SourceSpec};
 use pillion_api::certs::{CertificateResponse, ErrorBody};

@@ -3,7 +3,6 @@
 //! API server error; the cache; and `/v1/certificates` in Kubernetes mode issuing for
 //! exactly the reviewed ServiceAccount.
 
-
 use crate::kubernetes_fake::*;
 use pillion_agent::kubernetes::token_review::TokenReviewer;
 use pillion_agent::kubernetes::{ClientSpec, KubernetesSpec};

@@ -4,14 +4,13 @@
 //! annotations from the watch, the trust anchors ConfigMap, probes, and a watch event
 //! reaching the served view.
 
-
-use base64::Engine;
 use crate::common::Client;
+use crate::kubernetes_fake::*;
+use base64::Engine;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
-use crate::kubernetes_fake::*;
 use pillion_agent::kubernetes::{ClientSpec, KubernetesSpec};
 use pillion_agent::{Agent, AgentConfig, RunningAgent, SourceSpec};
 use pillion_inject::admission::AdmissionReview;

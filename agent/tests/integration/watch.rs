@@ -1,7 +1,6 @@
 //! `GET /v1/watch` and the reloader: the current view at once, a new one within a
 //! second of a change, a broken file logged and ignored, a fixed one served.
 
-
 use crate::common::*;
 use pillion_agent::{Agent, SourceSpec};
 use pillion_api::view::Mode;

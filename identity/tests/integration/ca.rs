@@ -1,6 +1,5 @@
 //! The CA: the shape of issued leaves, CSR checks, intermediates, files on disk.
 
-
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -192,7 +191,7 @@ fn refuses_weak_or_unsupported_keys() {
     let ca = Ca::generate("cluster.local").unwrap();
     let me = id("spiffe://cluster.local/ns/demo/sa/client");
     let rsa = KeyPair::from_pem_and_sign_algo(
-        include_str!("fixtures/rsa2048-test-only-key.pem"),
+        include_str!("../fixtures/rsa2048-test-only-key.pem"),
         &rcgen::PKCS_RSA_SHA256,
     )
     .unwrap();

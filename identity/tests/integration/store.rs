@@ -1,6 +1,5 @@
 //! The certificate store and the proxy's CSRs, without handshakes.
 
-
 use std::time::{Duration, SystemTime};
 
 use pillion_identity::store::{CertStore, StoreError};

@@ -4,16 +4,15 @@
 //! Test hosts live behind a veth link (198.18.0.0/24, 2001:2::/64) that nobody answers on,
 //! and behind a veth pair into a second namespace the test makes for inbound traffic.
 
-
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{init_ok, run, sh};
 use pillion_api::defaults;
 use socket2::SockRef;
-use crate::support::{init_ok, run, sh};
 
 /// How long a connection that should not be redirected is given to (wrongly) arrive.
 const NOT_REDIRECTED_WAIT: Duration = Duration::from_millis(400);

@@ -1,10 +1,11 @@
 //! The real `pillion-init` binary against real iptables (nft and legacy), each test in
 //! a fresh network namespace of its own (see `support`).
 
-
 use std::process::Command;
 
-use crate::support::{count_lines, dry_run_parts, dump, dump_nat, init, init_ok, pillion_rules, run, sh};
+use crate::support::{
+    count_lines, dry_run_parts, dump, dump_nat, init, init_ok, pillion_rules, run, sh,
+};
 
 /// Flags that exercise every kind of rule.
 const FULL_FLAGS: &[&str] = &[

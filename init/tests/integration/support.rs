@@ -8,7 +8,6 @@
 //! only ever changed in a namespace the test made itself. Inside, `/run` is a private
 //! tmpfs, so even the xtables lock is the namespace's own.
 
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::process::Command;
@@ -38,7 +37,10 @@ macro_rules! netns_test {
         $(#[doc = $doc])*
         #[test]
         fn $name() {
-            crate::support::run_inside(concat!(stringify!($name), "::inner"));
+            $crate::support::run_inside(&$crate::support::test_path(
+                module_path!(),
+                concat!(stringify!($name), "::inner"),
+            ));
         }
 
         mod $name {
@@ -48,7 +50,7 @@ macro_rules! netns_test {
             #[test]
             #[ignore = "runs only inside the fresh network namespace its outer test makes"]
             fn inner() {
-                if !crate::support::entered() {
+                if !$crate::support::entered() {
                     return;
                 }
                 $body
@@ -61,6 +63,15 @@ fn own_netns() -> OsString {
     std::fs::read_link("/proc/self/ns/net")
         .expect("read /proc/self/ns/net")
         .into_os_string()
+}
+
+/// The harness's name of test `name` in module `module` (`module_path!()`, whose
+/// first segment is the crate, which test names leave out).
+pub fn test_path(module: &str, name: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{name}"),
+        None => name.to_string(),
+    }
 }
 
 /// Spawns the inner test `name` of this binary in a fresh namespace and fails with its

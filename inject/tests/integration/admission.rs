@@ -2,7 +2,6 @@
 //! request, apply the returned JSON Patch to the original pod as the API server would,
 //! and check the result as a typed `k8s_openapi` Pod.
 
-
 use std::collections::BTreeMap;
 
 use base64::Engine;

@@ -1,7 +1,6 @@
 //! Offline injection (`pillion-inject -f`): workloads in multi-document YAML get the
 //! sidecar in their pod templates; everything else comes back byte for byte.
 
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 

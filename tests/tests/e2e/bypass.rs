@@ -1,7 +1,6 @@
 //! Traffic that must not go through the proxy: skipped outbound ports and CIDRs,
 //! skipped inbound ports, the proxy's own connections and anything its uid sends.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

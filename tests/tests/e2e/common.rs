@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pillion_tests::{Process, SidecarOpts};
 pub use pillion_testkit::wait::{eventually_blocking as eventually, within};
+use pillion_tests::{Process, SidecarOpts};
 
 /// The multicall binary (`pillion-testbin init|proxy …`) that pods run.
 pub fn testbin() -> PathBuf {

@@ -1,7 +1,6 @@
 //! SIGTERM: the proxy stops accepting at once, lets open connections finish their
 //! transfer, then exits 0.
 
-
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::mpsc;

@@ -1,7 +1,6 @@
 //! Bad flags: both programs say clearly what is wrong and exit non-zero, touching
 //! nothing.
 
-
 use std::time::Duration;
 
 use pillion_tests::{Cmd, World};

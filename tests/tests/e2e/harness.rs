@@ -1,7 +1,6 @@
 //! Self-tests of the test world: pods reach each other, the root namespace is never
 //! touched, and nothing outlives a world.
 
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;

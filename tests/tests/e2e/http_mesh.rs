@@ -5,7 +5,6 @@
 //! a route change under load, WebSocket, 1 MiB bodies, keep-alive reuse, and the
 //! proxy's 400/431 answers.
 
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,6 @@
 //! rules, and `--cleanup` gives back exactly the tables that were there before, for
 //! both address families and both iptables backends.
 
-
 use std::time::Duration;
 
 use pillion_tests::{rules, Cmd, Pod, World};

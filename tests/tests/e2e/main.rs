@@ -1,8 +1,8 @@
 //! The end-to-end tests: pods as real network namespaces in a private world, real iptables, the real agent, init and proxy, real TLS and HTTP clients; one test binary (`common` holds what several modules use).
 #![allow(clippy::unwrap_used)] // Tests: a panic with its reason is the report.
 
-mod common;
 mod bypass;
+mod common;
 mod demo;
 mod drain;
 mod flags;

@@ -2,7 +2,6 @@
 //! breaks: the proxies keep serving on their cached certificate and view, follow
 //! the agent again once it returns, and never take a broken file.
 
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,6 @@
 //! mesh connection crosses several renewals unbroken, while new connections see
 //! new server certificates.
 
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,6 @@
 //! identities in the metrics, strict and permissive ports, the agent refusing a
 //! CSR for another identity, and the cost of it all (handshake time, throughput).
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,6 @@
 //! HTTP request a CLIENT span from the client's proxy and a SERVER span from the
 //! server's proxy, under the client app's own trace id.
 
-
 use std::time::Duration;
 
 use pillion_tests::demo::{self, DemoOpts};

@@ -119,7 +119,10 @@ fn exports_over(protocol: OtlpProtocol) {
     assert!(receiver.collected().requests(want) >= 1);
     let metrics = telemetry.metrics().clone();
     assert!(
-        pillion_testkit::wait::eventually_blocking(Duration::from_secs(5), || metrics.spans_exported.get() == 2),
+        pillion_testkit::wait::eventually_blocking(Duration::from_secs(5), || metrics
+            .spans_exported
+            .get()
+            == 2),
         "exported counter: {}",
         metrics.spans_exported.get()
     );

@@ -3,7 +3,6 @@
 //! an in-process agent and the test OTLP collector in a third pod. Real proxies, real
 //! mesh TLS, real HTTP, real OTLP protobuf.
 
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

@@ -2,7 +2,6 @@
 //! counters and throughput against a direct connection; half-close; 1,000 concurrent
 //! connections.
 
-
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -128,7 +127,9 @@ fn half_close_reply_after_eof() {
                 .await
             })
             .unwrap()
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", crate::common::dump(&[sa.proxy(), sb.proxy()])));
+            .unwrap_or_else(|e| {
+                panic!("{e:#}\n{}", crate::common::dump(&[sa.proxy(), sb.proxy()]))
+            });
         assert_eq!(
             apps::decode_reply(&reply),
             Some((data.len() as u64, apps::checksum(&data))),

@@ -8,9 +8,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 use pillion_proxy::Settings;
@@ -18,39 +16,10 @@ use serde_json::json;
 
 const CONNECTIONS: usize = 64;
 
-/// Runs `CONNECTIONS` workers, each on its own keep-alive connection, for `secs`;
-/// returns (requests per second, errors).
+/// `CONNECTIONS` workers, each on its own keep-alive connection, for `secs`;
+/// (requests per second, errors).
 async fn run(addr: SocketAddr, secs: f64) -> (f64, u64) {
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let (done, errors, stop) = (Arc::clone(&done), Arc::clone(&errors), Arc::clone(&stop));
-        workers.push(tokio::spawn(async move {
-            let client = h1_client();
-            while !stop.load(Ordering::Relaxed) {
-                match client.request(get(addr, "/")).await {
-                    Ok(resp) if resp.status() == 200 => {
-                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    let count = done.load(Ordering::Relaxed);
-    for w in workers {
-        let _ = w.await;
-    }
-    (count as f64 / elapsed, errors.load(Ordering::Relaxed))
+    pillion_testkit::http::rate(addr, "/", CONNECTIONS, Duration::from_secs_f64(secs)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
