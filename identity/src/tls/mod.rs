@@ -6,6 +6,7 @@ mod mesh;
 mod resolve;
 mod resumption;
 mod server_name;
+mod verify;
 mod verify_client;
 mod verify_server;
 

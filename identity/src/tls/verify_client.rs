@@ -3,15 +3,14 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::DistinguishedName;
 use tracing::warn;
 
 use super::error::PeerRejected;
-use crate::cert_info;
+use super::verify::{peer_id, provider_signatures};
 use crate::store::CertStore;
 
 /// Reads the store's bundle on every handshake and delegates path validation to
@@ -58,8 +57,7 @@ impl ClientCertVerifier for MeshClientVerifier {
             .inspect_err(
                 |e| warn!(error = %e, "client certificate does not chain to the trust bundle"),
             )?;
-        let found = cert_info::id_of_der(end_entity)
-            .map_err(|e| PeerRejected::NoIdentity(e).into_rustls())?;
+        let found = peer_id(end_entity)?;
         let trust_domain = self.store.local_id().trust_domain();
         if found.trust_domain() != trust_domain {
             warn!(found = %found, trust_domain, "client is outside our trust domain");
@@ -72,25 +70,5 @@ impl ClientCertVerifier for MeshClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    provider_signatures!();
 }

@@ -3,17 +3,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
 use tracing::warn;
 
 use super::error::PeerRejected;
 use super::server_name::id_from_server_name;
-use crate::cert_info;
+use super::verify::{peer_id, provider_signatures};
 use crate::spiffe::SpiffeId;
 use crate::store::CertStore;
 
@@ -87,8 +87,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(&parsed, &roots, intermediates, now, self.algs.all)
             .inspect_err(|e| warn!(expected = %expected, error = %e, "server certificate does not chain to the trust bundle"))?;
-        let found = cert_info::id_of_der(end_entity)
-            .map_err(|e| PeerRejected::NoIdentity(e).into_rustls())?;
+        let found = peer_id(end_entity)?;
         if found != expected {
             warn!(expected = %expected, found = %found, "server presented another identity");
             return Err(PeerRejected::WrongIdentity { expected, found }.into_rustls());
@@ -96,25 +95,5 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    provider_signatures!();
 }
