@@ -36,11 +36,17 @@ fn client_id() -> SpiffeId {
     id("spiffe://cluster.local/ns/demo/sa/client")
 }
 
+/// A store holding no leaf yet that trusts `ca`'s bundle.
+fn trusting(ca: &Ca, me: &SpiffeId) -> Arc<CertStore> {
+    let store = Arc::new(CertStore::new(me.clone()));
+    store.set_trust_bundle(&ca.trust_bundle_pem()).unwrap();
+    store
+}
+
 /// A proxy's store, filled the way a proxy does it: own key, CSR, signed chain.
 fn store_from(ca: &Ca, me: &SpiffeId) -> Arc<CertStore> {
-    let store = Arc::new(CertStore::new(me.clone()));
+    let store = trusting(ca, me);
     renew(&store, ca);
-    store.set_trust_bundle(&ca.trust_bundle_pem()).unwrap();
     store
 }
 
@@ -123,6 +129,27 @@ async fn ping(tls: &mut client::TlsStream<TcpStream>) -> io::Result<()> {
     Ok(())
 }
 
+/// Dials and pings once: the error of whichever step failed. A server refusing the
+/// client's certificate may let the client finish its TLS 1.3 handshake first.
+async fn dial_and_ping(
+    config: Arc<ClientConfig>,
+    addr: SocketAddr,
+    name: ServerName<'static>,
+) -> io::Result<()> {
+    let mut tls = dial(config, addr, name).await?;
+    ping(&mut tls).await
+}
+
+/// A mesh server from `server_store` refusing a mesh client from `client_store`: the
+/// client must be cut off; what the server saw of the refused handshake.
+async fn refused_client(server_store: Arc<CertStore>, client_store: Arc<CertStore>) -> io::Error {
+    let mut server = Server::start(server_config(server_store).unwrap()).await;
+    let name = server_name_for(&server_id()).unwrap();
+    let outcome = dial_and_ping(client_config(client_store).unwrap(), server.addr, name).await;
+    assert!(outcome.is_err(), "the client must be cut off");
+    server.next().await.unwrap_err()
+}
+
 fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref()?.downcast_ref::<rustls::Error>()
 }
@@ -168,20 +195,10 @@ async fn client_cert_from_another_ca_is_refused() {
     let rogue = Ca::generate("cluster.local").unwrap();
     let server_store = store_from(&ca, &server_id());
     // The client trusts the real CA but holds a leaf from another one.
-    let client_store = Arc::new(CertStore::new(client_id()));
+    let client_store = trusting(&ca, &client_id());
     renew(&client_store, &rogue);
-    client_store
-        .set_trust_bundle(&ca.trust_bundle_pem())
-        .unwrap();
 
-    let mut server = Server::start(server_config(server_store).unwrap()).await;
-    let name = server_name_for(&server_id()).unwrap();
-    let outcome = match dial(client_config(client_store).unwrap(), server.addr, name).await {
-        Ok(mut tls) => ping(&mut tls).await,
-        Err(e) => Err(e),
-    };
-    assert!(outcome.is_err(), "the client must be cut off");
-    let err = server.next().await.unwrap_err();
+    let err = refused_client(server_store, client_store).await;
     assert!(
         matches!(
             rustls_error(&err),
@@ -197,7 +214,7 @@ async fn client_cert_from_another_ca_is_refused() {
 async fn expired_client_cert_is_refused() {
     let ca = Ca::generate("cluster.local").unwrap();
     let server_store = store_from(&ca, &server_id());
-    let client_store = Arc::new(CertStore::new(client_id()));
+    let client_store = trusting(&ca, &client_id());
     let now = SystemTime::now();
     let expired = Validity {
         not_before: now - 2 * HOUR,
@@ -207,18 +224,8 @@ async fn expired_client_cert_is_refused() {
     client_store
         .set_leaf_pem(&issued.chain_pem, &key_pem)
         .unwrap();
-    client_store
-        .set_trust_bundle(&ca.trust_bundle_pem())
-        .unwrap();
 
-    let mut server = Server::start(server_config(server_store).unwrap()).await;
-    let name = server_name_for(&server_id()).unwrap();
-    let outcome = match dial(client_config(client_store).unwrap(), server.addr, name).await {
-        Ok(mut tls) => ping(&mut tls).await,
-        Err(e) => Err(e),
-    };
-    assert!(outcome.is_err());
-    let err = server.next().await.unwrap_err();
+    let err = refused_client(server_store, client_store).await;
     assert!(
         matches!(
             rustls_error(&err),
@@ -234,18 +241,8 @@ async fn expired_client_cert_is_refused() {
 async fn client_without_certificate_is_refused() {
     let ca = Ca::generate("cluster.local").unwrap();
     let server_store = store_from(&ca, &server_id());
-    let client_store = Arc::new(CertStore::new(client_id()));
-    client_store
-        .set_trust_bundle(&ca.trust_bundle_pem())
-        .unwrap();
-    let mut server = Server::start(server_config(server_store).unwrap()).await;
-    let name = server_name_for(&server_id()).unwrap();
-    let outcome = match dial(client_config(client_store).unwrap(), server.addr, name).await {
-        Ok(mut tls) => ping(&mut tls).await,
-        Err(e) => Err(e),
-    };
-    assert!(outcome.is_err());
-    assert!(server.next().await.is_err());
+    let client_store = trusting(&ca, &client_id());
+    refused_client(server_store, client_store).await;
 }
 
 #[tokio::test]
@@ -343,10 +340,7 @@ async fn new_trust_bundle_applies_to_new_handshakes() {
     server_store
         .set_trust_bundle(&new_ca.trust_bundle_pem())
         .unwrap();
-    let outcome = match dial(client_cfg.clone(), server.addr, name.clone()).await {
-        Ok(mut tls) => ping(&mut tls).await,
-        Err(e) => Err(e),
-    };
+    let outcome = dial_and_ping(client_cfg.clone(), server.addr, name.clone()).await;
     assert!(outcome.is_err());
     assert!(server.next().await.is_err());
     ping(&mut open).await.unwrap();
@@ -422,14 +416,7 @@ async fn client_from_another_trust_domain_is_refused() {
     let foreign = id("spiffe://other.local/ns/demo/sa/client");
     let client_store = store_from(&ca, &foreign);
 
-    let mut server = Server::start(server_config(server_store).unwrap()).await;
-    let name = server_name_for(&server_id()).unwrap();
-    let outcome = match dial(client_config(client_store).unwrap(), server.addr, name).await {
-        Ok(mut tls) => ping(&mut tls).await,
-        Err(e) => Err(e),
-    };
-    assert!(outcome.is_err());
-    let err = server.next().await.unwrap_err();
+    let err = refused_client(server_store, client_store).await;
     assert!(matches!(
         peer_rejected(&err),
         Some(PeerRejected::ForeignTrustDomain { .. })
