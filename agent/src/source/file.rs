@@ -6,6 +6,7 @@ use super::locate::locate;
 use super::model::SourceFile;
 use super::validate::validate;
 use std::fmt;
+use std::io;
 use std::path::Path;
 
 /// Why a source was refused: where, and what is wrong.
@@ -33,18 +34,29 @@ impl SourceError {
     pub fn line(&self) -> Option<usize> {
         self.position.map(|(l, _)| l)
     }
+
+    /// A source file that cannot be read at all (missing, no permission), said the
+    /// same way at start and by the poller.
+    pub(crate) fn unreadable(name: &str, e: &io::Error) -> Self {
+        SourceError {
+            file: name.to_string(),
+            position: None,
+            reason: format!("cannot read the source file: {e}"),
+        }
+    }
 }
 
 /// Reads a source file from disk as UTF-8 text.
 pub fn read_source(path: &Path) -> Result<String, SourceError> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| SourceError {
-        file: name.clone(),
-        position: None,
-        reason: format!("cannot read the source file: {e}"),
-    })?;
+    source_text(&path.display().to_string(), std::fs::read(path))
+}
+
+/// The text of a source file from what reading it gave: the one check of a read at
+/// start ([`read_source`]) and of every re-read by the poller.
+pub(crate) fn source_text(name: &str, read: io::Result<Vec<u8>>) -> Result<String, SourceError> {
+    let bytes = read.map_err(|e| SourceError::unreadable(name, &e))?;
     String::from_utf8(bytes).map_err(|e| SourceError {
-        file: name,
+        file: name.to_string(),
         position: None,
         reason: format!("the source file is not UTF-8 text: {e}"),
     })
@@ -110,6 +122,26 @@ mod tests {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn unreadable_and_non_utf8_files_are_refused_without_a_position() {
+        let missing = read_source(Path::new("/nonexistent/pillion-agent.yaml")).unwrap_err();
+        assert_eq!(missing.file, "/nonexistent/pillion-agent.yaml");
+        assert_eq!(missing.position, None);
+        assert!(
+            missing.reason.starts_with("cannot read the source file: "),
+            "{missing}"
+        );
+        let binary = source_text("t.yaml", Ok(vec![b'a', 0xff])).unwrap_err();
+        assert_eq!(binary.position, None);
+        assert!(
+            binary
+                .reason
+                .starts_with("the source file is not UTF-8 text: "),
+            "{binary}"
+        );
+        assert_eq!(source_text("t.yaml", Ok(b"a: 1".to_vec())).unwrap(), "a: 1");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! better; a broken file is logged and the last good catalog keeps being served.
 
 use super::catalog::{Catalog, Snapshot};
-use super::file::{parse_source, SourceError};
+use super::file::{parse_source, source_text, SourceError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -77,50 +77,12 @@ impl Poller {
     /// One look at the file: re-read it if it may have changed, publish if it did.
     async fn poll_once(&mut self) {
         let name = self.path.display().to_string();
-        let meta = match tokio::fs::metadata(&self.path).await {
-            Ok(m) => m,
+        let text = match self.read_if_changed(&name).await {
+            Ok(Some(text)) => text,
+            Ok(None) => return,
             Err(e) => {
                 self.forget();
-                self.fail(SourceError {
-                    file: name,
-                    position: None,
-                    reason: format!("cannot read the source file: {e}"),
-                });
-                return;
-            }
-        };
-        let stamp = Stamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-        };
-        let recent = stamp
-            .modified
-            .and_then(|m| m.elapsed().ok())
-            .is_none_or(|age| age < RECENT);
-        self.ticks += 1;
-        if Some(stamp) == self.stamp && !recent && self.ticks < FORCE_READ_EVERY {
-            return;
-        }
-        self.ticks = 0;
-        self.stamp = Some(stamp);
-        let text = match tokio::fs::read(&self.path).await.map(String::from_utf8) {
-            Ok(Ok(text)) => text,
-            Ok(Err(e)) => {
-                self.forget();
-                self.fail(SourceError {
-                    file: name,
-                    position: None,
-                    reason: format!("the source file is not UTF-8 text: {e}"),
-                });
-                return;
-            }
-            Err(e) => {
-                self.forget();
-                self.fail(SourceError {
-                    file: name,
-                    position: None,
-                    reason: format!("cannot read the source file: {e}"),
-                });
+                self.fail(e);
                 return;
             }
         };
@@ -137,6 +99,29 @@ impl Poller {
             Ok(catalog) => self.publish(catalog),
             Err(e) => self.fail(e),
         }
+    }
+
+    /// The file's text if it may have changed since the last look (another size or
+    /// mtime, a recent write, or the periodic forced re-read); `None` skips this tick.
+    async fn read_if_changed(&mut self, name: &str) -> Result<Option<String>, SourceError> {
+        let meta = tokio::fs::metadata(&self.path)
+            .await
+            .map_err(|e| SourceError::unreadable(name, &e))?;
+        let stamp = Stamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        };
+        let recent = stamp
+            .modified
+            .and_then(|m| m.elapsed().ok())
+            .is_none_or(|age| age < RECENT);
+        self.ticks += 1;
+        if Some(stamp) == self.stamp && !recent && self.ticks < FORCE_READ_EVERY {
+            return Ok(None);
+        }
+        self.ticks = 0;
+        self.stamp = Some(stamp);
+        source_text(name, tokio::fs::read(&self.path).await).map(Some)
     }
 
     /// Publishes a good catalog as the next version, unless nothing effective changed.
