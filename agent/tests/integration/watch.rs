@@ -2,8 +2,9 @@
 //! second of a change, a broken file logged and ignored, a fixed one served.
 
 use crate::common::*;
-use pillion_agent::{Agent, SourceSpec};
+use pillion_agent::{Agent, RunningAgent, SourceSpec};
 use pillion_api::view::Mode;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
@@ -34,14 +35,21 @@ services:
     )
 }
 
-#[tokio::test]
-async fn streams_views_and_survives_broken_files() {
-    let dir = TempDir::new("watch");
+/// An agent serving `agent.yaml` in a fresh folder tagged `tag`, first written as
+/// `source(7000, "")`; the test rewrites the file at the path, in the folder kept alive.
+async fn agent_on_file(tag: &str) -> (TempDir, PathBuf, RunningAgent) {
+    let dir = TempDir::new(tag);
     let path = dir.join("agent.yaml");
     write_file(&path, &source(7000, ""));
     let agent = Agent::start(loopback_config(SourceSpec::File(path.clone())))
         .await
         .unwrap();
+    (dir, path, agent)
+}
+
+#[tokio::test]
+async fn streams_views_and_survives_broken_files() {
+    let (_dir, path, agent) = agent_on_file("watch").await;
     let mut client = connect(&agent).await;
     let mut views = client.watch(CLIENT_TOKEN).await;
 
@@ -123,12 +131,7 @@ async fn streams_views_and_survives_broken_files() {
 
 #[tokio::test]
 async fn views_are_per_workload_and_only_sent_when_they_change() {
-    let dir = TempDir::new("perworkload");
-    let path = dir.join("agent.yaml");
-    write_file(&path, &source(7000, ""));
-    let agent = Agent::start(loopback_config(SourceSpec::File(path.clone())))
-        .await
-        .unwrap();
+    let (_dir, path, agent) = agent_on_file("perworkload").await;
     let mut client = connect(&agent).await;
     let mut server_views = client.watch(SERVER_TOKEN).await;
     let mut client_views = client.watch(CLIENT_TOKEN).await;
