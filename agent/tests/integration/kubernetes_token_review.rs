@@ -3,6 +3,7 @@
 //! API server error; the cache; and `/v1/certificates` in Kubernetes mode issuing for
 //! exactly the reviewed ServiceAccount.
 
+use crate::common::Client;
 use crate::kubernetes_fake::*;
 use pillion_agent::kubernetes::token_review::TokenReviewer;
 use pillion_agent::kubernetes::{ClientSpec, KubernetesSpec};
@@ -103,14 +104,7 @@ async fn certificates_are_issued_for_exactly_the_reviewed_service_account() {
 
     let web: pillion_identity::SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
     let (_key, csr) = pillion_identity::csr::generate(&web).unwrap();
-    let (status, body) = client
-        .json(
-            "POST",
-            "/v1/certificates",
-            Some("web-token"),
-            &json!({"csr_pem": csr}),
-        )
-        .await;
+    let (status, body) = ask_for_certificate(&mut client, "web-token", &csr).await;
     assert_eq!(status, 200, "{body}");
     let leaf = body["chain_pem"].as_str().unwrap();
     assert_eq!(uri_sans(leaf), [web.as_str()]);
@@ -119,14 +113,7 @@ async fn certificates_are_issued_for_exactly_the_reviewed_service_account() {
     let echo: pillion_identity::SpiffeId =
         "spiffe://cluster.local/ns/shop/sa/echo".parse().unwrap();
     let (_key, csr) = pillion_identity::csr::generate(&echo).unwrap();
-    let (status, body) = client
-        .json(
-            "POST",
-            "/v1/certificates",
-            Some("web-token"),
-            &json!({"csr_pem": csr}),
-        )
-        .await;
+    let (status, body) = ask_for_certificate(&mut client, "web-token", &csr).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"], "identity_mismatch");
 
@@ -135,14 +122,7 @@ async fn certificates_are_issued_for_exactly_the_reviewed_service_account() {
         ("other-audience-token", "audience"),
         ("boom-token", "TokenReview failed"),
     ] {
-        let (status, body) = client
-            .json(
-                "POST",
-                "/v1/certificates",
-                Some(token),
-                &json!({"csr_pem": csr}),
-            )
-            .await;
+        let (status, body) = ask_for_certificate(&mut client, token, &csr).await;
         assert_eq!(status, 401, "{token}: {body}");
         assert_eq!(body["error"], "unauthenticated");
         assert!(
@@ -151,6 +131,22 @@ async fn certificates_are_issued_for_exactly_the_reviewed_service_account() {
         );
     }
     agent.shutdown().await;
+}
+
+/// `POST /v1/certificates` of `csr_pem` under `token`: the status and the JSON answer.
+async fn ask_for_certificate(
+    client: &mut Client,
+    token: &str,
+    csr_pem: &str,
+) -> (http::StatusCode, serde_json::Value) {
+    client
+        .json(
+            "POST",
+            "/v1/certificates",
+            Some(token),
+            &json!({"csr_pem": csr_pem}),
+        )
+        .await
 }
 
 /// The URI SANs of the first certificate of a PEM chain.
