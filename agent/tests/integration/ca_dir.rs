@@ -28,13 +28,7 @@ async fn generates_once_with_a_private_key_then_reloads_the_same_root() {
     // The written anchor is all a client needs to verify the agent.
     let written = std::fs::read_to_string(&anchor).unwrap();
     let mut client = connect_to(agent.local_addr(), &written, agent.agent_identity(), false).await;
-    assert_eq!(
-        client
-            .send("GET", "/healthz", None, Vec::new())
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(client.get_status("/healthz").await, 200);
     agent.shutdown().await;
 
     // A second start loads the same CA.

@@ -199,31 +199,13 @@ async fn caps_the_body_at_64_kib() {
 async fn healthz_routing_and_http1() {
     let agent = start_default().await;
     let mut client = connect(&agent).await;
-    assert_eq!(
-        client
-            .send("GET", "/healthz", None, Vec::new())
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        client.send("GET", "/nope", None, Vec::new()).await.status(),
-        404
-    );
-    assert_eq!(
-        client
-            .send("GET", "/v1/certificates", None, Vec::new())
-            .await
-            .status(),
-        405
-    );
+    assert_eq!(client.get_status("/healthz").await, 200);
+    assert_eq!(client.get_status("/nope").await, 404);
+    assert_eq!(client.get_status("/v1/certificates").await, 405);
 
     // curl-style HTTP/1.1 works too.
     let mut h1 = connect_h1(&agent).await;
-    assert_eq!(
-        h1.send("GET", "/healthz", None, Vec::new()).await.status(),
-        200
-    );
+    assert_eq!(h1.get_status("/healthz").await, 200);
     let (status, _) = h1
         .json(
             "POST",

@@ -163,6 +163,11 @@ impl Client {
         }
     }
 
+    /// The status of a `GET` without a token: routing and health checks.
+    pub async fn get_status(&mut self, path: &str) -> StatusCode {
+        self.send("GET", path, None, Vec::new()).await.status()
+    }
+
     /// Sends a JSON request and reads the whole answer.
     pub async fn json(
         &mut self,
