@@ -196,21 +196,15 @@ fn ensure_net_admin() -> Result<(), InitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pillion_api::defaults;
 
     fn plan() -> Plan {
         Plan {
-            outbound_port: defaults::OUTBOUND_PORT,
-            inbound_port: defaults::INBOUND_PORT,
-            proxy_uid: defaults::PROXY_UID,
-            proxy_gid: None,
-            skip_inbound_ports: defaults::SKIP_INBOUND_PORTS.to_vec(),
             skip_outbound_ports: vec![5432],
             skip_outbound_cidrs: vec![
                 "198.18.0.0/15".parse().unwrap(),
                 "2001:2::/48".parse().unwrap(),
             ],
-            families: vec![Family::V4, Family::V6],
+            ..Plan::defaults()
         }
     }
 

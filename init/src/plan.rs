@@ -74,6 +74,25 @@ impl Plan {
     }
 }
 
+#[cfg(test)]
+impl Plan {
+    /// The plan of a run without flags (ports, uid and skipped inbound ports from
+    /// `pillion_api::defaults`, both families): what the unit tests start from.
+    pub(crate) fn defaults() -> Plan {
+        use pillion_api::defaults;
+        Plan {
+            outbound_port: defaults::OUTBOUND_PORT,
+            inbound_port: defaults::INBOUND_PORT,
+            proxy_uid: defaults::PROXY_UID,
+            proxy_gid: None,
+            skip_inbound_ports: defaults::SKIP_INBOUND_PORTS.to_vec(),
+            skip_outbound_ports: Vec::new(),
+            skip_outbound_cidrs: Vec::new(),
+            families: vec![Family::V4, Family::V6],
+        }
+    }
+}
+
 /// Whether this run installs the rules or removes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

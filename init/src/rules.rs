@@ -113,20 +113,6 @@ fn redirect(port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pillion_api::defaults;
-
-    fn plan() -> Plan {
-        Plan {
-            outbound_port: defaults::OUTBOUND_PORT,
-            inbound_port: defaults::INBOUND_PORT,
-            proxy_uid: defaults::PROXY_UID,
-            proxy_gid: None,
-            skip_inbound_ports: defaults::SKIP_INBOUND_PORTS.to_vec(),
-            skip_outbound_ports: Vec::new(),
-            skip_outbound_cidrs: Vec::new(),
-            families: vec![Family::V4, Family::V6],
-        }
-    }
 
     fn rules_of(slice: &NatSlice, name: &str) -> Vec<String> {
         slice
@@ -137,7 +123,7 @@ mod tests {
 
     #[test]
     fn default_plan_redirects_both_directions() {
-        let slice = desired(&plan(), Family::V4);
+        let slice = desired(&Plan::defaults(), Family::V4);
         assert_eq!(
             rules_of(&slice, INBOUND_CHAIN),
             [
@@ -177,7 +163,7 @@ mod tests {
 
     #[test]
     fn every_skip_is_rendered_in_order_before_the_redirect() {
-        let mut plan = plan();
+        let mut plan = Plan::defaults();
         plan.proxy_gid = Some(2581);
         plan.skip_inbound_ports = vec![15020, 22];
         plan.skip_outbound_ports = vec![5432, 443];
@@ -212,7 +198,7 @@ mod tests {
 
     #[test]
     fn cidrs_go_to_their_own_family_only() {
-        let mut plan = plan();
+        let mut plan = Plan::defaults();
         plan.skip_outbound_cidrs = vec![
             "10.0.0.0/8".parse().unwrap(),
             "2001:2::/48".parse().unwrap(),
@@ -227,13 +213,13 @@ mod tests {
 
     #[test]
     fn families_differ_only_in_cidrs() {
-        let plan = plan();
+        let plan = Plan::defaults();
         assert_eq!(desired(&plan, Family::V4), desired(&plan, Family::V6));
     }
 
     #[test]
     fn rules_never_name_a_foreign_chain_as_ours() {
-        let slice = desired(&plan(), Family::V4);
+        let slice = desired(&Plan::defaults(), Family::V4);
         assert!(slice.chains.iter().all(|c| is_owned_chain(&c.name)));
         assert!(slice.jumps.iter().all(|j| !is_owned_chain(&j.chain)));
         assert_eq!(slice.chains.len(), OWNED_CHAINS.len());

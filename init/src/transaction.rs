@@ -83,18 +83,11 @@ mod tests {
     use crate::plan::{Family, Plan};
     use crate::rules::desired;
     use crate::state::parse_save;
-    use pillion_api::defaults;
 
     fn wanted() -> NatSlice {
         let plan = Plan {
-            outbound_port: defaults::OUTBOUND_PORT,
-            inbound_port: defaults::INBOUND_PORT,
-            proxy_uid: defaults::PROXY_UID,
-            proxy_gid: None,
-            skip_inbound_ports: defaults::SKIP_INBOUND_PORTS.to_vec(),
-            skip_outbound_ports: Vec::new(),
-            skip_outbound_cidrs: Vec::new(),
             families: vec![Family::V4],
+            ..Plan::defaults()
         };
         desired(&plan, Family::V4)
     }
