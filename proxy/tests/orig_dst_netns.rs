@@ -239,30 +239,11 @@ async fn inner_redirected_traffic_flows_through_the_proxy() {
         .map(|s| s.success())
         .unwrap_or(false);
     let redirect = |tool: &str, host: &str, port: u16, to: &str| {
-        run(
-            tool,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "tcp",
-                "-d",
-                host,
-                "--dport",
-                &port.to_string(),
-                "-m",
-                "owner",
-                "!",
-                "--uid-owner",
-                &uid,
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                to,
-            ],
+        let rule = format!(
+            "-t nat -A OUTPUT -p tcp -d {host} --dport {port} \
+             -m owner ! --uid-owner {uid} -j REDIRECT --to-ports {to}"
         );
+        run(tool, &rule.split_whitespace().collect::<Vec<_>>());
     };
     redirect("iptables", V4_HOST, ECHO_PORT, &outbound_port);
     redirect("iptables", V4_HOST, APP_PORT, &inbound_port);

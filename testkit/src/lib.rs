@@ -2,8 +2,8 @@
 #![warn(missing_docs)]
 //! What Pillion's tests share, written once: a test CA that hands out certificate
 //! stores ([`pki`]), HTTP test applications, clients and load loops ([`http`]), TCP
-//! echo and friends ([`tcp`]), loopback addresses ([`net`]) and bounded waiting
-//! ([`wait`]). It depends on nothing of the proxy or the agent, so their own tests
+//! echo and friends ([`tcp`]), an OTLP collector speaking both wire formats
+//! ([`otlp`]), loopback addresses ([`net`]) and bounded waiting ([`wait`]). It depends on nothing of the proxy or the agent, so their own tests
 //! (`proxy/tests`, in-crate tests), the end-to-end tests and the benchmark can all
 //! use it.
 //!
@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod net;
+pub mod otlp;
 pub mod pki;
 pub mod tcp;
 pub mod wait;

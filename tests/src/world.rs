@@ -268,11 +268,12 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let path = {
-        let _alive = shared.alive()?;
-        shared.node_netns_path()
-    };
-    netns::run_in(path, format!("{}-node", shared.prefix), f)
+    run_at(
+        shared,
+        WorldShared::node_netns_path,
+        format!("{}-node", shared.prefix),
+        f,
+    )
 }
 
 /// Starts async code in the background inside pod namespace `netns`.
@@ -293,11 +294,27 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
+    run_at(shared, |s| s.netns_path(netns), netns.to_string(), f)
+}
+
+/// Runs async code to completion in the namespace `path` picks, named `name`, while
+/// the world is alive.
+fn run_at<F, Fut, T>(
+    shared: &WorldShared,
+    path: impl FnOnce(&WorldShared) -> PathBuf,
+    name: String,
+    f: F,
+) -> Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
     let path = {
         let _alive = shared.alive()?;
-        shared.netns_path(netns)
+        path(shared)
     };
-    netns::run_in(path, netns.to_string(), f)
+    netns::run_in(path, name, f)
 }
 
 /// The node-side commands that create one pod. Only validated names and numbers go in.

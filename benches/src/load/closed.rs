@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
-use super::{connect_h1, connect_many, get, sum_workers, Throughput, REQUEST_TIMEOUT};
+use super::{connect_many, sum_workers, Reconnecting, Sent, Throughput};
 
 /// Runs `conns` connections against `addr` for `duration`; connections are opened
 /// before the clock starts, and a failed one is re-opened (counting an error).
@@ -32,24 +32,14 @@ async fn worker(
     deadline: Instant,
 ) -> (u64, u64) {
     let (mut ok, mut errors) = (0, 0);
-    let mut sender = Some(sender);
+    let mut conn = Reconnecting::new(addr, sender);
     while Instant::now() < deadline {
-        let s = match sender.as_mut() {
-            Some(s) => s,
-            None => match timeout(REQUEST_TIMEOUT, connect_h1(addr)).await {
-                Ok(Ok(s)) => sender.insert(s),
-                _ => {
-                    errors += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        match timeout(REQUEST_TIMEOUT, get(s, &host)).await {
-            Ok(Ok(())) => ok += 1,
-            _ => {
+        match conn.get(&host).await {
+            Sent::Answered => ok += 1,
+            Sent::Failed => errors += 1,
+            Sent::NoConnection => {
                 errors += 1;
-                sender = None;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }

@@ -65,3 +65,51 @@ pub async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str) -> Result<(
     }
     Ok(())
 }
+
+/// How one request of a [`Reconnecting`] connection went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// 200 and the whole body.
+    Answered,
+    /// It failed or timed out; the connection is dropped and re-opened next time.
+    Failed,
+    /// No connection could be opened for it.
+    NoConnection,
+}
+
+/// A load worker's keep-alive connection: kept while it works, re-opened (within the
+/// request timeout) after a failure.
+pub struct Reconnecting {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Empty<Bytes>>>,
+}
+
+impl Reconnecting {
+    /// Starts from an open connection.
+    pub fn new(addr: SocketAddr, sender: SendRequest<Empty<Bytes>>) -> Reconnecting {
+        Reconnecting {
+            addr,
+            sender: Some(sender),
+        }
+    }
+
+    /// Sends one `GET /` within the request timeout, re-opening the connection first
+    /// if the last request failed.
+    pub async fn get(&mut self, host: &str) -> Sent {
+        use tokio::time::timeout;
+        let sender = match self.sender.as_mut() {
+            Some(s) => s,
+            None => match timeout(super::REQUEST_TIMEOUT, connect_h1(self.addr)).await {
+                Ok(Ok(s)) => self.sender.insert(s),
+                _ => return Sent::NoConnection,
+            },
+        };
+        match timeout(super::REQUEST_TIMEOUT, get(sender, host)).await {
+            Ok(Ok(())) => Sent::Answered,
+            _ => {
+                self.sender = None;
+                Sent::Failed
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use http1::{connect_h1, connect_many, get};
+pub use http1::{connect_h1, connect_many, get, Reconnecting, Sent};
 
 /// Bound of a single request or connection attempt; a stuck proxy shows up as errors,
 /// never as a hung benchmark.

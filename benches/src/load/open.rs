@@ -12,9 +12,8 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio::time::timeout;
 
-use super::{connect_h1, connect_many, get, REQUEST_TIMEOUT};
+use super::{connect_many, Reconnecting, Sent};
 
 /// Time between opening the connections and the first intended send.
 const LEAD_IN: Duration = Duration::from_millis(50);
@@ -130,31 +129,17 @@ async fn worker(
 ) -> (Histogram<u64>, u64) {
     let mut hist = new_histogram().expect("static histogram bounds are valid");
     let mut errors = 0;
-    let mut sender = Some(sender);
+    let mut conn = Reconnecting::new(addr, sender);
     while let Some(intended) = queue.recv().await {
         if Instant::now() > give_up {
             errors += 1;
             continue;
         }
-        let s = match sender.as_mut() {
-            Some(s) => s,
-            None => match timeout(REQUEST_TIMEOUT, connect_h1(addr)).await {
-                Ok(Ok(s)) => sender.insert(s),
-                _ => {
-                    errors += 1;
-                    continue;
-                }
-            },
-        };
-        match timeout(REQUEST_TIMEOUT, get(s, &host)).await {
-            Ok(Ok(())) => {
-                let us = intended.elapsed().as_micros().min(u128::from(MAX_US)) as u64;
-                hist.saturating_record(us.max(1));
-            }
-            _ => {
-                errors += 1;
-                sender = None;
-            }
+        if conn.get(&host).await == Sent::Answered {
+            let us = intended.elapsed().as_micros().min(u128::from(MAX_US)) as u64;
+            hist.saturating_record(us.max(1));
+        } else {
+            errors += 1;
         }
     }
     (hist, errors)

@@ -259,39 +259,35 @@ impl Proxy {
     /// `POST /shutdown`), then closes the listeners, waits up to the drain
     /// timeout for open connections and force-closes the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> DrainReport {
-        let Proxy {
-            config,
-            outbound,
-            inbound,
-            outbound_addrs,
-            inbound_addrs,
-            admin,
-            registry,
-            tcp,
-            mesh_metrics,
-            readiness,
-            not_draining,
-            drain,
-            orig_dst,
-            mesh,
-            state_ready,
-            settings,
-            http_metrics,
-        } = self;
-        let dump = config_dump(&config, mesh.as_ref());
+        let serving = self.serve();
+        tokio::select! {
+            () = shutdown => tracing::info!("shutdown signal received; draining"),
+            () = serving.drain.started() => tracing::info!("shutdown requested; draining"),
+        }
+        serving.finish().await
+    }
+
+    /// Builds the inputs both stacks share and starts every task: the state
+    /// compiler (with a mesh), the accept loops and the admin server.
+    fn serve(self) -> Serving {
+        let config = self.config;
+        let dump = config_dump(&config, self.mesh.as_ref());
         let settings = Arc::new(Settings {
             connect_timeout: config.connect_timeout,
-            mesh_client: mesh.as_ref().map(|m| Arc::clone(m.tls.client_config())),
-            ..settings
+            mesh_client: self
+                .mesh
+                .as_ref()
+                .map(|m| Arc::clone(m.tls.client_config())),
+            ..self.settings
         });
         let store = Arc::new(Store::new());
-        let compiling = match (&mesh, state_ready) {
+        let compiling = match (&self.mesh, self.state_ready) {
             (Some(mesh), Some(ready)) => Some(tokio::spawn(state::follow(
                 mesh.views.clone(),
                 Arc::clone(&store),
                 Compiler {
                     settings: Arc::clone(&settings),
-                    metrics: http_metrics.clone(),
+                    metrics: self.http_metrics.clone(),
                     ready,
                 },
             ))),
@@ -300,17 +296,18 @@ impl Proxy {
         let inputs = Arc::new(Inputs {
             settings,
             state: store,
-            tls: mesh.map(|m| m.tls),
-            mesh_metrics,
-            http_metrics,
-            drain: drain.clone(),
+            tls: self.mesh.map(|m| m.tls),
+            mesh_metrics: self.mesh_metrics,
+            http_metrics: self.http_metrics,
+            drain: self.drain.clone(),
         });
         let loop_guard = LoopGuard::new(
-            outbound_addrs
+            self.outbound_addrs
                 .iter()
-                .chain(&inbound_addrs)
+                .chain(&self.inbound_addrs)
                 .map(SocketAddr::port),
         );
+        let tcp = self.tcp;
         let relay = |direction| {
             Relay::new(
                 loop_guard.clone(),
@@ -318,66 +315,80 @@ impl Proxy {
                 tcp.direction(direction),
             )
         };
-        let outbound_stack = Arc::new(Outbound::new(
+        let outbound = Arc::new(Outbound::new(
             relay(Direction::Outbound),
             Arc::clone(&inputs),
         ));
-        let inbound_stack = Arc::new(Inbound::new(relay(Direction::Inbound), inputs));
-
-        let mut accepting = Vec::new();
-        for listener in outbound {
-            let task = accept_loop(
-                listener,
-                Arc::clone(&outbound_stack),
-                &orig_dst,
-                &tcp,
-                &drain,
-            );
-            accepting.push(tokio::spawn(task));
-        }
-        for listener in inbound {
-            let task = accept_loop(
-                listener,
-                Arc::clone(&inbound_stack),
-                &orig_dst,
-                &tcp,
-                &drain,
-            );
-            accepting.push(tokio::spawn(task));
-        }
-
+        let inbound = Arc::new(Inbound::new(relay(Direction::Inbound), inputs));
+        let (orig_dst, drain) = (&self.orig_dst, &self.drain);
+        let mut accepting: Vec<_> = self
+            .outbound
+            .into_iter()
+            .map(|l| accept_loop(l, Arc::clone(&outbound), orig_dst, &tcp, drain))
+            .map(tokio::spawn)
+            .collect();
+        accepting.extend(
+            self.inbound
+                .into_iter()
+                .map(|l| accept_loop(l, Arc::clone(&inbound), orig_dst, &tcp, drain))
+                .map(tokio::spawn),
+        );
         let admin_stop = CancellationToken::new();
         let admin_state = AdminState {
-            readiness,
-            registry,
-            drain: drain.clone(),
+            readiness: self.readiness,
+            registry: self.registry,
+            drain: self.drain.clone(),
             config: dump,
         };
-        let admin_task =
-            tokio::spawn(admin.serve(admin_state, admin_stop.clone().cancelled_owned()));
+        let admin_task = tokio::spawn(
+            self.admin
+                .serve(admin_state, admin_stop.clone().cancelled_owned()),
+        );
         tracing::info!(
-            outbound = ?outbound_addrs,
-            inbound = ?inbound_addrs,
+            outbound = ?self.outbound_addrs,
+            inbound = ?self.inbound_addrs,
             "proxy serving"
         );
-
-        tokio::select! {
-            () = shutdown => tracing::info!("shutdown signal received; draining"),
-            () = drain.started() => tracing::info!("shutdown requested; draining"),
+        Serving {
+            drain_timeout: config.drain_timeout,
+            drain: self.drain,
+            not_draining: self.not_draining,
+            accepting,
+            admin_stop,
+            admin_task,
+            compiling,
         }
-        not_draining.set(false);
-        drain.trigger();
-        for task in accepting {
+    }
+}
+
+/// A proxy's running tasks, until [`Serving::finish`] drains them.
+struct Serving {
+    drain_timeout: std::time::Duration,
+    drain: Drain,
+    not_draining: Condition,
+    accepting: Vec<tokio::task::JoinHandle<()>>,
+    admin_stop: CancellationToken,
+    admin_task: tokio::task::JoinHandle<()>,
+    compiling: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Closes the listeners, waits up to the drain timeout for open connections,
+    /// force-closes the rest and stops the admin server and the compiler.
+    async fn finish(self) -> DrainReport {
+        self.not_draining.set(false);
+        self.drain.trigger();
+        for task in self.accepting {
             if let Err(err) = task.await {
                 tracing::error!(error = %err, "accept loop failed");
             }
         }
         tracing::info!(
-            open = drain.active(),
-            timeout = %HumaneDuration(config.drain_timeout),
+            open = self.drain.active(),
+            timeout = %HumaneDuration(self.drain_timeout),
             "listeners closed; waiting for open connections"
         );
-        let report = drain.finish(config.drain_timeout).await;
+        let report = self.drain.finish(self.drain_timeout).await;
         if report.forced > 0 {
             tracing::warn!(
                 forced = report.forced,
@@ -389,11 +400,11 @@ impl Proxy {
                 "drain complete"
             );
         }
-        admin_stop.cancel();
-        if let Err(err) = admin_task.await {
+        self.admin_stop.cancel();
+        if let Err(err) = self.admin_task.await {
             tracing::error!(error = %err, "admin server failed");
         }
-        if let Some(task) = compiling {
+        if let Some(task) = self.compiling {
             task.abort();
         }
         report

@@ -17,6 +17,20 @@ use crate::upstream::pool::UpstreamBody;
 /// The error type of every body the proxy forwards.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What polling any of the proxy's bodies answers.
+pub(crate) type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+/// Polls a body whose own error type is boxed on the way out.
+fn poll_boxed<B>(body: &mut B, cx: &mut Context<'_>) -> Polled
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    Pin::new(body)
+        .poll_frame(cx)
+        .map(|f| f.map(|r| r.map_err(Into::into)))
+}
+
 /// A request body on its way upstream.
 #[derive(Debug, Default)]
 pub(crate) enum RequestBody {
@@ -33,15 +47,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Stream(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
+            RequestBody::Stream(body) => poll_boxed(body, cx),
             RequestBody::Replay(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -100,14 +109,9 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         match self.get_mut() {
-            ResponseBody::Upstream(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
+            ResponseBody::Upstream(body) => poll_boxed(body, cx),
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Observed(body) => Pin::new(&mut **body).poll_frame(cx),
         }

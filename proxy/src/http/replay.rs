@@ -17,7 +17,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::body::BoxError;
+use super::body::{BoxError, Polled};
 
 /// Largest request body kept for retries (64 KiB); larger bodies are sent once.
 pub(crate) const MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -101,10 +101,7 @@ impl Body for ReplayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = self.get_mut();
         let shared = Arc::clone(&this.shared);
         let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);

@@ -27,6 +27,8 @@
 pub(crate) mod access_log;
 pub(crate) mod context;
 pub mod export;
+#[cfg(test)]
+mod fixtures;
 pub(crate) mod flags;
 pub mod ids;
 pub mod metrics;

@@ -359,9 +359,8 @@ mod tests {
     use super::*;
     use crate::telemetry::context::TRACEPARENT;
     use crate::telemetry::export::{span_queue, SpanQueue};
+    use crate::telemetry::fixtures::{self, TP};
     use crate::telemetry::metrics::{DropReason, TelemetryMetrics};
-
-    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn tracer(ratio: f64, capacity: usize) -> (Tracer, SpanQueue, TelemetryMetrics) {
         let metrics = TelemetryMetrics::default();
@@ -374,22 +373,11 @@ mod tests {
     }
 
     fn request(traceparent: Option<&str>) -> Request<()> {
-        let mut b = Request::builder()
-            .method("POST")
-            .uri("/api/orders?id=7")
-            .header("host", "orders.shop:8080");
-        if let Some(tp) = traceparent {
-            b = b.header("traceparent", tp);
-        }
-        b.body(()).unwrap()
+        fixtures::request("POST", "/api/orders?id=7", "orders.shop:8080", traceparent)
     }
 
     fn inbound() -> Inbound<'static> {
-        Inbound {
-            peer_addr: Some("198.18.0.2:40000".parse().unwrap()),
-            peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client"),
-            server_port: 8080,
-        }
+        fixtures::caller()
     }
 
     #[test]
@@ -520,7 +508,7 @@ mod overhead {
     use std::hint::black_box;
     use std::time::{Duration, Instant};
 
-    use super::{Inbound, Tracer};
+    use super::Tracer;
     use crate::telemetry::export::span_queue;
     use crate::telemetry::{Sampler, TelemetryMetrics};
 
@@ -535,11 +523,7 @@ mod overhead {
         if let Some(tp) = traceparent {
             req.headers_mut().insert("traceparent", tp.parse().unwrap());
         }
-        let conn = Inbound {
-            peer_addr: Some("198.18.0.2:40000".parse().unwrap()),
-            peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client"),
-            server_port: 8080,
-        };
+        let conn = crate::telemetry::fixtures::caller();
         let start = Instant::now();
         for _ in 0..N {
             let mut headers = req.headers().clone();

@@ -144,6 +144,21 @@ mod tests {
         (a, b)
     }
 
+    type Forwarding = tokio::task::JoinHandle<Result<Transferred, ForwardError>>;
+
+    /// An app socket and a server socket with a forward running between them, and
+    /// its counters.
+    async fn forwarding() -> (TcpStream, TcpStream, ByteCounters, Forwarding) {
+        let (app, proxy_down) = pair().await;
+        let (proxy_up, server) = pair().await;
+        let c = counters();
+        let task = {
+            let c = c.clone();
+            tokio::spawn(async move { forward(proxy_down, proxy_up, &c).await })
+        };
+        (app, server, c, task)
+    }
+
     fn counters() -> ByteCounters {
         ByteCounters {
             sent: Counter::default(),
@@ -153,13 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn half_close_keeps_the_other_direction_open() {
-        let (mut app, proxy_down) = pair().await;
-        let (proxy_up, mut server) = pair().await;
-        let c = counters();
-        let task = {
-            let c = c.clone();
-            tokio::spawn(async move { forward(proxy_down, proxy_up, &c).await })
-        };
+        let (mut app, mut server, c, task) = forwarding().await;
 
         app.write_all(b"hello").await.unwrap();
         app.shutdown().await.unwrap();
@@ -187,13 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn counters_move_during_a_long_transfer() {
-        let (mut app, proxy_down) = pair().await;
-        let (proxy_up, mut server) = pair().await;
-        let c = counters();
-        let task = {
-            let c = c.clone();
-            tokio::spawn(async move { forward(proxy_down, proxy_up, &c).await })
-        };
+        let (mut app, mut server, c, task) = forwarding().await;
         let chunk = vec![7u8; 256 * 1024];
         app.write_all(&chunk).await.unwrap();
         let mut got = vec![0u8; chunk.len()];
@@ -215,13 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reset_ends_both_directions_with_an_error() {
-        let (mut app, proxy_down) = pair().await;
-        let (proxy_up, server) = pair().await;
-        let c = counters();
-        let task = {
-            let c = c.clone();
-            tokio::spawn(async move { forward(proxy_down, proxy_up, &c).await })
-        };
+        let (mut app, server, _c, task) = forwarding().await;
         app.write_all(b"ping").await.unwrap();
         // Close the server with unread data and linger 0: the kernel sends RST.
         tokio::time::sleep(Duration::from_millis(50)).await;

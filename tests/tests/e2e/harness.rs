@@ -205,24 +205,9 @@ fn the_root_namespace_is_never_touched() {
             "iptables-legacy",
             "ip6tables-legacy",
         ] {
-            a.exec_ok([
-                tool,
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                "15001",
-                "-m",
-                "comment",
-                "--comment",
-                "pillion-selftest",
-                "-j",
-                "RETURN",
-            ])
-            .unwrap();
+            let rule = "-t nat -A OUTPUT -p tcp --dport 15001 -m comment --comment pillion-selftest -j RETURN";
+            a.exec_ok(std::iter::once(tool).chain(rule.split(' ')))
+                .unwrap();
         }
         let _server = apps::spawn_server(&b, 7000, App::Echo).unwrap();
         let target = b.addr_v4(7000);

@@ -13,7 +13,6 @@ mod mesh_agent;
 mod mesh_rotation;
 mod mesh_tls;
 mod telemetry_demo;
-mod telemetry_export;
 mod telemetry_mesh;
 mod telemetry_world;
 mod transfer;

@@ -94,7 +94,7 @@ fn mesh(name: &str, sampling: &str) -> Mesh {
         .unwrap();
     let anchors = dir.0.join("anchors.pem");
     write(&anchors, &pem, 0o644);
-    let receiver = OtlpReceiver::start_in(&infra).unwrap();
+    let receiver = pillion_tests::otlp::start_in(&infra).unwrap();
 
     let app_seen = Arc::new(Mutex::new(Vec::new()));
     let app = spawn_app(&server, Arc::clone(&app_seen));

@@ -57,7 +57,7 @@ fn receiver_in_a_pod_goes_down_and_comes_back() {
     let world = World::new("otlp_pod").unwrap();
     let collector = world.pod("collector").unwrap();
     let app = world.pod("app").unwrap();
-    let mut receiver = OtlpReceiver::start_in(&collector).unwrap();
+    let mut receiver = pillion_tests::otlp::start_in(&collector).unwrap();
     assert_eq!(
         receiver.grpc_endpoint(),
         format!("http://{}:4317", collector.ipv4())

@@ -175,3 +175,6 @@ impl Worker {
         self.metrics.dropped(DropReason::ExportFailed).inc_by(count);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,13 +7,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pillion_proxy::telemetry::metrics::DropReason;
-use pillion_proxy::telemetry::span::Inbound;
-use pillion_proxy::telemetry::{OtlpConfig, OtlpProtocol, Resource, Telemetry, TelemetryConfig};
-use pillion_tests::otlp::{OtlpReceiver, Transport};
+use crate::telemetry::fixtures::{self, TP};
+use crate::telemetry::metrics::DropReason;
+use crate::telemetry::span::Inbound;
+use crate::telemetry::{OtlpConfig, OtlpProtocol, Resource, Telemetry, TelemetryConfig};
+use pillion_testkit::otlp::{OtlpReceiver, Transport};
 use prometheus_client::registry::Registry;
-
-const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn config(endpoint: &str, protocol: OtlpProtocol) -> TelemetryConfig {
     let mut otlp = OtlpConfig::new(endpoint.parse().unwrap(), protocol);
@@ -29,19 +28,11 @@ fn config(endpoint: &str, protocol: OtlpProtocol) -> TelemetryConfig {
 }
 
 fn request(traceparent: Option<&str>) -> http::Request<()> {
-    let mut b = http::Request::get("/orders/7?x=1").header("host", "web.demo:8080");
-    if let Some(tp) = traceparent {
-        b = b.header("traceparent", tp);
-    }
-    b.body(()).unwrap()
+    fixtures::request("GET", "/orders/7?x=1", "web.demo:8080", traceparent)
 }
 
 fn inbound() -> Inbound<'static> {
-    Inbound {
-        peer_addr: Some("198.18.0.2:40000".parse().unwrap()),
-        peer_identity: Some("spiffe://cluster.local/ns/demo/sa/client"),
-        server_port: 8080,
-    }
+    fixtures::caller()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
