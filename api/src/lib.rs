@@ -7,5 +7,6 @@ pub mod certs;
 pub mod defaults;
 pub mod duration;
 pub mod identity;
+pub mod lists;
 pub mod policy;
 pub mod view;

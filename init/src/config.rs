@@ -9,6 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::Parser;
 use ipnet::IpNet;
 use pillion_api::defaults;
+use pillion_api::lists::parse_list;
 
 use crate::backend::BackendChoice;
 use crate::error::ConfigError;
@@ -157,14 +158,7 @@ pub struct PortList(pub Vec<u16>);
 impl PortList {
     /// Parses `"15020, 22,"`; an empty string is the empty list.
     pub fn parse(text: &str) -> Result<PortList, String> {
-        let mut ports = Vec::new();
-        for entry in entries(text) {
-            let port = parse_port(entry)?;
-            if !ports.contains(&port) {
-                ports.push(port);
-            }
-        }
-        Ok(PortList(ports))
+        parse_list(text, parse_port).map(PortList)
     }
 }
 
@@ -182,14 +176,7 @@ pub struct CidrList(pub Vec<IpNet>);
 impl CidrList {
     /// Parses `"10.0.0.0/8,2001:2::/48"`; a bare address means that one host.
     pub fn parse(text: &str) -> Result<CidrList, String> {
-        let mut nets = Vec::new();
-        for entry in entries(text) {
-            let net = parse_cidr(entry)?;
-            if !nets.contains(&net) {
-                nets.push(net);
-            }
-        }
-        Ok(CidrList(nets))
+        parse_list(text, parse_cidr).map(CidrList)
     }
 }
 
@@ -198,12 +185,6 @@ impl fmt::Display for CidrList {
         let joined: Vec<String> = self.0.iter().map(IpNet::to_string).collect();
         f.write_str(&joined.join(","))
     }
-}
-
-fn entries(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
 }
 
 /// Parses a TCP port, 1 to 65535.

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use pillion_api::defaults;
+use pillion_api::lists::parse_list;
 
 /// Longest annotation value the parsers look at; anything longer is refused outright,
 /// so a huge value costs nothing and cannot flood the warnings.
@@ -23,13 +24,6 @@ fn check_len(text: &str) -> Result<(), String> {
     }
 }
 
-/// Splits a comma list, trimming blanks and dropping empty entries.
-fn entries(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-}
-
 /// Parses a TCP port, 1 to 65535.
 pub fn parse_port(text: &str) -> Result<u16, String> {
     let text = text.trim();
@@ -42,14 +36,7 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
 /// Parses `"8080, 9090"` into ports, de-duplicated in order; empty text is the empty list.
 pub fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
     check_len(text)?;
-    let mut ports = Vec::new();
-    for entry in entries(text) {
-        let port = parse_port(entry)?;
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    Ok(ports)
+    parse_list(text, parse_port)
 }
 
 /// Parses a list of ports that must bypass the proxy. The proxy's own listener ports
@@ -70,14 +57,7 @@ pub fn parse_skip_ports(text: &str) -> Result<Vec<u16>, String> {
 /// bits must be clear, the same rule `pillion-init` applies.
 pub fn parse_cidrs(text: &str) -> Result<Vec<IpNet>, String> {
     check_len(text)?;
-    let mut nets = Vec::new();
-    for entry in entries(text) {
-        let net = parse_cidr(entry)?;
-        if !nets.contains(&net) {
-            nets.push(net);
-        }
-    }
-    Ok(nets)
+    parse_list(text, parse_cidr)
 }
 
 /// Parses one network or bare address.
