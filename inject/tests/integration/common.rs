@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pillion_api::defaults::{self, env};
@@ -26,6 +27,18 @@ pub fn proxy_env_names() -> BTreeSet<&'static str> {
         env::TRACE_SAMPLING,
         env::OTLP_ENDPOINT,
     ])
+}
+
+/// The pod spec of a Deployment's template, where injection adds the sidecar.
+pub fn pod_spec(deployment: &Deployment) -> &PodSpec {
+    deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
 }
 
 /// The value of a plain (non-`valueFrom`) env var of a container.

@@ -198,17 +198,6 @@ fn agent_deployment(base: &[Object]) -> Deployment {
         .clone()
 }
 
-fn pod_spec(deployment: &Deployment) -> &PodSpec {
-    deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-}
-
 #[test]
 fn agent_service_and_deployment_agree_with_the_defaults() {
     let Some((base, _, _)) = rendered() else {

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use pillion_inject::offline::inject_manifests_with_report;
 use pillion_inject::{inject_manifests, Decision, InjectConfig};
 use serde::Deserialize;
@@ -100,17 +100,6 @@ fn typed<T: for<'de> Deserialize<'de>>(doc: &str) -> T {
     serde_yaml_ng::from_str(doc).unwrap_or_else(|e| panic!("{e}\n{doc}"))
 }
 
-fn template_spec(deployment: &Deployment) -> &PodSpec {
-    deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-}
-
 #[test]
 fn workloads_are_injected_and_the_rest_passes_through() {
     let output = inject_manifests_with_report(&stream(), &InjectConfig::default()).unwrap();
@@ -118,7 +107,7 @@ fn workloads_are_injected_and_the_rest_passes_through() {
     assert_eq!(docs.len(), 4, "{}", output.yaml);
 
     let deployment: Deployment = typed(&docs[0]);
-    let spec = template_spec(&deployment);
+    let spec = pod_spec(&deployment);
     assert_native_injected(spec, &["migrate"], &["web"]);
     let proxy = &spec.init_containers.as_ref().unwrap()[1];
     assert_eq!(
@@ -178,7 +167,7 @@ fn fallback_mode_offline() {
     };
     let out = inject_manifests(DEPLOYMENT, &config).unwrap();
     let deployment: Deployment = typed(&out);
-    let spec = template_spec(&deployment);
+    let spec = pod_spec(&deployment);
     assert_eq!(spec.containers[0].name, "pillion-proxy");
     assert_proxy(&spec.containers[0]);
     let init: Vec<&str> = spec
