@@ -206,13 +206,7 @@ pub fn pod_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use pillion_testkit::strings::map;
 
     #[test]
     fn no_annotations_give_the_config() {

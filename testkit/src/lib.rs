@@ -3,7 +3,8 @@
 //! What Pillion's tests share, written once: a test CA that hands out certificate
 //! stores ([`pki`]), HTTP test applications, clients and load loops ([`http`]), TCP
 //! echo and friends ([`tcp`]), an OTLP collector speaking both wire formats
-//! ([`otlp`]), loopback addresses ([`net`]) and bounded waiting ([`wait`]). It depends on nothing of the proxy or the agent, so their own tests
+//! ([`otlp`]), loopback addresses ([`net`]), string maps written as literals
+//! ([`strings`]) and bounded waiting ([`wait`]). It depends on nothing of the proxy or the agent, so their own tests
 //! (`proxy/tests`, in-crate tests), the end-to-end tests and the benchmark can all
 //! use it.
 //!
@@ -14,5 +15,6 @@ pub mod http;
 pub mod net;
 pub mod otlp;
 pub mod pki;
+pub mod strings;
 pub mod tcp;
 pub mod wait;

@@ -151,14 +151,7 @@ impl PathRewriter {
 mod tests {
     use super::*;
     use pillion_api::policy::PEER_IDENTITY_HEADER;
-    use std::collections::BTreeMap;
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use pillion_testkit::strings::map;
 
     fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
         headers
