@@ -37,6 +37,8 @@ pub struct Opts {
     pub rows: Vec<RowName>,
     /// The shipped proxy binary for the Pillion pair (default: this program's `proxy`).
     pub proxy_binary: Option<PathBuf>,
+    /// A proxy binary for a second, baseline Pillion row.
+    pub baseline_proxy_binary: Option<PathBuf>,
 }
 
 /// Runs the benchmark and returns its report (not yet written anywhere).
@@ -71,6 +73,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
             layout,
             log_level: opts.log_level.clone(),
             proxy_binary: opts.proxy_binary.clone(),
+            baseline_proxy_binary: opts.baseline_proxy_binary.clone(),
         },
         &certs,
         &work,
@@ -111,15 +114,27 @@ pub fn run(opts: &Opts) -> Result<Report> {
                 .collect(),
         })
         .collect();
-    if let Some(i) = topo.contenders.iter().position(|c| c.kind == Kind::Pillion) {
-        match topology::pillion_label(&topo.pillion) {
+    let pairs = [
+        (Kind::Pillion, "Pillion", Some(&topo.pillion)),
+        (
+            Kind::PillionBaseline,
+            "Pillion baseline",
+            topo.baseline.as_ref(),
+        ),
+    ];
+    for (kind, name, pair) in pairs {
+        let (Some(i), Some(pair)) = (topo.contenders.iter().position(|c| c.kind == kind), pair)
+        else {
+            continue;
+        };
+        match topology::pillion_label(name, pair) {
             Ok((label, note)) => {
                 rows[i].name = label;
                 notes.extend(note);
             }
             Err(e) => {
-                rows[i].name = "Pillion (mesh TLS unknown)".into();
-                notes.push(format!("could not read the Pillion proxy's metrics: {e:#}"));
+                rows[i].name = format!("{name} (mesh TLS unknown)");
+                notes.push(format!("could not read the {name} proxy's metrics: {e:#}"));
             }
         }
     }
@@ -135,7 +150,13 @@ pub fn run(opts: &Opts) -> Result<Report> {
          (Pillion's own, pillion_identity::Ca) for all"
             .into(),
         match &opts.proxy_binary {
-            Some(binary) => format!("Pillion proxies: the shipped binary {}", binary.display()),
+            Some(binary) => format!(
+                "Pillion proxies: the shipped binary {}{}",
+                binary.display(),
+                opts.baseline_proxy_binary
+                    .as_ref()
+                    .map_or_else(String::new, |b| format!("; baseline row: {}", b.display()))
+            ),
             None => "Pillion proxies: this program's built-in proxy (the multicall binary is \
                      larger than pillion-proxy, so its RSS reads higher; --proxy-binary \
                      target/release/pillion-proxy measures what ships)"
@@ -209,6 +230,19 @@ fn base_notes(plan: &Plan) -> Vec<String> {
              exists; each concurrent HTTP/1.1 request holds a mesh-hop connection of its own in \
              every pair (Pillion's --mesh-protocol http2 would hold one).",
             plan.hold_conns
+        ),
+        format!(
+            "view push (Pillion rows, measured last): the agent's source gains {} services, each \
+             a VIP with one meshed endpoint (the client proxy's whole view grows to a few MB); a \
+             probe at {} req/s over {} connections runs {:?} before the push (its p99 is the \
+             steady figure) and {:?} across it; the figure is the probe's longest answer \
+             (coordinated omission corrected), i.e. how long the push paused traffic. The small \
+             view is restored after each run, unmeasured.",
+            plan.push_services,
+            plan.push_rate,
+            plan.h1_conns,
+            plan.push_window,
+            plan.push_window * 2
         ),
     ]
 }

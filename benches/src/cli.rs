@@ -43,6 +43,10 @@ pub struct Args {
     /// report says which ran.
     #[arg(long, value_name = "PATH")]
     pub proxy_binary: Option<PathBuf>,
+    /// Add a second Pillion row run from this proxy binary (e.g. the build before a
+    /// change), so before and after are measured in one run on the same machine.
+    #[arg(long, value_name = "PATH")]
+    pub baseline_proxy_binary: Option<PathBuf>,
 }
 
 /// A row the command line can pick.
@@ -52,6 +56,8 @@ pub enum RowName {
     Direct,
     /// The Pillion pair.
     Pillion,
+    /// The baseline Pillion pair (--baseline-proxy-binary).
+    Baseline,
     /// The nginx pair.
     Nginx,
     /// The HAProxy pair.
@@ -74,6 +80,7 @@ impl RowName {
         match kind {
             Kind::Direct => RowName::Direct,
             Kind::Pillion => RowName::Pillion,
+            Kind::PillionBaseline => RowName::Baseline,
             Kind::Peer(Peer::Nginx) => RowName::Nginx,
             Kind::Peer(Peer::Haproxy) => RowName::Haproxy,
         }
@@ -99,17 +106,17 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The pods run it from elsewhere (as the proxy user): an absolute path, checked now.
-    let proxy_binary = match parsed.proxy_binary.as_deref().map(std::fs::canonicalize) {
-        None => None,
-        Some(Ok(path)) => Some(path),
-        Some(Err(e)) => {
-            eprintln!(
-                "pillion-benches: --proxy-binary {}: {e} (build it with cargo build --release -p pillion-proxy)",
-                parsed.proxy_binary.unwrap_or_default().display()
-            );
-            return ExitCode::from(2);
-        }
+    // The pods run them from elsewhere (as the proxy user): absolute paths, checked now.
+    let proxy_binary = match absolute("--proxy-binary", parsed.proxy_binary.as_deref()) {
+        Ok(path) => path,
+        Err(code) => return code,
+    };
+    let baseline_proxy_binary = match absolute(
+        "--baseline-proxy-binary",
+        parsed.baseline_proxy_binary.as_deref(),
+    ) {
+        Ok(path) => path,
+        Err(code) => return code,
     };
     let opts = Opts {
         smoke: parsed.smoke,
@@ -119,6 +126,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         log_level: parsed.proxy_log_level,
         rows: parsed.rows,
         proxy_binary,
+        baseline_proxy_binary,
         binary,
     };
     let out = parsed.out.unwrap_or_else(bench::default_out);
@@ -138,6 +146,21 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `path` made absolute, or the exit code after saying what is wrong with it.
+fn absolute(flag: &str, path: Option<&std::path::Path>) -> Result<Option<PathBuf>, ExitCode> {
+    match path.map(std::fs::canonicalize) {
+        None => Ok(None),
+        Some(Ok(path)) => Ok(Some(path)),
+        Some(Err(e)) => {
+            eprintln!(
+                "pillion-benches: {flag} {}: {e} (build it with cargo build --release -p pillion-proxy)",
+                path.unwrap_or(std::path::Path::new("")).display()
+            );
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 #[cfg(test)]

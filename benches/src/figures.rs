@@ -50,6 +50,11 @@ pub const CPU: &str = "proxy_cpu_s_per_10k_requests";
 /// Id of the whole machine's CPU figure (softirq work is nobody's process time).
 pub const MACHINE_CPU: &str = "machine_cpu_s_per_10k_requests";
 
+/// Id of the longest answer while a large view is pushed.
+pub const PUSH_PAUSE: &str = "view_push_longest_answer_ms";
+/// Id of the steady p99 of the same probe, before the push (what the pause is read against).
+pub const PUSH_STEADY_P99: &str = "view_push_steady_p99_ms";
+
 /// Id of a latency percentile at an open-loop rate (`p` is `p50`, `p99` or `p999`).
 pub fn latency_id(rate: u32, p: &str) -> String {
     format!("latency_{p}_ms_at_{rate}_rps")
@@ -135,6 +140,26 @@ pub fn all(plan: &Plan) -> Vec<Figure> {
             MACHINE_CPU.into(),
             "machine CPU s per 10,000 requests (everything: load, server, proxies, kernel)".into(),
             "s",
+            false,
+            3,
+        ),
+        fig(
+            PUSH_STEADY_P99.into(),
+            format!(
+                "steady p99 at {} req/s before a view push, ms",
+                plan.push_rate
+            ),
+            "ms",
+            false,
+            3,
+        ),
+        fig(
+            PUSH_PAUSE.into(),
+            format!(
+                "longest answer at {} req/s while a {}-service view is pushed, ms",
+                plan.push_rate, plan.push_services
+            ),
+            "ms",
             false,
             3,
         ),

@@ -16,7 +16,7 @@ use crate::plan::Plan;
 use crate::procstat;
 use crate::report::Cell;
 use crate::stats::Spread;
-use crate::topology::Contender;
+use crate::topology::{Contender, ViewControl};
 
 /// How long holding the connections may take to set up.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -150,7 +150,101 @@ pub fn all(rows: &[Contender], plan: &Plan, layout: &Layout) -> Vec<Collected> {
             report_line(c, "proxy RSS peak", &format!("{:.1} MiB", mib(m.hwm_kib)));
         }
     }
+    // Last, so the large views never weigh on the other figures (RSS peak included).
+    for run in 1..=plan.runs {
+        for (c, acc) in rows.iter().zip(out.iter_mut()) {
+            match &c.view {
+                Some(view) => push_pause(c, view, acc, plan, cpu, run),
+                None => {
+                    acc.na(figures::PUSH_STEADY_P99, "no agent");
+                    acc.na(figures::PUSH_PAUSE, "no agent");
+                }
+            }
+        }
+    }
     out
+}
+
+/// The longest answer of an open-loop probe while the agent pushes a view with
+/// `plan.push_services` more services, next to the probe's steady p99 just before;
+/// then the small view is restored (unmeasured).
+fn push_pause(
+    c: &Contender,
+    view: &ViewControl,
+    acc: &mut Collected,
+    plan: &Plan,
+    cpu: Option<usize>,
+    run: usize,
+) {
+    let (addr, rate, window) = (c.h1, plan.push_rate, plan.push_window);
+    let conns = plan.h1_conns;
+    let steady = in_client(c, cpu, move || load::open::run(addr, conns, rate, window));
+    let (tx, rx) = mpsc::channel();
+    let probe = c.client.background(move || async move {
+        if pin_this_thread(cpu).is_ok() {
+            let _ = tx.send(load::open::run(addr, conns, rate, window * 2).await);
+        }
+    });
+    let pushed = probe.map_err(|e| anyhow!("{e:#}")).and_then(|probe| {
+        std::thread::sleep(window / 2);
+        // A different size each run, so every run's file is a change to push.
+        let services = plan.push_services + run;
+        view.push(services)?;
+        let latency = rx
+            .recv_timeout(window * 2 + Duration::from_secs(30))
+            .map_err(|_| anyhow!("the probe did not finish"))??;
+        drop(probe);
+        // Read after the probe: serving /config (the whole view as JSON) would itself
+        // load the proxy while it is measured.
+        let seen = view.client_view_services()?;
+        if seen < services {
+            return Err(anyhow!(
+                "the client proxy's view holds {seen} services, not the {services} pushed, \
+                 after the probe"
+            ));
+        }
+        Ok(latency)
+    });
+    let restored = view.push(0);
+    match (steady, pushed) {
+        (Ok(s), Ok(p)) => {
+            acc.push(figures::PUSH_STEADY_P99, s.p99_us / 1000.0, s.errors);
+            acc.push(figures::PUSH_PAUSE, p.max_us / 1000.0, p.errors);
+            report_line(
+                c,
+                "view push",
+                &format!(
+                    "longest answer {:.3} ms (steady p99 {:.3} ms, {} errors)",
+                    p.max_us / 1000.0,
+                    s.p99_us / 1000.0,
+                    p.errors
+                ),
+            );
+        }
+        (s, p) => {
+            let e = s.err().or(p.err()).unwrap_or_else(|| anyhow!("unknown"));
+            acc.fail(figures::PUSH_STEADY_P99, &e);
+            acc.fail(figures::PUSH_PAUSE, &e);
+            report_line(c, "view push", &format!("FAILED: {e:#}"));
+        }
+    }
+    if let Err(e) = restored.and_then(|()| wait_small(view)) {
+        report_line(c, "view restore", &format!("FAILED: {e:#}"));
+    }
+}
+
+/// Waits (up to 30 s) until the client proxy's view is small again.
+fn wait_small(view: &ViewControl) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if view.client_view_services()? <= 1 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!("the small view did not come back within 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn closed_h1(c: &Contender, acc: &mut Collected, plan: &Plan, cpu: Option<usize>) {

@@ -36,6 +36,12 @@ pub struct Plan {
     pub hold_conns: usize,
     /// Pause between two measurements (lets sockets and caches settle).
     pub settle: Duration,
+    /// Services the agent adds to the view for the push figure.
+    pub push_services: usize,
+    /// Rate of the probe that watches for pauses during the push, requests per second.
+    pub push_rate: u32,
+    /// How long the probe runs before the push (its steady p99) and after it.
+    pub push_window: Duration,
 }
 
 impl Plan {
@@ -56,6 +62,9 @@ impl Plan {
             bulk_bytes: 256 << 20,
             hold_conns: 1_000,
             settle: Duration::from_secs(1),
+            push_services: 5_000,
+            push_rate: 1_000,
+            push_window: Duration::from_secs(4),
         }
     }
 
@@ -72,6 +81,8 @@ impl Plan {
             bulk_bytes: 16 << 20,
             hold_conns: 100,
             settle: Duration::from_millis(50),
+            push_services: 200,
+            push_window: Duration::from_secs(2),
             ..Plan::full()
         }
     }
@@ -82,6 +93,7 @@ impl Plan {
             + self.open_duration * self.open_rates.len() as u32
             + self.h2_duration
             + self.conn_duration
+            + self.push_window * 3
             + self.settle * 6;
         one * self.runs as u32
     }
@@ -98,7 +110,7 @@ mod tests {
         assert_eq!(full.h1_conns, 64);
         assert_eq!(full.h2_streams, 100);
         assert_eq!(full.bulk_bytes, 256 * 1024 * 1024);
-        assert!(smoke.estimate_per_row() < Duration::from_secs(5));
+        assert!(smoke.estimate_per_row() < Duration::from_secs(10));
         assert!(full.runs >= 3);
     }
 }

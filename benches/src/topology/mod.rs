@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use pillion_tests::{Pod, Process, Task, World};
 
 pub use peers::{example_values, Peer, TEMPLATES};
-pub use pillion::PillionPair;
+pub use pillion::{PillionPair, ViewControl};
 
 use crate::certs::Certs;
 use crate::pin::{pin_process_tree, Layout};
@@ -35,6 +35,8 @@ pub enum Kind {
     Direct,
     /// The Pillion pair.
     Pillion,
+    /// A second Pillion pair running a baseline proxy binary, for before/after in one run.
+    PillionBaseline,
     /// A peer proxy pair.
     Peer(Peer),
 }
@@ -59,6 +61,8 @@ pub struct Contender {
     pub proxies: Vec<u32>,
     /// How the client reaches the service, for the report.
     pub path: String,
+    /// Makes the row's agent push a larger view (Pillion rows with an agent).
+    pub view: Option<ViewControl>,
 }
 
 /// What the topology is built from.
@@ -74,6 +78,8 @@ pub struct TopologyOpts {
     pub log_level: String,
     /// The shipped proxy binary, if the Pillion pair should run it.
     pub proxy_binary: Option<PathBuf>,
+    /// A second Pillion pair with this proxy binary (e.g. the build before a change).
+    pub baseline_proxy_binary: Option<PathBuf>,
 }
 
 /// Everything running for one benchmark; dropping it stops it all, the world last.
@@ -83,6 +89,8 @@ pub struct Topology {
     pub contenders: Vec<Contender>,
     /// The Pillion pair (its metrics tell whether the hop was mesh TLS).
     pub pillion: PillionPair,
+    /// The baseline Pillion pair, when asked for.
+    pub baseline: Option<PillionPair>,
     _peers: Vec<Process>,
     _servers: Vec<Task<()>>,
     _world: World,
@@ -101,7 +109,7 @@ impl Topology {
             pods::tune(pod)?;
         }
         let (ccpu, scpu) = (opts.layout.client, opts.layout.server);
-        let servers = vec![
+        let mut servers = vec![
             pods::start_server(&server, scpu)?,
             pods::start_server(&mserver, scpu)?,
         ];
@@ -111,10 +119,37 @@ impl Topology {
             workers: opts.workers,
             log_level: opts.log_level.clone(),
             proxy_binary: opts.proxy_binary.clone(),
+            tag: "pillion",
         };
         let pair = pillion::start(&pair_opts, &mclient, &mserver, &agent, certs, work)?;
         pin_process_tree(pair.client.proxy().pid(), ccpu)?;
         pin_process_tree(pair.server.proxy().pid(), scpu)?;
+        let baseline = match &opts.baseline_proxy_binary {
+            None => None,
+            Some(binary) => {
+                eprintln!(
+                    "set-up: starting the baseline Pillion pair ({})",
+                    binary.display()
+                );
+                let (bclient, bserver, bagent) = (
+                    world.pod("bclient")?,
+                    world.pod("bserver")?,
+                    world.pod("bagent")?,
+                );
+                pods::tune(&bclient)?;
+                pods::tune(&bserver)?;
+                servers.push(pods::start_server(&bserver, scpu)?);
+                let opts = pillion::PairOpts {
+                    proxy_binary: Some(binary.clone()),
+                    tag: "baseline",
+                    ..pair_opts.clone()
+                };
+                let pair = pillion::start(&opts, &bclient, &bserver, &bagent, certs, work)?;
+                pin_process_tree(pair.client.proxy().pid(), ccpu)?;
+                pin_process_tree(pair.server.proxy().pid(), scpu)?;
+                Some((pair, bclient, bserver))
+            }
+        };
 
         let mut peers = Vec::new();
         let mut contenders = vec![Contender {
@@ -129,21 +164,24 @@ impl Topology {
                 "client pod → {}:{HTTP_PORT} (TCP: :{SINK_PORT}) in the server pod; no proxy",
                 server.ipv4()
             ),
+            view: None,
         }];
-        contenders.push(Contender {
-            kind: Kind::Pillion,
-            name: "Pillion".into(),
-            client: mclient.clone(),
-            h1: pillion::service_addr(&mserver, HTTP_PORT),
-            h2: Ok(pillion::service_addr(&mserver, HTTP_PORT)),
-            bulk: pillion::service_addr(&mserver, SINK_PORT),
-            proxies: pillion::pids(&pair),
-            path: format!(
-                "client pod dials the server pod's {}:{HTTP_PORT} (TCP: :{SINK_PORT}) as if \
-                 direct; iptables redirects it to its proxy, which carries it over the mesh \
-                 hop to the server pod's proxy (redirected inbound), then to the app",
-                mserver.ipv4()
-            ),
+        contenders.push(pillion_row(
+            Kind::Pillion,
+            "Pillion",
+            &pair,
+            &mclient,
+            &mserver,
+        ));
+        let baseline = baseline.map(|(pair, bclient, bserver)| {
+            contenders.push(pillion_row(
+                Kind::PillionBaseline,
+                "Pillion baseline",
+                &pair,
+                &bclient,
+                &bserver,
+            ));
+            pair
         });
         for peer in [Peer::Nginx, Peer::Haproxy] {
             eprintln!("set-up: starting the {} pair", peer.name());
@@ -161,6 +199,7 @@ impl Topology {
                 h2: Ok(local(p.h2)),
                 bulk: local(p.tcp),
                 proxies: vec![out.pid(), inb.pid()],
+                view: None,
                 path: format!(
                     "client pod → 127.0.0.1:{} (h2c: :{}, TCP: :{}) of its own {name}, \
                      TLS 1.3 with client certificates to the server pod's {name} on \
@@ -184,10 +223,37 @@ impl Topology {
         Ok(Topology {
             contenders,
             pillion: pair,
+            baseline,
             _peers: peers,
             _servers: servers,
             _world: world,
         })
+    }
+}
+
+/// The row of a Pillion pair whose client is `client` and server `server`.
+fn pillion_row(
+    kind: Kind,
+    name: &str,
+    pair: &PillionPair,
+    client: &Pod,
+    server: &Pod,
+) -> Contender {
+    Contender {
+        kind,
+        name: name.into(),
+        client: client.clone(),
+        h1: pillion::service_addr(server, HTTP_PORT),
+        h2: Ok(pillion::service_addr(server, HTTP_PORT)),
+        bulk: pillion::service_addr(server, SINK_PORT),
+        proxies: pillion::pids(pair),
+        path: format!(
+            "client pod dials the server pod's {}:{HTTP_PORT} (TCP: :{SINK_PORT}) as if \
+             direct; iptables redirects it to its proxy, which carries it over the mesh \
+             hop to the server pod's proxy (redirected inbound), then to the app",
+            server.ipv4()
+        ),
+        view: pair.view.clone(),
     }
 }
 
@@ -201,14 +267,14 @@ fn check_target(addr: SocketAddr) -> Result<()> {
     bail!("refusing to load {addr}: only loopback and 198.18.0.0/15 / 2001:2::/48")
 }
 
-/// The label of the Pillion row, from what its proxy's metrics say it did.
-pub fn pillion_label(pair: &PillionPair) -> Result<(String, Option<String>)> {
+/// The label of a Pillion row (`name`), from what its proxy's metrics say it did.
+pub fn pillion_label(name: &str, pair: &PillionPair) -> Result<(String, Option<String>)> {
     let (tls, plain) = pillion::mesh_counts(pair).context("reading the mesh counters")?;
     Ok(if tls > 0.0 && plain == 0.0 {
-        ("Pillion (mTLS)".into(), None)
+        (format!("{name} (mTLS)"), None)
     } else if tls == 0.0 {
         (
-            "Pillion (plain L4)".into(),
+            format!("{name} (plain L4)"),
             Some(format!(
                 "the Pillion proxies carried every connection as plain TCP \
                  (pillion_tls_connections_total = 0, {plain} passthroughs)"
@@ -216,7 +282,7 @@ pub fn pillion_label(pair: &PillionPair) -> Result<(String, Option<String>)> {
         )
     } else {
         (
-            "Pillion (mixed mTLS / plain)".into(),
+            format!("{name} (mixed mTLS / plain)"),
             Some(format!(
                 "the client proxy took mesh TLS for {tls} connections and passed {plain} through in plain TCP"
             )),

@@ -27,8 +27,59 @@ pub struct PillionPair {
     pub server: Sidecar,
     /// The agent, when the proxies use one.
     pub agent: Option<Process>,
+    /// Rewrites the agent's source, when there is an agent.
+    pub view: Option<ViewControl>,
     /// What the report should know about the set-up.
     pub notes: Vec<String>,
+}
+
+/// Makes the agent push a larger view: it rewrites the agent's source with `n` more
+/// services (the agent re-reads it and pushes within its reload interval) and reads
+/// how many services the client proxy's view holds.
+#[derive(Debug, Clone)]
+pub struct ViewControl {
+    source: PathBuf,
+    base: String,
+    client: Pod,
+    admin_port: u16,
+}
+
+impl ViewControl {
+    /// Rewrites the agent's source as the pair's own plus `n` generated services, each
+    /// a VIP with one meshed endpoint (addresses from 198.19.0.0/16, never dialled).
+    pub fn push(&self, n: usize) -> Result<()> {
+        let mut yaml = self.base.clone();
+        for i in 0..n {
+            let (hi, lo) = (i / 256 % 128, i % 256);
+            yaml.push_str(&format!(
+                "\x20 - name: svc-{i}\n\
+                 \x20   namespace: {NAMESPACE}\n\
+                 \x20   addresses: [198.19.{hi}.{lo}]\n\
+                 \x20   ports: [{{port: 80}}]\n\
+                 \x20   endpoints:\n\
+                 \x20     - addresses: [198.19.{}.{lo}]\n\
+                 \x20       identity: spiffe://cluster.local/ns/{NAMESPACE}/sa/svc-{i}\n",
+                128 + hi
+            ));
+        }
+        // Written whole, then renamed, so the agent never reads half a file.
+        let tmp = self.source.with_extension("yaml.new");
+        std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.source)
+            .with_context(|| format!("replacing {}", self.source.display()))
+    }
+
+    /// Services in the client proxy's view, from its loopback-only `/config`.
+    pub fn client_view_services(&self) -> Result<usize> {
+        let port = self.admin_port;
+        let answer = self.client.run(move || async move {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            pillion_tests::http::request(addr, "GET", "/config").await
+        })??;
+        let config: serde_json::Value =
+            serde_json::from_str(&answer.body).context("the /config answer is not JSON")?;
+        Ok(config["view"]["services"].as_array().map_or(0, Vec::len))
+    }
 }
 
 /// How the proxies are set up.
@@ -42,6 +93,8 @@ pub struct PairOpts {
     pub log_level: String,
     /// The shipped proxy binary to run instead of this program's `proxy`.
     pub proxy_binary: Option<PathBuf>,
+    /// Names this pair's files (several pairs share one scratch directory).
+    pub tag: &'static str,
 }
 
 /// Whether this build's proxy takes an agent (`--agent-addr`): if not, it is the plain
@@ -89,13 +142,14 @@ pub fn start(
             client: client.install_sidecar(&base).context("client sidecar")?,
             server: server.install_sidecar(&base).context("server sidecar")?,
             agent: None,
+            view: None,
             notes: vec!["this build's proxy takes no agent (no --agent-addr): plain L4".into()],
         });
     }
-    let agent = start_agent(opts, agent_pod, client, server, certs, work)?;
+    let (agent, view) = start_agent(opts, agent_pod, client, server, certs, work)?;
     let agent_addr = SocketAddr::new(agent_pod.ipv4(), AGENT_PORT);
     let mesh = |sa: &str| -> Result<SidecarOpts> {
-        let token = work.write(&format!("{sa}.token"), &token(sa))?;
+        let token = work.write(&format!("{}-{sa}.token", opts.tag), &token(sa))?;
         Ok(base.clone().proxy_args([
             "--agent-addr".to_string(),
             agent_addr.to_string(),
@@ -122,6 +176,7 @@ pub fn start(
         client: client_side,
         server: server_side,
         agent: Some(agent),
+        view: Some(view),
         notes: Vec::new(),
     })
 }
@@ -137,8 +192,15 @@ fn start_agent(
     server: &Pod,
     certs: &Certs,
     work: &WorkDir,
-) -> Result<Process> {
-    let config = work.write("agent.yaml", &agent_yaml(client, server))?;
+) -> Result<(Process, ViewControl)> {
+    let base = agent_yaml(client, server);
+    let config = work.write(&format!("{}-agent.yaml", opts.tag), &base)?;
+    let view = ViewControl {
+        source: config.clone(),
+        base,
+        client: client.clone(),
+        admin_port: pillion_api::defaults::ADMIN_PORT,
+    };
     let agent = pod.spawn(
         Cmd::new(&opts.binary)
             .arg("agent")
@@ -153,7 +215,7 @@ fn start_agent(
     )?;
     let addr = SocketAddr::from(([127, 0, 0, 1], AGENT_PORT));
     wait_listening(pod, addr, "the agent", &agent)?;
-    Ok(agent)
+    Ok((agent, view))
 }
 
 /// The agent's source: the two workloads with their tokens and pod addresses, and the
