@@ -1,7 +1,7 @@
 //! The binary's edge: the pods' programs (`init`, `proxy`, `agent`) by first argument,
 //! otherwise the benchmark's flags, the run, the report and the exit code.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -66,12 +66,7 @@ pub enum RowName {
 
 /// Runs the program named by `args[1]` if it is one the pods use; `None` otherwise.
 pub fn dispatch_program(args: &[OsString]) -> Option<ExitCode> {
-    if args.get(1).map(OsString::as_os_str) == Some(OsStr::new("agent")) {
-        let rest =
-            std::iter::once(OsString::from("pillion-agent")).chain(args[2..].iter().cloned());
-        return Some(pillion_agent::cli::main_with_args(rest.collect()));
-    }
-    pillion_tests::multicall::dispatch(args.to_vec())
+    pillion::programs::dispatch(args.to_vec())
 }
 
 impl RowName {

@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod annotations;
+pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod error;

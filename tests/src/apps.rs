@@ -1,23 +1,19 @@
 //! The applications tests run inside pods: the test kit's echo and reply-after-EOF
 //! servers on a dual-stack listener in a pod, and clients for them.
 
-use std::net::{Ipv6Addr, SocketAddr};
-use std::sync::mpsc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
-use socket2::{Domain, Protocol, Socket, Type};
+use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::netns::Task;
-use crate::pod::Pod;
+use pillion::local::Pod;
+use pillion::local::Task;
 
 pub use pillion_testkit::tcp::{
     checksum, decode_reply, echo, echo_over, pump, random_bytes, reply_after_eof, COPY_BUF,
 };
-/// How long a server may take to bind.
-const BIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a test server does with each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,41 +33,7 @@ pub fn spawn_server(pod: &Pod, port: u16, app: App) -> Result<Task<()>> {
     })
 }
 
-/// Binds `[::]:port` (dual stack) in `pod`, then runs `serve` on the listener in the
-/// background; returns once bound (or with why `what` could not bind).
-pub fn spawn_listener<F, Fut>(pod: &Pod, port: u16, what: &str, serve: F) -> Result<Task<()>>
-where
-    F: FnOnce(TcpListener) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (tx, rx) = mpsc::channel::<Result<()>>();
-    let task = pod.background(move || async move {
-        match bind_dual_stack(port) {
-            Ok(listener) => {
-                let _ = tx.send(Ok(()));
-                serve(listener).await;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
-        }
-    })?;
-    rx.recv_timeout(BIND_TIMEOUT)
-        .map_err(|_| anyhow!("{what} in pod {} did not bind", pod.name()))?
-        .with_context(|| format!("{what} on port {port} in pod {}", pod.name()))?;
-    Ok(task)
-}
-
-/// A listener on `[::]:port` that also takes IPv4 (v6only off), with a deep backlog.
-pub fn bind_dual_stack(port: u16) -> Result<TcpListener> {
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_only_v6(false)?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).into())?;
-    socket.listen(4096)?;
-    Ok(TcpListener::from_std(socket.into())?)
-}
+pub use pillion::local::apps::{bind_dual_stack, spawn_listener};
 
 /// Accepts forever, one task per connection.
 pub async fn serve(listener: TcpListener, app: App) {

@@ -18,10 +18,10 @@ use hyper_util::rt::TokioIo;
 
 use crate::apps::spawn_listener;
 use crate::mesh::{mesh_sidecar_opts, MeshAgent, MeshDir};
-use crate::netns::Task;
-use crate::pod::Pod;
-use crate::sidecar::{Sidecar, SidecarOpts};
-use crate::world::World;
+use pillion::local::sidecar::{Sidecar, SidecarOpts};
+use pillion::local::Pod;
+use pillion::local::Task;
+use pillion::local::World;
 use pillion_testkit::http::{handler, serve, Counters};
 
 /// Port the server applications listen on (the service's target port).

@@ -1,85 +1,28 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-//! `pillion-tests`: a small cluster on one machine, built from real Linux namespaces,
-//! and the end-to-end tests that run Pillion's init and proxy in it.
-//!
-//! # The world
-//!
-//! Each test builds its own [`World`]. A world starts a *holder* process with
-//! `unshare --net --mount --propagation private`: its new network namespace is the
-//! world's **node**, and its new mount namespace gets a private tmpfs over `/run`, so
-//! the `/run/netns/*` files that `ip netns` creates and the `/run/xtables.lock` that
-//! legacy iptables takes exist only inside the world. The node holds a bridge `br0`
-//! with 198.18.0.1/24 and 2001:2::1/64.
-//!
-//! ```text
-//!   root namespace (never touched)
-//!   └─ holder: `sleep infinity` in new net + mount namespaces  ── the node
-//!        br0 198.18.0.1 / 2001:2::1
-//!         ├─ v2 ══ eth0  pod "a"  <prefix>-a  198.18.0.2 / 2001:2::2
-//!         └─ v3 ══ eth0  pod "b"  <prefix>-b  198.18.0.3 / 2001:2::3
-//! ```
-//!
-//! A [`Pod`] is a named netns inside the world, joined to the bridge by a veth pair,
-//! with the next addresses in creation order (`nodad`, so usable at once) and default
-//! routes via the bridge. Addresses come only from 198.18.0.0/15 and 2001:2::/48.
-//!
-//! Every command that touches networking is built by one function (`enter.rs`): it
-//! wraps the program in `nsenter --target <holder> --mount --net`, and pod commands
-//! add `ip netns exec <netns>`, so nothing the harness runs can reach the root
-//! namespace's interfaces, routes or firewall. In-process code (test clients and
-//! servers on real tokio sockets) runs on a thread that `setns`-es into a pod's netns
-//! through `/proc/<holder>/root/run/netns/<netns>` ([`Pod::run`],
-//! [`Pod::background`]).
-//!
-//! # Lifetimes and cleanup
-//!
-//! Dropping a world (also while a panic unwinds) kills the processes it started, then
-//! the holder; with the holder's namespaces go every netns, veth, the bridge and every
-//! iptables rule inside. Every started process carries
-//! `PILLION_TEST_WORLD=<test pid>-<n>` and is started with `--pdeathsig KILL`; the
-//! first world of a test process sweeps ([`marker::sweep`]) processes whose test
-//! process is gone, by PID, ours only. Tests run in parallel threads, each with its own
-//! world; nothing is global but that sweep.
+//! `pillion-tests`: the end-to-end tests' own worlds, built on the local mesh of the
+//! `pillion` crate (pods as real Linux network namespaces, see [`pillion::local`]),
+//! whose pieces it re-exports so tests read `pillion_tests::{World, Pod, …}`.
 //!
 //! # Pieces
 //!
-//! - [`World`], [`Pod`], [`Cmd`] / [`Process`], [`Task`]: the cluster and what runs in it;
-//! - [`sidecar`]: `pod.install_sidecar(opts)` = init as root, proxy as uid 2580, `/ready`;
-//! - [`metrics`]: scrape and query a proxy's `/metrics`;
-//! - [`apps`]: echo and reply-after-EOF servers, clients, test data, checksum;
+//! - [`apps`]: the test kit's echo and reply-after-EOF servers in a pod, and clients;
 //! - [`rules`]: normalised `iptables-save` output;
-//! - [`otlp`]: a test OTLP collector (gRPC and HTTP/protobuf) to assert on spans;
-//! - [`multicall`]: `<bin> init|proxy|agent …`, so one test binary runs every program;
+//! - [`otlp`]: the test kit's OTLP collector started in a pod;
 //! - [`mesh`]: the real agent in a pod, mesh sidecar options, a capture on the bridge;
 //! - [`probe`]: a one-shot TCP client process (e.g. to run as the proxy's uid);
-//! - [`demo`]: the `pillion-demo` binary's two-pod world with live traffic;
 //! - [`http_mesh`]: HTTP applications and a four-pod world with routes in the agent's
 //!   source, for the HTTP layer's end-to-end tests.
 
-pub mod addr;
 pub mod apps;
-pub mod demo;
-mod enter;
-mod holder;
-pub mod http;
 pub mod http_mesh;
-pub mod marker;
 pub mod mesh;
-pub mod metrics;
-pub mod multicall;
-mod netns;
 pub mod otlp;
-mod pod;
 pub mod probe;
-pub mod process;
 pub mod rules;
-pub mod sidecar;
-mod world;
 
-pub use netns::Task;
-pub use nix::sys::signal::Signal;
-pub use pod::Pod;
-pub use process::{Cmd, Logs, Process};
-pub use sidecar::{Sidecar, SidecarOpts};
-pub use world::World;
+pub use pillion::local::{
+    addr, http, marker, metrics, process, sidecar, Cmd, Logs, Pod, Process, Sidecar, SidecarOpts,
+    Signal, Task, World,
+};
+pub use pillion::programs as multicall;

@@ -25,11 +25,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::apps::{spawn_server, App};
-use crate::netns::Task;
-use crate::pod::Pod;
-use crate::process::{Cmd, Process};
-use crate::sidecar::{Sidecar, SidecarOpts};
-use crate::world::World;
+use pillion::local::process::{Cmd, Process};
+use pillion::local::sidecar::{Sidecar, SidecarOpts};
+use pillion::local::Pod;
+use pillion::local::Task;
+use pillion::local::World;
 
 /// How long the agent may take to write its trust anchor and accept connections.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -91,7 +91,6 @@ fn bad_flags_give_a_clear_message_and_a_non_zero_exit() {
         .exec_cmd(&Cmd::new(testbin()).arg("nope"), Duration::from_secs(20))
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("usage: pillion-testbin <init|proxy|agent>")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("usage: pillion-testbin <init|proxy|agent|inject>"));
 }

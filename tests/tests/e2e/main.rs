@@ -3,7 +3,6 @@
 
 mod bypass;
 mod common;
-mod demo;
 mod drain;
 mod flags;
 mod harness;
@@ -12,7 +11,7 @@ mod init_rules;
 mod mesh_agent;
 mod mesh_rotation;
 mod mesh_tls;
-mod telemetry_demo;
 mod telemetry_mesh;
+mod telemetry_up;
 mod telemetry_world;
 mod transfer;

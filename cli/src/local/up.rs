@@ -1,6 +1,7 @@
-//! The local demo: a two-pod world (`client` → `server`) with init + proxy in both, an
-//! echo app, one real request a second and the proxies' counters every few seconds,
-//! until Ctrl-C or a set duration; then an orderly teardown.
+//! `pillion up`: a two-pod world (`client` → `server`) with init + proxy in both, the
+//! agent on its embedded default in a pod of its own, an echo app and an HTTP app, one
+//! real request of each a second and the proxies' counters every few seconds, until
+//! Ctrl-C or a set duration; then an orderly teardown.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,25 +13,25 @@ use anyhow::{bail, Context, Result};
 use pillion_api::defaults::env::{OTLP_ENDPOINT, OTLP_PROTOCOL};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::apps::{self, App};
-use crate::metrics::Samples;
-use crate::otlp::CollectorBridge;
-use crate::pod::Pod;
-use crate::sidecar::{Sidecar, SidecarOpts};
-use crate::world::World;
-use crate::Task;
+use crate::local::apps;
+use crate::local::bridge::CollectorBridge;
+use crate::local::metrics::Samples;
+use crate::local::pod::Pod;
+use crate::local::sidecar::{Sidecar, SidecarOpts};
+use crate::local::world::World;
+use crate::local::Task;
 
-/// Port of the demo's echo app in the `server` pod.
+/// Port of the echo app in the `server` pod.
 pub const ECHO_PORT: u16 = 7000;
 /// Time between two client requests.
 const REQUEST_EVERY: Duration = Duration::from_secs(1);
 /// Time between two counter reports.
 const REPORT_EVERY: Duration = Duration::from_secs(3);
 
-/// How the demo runs.
+/// How `pillion up` runs.
 #[derive(Debug, Clone)]
-pub struct DemoOpts {
-    /// The binary that runs `init` and `proxy` (the demo itself, re-executed).
+pub struct UpOpts {
+    /// The binary that runs `init`, `proxy` and `agent` (`pillion` itself, re-executed).
     pub binary: PathBuf,
     /// Stop after this long instead of waiting for Ctrl-C.
     pub duration: Option<Duration>,
@@ -70,7 +71,7 @@ fn bridge_collector(
 
 /// What the client achieved, for the exit status of a bounded (CI) run.
 #[derive(Debug, Default)]
-pub struct DemoReport {
+pub struct UpReport {
     /// Requests whose echo came back intact.
     pub ok: u64,
     /// Requests that failed.
@@ -95,7 +96,7 @@ fn executable_by_others(path: &Path) -> bool {
     })
 }
 
-/// A copy of the demo binary that the proxy's uid may execute, removed on drop.
+/// A copy of the binary that the proxy's uid may execute, removed on drop.
 struct SharedCopy(PathBuf);
 
 impl Drop for SharedCopy {
@@ -113,11 +114,11 @@ fn binary_for_proxy(binary: &Path) -> Result<(PathBuf, Option<SharedCopy>)> {
     if executable_by_others(binary) {
         return Ok((binary.to_path_buf(), None));
     }
-    let dir = std::env::temp_dir().join(format!("pillion-demo-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("pillion-up-{}", std::process::id()));
     std::fs::create_dir_all(&dir).context("creating a directory for the binary copy")?;
-    let copy = SharedCopy(dir.join("pillion-demo"));
+    let copy = SharedCopy(dir.join("pillion"));
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::copy(binary, &copy.0).context("copying the demo binary")?;
+    std::fs::copy(binary, &copy.0).context("copying the binary")?;
     std::fs::set_permissions(&copy.0, std::fs::Permissions::from_mode(0o755))?;
     println!(
         "{} is not executable by the proxy's uid; using a copy in {}",
@@ -129,9 +130,9 @@ fn binary_for_proxy(binary: &Path) -> Result<(PathBuf, Option<SharedCopy>)> {
 
 /// Builds the world, runs the traffic until Ctrl-C / SIGTERM / the duration, tears
 /// everything down and reports.
-pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
+pub fn run(opts: &UpOpts) -> Result<UpReport> {
     let (binary, _copy) = binary_for_proxy(&opts.binary)?;
-    let world = World::new("demo")?;
+    let world = World::new("up")?;
     let client = world.pod("client")?;
     let server = world.pod("server")?;
     println!(
@@ -173,7 +174,7 @@ pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
         client_side.proxy().pid(),
         server_side.proxy().pid()
     );
-    let echo = apps::spawn_server(&server, ECHO_PORT, App::Echo)?;
+    let echo = apps::spawn_echo(&server, ECHO_PORT)?;
     let target = server.addr_v4(ECHO_PORT);
     println!("echo app on {target}; the client sends one request a second");
     match opts.duration {
@@ -210,7 +211,7 @@ pub fn run(opts: &DemoOpts) -> Result<DemoReport> {
     }
     drop(world);
     println!("world removed");
-    Ok(DemoReport {
+    Ok(UpReport {
         ok: tally.ok.load(Ordering::Relaxed),
         failed: tally.failed.load(Ordering::Relaxed),
         proxied: last.value(
@@ -225,7 +226,7 @@ fn wait_and_report(duration: Option<Duration>, client: &Sidecar, server: &Sideca
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("building the demo's runtime")?;
+        .context("building the runtime")?;
     rt.block_on(async {
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -276,7 +277,7 @@ async fn client_loop(
         let start = Instant::now();
         let outcome = tokio::time::timeout(
             Duration::from_secs(5),
-            apps::echo_roundtrip(target, msg.as_bytes()),
+            echo_roundtrip(target, msg.as_bytes()),
         )
         .await;
         match outcome {
@@ -301,6 +302,22 @@ async fn client_loop(
             }
         }
     }
+}
+
+/// Sends `data`, half-closes and reads the echo to its end.
+async fn echo_roundtrip(target: std::net::SocketAddr, data: &[u8]) -> Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(target)
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    stream.write_all(data).await.context("sending")?;
+    stream.shutdown().await.context("half-closing")?;
+    let mut back = Vec::with_capacity(data.len());
+    stream
+        .read_to_end(&mut back)
+        .await
+        .context("reading the echo")?;
+    Ok(back)
 }
 
 /// One direction's TCP counters, printable.
@@ -362,7 +379,7 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// The mesh the demo runs besides the proxies: the agent serving its embedded
+/// The mesh `pillion up` runs besides the proxies: the agent serving its embedded
 /// demo view (this very world: `client` 198.18.0.2, `server` 198.18.0.3, service
 /// `echo` at 198.18.0.100 with HTTP on 8080) in pod `agent`, the files the proxies
 /// read, and an HTTP app on the server's port 8080.
@@ -382,7 +399,7 @@ impl Drop for MeshFiles {
     }
 }
 
-/// Port of the demo's HTTP app (service `echo`'s HTTP port in the agent's default).
+/// Port of the HTTP app (service `echo`'s HTTP port in the agent's default).
 const HTTP_PORT: u16 = 8080;
 
 impl TracedMesh {
@@ -409,9 +426,8 @@ impl TracedMesh {
             .recv_timeout(Duration::from_secs(30))
             .context("the agent did not start")?
             .map_err(|e| anyhow::anyhow!("the agent cannot start: {e}"))?;
-        let dir = MeshFiles(
-            std::env::temp_dir().join(format!("pillion-demo-mesh-{}", std::process::id())),
-        );
+        let dir =
+            MeshFiles(std::env::temp_dir().join(format!("pillion-up-mesh-{}", std::process::id())));
         std::fs::create_dir_all(&dir.0)?;
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))?;
         // The embedded view's demo tokens (public: they exist for this demo only).
@@ -424,7 +440,7 @@ impl TracedMesh {
             std::fs::write(&path, text)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
         }
-        let app = spawn_http_app(server)?;
+        let app = apps::spawn_hello(server, HTTP_PORT)?;
         println!(
             "agent in pod agent ({}), HTTP app on the server's port {HTTP_PORT}",
             agent_pod.ipv4()
@@ -460,40 +476,6 @@ impl TracedMesh {
     fn http_target() -> std::net::SocketAddr {
         std::net::SocketAddr::from(([198, 18, 0, 100], HTTP_PORT))
     }
-}
-
-/// An HTTP/1.1 app answering `hello from the server pod`.
-fn spawn_http_app(pod: &Pod) -> Result<Task<()>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let task = pod.background(move || async move {
-        let listener = match apps::bind_dual_stack(HTTP_PORT) {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(
-                            b"hello from the server pod\n",
-                        )),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    })?;
-    rx.recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow::anyhow!("the HTTP app did not bind"))??;
-    Ok(task)
 }
 
 /// One HTTP GET to `target` as an instrumented app would send it: with its own

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::addr::{BRIDGE, BRIDGE_V4, BRIDGE_V6, PREFIX_V4, PREFIX_V6};
-use crate::marker::MARKER_VAR;
+use crate::local::addr::{BRIDGE, BRIDGE_V4, BRIDGE_V6, PREFIX_V4, PREFIX_V6};
+use crate::local::marker::MARKER_VAR;
 
 /// How long the holder may take to set the world up.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);

@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use pillion_api::defaults::{ADMIN_PORT, PROXY_GID, PROXY_UID};
 
-use crate::http::{self, HttpResponse};
-use crate::metrics::{self, Samples};
-use crate::pod::Pod;
-use crate::process::{Cmd, Process, EXEC_TIMEOUT};
+use crate::local::http::{self, HttpResponse};
+use crate::local::metrics::{self, Samples};
+use crate::local::pod::Pod;
+use crate::local::process::{Cmd, Process, EXEC_TIMEOUT};
 
 /// How a sidecar is installed: which multicall binary, as which user, extra flags.
 #[derive(Debug, Clone)]
 pub struct SidecarOpts {
     /// A binary that runs `<binary> init …` and `<binary> proxy …` (see
-    /// [`multicall`](crate::multicall)).
+    /// [`programs`](crate::programs)).
     pub binary: PathBuf,
     /// Uid the proxy runs as (and init exempts).
     pub proxy_uid: u32,

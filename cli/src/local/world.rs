@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::addr::{
+use crate::local::addr::{
     pod_v4, pod_v6, BRIDGE, BRIDGE_V4, BRIDGE_V6, FIRST_POD_HOST, LAST_POD_HOST, PREFIX_V4,
     PREFIX_V6,
 };
-use crate::enter::Enter;
-use crate::marker::{self, LOG_ROOT};
-use crate::netns::{self, Task};
-use crate::pod::Pod;
-use crate::process::{self, output_ok, Cmd, ProcInner, Process, EXEC_TIMEOUT};
+use crate::local::enter::Enter;
+use crate::local::marker::{self, LOG_ROOT};
+use crate::local::netns::{self, Task};
+use crate::local::pod::Pod;
+use crate::local::process::{self, output_ok, Cmd, ProcInner, Process, EXEC_TIMEOUT};
 
 /// State shared by a world and its pods.
 #[derive(Debug)]
@@ -162,7 +162,7 @@ impl World {
             .join(format!("{marker}-{name}"));
         fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating log dir {}", log_dir.display()))?;
-        let holder = crate::holder::start(&marker, &log_dir.join("holder.stderr"))?;
+        let holder = crate::local::holder::start(&marker, &log_dir.join("holder.stderr"))?;
         let holder_pid = holder.id();
         let prefix = format!("pt{}", marker.replace('-', "w"));
         Ok(World {

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use crate::marker::MARKER_VAR;
+use crate::local::marker::MARKER_VAR;
 
 /// Builds commands that run inside one world (its holder's mount + network namespaces).
 #[derive(Debug, Clone)]

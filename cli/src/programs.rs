@@ -1,13 +1,14 @@
 //! One binary, several programs: `<bin> init …` runs pillion-init, `<bin> proxy …`
-//! runs pillion-proxy, `<bin> agent …` runs pillion-agent, exactly as their own
-//! binaries would. The test binary and the demo both use it, so tests need only
-//! one executable per pod.
+//! runs pillion-proxy, `<bin> agent …` runs pillion-agent and `<bin> inject …`
+//! pillion-inject, exactly as their own binaries would. `pillion` is such a binary
+//! (so `pillion up` starts its pods' programs by running itself), and so are the
+//! test and benchmark binaries, so each needs only one executable per pod.
 
 use std::ffi::{OsStr, OsString};
 use std::process::ExitCode;
 
 /// The programs [`dispatch`] knows, by subcommand.
-pub const PROGRAMS: &[&str] = &["init", "proxy", "agent"];
+pub const PROGRAMS: &[&str] = &["init", "proxy", "agent", "inject"];
 
 /// If `args[1]` names a program, runs it with the rest of the arguments (its argv[0]
 /// set to `pillion-<program>` so its messages name it) and returns its exit code;
@@ -21,6 +22,7 @@ pub fn dispatch(args: Vec<OsString>) -> Option<ExitCode> {
         "init" => pillion_init::cli::main_with_args,
         "proxy" => pillion_proxy::main_with_args,
         "agent" => pillion_agent::cli::main_with_args,
+        "inject" => pillion_inject::cli::main_with_args,
         _ => return None,
     };
     Some(run(program_args(&program, rest)))

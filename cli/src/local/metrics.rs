@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::http;
-use crate::pod::Pod;
+use crate::local::http;
+use crate::local::pod::Pod;
 
 /// One sample line: metric name, labels in the order written, value.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,18 +1,18 @@
-//! The "see your traces" path: `pillion-demo --otlp-endpoint` with a collector
-//! outside the demo's world (here the test OTLP receiver on this process's loopback,
-//! where Jaeger would listen) receives the demo's traces through the bridge: each
+//! The "see your traces" path: `pillion up --otlp-endpoint` with a collector
+//! outside the local mesh's world (here the test OTLP receiver on this process's loopback,
+//! where Jaeger would listen) receives its traces through the bridge: each
 //! HTTP request a CLIENT span from the client's proxy and a SERVER span from the
 //! server's proxy, under the client app's own trace id.
 
 use std::time::Duration;
 
-use pillion_tests::demo::{self, DemoOpts};
+use pillion::local::up::{self, UpOpts};
 use pillion_tests::otlp::OtlpReceiver;
 
 #[test]
-fn demo_exports_its_traces_to_a_collector_outside_the_world() {
+fn pillion_up_exports_its_traces_to_a_collector_outside_the_world() {
     let receiver = OtlpReceiver::start_loopback().unwrap();
-    let report = demo::run(&DemoOpts {
+    let report = up::run(&UpOpts {
         binary: crate::common::testbin(),
         duration: Some(Duration::from_secs(5)),
         otlp_endpoint: Some(receiver.grpc_endpoint()),

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::addr::{pod_v4, pod_v6};
-use crate::netns::Task;
-use crate::process::{output_ok, Cmd, Process, EXEC_TIMEOUT};
-use crate::world::{self, WorldShared};
+use crate::local::addr::{pod_v4, pod_v6};
+use crate::local::netns::Task;
+use crate::local::process::{output_ok, Cmd, Process, EXEC_TIMEOUT};
+use crate::local::world::{self, WorldShared};
 
 /// One pod of a world. Cheap to clone; every clone refers to the same namespace, which
-/// lives as long as the [`World`](crate::World).
+/// lives as long as the [`World`](crate::local::World).
 #[derive(Debug, Clone)]
 pub struct Pod {
     world: Arc<WorldShared>,
@@ -37,7 +37,7 @@ impl Pod {
         }
     }
 
-    /// The pod's short name, as given to [`World::pod`](crate::World::pod).
+    /// The pod's short name, as given to [`World::pod`](crate::local::World::pod).
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -1,0 +1,9 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! `pillion`, the command users run: `pillion up` starts the mesh on this machine
+//! ([`local`]: pods as network namespaces, the agent on its embedded default, live
+//! traffic and counters); `pillion init|proxy|agent|inject …` runs the programs of
+//! the mesh ([`programs`]), which is also how `pillion up` starts them in its pods.
+
+pub mod local;
+pub mod programs;

@@ -1,0 +1,94 @@
+#![forbid(unsafe_code)]
+//! `pillion`: `pillion up` runs the mesh on this machine; `pillion init|proxy|agent|
+//! inject …` runs one of the mesh's programs (see [`pillion::programs`]).
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pillion::local::up::{self, UpOpts};
+
+/// Pillion, the transparent sidecar mesh.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pillion",
+    version,
+    after_help = "The mesh's programs run as `pillion init|proxy|agent|inject [flags…]`, \
+                  exactly as pillion-init, pillion-proxy, pillion-agent and pillion-inject."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the mesh on this machine: a private world of network namespaces with the
+    /// agent on its embedded default and two pods with init and proxy, live traffic
+    /// between them and the proxies' counters, until Ctrl-C. Needs root.
+    Up {
+        /// Stop by itself after this long (e.g. 10s, 2m) instead of waiting for Ctrl-C.
+        #[arg(long, value_parser = up::parse_duration)]
+        duration: Option<Duration>,
+
+        /// Export the proxies' spans to this OTLP collector outside the world, e.g.
+        /// Jaeger's http://127.0.0.1:4317 (see docs/telemetry.md).
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+
+        /// OTLP transport of --otlp-endpoint.
+        #[arg(long, value_parser = ["grpc", "http"], default_value = "grpc")]
+        otlp_protocol: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    // The pods' programs: `pillion init …`, `pillion proxy …`, ...
+    if let Some(code) = pillion::programs::dispatch(argv.clone()) {
+        return code;
+    }
+    let Command::Up {
+        duration,
+        otlp_endpoint,
+        otlp_protocol,
+    } = Args::parse_from(argv).command;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "pillion up: needs root, to create network namespaces and iptables rules \
+             (all inside its own private namespaces).\n  \
+             run: sudo cargo run -p pillion -- up"
+        );
+        return ExitCode::from(2);
+    }
+    let binary = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("pillion up: cannot find my own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match up::run(&UpOpts {
+        binary,
+        duration,
+        otlp_endpoint,
+        otlp_protocol: Some(otlp_protocol),
+    }) {
+        Ok(report) => {
+            println!(
+                "requests: {} ok, {} failed; the client's proxy carried {} connection(s)",
+                report.ok, report.failed, report.proxied
+            );
+            if report.ok > 0 && report.failed == 0 && report.proxied >= report.ok as f64 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("pillion up: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
