@@ -7,10 +7,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -170,7 +168,7 @@ async fn handle(req: Request<Incoming>, s: &AgentState) -> Response<Body> {
             }
             let (tx, rx) = mpsc::channel(4);
             *s.watcher.lock().unwrap() = Some(tx);
-            Response::new(Lines(rx).boxed())
+            Response::new(lines(rx))
         }
         _ => error(StatusCode::NOT_FOUND, "not_found"),
     }
@@ -190,19 +188,13 @@ fn error(status: StatusCode, code: &str) -> Response<Body> {
     json(status, serde_json::to_vec(&body).unwrap())
 }
 
-/// A body fed from a channel; it ends when the sender drops.
-struct Lines(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for Lines {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|l| l.map(|l| Ok(Frame::data(l))))
-    }
+/// A body of the lines `rx` gives; it ends when the sender drops.
+fn lines(rx: mpsc::Receiver<Bytes>) -> Body {
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(line)), rx))
+    });
+    http_body_util::StreamBody::new(frames).boxed()
 }
 
 /// A token file in a fresh temporary directory.
