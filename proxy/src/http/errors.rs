@@ -11,6 +11,7 @@ use http::{Response, StatusCode};
 
 use super::body::ResponseBody;
 use crate::policy::rate_limit::{RateLimiter, RetryAfter, RATELIMIT, RATELIMIT_POLICY};
+use crate::upstream::pool::SendError;
 
 /// Marks a response the proxy made, with a short machine-readable reason.
 pub(crate) const PILLION_ERROR: HeaderName = HeaderName::from_static("pillion-error");
@@ -64,6 +65,17 @@ pub(crate) enum HttpError {
 }
 
 impl HttpError {
+    /// A failed send to `endpoint`, as either direction answers it: 502 whether the
+    /// connection was never made or the exchange broke, with the whole cause chain.
+    pub(crate) fn from_send(endpoint: String, e: &SendError) -> Self {
+        let reason = error_chain(e);
+        if e.is_connect() {
+            HttpError::Connect { endpoint, reason }
+        } else {
+            HttpError::Upstream { endpoint, reason }
+        }
+    }
+
     /// The status returned for the error.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
@@ -134,6 +146,22 @@ pub(crate) fn rate_limited(
     response
 }
 
+/// An error and its causes on one line; a cause the message above already ends
+/// with (`"... failed: {source}"`) is not said twice.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +191,24 @@ mod tests {
             }
             .status(),
             502
+        );
+    }
+
+    #[test]
+    fn a_failed_send_says_each_cause_once() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let addr: std::net::SocketAddr = ([198, 18, 0, 3], 80).into();
+        let tcp = crate::transport::connect::ConnectError::Io {
+            addr,
+            source: refused,
+        };
+        let e = SendError::Connect(tcp.into());
+        let error = HttpError::from_send("the application on port 80".into(), &e);
+        assert_eq!(error.status(), 502);
+        assert_eq!(
+            error.to_string(),
+            "cannot connect to the application on port 80: \
+             connecting to 198.18.0.3:80 failed: connection refused"
         );
     }
 }

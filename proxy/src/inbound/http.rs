@@ -197,18 +197,8 @@ impl InboundConn {
                 response
             }
             Err(e) => {
-                let error = if e.is_connect() {
-                    HttpError::Connect {
-                        endpoint: format!("the application on port {}", self.target.port()),
-                        reason: std::error::Error::source(&e)
-                            .map_or_else(|| e.to_string(), |s| s.to_string()),
-                    }
-                } else {
-                    HttpError::Upstream {
-                        endpoint: format!("the application on port {}", self.target.port()),
-                        reason: e.to_string(),
-                    }
-                };
+                let app = format!("the application on port {}", self.target.port());
+                let error = HttpError::from_send(app, &e);
                 tracing::debug!(port = self.target.port(), error = %error, "request to the application failed");
                 error.response()
             }

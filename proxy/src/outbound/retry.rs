@@ -170,20 +170,17 @@ async fn one_try(
     let done = Instant::now();
     let (outcome, result) = match result {
         Some(Ok(response)) => (Outcome::Status(response.status()), Ok(response)),
-        Some(Err(e)) if e.is_connect() => (
-            Outcome::ConnectFailure,
-            Err(HttpError::Connect {
-                endpoint: endpoint.addr.to_string(),
-                reason: error_chain(&e),
-            }),
-        ),
-        Some(Err(e)) => (
-            Outcome::Reset,
-            Err(HttpError::Upstream {
-                endpoint: endpoint.addr.to_string(),
-                reason: error_chain(&e),
-            }),
-        ),
+        Some(Err(e)) => {
+            let outcome = if e.is_connect() {
+                Outcome::ConnectFailure
+            } else {
+                Outcome::Reset
+            };
+            (
+                outcome,
+                Err(HttpError::from_send(endpoint.addr.to_string(), &e)),
+            )
+        }
         None => {
             let overall = limits.deadline.is_some_and(|d| done >= d);
             let error = match (overall, limits.timeout, limits.per_try) {
@@ -281,16 +278,4 @@ fn request_for(head: Head<'_>, body: RequestBody, wire: Wire) -> Request<Request
         }
     }
     request
-}
-
-/// An error and its causes on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
