@@ -6,23 +6,23 @@
 //! The folders are the layers; a connection's path reads top-down in one folder per
 //! direction:
 //!
-//! - [`transport`]: listeners, the accept loop (a span per connection), original
+//! - `transport`: listeners, the accept loop (a span per connection), original
 //!   destination, loop guard, TCP connect and byte copying, mesh TLS handshakes;
-//! - [`detect`]: one buffer of first bytes, mesh TLS ClientHello and HTTP sniffing;
-//! - [`outbound`]: lookup → detect → HTTP ([`outbound::http`], [`outbound::retry`])
-//!   or bytes ([`outbound::tcp`]);
-//! - [`inbound`]: loop guard → mesh TLS → admit → detect → HTTP
-//!   ([`inbound::http`]) or bytes to the application;
-//! - [`upstream`]: endpoints, backends, connection pools, the one connect path;
-//! - [`http`]: what both directions' HTTP shares (server, bodies, hop headers,
+//! - `detect`: one buffer of first bytes, mesh TLS ClientHello and HTTP sniffing;
+//! - `outbound`: lookup → detect → HTTP (`outbound::http`, `outbound::retry`)
+//!   or bytes (`outbound::tcp`);
+//! - `inbound`: loop guard → mesh TLS → admit → detect → HTTP
+//!   (`inbound::http`) or bytes to the application;
+//! - `upstream`: endpoints, backends, connection pools, the one connect path;
+//! - `http`: what both directions' HTTP shares (server, bodies, hop headers,
 //!   errors, upgrades);
-//! - [`state`]: the one compiled state, swapped whole per view, compiled off the
+//! - `state`: the one compiled state, swapped whole per view, compiled off the
 //!   data path;
-//! - [`policy`]: pure per-request decisions (routes, splits, retries, limits,
+//! - `policy`: pure per-request decisions (routes, splits, retries, limits,
 //!   authorization, balancing, outliers, backoff);
 //! - [`control`]: certificates and views from the agent;
-//! - [`telemetry`]: metrics, spans, access log; [`admin`]: probes, metrics, config;
-//! - [`app`]: flags, configuration and [`Proxy`] (`builder() → bind() →
+//! - [`telemetry`]: metrics, spans, access log; `admin`: probes, metrics, config;
+//! - `app`: flags, configuration and [`Proxy`] (`builder() → bind() →
 //!   run(shutdown) → DrainReport`); the binary is [`main_with_args`].
 
 mod admin;

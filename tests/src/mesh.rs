@@ -19,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use pillion_api::certs::CertificateResponse;
 use pillion_api::defaults::{AGENT_NAMESPACE, AGENT_PORT, AGENT_SERVICE_ACCOUNT, TRUST_DOMAIN};
 use pillion_identity::{CertStore, SpiffeId};
-use pillion_proxy::control::client::{AgentClient, AgentError};
-use pillion_proxy::control::config::ControlConfig;
+use pillion_proxy::control::ControlConfig;
+use pillion_proxy::control::{AgentClient, AgentError};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -22,9 +22,9 @@ use tokio_rustls::TlsConnector;
 use super::config::ControlConfig;
 
 /// Time to reach the agent and finish TLS and the HTTP/2 handshake.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a certificate request may take, answer included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 PING interval, so a dead agent is noticed even on an idle watch.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Time a PING has to be answered.

@@ -8,7 +8,7 @@ use pillion_identity::SpiffeId;
 
 /// The flags as given, before checking; `agent_addr: None` means no control plane.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ControlFlags {
+pub(crate) struct ControlFlags {
     /// `--agent-addr`: host:port of the agent's API.
     pub agent_addr: Option<String>,
     /// `--agent-identity`: the SPIFFE id the agent must prove.
@@ -46,7 +46,7 @@ pub struct ControlConfig {
 
 /// A control-plane flag that cannot work.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlConfigError {
+pub(crate) enum ControlConfigError {
     /// A flag needed with `--agent-addr` is missing.
     #[error("{flag} is required with --agent-addr: {what}")]
     Missing {
@@ -100,7 +100,7 @@ pub enum ControlConfigError {
 
 impl ControlFlags {
     /// Checks the flags; `Ok(None)` when no agent is configured (plain L4 proxy).
-    pub fn resolve(&self) -> Result<Option<ControlConfig>, ControlConfigError> {
+    pub(crate) fn resolve(&self) -> Result<Option<ControlConfig>, ControlConfigError> {
         let Some(agent_addr) = &self.agent_addr else {
             for (flag, given) in [
                 ("--agent-identity", self.agent_identity.is_some()),

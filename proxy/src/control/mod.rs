@@ -4,8 +4,8 @@
 //! working on the cached certificate and view while the agent is away.
 
 pub(crate) mod certificates;
-pub mod client;
-pub mod config;
+pub(crate) mod client;
+pub(crate) mod config;
 pub(crate) mod lines;
 pub(crate) mod metrics;
 pub(crate) mod watch;
@@ -23,10 +23,11 @@ use crate::app::proxy::Mesh;
 use crate::state::Views;
 use crate::transport::tls::MeshTls;
 use certificates::Renewer;
-use client::AgentClient;
-use config::ControlConfig;
 use metrics::ControlMetrics;
 use watch::Watcher;
+
+pub use client::{AgentClient, AgentError};
+pub use config::ControlConfig;
 
 /// Readiness condition met once the proxy holds a certificate.
 pub const READY_CERTIFICATE: &str = "certificate";

@@ -10,7 +10,7 @@
 //! The HTTP layer's whole use of it:
 //!
 //! ```no_run
-//! # use pillion_proxy::telemetry::{Telemetry, span::Inbound};
+//! # use pillion_proxy::telemetry::{Telemetry, Inbound};
 //! # fn demo(t: &Telemetry, mut req: http::Request<()>, peer: std::net::SocketAddr) {
 //! let span = t.tracer().start_server(&req, Inbound { peer_addr: Some(peer), peer_identity: None, server_port: 8080 });
 //! if let Some(span) = &span { span.inject(req.headers_mut()); }
@@ -19,24 +19,24 @@
 //! # }
 //! ```
 //!
-//! Modules: [`ids`] (trace/span ids), [`context`] (headers in and out), [`sampler`],
-//! [`span`] (the tracer), [`export`] (the OTLP exporter), [`access_log`],
-//! [`resource`] (`service.name` and friends), [`metrics`], [`process`] (`process_*`
+//! Modules: `ids` (trace/span ids), `context` (headers in and out), `sampler`,
+//! `span` (the tracer), `export` (the OTLP exporter), `access_log`,
+//! `resource` (`service.name` and friends), `metrics`, `process` (`process_*`
 //! and `pillion_build_info`).
 
 pub(crate) mod access_log;
 pub(crate) mod context;
-pub mod export;
+pub(crate) mod export;
 #[cfg(test)]
 mod fixtures;
 pub(crate) mod flags;
-pub mod ids;
-pub mod metrics;
+pub(crate) mod ids;
+pub(crate) mod metrics;
 pub(crate) mod observe;
 pub(crate) mod process;
 pub(crate) mod resource;
 pub(crate) mod sampler;
-pub mod span;
+pub(crate) mod span;
 
 use std::time::Duration;
 
@@ -44,13 +44,14 @@ use pillion_api::defaults::telemetry as d;
 use prometheus_client::registry::Registry;
 
 pub use access_log::{AccessLog, AccessLogTarget, AccessRecord};
-pub use export::{Endpoint, OtlpConfig, OtlpProtocol};
+pub use export::{encode, span_queue, Endpoint, OtlpConfig, OtlpProtocol, SpanQueue, Transport};
 pub use flags::TelemetryArgs;
+pub use ids::{SpanId, TraceId};
 pub use metrics::TelemetryMetrics;
 pub use observe::{ObservedBody, Recorders, RequestObserver};
 pub use resource::Resource;
 pub use sampler::Sampler;
-pub use span::{ActiveSpan, Inbound, SpanKind, Tracer};
+pub use span::{ActiveSpan, Inbound, SpanKind, SpanRecord, Tracer};
 
 use access_log::AccessLogError;
 use export::{EndpointError, Exporter};

@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pillion_api::certs::{CertificateRequest, CertificateResponse, ErrorBody};
 use pillion_identity::{Ca, SpiffeId};
-use pillion_proxy::control::config::ControlConfig;
+use pillion_proxy::control::ControlConfig;
 use pillion_proxy::control::{ControlPlane, READY_CERTIFICATE, READY_VIEW};
 use pillion_proxy::Readiness;
 use prometheus_client::registry::Registry;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pillion_proxy::control::client::AgentError;
+use pillion_proxy::control::AgentError;
 use pillion_tests::apps::{self, App};
 use pillion_tests::mesh::{
     self, capture_on_bridge, contains, spiffe_id, MeshWorld, PERMISSIVE_PORT, STRICT_PORT,

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use pillion_proxy::telemetry::export::{encode, Transport as Exporter};
-use pillion_proxy::telemetry::ids::{SpanId, TraceId};
-use pillion_proxy::telemetry::span::{SpanKind, SpanRecord};
+use pillion_proxy::telemetry::{encode, Transport as Exporter};
 use pillion_proxy::telemetry::{OtlpConfig, OtlpProtocol, Resource};
+use pillion_proxy::telemetry::{SpanId, TraceId};
+use pillion_proxy::telemetry::{SpanKind, SpanRecord};
 use pillion_tests::otlp::{CollectorBridge, OtlpReceiver, Transport};
 use pillion_tests::{Pod, World};
 

@@ -29,16 +29,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::policy::backoff::full_jitter;
 
-pub use config::{Endpoint, EndpointError, OtlpConfig, OtlpProtocol};
-pub use queue::{span_queue, SpanQueue, SpanSink};
-pub use transport::{ExportError, Transport};
+pub(crate) use config::EndpointError;
+pub use config::{Endpoint, OtlpConfig, OtlpProtocol};
+pub(crate) use queue::SpanSink;
+pub use queue::{span_queue, SpanQueue};
+pub use transport::Transport;
 
 use super::metrics::{DropReason, TelemetryMetrics};
 use super::resource::Resource;
 
 /// The running exporter; [`Exporter::shutdown`] flushes what is queued.
 #[derive(Debug)]
-pub struct Exporter {
+pub(crate) struct Exporter {
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -46,7 +48,7 @@ pub struct Exporter {
 impl Exporter {
     /// Starts the export task for `config` on the current tokio runtime and returns
     /// it with the sink requests submit to.
-    pub fn spawn(
+    pub(crate) fn spawn(
         config: OtlpConfig,
         resource: &Resource,
         metrics: TelemetryMetrics,
@@ -67,7 +69,7 @@ impl Exporter {
 
     /// Stops batching, sends what is queued (one attempt per batch) and waits up to
     /// `grace` for that; spans still unsent then are lost.
-    pub async fn shutdown(self, grace: Duration) {
+    pub(crate) async fn shutdown(self, grace: Duration) {
         self.stop.cancel();
         let mut task = self.task;
         if tokio::time::timeout(grace, &mut task).await.is_err() {

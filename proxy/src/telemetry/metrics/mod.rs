@@ -13,7 +13,8 @@ pub(crate) mod http;
 pub(crate) mod mesh;
 pub(crate) mod tcp;
 
-pub use export::{DropReason, TelemetryMetrics};
+pub(crate) use export::DropReason;
+pub use export::TelemetryMetrics;
 
 /// Which listener a connection came through; the `direction` label of every metric.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -48,7 +49,7 @@ impl EncodeLabelValue for Direction {
 
 /// The label set of the TCP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
+pub(crate) struct DirectionLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
 }
@@ -61,4 +62,4 @@ pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
 }
 
 /// Content type of [`encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -12,11 +12,11 @@ use std::time::Duration;
 use super::*;
 use http::Request;
 use pillion_identity::CertStore;
-use pillion_proxy::telemetry::export::{span_queue, SpanQueue};
-use pillion_proxy::telemetry::span::{SpanKind, SpanRecord};
+use pillion_proxy::telemetry::{span_queue, SpanQueue};
 use pillion_proxy::telemetry::{
     AccessLog, AccessLogTarget, Recorders, Sampler, TelemetryMetrics, Tracer,
 };
+use pillion_proxy::telemetry::{SpanKind, SpanRecord};
 use pillion_proxy::Settings;
 use serde_json::json;
 
