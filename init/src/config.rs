@@ -44,10 +44,10 @@ pub struct Args {
     #[arg(long, env = "PILLION_PROXY_GID", value_name = "GID", value_parser = parse_id)]
     pub proxy_gid: Option<u32>,
 
-    /// Comma-separated inbound ports that reach the application without the proxy.
+    /// Comma-separated inbound ports that reach the application without the proxy,
+    /// in addition to the proxy's admin port, which is always skipped.
     #[arg(long, env = "PILLION_SKIP_INBOUND_PORTS", value_name = "PORTS",
-          default_value_t = PortList(defaults::SKIP_INBOUND_PORTS.to_vec()),
-          value_parser = PortList::parse)]
+          default_value = "", hide_default_value = true, value_parser = PortList::parse)]
     pub skip_inbound_ports: PortList,
 
     /// Comma-separated destination ports whose outbound connections bypass the proxy.
@@ -138,7 +138,7 @@ impl Args {
                 inbound_port: inbound,
                 proxy_uid: self.proxy_uid,
                 proxy_gid: self.proxy_gid,
-                skip_inbound_ports: self.skip_inbound_ports.0,
+                skip_inbound_ports: with_defaults(self.skip_inbound_ports.0),
                 skip_outbound_ports: self.skip_outbound_ports.0,
                 skip_outbound_cidrs: self.skip_outbound_cidrs.0,
                 families,
@@ -149,6 +149,18 @@ impl Args {
             log_format: self.log_format,
         })
     }
+}
+
+/// The always-skipped inbound ports (the admin port: probes reach it directly, and
+/// a redirect would hand off-pod callers to it from loopback) followed by the
+/// user's. A user's list adds to these, it never replaces them.
+fn with_defaults(user: Vec<u16>) -> Vec<u16> {
+    let mut ports = defaults::SKIP_INBOUND_PORTS.to_vec();
+    ports.extend(
+        user.into_iter()
+            .filter(|p| !defaults::SKIP_INBOUND_PORTS.contains(p)),
+    );
+    ports
 }
 
 /// A comma-separated list of TCP ports, de-duplicated in the order given.
@@ -312,7 +324,7 @@ mod tests {
         assert_eq!(s.plan.inbound_port, 1002);
         assert_eq!(s.plan.proxy_uid, 7);
         assert_eq!(s.plan.proxy_gid, Some(8));
-        assert_eq!(s.plan.skip_inbound_ports, [22, 15020]);
+        assert_eq!(s.plan.skip_inbound_ports, [15020, 22]);
         assert_eq!(s.plan.skip_outbound_ports, [5432]);
         let cidrs: Vec<String> = s
             .plan
@@ -329,11 +341,16 @@ mod tests {
     }
 
     #[test]
-    fn empty_lists_clear_the_defaults() {
-        assert!(settings(&["--skip-inbound-ports="])
-            .plan
-            .skip_inbound_ports
-            .is_empty());
+    fn a_skip_list_adds_to_the_admin_port_and_never_removes_it() {
+        for (list, want) in [
+            ("", &[15020][..]),
+            ("22", &[15020, 22]),
+            ("22,15020", &[15020, 22]),
+            ("15020", &[15020]),
+        ] {
+            let s = settings(&[&format!("--skip-inbound-ports={list}")]);
+            assert_eq!(s.plan.skip_inbound_ports, want, "{list:?}");
+        }
     }
 
     #[test]

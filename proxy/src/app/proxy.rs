@@ -301,25 +301,27 @@ impl Proxy {
             http_metrics: self.http_metrics,
             drain: self.drain.clone(),
         });
-        let loop_guard = LoopGuard::new(
+        let listeners = || {
             self.outbound_addrs
                 .iter()
                 .chain(&self.inbound_addrs)
-                .map(SocketAddr::port),
-        );
-        let tcp = self.tcp;
-        let relay = |direction| {
-            Relay::new(
-                loop_guard.clone(),
-                config.connect_timeout,
-                tcp.direction(direction),
-            )
+                .map(SocketAddr::port)
         };
+        // Inbound also guards the admin port: an off-pod caller redirected there
+        // would reach the admin server from loopback, where `/shutdown` obeys.
+        let admin_port = self.admin.local_addr().port();
+        let tcp = self.tcp;
+        let relay =
+            |guard, direction| Relay::new(guard, config.connect_timeout, tcp.direction(direction));
         let outbound = Arc::new(Outbound::new(
-            relay(Direction::Outbound),
+            relay(LoopGuard::new(listeners()), Direction::Outbound),
             Arc::clone(&inputs),
         ));
-        let inbound = Arc::new(Inbound::new(relay(Direction::Inbound), inputs));
+        let inbound_guard = LoopGuard::new(listeners().chain([admin_port]));
+        let inbound = Arc::new(Inbound::new(
+            relay(inbound_guard, Direction::Inbound),
+            inputs,
+        ));
         let (orig_dst, drain) = (&self.orig_dst, &self.drain);
         let mut accepting: Vec<_> = self
             .outbound

@@ -122,6 +122,40 @@ async fn a_direct_connection_is_refused_as_a_loop() {
     assert!(text.contains("pillion_tcp_loops_refused_total{direction=\"outbound\"} 1"));
 }
 
+/// An off-pod caller redirected to the admin port (as when a user's skip list
+/// once replaced the default exclusion of 15020) must not reach the admin server
+/// from loopback, where `/shutdown` obeys.
+#[tokio::test]
+async fn inbound_refuses_to_forward_to_the_admin_port() {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    drop(admin);
+    let config = ProxyConfig {
+        admin_addr,
+        ..ProxyConfig::loopback_ephemeral()
+    };
+    let aimed: SocketAddr = format!("198.18.0.77:{}", admin_addr.port())
+        .parse()
+        .unwrap();
+    let p = plain(config, Some(aimed)).await;
+    let mut c = TcpStream::connect(p.inbound).await.unwrap();
+    let attack = "POST /shutdown HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    let _ = c.write_all(attack.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let inb = p.proxy_metrics.1.clone();
+    eventually("the loop to be counted", Duration::from_secs(5), || {
+        inb.loops_refused.get() == 1
+    })
+    .await;
+    // Still serving: the admin server answers its own loopback callers.
+    assert_eq!(
+        http(p.admin, "GET", "/ready").await,
+        (200, "ready\n".into())
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_upstream_counts_a_connect_failure() {
     let closed = {

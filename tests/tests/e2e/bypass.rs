@@ -205,3 +205,53 @@ fn the_proxy_never_loops_and_its_uid_bypasses_it() {
     assert!(moved(|| outbound(&sa), before));
     assert_eq!(sa.metrics().unwrap().value(m::LOOPS, m::OUT), 0.0);
 }
+
+/// One raw HTTP/1.1 request from `client` to `target`; the status line's code, or 0
+/// when the connection closed without an answer.
+fn raw_status(
+    client: &Pod,
+    target: SocketAddr,
+    method: &'static str,
+    path: &'static str,
+) -> std::io::Result<u16> {
+    client
+        .run(move || async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(target).await?;
+            let req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await?;
+            let mut raw = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+            let text = String::from_utf8_lossy(&raw);
+            Ok::<u16, std::io::Error>(text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0))
+        })
+        .unwrap()
+}
+
+/// A user's inbound skip list adds to the admin port, never replaces it: with
+/// `--skip-inbound-ports 22` an off-pod caller still reaches the admin server
+/// directly (so it is refused as non-loopback), not through the inbound proxy
+/// from 127.0.0.1, where `/shutdown` would obey.
+#[test]
+fn an_inbound_skip_list_cannot_expose_admin_shutdown() {
+    let world = World::new("admin_skip").unwrap();
+    let a = world.pod("a").unwrap();
+    let b = world.pod("b").unwrap();
+    let sb = b
+        .install_sidecar(&sidecar_opts().init_args(["--skip-inbound-ports", "22"]))
+        .unwrap();
+    let before = inbound(&sb);
+    let v4 = b.addr_v4(15020);
+    assert_eq!(raw_status(&a, v4, "GET", "/ready").unwrap(), 200);
+    assert_eq!(raw_status(&a, v4, "POST", "/shutdown").unwrap(), 403);
+    // The admin server listens on IPv4 only: over IPv6 nothing answers, where a
+    // redirect would have handed the connection to the inbound proxy.
+    let v6 = b.addr_v6(15020);
+    let err = raw_status(&a, v6, "POST", "/shutdown").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // Still serving, and none of it went through the inbound proxy.
+    assert_eq!(inbound(&sb), before);
+    assert!(sb.metrics().is_ok());
+}
