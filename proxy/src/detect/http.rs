@@ -154,6 +154,64 @@ where
     (protocol, reason, peek.into_rewind())
 }
 
+/// What a connection to a port where HTTP policy lives turned out to be. Such a port
+/// never relays bytes: whatever is not HTTP is refused with a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strict {
+    /// HTTP/2 (the preface) or HTTP/1 (anything else, for hyper's parser to accept
+    /// or answer 400): serve it.
+    Serve(Protocol),
+    /// Nothing, or no whole request line, within the header-read timeout: 408.
+    Silent,
+    /// No request line within [`super::MAX_DETECT_BYTES`]: 414.
+    TooLong,
+    /// The peer closed first: nothing to answer.
+    Closed,
+}
+
+/// Detection on a port where HTTP policy lives: no opaque fallback. The peer gets
+/// `header_timeout` (at least) for its first request line, so a client that connects
+/// early and sends late keeps its policy; empty lines before it are allowed
+/// (RFC 9112 §2.2), and hyper's parser judges the rest.
+pub(crate) async fn detect_strict<IO>(
+    mut peek: Peek<IO>,
+    header_timeout: Duration,
+) -> (Strict, Rewind<IO>)
+where
+    IO: AsyncRead + Unpin,
+{
+    peek.wait_at_least(header_timeout);
+    let verdict = loop {
+        if let Some(done) = strict_verdict(peek.buffered()) {
+            break done;
+        }
+        match peek.read_more().await {
+            Read::More => {}
+            Read::Eof => break Strict::Closed,
+            Read::Timeout => break Strict::Silent,
+            Read::Full => break Strict::TooLong,
+        }
+    };
+    (verdict, peek.into_rewind())
+}
+
+/// The strict verdict on the bytes so far, `None` while more are needed: the whole
+/// preface is HTTP/2; a first line (after any empty lines) is HTTP/1, whatever it
+/// holds.
+fn strict_verdict(buf: &[u8]) -> Option<Strict> {
+    let n = buf.len().min(H2_PREFACE.len());
+    if n > 0 && buf[..n] == H2_PREFACE[..n] {
+        return (n == H2_PREFACE.len()).then_some(Strict::Serve(Protocol::Http2));
+    }
+    let start = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    buf[start..]
+        .contains(&b'\n')
+        .then_some(Strict::Serve(Protocol::Http1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +273,73 @@ mod tests {
         }
         let long_method = vec![b'A'; MAX_METHOD_LEN + 1];
         assert_eq!(classify(&long_method), is(Protocol::Opaque));
+    }
+
+    #[test]
+    fn strict_detection_wants_a_whole_first_line() {
+        let http1 = Some(Strict::Serve(Protocol::Http1));
+        for (bytes, want) in [
+            (&b""[..], None),
+            (b"\r\n\r\n", None),
+            (b"GET / HTTP/1.1", None),
+            (b"GET / HTTP/1.1\r\n", http1),
+            (b"\r\n\nGET / HTTP/1.1\r\n", http1),
+            // Not HTTP, but a whole line: hyper answers it 400.
+            (b"SSH-2.0-OpenSSH_9.6\r\n", http1),
+            (b"get / http/1.1\n", http1),
+            (b"PRI * HTTP/2.0\r\n", None),
+            (H2_PREFACE, Some(Strict::Serve(Protocol::Http2))),
+            (b"PRI * HTTP/2.0\r\n\r\nXX\r\n", http1),
+        ] {
+            assert_eq!(strict_verdict(bytes), want, "{bytes:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn strict_detection_waits_for_a_late_first_byte_then_408() {
+        let (a, mut b) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            b.write_all(b"\r\nGET / HTTP/1.1\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        // The usual detection deadline (10 s) has passed before the first byte.
+        let peek = Peek::new(a, Duration::from_secs(10));
+        let (verdict, rewind) = detect_strict(peek, Duration::from_secs(30)).await;
+        assert_eq!(verdict, Strict::Serve(Protocol::Http1));
+        assert_eq!(rewind.prefix(), b"\r\nGET / HTTP/1.1\r\n");
+
+        let (a, _b) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        let (verdict, _) = detect_strict(
+            Peek::new(a, Duration::from_secs(10)),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(verdict, Strict::Silent);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn strict_detection_refuses_an_endless_line_and_sees_eof() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_DETECT_BYTES + 100, b'a');
+        tokio::spawn(async move {
+            let _ = b.write_all(&line).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let peek = Peek::new(a, Duration::from_secs(5));
+        let (verdict, _) = detect_strict(peek, Duration::from_secs(5)).await;
+        assert_eq!(verdict, Strict::TooLong);
+
+        let (a, b) = tokio::io::duplex(64);
+        drop(b);
+        let peek = Peek::new(a, Duration::from_secs(5));
+        assert_eq!(
+            detect_strict(peek, Duration::from_secs(5)).await.0,
+            Strict::Closed
+        );
     }
 
     #[tokio::test]

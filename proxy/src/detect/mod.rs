@@ -24,7 +24,7 @@ use pillion_api::view::Protocol as PortProtocol;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
-pub(crate) use http::{detect, Protocol};
+pub(crate) use http::{detect, Protocol, Strict};
 use rewind::Rewind;
 
 /// Most bytes detection reads: a whole ClientHello (one 16 KiB record, split into a
@@ -60,6 +60,12 @@ impl<IO: AsyncRead + Unpin> Peek<IO> {
             io,
             deadline: Instant::now() + timeout,
         }
+    }
+
+    /// Gives the peer until `timeout` from now (never less than it had): a port where
+    /// only HTTP is served waits for a late first byte instead of giving up on it.
+    pub(crate) fn wait_at_least(&mut self, timeout: Duration) {
+        self.deadline = self.deadline.max(Instant::now() + timeout);
     }
 
     /// The bytes read so far.

@@ -13,8 +13,9 @@ use crate::telemetry::metrics::mesh::Denied;
 pub(crate) enum Verdict {
     /// It may go on, as HTTP or as bytes.
     Admit,
-    /// A verified peer the port's allow list does not admit: HTTP may go on (each
-    /// request is judged by its route, and answered 403), bytes may not.
+    /// A peer the port's allow list (or one of its routes') does not admit: HTTP
+    /// may go on (each request is judged by its route, and answered 403), bytes
+    /// may not.
     OnlyHttp,
     /// Refused before anything is read.
     Refuse(Denied),
@@ -24,9 +25,10 @@ pub(crate) enum Verdict {
 pub(crate) fn admit(port: PortRule<'_>, peer: Option<&str>) -> Verdict {
     match peer {
         None if port.mode == Mode::Strict => Verdict::Refuse(Denied::Plaintext),
-        None => Verdict::Admit,
-        Some(identity) if port.admits(identity) => Verdict::Admit,
-        Some(_) => Verdict::OnlyHttp,
+        Some(identity) if !port.admits(identity) => Verdict::OnlyHttp,
+        // Some route would refuse this caller: bytes no route judges may not pass.
+        _ if !port.every_route_admits(peer) => Verdict::OnlyHttp,
+        _ => Verdict::Admit,
     }
 }
 
@@ -60,5 +62,34 @@ mod tests {
         assert_eq!(admit(strict, Some(other)), Verdict::OnlyHttp);
         assert_eq!(admit(open, None), Verdict::Admit);
         assert_eq!(admit(open, Some(other)), Verdict::Admit);
+    }
+
+    #[test]
+    fn bytes_pass_only_where_every_route_would_admit_the_caller() {
+        // An opaque port (no HTTP served) whose one route admits only ops: a relay
+        // must not let in whom that route would refuse.
+        let view: pillion_api::view::View = serde_json::from_str(
+            r#"{"version": 1, "identity": "spiffe://cluster.local/ns/demo/sa/server",
+              "services": [{"name": "db", "namespace": "demo", "ports": [
+                 {"port": 7000, "protocol": "opaque"}]}],
+              "inbound": {"default_mode": "permissive", "ports": {"7000": {"mode": "permissive",
+                "server": {"routes": [{"name": "admin", "matches": [{"path": {"prefix": "/admin"}}],
+                  "allow": ["spiffe://cluster.local/ns/ops/*"]}]}}}}}"#,
+        )
+        .unwrap();
+        let state = State::compile(
+            &view,
+            &State::default(),
+            &Default::default(),
+            &HttpMetrics::default(),
+            std::time::Instant::now(),
+        );
+        let port = state.inbound().rule(7000);
+        assert!(port.opaque);
+        let ops = "spiffe://cluster.local/ns/ops/sa/tool";
+        let demo = "spiffe://cluster.local/ns/demo/sa/client";
+        assert_eq!(admit(port, Some(ops)), Verdict::Admit);
+        assert_eq!(admit(port, Some(demo)), Verdict::OnlyHttp);
+        assert_eq!(admit(port, None), Verdict::OnlyHttp);
     }
 }

@@ -20,13 +20,15 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use ::http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::app::inputs::Inputs;
 use crate::detect::tls::Detected;
-use crate::detect::{self, Peek, Protocol};
+use crate::detect::{self, Peek, Protocol, Strict};
+use crate::http::server::HEADER_READ_TIMEOUT;
 use crate::telemetry::metrics::mesh::Denied;
 use crate::telemetry::metrics::Direction;
 use crate::transport::accept::{Accepted, ConnInfo, Stack};
@@ -36,6 +38,24 @@ use crate::upstream::connect::UpstreamConnector;
 use crate::upstream::Upstream;
 use admit::Verdict;
 use http::Peer;
+
+/// How a port's bytes are told apart, from its connection-level rule.
+#[derive(Debug, Clone, Copy)]
+struct Detection {
+    /// A service marks the port opaque: no detection.
+    marked_opaque: bool,
+    /// HTTP policy lives here: HTTP or a refusal, never relayed bytes.
+    http_only: bool,
+}
+
+impl Detection {
+    fn of(rule: &crate::state::inbound::PortRule<'_>) -> Detection {
+        Detection {
+            marked_opaque: rule.opaque,
+            http_only: rule.http_only,
+        }
+    }
+}
 
 /// Serves connections from elsewhere to the local application.
 #[derive(Debug)]
@@ -108,7 +128,8 @@ impl Inbound {
                 };
                 tracing::Span::current().record("peer_identity", peer.as_str());
                 let rule = state.inbound().rule(port);
-                let (verdict, opaque) = (admit::admit(rule, Some(peer.as_str())), rule.opaque);
+                let verdict = admit::admit(rule, Some(peer.as_str()));
+                let detection = Detection::of(&rule);
                 drop(state);
                 if let Verdict::Refuse(denied) = verdict {
                     return self.refuse(denied);
@@ -119,26 +140,28 @@ impl Inbound {
                 tracing::debug!("mesh TLS accepted");
                 let peer = Peer::verified(peer.as_str());
                 let peek = Peek::new(tls, detect_timeout);
-                self.serve_admitted(peek, &info, target, peer, verdict, opaque)
+                self.serve_admitted(peek, &info, target, peer, verdict, detection)
                     .await;
             }
             Detected::Plain(reason, peek) => {
                 let rule = state.inbound().rule(port);
-                let (verdict, opaque) = (admit::admit(rule, None), rule.opaque);
+                let verdict = admit::admit(rule, None);
+                let detection = Detection::of(&rule);
                 drop(state);
                 if let Verdict::Refuse(denied) = verdict {
                     tracing::info!(detected = reason.as_str(), "plaintext on a strict port");
                     return self.refuse(denied);
                 }
                 self.inputs.mesh_metrics.passthrough(Direction::Inbound);
-                self.serve_admitted(peek, &info, target, None, verdict, opaque)
+                self.serve_admitted(peek, &info, target, None, verdict, detection)
                     .await;
             }
         }
     }
 
     /// Detects HTTP in an admitted connection (plaintext, or already decrypted) and
-    /// serves it per request; relays anything else to the application.
+    /// serves it per request; relays anything else to the application, except on a
+    /// port where HTTP policy lives, which refuses it with a status instead.
     async fn serve_admitted<IO>(
         &self,
         peek: Peek<IO>,
@@ -146,15 +169,23 @@ impl Inbound {
         target: SocketAddr,
         peer: Option<Peer>,
         verdict: Verdict,
-        marked_opaque: bool,
+        detection: Detection,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let settings = &self.inputs.settings;
         let app_port = info.orig_dst.port();
-        let opaque =
-            marked_opaque || detect::skips_detection(app_port, None, &settings.opaque_ports);
-        let (protocol, io) = if opaque {
+        let opaque = detection.marked_opaque
+            || detect::skips_detection(app_port, None, &settings.opaque_ports);
+        let (protocol, io) = if detection.http_only && !detection.marked_opaque {
+            let (verdict, io) = detect::http::detect_strict(peek, HEADER_READ_TIMEOUT).await;
+            match verdict {
+                Strict::Serve(protocol) => (protocol, io),
+                Strict::Closed => return,
+                Strict::Silent => return self.not_http(io, StatusCode::REQUEST_TIMEOUT).await,
+                Strict::TooLong => return self.not_http(io, StatusCode::URI_TOO_LONG).await,
+            }
+        } else if opaque {
             (Protocol::Opaque, peek.into_rewind())
         } else {
             let (protocol, reason, io) = detect::http::detect_peeked(peek).await;
@@ -164,7 +195,11 @@ impl Inbound {
         match protocol {
             Protocol::Opaque => {
                 if verdict == Verdict::OnlyHttp {
-                    return self.refuse(Denied::Identity);
+                    let denied = match peer {
+                        Some(_) => Denied::Identity,
+                        None => Denied::Plaintext,
+                    };
+                    return self.refuse(denied);
                 }
                 if let Some(upstream) = self.relay.connect(target).await {
                     self.relay.forward(io, upstream).await;
@@ -183,6 +218,23 @@ impl Inbound {
                 .await
             }
         }
+    }
+
+    /// Answers a connection on an HTTP-only port that sent no request `status` and
+    /// closes it; its bytes never reach the application.
+    async fn not_http<IO: AsyncWrite + Unpin>(&self, mut io: IO, status: StatusCode) {
+        self.inputs.mesh_metrics.denied(Denied::NotHttp);
+        tracing::info!(
+            status = status.as_u16(),
+            "no HTTP request on an HTTP-only port"
+        );
+        let reason = status.canonical_reason().unwrap_or("");
+        let answer = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            status.as_u16()
+        );
+        let _ = io.write_all(answer.as_bytes()).await;
+        let _ = io.shutdown().await;
     }
 
     /// Counts and logs a connection the port's policy refuses.

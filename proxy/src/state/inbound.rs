@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use http::request::Parts;
 use pillion_api::policy::RateLimit;
-use pillion_api::view::{Mode, PortPolicy, View};
+use pillion_api::view::{Mode, PortPolicy, Protocol, View};
 
 use crate::policy::authz::Authorizer;
 use crate::policy::rate_limit::RateLimiter;
@@ -64,12 +64,23 @@ pub(crate) struct PortRule<'a> {
     pub authz: &'a Authorizer,
     /// Whether a service marks the port opaque (no detection).
     pub opaque: bool,
+    /// Whether HTTP policy lives here (server routes, or a service declares the
+    /// port HTTP): then nothing but HTTP is served, never relayed bytes.
+    pub http_only: bool,
+    /// The port's server routes, each with its own allow list.
+    pub routes: &'a [ServerRouteState],
 }
 
 impl PortRule<'_> {
     /// Whether a caller that proved `identity` may connect at all.
     pub(crate) fn admits(&self, identity: &str) -> bool {
         self.authz.check(Some(identity)).is_ok()
+    }
+
+    /// Whether `peer` (`None`: plaintext) may send bytes no route judges: only if
+    /// every route would admit it, so a relay is never more permissive than HTTP.
+    pub(crate) fn every_route_admits(&self, peer: Option<&str>) -> bool {
+        self.routes.iter().all(|r| r.authz.check(peer).is_ok())
     }
 }
 
@@ -88,22 +99,30 @@ pub(crate) struct InboundTable {
     /// connections there skip detection, so server-speaks-first protocols never
     /// wait for the detection timeout.
     opaque: HashSet<u16>,
+    /// Application ports with server routes or that some service declares `http1`
+    /// or `http2`: detection there fails closed.
+    http_only: HashSet<u16>,
 }
 
 impl InboundTable {
     /// The connection-level rule of application port `port`.
     pub(crate) fn rule(&self, port: u16) -> PortRule<'_> {
         let opaque = self.opaque.contains(&port);
+        let http_only = self.http_only.contains(&port);
         match self.ports.get(&port) {
             Some(policy) => PortRule {
                 mode: policy.default.authz.mode(),
                 authz: &policy.default.authz,
                 opaque,
+                http_only,
+                routes: &policy.routes,
             },
             None => PortRule {
                 mode: self.default_mode,
                 authz: &self.default_authz,
                 opaque,
+                http_only,
+                routes: &[],
             },
         }
     }
@@ -150,12 +169,21 @@ impl InboundTable {
                 .unwrap_or_else(|_| Authorizer::deny_all()),
             ..InboundTable::default()
         };
-        table.opaque = view
-            .services
-            .iter()
-            .flat_map(|s| &s.ports)
-            .filter(|p| p.protocol == pillion_api::view::Protocol::Opaque)
+        let ports = || view.services.iter().flat_map(|s| &s.ports);
+        table.opaque = ports()
+            .filter(|p| p.protocol == Protocol::Opaque)
             .map(|p| p.target_port())
+            .collect();
+        table.http_only = ports()
+            .filter(|p| matches!(p.protocol, Protocol::Http1 | Protocol::Http2))
+            .map(|p| p.target_port())
+            .chain(
+                view.inbound
+                    .ports
+                    .iter()
+                    .filter(|(_, policy)| !policy.server.routes.is_empty())
+                    .map(|(port, _)| *port),
+            )
             .collect();
         for (port, policy) in &view.inbound.ports {
             let compiled = compile_port(*port, policy, previous, &mut table, metrics, now);
@@ -253,7 +281,8 @@ mod tests {
         let view: View = serde_json::from_str(
             r#"{"version": 1, "identity": "spiffe://cluster.local/ns/demo/sa/server",
               "services": [{"name": "db", "namespace": "demo", "ports": [
-                 {"port": 5433, "target_port": 15433, "protocol": "opaque"}, {"port": 80}]}],
+                 {"port": 5433, "target_port": 15433, "protocol": "opaque"}, {"port": 80},
+                 {"port": 81, "target_port": 9081, "protocol": "http2"}]}],
               "inbound": {"default_mode": "strict", "ports": {"8080": {"mode": "permissive",
                 "server": {"routes": [{"name": "admin", "matches": [{"path": {"prefix": "/admin"}}],
                   "allow": ["spiffe://cluster.local/ns/ops/*"]}]}}}}}"#,
@@ -263,6 +292,10 @@ mod tests {
         let table =
             InboundTable::compile(&view, &InboundTable::default(), &metrics, Instant::now());
         assert!(table.rule(15433).opaque && !table.rule(80).opaque);
+        // Server routes or a declared HTTP protocol make a port HTTP-only.
+        let http_only = |p| table.rule(p).http_only;
+        assert!(http_only(8080) && http_only(9081));
+        assert!(!http_only(80) && !http_only(15433) && !http_only(9090));
         let port = table.port(8080, &metrics);
         let admin = http::Request::get("/admin/x")
             .body(())

@@ -4,6 +4,7 @@
 mod bypass;
 mod common;
 mod drain;
+mod edges;
 mod flags;
 mod harness;
 mod http_mesh;

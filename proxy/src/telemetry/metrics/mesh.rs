@@ -57,6 +57,8 @@ pub enum Denied {
     Identity,
     /// Plaintext on a strict port.
     Plaintext,
+    /// No HTTP request (silence, an endless request line) on an HTTP-only port.
+    NotHttp,
 }
 
 impl Denied {
@@ -65,6 +67,7 @@ impl Denied {
         match self {
             Denied::Identity => "identity",
             Denied::Plaintext => "plaintext",
+            Denied::NotHttp => "not_http",
         }
     }
 }
