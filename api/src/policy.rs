@@ -106,6 +106,22 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Longest route name; names appear in metrics labels and rate-limit headers.
 pub const MAX_ROUTE_NAME_LEN: usize = 128;
+/// Prefix of the proxy's own headers (`pillion-peer-identity`, `pillion-orig-proto`):
+/// only a verified peer proxy may send them; from anyone else they are removed, and
+/// no edit may set them.
+pub const OWN_HEADER_PREFIX: &str = "pillion-";
+
+/// Whether no route edit may touch header `name`: connection management, framing,
+/// and the proxy's own headers ([`OWN_HEADER_PREFIX`]).
+pub fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(name))
+        || name
+            .get(..OWN_HEADER_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(OWN_HEADER_PREFIX))
+}
+
 /// Headers that no edit may touch: connection management, message framing, and the
 /// identity header only the inbound proxy sets.
 pub const RESERVED_HEADERS: &[&str] = &[
@@ -909,10 +925,7 @@ fn validate_header_name(name: &str) -> Result<(), PolicyError> {
 
 fn validate_edited_name(name: &str) -> Result<(), PolicyError> {
     validate_header_name(name).map_err(|e| e.within(name))?;
-    if RESERVED_HEADERS
-        .iter()
-        .any(|reserved| reserved.eq_ignore_ascii_case(name))
-    {
+    if is_reserved_header(name) {
         return Err(PolicyError::new(
             name,
             PolicyProblem::ReservedHeader(name.to_string()),
@@ -1226,6 +1239,14 @@ mod tests {
             format!("request_headers.remove[1].{PEER_IDENTITY_HEADER}")
         );
         assert!(matches!(problem, PolicyProblem::ReservedHeader(_)));
+
+        // Every one of the proxy's own headers is reserved, in any case.
+        let mut r = example();
+        r.request_headers
+            .set
+            .insert("Pillion-Orig-Proto".into(), "HTTP/1.0".into());
+        assert!(matches!(problem_at(&r).1, PolicyProblem::ReservedHeader(_)));
+        assert!(!is_reserved_header("x-pillion") && is_reserved_header("PILLION-x"));
 
         let mut r = example();
         r.response_headers

@@ -11,6 +11,8 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri, Version};
 
+use pillion_api::policy::OWN_HEADER_PREFIX;
+
 use super::errors::HttpError;
 
 /// Carries the version the client spoke across the proxy-to-proxy HTTP/2 hop.
@@ -91,6 +93,15 @@ pub(crate) fn orig_proto_value(version: Version) -> Option<HeaderValue> {
     }
 }
 
+/// Removes every one of the proxy's own headers (`pillion-*`): what the
+/// application or an unverified caller wrote there is never read or passed on.
+pub(crate) fn strip_own_headers(headers: &mut HeaderMap) {
+    let own = |name: &HeaderName| name.as_str().starts_with(OWN_HEADER_PREFIX);
+    while let Some(name) = headers.keys().find(|n| own(n)).cloned() {
+        headers.remove(&name);
+    }
+}
+
 /// Takes [`ORIG_PROTO`] out of a request's headers: the version to speak to the
 /// application (`None`: keep the version it arrived with). Unknown values are
 /// dropped and ignored.
@@ -139,6 +150,19 @@ pub(crate) fn path_and_query(parts: &Parts) -> PathAndQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_headers_go_whatever_their_case_or_count() {
+        let mut h = HeaderMap::new();
+        h.append("Pillion-Orig-Proto", "HTTP/1.0".parse().unwrap());
+        h.append("pillion-peer-identity", "spiffe://x/a".parse().unwrap());
+        h.append("pillion-peer-identity", "spiffe://x/b".parse().unwrap());
+        h.append("pillion-anything", "1".parse().unwrap());
+        h.append("x-pillion-kept", "1".parse().unwrap());
+        strip_own_headers(&mut h);
+        let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-pillion-kept"]);
+    }
 
     #[test]
     fn hop_by_hop_headers_go() {

@@ -22,7 +22,9 @@ use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, RequestBody, ResponseBody};
 use crate::http::errors::{rate_limited, HttpError};
-use crate::http::hop::{self, strip_hop_by_hop, take_orig_proto, upgrade_requested};
+use crate::http::hop::{
+    self, strip_hop_by_hop, strip_own_headers, take_orig_proto, upgrade_requested,
+};
 use crate::http::{server, upgrade};
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
 use crate::state::inbound::InboundPort;
@@ -125,9 +127,15 @@ impl InboundConn {
         let policy = self.policy();
         let (mut parts, body) = req.into_parts();
         let downstream_version = parts.version;
-        // Only this proxy says who called, and only from mesh TLS.
+        // The proxy's own headers count only from a verified peer proxy, and only
+        // this proxy says who called.
+        let orig_proto = match self.peer {
+            Some(_) => take_orig_proto(&mut parts.headers),
+            None => None,
+        };
+        let app_version = orig_proto.unwrap_or(parts.version);
+        strip_own_headers(&mut parts.headers);
         set_peer_identity(&mut parts.headers, self.peer.as_ref().map(|p| &p.header));
-        let app_version = take_orig_proto(&mut parts.headers).unwrap_or(parts.version);
         let route = policy.select(&parts);
         route.metrics.request(&self.peer_label);
         let peer = self.peer.as_ref().map(|p| &*p.identity);

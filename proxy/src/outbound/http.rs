@@ -23,9 +23,8 @@ use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, ResponseBody};
 use crate::http::errors::{rate_limited, HttpError};
-use crate::http::hop::{self, strip_hop_by_hop, wants_upgrade, ORIG_PROTO};
+use crate::http::hop::{self, strip_hop_by_hop, strip_own_headers, wants_upgrade};
 use crate::http::{server, upgrade};
-use crate::policy::authz::set_peer_identity;
 use crate::state::outbound::{RouteState, Target};
 use crate::telemetry::metrics::http::no_peer;
 
@@ -130,8 +129,7 @@ impl OutboundConn {
     ) -> Result<Template, HttpError> {
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
-        headers.remove(ORIG_PROTO);
-        set_peer_identity(headers, None);
+        strip_own_headers(headers);
         route.request_edits.apply(headers);
         let path_and_query = match (&route.rewrite, matched_prefix) {
             (Some(rewriter), Some(prefix)) => {
@@ -156,8 +154,7 @@ impl OutboundConn {
         let (route, _) = target.port.select(&parts);
         let mut req = Request::from_parts(parts, body);
         route.metrics.request(&self.no_peer);
-        set_peer_identity(req.headers_mut(), None);
-        req.headers_mut().remove(ORIG_PROTO);
+        strip_own_headers(req.headers_mut());
         let backend = pick_backend(target, route);
         let (response, peer) = match backend.pick(start, rand::random()) {
             Ok((_, endpoint)) => (

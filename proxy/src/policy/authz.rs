@@ -116,8 +116,9 @@ pub(crate) fn peer_identity_value(identity: &str) -> Result<HeaderValue, AuthzEr
 }
 
 /// Removes every caller-supplied [`PEER_IDENTITY_HEADER`] and sets it to the verified
-/// identity, if any. Call it on every inbound request (and with `None` on outbound
-/// ones, so an application cannot forward a forged value).
+/// identity, if any. Call it on every inbound request (outbound ones lose it with
+/// the rest of the proxy's own headers, so an application cannot forward a forged
+/// value).
 pub(crate) fn set_peer_identity(headers: &mut HeaderMap, verified: Option<&HeaderValue>) {
     headers.remove(&PEER_IDENTITY_HEADER);
     if let Some(value) = verified {

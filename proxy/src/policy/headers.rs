@@ -3,7 +3,7 @@
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pillion_api::policy::{HeaderEdits, PathRewrite, RESERVED_HEADERS};
+use pillion_api::policy::{is_reserved_header, HeaderEdits, PathRewrite};
 
 /// An edit that cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +30,7 @@ pub(crate) struct HeaderEditor {
 fn name(text: &str) -> Result<HeaderName, HeaderEditError> {
     let name = HeaderName::from_bytes(text.as_bytes())
         .map_err(|_| HeaderEditError::BadName(text.to_string()))?;
-    if RESERVED_HEADERS.contains(&name.as_str()) {
+    if is_reserved_header(name.as_str()) {
         return Err(HeaderEditError::Reserved(text.to_string()));
     }
     Ok(name)

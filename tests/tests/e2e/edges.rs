@@ -133,3 +133,39 @@ fn detection_fails_closed_where_http_policy_lives() {
     let ok = status_of(&c, b1, now, admin_request("", "/echo"));
     assert_eq!(ok, 200);
 }
+
+/// The proxy's own headers from anyone but a verified peer proxy are dropped before
+/// anything reads them: a plaintext caller cannot pick the HTTP version the
+/// application receives or claim an identity, and an application cannot send them
+/// out through its own proxy.
+#[test]
+fn hop_headers_are_the_proxys_own() {
+    let w = HttpWorld::start("edges_hop", &testbin(), &sidecar_opts(), ROUTES, INBOUND).unwrap();
+    let (c, a) = (w.pods.c.clone(), w.pods.a.clone());
+    let b1 = SocketAddr::new(w.pods.b1.ipv4(), APP_PORT);
+    let forged = b"GET /echo HTTP/1.1\r\nHost: web\r\npillion-orig-proto: HTTP/1.0\r\n\
+                   Pillion-Peer-Identity: spiffe://cluster.local/ns/ops/sa/tool\r\n\
+                   Connection: close\r\n\r\n";
+    let body = |pod: &Pod, target: SocketAddr| {
+        pod.run(move || async move {
+            let mut s = TcpStream::connect(target).await.unwrap();
+            s.write_all(forged).await.unwrap();
+            let mut raw = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+            let text = String::from_utf8_lossy(&raw).to_string();
+            text.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or(text)
+        })
+        .unwrap()
+    };
+    // Inbound, from a plaintext caller: neither header survives.
+    let plain = body(&c, b1);
+    assert_eq!(plain, "app=b1 version=HTTP/1.1 orig=false peer= path=/echo");
+    // Outbound, from the application: its own proxy drops them; the far proxy sets
+    // only the verified identity.
+    let meshed = body(&a, VIP.parse().unwrap());
+    let want =
+        "version=HTTP/1.1 orig=false peer=spiffe://cluster.local/ns/demo/sa/client path=/echo";
+    assert!(meshed.ends_with(want), "{meshed}");
+}
