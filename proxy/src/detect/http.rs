@@ -207,9 +207,11 @@ fn strict_verdict(buf: &[u8]) -> Option<Strict> {
         .iter()
         .take_while(|b| matches!(b, b'\r' | b'\n'))
         .count();
-    buf[start..]
-        .contains(&b'\n')
-        .then_some(Strict::Serve(Protocol::Http1))
+    let line = &buf[start..];
+    // A whole line, or a CR that does not end one (the parser refuses it at once
+    // rather than letting it wait for a line end that never comes).
+    let bare_cr = line.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n');
+    (line.contains(&b'\n') || bare_cr).then_some(Strict::Serve(Protocol::Http1))
 }
 
 #[cfg(test)]
@@ -290,6 +292,8 @@ mod tests {
             (b"PRI * HTTP/2.0\r\n", None),
             (H2_PREFACE, Some(Strict::Serve(Protocol::Http2))),
             (b"PRI * HTTP/2.0\r\n\r\nXX\r\n", http1),
+            (b"GET / HTTP/1.1\rHost: a", http1),
+            (b"GET / HTTP/1.1\r", None),
         ] {
             assert_eq!(strict_verdict(bytes), want, "{bytes:?}");
         }

@@ -75,13 +75,27 @@ pub(crate) fn upgrade_requested(method: &Method, version: Version, headers: &Hea
         return true;
     }
     version != Version::HTTP_2
-        && headers.contains_key(header::UPGRADE)
+        && upgrades_but_not_to_h2c(headers)
         && headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether `Upgrade` names protocols and none is `h2c`. An h2c upgrade is never
+/// passed on (the hop-by-hop strip drops it and the request is served as HTTP/1.1):
+/// the connection would become a tunnel of HTTP/2 requests that no route judges.
+fn upgrades_but_not_to_h2c(headers: &HeaderMap) -> bool {
+    let mut tokens = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .peekable();
+    tokens.peek().is_some() && tokens.all(|t| !t.eq_ignore_ascii_case(b"h2c"))
 }
 
 /// The [`ORIG_PROTO`] value for a request version, if it is an HTTP/1.x one.
@@ -137,6 +151,21 @@ pub(crate) fn upstream_uri(
         .map_err(|_| HttpError::BadRequest("the request target is not valid"))
 }
 
+/// Refuses a request head that RFC 9112 §3.2 answers with 400 and hyper lets
+/// through: more than one `Host`, or an HTTP/1.1 request with neither a `Host` nor
+/// an absolute-form target. Both directions check it before routing, so a route, an
+/// authorization and the application never read different hosts.
+pub(crate) fn check_head(parts: &Parts) -> Result<(), HttpError> {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(HttpError::BadRequest("more than one Host header")),
+        (None, _) if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() => Err(
+            HttpError::BadRequest("an HTTP/1.1 request needs a Host header"),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The request's path and query as sent (`/` when it has none, e.g. `OPTIONS *`
 /// aside).
 pub(crate) fn path_and_query(parts: &Parts) -> PathAndQuery {
@@ -150,6 +179,49 @@ pub(crate) fn path_and_query(parts: &Parts) -> PathAndQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn h2c_is_not_an_upgrade_the_proxy_passes_on() {
+        let wants = |upgrade: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                "Upgrade, HTTP2-Settings".parse().unwrap(),
+            );
+            if !upgrade.is_empty() {
+                h.insert(header::UPGRADE, upgrade.parse().unwrap());
+            }
+            upgrade_requested(&Method::GET, Version::HTTP_11, &h)
+        };
+        assert!(wants("websocket"));
+        assert!(!wants("h2c, websocket"));
+        assert!(!wants("h2c"));
+        assert!(!wants("H2C"));
+        assert!(!wants(" , "));
+        assert!(!wants(""));
+        assert!(upgrade_requested(
+            &Method::CONNECT,
+            Version::HTTP_11,
+            &HeaderMap::new()
+        ));
+    }
+
+    #[test]
+    fn one_host_or_an_absolute_target() {
+        let head = |req: http::request::Builder| req.body(()).unwrap().into_parts().0;
+        let ok = head(Request::get("/").header(HOST, "a"));
+        assert!(check_head(&ok).is_ok());
+        let two = head(Request::get("/").header(HOST, "a").header(HOST, "b"));
+        assert!(check_head(&two).is_err());
+        let none = head(Request::get("/"));
+        assert!(check_head(&none).is_err());
+        let absolute = head(Request::get("http://a/"));
+        assert!(check_head(&absolute).is_ok());
+        let old = head(Request::get("/").version(Version::HTTP_10));
+        assert!(check_head(&old).is_ok());
+        let h2 = head(Request::get("http://a/").version(Version::HTTP_2));
+        assert!(check_head(&h2).is_ok());
+    }
 
     #[test]
     fn own_headers_go_whatever_their_case_or_count() {

@@ -158,6 +158,9 @@ impl InboundConn {
             );
             ResponseBody::observed(observer, response)
         };
+        if let Err(bad) = hop::check_head(&parts) {
+            return done(observer, bad.response());
+        }
         if let Err(denied) = route.authz.check(peer) {
             tracing::info!(port = self.target.port(), route = %route.name, peer = %self.peer_label,
                 reason = ?denied, "request refused by authorization");

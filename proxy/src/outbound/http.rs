@@ -127,6 +127,7 @@ impl OutboundConn {
         route: &RouteState,
         matched_prefix: Option<&str>,
     ) -> Result<Template, HttpError> {
+        hop::check_head(parts)?;
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         strip_own_headers(headers);
