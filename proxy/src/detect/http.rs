@@ -221,6 +221,18 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
 
+    /// A peer that sends a request line longer than the detection limit, then waits.
+    fn endless_line() -> tokio::io::DuplexStream {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_DETECT_BYTES + 100, b'a');
+        tokio::spawn(async move {
+            let _ = b.write_all(&line).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        a
+    }
+
     fn is(p: Protocol) -> Verdict {
         Verdict::Is(p)
     }
@@ -326,13 +338,7 @@ mod tests {
 
     #[tokio::test]
     async fn strict_detection_refuses_an_endless_line_and_sees_eof() {
-        let (a, mut b) = tokio::io::duplex(64 * 1024);
-        let mut line = b"GET /".to_vec();
-        line.resize(MAX_DETECT_BYTES + 100, b'a');
-        tokio::spawn(async move {
-            let _ = b.write_all(&line).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
+        let a = endless_line();
         let peek = Peek::new(a, Duration::from_secs(5));
         let (verdict, _) = detect_strict(peek, Duration::from_secs(5)).await;
         assert_eq!(verdict, Strict::TooLong);
@@ -377,13 +383,7 @@ mod tests {
         let (p, reason, _) = detect(a, Duration::from_secs(5)).await;
         assert_eq!((p, reason), (Protocol::Opaque, Reason::Eof));
 
-        let (a, mut b) = tokio::io::duplex(64 * 1024);
-        let mut line = b"GET /".to_vec();
-        line.resize(MAX_DETECT_BYTES + 100, b'a');
-        tokio::spawn(async move {
-            let _ = b.write_all(&line).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
+        let a = endless_line();
         let (p, reason, rewind) = detect(a, Duration::from_secs(5)).await;
         assert_eq!((p, reason), (Protocol::Opaque, Reason::TooLong));
         assert_eq!(rewind.prefix().len(), MAX_DETECT_BYTES);

@@ -38,6 +38,16 @@ mod tests {
     use crate::state::State;
     use crate::telemetry::metrics::http::HttpMetrics;
 
+    fn compile(view: &pillion_api::view::View) -> State {
+        State::compile(
+            view,
+            &State::default(),
+            &Default::default(),
+            &HttpMetrics::default(),
+            std::time::Instant::now(),
+        )
+    }
+
     #[test]
     fn mode_and_allow_list_decide() {
         let view: pillion_api::view::View = serde_json::from_str(
@@ -46,13 +56,7 @@ mod tests {
                 "7000": {"mode": "strict", "allow": ["spiffe://cluster.local/ns/demo/*"]}}}}"#,
         )
         .unwrap();
-        let state = State::compile(
-            &view,
-            &State::default(),
-            &Default::default(),
-            &HttpMetrics::default(),
-            std::time::Instant::now(),
-        );
+        let state = compile(&view);
         let strict = state.inbound().rule(7000);
         let open = state.inbound().rule(8080);
         let demo = "spiffe://cluster.local/ns/demo/sa/client";
@@ -77,13 +81,7 @@ mod tests {
                   "allow": ["spiffe://cluster.local/ns/ops/*"]}]}}}}}"#,
         )
         .unwrap();
-        let state = State::compile(
-            &view,
-            &State::default(),
-            &Default::default(),
-            &HttpMetrics::default(),
-            std::time::Instant::now(),
-        );
+        let state = compile(&view);
         let port = state.inbound().rule(7000);
         assert!(port.opaque);
         let ops = "spiffe://cluster.local/ns/ops/sa/tool";

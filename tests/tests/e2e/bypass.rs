@@ -8,7 +8,7 @@ use pillion_tests::apps::{self, App};
 use pillion_tests::metrics::{self, Samples};
 use pillion_tests::{Cmd, Pod, Sidecar, World};
 
-use crate::common::{m, sidecar_opts, testbin, within};
+use crate::common::{m, raw_exchange, sidecar_opts, status_code, testbin, within};
 
 /// One small echo exchange from `client` to `target`; panics if it fails.
 fn exchange(client: &Pod, target: SocketAddr) {
@@ -206,28 +206,12 @@ fn the_proxy_never_loops_and_its_uid_bypasses_it() {
     assert_eq!(sa.metrics().unwrap().value(m::LOOPS, m::OUT), 0.0);
 }
 
-/// One raw HTTP/1.1 request from `client` to `target`; the status line's code, or 0
+/// One bodiless HTTP/1.1 request from `client` to `target`; the status code, or 0
 /// when the connection closed without an answer.
-fn raw_status(
-    client: &Pod,
-    target: SocketAddr,
-    method: &'static str,
-    path: &'static str,
-) -> std::io::Result<u16> {
-    client
-        .run(move || async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(target).await?;
-            let req = format!(
-                "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            s.write_all(req.as_bytes()).await?;
-            let mut raw = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
-            let text = String::from_utf8_lossy(&raw);
-            Ok::<u16, std::io::Error>(text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0))
-        })
-        .unwrap()
+fn raw_status(client: &Pod, target: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+    let reply = raw_exchange(client, target, Duration::ZERO, req.into_bytes())?;
+    Ok(status_code(&reply))
 }
 
 /// A user's inbound skip list adds to the admin port, never replaces it: with

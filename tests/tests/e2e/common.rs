@@ -1,10 +1,12 @@
 //! Helpers shared by the end-to-end test files (each file uses a subset).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use pillion_testkit::wait::{eventually_blocking as eventually, within};
-use pillion_tests::{Process, SidecarOpts};
+use pillion_tests::{Pod, Process, SidecarOpts};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The multicall binary (`pillion-testbin init|proxy …`) that pods run.
 pub fn testbin() -> PathBuf {
@@ -38,4 +40,29 @@ pub mod m {
     pub const LOOPS: &str = "pillion_tcp_loops_refused_total";
     pub const OUT: &[(&str, &str)] = &[("direction", "outbound")];
     pub const IN: &[(&str, &str)] = &[("direction", "inbound")];
+}
+
+/// Sends `request` as raw bytes from `pod` to `target` after `pause`, and answers
+/// everything read back until the peer closes (or 10 s pass): for heads no HTTP
+/// client library would write.
+pub fn raw_exchange(
+    pod: &Pod,
+    target: SocketAddr,
+    pause: Duration,
+    request: Vec<u8>,
+) -> std::io::Result<String> {
+    pod.run(move || async move {
+        let mut s = tokio::net::TcpStream::connect(target).await?;
+        tokio::time::sleep(pause).await;
+        let _ = s.write_all(&request).await;
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+        Ok(String::from_utf8_lossy(&raw).into_owned())
+    })
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+}
+
+/// The status code of a raw HTTP/1 reply; 0 when there was none.
+pub fn status_code(reply: &str) -> u16 {
+    reply.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }

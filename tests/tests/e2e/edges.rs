@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use pillion_tests::http_mesh::{HttpWorld, APP_PORT, VIP};
 use pillion_tests::Pod;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::common::{sidecar_opts, testbin};
+use crate::common::{raw_exchange, sidecar_opts, status_code, testbin};
 
 const ROUTES: &str = "- name: all\n  matches: [{path: {prefix: /}}]\n";
 
@@ -28,19 +28,10 @@ routes:
 /// What the caller claims to be, in the proxy's own header.
 const FORGED: &str = "pillion-peer-identity: spiffe://cluster.local/ns/ops/sa/tool\r\n";
 
-/// Sends `parts` to `target` from `pod`, waiting `pause` before the first, and
-/// answers the status code of the reply (0: closed without one).
+/// Sends `request` to `target` from `pod` after `pause`; the reply's status code
+/// (0: closed without one).
 fn status_of(pod: &Pod, target: SocketAddr, pause: Duration, request: Vec<u8>) -> u16 {
-    pod.run(move || async move {
-        let mut s = TcpStream::connect(target).await.unwrap();
-        tokio::time::sleep(pause).await;
-        let _ = s.write_all(&request).await;
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
-        let text = String::from_utf8_lossy(&raw);
-        text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
-    })
-    .unwrap()
+    status_code(&raw_exchange(pod, target, pause, request).unwrap())
 }
 
 fn admin_request(prefix: &str, target: &str) -> Vec<u8> {
@@ -147,17 +138,11 @@ fn hop_headers_are_the_proxys_own() {
                    Pillion-Peer-Identity: spiffe://cluster.local/ns/ops/sa/tool\r\n\
                    Connection: close\r\n\r\n";
     let body = |pod: &Pod, target: SocketAddr| {
-        pod.run(move || async move {
-            let mut s = TcpStream::connect(target).await.unwrap();
-            s.write_all(forged).await.unwrap();
-            let mut raw = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
-            let text = String::from_utf8_lossy(&raw).to_string();
-            text.split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or(text)
-        })
-        .unwrap()
+        let reply = raw_exchange(pod, target, Duration::ZERO, forged.to_vec()).unwrap();
+        reply
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(reply)
     };
     // Inbound, from a plaintext caller: neither header survives.
     let plain = body(&c, b1);
