@@ -65,9 +65,8 @@ impl DataPathArgs {
                 BalancerFlag::P2c => Strategy::PowerOfTwoChoices,
                 BalancerFlag::RoundRobin => Strategy::RoundRobin,
             },
-            mesh_client: None,
-            recorders: Default::default(),
             mesh_protocol: self.mesh_protocol,
+            ..Settings::default()
         }
     }
 }

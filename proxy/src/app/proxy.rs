@@ -278,6 +278,7 @@ impl Proxy {
                 .mesh
                 .as_ref()
                 .map(|m| Arc::clone(m.tls.client_config())),
+            mesh_metrics: self.mesh_metrics.clone(),
             ..self.settings
         });
         let store = Arc::new(Store::new());

@@ -8,6 +8,7 @@ use pillion_api::defaults::{CONNECT_TIMEOUT, DETECT_TIMEOUT};
 
 use crate::policy::balance::p2c::Strategy;
 use crate::policy::outlier::OutlierConfig;
+use crate::telemetry::metrics::mesh::MeshMetrics;
 use crate::telemetry::Recorders;
 
 /// How the data path behaves.
@@ -29,6 +30,9 @@ pub struct Settings {
     pub recorders: Recorders,
     /// Which HTTP version requests take between two proxies.
     pub mesh_protocol: MeshProtocol,
+    /// Where every upstream mesh TLS connection and handshake failure is counted
+    /// (the proxy's own families; a default one counts into nothing registered).
+    pub mesh_metrics: MeshMetrics,
 }
 
 /// Which HTTP version requests take on the mesh hop (docs/decisions.md).
@@ -54,6 +58,7 @@ impl Default for Settings {
             mesh_client: None,
             recorders: Recorders::default(),
             mesh_protocol: MeshProtocol::default(),
+            mesh_metrics: MeshMetrics::default(),
         }
     }
 }

@@ -59,9 +59,7 @@ impl Outbound {
                 (protocol, io)
             };
         match protocol {
-            Protocol::Opaque => {
-                tcp::to_service(&self.relay, &self.inputs, io, &info, &target).await
-            }
+            Protocol::Opaque => tcp::to_service(&self.relay, io, &info, &target).await,
             http_protocol => {
                 http::serve(
                     Arc::clone(&self.inputs),
@@ -94,7 +92,7 @@ impl Stack for Outbound {
         match destination {
             Some(Destination::Service(target)) => self.serve_service(stream, info, target).await,
             Some(Destination::Endpoint(endpoint)) => {
-                tcp::to_endpoint(&self.relay, &self.inputs, stream, &info, &endpoint).await
+                tcp::to_endpoint(&self.relay, stream, &info, &endpoint).await
             }
             Some(Destination::Refused) => {
                 self.inputs

@@ -19,17 +19,12 @@ use crate::upstream::connect::UpstreamConnectError;
 use crate::upstream::endpoint::EndpointState;
 
 /// Relays opaque bytes to one endpoint of the service port.
-pub(crate) async fn to_service<D>(
-    relay: &Relay,
-    inputs: &Inputs,
-    downstream: D,
-    info: &ConnInfo,
-    target: &Target,
-) where
+pub(crate) async fn to_service<D>(relay: &Relay, downstream: D, info: &ConnInfo, target: &Target)
+where
     D: AsyncRead + AsyncWrite + Unpin,
 {
     match target.opaque_endpoint(Instant::now()) {
-        Ok(endpoint) => to_endpoint(relay, inputs, downstream, info, &endpoint).await,
+        Ok(endpoint) => to_endpoint(relay, downstream, info, &endpoint).await,
         Err(err) => {
             tracing::info!(error = %err, "no endpoint for an opaque connection; closing it")
         }
@@ -39,7 +34,6 @@ pub(crate) async fn to_service<D>(
 /// Relays bytes to `endpoint` over a fresh connection from its connector.
 pub(crate) async fn to_endpoint<D>(
     relay: &Relay,
-    inputs: &Inputs,
     downstream: D,
     info: &ConnInfo,
     endpoint: &Arc<EndpointState>,
@@ -50,22 +44,12 @@ pub(crate) async fn to_endpoint<D>(
         return;
     }
     match endpoint.upstream.open().await {
-        Ok(upstream) => {
-            if let Some(peer) = &endpoint.identity {
-                inputs
-                    .mesh_metrics
-                    .tls_connection(Direction::Outbound, peer);
-            }
-            relay.forward(downstream, upstream).await;
-        }
+        Ok(upstream) => relay.forward(downstream, upstream).await,
         Err(UpstreamConnectError::Tcp(err)) => {
             relay.metrics.connect_failures.inc();
             tracing::info!(endpoint = %endpoint.addr, error = %err, "upstream connect failed");
         }
         Err(UpstreamConnectError::Tls { source, .. }) => {
-            inputs
-                .mesh_metrics
-                .handshake_failed(Direction::Outbound, source.reason);
             tracing::warn!(endpoint = %endpoint.addr, expected = endpoint.identity.as_deref().unwrap_or(""),
                 reason = source.reason.as_str(), error = %source.source,
                 "mesh TLS handshake failed; closing the connection");

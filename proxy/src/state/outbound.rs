@@ -405,6 +405,8 @@ impl Compiler<'_> {
             Ok(name) => Some(MeshTarget {
                 config: Arc::clone(config),
                 name,
+                identity: Arc::from(id),
+                metrics: self.settings.mesh_metrics.clone(),
             }),
             Err(error) => {
                 tracing::warn!(service = %service.name, endpoint = %addr, identity = %id, %error,

@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::telemetry::metrics::mesh::MeshMetrics;
+use crate::telemetry::metrics::Direction;
 use crate::transport::connect::{connect, ConnectError};
 use crate::transport::tls::{self, HandshakeError};
 
@@ -36,14 +38,19 @@ pub(crate) enum UpstreamConnectError {
     },
 }
 
-/// Mesh TLS towards one endpoint: the shared client config and the name that
-/// encodes the identity the endpoint must prove.
+/// Mesh TLS towards one endpoint: the shared client config, the name that encodes
+/// the identity the endpoint must prove, and where its handshakes are counted.
 #[derive(Clone, Debug)]
 pub(crate) struct MeshTarget {
     /// The mesh client config (ALPN `pillion/1`, SPIFFE verification).
     pub config: Arc<rustls::ClientConfig>,
     /// `server_name_for(expected identity)`.
     pub name: ServerName<'static>,
+    /// The identity itself, the `peer` label of what is counted.
+    pub identity: Arc<str>,
+    /// Counts each connection made and each handshake that failed, on every path
+    /// (pooled HTTP, upgrades, opaque bytes).
+    pub metrics: MeshMetrics,
 }
 
 /// Connects to one upstream address, plain or over mesh TLS.
@@ -90,11 +97,19 @@ impl UpstreamConnector {
             return Ok(UpstreamIo::Plain(tcp));
         };
         match tls::connect(&mesh.config, mesh.name.clone(), tcp).await {
-            Ok(tls) => Ok(UpstreamIo::Mesh(Box::new(tls))),
-            Err(source) => Err(UpstreamConnectError::Tls {
-                addr: self.addr,
-                source,
-            }),
+            Ok(tls) => {
+                mesh.metrics
+                    .tls_connection(Direction::Outbound, &mesh.identity);
+                Ok(UpstreamIo::Mesh(Box::new(tls)))
+            }
+            Err(source) => {
+                mesh.metrics
+                    .handshake_failed(Direction::Outbound, source.reason);
+                Err(UpstreamConnectError::Tls {
+                    addr: self.addr,
+                    source,
+                })
+            }
         }
     }
 }

@@ -347,3 +347,33 @@ fn malformed_and_smuggling_heads_are_refused() {
 fn line_to(l: &str) -> Vec<u8> {
     format!("{l}\r\nHost: web\r\nConnection: close\r\n\r\n").into_bytes()
 }
+
+/// Mesh TLS counters move on the HTTP path too: the client's proxy counts the
+/// pooled mesh connections it opens to the server's, with the server's identity.
+#[test]
+fn http_mesh_connections_are_counted_outbound() {
+    let w = HttpWorld::start(
+        "edges_counted",
+        &testbin(),
+        &sidecar_opts(),
+        ROUTES,
+        INBOUND,
+    )
+    .unwrap();
+    let a = w.pods.a.clone();
+    let server = "spiffe://cluster.local/ns/demo/sa/server";
+    let outbound = [("direction", "outbound"), ("peer_identity", server)];
+    let tls = "pillion_tls_connections_total";
+    let before = w.sidecars[0].metrics().unwrap().value(tls, &outbound);
+    assert_eq!(
+        status_of(
+            &a,
+            VIP.parse().unwrap(),
+            Duration::ZERO,
+            line_to("GET /echo HTTP/1.1")
+        ),
+        200
+    );
+    let m = w.sidecars[0].metrics().unwrap();
+    assert!(m.value(tls, &outbound) >= before + 1.0, "{m}");
+}
