@@ -98,6 +98,37 @@ async fn a_server_that_proves_another_identity_is_refused() {
     b.stop().await;
 }
 
+/// The same refusal on the HTTP path (pooled mesh connections): 502 for the client,
+/// and counted as an identity mismatch like an opaque connection's.
+#[tokio::test]
+async fn an_http_request_to_a_server_proving_another_identity_is_refused() {
+    let ca = Pki::new();
+    let app = echo_server().await;
+    let (a, b) = pair(&ca, app).await;
+    a.install(view(1, "client", b.inbound, id("billing").as_str(), "{}"))
+        .await;
+    let mut c = TcpStream::connect(a.outbound).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    eventually("the outbound failure count", Duration::from_secs(5), || {
+        a.metrics
+            .handshake_failures(Direction::Outbound, HandshakeFailure::IdentityMismatch)
+            >= 1
+    })
+    .await;
+    assert_eq!(
+        a.metrics
+            .tls_connections(Direction::Outbound, id("billing").as_str()),
+        0
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn strict_ports_refuse_plaintext_and_permissive_ports_take_it() {
     let ca = Pki::new();
