@@ -181,8 +181,9 @@ where
     IO: AsyncRead + Unpin,
 {
     peek.wait_at_least(header_timeout);
+    let mut line = FirstLine::default();
     let verdict = loop {
-        if let Some(done) = strict_verdict(peek.buffered()) {
+        if let Some(done) = line.verdict(peek.buffered()) {
             break done;
         }
         match peek.read_more().await {
@@ -195,23 +196,44 @@ where
     (verdict, peek.into_rewind())
 }
 
-/// The strict verdict on the bytes so far, `None` while more are needed: the whole
-/// preface is HTTP/2; a first line (after any empty lines) is HTTP/1, whatever it
-/// holds.
-fn strict_verdict(buf: &[u8]) -> Option<Strict> {
-    let n = buf.len().min(H2_PREFACE.len());
-    if n > 0 && buf[..n] == H2_PREFACE[..n] {
-        return (n == H2_PREFACE.len()).then_some(Strict::Serve(Protocol::Http2));
+/// The strict verdict on a connection's first bytes, looking at each byte once
+/// however they trickle in (a peer sending one byte at a time costs no more).
+#[derive(Debug, Default)]
+struct FirstLine {
+    /// Bytes already looked at.
+    seen: usize,
+    /// Past the empty lines before the request line.
+    started: bool,
+    /// The last byte looked at was a CR inside the line.
+    after_cr: bool,
+}
+
+impl FirstLine {
+    /// `None` while more bytes are needed: the whole preface is HTTP/2; a first line
+    /// (after any empty lines) is HTTP/1, whatever it holds, and so is a CR that
+    /// does not end one (the parser refuses it at once rather than letting it wait
+    /// for a line end that never comes).
+    fn verdict(&mut self, buf: &[u8]) -> Option<Strict> {
+        let n = buf.len().min(H2_PREFACE.len());
+        if self.seen == 0 && n > 0 && buf[..n] == H2_PREFACE[..n] {
+            return (n == H2_PREFACE.len()).then_some(Strict::Serve(Protocol::Http2));
+        }
+        let new = buf.get(self.seen..).unwrap_or_default();
+        self.seen = buf.len();
+        for &b in new {
+            if !self.started {
+                if matches!(b, b'\r' | b'\n') {
+                    continue;
+                }
+                self.started = true;
+            }
+            if b == b'\n' || self.after_cr {
+                return Some(Strict::Serve(Protocol::Http1));
+            }
+            self.after_cr = b == b'\r';
+        }
+        None
     }
-    let start = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
-    let line = &buf[start..];
-    // A whole line, or a CR that does not end one (the parser refuses it at once
-    // rather than letting it wait for a line end that never comes).
-    let bare_cr = line.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n');
-    (line.contains(&b'\n') || bare_cr).then_some(Strict::Serve(Protocol::Http1))
 }
 
 #[cfg(test)]
@@ -307,7 +329,11 @@ mod tests {
             (b"GET / HTTP/1.1\rHost: a", http1),
             (b"GET / HTTP/1.1\r", None),
         ] {
-            assert_eq!(strict_verdict(bytes), want, "{bytes:?}");
+            assert_eq!(FirstLine::default().verdict(bytes), want, "{bytes:?}");
+            // The same verdict when the bytes come one at a time.
+            let mut line = FirstLine::default();
+            let trickled = (1..=bytes.len()).find_map(|n| line.verdict(&bytes[..n]));
+            assert_eq!(trickled, want, "{bytes:?} byte by byte");
         }
     }
 

@@ -153,8 +153,9 @@ pub(crate) fn upstream_uri(
 
 /// Refuses a request head that RFC 9112 §3.2 answers with 400 and hyper lets
 /// through: more than one `Host`, or an HTTP/1.1 request with neither a `Host` nor
-/// an absolute-form target. Both directions check it before routing, so a route, an
-/// authorization and the application never read different hosts.
+/// an absolute-form target. Both directions check it before a request is authorized
+/// or forwarded, so a route, an authorization and the application never read
+/// different hosts.
 pub(crate) fn check_head(parts: &Parts) -> Result<(), HttpError> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     match (hosts.next(), hosts.next()) {

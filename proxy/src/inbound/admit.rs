@@ -26,8 +26,9 @@ pub(crate) fn admit(port: PortRule<'_>, peer: Option<&str>) -> Verdict {
     match peer {
         None if port.mode == Mode::Strict => Verdict::Refuse(Denied::Plaintext),
         Some(identity) if !port.admits(identity) => Verdict::OnlyHttp,
-        // Some route would refuse this caller: bytes no route judges may not pass.
-        _ if !port.every_route_admits(peer) => Verdict::OnlyHttp,
+        // Some route would refuse this caller: bytes no route judges may not pass
+        // (asked only where bytes can pass at all).
+        _ if !port.fails_closed() && !port.every_route_admits(peer) => Verdict::OnlyHttp,
         _ => Verdict::Admit,
     }
 }

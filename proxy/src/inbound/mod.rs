@@ -29,6 +29,7 @@ use crate::app::inputs::Inputs;
 use crate::detect::tls::Detected;
 use crate::detect::{self, Peek, Protocol, Strict};
 use crate::http::server::HEADER_READ_TIMEOUT;
+use crate::state::inbound::PortRule;
 use crate::telemetry::metrics::mesh::Denied;
 use crate::telemetry::metrics::Direction;
 use crate::transport::accept::{Accepted, ConnInfo, Stack};
@@ -39,20 +40,21 @@ use crate::upstream::Upstream;
 use admit::Verdict;
 use http::Peer;
 
-/// How a port's bytes are told apart, from its connection-level rule.
+/// How a port's bytes are told apart, from its connection-level rule (which is let
+/// go before the connection is served).
 #[derive(Debug, Clone, Copy)]
 struct Detection {
     /// A service marks the port opaque: no detection.
     marked_opaque: bool,
-    /// HTTP policy lives here: HTTP or a refusal, never relayed bytes.
-    http_only: bool,
+    /// HTTP or a refusal, never relayed bytes ([`PortRule::fails_closed`]).
+    fails_closed: bool,
 }
 
 impl Detection {
-    fn of(rule: &crate::state::inbound::PortRule<'_>) -> Detection {
+    fn of(rule: &PortRule<'_>) -> Detection {
         Detection {
             marked_opaque: rule.opaque,
-            http_only: rule.http_only,
+            fails_closed: rule.fails_closed(),
         }
     }
 }
@@ -177,7 +179,7 @@ impl Inbound {
         let app_port = info.orig_dst.port();
         let opaque = detection.marked_opaque
             || detect::skips_detection(app_port, None, &settings.opaque_ports);
-        let (protocol, io) = if detection.http_only && !detection.marked_opaque {
+        let (protocol, io) = if detection.fails_closed {
             let (verdict, io) = detect::http::detect_strict(peek, HEADER_READ_TIMEOUT).await;
             match verdict {
                 Strict::Serve(protocol) => (protocol, io),

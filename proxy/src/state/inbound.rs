@@ -77,6 +77,12 @@ impl PortRule<'_> {
         self.authz.check(Some(identity)).is_ok()
     }
 
+    /// Whether the port serves HTTP or refuses, never relaying bytes: HTTP policy
+    /// lives here and no service marks it opaque.
+    pub(crate) fn fails_closed(&self) -> bool {
+        self.http_only && !self.opaque
+    }
+
     /// Whether `peer` (`None`: plaintext) may send bytes no route judges: only if
     /// every route would admit it, so a relay is never more permissive than HTTP.
     pub(crate) fn every_route_admits(&self, peer: Option<&str>) -> bool {

@@ -366,11 +366,11 @@ impl Compiler<'_> {
         let state = match self.previous.endpoints.get(&key) {
             Some(old) => Arc::clone(old),
             None => {
-                let mesh = match &e.identity {
+                let identity: Option<Arc<str>> = e.identity.as_deref().map(Arc::from);
+                let mesh = match &identity {
                     None => None,
                     Some(id) => Some(self.mesh_target(service, addr, id)?),
                 };
-                let identity: Option<Arc<str>> = e.identity.as_deref().map(Arc::from);
                 Arc::new(EndpointState {
                     addr,
                     peer_label: identity.clone().unwrap_or_else(no_peer),
@@ -391,7 +391,12 @@ impl Compiler<'_> {
 
     /// Mesh TLS towards an endpoint; `None` (endpoint left out) when it cannot be
     /// reached safely: never send meshed traffic in plaintext.
-    fn mesh_target(&self, service: &Service, addr: SocketAddr, id: &str) -> Option<MeshTarget> {
+    fn mesh_target(
+        &self,
+        service: &Service,
+        addr: SocketAddr,
+        id: &Arc<str>,
+    ) -> Option<MeshTarget> {
         let Some(config) = &self.settings.mesh_client else {
             tracing::warn!(service = %service.name, endpoint = %addr,
                 "endpoint is meshed but this proxy has no mesh TLS; leaving it out");
@@ -405,7 +410,7 @@ impl Compiler<'_> {
             Ok(name) => Some(MeshTarget {
                 config: Arc::clone(config),
                 name,
-                identity: Arc::from(id),
+                identity: Arc::clone(id),
                 metrics: self.settings.mesh_metrics.clone(),
             }),
             Err(error) => {
