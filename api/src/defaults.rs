@@ -90,6 +90,9 @@ pub mod env {
     pub const ADMIN_ADDR: &str = "PILLION_ADMIN_ADDR";
     /// Comma list of inbound ports that skip protocol detection.
     pub const OPAQUE_PORTS: &str = "PILLION_OPAQUE_PORTS";
+    /// Comma list of inbound ports whose application listens on loopback only and
+    /// is meant to be reached from other pods.
+    pub const INBOUND_LOOPBACK_PORTS: &str = "PILLION_INBOUND_LOOPBACK_PORTS";
     /// Ratio of new traces to sample, 0.0 to 1.0.
     pub const TRACE_SAMPLING: &str = "PILLION_TRACE_SAMPLING";
     /// OTLP collector URL, e.g. `http://198.18.0.1:4317`; unset means no tracing.

@@ -10,6 +10,7 @@ use clap::Parser;
 use ipnet::IpNet;
 use pillion_api::defaults;
 use pillion_api::lists::parse_list;
+pub use pillion_api::lists::{parse_port, PortList};
 
 use crate::backend::BackendChoice;
 use crate::error::ConfigError;
@@ -163,24 +164,6 @@ fn with_defaults(user: Vec<u16>) -> Vec<u16> {
     ports
 }
 
-/// A comma-separated list of TCP ports, de-duplicated in the order given.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PortList(pub Vec<u16>);
-
-impl PortList {
-    /// Parses `"15020, 22,"`; an empty string is the empty list.
-    pub fn parse(text: &str) -> Result<PortList, String> {
-        parse_list(text, parse_port).map(PortList)
-    }
-}
-
-impl fmt::Display for PortList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let joined: Vec<String> = self.0.iter().map(u16::to_string).collect();
-        f.write_str(&joined.join(","))
-    }
-}
-
 /// A comma-separated list of IPv4/IPv6 networks, de-duplicated in the order given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CidrList(pub Vec<IpNet>);
@@ -196,20 +179,6 @@ impl fmt::Display for CidrList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let joined: Vec<String> = self.0.iter().map(IpNet::to_string).collect();
         f.write_str(&joined.join(","))
-    }
-}
-
-/// Parses a TCP port, 1 to 65535.
-pub fn parse_port(text: &str) -> Result<u16, String> {
-    let text = text.trim();
-    let number: u64 = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a port number; use a TCP port from 1 to 65535"))?;
-    match u16::try_from(number) {
-        Ok(port) if port != 0 => Ok(port),
-        _ => Err(format!(
-            "{number} is out of range; use a TCP port from 1 to 65535"
-        )),
     }
 }
 

@@ -32,6 +32,9 @@ pub const SKIP_OUTBOUND_PORTS: &str = "pillion.io/skip-outbound-ports";
 pub const SKIP_OUTBOUND_CIDRS: &str = "pillion.io/skip-outbound-cidrs";
 /// Inbound ports that skip protocol detection (replaces the default list).
 pub const OPAQUE_PORTS: &str = "pillion.io/opaque-ports";
+/// Inbound ports whose application listens on loopback only and is meant to be
+/// reached from other pods (every other port reaches the pod's own address).
+pub const INBOUND_LOOPBACK_PORTS: &str = "pillion.io/inbound-loopback-ports";
 /// CPU request of the proxy.
 pub const PROXY_CPU_REQUEST: &str = "pillion.io/proxy-cpu-request";
 /// CPU limit of the proxy.
@@ -58,6 +61,8 @@ pub struct PodSettings {
     pub skip_outbound_cidrs: Vec<IpNet>,
     /// Inbound ports that skip protocol detection.
     pub opaque_ports: Vec<u16>,
+    /// Inbound ports forwarded to the application on loopback (none by default).
+    pub inbound_loopback_ports: Vec<u16>,
     /// The proxy container's resources.
     pub resources: ProxyResources,
     /// The proxy's log filter.
@@ -145,6 +150,9 @@ pub fn pod_settings(
             values::parse_ports,
         )
         .unwrap_or_else(|| config.opaque_ports.clone());
+    let inbound_loopback_ports = l
+        .get(INBOUND_LOOPBACK_PORTS, &none, values::parse_ports)
+        .unwrap_or_default();
 
     let base = &config.resources;
     let mut quantity = |key: &str, default: &Quantity| {
@@ -195,6 +203,7 @@ pub fn pod_settings(
         skip_outbound_ports,
         skip_outbound_cidrs,
         opaque_ports,
+        inbound_loopback_ports,
         resources,
         log_level,
         trace_sampling,
@@ -216,6 +225,7 @@ mod tests {
         assert_eq!(s.skip_inbound_ports, defaults::SKIP_INBOUND_PORTS);
         assert!(s.skip_outbound_ports.is_empty() && s.skip_outbound_cidrs.is_empty());
         assert_eq!(s.opaque_ports, config.opaque_ports);
+        assert!(s.inbound_loopback_ports.is_empty());
         assert_eq!(s.resources, config.resources);
         assert_eq!(s.log_level, config.log_level);
         assert_eq!(s.trace_sampling, config.trace_sampling);
@@ -225,12 +235,17 @@ mod tests {
     #[test]
     fn pod_wins_over_namespace() {
         let pod = map(&[(LOG_LEVEL, "debug"), (SKIP_INBOUND_PORTS, "22, 15020")]);
-        let ns = map(&[(LOG_LEVEL, "warn"), (TRACE_SAMPLING, "1")]);
+        let ns = map(&[
+            (LOG_LEVEL, "warn"),
+            (TRACE_SAMPLING, "1"),
+            (INBOUND_LOOPBACK_PORTS, "9090,9091"),
+        ]);
         let (s, warnings) = pod_settings(&pod, &ns, &InjectConfig::default());
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(s.log_level, "debug");
         assert_eq!(s.trace_sampling, 1.0);
         assert_eq!(s.skip_inbound_ports, vec![defaults::ADMIN_PORT, 22]);
+        assert_eq!(s.inbound_loopback_ports, [9090, 9091]);
     }
 
     #[test]
@@ -239,6 +254,7 @@ mod tests {
             (SKIP_OUTBOUND_PORTS, "443,https"),
             (SKIP_OUTBOUND_CIDRS, "10.0.0.1/8"),
             (OPAQUE_PORTS, "99999"),
+            (INBOUND_LOOPBACK_PORTS, "ssh"),
             (PROXY_CPU_LIMIT, "lots"),
             (TRACE_SAMPLING, "2"),
             (NATIVE_SIDECAR, "perhaps"),
@@ -246,7 +262,7 @@ mod tests {
         ]);
         let config = InjectConfig::default();
         let (s, warnings) = pod_settings(&pod, &map(&[]), &config);
-        assert_eq!(warnings.len(), 7, "{warnings:#?}");
+        assert_eq!(warnings.len(), 8, "{warnings:#?}");
         assert!(warnings
             .iter()
             .all(|w| w.starts_with("pillion: ignoring pod annotation")));

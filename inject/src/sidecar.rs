@@ -195,6 +195,10 @@ pub fn proxy_env(config: &InjectConfig, settings: &PodSettings) -> Vec<EnvVar> {
         value_env(env::LOG_FORMAT, &config.log_format),
         value_env(env::ADMIN_ADDR, defaults::ADMIN_ADDR),
         value_env(env::OPAQUE_PORTS, join(&settings.opaque_ports)),
+        value_env(
+            env::INBOUND_LOOPBACK_PORTS,
+            join(&settings.inbound_loopback_ports),
+        ),
         value_env(env::TRACE_SAMPLING, settings.trace_sampling.to_string()),
     ];
     if let Some(endpoint) = &config.otlp_endpoint {

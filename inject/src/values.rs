@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use pillion_api::defaults;
-use pillion_api::lists::parse_list;
+use pillion_api::lists::{self, parse_list};
+pub use pillion_api::lists::{parse_port, shorten};
 
 /// Longest annotation value the parsers look at; anything longer is refused outright,
 /// so a huge value costs nothing and cannot flood the warnings.
@@ -24,19 +25,10 @@ fn check_len(text: &str) -> Result<(), String> {
     }
 }
 
-/// Parses a TCP port, 1 to 65535.
-pub fn parse_port(text: &str) -> Result<u16, String> {
-    let text = text.trim();
-    match text.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("'{}' is not a TCP port (1-65535)", shorten(text))),
-        Ok(port) => Ok(port),
-    }
-}
-
 /// Parses `"8080, 9090"` into ports, de-duplicated in order; empty text is the empty list.
 pub fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
     check_len(text)?;
-    parse_list(text, parse_port)
+    lists::parse_ports(text)
 }
 
 /// Parses a list of ports that must bypass the proxy. The proxy's own listener ports
@@ -214,17 +206,6 @@ pub fn parse_quantity(text: &str) -> Result<Quantity, String> {
     })
 }
 
-/// Cuts a value to a readable length for messages, on a character boundary.
-pub fn shorten(text: &str) -> String {
-    const MAX: usize = 64;
-    if text.chars().count() <= MAX {
-        text.to_owned()
-    } else {
-        let cut: String = text.chars().take(MAX).collect();
-        format!("{cut}…")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,13 +282,5 @@ mod tests {
         assert!(parse_bool("True").unwrap());
         assert!(!parse_bool("false").unwrap());
         assert!(parse_bool("maybe").is_err());
-    }
-
-    #[test]
-    fn shorten_respects_char_boundaries() {
-        let long = "é".repeat(100);
-        let short = shorten(&long);
-        assert!(short.ends_with('…'));
-        assert_eq!(short.chars().count(), 65);
     }
 }

@@ -257,8 +257,9 @@ async fn inner_redirected_traffic_flows_through_the_proxy() {
     if v6 {
         echo_on(v6_echo).await;
     }
-    // The "local application" the inbound side must reach on loopback.
-    echo_on(format!("127.0.0.1:{APP_PORT}").parse().unwrap()).await;
+    // The "local application", at the pod's own address (not loopback), where the
+    // inbound side must reach it.
+    echo_on(format!("{V4_HOST}:{APP_PORT}").parse().unwrap()).await;
 
     let admin: SocketAddr = "127.0.0.1:15020".parse().unwrap();
     let mut proxy = ProxyProcess(Some(
@@ -289,7 +290,7 @@ async fn inner_redirected_traffic_flows_through_the_proxy() {
     if v6 {
         assert_eq!(exchange(v6_echo, b"over ipv6").await, b"over ipv6");
     }
-    // Inbound: the original port, on loopback.
+    // Inbound: the address and port the caller aimed at.
     let app_via_pod: SocketAddr = format!("{V4_HOST}:{APP_PORT}").parse().unwrap();
     assert_eq!(exchange(app_via_pod, b"inbound").await, b"inbound");
     // Straight into the outbound port: nobody redirected it, a loop.

@@ -24,6 +24,7 @@ pub fn proxy_env_names() -> BTreeSet<&'static str> {
         env::LOG_FORMAT,
         env::ADMIN_ADDR,
         env::OPAQUE_PORTS,
+        env::INBOUND_LOOPBACK_PORTS,
         env::TRACE_SAMPLING,
         env::OTLP_ENDPOINT,
     ])

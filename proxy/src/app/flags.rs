@@ -10,6 +10,7 @@ use super::settings::{MeshProtocol, Settings};
 use crate::policy::balance::p2c::Strategy;
 use crate::policy::outlier::OutlierConfig;
 use pillion_api::duration::HumaneDuration;
+use pillion_api::lists::PortList;
 
 /// How a backend chooses an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,8 +29,16 @@ pub(crate) struct DataPathArgs {
     pub detect_timeout: HumaneDuration,
 
     /// Ports that skip protocol detection, besides the mesh's server-first ports.
-    #[arg(long, env = env::OPAQUE_PORTS, value_delimiter = ',', value_name = "PORT,…")]
-    pub opaque_ports: Vec<u16>,
+    #[arg(long, env = env::OPAQUE_PORTS, value_name = "PORT,…", default_value = "",
+          hide_default_value = true, value_parser = PortList::parse)]
+    pub opaque_ports: PortList,
+
+    /// Inbound ports whose application listens on loopback only and is meant to be
+    /// reached from other pods; every other port reaches the application at the
+    /// pod's own address, so a loopback-only server stays private.
+    #[arg(long, env = env::INBOUND_LOOPBACK_PORTS, value_name = "PORT,…", default_value = "",
+          hide_default_value = true, value_parser = PortList::parse)]
+    pub inbound_loopback_ports: PortList,
 
     /// How a backend picks an endpoint: p2c (peak-EWMA) or round-robin.
     #[arg(long, env = "PILLION_BALANCER", value_enum, default_value_t = BalancerFlag::P2c)]
@@ -55,7 +64,8 @@ impl DataPathArgs {
         Settings {
             connect_timeout,
             detect_timeout: self.detect_timeout.get(),
-            opaque_ports: self.opaque_ports.clone(),
+            opaque_ports: self.opaque_ports.0.clone(),
+            loopback_ports: self.inbound_loopback_ports.0.clone(),
             outlier: OutlierConfig {
                 consecutive_failures: self.outlier_failures.max(1),
                 base_ejection: self.outlier_base_ejection.get(),
@@ -90,12 +100,15 @@ mod tests {
         assert_eq!(s.strategy, Strategy::PowerOfTwoChoices);
         assert_eq!(s.outlier, OutlierConfig::default());
         assert_eq!(s.mesh_protocol, MeshProtocol::Keep);
+        assert!(s.loopback_ports.is_empty());
         let cli = Cli::try_parse_from([
             "x",
             "--balancer",
             "round-robin",
             "--opaque-ports",
             "7000,7001",
+            "--inbound-loopback-ports",
+            "9090",
             "--outlier-base-ejection",
             "2s",
             "--outlier-failures",
@@ -107,10 +120,16 @@ mod tests {
         let s = cli.http.to_settings(Duration::from_secs(1));
         assert_eq!(s.strategy, Strategy::RoundRobin);
         assert_eq!(s.opaque_ports, [7000, 7001]);
+        assert_eq!(s.loopback_ports, [9090]);
         assert_eq!(s.outlier.base_ejection, Duration::from_secs(2));
         assert_eq!(s.outlier.consecutive_failures, 3);
         assert_eq!(s.connect_timeout, Duration::from_secs(1));
         assert_eq!(s.mesh_protocol, MeshProtocol::Http2);
         assert!(Cli::try_parse_from(["x", "--mesh-protocol", "h3"]).is_err());
+        // An empty list (what an injected pod's environment holds by default) is none.
+        let cli = Cli::try_parse_from(["x", "--inbound-loopback-ports", "", "--opaque-ports="]);
+        let s = cli.unwrap().http.to_settings(Duration::from_secs(1));
+        assert!(s.loopback_ports.is_empty() && s.opaque_ports.is_empty());
+        assert!(Cli::try_parse_from(["x", "--inbound-loopback-ports", "0"]).is_err());
     }
 }

@@ -20,6 +20,9 @@ pub struct Settings {
     pub detect_timeout: Duration,
     /// Ports that skip detection besides `defaults::OPAQUE_PORTS`.
     pub opaque_ports: Vec<u16>,
+    /// Inbound ports forwarded to the application on loopback (an opt-in for
+    /// loopback-only servers); the rest go to the pod's own address.
+    pub loopback_ports: Vec<u16>,
     /// Outlier detection of every backend.
     pub outlier: OutlierConfig,
     /// Endpoint choice within a backend.
@@ -53,6 +56,7 @@ impl Default for Settings {
             connect_timeout: CONNECT_TIMEOUT,
             detect_timeout: DETECT_TIMEOUT,
             opaque_ports: Vec::new(),
+            loopback_ports: Vec::new(),
             outlier: OutlierConfig::default(),
             strategy: Strategy::PowerOfTwoChoices,
             mesh_client: None,

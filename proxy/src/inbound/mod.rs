@@ -1,8 +1,9 @@
 //! The inbound stack (listener 15006): connections to this pod go to the local
-//! application on loopback at the original port, and never anywhere else. Top to
-//! bottom:
+//! application at the address and port the caller aimed at ([`target`]), and never
+//! anywhere else. Top to bottom:
 //!
-//! 1. refuse a connection that would loop back into the proxy;
+//! 1. refuse a connection not aimed at this pod, or one that would loop back into
+//!    the proxy;
 //! 2. take the port's policy from the state the connection arrived with;
 //! 3. detect mesh TLS ([`crate::detect::tls`]) and terminate it: the client's
 //!    SPIFFE id becomes the peer identity;
@@ -15,9 +16,10 @@
 
 pub(crate) mod admit;
 pub(crate) mod http;
+pub(crate) mod target;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ::http::StatusCode;
@@ -79,17 +81,7 @@ impl Inbound {
         }
     }
 
-    /// Where an inbound connection goes: loopback of the same family at the
-    /// original port, whatever address the caller aimed at.
-    pub(crate) fn target(orig_dst: SocketAddr) -> SocketAddr {
-        let ip = match orig_dst.ip().to_canonical() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        };
-        SocketAddr::new(ip, orig_dst.port())
-    }
-
-    /// The pools towards the application at `target` (loopback and its port).
+    /// The pools towards the application at `target`.
     fn app(&self, target: SocketAddr) -> Arc<Upstream> {
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(apps.entry(target).or_insert_with(|| {
@@ -256,29 +248,21 @@ impl Stack for Inbound {
 
     async fn serve(&self, conn: Accepted) {
         let (stream, info, _guard) = conn.split();
-        let target = Self::target(info.orig_dst);
-        let Some(tls) = &self.inputs.tls else {
-            self.inputs.mesh_metrics.passthrough(Direction::Inbound);
-            self.relay.relay(stream, &info, target).await;
-            return;
+        let Some(target) = target::app_target(&info, &self.inputs.settings.loopback_ports) else {
+            tracing::info!(orig_dst = %info.orig_dst, local = %info.local,
+                "not aimed at this pod; closing the connection");
+            return self.refuse(Denied::NotThisPod);
         };
-        if self.relay.is_loop(&info, target) {
+        if self.relay.is_loop_to_local(&info, target) {
             return;
         }
+        let Some(tls) = &self.inputs.tls else {
+            self.inputs.mesh_metrics.passthrough(Direction::Inbound);
+            if let Some(upstream) = self.relay.connect(target).await {
+                self.relay.forward(stream, upstream).await;
+            }
+            return;
+        };
         self.serve_meshed(stream, info, target, tls).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_loopback_at_the_original_port() {
-        let t = |s: &str| Inbound::target(s.parse().unwrap()).to_string();
-        assert_eq!(t("198.18.0.7:8080"), "127.0.0.1:8080");
-        assert_eq!(t("[2001:2::7]:8080"), "[::1]:8080");
-        assert_eq!(t("[::ffff:198.18.0.7]:80"), "127.0.0.1:80");
-        assert_eq!(t("203.0.113.9:22"), "127.0.0.1:22");
     }
 }

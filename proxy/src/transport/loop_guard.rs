@@ -62,6 +62,21 @@ impl LoopGuard {
         }
         None
     }
+
+    /// [`LoopGuard::check`] for a target known to be an address of this host (the
+    /// inbound's): any of the proxy's ports there is a loop.
+    pub(crate) fn check_local(
+        &self,
+        local: SocketAddr,
+        orig_dst: SocketAddr,
+        target: SocketAddr,
+    ) -> Option<LoopReason> {
+        self.check(local, orig_dst, target).or_else(|| {
+            self.own_ports
+                .contains(&target.port())
+                .then_some(LoopReason::OwnListener)
+        })
+    }
 }
 
 /// Loopback, unspecified, or the very address the connection arrived on.

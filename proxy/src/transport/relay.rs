@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use super::accept::ConnInfo;
 use super::connect::connect;
 use super::forward::{forward, ByteCounters};
-use super::loop_guard::LoopGuard;
+use super::loop_guard::{LoopGuard, LoopReason};
 use crate::telemetry::metrics::tcp::DirectionMetrics;
 
 /// What a relay needs besides the connection; shared by all of a direction's
@@ -67,7 +67,25 @@ impl Relay {
     /// True (logged and counted) when connecting to `target` would come back into
     /// the proxy.
     pub(crate) fn is_loop(&self, info: &ConnInfo, target: SocketAddr) -> bool {
-        let Some(reason) = self.loop_guard.check(info.local, info.orig_dst, target) else {
+        let reason = self.loop_guard.check(info.local, info.orig_dst, target);
+        self.refuses_loop(info, target, reason)
+    }
+
+    /// [`Relay::is_loop`] for a target known to be an address of this host.
+    pub(crate) fn is_loop_to_local(&self, info: &ConnInfo, target: SocketAddr) -> bool {
+        let reason = self
+            .loop_guard
+            .check_local(info.local, info.orig_dst, target);
+        self.refuses_loop(info, target, reason)
+    }
+
+    fn refuses_loop(
+        &self,
+        info: &ConnInfo,
+        target: SocketAddr,
+        reason: Option<LoopReason>,
+    ) -> bool {
+        let Some(reason) = reason else {
             return false;
         };
         self.metrics.loops_refused.inc();

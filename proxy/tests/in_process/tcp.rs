@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pillion_proxy::ProxyConfig;
+use pillion_proxy::{Denied, ProxyConfig};
 use pillion_testkit::tcp::echo_server;
 use pillion_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,15 +84,39 @@ async fn outbound_forwards_and_counts_bytes() {
     assert_eq!(p.task.await.unwrap().forced, 0);
 }
 
-#[tokio::test]
-async fn inbound_goes_to_loopback_at_the_original_port() {
-    let echo = echo_server().await;
-    // The caller aimed at a pod address; inbound must only use its port.
-    let dst: SocketAddr = format!("198.18.0.77:{}", echo.port()).parse().unwrap();
-    let p = plain(ProxyConfig::loopback_ephemeral(), Some(dst)).await;
+/// An echo server on `ip` at a free port.
+async fn echo_on(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// True when the inbound listener of `p` carried bytes to an application.
+async fn carried(p: &crate::support::Running) -> bool {
     let mut c = TcpStream::connect(p.inbound).await.unwrap();
-    assert_eq!(round_trip(&mut c, b"inbound!").await, b"inbound!");
-    drop(c);
+    let _ = c.write_all(b"inbound!").await;
+    let mut buf = [0u8; 8];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf)).await,
+        Ok(Ok(8)) if &buf == b"inbound!"
+    )
+}
+
+#[tokio::test]
+async fn inbound_reaches_the_application_where_the_caller_aimed() {
+    // All of 127/8 is this host's: 127.0.0.2 stands in for the pod's own address,
+    // distinct from 127.0.0.1, where the old inbound always went.
+    let echo = echo_on("127.0.0.2").await;
+    let p = plain(ProxyConfig::loopback_ephemeral(), Some(echo)).await;
+    assert!(carried(&p).await);
     let inb = p.proxy_metrics.1.clone();
     eventually(
         "the inbound connection to close",
@@ -102,6 +126,56 @@ async fn inbound_goes_to_loopback_at_the_original_port() {
     .await;
     assert_eq!(inb.sent_bytes.get(), 8);
     assert_eq!(inb.connect_failures.get(), 0);
+}
+
+#[tokio::test]
+async fn a_server_on_loopback_stays_private_unless_its_port_is_named() {
+    // The application listens on 127.0.0.1 only; callers aim at the pod's address.
+    let echo = echo_on("127.0.0.1").await;
+    let aimed: SocketAddr = format!("127.0.0.2:{}", echo.port()).parse().unwrap();
+    let p = plain(ProxyConfig::loopback_ephemeral(), Some(aimed)).await;
+    assert!(!carried(&p).await, "a loopback-only server was reached");
+    let inb = p.proxy_metrics.1.clone();
+    eventually("the refused connect", Duration::from_secs(5), || {
+        inb.connect_failures.get() == 1
+    })
+    .await;
+
+    let options = Options {
+        orig_dst: Some(aimed),
+        settings: pillion_proxy::Settings {
+            loopback_ports: vec![echo.port()],
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let opted_in = start(ProxyConfig::loopback_ephemeral(), options).await;
+    assert!(carried(&opted_in).await, "the named port goes to loopback");
+}
+
+#[tokio::test]
+async fn inbound_refuses_a_connection_not_aimed_at_this_host() {
+    let echo = echo_on("127.0.0.1").await;
+    // The redirect takes packets for any destination that reach the pod; one for an
+    // address the pod does not own (TEST-NET-1) must not reach the application.
+    for aimed in ["192.0.2.1", "[2001:db8::1]"] {
+        let aimed: SocketAddr = format!("{aimed}:{}", echo.port()).parse().unwrap();
+        let options = Options {
+            orig_dst: Some(aimed),
+            settings: pillion_proxy::Settings {
+                loopback_ports: vec![echo.port()],
+                ..Default::default()
+            },
+            ..Options::default()
+        };
+        let p = start(ProxyConfig::loopback_ephemeral(), options).await;
+        assert!(!carried(&p).await, "{aimed} reached the application");
+        eventually("the refusal to be counted", Duration::from_secs(5), || {
+            p.metrics.denials(Denied::NotThisPod) == 1
+        })
+        .await;
+        assert_eq!(p.proxy_metrics.1.connect_failures.get(), 0, "never tried");
+    }
 }
 
 #[tokio::test]
@@ -134,9 +208,8 @@ async fn inbound_refuses_to_forward_to_the_admin_port() {
         admin_addr,
         ..ProxyConfig::loopback_ephemeral()
     };
-    let aimed: SocketAddr = format!("198.18.0.77:{}", admin_addr.port())
-        .parse()
-        .unwrap();
+    // The pod's own address (127.0.0.2 here), not the one the admin server is on.
+    let aimed: SocketAddr = format!("127.0.0.2:{}", admin_addr.port()).parse().unwrap();
     let p = plain(config, Some(aimed)).await;
     let mut c = TcpStream::connect(p.inbound).await.unwrap();
     let attack = "POST /shutdown HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";

@@ -9,6 +9,7 @@ mod flags;
 mod harness;
 mod http_mesh;
 mod init_rules;
+mod loopback;
 mod mesh_agent;
 mod mesh_rotation;
 mod mesh_tls;

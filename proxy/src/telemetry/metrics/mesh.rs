@@ -59,6 +59,8 @@ pub enum Denied {
     Plaintext,
     /// No HTTP request (silence, an endless request line) on an HTTP-only port.
     NotHttp,
+    /// Aimed at an address this pod does not own (or at its loopback from off it).
+    NotThisPod,
 }
 
 impl Denied {
@@ -68,6 +70,7 @@ impl Denied {
             Denied::Identity => "identity",
             Denied::Plaintext => "plaintext",
             Denied::NotHttp => "not_http",
+            Denied::NotThisPod => "not_this_pod",
         }
     }
 }
