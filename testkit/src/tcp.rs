@@ -13,9 +13,15 @@ pub const COPY_BUF: usize = 256 * 1024;
 
 /// An echo server on a free loopback port.
 pub async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    echo_server_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// An echo server on `ip` at a free port (e.g. 127.0.0.2, standing in for a pod's
+/// own address beside loopback's 127.0.0.1).
+pub async fn echo_server_on(ip: std::net::IpAddr) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0))
         .await
-        .expect("a loopback port");
+        .expect("a port on that address");
     let addr = listener.local_addr().expect("a bound address");
     spawn_echo(listener);
     addr

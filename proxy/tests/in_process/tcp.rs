@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pillion_proxy::{Denied, ProxyConfig};
-use pillion_testkit::tcp::echo_server;
+use pillion_testkit::tcp::{echo_server, echo_server_on};
 use pillion_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -86,17 +86,20 @@ async fn outbound_forwards_and_counts_bytes() {
 
 /// An echo server on `ip` at a free port.
 async fn echo_on(ip: &str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
+    echo_server_on(ip.parse().unwrap()).await
+}
+
+/// A plain proxy whose connections aim at `aimed`, with `port` forwarded to loopback.
+async fn loopback_port(aimed: SocketAddr, port: u16) -> crate::support::Running {
+    let options = Options {
+        orig_dst: Some(aimed),
+        settings: pillion_proxy::Settings {
+            loopback_ports: vec![port],
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    start(ProxyConfig::loopback_ephemeral(), options).await
 }
 
 /// True when the inbound listener of `p` carried bytes to an application.
@@ -141,15 +144,7 @@ async fn a_server_on_loopback_stays_private_unless_its_port_is_named() {
     })
     .await;
 
-    let options = Options {
-        orig_dst: Some(aimed),
-        settings: pillion_proxy::Settings {
-            loopback_ports: vec![echo.port()],
-            ..Default::default()
-        },
-        ..Options::default()
-    };
-    let opted_in = start(ProxyConfig::loopback_ephemeral(), options).await;
+    let opted_in = loopback_port(aimed, echo.port()).await;
     assert!(carried(&opted_in).await, "the named port goes to loopback");
 }
 
@@ -160,15 +155,7 @@ async fn inbound_refuses_a_connection_not_aimed_at_this_host() {
     // address the pod does not own (TEST-NET-1) must not reach the application.
     for aimed in ["192.0.2.1", "[2001:db8::1]"] {
         let aimed: SocketAddr = format!("{aimed}:{}", echo.port()).parse().unwrap();
-        let options = Options {
-            orig_dst: Some(aimed),
-            settings: pillion_proxy::Settings {
-                loopback_ports: vec![echo.port()],
-                ..Default::default()
-            },
-            ..Options::default()
-        };
-        let p = start(ProxyConfig::loopback_ephemeral(), options).await;
+        let p = loopback_port(aimed, echo.port()).await;
         assert!(!carried(&p).await, "{aimed} reached the application");
         eventually("the refusal to be counted", Duration::from_secs(5), || {
             p.metrics.denials(Denied::NotThisPod) == 1
