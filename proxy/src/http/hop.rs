@@ -151,20 +151,75 @@ pub(crate) fn upstream_uri(
         .map_err(|_| HttpError::BadRequest("the request target is not valid"))
 }
 
-/// Refuses a request head that RFC 9112 §3.2 answers with 400 and hyper lets
-/// through: more than one `Host`, or an HTTP/1.1 request with neither a `Host` nor
-/// an absolute-form target. Both directions check it before a request is authorized
-/// or forwarded, so a route, an authorization and the application never read
-/// different hosts.
+/// Refuses a request head that the RFCs call malformed and hyper lets through: more
+/// than one `Host`, or an HTTP/1.1 request with neither a `Host` nor an
+/// absolute-form target (RFC 9112 §3.2); a `*` target on anything but `OPTIONS`
+/// (RFC 9112 §3.2.4, RFC 9113 §8.3.1); userinfo in the authority (RFC 9110 §4.2.4);
+/// and what [`check_h2`] adds for HTTP/2. Both directions check it before a
+/// request is authorized or forwarded, so a route, an authorization and the
+/// application never read different hosts or targets.
 pub(crate) fn check_head(parts: &Parts) -> Result<(), HttpError> {
     let mut hosts = parts.headers.get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err(HttpError::BadRequest("more than one Host header")),
-        (None, _) if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() => Err(
-            HttpError::BadRequest("an HTTP/1.1 request needs a Host header"),
-        ),
-        _ => Ok(()),
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(HttpError::BadRequest("more than one Host header")),
+        (None, _) if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() => {
+            return Err(HttpError::BadRequest(
+                "an HTTP/1.1 request needs a Host header",
+            ))
+        }
+        (host, _) => host,
+    };
+    if parts.uri.path() == "*" && parts.method != Method::OPTIONS {
+        return Err(HttpError::BadRequest("only OPTIONS may target *"));
     }
+    let userinfo = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .into_iter()
+        .chain(host.map(HeaderValue::as_bytes))
+        .any(|a| a.contains(&b'@'));
+    if userinfo {
+        return Err(HttpError::BadRequest("userinfo in the authority"));
+    }
+    if parts.version == Version::HTTP_2 {
+        check_h2(parts, host)?;
+    }
+    Ok(())
+}
+
+/// The rules of RFC 9113 §8.2.1 and §8.3.1 that h2 leaves to its user: an authority
+/// (`:authority` or `Host`, and a `Host` beside `:authority` names the same), a
+/// non-empty `:scheme` beside `:authority` (h2 keeps `:scheme` only then, and takes
+/// an empty one; `CONNECT` has none), and no field value that starts or ends with a space or tab.
+fn check_h2(parts: &Parts, host: Option<&HeaderValue>) -> Result<(), HttpError> {
+    match (parts.uri.authority(), host) {
+        (None, None) => {
+            return Err(HttpError::BadRequest(
+                "an HTTP/2 request needs :authority or Host",
+            ))
+        }
+        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            return Err(HttpError::BadRequest("Host differs from :authority"))
+        }
+        (Some(_), _)
+            if parts.uri.scheme_str().unwrap_or("").is_empty()
+                && parts.method != Method::CONNECT =>
+        {
+            return Err(HttpError::BadRequest("an empty :scheme"))
+        }
+        _ => {}
+    }
+    let padded = |v: &[u8]| {
+        let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+        blank(v.first()) || blank(v.last())
+    };
+    if parts.headers.values().any(|v| padded(v.as_bytes())) {
+        return Err(HttpError::BadRequest(
+            "a field value starts or ends with whitespace",
+        ));
+    }
+    Ok(())
 }
 
 /// The request's path and query as sent (`/` when it has none, e.g. `OPTIONS *`
@@ -222,6 +277,58 @@ mod tests {
         assert!(check_head(&old).is_ok());
         let h2 = head(Request::get("http://a/").version(Version::HTTP_2));
         assert!(check_head(&h2).is_ok());
+    }
+
+    #[test]
+    fn targets_and_authorities_the_rfcs_call_malformed() {
+        let head = |req: http::request::Builder| req.body(()).unwrap().into_parts().0;
+        let refused = |req| check_head(&head(req)).map_err(|e| e.status().as_u16());
+        let h1 = |uri: &str| Request::get(uri).header(HOST, "a");
+        assert_eq!(refused(h1("*")), Err(400));
+        assert_eq!(refused(Request::options("*").header(HOST, "a")), Ok(()));
+        assert_eq!(refused(h1("http://u@a/")), Err(400));
+        assert_eq!(refused(Request::get("/").header(HOST, "u:p@a")), Err(400));
+        assert_eq!(refused(h1("http://a/x@y")), Ok(()));
+    }
+
+    #[test]
+    fn http2_heads_need_one_authority_a_scheme_and_unpadded_values() {
+        let head = |req: http::request::Builder| req.body(()).unwrap().into_parts().0;
+        let h2 = |uri: &str| Request::get(uri).version(Version::HTTP_2);
+        let refused = |req| check_head(&head(req)).map_err(|e| e.status().as_u16());
+        assert_eq!(refused(h2("http://a/")), Ok(()));
+        // No :authority: the Host header names the target, and one of them must.
+        assert_eq!(refused(h2("/").header(HOST, "a")), Ok(()));
+        assert_eq!(refused(h2("/")), Err(400));
+        assert_eq!(refused(h2("http://a/").header(HOST, "A")), Ok(()));
+        assert_eq!(refused(h2("http://a/").header(HOST, "b")), Err(400));
+        // h2 keeps an empty :scheme beside :authority as a URI without a scheme.
+        let no_scheme = http::Uri::from_parts({
+            let mut p = http::uri::Parts::default();
+            p.authority = Some(Authority::from_static("a"));
+            p
+        })
+        .unwrap();
+        assert_eq!(refused(h2("/").uri(no_scheme.clone())), Err(400));
+        let empty_scheme = http::Uri::from_parts({
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(Scheme::try_from("").unwrap());
+            p.authority = Some(Authority::from_static("a"));
+            p.path_and_query = Some(PathAndQuery::from_static("/"));
+            p
+        })
+        .unwrap();
+        assert_eq!(refused(h2("/").uri(empty_scheme)), Err(400));
+        let connect = Request::connect(no_scheme).version(Version::HTTP_2);
+        assert_eq!(refused(connect), Ok(()));
+        for bad in [" 1", "1\t", "\t"] {
+            let padded = h2("http://a/").header("x-a", HeaderValue::from_str(bad).unwrap());
+            assert_eq!(refused(padded), Err(400), "{bad:?}");
+        }
+        assert_eq!(refused(h2("http://a/").header("x-a", "1 2")), Ok(()));
+        // HTTP/1 values arrive trimmed; the rule is HTTP/2's alone.
+        let h1 = Request::get("/").header(HOST, "a").header("x-a", " 1");
+        assert_eq!(refused(h1), Ok(()));
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod common;
 mod drain;
 mod edges;
 mod flags;
+mod h2_edges;
 mod harness;
 mod http_mesh;
 mod init_rules;
