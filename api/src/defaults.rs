@@ -20,12 +20,21 @@ pub const PROXY_GID: u32 = 2580;
 pub const SKIP_INBOUND_PORTS: &[u16] = &[ADMIN_PORT];
 /// Trust domain of workload identities.
 pub const TRUST_DOMAIN: &str = "cluster.local";
-/// ALPN protocol id spoken between two Pillion proxies inside mesh TLS.
+/// ALPN protocol id spoken between two Pillion proxies inside mesh TLS: the server
+/// side detects what the bytes inside are (HTTP or opaque).
 pub const MESH_ALPN: &[u8] = b"pillion/1";
+/// ALPN protocol id of a mesh connection whose client side already decided that its
+/// bytes are opaque: the server side relays them without detecting again, so a
+/// server that speaks first is not kept waiting. Offered before [`MESH_ALPN`], which
+/// a proxy that does not know it picks instead.
+pub const MESH_ALPN_OPAQUE: &[u8] = b"pillion/1.opaque";
 /// Ports whose protocols speak first from the server, so detection is skipped.
 pub const OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 /// Time a connection may take to send enough bytes for protocol detection.
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence from a new client on a port nobody declared after which the proxy
+/// connects upstream to hear whether the server speaks first.
+pub const SERVER_FIRST_AFTER: Duration = Duration::from_millis(250);
 /// Time to establish an upstream TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight connections may drain after SIGTERM.

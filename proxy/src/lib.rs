@@ -53,4 +53,4 @@ pub use telemetry::metrics::tcp::DirectionMetrics;
 pub use telemetry::metrics::{encode, Direction};
 pub use transport::drain::{Drain, DrainReport};
 pub use transport::orig_dst::{KernelOrigDst, OrigDstLookup, StaticOrigDst};
-pub use transport::tls::MeshTls;
+pub use transport::tls::{MeshClient, MeshTls};

@@ -23,7 +23,12 @@ pub enum App {
     /// Reads until EOF, then answers with the 8-byte length and 8-byte [`checksum`] of
     /// what it read (big-endian) and closes: exercises half-close.
     ReplyAfterEof,
+    /// Speaks first, as SMTP, MySQL or SSH do ([`GREETING`]), then echoes.
+    Greeter,
 }
+
+/// What [`App::Greeter`] says before the client has said anything.
+pub const GREETING: &[u8] = b"220 pillion greeter ready\r\n";
 
 /// Starts `app` in `pod`, listening on `[::]:port` for both IPv4 and IPv6, and returns
 /// once it is bound. Drop (or shut down) the task to stop it.
@@ -45,6 +50,7 @@ pub async fn serve(listener: TcpListener, app: App) {
                     let _ = match app {
                         App::Echo => echo(stream).await.map(drop),
                         App::ReplyAfterEof => reply_after_eof(stream).await,
+                        App::Greeter => greet_then_echo(stream).await,
                     };
                 });
             }
@@ -52,6 +58,12 @@ pub async fn serve(listener: TcpListener, app: App) {
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
+}
+
+/// Writes [`GREETING`], then echoes.
+async fn greet_then_echo(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.write_all(GREETING).await?;
+    echo(stream).await.map(drop)
 }
 
 /// Sends `data` to an echo server at `addr` and reads the echo to its end, both

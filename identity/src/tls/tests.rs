@@ -190,6 +190,34 @@ async fn mutual_tls_both_sides_see_each_others_id() {
 }
 
 #[tokio::test]
+async fn an_opaque_client_says_so_and_still_reaches_an_older_server() {
+    use pillion_api::defaults::{MESH_ALPN, MESH_ALPN_OPAQUE};
+    let ca = Ca::generate("cluster.local").unwrap();
+    let server_store = store_from(&ca, &server_id());
+    let client_store = store_from(&ca, &client_id());
+    let name = server_name_for(&server_id()).unwrap();
+    let opaque = opaque_client_config(client_store.clone()).unwrap();
+
+    let server = Server::start(server_config(server_store.clone()).unwrap()).await;
+    let tls = dial(Arc::clone(&opaque), server.addr, name.clone())
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(MESH_ALPN_OPAQUE));
+    // A detecting client is never taken for an opaque one.
+    let detecting = client_config(client_store).unwrap();
+    let tls = dial(detecting, server.addr, name.clone()).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(MESH_ALPN));
+
+    // A server that only knows `pillion/1` picks it (and detects, as it always did).
+    let mut older = (*server_config(server_store).unwrap()).clone();
+    older.alpn_protocols = vec![MESH_ALPN.to_vec()];
+    let older = Server::start(Arc::new(older)).await;
+    let mut tls = dial(opaque, older.addr, name).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(MESH_ALPN));
+    ping(&mut tls).await.unwrap();
+}
+
+#[tokio::test]
 async fn client_cert_from_another_ca_is_refused() {
     let ca = Ca::generate("cluster.local").unwrap();
     let rogue = Ca::generate("cluster.local").unwrap();

@@ -28,6 +28,19 @@ pub(crate) struct DataPathArgs {
     #[arg(long, env = "PILLION_DETECT_TIMEOUT", default_value_t = HumaneDuration(defaults::DETECT_TIMEOUT))]
     pub detect_timeout: HumaneDuration,
 
+    /// Silence from a new client after which the proxy connects upstream to hear
+    /// whether the server speaks first (0s: never, and a server-first protocol on
+    /// an undeclared port waits for the detect timeout).
+    #[arg(long, env = "PILLION_SERVER_FIRST_AFTER", default_value_t = HumaneDuration(defaults::SERVER_FIRST_AFTER))]
+    pub server_first_after: HumaneDuration,
+
+    /// Most connections handled at once across both listeners; past it new ones are
+    /// refused at accept, before descriptors run out [default: half the open-files
+    /// limit, less a reserve].
+    #[arg(long, env = "PILLION_MAX_CONNECTIONS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
     /// Ports that skip protocol detection, besides the mesh's server-first ports.
     #[arg(long, env = env::OPAQUE_PORTS, value_name = "PORT,…", default_value = "",
           hide_default_value = true, value_parser = PortList::parse)]
@@ -64,6 +77,10 @@ impl DataPathArgs {
         Settings {
             connect_timeout,
             detect_timeout: self.detect_timeout.get(),
+            server_first_after: self.server_first_after.get(),
+            max_connections: self
+                .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             opaque_ports: self.opaque_ports.0.clone(),
             loopback_ports: self.inbound_loopback_ports.0.clone(),
             outlier: OutlierConfig {
@@ -97,6 +114,8 @@ mod tests {
         let cli = Cli::try_parse_from(["x"]).unwrap();
         let s = cli.http.to_settings(Duration::from_secs(5));
         assert_eq!(s.detect_timeout, defaults::DETECT_TIMEOUT);
+        assert_eq!(s.server_first_after, defaults::SERVER_FIRST_AFTER);
+        assert_eq!(s.max_connections, None);
         assert_eq!(s.strategy, Strategy::PowerOfTwoChoices);
         assert_eq!(s.outlier, OutlierConfig::default());
         assert_eq!(s.mesh_protocol, MeshProtocol::Keep);
@@ -115,6 +134,10 @@ mod tests {
             "3",
             "--mesh-protocol",
             "http2",
+            "--max-connections",
+            "100",
+            "--server-first-after",
+            "0s",
         ])
         .unwrap();
         let s = cli.http.to_settings(Duration::from_secs(1));
@@ -125,6 +148,9 @@ mod tests {
         assert_eq!(s.outlier.consecutive_failures, 3);
         assert_eq!(s.connect_timeout, Duration::from_secs(1));
         assert_eq!(s.mesh_protocol, MeshProtocol::Http2);
+        assert_eq!(s.max_connections, Some(100));
+        assert_eq!(s.server_first_after, Duration::ZERO);
+        assert!(Cli::try_parse_from(["x", "--max-connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "--mesh-protocol", "h3"]).is_err());
         // An empty list (what an injected pod's environment holds by default) is none.
         let cli = Cli::try_parse_from(["x", "--inbound-loopback-ports", "", "--opaque-ports="]);

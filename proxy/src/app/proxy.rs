@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{ConfigError, ProxyConfig};
 use super::inputs::Inputs;
+use super::rlimit;
 use super::settings::Settings;
 use crate::admin::readiness::{Condition, Readiness};
 use crate::admin::{AdminError, AdminServer, AdminState, ConfigDump};
@@ -24,6 +25,7 @@ use crate::telemetry::metrics::mesh::MeshMetrics;
 use crate::telemetry::metrics::tcp::{DirectionMetrics, TcpMetrics};
 use crate::telemetry::metrics::Direction;
 use crate::transport::accept::{AcceptLoop, Stack};
+use crate::transport::budget::Budget;
 use crate::transport::drain::{Drain, DrainReport};
 use crate::transport::listen::{bind_all, BindError};
 use crate::transport::loop_guard::LoopGuard;
@@ -272,12 +274,10 @@ impl Proxy {
     fn serve(self) -> Serving {
         let config = self.config;
         let dump = config_dump(&config, self.mesh.as_ref());
+        let max_connections = self.settings.max_connections;
         let settings = Arc::new(Settings {
             connect_timeout: config.connect_timeout,
-            mesh_client: self
-                .mesh
-                .as_ref()
-                .map(|m| Arc::clone(m.tls.client_config())),
+            mesh_client: self.mesh.as_ref().map(|m| m.tls.client().clone()),
             mesh_metrics: self.mesh_metrics.clone(),
             ..self.settings
         });
@@ -323,17 +323,27 @@ impl Proxy {
             relay(inbound_guard, Direction::Inbound),
             inputs,
         ));
-        let (orig_dst, drain) = (&self.orig_dst, &self.drain);
+        let budget = Budget::new(
+            max_connections
+                .unwrap_or_else(|| rlimit::nofile().map_or(usize::MAX, Budget::for_open_files)),
+        );
+        tracing::info!(max_connections = budget.limit(), "connection budget");
+        let shared = Shared {
+            orig_dst: &self.orig_dst,
+            tcp: &tcp,
+            drain: &self.drain,
+            budget: &budget,
+        };
         let mut accepting: Vec<_> = self
             .outbound
             .into_iter()
-            .map(|l| accept_loop(l, Arc::clone(&outbound), orig_dst, &tcp, drain))
+            .map(|l| accept_loop(l, Arc::clone(&outbound), &shared))
             .map(tokio::spawn)
             .collect();
         accepting.extend(
             self.inbound
                 .into_iter()
-                .map(|l| accept_loop(l, Arc::clone(&inbound), orig_dst, &tcp, drain))
+                .map(|l| accept_loop(l, Arc::clone(&inbound), &shared))
                 .map(tokio::spawn),
         );
         let admin_stop = CancellationToken::new();
@@ -414,21 +424,28 @@ impl Serving {
     }
 }
 
+/// What every listener's accept loop shares.
+struct Shared<'a> {
+    orig_dst: &'a Arc<dyn OrigDstLookup>,
+    tcp: &'a TcpMetrics,
+    drain: &'a Drain,
+    budget: &'a Arc<Budget>,
+}
+
 /// Builds and runs one listener's accept loop.
 fn accept_loop<S: Stack>(
     listener: TcpListener,
     stack: Arc<S>,
-    orig_dst: &Arc<dyn OrigDstLookup>,
-    tcp: &TcpMetrics,
-    drain: &Drain,
+    shared: &Shared<'_>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let metrics = tcp.direction(stack.direction());
+    let metrics = shared.tcp.direction(stack.direction());
     AcceptLoop {
         listener,
         stack,
-        orig_dst: Arc::clone(orig_dst),
+        orig_dst: Arc::clone(shared.orig_dst),
         metrics,
-        drain: drain.clone(),
+        drain: shared.drain.clone(),
+        budget: Arc::clone(shared.budget),
     }
     .run()
 }

@@ -13,6 +13,13 @@ pub(crate) struct NofileLimit {
     pub after: u64,
 }
 
+/// The open-files soft limit in force (`None` when it cannot be read).
+pub(crate) fn nofile() -> Option<u64> {
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
 /// Sets the soft `RLIMIT_NOFILE` to the hard limit; never lowers it.
 pub(crate) fn raise_nofile() -> Result<NofileLimit, nix::Error> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
@@ -41,5 +48,6 @@ mod tests {
         assert_eq!(soft, hard);
         let again = raise_nofile().unwrap();
         assert_eq!(again.before, again.after);
+        assert_eq!(nofile(), Some(soft));
     }
 }

@@ -1,15 +1,15 @@
 //! The data path's knobs, set once at start (from flags, see [`super::flags`]) and
 //! shared by every connection and every compile of the state.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use pillion_api::defaults::{CONNECT_TIMEOUT, DETECT_TIMEOUT};
+use pillion_api::defaults::{CONNECT_TIMEOUT, DETECT_TIMEOUT, SERVER_FIRST_AFTER};
 
 use crate::policy::balance::p2c::Strategy;
 use crate::policy::outlier::OutlierConfig;
 use crate::telemetry::metrics::mesh::MeshMetrics;
 use crate::telemetry::Recorders;
+use crate::transport::tls::MeshClient;
 
 /// How the data path behaves.
 #[derive(Clone, Debug)]
@@ -18,6 +18,12 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Time a connection may take to show its protocol (mesh TLS or HTTP).
     pub detect_timeout: Duration,
+    /// Silence from a new client after which the upstream is opened to hear
+    /// whether the server speaks first (zero: never; detection then waits).
+    pub server_first_after: Duration,
+    /// Most connections handled at once across both listeners; past it new ones
+    /// are refused at accept (`None`: what the open-files limit carries).
+    pub max_connections: Option<usize>,
     /// Ports that skip detection besides `defaults::OPAQUE_PORTS`.
     pub opaque_ports: Vec<u16>,
     /// Inbound ports forwarded to the application on loopback (an opt-in for
@@ -27,8 +33,8 @@ pub struct Settings {
     pub outlier: OutlierConfig,
     /// Endpoint choice within a backend.
     pub strategy: Strategy,
-    /// The mesh TLS client config; without it meshed endpoints cannot be reached.
-    pub mesh_client: Option<Arc<rustls::ClientConfig>>,
+    /// The mesh TLS client configs; without them meshed endpoints cannot be reached.
+    pub mesh_client: Option<MeshClient>,
     /// Spans and access log lines of every request (default: off).
     pub recorders: Recorders,
     /// Which HTTP version requests take between two proxies.
@@ -55,6 +61,8 @@ impl Default for Settings {
         Settings {
             connect_timeout: CONNECT_TIMEOUT,
             detect_timeout: DETECT_TIMEOUT,
+            server_first_after: SERVER_FIRST_AFTER,
+            max_connections: None,
             opaque_ports: Vec::new(),
             loopback_ports: Vec::new(),
             outlier: OutlierConfig::default(),
@@ -72,13 +80,17 @@ impl Settings {
     /// Defaults with a mesh client config over an empty certificate store (meshed
     /// endpoints compile; handshakes would fail).
     pub(crate) fn with_mesh_client_for_tests() -> Settings {
+        use std::sync::Arc;
         let id = pillion_identity::SpiffeId::new("cluster.local", "demo", "client")
             .expect("a valid test identity");
         let store = Arc::new(pillion_identity::CertStore::new(id));
         Settings {
-            mesh_client: Some(
-                pillion_identity::tls::client_config(store).expect("a client config"),
-            ),
+            mesh_client: Some(MeshClient {
+                detect: pillion_identity::tls::client_config(Arc::clone(&store))
+                    .expect("a client config"),
+                opaque: pillion_identity::tls::opaque_client_config(store)
+                    .expect("a client config"),
+            }),
             ..Settings::default()
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! It decides as early as the bytes allow: one byte that cannot start a method means
 //! opaque at once; a request line is accepted when its `HTTP/1.x` and line end arrive.
-//! Peers that send nothing in time (server-speaks-first protocols) are opaque.
+//! Peers that send too little in time are opaque; peers that send nothing at all are
+//! [`Reason::Silent`], which the stacks close.
 
 use std::time::Duration;
 
@@ -44,8 +45,10 @@ impl Protocol {
 pub(crate) enum Reason {
     /// The bytes showed the protocol.
     Seen,
-    /// Nothing (or not enough) arrived in time.
+    /// Not enough arrived in time.
     Timeout,
+    /// Nothing at all arrived in time.
+    Silent,
     /// The peer closed first.
     Eof,
     /// [`super::MAX_DETECT_BYTES`] arrived without an answer.
@@ -127,6 +130,7 @@ fn is_target_byte(b: u8) -> bool {
 
 /// Reads `io`'s first bytes until they show the protocol, within `timeout`; answers
 /// the verdict and a stream that yields every byte from the first.
+#[cfg(test)]
 pub(crate) async fn detect<IO>(io: IO, timeout: Duration) -> (Protocol, Reason, Rewind<IO>)
 where
     IO: AsyncRead + Unpin,
@@ -147,6 +151,9 @@ where
         match peek.read_more().await {
             Read::More => {}
             Read::Eof => break (Protocol::Opaque, Reason::Eof),
+            Read::Timeout if peek.buffered().is_empty() => {
+                break (Protocol::Opaque, Reason::Silent)
+            }
             Read::Timeout => break (Protocol::Opaque, Reason::Timeout),
             Read::Full => break (Protocol::Opaque, Reason::TooLong),
         }
@@ -395,11 +402,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn silence_is_opaque_after_the_timeout() {
+    async fn silence_and_too_little_are_told_apart_at_the_timeout() {
         let (a, _b) = tokio::io::duplex(64);
         let (p, reason, rewind) = detect(a, Duration::from_secs(10)).await;
-        assert_eq!((p, reason), (Protocol::Opaque, Reason::Timeout));
+        assert_eq!((p, reason), (Protocol::Opaque, Reason::Silent));
         assert!(rewind.prefix().is_empty());
+        let (a, mut b) = tokio::io::duplex(64);
+        b.write_all(b"GET /a").await.unwrap();
+        let (p, reason, rewind) = detect(a, Duration::from_secs(10)).await;
+        assert_eq!((p, reason), (Protocol::Opaque, Reason::Timeout));
+        assert_eq!(rewind.prefix(), b"GET /a");
     }
 
     #[tokio::test]

@@ -10,8 +10,11 @@
 //!
 //! Ports a service marks `opaque`, and the mesh's [`OPAQUE_PORTS`], skip detection
 //! ([`skips_detection`]); a port that declares its protocol needs none
-//! ([`declared`]).
+//! ([`declared`]). On the others a server that speaks first is heard within a
+//! fraction of a second ([`first_word`]), and a connection where nobody says
+//! anything by the deadline is closed, never relayed idle.
 
+pub(crate) mod first_word;
 pub(crate) mod http;
 pub(crate) mod rewind;
 pub(crate) mod tls;
@@ -24,7 +27,7 @@ use pillion_api::view::Protocol as PortProtocol;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
-pub(crate) use http::{detect, Protocol, Strict};
+pub(crate) use http::{Protocol, Strict};
 use rewind::Rewind;
 
 /// Most bytes detection reads: a whole ClientHello (one 16 KiB record, split into a

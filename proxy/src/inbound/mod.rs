@@ -5,14 +5,17 @@
 //! 1. refuse a connection not aimed at this pod, or one that would loop back into
 //!    the proxy;
 //! 2. take the port's policy from the state the connection arrived with;
-//! 3. detect mesh TLS ([`crate::detect::tls`]) and terminate it: the client's
-//!    SPIFFE id becomes the peer identity;
+//! 3. where a plaintext caller's bytes could be relayed, hear an application that
+//!    speaks first ([`crate::detect::first_word`]); detect mesh TLS
+//!    ([`crate::detect::tls`]) and terminate it: the client's SPIFFE id becomes the
+//!    peer identity, and its ALPN may say the bytes inside are opaque;
 //! 4. admit the connection ([`admit`]): plaintext only where the port is
 //!    permissive, a peer identity the port does not allow only for HTTP (where each
 //!    request gets its 403);
 //! 5. detect HTTP ([`crate::detect::http`]), then serve it per request ([`http`]:
 //!    authorization, server rate limits, pooled connections to the application), or
-//!    relay the bytes to the application.
+//!    relay the bytes to the application; a connection nobody speaks on by the
+//!    deadline is closed.
 
 pub(crate) mod admit;
 pub(crate) mod http;
@@ -23,11 +26,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ::http::StatusCode;
+use pillion_api::defaults::MESH_ALPN_OPAQUE;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::app::inputs::Inputs;
+use crate::app::settings::Settings;
+use crate::detect::first_word::{first_word, FirstWord};
+use crate::detect::http::Reason;
+use crate::detect::rewind::Rewind;
 use crate::detect::tls::Detected;
 use crate::detect::{self, Peek, Protocol, Strict};
 use crate::http::server::HEADER_READ_TIMEOUT;
@@ -35,6 +43,7 @@ use crate::state::inbound::PortRule;
 use crate::telemetry::metrics::mesh::Denied;
 use crate::telemetry::metrics::Direction;
 use crate::transport::accept::{Accepted, ConnInfo, Stack};
+use crate::transport::counted::Counted;
 use crate::transport::relay::Relay;
 use crate::transport::tls::{self, MeshTls, HANDSHAKE_TIMEOUT};
 use crate::upstream::connect::UpstreamConnector;
@@ -42,21 +51,38 @@ use crate::upstream::Upstream;
 use admit::Verdict;
 use http::Peer;
 
+/// An admitted connection: who it is from and how its bytes may be served.
+struct Admitted {
+    /// The verified peer (`None`: plaintext).
+    peer: Option<Peer>,
+    /// What the port's policy said.
+    verdict: Verdict,
+    /// How its bytes are told apart.
+    detection: Detection,
+    /// A connection to the application opened while a plaintext client was
+    /// silent, for an opaque relay to reuse.
+    early: Option<TcpStream>,
+}
+
 /// How a port's bytes are told apart, from its connection-level rule (which is let
 /// go before the connection is served).
 #[derive(Debug, Clone, Copy)]
 struct Detection {
-    /// A service marks the port opaque: no detection.
-    marked_opaque: bool,
+    /// No detection: a service marks the port opaque, or it is one of the mesh's
+    /// (or this proxy's) opaque ports.
+    opaque: bool,
     /// HTTP or a refusal, never relayed bytes ([`PortRule::fails_closed`]).
     fails_closed: bool,
+    /// The client's proxy found the bytes opaque and said so in its ALPN.
+    said_opaque: bool,
 }
 
 impl Detection {
-    fn of(rule: &PortRule<'_>) -> Detection {
+    fn of(rule: &PortRule<'_>, port: u16, settings: &Settings) -> Detection {
         Detection {
-            marked_opaque: rule.opaque,
+            opaque: rule.opaque || detect::skips_detection(port, None, &settings.opaque_ports),
             fails_closed: rule.fails_closed(),
+            said_opaque: false,
         }
     }
 }
@@ -104,11 +130,38 @@ impl Inbound {
         // The state the connection arrived with decides it; it is let go before the
         // connection is served.
         let state = self.inputs.state.load_full();
+        let settings = &self.inputs.settings;
         let port = info.orig_dst.port();
-        let detect_timeout = self.inputs.settings.detect_timeout;
+        let detect_timeout = settings.detect_timeout;
         let handshake_deadline = Instant::now() + detect_timeout.max(HANDSHAKE_TIMEOUT);
-        match detect::tls::detect(Peek::new(stream, detect_timeout)).await {
+        let mut peek = Peek::new(stream, detect_timeout);
+        // Where a plaintext caller's bytes may be relayed, a server that speaks first
+        // is heard after a short silence (a mesh client always speaks first).
+        let rule = state.inbound().rule(port);
+        let mut detection = Detection::of(&rule, port, settings);
+        let mut early = None;
+        if !detection.fails_closed && admit::admit(rule, None) == Verdict::Admit {
+            let open = || self.relay.connect(target);
+            match first_word(&mut peek, settings.server_first_after, open).await {
+                FirstWord::Server { upstream, greeting } => {
+                    drop(state);
+                    self.inputs.mesh_metrics.passthrough(Direction::Inbound);
+                    tracing::debug!(
+                        bytes = greeting.len(),
+                        "the application spoke first; relaying"
+                    );
+                    let upstream = Rewind::new(greeting, upstream);
+                    return self.relay.forward(peek.into_rewind(), upstream).await;
+                }
+                // A port marked opaque relays even a silent connection, as before.
+                FirstWord::Silent if !detection.opaque => return self.silent(),
+                FirstWord::Silent => {}
+                FirstWord::Client { early: opened } => early = opened,
+            }
+        }
+        match detect::tls::detect(peek).await {
             Detected::Mesh(start) => {
+                drop(early);
                 let (tls, peer) = match tls::accept(tls, *start, handshake_deadline).await {
                     Ok(done) => done,
                     Err(err) => {
@@ -123,32 +176,40 @@ impl Inbound {
                 tracing::Span::current().record("peer_identity", peer.as_str());
                 let rule = state.inbound().rule(port);
                 let verdict = admit::admit(rule, Some(peer.as_str()));
-                let detection = Detection::of(&rule);
                 drop(state);
                 if let Verdict::Refuse(denied) = verdict {
                     return self.refuse(denied);
                 }
+                detection.said_opaque = tls.get_ref().1.alpn_protocol() == Some(MESH_ALPN_OPAQUE);
                 self.inputs
                     .mesh_metrics
                     .tls_connection(Direction::Inbound, peer.as_str());
-                tracing::debug!("mesh TLS accepted");
+                tracing::debug!(said_opaque = detection.said_opaque, "mesh TLS accepted");
                 let peer = Peer::verified(peer.as_str());
                 let peek = Peek::new(tls, detect_timeout);
-                self.serve_admitted(peek, &info, target, peer, verdict, detection)
-                    .await;
+                let admitted = Admitted {
+                    peer,
+                    verdict,
+                    detection,
+                    early: None,
+                };
+                self.serve_admitted(peek, &info, target, admitted).await;
             }
             Detected::Plain(reason, peek) => {
-                let rule = state.inbound().rule(port);
-                let verdict = admit::admit(rule, None);
-                let detection = Detection::of(&rule);
+                let verdict = admit::admit(state.inbound().rule(port), None);
                 drop(state);
                 if let Verdict::Refuse(denied) = verdict {
                     tracing::info!(detected = reason.as_str(), "plaintext on a strict port");
                     return self.refuse(denied);
                 }
                 self.inputs.mesh_metrics.passthrough(Direction::Inbound);
-                self.serve_admitted(peek, &info, target, None, verdict, detection)
-                    .await;
+                let admitted = Admitted {
+                    peer: None,
+                    verdict,
+                    detection,
+                    early,
+                };
+                self.serve_admitted(peek, &info, target, admitted).await;
             }
         }
     }
@@ -161,17 +222,21 @@ impl Inbound {
         peek: Peek<IO>,
         info: &ConnInfo,
         target: SocketAddr,
-        peer: Option<Peer>,
-        verdict: Verdict,
-        detection: Detection,
+        admitted: Admitted,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let settings = &self.inputs.settings;
-        let app_port = info.orig_dst.port();
-        let opaque = detection.marked_opaque
-            || detect::skips_detection(app_port, None, &settings.opaque_ports);
+        let Admitted {
+            peer,
+            verdict,
+            detection,
+            early,
+        } = admitted;
         let (protocol, io) = if detection.fails_closed {
+            if detection.said_opaque {
+                // The client's proxy says these bytes are not HTTP: nothing to serve.
+                return self.refuse(Denied::NotHttp);
+            }
             let (verdict, io) = detect::http::detect_strict(peek, HEADER_READ_TIMEOUT).await;
             match verdict {
                 Strict::Serve(protocol) => (protocol, io),
@@ -179,11 +244,14 @@ impl Inbound {
                 Strict::Silent => return self.not_http(io, StatusCode::REQUEST_TIMEOUT).await,
                 Strict::TooLong => return self.not_http(io, StatusCode::URI_TOO_LONG).await,
             }
-        } else if opaque {
+        } else if detection.opaque || detection.said_opaque {
             (Protocol::Opaque, peek.into_rewind())
         } else {
             let (protocol, reason, io) = detect::http::detect_peeked(peek).await;
             tracing::debug!(protocol = protocol.as_str(), ?reason, "protocol detected");
+            if reason == Reason::Silent {
+                return self.silent();
+            }
             (protocol, io)
         };
         match protocol {
@@ -195,15 +263,20 @@ impl Inbound {
                     };
                     return self.refuse(denied);
                 }
-                if let Some(upstream) = self.relay.connect(target).await {
+                let upstream = match early {
+                    Some(upstream) => Some(upstream),
+                    None => self.relay.connect(target).await,
+                };
+                if let Some(upstream) = upstream {
                     self.relay.forward(io, upstream).await;
                 }
             }
             http_protocol => {
+                drop(early);
                 http::serve(
                     Arc::clone(&self.inputs),
                     self.app(target),
-                    io,
+                    Counted::new(io, self.relay.counters.clone()),
                     http_protocol,
                     target,
                     peer,
@@ -212,6 +285,12 @@ impl Inbound {
                 .await
             }
         }
+    }
+
+    /// Closes a connection on which nobody said a word by the detection deadline.
+    fn silent(&self) {
+        self.relay.metrics.silent_closed.inc();
+        tracing::debug!("nobody spoke before the detection deadline; closing");
     }
 
     /// Answers a connection on an HTTP-only port that sent no request `status` and

@@ -4,9 +4,11 @@
 //! 1. look the destination up in the state the connection arrived with
 //!    ([`crate::state::Destination`]);
 //! 2. a service port (its VIP, or one of its endpoints): detect the protocol unless
-//!    the port declares one or is opaque ([`crate::detect`]), then serve HTTP per
-//!    request ([`http`], with its tries in [`retry`]) or relay the bytes to one
-//!    endpoint the balancer picks ([`tcp`]);
+//!    the port declares one or is opaque ([`crate::detect`]; a server that speaks
+//!    first is heard after a short silence, and a connection nobody speaks on is
+//!    closed at the deadline), then serve HTTP per request ([`http`], with its
+//!    tries in [`retry`]) or relay the bytes to one endpoint the balancer picks
+//!    ([`tcp`]);
 //! 3. a meshed endpoint under no service port: bytes over mesh TLS to it ([`tcp`]);
 //! 4. an endpoint the view lists with an identity this proxy cannot verify: refused;
 //! 5. anything else passes through as plain TCP, counted ([`tcp`]).
@@ -21,13 +23,16 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use crate::app::inputs::Inputs;
+use crate::detect::first_word::{first_word, FirstWord};
+use crate::detect::http::Reason;
 use crate::detect::rewind::Rewind;
-use crate::detect::{self, Protocol};
+use crate::detect::{self, Peek, Protocol};
 use crate::state::outbound::Target;
 use crate::state::Destination;
 use crate::telemetry::metrics::mesh::HandshakeFailure;
 use crate::telemetry::metrics::Direction;
 use crate::transport::accept::{Accepted, ConnInfo, Stack};
+use crate::transport::counted::Counted;
 use crate::transport::relay::Relay;
 
 /// Serves connections the local application made to somewhere else.
@@ -48,29 +53,52 @@ impl Outbound {
         let settings = &self.inputs.settings;
         let declared = target.port.protocol;
         let port = info.orig_dst.port();
-        let (protocol, io) =
-            if detect::skips_detection(port, Some(declared), &settings.opaque_ports) {
-                (Protocol::Opaque, Rewind::new(Bytes::new(), stream))
-            } else if let Some(protocol) = detect::declared(declared) {
-                (protocol, Rewind::new(Bytes::new(), stream))
-            } else {
-                let (protocol, reason, io) = detect::detect(stream, settings.detect_timeout).await;
-                tracing::debug!(protocol = protocol.as_str(), ?reason, "protocol detected");
-                (protocol, io)
-            };
-        match protocol {
-            Protocol::Opaque => tcp::to_service(&self.relay, io, &info, &target).await,
-            http_protocol => {
-                http::serve(
-                    Arc::clone(&self.inputs),
-                    io,
-                    http_protocol,
-                    info.orig_dst,
-                    self.inputs.shutdown(),
-                )
-                .await
-            }
+        if detect::skips_detection(port, Some(declared), &settings.opaque_ports) {
+            let io = Rewind::new(Bytes::new(), stream);
+            return tcp::to_service(&self.relay, io, &info, &target).await;
         }
+        if let Some(protocol) = detect::declared(declared) {
+            return self
+                .serve_http(Rewind::new(Bytes::new(), stream), protocol, &info)
+                .await;
+        }
+        let mut peek = Peek::new(stream, settings.detect_timeout);
+        let open = || tcp::open_early(&self.relay, &info, &target);
+        let early = match first_word(&mut peek, settings.server_first_after, open).await {
+            FirstWord::Server { upstream, greeting } => {
+                tracing::debug!(bytes = greeting.len(), "the server spoke first; relaying");
+                let upstream = Rewind::new(greeting, upstream);
+                return self.relay.forward(peek.into_rewind(), upstream).await;
+            }
+            FirstWord::Silent => return self.silent(),
+            FirstWord::Client { early } => early,
+        };
+        let (protocol, reason, io) = detect::http::detect_peeked(peek).await;
+        tracing::debug!(protocol = protocol.as_str(), ?reason, "protocol detected");
+        match (protocol, early) {
+            _ if reason == Reason::Silent => self.silent(),
+            (Protocol::Opaque, Some(upstream)) => self.relay.forward(io, upstream).await,
+            (Protocol::Opaque, None) => tcp::to_service(&self.relay, io, &info, &target).await,
+            (http_protocol, _) => self.serve_http(io, http_protocol, &info).await,
+        }
+    }
+
+    /// Serves `io` as HTTP, request by request.
+    async fn serve_http(&self, io: Rewind<TcpStream>, protocol: Protocol, info: &ConnInfo) {
+        http::serve(
+            Arc::clone(&self.inputs),
+            Counted::new(io, self.relay.counters.clone()),
+            protocol,
+            info.orig_dst,
+            self.inputs.shutdown(),
+        )
+        .await
+    }
+
+    /// Closes a connection on which nobody said a word by the detection deadline.
+    fn silent(&self) {
+        self.relay.metrics.silent_closed.inc();
+        tracing::debug!("nobody spoke before the detection deadline; closing");
     }
 }
 

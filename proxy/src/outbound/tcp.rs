@@ -15,7 +15,7 @@ use crate::state::outbound::Target;
 use crate::telemetry::metrics::Direction;
 use crate::transport::accept::ConnInfo;
 use crate::transport::relay::Relay;
-use crate::upstream::connect::UpstreamConnectError;
+use crate::upstream::connect::{UpstreamConnectError, UpstreamIo};
 use crate::upstream::endpoint::EndpointState;
 
 /// Relays opaque bytes to one endpoint of the service port.
@@ -40,19 +40,40 @@ pub(crate) async fn to_endpoint<D>(
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    if relay.is_loop(info, endpoint.addr) {
-        return;
+    if let Some(upstream) = open(relay, info, endpoint).await {
+        relay.forward(downstream, upstream).await;
     }
-    match endpoint.upstream.open().await {
-        Ok(upstream) => relay.forward(downstream, upstream).await,
+}
+
+/// Opens the connection an opaque relay to the service would use, while the
+/// client is still silent: the server may be one that speaks first.
+pub(crate) async fn open_early(
+    relay: &Relay,
+    info: &ConnInfo,
+    target: &Target,
+) -> Option<UpstreamIo> {
+    let endpoint = target.opaque_endpoint(Instant::now()).ok()?;
+    open(relay, info, &endpoint).await
+}
+
+/// Opens a connection to `endpoint` for opaque bytes (a meshed peer relays them
+/// without detecting); `None`, logged and counted, when there is none to be had.
+async fn open(relay: &Relay, info: &ConnInfo, endpoint: &Arc<EndpointState>) -> Option<UpstreamIo> {
+    if relay.is_loop(info, endpoint.addr) {
+        return None;
+    }
+    match endpoint.upstream.open_opaque().await {
+        Ok(upstream) => Some(upstream),
         Err(UpstreamConnectError::Tcp(err)) => {
             relay.metrics.connect_failures.inc();
             tracing::info!(endpoint = %endpoint.addr, error = %err, "upstream connect failed");
+            None
         }
         Err(UpstreamConnectError::Tls { source, .. }) => {
             tracing::warn!(endpoint = %endpoint.addr, expected = endpoint.identity.as_deref().unwrap_or(""),
                 reason = source.reason.as_str(), error = %source.source,
                 "mesh TLS handshake failed; closing the connection");
+            None
         }
     }
 }

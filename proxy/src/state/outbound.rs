@@ -408,7 +408,7 @@ impl Compiler<'_> {
             .and_then(|id| server_name_for(&id).map_err(|e| e.to_string()));
         match name {
             Ok(name) => Some(MeshTarget {
-                config: Arc::clone(config),
+                config: config.clone(),
                 name,
                 identity: Arc::clone(id),
                 metrics: self.settings.mesh_metrics.clone(),

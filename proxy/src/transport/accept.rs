@@ -1,5 +1,6 @@
 //! The bottom layer of both stacks: accepts connections until the drain starts,
-//! reads each one's original destination and hands it to a direction's stack as
+//! refuses those past the connection budget ([`Budget`]), reads each one's
+//! original destination and hands it to a direction's stack as
 //! a tracked, force-closable task inside a span of its own (`direction`, `client`,
 //! `orig_dst`, and `peer_identity` once mesh TLS proves one), so no log line of the
 //! connection repeats them.
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use super::budget::Budget;
 use super::drain::Drain;
 use super::orig_dst::OrigDstLookup;
 use super::sockopt;
@@ -85,6 +87,8 @@ pub(crate) struct AcceptLoop<S> {
     pub metrics: DirectionMetrics,
     /// Stops the loop and tracks the spawned connections.
     pub drain: Drain,
+    /// The connection budget every listener of the proxy shares.
+    pub budget: Arc<Budget>,
 }
 
 impl<S: Stack> AcceptLoop<S> {
@@ -118,6 +122,15 @@ impl<S: Stack> AcceptLoop<S> {
     /// Reads the connection's addresses and spawns its stack as a tracked task.
     fn dispatch(&self, stream: TcpStream, client: SocketAddr) {
         let direction = self.stack.direction();
+        let Some(permit) = self.budget.try_acquire() else {
+            // Closed at once: refusing new work keeps the open connections' descriptors.
+            self.metrics.over_budget.inc();
+            if self.budget.should_warn() {
+                tracing::warn!(%direction, limit = self.budget.limit(),
+                    "connection budget spent; refusing new connections until some close");
+            }
+            return;
+        };
         let guard = self.metrics.open_connection();
         let local = match stream.local_addr() {
             Ok(local) => local,
@@ -152,8 +165,13 @@ impl<S: Stack> AcceptLoop<S> {
             peer_identity = tracing::field::Empty,
         );
         let stack = Arc::clone(&self.stack);
-        self.drain
-            .spawn_connection(async move { stack.serve(conn).await }.instrument(span));
+        self.drain.spawn_connection(
+            async move {
+                let _permit = permit;
+                stack.serve(conn).await
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -199,6 +217,7 @@ mod tests {
                 orig_dst: Arc::new(StaticOrigDst(dst)),
                 metrics: metrics.clone(),
                 drain: drain.clone(),
+                budget: Budget::new(8),
             }
             .run(),
         );
@@ -216,6 +235,57 @@ mod tests {
         task.await.unwrap();
         let err = TcpStream::connect(addr).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[tokio::test]
+    async fn refuses_past_the_budget_and_keeps_what_is_open() {
+        /// Holds each connection open until the test ends.
+        struct Holder(Mutex<Vec<TcpStream>>);
+        impl Stack for Holder {
+            fn direction(&self) -> Direction {
+                Direction::Inbound
+            }
+            async fn serve(&self, conn: Accepted) {
+                let (stream, _info, _guard) = conn.split();
+                self.0.lock().unwrap().push(stream);
+                std::future::pending::<()>().await;
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = TcpMetrics::register(&mut Registry::default()).direction(Direction::Inbound);
+        let drain = Drain::new();
+        let stack = Arc::new(Holder(Mutex::new(Vec::new())));
+        tokio::spawn(
+            AcceptLoop {
+                listener,
+                stack: Arc::clone(&stack),
+                orig_dst: Arc::new(StaticOrigDst(addr)),
+                metrics: metrics.clone(),
+                drain: drain.clone(),
+                budget: Budget::new(2),
+            }
+            .run(),
+        );
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        for _ in 0..200 {
+            if metrics.over_budget.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(metrics.over_budget.get(), 1);
+        assert_eq!((metrics.opened.get(), metrics.open.get()), (2, 2));
+        // The refused one is closed at once; the two within the budget stay open.
+        let mut third = clients.pop().unwrap();
+        let mut buf = [0u8; 1];
+        use tokio::io::AsyncReadExt;
+        assert_eq!(third.read(&mut buf).await.unwrap_or(0), 0);
+        assert_eq!(stack.0.lock().unwrap().len(), 2);
+        drain.trigger();
     }
 
     #[test]

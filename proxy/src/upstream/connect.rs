@@ -1,7 +1,8 @@
 //! Opening a connection to one upstream: plain TCP within the connect timeout, then
 //! for a meshed endpoint the one mesh TLS handshake ([`crate::transport::tls::connect`],
-//! ALPN `pillion/1`, verifying the SPIFFE id the view expects). Every connection to
-//! an upstream — pooled HTTP, upgrades, opaque bytes — is made here, the same way.
+//! verifying the SPIFFE id the view expects; ALPN `pillion/1`, or `pillion/1.opaque`
+//! for bytes already found opaque). Every connection to an upstream — pooled HTTP,
+//! upgrades, opaque bytes — is made here, the same way.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use tokio_rustls::client::TlsStream;
 use crate::telemetry::metrics::mesh::MeshMetrics;
 use crate::telemetry::metrics::Direction;
 use crate::transport::connect::{connect, ConnectError};
-use crate::transport::tls::{self, HandshakeError};
+use crate::transport::tls::{self, HandshakeError, MeshClient};
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +43,9 @@ pub(crate) enum UpstreamConnectError {
 /// the identity the endpoint must prove, and where its handshakes are counted.
 #[derive(Clone, Debug)]
 pub(crate) struct MeshTarget {
-    /// The mesh client config (ALPN `pillion/1`, SPIFFE verification).
-    pub config: Arc<rustls::ClientConfig>,
+    /// The mesh client configs (SPIFFE verification; which ALPN says what the
+    /// server side does with the bytes).
+    pub config: MeshClient,
     /// `server_name_for(expected identity)`.
     pub name: ServerName<'static>,
     /// The identity itself, the `peer` label of what is counted.
@@ -90,13 +92,26 @@ impl UpstreamConnector {
         self.mesh.is_some()
     }
 
-    /// Opens one connection.
+    /// Opens one connection; a meshed peer detects what it carries.
     pub(crate) async fn open(&self) -> Result<UpstreamIo, UpstreamConnectError> {
+        self.open_offering(|mesh| &mesh.detect).await
+    }
+
+    /// Opens one connection for bytes this side found opaque; a meshed peer relays
+    /// them without detecting.
+    pub(crate) async fn open_opaque(&self) -> Result<UpstreamIo, UpstreamConnectError> {
+        self.open_offering(|mesh| &mesh.opaque).await
+    }
+
+    async fn open_offering(
+        &self,
+        config: fn(&MeshClient) -> &Arc<rustls::ClientConfig>,
+    ) -> Result<UpstreamIo, UpstreamConnectError> {
         let tcp = connect(self.addr, self.timeout).await?;
         let Some(mesh) = &self.mesh else {
             return Ok(UpstreamIo::Plain(tcp));
         };
-        match tls::connect(&mesh.config, mesh.name.clone(), tcp).await {
+        match tls::connect(config(&mesh.config), mesh.name.clone(), tcp).await {
             Ok(tls) => {
                 mesh.metrics
                     .tls_connection(Direction::Outbound, &mesh.identity);

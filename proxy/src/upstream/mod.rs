@@ -96,4 +96,10 @@ impl Upstream {
     pub(crate) async fn open(&self) -> Result<UpstreamIo, UpstreamConnectError> {
         self.connector.open().await
     }
+
+    /// A fresh connection outside the pools for opaque bytes (see
+    /// [`UpstreamConnector::open_opaque`]).
+    pub(crate) async fn open_opaque(&self) -> Result<UpstreamIo, UpstreamConnectError> {
+        self.connector.open_opaque().await
+    }
 }

@@ -377,3 +377,58 @@ fn http_mesh_connections_are_counted_outbound() {
     let m = w.sidecars[0].metrics().unwrap();
     assert!(m.value(tls, &outbound) >= before + 1.0, "{m}");
 }
+
+/// HTTP traffic moves the byte counters in both directions, on both proxies: the
+/// client's outbound proxy and the server's inbound one count what the client sent
+/// and what it was answered (they counted only relayed, opaque bytes before).
+#[test]
+fn http_traffic_moves_the_byte_counters() {
+    let w = HttpWorld::start("edges_bytes", &testbin(), &sidecar_opts(), ROUTES, INBOUND).unwrap();
+    let (sent, received) = (
+        "pillion_tcp_sent_bytes_total",
+        "pillion_tcp_received_bytes_total",
+    );
+    let read = |i: usize, direction: &str| {
+        let m = w.sidecars[i].metrics().unwrap();
+        let labels = [("direction", direction)];
+        (m.value(sent, &labels), m.value(received, &labels))
+    };
+    // Sidecars 0 and 2: the client a and the server b1 (b2 may serve instead; add both).
+    let server = |read_one: &dyn Fn(usize) -> (f64, f64)| {
+        let (s1, r1) = read_one(2);
+        let (s2, r2) = read_one(3);
+        (s1 + s2, r1 + r2)
+    };
+    let out_before = read(0, "outbound");
+    let in_before = server(&|i| read(i, "inbound"));
+    let body = "x".repeat(3000);
+    let request = format!(
+        "POST /big HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..5 {
+        let reply = raw_exchange(
+            &w.pods.a,
+            VIP.parse().unwrap(),
+            Duration::ZERO,
+            request.clone().into_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status_code(&reply), 200, "{reply}");
+    }
+    let out = read(0, "outbound");
+    let inb = server(&|i| read(i, "inbound"));
+    let grew = |after: (f64, f64), before: (f64, f64)| (after.0 - before.0, after.1 - before.1);
+    let (out_sent, out_received) = grew(out, out_before);
+    let (in_sent, in_received) = grew(inb, in_before);
+    // Five requests of over 3,000 bytes, each echoed back.
+    assert!(
+        out_sent >= 15_000.0 && in_sent >= 15_000.0,
+        "sent: outbound {out_sent}, inbound {in_sent}\n{}",
+        w.dump()
+    );
+    assert!(
+        out_received >= 15_000.0 && in_received >= 15_000.0,
+        "received: outbound {out_received}, inbound {in_received}"
+    );
+}

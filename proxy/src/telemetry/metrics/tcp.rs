@@ -18,6 +18,8 @@ pub(crate) struct TcpMetrics {
     received_bytes: Family<DirectionLabels, Counter>,
     connect_failures: Family<DirectionLabels, Counter>,
     loops_refused: Family<DirectionLabels, Counter>,
+    silent_closed: Family<DirectionLabels, Counter>,
+    over_budget: Family<DirectionLabels, Counter>,
 }
 
 /// The metric handles of one direction, resolved once so the hot path never
@@ -38,6 +40,10 @@ pub struct DirectionMetrics {
     pub connect_failures: Counter,
     /// Connections refused because they would loop back into the proxy.
     pub loops_refused: Counter,
+    /// Connections closed because nobody said a word by the detection deadline.
+    pub silent_closed: Counter,
+    /// Connections refused at accept because the connection budget was spent.
+    pub over_budget: Counter,
 }
 
 /// Keeps `open` and `closed` honest: counts a connection open when created and
@@ -89,6 +95,16 @@ impl TcpMetrics {
             "Connections refused because they would loop back into the proxy",
             m.loops_refused.clone(),
         );
+        registry.register(
+            "pillion_tcp_silent_closed",
+            "Connections closed because neither side sent a byte by the detection deadline",
+            m.silent_closed.clone(),
+        );
+        registry.register(
+            "pillion_tcp_over_budget",
+            "Connections refused at accept because the proxy's connection budget was spent",
+            m.over_budget.clone(),
+        );
         for d in [Direction::Outbound, Direction::Inbound] {
             m.direction(d);
         }
@@ -106,6 +122,8 @@ impl TcpMetrics {
             received_bytes: self.received_bytes.get_or_create(&labels).clone(),
             connect_failures: self.connect_failures.get_or_create(&labels).clone(),
             loops_refused: self.loops_refused.get_or_create(&labels).clone(),
+            silent_closed: self.silent_closed.get_or_create(&labels).clone(),
+            over_budget: self.over_budget.get_or_create(&labels).clone(),
         }
     }
 }
@@ -153,6 +171,8 @@ mod tests {
             "pillion_tcp_received_bytes_total{direction=\"outbound\"} 7",
             "pillion_tcp_connect_failures_total{direction=\"outbound\"} 0",
             "pillion_tcp_loops_refused_total{direction=\"inbound\"} 1",
+            "pillion_tcp_silent_closed_total{direction=\"outbound\"} 0",
+            "pillion_tcp_over_budget_total{direction=\"inbound\"} 0",
             "pillion_tcp_connections_opened_total{direction=\"inbound\"} 0",
             "# TYPE pillion_tcp_connections_open gauge",
             "# TYPE pillion_tcp_sent_bytes counter",

@@ -9,7 +9,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pillion_identity::tls::{client_config, server_config};
+use pillion_identity::tls::{client_config, opaque_client_config, server_config};
 use pillion_identity::{CertStore, SpiffeId, TlsError};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
@@ -26,8 +26,20 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct MeshTls {
     store: Arc<CertStore>,
-    client: Arc<ClientConfig>,
+    client: MeshClient,
     server: Arc<ServerConfig>,
+}
+
+/// The outbound side's two configs over one store. They differ only in the ALPN
+/// they offer: whether the server side detects the bytes inside (`pillion/1`), or
+/// relays them at once because this side already found them opaque
+/// (`pillion/1.opaque`, so a server that speaks first is heard without delay).
+#[derive(Clone, Debug)]
+pub struct MeshClient {
+    /// For HTTP and anything the server side should detect.
+    pub detect: Arc<ClientConfig>,
+    /// For bytes this side relays as opaque.
+    pub opaque: Arc<ClientConfig>,
 }
 
 impl MeshTls {
@@ -35,7 +47,10 @@ impl MeshTls {
     /// handshakes fail until it holds a certificate and a trust bundle).
     pub fn new(store: Arc<CertStore>) -> Result<MeshTls, TlsError> {
         Ok(MeshTls {
-            client: client_config(Arc::clone(&store))?,
+            client: MeshClient {
+                detect: client_config(Arc::clone(&store))?,
+                opaque: opaque_client_config(Arc::clone(&store))?,
+            },
             server: server_config(Arc::clone(&store))?,
             store,
         })
@@ -46,8 +61,13 @@ impl MeshTls {
         &self.store
     }
 
-    /// The outbound (client) config.
+    /// The outbound (client) config whose server side detects.
     pub fn client_config(&self) -> &Arc<ClientConfig> {
+        &self.client.detect
+    }
+
+    /// Both outbound (client) configs.
+    pub fn client(&self) -> &MeshClient {
         &self.client
     }
 

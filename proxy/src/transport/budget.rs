@@ -1,0 +1,114 @@
+//! The connection budget: how many accepted connections the proxy handles at once,
+//! across both directions, kept below what its open-files limit can carry. A flood
+//! then meets a refusal at accept (the new connection is closed at once, counted in
+//! `pillion_tcp_over_budget_total` and logged at most once a second) instead of
+//! descriptor exhaustion, which would fail connections that are already open: their
+//! upstream connects, pooled connections, the agent's stream and the admin port.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Descriptors kept out of the budget: listeners, the agent's stream, the admin
+/// server and its callers, pooled connections, the runtime's own.
+const RESERVED_FDS: u64 = 512;
+
+/// Time between two log lines about refused connections.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// The budget shared by every listener of one proxy.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    open: AtomicUsize,
+    /// Milliseconds from `started` when the last refusal was logged (0: never).
+    warned_at: AtomicU64,
+    started: Instant,
+}
+
+/// One accepted connection's share of the budget, returned when dropped.
+#[derive(Debug)]
+pub(crate) struct Permit(Arc<Budget>);
+
+impl Budget {
+    /// A budget of `limit` connections (at least one).
+    pub(crate) fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            limit: limit.max(1),
+            open: AtomicUsize::new(0),
+            warned_at: AtomicU64::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    /// The budget an open-files limit of `nofile` carries: every proxied
+    /// connection may hold two descriptors (its own and its upstream's), after a
+    /// reserve for everything else.
+    pub(crate) fn for_open_files(nofile: u64) -> usize {
+        let connections = nofile.saturating_sub(RESERVED_FDS) / 2;
+        usize::try_from(connections).unwrap_or(usize::MAX).max(1)
+    }
+
+    /// Most connections handled at once.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A permit for one more connection, or `None` when the budget is spent.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.limit).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Permit(Arc::clone(self)))
+    }
+
+    /// Whether a refusal now should be logged (at most one line per second).
+    pub(crate) fn should_warn(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let last = self.warned_at.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+        due && self
+            .warned_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_past_the_limit_and_takes_back_what_closes() {
+        let budget = Budget::new(2);
+        let a = budget.try_acquire().unwrap();
+        let _b = budget.try_acquire().unwrap();
+        assert!(budget.try_acquire().is_none());
+        drop(a);
+        assert!(budget.try_acquire().is_some());
+    }
+
+    #[test]
+    fn the_open_files_limit_carries_two_descriptors_a_connection() {
+        assert_eq!(Budget::for_open_files(20_000), 9_744);
+        assert_eq!(Budget::for_open_files(1_024), 256);
+        assert_eq!(Budget::for_open_files(100), 1);
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second() {
+        let budget = Budget::new(1);
+        assert!(budget.should_warn());
+        assert!(!budget.should_warn());
+    }
+}
