@@ -1,5 +1,6 @@
 //! The HTTP pieces both directions share, for connections [`crate::detect`] found to
-//! speak HTTP/1.x or HTTP/2: serving one connection with hyper ([`server`]), the
+//! speak HTTP/1.x or HTTP/2: serving one connection with hyper ([`server`], closing
+//! idle HTTP/2 connections with [`idle`]), the
 //! body types ([`body`], with [`replay`] for retries), what changes about a message
 //! as it crosses the proxy ([`hop`]: hop-by-hop headers, the mesh hop's version
 //! header, the absolute URI sent upstream), the proxy's own answers ([`errors`]) and
@@ -16,6 +17,7 @@
 pub(crate) mod body;
 pub(crate) mod errors;
 pub(crate) mod hop;
+pub(crate) mod idle;
 pub(crate) mod replay;
 pub(crate) mod server;
 pub(crate) mod upgrade;

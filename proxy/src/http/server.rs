@@ -2,8 +2,10 @@
 //! requests never reach the proxy's code: hyper answers them itself (400 for a bad
 //! request line or header, 431 when the head exceeds [`MAX_REQUEST_HEAD`] or has too
 //! many headers) and closes the connection. On drain, connections finish the request
-//! in flight and close (HTTP/1) or send GOAWAY (HTTP/2). HTTP/2 streams run in tasks
-//! of their own that keep the connection's span.
+//! in flight and close (HTTP/1) or send GOAWAY (HTTP/2). An HTTP/1 connection gets
+//! [`HEADER_READ_TIMEOUT`] for each request head, also between requests; an HTTP/2
+//! one is sent GOAWAY once idle ([`super::idle`]). HTTP/2 streams run in tasks of
+//! their own that keep the connection's span.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,12 +20,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use super::body::ResponseBody;
+use super::idle::{Activity, IDLE_TIMEOUT};
 use crate::detect::Protocol;
 
 /// Largest request head (request line and headers) accepted; larger ones get 431.
 pub(crate) const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// Time a client may take to send a request head on an idle HTTP/1 connection.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time an idle HTTP/2 connection gets to finish after GOAWAY: a peer that never
+/// acknowledges it (h2 waits for a PING round trip) is dropped then.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Spawns HTTP/2 stream tasks inside the connection's span, so their log lines say
 /// which connection they belong to.
@@ -64,12 +71,38 @@ where
             graceful(conn, &mut shutdown, |c| c.graceful_shutdown()).await
         }
         Protocol::Http2 => {
+            let activity = Activity::new();
+            let tracked = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |request| {
+                    let in_flight = activity.start();
+                    let response = service.call(request);
+                    async move {
+                        let response = response.await;
+                        drop(in_flight);
+                        response
+                    }
+                })
+            };
             let conn = hyper::server::conn::http2::Builder::new(InSpan(tracing::Span::current()))
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_REQUEST_HEAD as u32)
                 .adaptive_window(true)
-                .serve_connection(io, service);
-            graceful(conn, &mut shutdown, |c| c.graceful_shutdown()).await
+                .serve_connection(io, tracked);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown.as_mut() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = activity.idle(HEADER_READ_TIMEOUT, IDLE_TIMEOUT) => {
+                    tracing::debug!("idle HTTP/2 connection; sending GOAWAY");
+                    conn.as_mut().graceful_shutdown();
+                    // A peer that will not even finish the goodbye is dropped.
+                    tokio::time::timeout(GOODBYE_TIMEOUT, conn).await.unwrap_or(Ok(()))
+                }
+            }
         }
         Protocol::Opaque => return,
     };

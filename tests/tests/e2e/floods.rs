@@ -73,3 +73,93 @@ fn past_the_budget_new_connections_are_refused_and_open_ones_keep_working() {
         "no log line says why connections were refused"
     );
 }
+
+/// Connections that say nothing useful are closed: an HTTP/2 client that sends its
+/// preface and then nothing gets GOAWAY once the header-read timeout (30 s) passes,
+/// and an HTTP/1 client that trickles its head a byte every 2 s is cut off by then
+/// too, on an HTTP-only port and on one without policy. The application sees none.
+#[test]
+fn slow_and_silent_http_clients_are_closed() {
+    use pillion_testkit::h2frames::{self, Frame};
+    use pillion_tests::http_mesh::{HttpWorld, APP_PORT};
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    let routes = "- name: all\n  matches: [{path: {prefix: /}}]\n";
+    let inbound = "mode: permissive\nroutes:\n  - name: all\n    matches: [{path: {prefix: /}}]\n";
+    let w = HttpWorld::start("floods_slow", &testbin(), &sidecar_opts(), routes, inbound).unwrap();
+    let b1 = SocketAddr::new(w.pods.b1.ipv4(), APP_PORT);
+    let requests_before = w.apps[0]
+        .stats
+        .counters
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let h2 = {
+        let c = w.pods.c.clone();
+        std::thread::spawn(move || {
+            c.run(move || async move {
+                let started = Instant::now();
+                let mut s = TcpStream::connect(b1).await.unwrap();
+                s.write_all(&h2frames::connection(&[Frame::settings(&[])]))
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(50), s.read_to_end(&mut got)).await;
+                let goaway = h2frames::parse(&got)
+                    .iter()
+                    .any(|f| f.kind == h2frames::kind::GOAWAY);
+                (started.elapsed(), goaway)
+            })
+            .unwrap()
+        })
+    };
+    let h1 = w
+        .pods
+        .c
+        .run(move || async move {
+            let started = Instant::now();
+            let mut s = TcpStream::connect(b1).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n")
+                .await
+                .unwrap();
+            // One header byte every 2 s, for at most 50 s.
+            for b in b"x-slow: ".iter().cycle().take(25) {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if s.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+            }
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+            (
+                started.elapsed(),
+                String::from_utf8_lossy(&rest).into_owned(),
+            )
+        })
+        .unwrap();
+    let (h2_after, goaway) = h2.join().unwrap();
+    assert!(
+        goaway,
+        "no GOAWAY for an idle HTTP/2 connection\n{}",
+        w.dump()
+    );
+    assert!(
+        h2_after >= Duration::from_secs(29) && h2_after < Duration::from_secs(45),
+        "idle HTTP/2 closed after {h2_after:?}"
+    );
+    assert!(
+        h1.0 < Duration::from_secs(45),
+        "a slow HTTP/1 head lasted {:?}: {}",
+        h1.0,
+        h1.1
+    );
+    assert_eq!(
+        w.apps[0]
+            .stats
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        requests_before
+    );
+}
