@@ -232,11 +232,9 @@ impl Inbound {
             detection,
             early,
         } = admitted;
+        // Where HTTP policy lives the client proxy's "opaque" is not taken on trust:
+        // its bytes go to the strict detector like anyone's, and get their status.
         let (protocol, io) = if detection.fails_closed {
-            if detection.said_opaque {
-                // The client's proxy says these bytes are not HTTP: nothing to serve.
-                return self.refuse(Denied::NotHttp);
-            }
             let (verdict, io) = detect::http::detect_strict(peek, HEADER_READ_TIMEOUT).await;
             match verdict {
                 Strict::Serve(protocol) => (protocol, io),

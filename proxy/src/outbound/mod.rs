@@ -5,10 +5,10 @@
 //!    ([`crate::state::Destination`]);
 //! 2. a service port (its VIP, or one of its endpoints): detect the protocol unless
 //!    the port declares one or is opaque ([`crate::detect`]; a server that speaks
-//!    first is heard after a short silence, and a connection nobody speaks on is
-//!    closed at the deadline), then serve HTTP per request ([`http`], with its
-//!    tries in [`retry`]) or relay the bytes to one endpoint the balancer picks
-//!    ([`tcp`]);
+//!    first is heard after a short silence, and a connection nobody speaks on by
+//!    the deadline goes on undecided, for the server side to judge), then serve
+//!    HTTP per request ([`http`], with its tries in [`retry`]) or relay the bytes
+//!    to one endpoint the balancer picks ([`tcp`]);
 //! 3. a meshed endpoint under no service port: bytes over mesh TLS to it ([`tcp`]);
 //! 4. an endpoint the view lists with an identity this proxy cannot verify: refused;
 //! 5. anything else passes through as plain TCP, counted ([`tcp`]).
@@ -34,6 +34,7 @@ use crate::telemetry::metrics::Direction;
 use crate::transport::accept::{Accepted, ConnInfo, Stack};
 use crate::transport::counted::Counted;
 use crate::transport::relay::Relay;
+use tcp::Found;
 
 /// Serves connections the local application made to somewhere else.
 #[derive(Debug)]
@@ -55,7 +56,7 @@ impl Outbound {
         let port = info.orig_dst.port();
         if detect::skips_detection(port, Some(declared), &settings.opaque_ports) {
             let io = Rewind::new(Bytes::new(), stream);
-            return tcp::to_service(&self.relay, io, &info, &target).await;
+            return tcp::to_service(&self.relay, io, &info, &target, Found::Opaque).await;
         }
         if let Some(protocol) = detect::declared(declared) {
             return self
@@ -70,17 +71,28 @@ impl Outbound {
                 let upstream = Rewind::new(greeting, upstream);
                 return self.relay.forward(peek.into_rewind(), upstream).await;
             }
-            FirstWord::Silent => return self.silent(),
+            FirstWord::Silent => return self.silent(peek.into_rewind(), &info, &target).await,
             FirstWord::Client { early } => early,
         };
         let (protocol, reason, io) = detect::http::detect_peeked(peek).await;
         tracing::debug!(protocol = protocol.as_str(), ?reason, "protocol detected");
         match (protocol, early) {
-            _ if reason == Reason::Silent => self.silent(),
+            _ if reason == Reason::Silent => self.silent(io, &info, &target).await,
             (Protocol::Opaque, Some(upstream)) => self.relay.forward(io, upstream).await,
-            (Protocol::Opaque, None) => tcp::to_service(&self.relay, io, &info, &target).await,
+            (Protocol::Opaque, None) => {
+                tcp::to_service(&self.relay, io, &info, &target, Found::Opaque).await
+            }
             (http_protocol, _) => self.serve_http(io, http_protocol, &info).await,
         }
+    }
+
+    /// A connection on which nobody has said a word by the deadline goes to the
+    /// server side undecided: that proxy detects, with its own deadline, so a late
+    /// first byte still meets the server's policy (served, or refused with a
+    /// status) and a connection that stays silent is closed there.
+    async fn silent(&self, io: Rewind<TcpStream>, info: &ConnInfo, target: &Target) {
+        tracing::debug!("nobody spoke before the detection deadline; the server side decides");
+        tcp::to_service(&self.relay, io, info, target, Found::Nothing).await
     }
 
     /// Serves `io` as HTTP, request by request.
@@ -93,12 +105,6 @@ impl Outbound {
             self.inputs.shutdown(),
         )
         .await
-    }
-
-    /// Closes a connection on which nobody said a word by the detection deadline.
-    fn silent(&self) {
-        self.relay.metrics.silent_closed.inc();
-        tracing::debug!("nobody spoke before the detection deadline; closing");
     }
 }
 

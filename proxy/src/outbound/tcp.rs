@@ -18,16 +18,34 @@ use crate::transport::relay::Relay;
 use crate::upstream::connect::{UpstreamConnectError, UpstreamIo};
 use crate::upstream::endpoint::EndpointState;
 
-/// Relays opaque bytes to one endpoint of the service port.
-pub(crate) async fn to_service<D>(relay: &Relay, downstream: D, info: &ConnInfo, target: &Target)
-where
+/// How the server side's proxy is to take the bytes of a relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// This side found them opaque: the server side relays them at once.
+    Opaque,
+    /// Nobody has spoken yet: the server side detects (and applies its own
+    /// deadlines and, where HTTP policy lives, its statuses).
+    Nothing,
+}
+
+/// Relays bytes to one endpoint of the service port.
+pub(crate) async fn to_service<D>(
+    relay: &Relay,
+    downstream: D,
+    info: &ConnInfo,
+    target: &Target,
+    found: Found,
+) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    match target.opaque_endpoint(Instant::now()) {
-        Ok(endpoint) => to_endpoint(relay, downstream, info, &endpoint).await,
+    let endpoint = match target.opaque_endpoint(Instant::now()) {
+        Ok(endpoint) => endpoint,
         Err(err) => {
-            tracing::info!(error = %err, "no endpoint for an opaque connection; closing it")
+            return tracing::info!(error = %err, "no endpoint for an opaque connection; closing it")
         }
+    };
+    if let Some(upstream) = open(relay, info, &endpoint, found).await {
+        relay.forward(downstream, upstream).await;
     }
 }
 
@@ -40,7 +58,7 @@ pub(crate) async fn to_endpoint<D>(
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(upstream) = open(relay, info, endpoint).await {
+    if let Some(upstream) = open(relay, info, endpoint, Found::Opaque).await {
         relay.forward(downstream, upstream).await;
     }
 }
@@ -53,16 +71,25 @@ pub(crate) async fn open_early(
     target: &Target,
 ) -> Option<UpstreamIo> {
     let endpoint = target.opaque_endpoint(Instant::now()).ok()?;
-    open(relay, info, &endpoint).await
+    open(relay, info, &endpoint, Found::Opaque).await
 }
 
-/// Opens a connection to `endpoint` for opaque bytes (a meshed peer relays them
-/// without detecting); `None`, logged and counted, when there is none to be had.
-async fn open(relay: &Relay, info: &ConnInfo, endpoint: &Arc<EndpointState>) -> Option<UpstreamIo> {
+/// Opens a connection to `endpoint` for a relay whose bytes are as `found`;
+/// `None`, logged and counted, when there is none to be had.
+async fn open(
+    relay: &Relay,
+    info: &ConnInfo,
+    endpoint: &Arc<EndpointState>,
+    found: Found,
+) -> Option<UpstreamIo> {
     if relay.is_loop(info, endpoint.addr) {
         return None;
     }
-    match endpoint.upstream.open_opaque().await {
+    let opened = match found {
+        Found::Opaque => endpoint.upstream.open_opaque().await,
+        Found::Nothing => endpoint.upstream.open().await,
+    };
+    match opened {
         Ok(upstream) => Some(upstream),
         Err(UpstreamConnectError::Tcp(err)) => {
             relay.metrics.connect_failures.inc();

@@ -4,7 +4,8 @@
 //! Now the client's proxy opens the upstream after a short silence and tells the
 //! server's proxy, in its ALPN, that the bytes are opaque, so the greeting arrives
 //! in well under a second with no configuration. A connection on which nobody says
-//! anything by the detection deadline is closed instead of becoming an idle relay.
+//! anything is closed by the server's proxy at its detection deadline (the client's
+//! hands it on undecided at its own) instead of becoming an idle relay.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -44,13 +45,13 @@ fn first_bytes(pod: &Pod, target: SocketAddr) -> anyhow::Result<(Duration, Vec<u
 }
 
 /// Connects from `pod` to `target`, says nothing, and answers how long until the
-/// far side closed (or `None` if it still had not after 20 s).
+/// far side closed (or `None` if it still had not after 30 s).
 fn closed_after(pod: &Pod, target: SocketAddr) -> anyhow::Result<Option<Duration>> {
     pod.run(move || async move {
         let started = Instant::now();
         let mut s = TcpStream::connect(target).await?;
         let mut buf = [0u8; 16];
-        match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+        match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => Ok(Some(started.elapsed())),
             Ok(Ok(n)) => anyhow::bail!("a silent peer got {n} bytes"),
             Err(_) => Ok(None),
@@ -134,24 +135,26 @@ fn a_server_that_speaks_first_is_heard_within_a_second_and_silence_is_closed() {
     println!(
         "silent connections closed after: meshed {meshed_silence:?}, unmeshed {plain_silence:?}"
     );
-    for (what, after) in [("meshed", meshed_silence), ("unmeshed", plain_silence)] {
+    // The client's proxy hands a silent connection on undecided at its deadline
+    // (a late first byte must still meet the server's policy); the server's proxy
+    // closes it at its own. An unmeshed caller meets only the server's.
+    for (what, after, from, to) in [
+        ("meshed", meshed_silence, 19, 25),
+        ("unmeshed", plain_silence, 9, 15),
+    ] {
         let after =
             after.unwrap_or_else(|| panic!("a silent {what} connection stayed open\n{}", m.dump()));
         assert!(
-            after >= Duration::from_secs(9) && after < Duration::from_secs(15),
+            after >= Duration::from_secs(from) && after < Duration::from_secs(to),
             "{what}: {after:?}"
         );
     }
-    let out =
-        m.sa.metrics()
-            .unwrap()
-            .value(SILENT, &[("direction", "outbound")]);
-    let inb =
+    let closed =
         m.sb.metrics()
             .unwrap()
             .value(SILENT, &[("direction", "inbound")]);
     assert!(
-        out >= 1.0 && inb >= 1.0,
-        "silent closes: outbound {out}, inbound {inb}"
+        closed >= 2.0,
+        "silent closes on the server's proxy: {closed}"
     );
 }
