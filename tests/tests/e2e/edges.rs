@@ -197,6 +197,11 @@ fn malformed() -> Vec<(String, Vec<u8>, u16)> {
         ("bare CR in target", "GET /smu\rggle HTTP/1.1"),
         ("NUL after version", "GET /smuggle HTTP/1.1\0"),
         ("bad absolute target", "GET http://[::1/smuggle HTTP/1.1"),
+        ("asterisk target on GET", "GET * HTTP/1.1"),
+        (
+            "userinfo in an absolute target",
+            "GET http://ops@web/smuggle HTTP/1.1",
+        ),
     ] {
         cases.push((what.into(), line(l), 400));
     }
@@ -236,6 +241,10 @@ fn malformed() -> Vec<(String, Vec<u8>, u16)> {
         (
             "Host list",
             "GET /smuggle HTTP/1.1\r\nHost: web, evil\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "userinfo in Host",
+            "GET /smuggle HTTP/1.1\r\nHost: ops@web\r\nConnection: close\r\n\r\n",
         ),
         (
             "Host with path",
