@@ -10,6 +10,8 @@ pub mod agent;
 pub mod ca;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kubernetes;
 pub mod logging;
 pub mod server;

@@ -6,6 +6,8 @@
 pub mod certs;
 pub mod defaults;
 pub mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod lists;
 pub mod policy;

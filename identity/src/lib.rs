@@ -11,6 +11,8 @@
 pub mod ca;
 mod cert_info;
 pub mod csr;
+#[doc(hidden)]
+pub mod fuzzing;
 mod pem_blocks;
 pub mod spiffe;
 pub mod store;

@@ -21,6 +21,8 @@ pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod plan;
 pub mod rules;

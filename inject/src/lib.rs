@@ -18,6 +18,8 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inject;
 pub mod offline;
 pub mod patch;

@@ -29,6 +29,8 @@ mod admin;
 mod app;
 pub mod control;
 mod detect;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod inbound;
 mod outbound;

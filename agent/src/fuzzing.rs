@@ -1,0 +1,66 @@
+//! Entry point of the agent's fuzz target (`fuzz/fuzz_targets/`), not an API: a
+//! source file through the agent's reader, then each workload's view out as JSON and
+//! back in as the proxy reads it. It panics only when an invariant breaks; the
+//! replay test below runs every committed corpus file through it on stable.
+
+use pillion_api::view::View;
+
+use crate::source::file::{parse_source, source_text};
+use crate::view::view_for;
+
+/// The agent's YAML source. A refused file's error points inside the file; an
+/// accepted one gives every workload a view that survives the trip to the proxy
+/// unchanged.
+pub fn agent_source(data: &[u8]) {
+    let name = "fuzz.yaml";
+    let parsed = source_text(name, Ok(data.to_vec()))
+        .and_then(|text| parse_source(name, &text, "cluster.local"));
+    let catalog = match parsed {
+        Ok(catalog) => catalog,
+        Err(e) => {
+            if let Some((line, column)) = e.position {
+                let lines = data.split(|b| *b == b'\n').count();
+                assert!(
+                    line >= 1 && line <= lines + 1 && column >= 1,
+                    "{e} points outside the file ({lines} lines)"
+                );
+            }
+            let _ = e.to_string();
+            return;
+        }
+    };
+    for workload in catalog.workloads() {
+        let view = view_for(&catalog, workload, 1);
+        let json = serde_json::to_vec(&view).expect("a view serializes");
+        let back: View = match serde_json::from_slice(&json) {
+            Ok(back) => back,
+            Err(e) => panic!(
+                "the proxy cannot read the view: {e}\n{}",
+                String::from_utf8_lossy(&json)
+            ),
+        };
+        assert_eq!(back, view, "the view changed on the way to the proxy");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Replays every committed corpus file (`fuzz/corpus/agent_source/`), so a crash
+    //! the fuzzer once found stays fixed on stable `cargo test`.
+
+    use std::path::Path;
+
+    #[test]
+    fn replay_agent_source() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/agent_source");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("the corpus folder exists") {
+            let path = entry.expect("a corpus entry").path();
+            let data = std::fs::read(&path).expect("a corpus file");
+            println!("{}", path.display());
+            super::agent_source(&data);
+            n += 1;
+        }
+        assert!(n > 0, "no corpus in {}", dir.display());
+    }
+}

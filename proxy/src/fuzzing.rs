@@ -1,0 +1,392 @@
+//! Entry points of the proxy's fuzz targets (`fuzz/fuzz_targets/`), not an API.
+//!
+//! Each function takes arbitrary bytes and runs them through the real code, in
+//! memory, without a network: protocol detection ([`detect_http`], [`detect_tls`]),
+//! an HTTP/1 request head served by hyper the way the proxy serves it, then routed,
+//! edited and rewritten by a compiled state ([`http_head`]), and a view from the agent
+//! read and compiled ([`view_json`]). They panic only when an invariant breaks; the
+//! replay test below runs every committed corpus file through them on stable.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use pillion_api::policy::OWN_HEADER_PREFIX;
+use pillion_api::view::View;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::app::settings::Settings;
+use crate::detect::http::{classify, detect_peeked, detect_strict, Verdict};
+use crate::detect::{tls, Peek, MAX_DETECT_BYTES};
+use crate::http::hop;
+use crate::http::server::MAX_REQUEST_HEAD;
+use crate::policy::authz::set_peer_identity;
+use crate::state::State;
+use crate::telemetry::metrics::http::HttpMetrics;
+
+/// A connection whose peer sends `data` in reads of at most `chunk` bytes, then
+/// closes; whatever is written to it is dropped.
+struct Trickle {
+    data: Bytes,
+    chunk: usize,
+    /// Bytes read so far.
+    read: Rc<Cell<usize>>,
+}
+
+impl Trickle {
+    fn new(data: &[u8], chunk: usize) -> Trickle {
+        Trickle {
+            data: Bytes::copy_from_slice(data),
+            chunk,
+            read: Rc::default(),
+        }
+    }
+}
+
+impl AsyncRead for Trickle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.chunk.min(self.data.len()).min(buf.remaining());
+        let head = self.data.split_to(n);
+        buf.put_slice(&head);
+        self.read.set(self.read.get() + n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Trickle {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The chunk size a case's first byte asks for: byte by byte up to whole reads. Long
+/// inputs arrive in at most 64 reads, so a case costs the same however it is split.
+fn chunk_for(seed: u8, len: usize) -> usize {
+    let asked = match seed % 4 {
+        0 => usize::MAX,
+        1 => 1,
+        _ => 1 + usize::from(seed / 4),
+    };
+    asked.max(len / 64).max(1)
+}
+
+thread_local! {
+    /// One runtime per thread (the replay tests run on several), reused by every case.
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime builds");
+}
+
+/// Runs `f` on this thread's runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    RUNTIME.with(|rt| rt.block_on(f))
+}
+
+/// Long enough never to fire: a [`Trickle`] is always ready.
+const NEVER: Duration = Duration::from_secs(3600);
+
+/// HTTP detection. Input: one byte choosing how the peer splits its bytes, then the
+/// bytes. Checks that the verdict (auto and strict) is the same whole and trickled,
+/// and that detection hands on every byte it read.
+pub fn detect_http(data: &[u8]) {
+    let Some((&seed, bytes)) = data.split_first() else {
+        return;
+    };
+    let bytes = &bytes[..bytes.len().min(MAX_DETECT_BYTES + 1024)];
+    let whole = classify(bytes);
+    block_on(async {
+        let mut protocols = Vec::new();
+        for chunk in [usize::MAX, chunk_for(seed, bytes.len())] {
+            let io = Trickle::new(bytes, chunk);
+            let read = Rc::clone(&io.read);
+            let (protocol, _, mut rewind) = detect_peeked(Peek::new(io, NEVER)).await;
+            protocols.push(protocol);
+            let seen = read.get();
+            let at = &bytes[..seen];
+            if let Verdict::Is(p) = classify(at) {
+                assert_eq!(p, protocol, "chunk {chunk}: verdict at {seen} bytes");
+                if let Verdict::Is(w) = whole {
+                    assert_eq!(w, protocol, "chunk {chunk}: the whole buffer disagrees");
+                }
+            }
+            let mut all = Vec::new();
+            rewind.read_to_end(&mut all).await.expect("memory reads");
+            assert_eq!(all, bytes, "chunk {chunk}: detection lost or added bytes");
+        }
+        assert_eq!(
+            protocols[0], protocols[1],
+            "the verdict depends on the split"
+        );
+        let mut strict = Vec::new();
+        for chunk in [usize::MAX, chunk_for(seed, bytes.len())] {
+            let io = Trickle::new(bytes, chunk);
+            let (verdict, mut rewind) = detect_strict(Peek::new(io, NEVER), NEVER).await;
+            strict.push(verdict);
+            let mut all = Vec::new();
+            rewind.read_to_end(&mut all).await.expect("memory reads");
+            assert_eq!(all, bytes, "strict, chunk {chunk}: lost or added bytes");
+        }
+        assert_eq!(strict[0], strict[1], "strict verdict depends on the split");
+    });
+}
+
+/// Mesh TLS detection (a ClientHello offering `pillion/1`, or plain). Input: one byte
+/// choosing the split, then the bytes. Checks that plain connections hand on every
+/// byte, and that the verdict does not depend on how the bytes arrive.
+pub fn detect_tls(data: &[u8]) {
+    let Some((&seed, bytes)) = data.split_first() else {
+        return;
+    };
+    let bytes = &bytes[..bytes.len().min(MAX_DETECT_BYTES + 1024)];
+    block_on(async {
+        let mut verdicts = Vec::new();
+        for chunk in [usize::MAX, chunk_for(seed, bytes.len())] {
+            let io = Trickle::new(bytes, chunk);
+            match tls::detect(Peek::new(io, NEVER)).await {
+                tls::Detected::Mesh(_) => verdicts.push(None),
+                tls::Detected::Plain(reason, peek) => {
+                    verdicts.push(Some(reason));
+                    let mut rewind = peek.into_rewind();
+                    let mut all = Vec::new();
+                    rewind.read_to_end(&mut all).await.expect("memory reads");
+                    assert_eq!(all, bytes, "chunk {chunk}: detection lost or added bytes");
+                }
+            }
+        }
+        assert_eq!(
+            verdicts[0], verdicts[1],
+            "the TLS verdict depends on the split (None: mesh)"
+        );
+    });
+}
+
+/// The state the HTTP target routes with: one service port with routes of every
+/// kind (exact, prefix with rewrite and edits, regex, headers, method) and one
+/// inbound port with server routes.
+const HTTP_VIEW: &str = r#"{"version": 1, "identity": "spiffe://cluster.local/ns/demo/sa/client",
+  "services": [{"name": "web", "namespace": "demo", "addresses": ["198.18.0.100"],
+    "ports": [{"port": 80, "routes": [
+      {"name": "health", "matches": [{"path": {"exact": "/health"}, "method": "GET"}]},
+      {"name": "api", "matches": [{"path": {"prefix": "/api/"}}],
+       "rewrite": {"prefix": "/v2"},
+       "request_headers": {"set": {"x-set": "1"}, "add": {"x-add": "2"}, "remove": ["x-drop"]}},
+      {"name": "root", "matches": [{"path": {"prefix": "/static"}}], "rewrite": {"prefix": "/"}},
+      {"name": "items", "matches": [{"path": {"regex": "/items/[0-9]+"},
+        "headers": [{"name": "x-version", "value": {"regex": "v[12]"}}]}]},
+      {"name": "canary", "matches": [{"headers": [{"name": "x-canary", "value": {"exact": "yes"}}]}],
+       "rewrite": {"prefix": "/canary/"}}]}],
+    "endpoints": [{"address": "198.18.0.3", "port": 80}]}],
+  "inbound": {"default_mode": "permissive", "ports": {
+    "8080": {"mode": "permissive", "server": {"routes": [
+      {"name": "admin", "matches": [{"path": {"prefix": "/admin"}}],
+       "allow": ["spiffe://cluster.local/ns/ops/*"]},
+      {"name": "open", "matches": [{"path": {"regex": "/o.*"}, "method": "POST"}]}]}}}}}"#;
+
+/// Where the HTTP target's requests were sent: the service's address.
+const SERVICE: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 100)),
+    80,
+);
+
+struct HttpWorld {
+    state: State,
+    metrics: HttpMetrics,
+    peer: HeaderValue,
+}
+
+fn http_world() -> &'static HttpWorld {
+    static WORLD: OnceLock<HttpWorld> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let view: View = serde_json::from_str(HTTP_VIEW).expect("the fuzz view parses");
+        let metrics = HttpMetrics::default();
+        let state = State::compile(
+            &view,
+            &State::default(),
+            &Settings::default(),
+            &metrics,
+            Instant::now(),
+        );
+        HttpWorld {
+            state,
+            metrics,
+            peer: HeaderValue::from_static("spiffe://cluster.local/ns/ops/sa/x"),
+        }
+    })
+}
+
+/// What both directions decide about one request head, as their handlers do: the
+/// outbound route, edits and rewrite into the upstream URI; the inbound route and
+/// its authorization.
+fn route_head(parts: &http::request::Parts) {
+    let world = http_world();
+    let _ = hop::upgrade_requested(&parts.method, parts.version, &parts.headers);
+
+    // Outbound, as `outbound::http` builds the template every try sends.
+    let mut out = clone_parts(parts);
+    if let Some(target) = world.state.outbound().target(SERVICE) {
+        let (route, matched_prefix) = target.port.select(&out);
+        if hop::check_head(&out).is_ok() {
+            hop::strip_hop_by_hop(&mut out.headers);
+            hop::strip_own_headers(&mut out.headers);
+            route.request_edits.apply(&mut out.headers);
+            let path_and_query = match (&route.rewrite, matched_prefix) {
+                (Some(rewriter), Some(prefix)) => {
+                    let rewritten = rewriter.rewrite_path_and_query(&out.uri, prefix);
+                    let parsed = PathAndQuery::try_from(rewritten.as_str());
+                    assert!(
+                        parsed.is_ok(),
+                        "rewrite made an invalid path: {rewritten:?}"
+                    );
+                    parsed.ok()
+                }
+                _ => Some(hop::path_and_query(&out)),
+            };
+            if let Some(pq) = path_and_query {
+                if let Ok(uri) = hop::upstream_uri(&out, SERVICE, pq.clone()) {
+                    assert_eq!(uri.path_and_query(), Some(&pq));
+                }
+            }
+            let own = out
+                .headers
+                .keys()
+                .find(|n| n.as_str().starts_with(OWN_HEADER_PREFIX));
+            assert!(own.is_none(), "{own:?} left in an outbound request");
+        }
+    }
+
+    // Inbound, as `inbound::http` judges a request from a verified peer and from a
+    // plaintext caller.
+    let port = world.state.inbound().port(8080, &world.metrics);
+    for peer in [Some(&world.peer), None] {
+        let mut inb = clone_parts(parts);
+        if peer.is_some() {
+            let _ = hop::take_orig_proto(&mut inb.headers);
+        }
+        hop::strip_own_headers(&mut inb.headers);
+        set_peer_identity(&mut inb.headers, peer);
+        let route = port.select(&inb);
+        let identity = peer.map(|_| "spiffe://cluster.local/ns/ops/sa/x");
+        let _ = route.authz.check(identity);
+        if hop::check_head(&inb).is_ok() {
+            hop::strip_hop_by_hop(&mut inb.headers);
+            let pq = hop::path_and_query(&inb);
+            let _ = hop::upstream_uri(&inb, SocketAddr::from(([198, 18, 0, 3], 8080)), pq);
+        }
+    }
+}
+
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+/// HTTP/1 request heads: `data` is what a client sends on a connection detected as
+/// HTTP/1. hyper parses it with the proxy's limits (as `http::server` does), and each
+/// request it accepts goes through [`route_head`]. Input: one byte choosing the
+/// split, then the bytes.
+pub fn http_head(data: &[u8]) {
+    let Some((&seed, bytes)) = data.split_first() else {
+        return;
+    };
+    let io = Trickle::new(bytes, chunk_for(seed, bytes.len()));
+    let service = hyper::service::service_fn(|req: Request<Incoming>| {
+        let (parts, _body) = req.into_parts();
+        route_head(&parts);
+        async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
+    });
+    block_on(async {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(NEVER)
+            .max_header_size(MAX_REQUEST_HEAD)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        let _ = conn.await;
+    });
+}
+
+/// A view as the agent's watch stream carries it (one JSON document), read and
+/// compiled into the data path's state, then compiled again on top of itself (what
+/// carries over between views).
+pub fn view_json(data: &[u8]) {
+    let Ok(view) = serde_json::from_slice::<View>(data) else {
+        return;
+    };
+    let settings = Settings::default();
+    let metrics = HttpMetrics::default();
+    let now = Instant::now();
+    RUNTIME.with(|rt| {
+        let _inside = rt.enter();
+        let first = State::compile(&view, &State::default(), &settings, &metrics, now);
+        let second = State::compile(&view, &first, &settings, &metrics, now);
+        assert_eq!(second.version(), Some(view.version));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    //! Replays every committed corpus file (`fuzz/corpus/<target>/`), so a crash the
+    //! fuzzers once found stays fixed on stable `cargo test`.
+
+    use std::path::Path;
+
+    fn replay(target: &str, run: fn(&[u8])) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("the corpus folder exists") {
+            let path = entry.expect("a corpus entry").path();
+            let data = std::fs::read(&path).expect("a corpus file");
+            println!("{}", path.display());
+            run(&data);
+            n += 1;
+        }
+        assert!(n > 0, "no corpus in {}", dir.display());
+    }
+
+    #[test]
+    fn replay_detect_http() {
+        replay("detect_http", super::detect_http);
+    }
+
+    #[test]
+    fn replay_detect_tls() {
+        replay("detect_tls", super::detect_tls);
+    }
+
+    #[test]
+    fn replay_http_head() {
+        replay("http_head", super::http_head);
+    }
+
+    #[test]
+    fn replay_view_json() {
+        replay("view_json", super::view_json);
+    }
+}
