@@ -39,6 +39,12 @@ pub struct Opts {
     pub proxy_binary: Option<PathBuf>,
     /// A proxy binary for a second, baseline Pillion row.
     pub baseline_proxy_binary: Option<PathBuf>,
+    /// Measure the flood figure instead of the others.
+    pub flood: bool,
+    /// Extra environment of the Pillion row's proxies only.
+    pub proxy_env: Vec<(String, String)>,
+    /// Extra environment of the baseline row's proxies only.
+    pub baseline_proxy_env: Vec<(String, String)>,
 }
 
 /// Runs the benchmark and returns its report (not yet written anywhere).
@@ -61,34 +67,43 @@ pub fn run(opts: &Opts) -> Result<Report> {
     if let Some(runs) = opts.runs {
         plan.runs = runs.max(1);
     }
+    if opts.flood {
+        plan = plan.with_flood();
+    }
     let mut work = WorkDir::create()?;
     if opts.keep_workdir {
         work.keep();
     }
     let certs = Certs::create(&work)?;
-    let mut topo = Topology::build(
-        &TopologyOpts {
-            binary: opts.binary.clone(),
-            workers: opts.workers,
-            layout,
-            log_level: opts.log_level.clone(),
-            proxy_binary: opts.proxy_binary.clone(),
-            baseline_proxy_binary: opts.baseline_proxy_binary.clone(),
-        },
-        &certs,
-        &work,
-    )
-    .map_err(|e| {
+    let topo_opts = TopologyOpts {
+        binary: opts.binary.clone(),
+        workers: opts.workers,
+        layout,
+        log_level: opts.log_level.clone(),
+        proxy_binary: opts.proxy_binary.clone(),
+        baseline_proxy_binary: opts.baseline_proxy_binary.clone(),
+        proxy_env: opts.proxy_env.clone(),
+        baseline_proxy_env: opts.baseline_proxy_env.clone(),
+        // The flood figure is the Pillion pairs' only.
+        peers: !opts.flood,
+    };
+    let build = |work: &WorkDir| -> Result<Topology> {
+        let mut topo = Topology::build(&topo_opts, &certs, work)?;
+        if !opts.rows.is_empty() {
+            topo.contenders
+                .retain(|c| opts.rows.contains(&RowName::of(c.kind)));
+        } else if opts.flood {
+            topo.contenders.retain(|c| c.server_proxy.is_some());
+        }
+        Ok(topo)
+    };
+    let mut topo = build(&work).map_err(|e| {
         work.keep();
         e.context(format!(
             "building the topology (configs and logs kept in {})",
             work.path().display()
         ))
     })?;
-    if !opts.rows.is_empty() {
-        topo.contenders
-            .retain(|c| opts.rows.contains(&RowName::of(c.kind)));
-    }
     eprintln!(
         "measuring {} rows, about {:?} each ({} mode); {}",
         topo.contenders.len(),
@@ -96,10 +111,37 @@ pub fn run(opts: &Opts) -> Result<Report> {
         plan.mode,
         layout.describe()
     );
-    let collected = measure::all(&topo.contenders, &plan, &layout);
+    let (collected, flood_traces, figures, mut notes) = match &plan.flood {
+        Some(flood) => {
+            let mut collected = crate::flood::collectors(&topo.contenders, flood);
+            let mut traces = Vec::new();
+            for run in 1..=plan.runs {
+                if run > 1 {
+                    // Every run meets proxies that have never seen a flood.
+                    drop(topo);
+                    topo = build(&work).context("rebuilding the topology for the next run")?;
+                }
+                let pod = &topo.flood_from;
+                let run = crate::flood::Run::new(run, plan.runs, &opts.binary, &layout);
+                run.all(
+                    &topo.contenders,
+                    pod,
+                    flood,
+                    plan.h1_conns,
+                    &mut collected,
+                    &mut traces,
+                );
+            }
+            (collected, traces, figures::flood(flood), flood_notes(&plan))
+        }
+        None => (
+            measure::all(&topo.contenders, &plan, &layout),
+            Vec::new(),
+            figures::all(&plan),
+            base_notes(&plan),
+        ),
+    };
     machine.finish();
-    let figures = figures::all(&plan);
-    let mut notes = base_notes(&plan);
     notes.extend(topo.pillion.notes.iter().cloned());
     let mut rows: Vec<Row> = topo
         .contenders
@@ -149,6 +191,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
         "mesh hop: TLS 1.3 with a client certificate for every proxied row, one CA \
          (Pillion's own, pillion_identity::Ca) for all"
             .into(),
+        proxy_env_line(opts),
         match &opts.proxy_binary {
             Some(binary) => format!(
                 "Pillion proxies: the shipped binary {}{}",
@@ -175,7 +218,67 @@ pub fn run(opts: &Opts) -> Result<Report> {
         rows,
         ratios,
         notes,
+        flood_traces,
     })
+}
+
+/// The set-up line naming the extra environment each Pillion row's proxies ran with.
+fn proxy_env_line(opts: &Opts) -> String {
+    let show = |env: &[(String, String)]| {
+        if env.is_empty() {
+            "nothing extra".to_string()
+        } else {
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    let mut line = format!("Pillion proxies' environment: {}", show(&opts.proxy_env));
+    if opts.baseline_proxy_binary.is_some() {
+        line.push_str(&format!(
+            "; baseline row: {}",
+            show(&opts.baseline_proxy_env)
+        ));
+    }
+    line
+}
+
+/// What the flood figure's report says about its method.
+fn flood_notes(plan: &Plan) -> Vec<String> {
+    let Some(f) = &plan.flood else {
+        return Vec::new();
+    };
+    vec![
+        format!(
+            "flood: {} idle connections (nothing sent) and {} slow-header ones (`GET / \
+             HTTP/1.1`, `Host`, then one byte of a header every {:?}) from a process of \
+             their own in the unmeshed client pod (pinned to the client pod's CPU), at the \
+             server pod's service port: each meets the server pod's inbound proxy \
+             (iptables redirect) as a plaintext caller; at most 256 connects in flight, 5 s \
+             each. Only the server-side proxy's memory and descriptors are read.",
+            f.idle, f.slow, f.drip
+        ),
+        format!(
+            "traffic: open loop at {} req/s over {} keep-alive connections from the meshed \
+             client pod through both proxies, coordinated omission corrected: {:?} alone \
+             (steady p99), then {:?} starting {:?} before the flood (p99 during; the flood \
+             is closed when it ends).",
+            f.rate,
+            plan.h1_conns,
+            f.steady,
+            f.during,
+            crate::flood::LEAD
+        ),
+        format!(
+            "memory: VmRSS of the server-side proxy idle (before the steady traffic), the \
+             highest of its samples every 0.5 s during the flood, and {:?} after every flood \
+             connection was closed (the JSON keeps every sample). Closed by the proxy: flood \
+             connections the proxy closed or reset before the client closed them; refused: \
+             connects that failed or took over 5 s. Rows alternate their order run by run.",
+            f.after
+        ),
+    ]
 }
 
 /// Raises the open-files soft limit to the hard limit (the memory figure holds a

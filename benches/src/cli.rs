@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::bench::{self, Opts};
+use crate::load::flood;
 use crate::topology::{Kind, Peer};
 
 /// Pillion side by side: direct, the Pillion pair, an nginx pair and an HAProxy pair,
@@ -47,6 +48,28 @@ pub struct Args {
     /// change), so before and after are measured in one run on the same machine.
     #[arg(long, value_name = "PATH")]
     pub baseline_proxy_binary: Option<PathBuf>,
+    /// Measure the flood figure instead of the others (Pillion rows only): 10,000 idle
+    /// and 1,000 slow-header connections at the server pod while traffic runs through
+    /// the pair; the server-side proxy's RSS, descriptors and the traffic's p99 before,
+    /// during and 30 s after (about 70 s per row and run; tiny with --smoke).
+    #[arg(long)]
+    pub flood: bool,
+    /// KEY=VALUE in the Pillion row's proxies' environment only (repeatable), e.g.
+    /// GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072; the benchmark itself does not
+    /// run with it.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub proxy_env: Vec<(String, String)>,
+    /// KEY=VALUE in the baseline row's proxies' environment only (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub baseline_proxy_env: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE` split at the first `=`; the key must be non-empty.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 /// A row the command line can pick.
@@ -64,8 +87,12 @@ pub enum RowName {
     Haproxy,
 }
 
-/// Runs the program named by `args[1]` if it is one the pods use; `None` otherwise.
+/// Runs the program named by `args[1]` if it is one the pods use (or the flood
+/// client); `None` otherwise.
 pub fn dispatch_program(args: &[OsString]) -> Option<ExitCode> {
+    if args.get(1).is_some_and(|a| a == flood::PROGRAM) {
+        return Some(flood::main_with_args(args[1..].to_vec()));
+    }
     pillion::programs::dispatch(args.to_vec())
 }
 
@@ -123,6 +150,9 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         proxy_binary,
         baseline_proxy_binary,
         binary,
+        flood: parsed.flood,
+        proxy_env: parsed.proxy_env,
+        baseline_proxy_env: parsed.baseline_proxy_env,
     };
     let out = parsed.out.unwrap_or_else(bench::default_out);
     let report = match bench::run(&opts) {
@@ -176,6 +206,10 @@ mod tests {
             );
         }
         assert_eq!(dispatch_program(&os(&["bench", "--smoke"])), None);
+        assert_eq!(
+            dispatch_program(&os(&["bench", "flood-client", "--help"])),
+            Some(ExitCode::SUCCESS)
+        );
     }
 
     #[test]
@@ -191,5 +225,24 @@ mod tests {
         let a = Args::try_parse_from(["b", "--proxy-binary", "/p"]).unwrap();
         assert_eq!(a.proxy_binary, Some(PathBuf::from("/p")));
         assert!(Args::try_parse_from(["b", "--bogus"]).is_err());
+        let a = Args::try_parse_from([
+            "b",
+            "--flood",
+            "--proxy-env",
+            "GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0",
+            "--baseline-proxy-env",
+            "A=",
+        ])
+        .unwrap();
+        assert!(a.flood);
+        assert_eq!(
+            a.proxy_env,
+            vec![(
+                "GLIBC_TUNABLES".to_string(),
+                "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0".to_string()
+            )]
+        );
+        assert_eq!(a.baseline_proxy_env, vec![("A".into(), String::new())]);
+        assert!(Args::try_parse_from(["b", "--proxy-env", "=x"]).is_err());
     }
 }

@@ -55,6 +55,102 @@ pub const PUSH_PAUSE: &str = "view_push_longest_answer_ms";
 /// Id of the steady p99 of the same probe, before the push (what the pause is read against).
 pub const PUSH_STEADY_P99: &str = "view_push_steady_p99_ms";
 
+/// Ids of the flood figure (`--flood`), server-side proxy only: its RSS idle, the
+/// highest sample during the flood, 30 s (the plan's `after`) after it closed; its
+/// open descriptors at most; the steady traffic's p99 before and during; connections
+/// refused at connect, and closed by the proxy before the client closed them.
+pub mod flood {
+    /// RSS idle, before the flood.
+    pub const RSS_IDLE: &str = "flood_server_proxy_rss_idle_mib";
+    /// Highest RSS sample during the flood.
+    pub const RSS_DURING: &str = "flood_server_proxy_rss_during_mib";
+    /// RSS once the plan's `after` has passed since the flood closed.
+    pub const RSS_AFTER: &str = "flood_server_proxy_rss_after_mib";
+    /// Most open descriptors during the flood.
+    pub const FDS_DURING: &str = "flood_server_proxy_fds_during";
+    /// p99 of the steady traffic alone.
+    pub const P99_STEADY: &str = "flood_steady_p99_ms";
+    /// p99 of the same traffic during the flood.
+    pub const P99_DURING: &str = "flood_during_p99_ms";
+    /// Flood connects refused, reset or timed out.
+    pub const REFUSED: &str = "flood_refused";
+    /// Idle flood connections the proxy closed first.
+    pub const IDLE_CLOSED: &str = "flood_idle_closed_by_proxy";
+    /// Slow-header flood connections the proxy closed first.
+    pub const SLOW_CLOSED: &str = "flood_slow_closed_by_proxy";
+}
+
+/// The flood figure's rows of the table (`--flood` measures these only).
+pub fn flood(plan: &crate::plan::FloodPlan) -> Vec<Figure> {
+    let secs = plan.after.as_secs();
+    let (idle, slow) = (plan.idle, plan.slow);
+    vec![
+        fig(
+            flood::RSS_IDLE.into(),
+            "server-side proxy RSS idle, MiB".into(),
+            "MiB",
+            false,
+            1,
+        ),
+        fig(
+            flood::RSS_DURING.into(),
+            format!("server-side proxy RSS during {idle} idle + {slow} slow-header conns (highest sample), MiB"),
+            "MiB",
+            false,
+            1,
+        ),
+        fig(
+            flood::RSS_AFTER.into(),
+            format!("server-side proxy RSS {secs} s after the flood closed, MiB"),
+            "MiB",
+            false,
+            1,
+        ),
+        fig(
+            flood::FDS_DURING.into(),
+            "server-side proxy open fds during the flood (most)".into(),
+            "fds",
+            false,
+            0,
+        ),
+        fig(
+            flood::P99_STEADY.into(),
+            format!("p99 at {} req/s through the pair, steady, ms", plan.rate),
+            "ms",
+            false,
+            3,
+        ),
+        fig(
+            flood::P99_DURING.into(),
+            format!("p99 at {} req/s through the pair, during the flood, ms", plan.rate),
+            "ms",
+            false,
+            3,
+        ),
+        fig(
+            flood::REFUSED.into(),
+            "flood connects refused or timed out".into(),
+            "conns",
+            false,
+            0,
+        ),
+        fig(
+            flood::IDLE_CLOSED.into(),
+            format!("idle flood conns closed by the proxy (of {idle})"),
+            "conns",
+            true,
+            0,
+        ),
+        fig(
+            flood::SLOW_CLOSED.into(),
+            format!("slow-header flood conns closed by the proxy (of {slow})"),
+            "conns",
+            true,
+            0,
+        ),
+    ]
+}
+
 /// Id of a latency percentile at an open-loop rate (`p` is `p50`, `p99` or `p999`).
 pub fn latency_id(rate: u32, p: &str) -> String {
     format!("latency_{p}_ms_at_{rate}_rps")
@@ -179,5 +275,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), figs.len());
         assert!(ids.contains(&latency_id(5000, "p999")));
+        let flood = flood(&crate::plan::FloodPlan::full());
+        assert!(flood.iter().all(|f| !ids.contains(&f.id)));
+        assert!(flood[2].label.contains("30 s after"));
     }
 }

@@ -10,13 +10,15 @@
 //! - [`topology`]: the pods, servers and proxy pairs;
 //! - [`load`]: the load generator (closed and open loop, HTTP/1.1, h2c, connections,
 //!   bulk);
-//! - [`measure`]: runs every figure for every row;
+//! - [`measure`]: runs every figure for every row; [`flood`]: the flood figure
+//!   (`--flood`) instead;
 //! - [`report`]: markdown and JSON, ratios.
 
 pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod figures;
+pub mod flood;
 pub mod install;
 pub mod load;
 pub mod machine;

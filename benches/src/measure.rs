@@ -31,18 +31,18 @@ pub struct Collected {
 }
 
 impl Collected {
-    fn push(&mut self, id: &str, value: f64, errors: u64) {
+    pub(crate) fn push(&mut self, id: &str, value: f64, errors: u64) {
         self.values.entry(id.to_string()).or_default().push(value);
         *self.errors.entry(id.to_string()).or_default() += errors;
     }
 
-    fn fail(&mut self, id: &str, error: &anyhow::Error) {
+    pub(crate) fn fail(&mut self, id: &str, error: &anyhow::Error) {
         self.failed
             .entry(id.to_string())
             .or_insert_with(|| format!("{error:#}"));
     }
 
-    fn na(&mut self, id: &str, reason: &str) {
+    pub(crate) fn na(&mut self, id: &str, reason: &str) {
         self.not_applicable
             .insert(id.to_string(), reason.to_string());
     }
@@ -73,7 +73,7 @@ impl Collected {
 }
 
 /// Runs `make()`'s future on a fresh thread in the row's client pod, pinned to `cpu`.
-fn in_client<T, F, Fut>(c: &Contender, cpu: Option<usize>, make: F) -> Result<T>
+pub(crate) fn in_client<T, F, Fut>(c: &Contender, cpu: Option<usize>, make: F) -> Result<T>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T>>,
@@ -85,11 +85,11 @@ where
     })?
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn report_line(c: &Contender, what: &str, text: &str) {
+pub(crate) fn report_line(c: &Contender, what: &str, text: &str) {
     eprintln!("  {:<20} {what:<28} {text}", c.name);
 }
 

@@ -42,6 +42,67 @@ pub struct Plan {
     pub push_rate: u32,
     /// How long the probe runs before the push (its steady p99) and after it.
     pub push_window: Duration,
+    /// The flood figure instead of the others (`--flood`), or none.
+    pub flood: Option<FloodPlan>,
+}
+
+/// The flood figure: idle and slow-header connections from an unmeshed pod at a
+/// Pillion server pod, with steady traffic through the pair before and during it, and
+/// the server-side proxy's memory until some time after the flood closed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodPlan {
+    /// Connections that send nothing.
+    pub idle: u64,
+    /// Connections that send a request head one byte per `drip`.
+    pub slow: u64,
+    /// Time between two bytes of a slow head.
+    pub drip: Duration,
+    /// Rate of the steady traffic through the pair, requests per second (open loop).
+    pub rate: u32,
+    /// How long the steady traffic runs alone (its p99 is the steady figure).
+    pub steady: Duration,
+    /// How long the traffic runs with the flood: it starts a second before the flood
+    /// and the flood is closed when it ends.
+    pub during: Duration,
+    /// How long the proxy's memory is followed (once a second) after the flood closed.
+    pub after: Duration,
+    /// Pause between two rows (sockets of the last flood leave TIME_WAIT meanwhile).
+    pub settle: Duration,
+}
+
+impl FloodPlan {
+    /// Issue 12's flood: 10,000 idle and 1,000 slow-header connections, 30 s after.
+    pub fn full() -> FloodPlan {
+        FloodPlan {
+            idle: 10_000,
+            slow: 1_000,
+            drip: Duration::from_secs(2),
+            rate: 1_000,
+            steady: Duration::from_secs(5),
+            during: Duration::from_secs(20),
+            after: Duration::from_secs(30),
+            settle: Duration::from_secs(5),
+        }
+    }
+
+    /// A tiny flood that checks the path in seconds.
+    pub fn smoke() -> FloodPlan {
+        FloodPlan {
+            idle: 200,
+            slow: 20,
+            drip: Duration::from_millis(500),
+            steady: Duration::from_secs(1),
+            during: Duration::from_secs(3),
+            after: Duration::from_secs(2),
+            settle: Duration::from_millis(200),
+            ..FloodPlan::full()
+        }
+    }
+
+    /// The measuring time of one flood run of one row.
+    pub fn per_run(&self) -> Duration {
+        self.steady + self.during + self.after + self.settle + Duration::from_secs(6)
+    }
 }
 
 impl Plan {
@@ -65,6 +126,7 @@ impl Plan {
             push_services: 5_000,
             push_rate: 1_000,
             push_window: Duration::from_secs(4),
+            flood: None,
         }
     }
 
@@ -87,8 +149,23 @@ impl Plan {
         }
     }
 
+    /// This plan measuring the flood figure only (`--flood`), at full size or tiny.
+    pub fn with_flood(mut self) -> Plan {
+        let smoke = self.mode == "smoke";
+        self.mode = if smoke { "flood smoke" } else { "flood" };
+        self.flood = Some(if smoke {
+            FloodPlan::smoke()
+        } else {
+            FloodPlan::full()
+        });
+        self
+    }
+
     /// A rough upper bound of the measuring time per row, for the progress line.
     pub fn estimate_per_row(&self) -> Duration {
+        if let Some(flood) = &self.flood {
+            return flood.per_run() * self.runs as u32;
+        }
         let one = self.rps_duration
             + self.open_duration * self.open_rates.len() as u32
             + self.h2_duration
@@ -112,5 +189,13 @@ mod tests {
         assert_eq!(full.bulk_bytes, 256 * 1024 * 1024);
         assert!(smoke.estimate_per_row() < Duration::from_secs(10));
         assert!(full.runs >= 3);
+        assert!(full.flood.is_none() && smoke.flood.is_none());
+        let flood = Plan::full().with_flood();
+        assert_eq!(flood.mode, "flood");
+        // Bounded: under two minutes a run.
+        assert!(flood.estimate_per_row() / flood.runs as u32 <= Duration::from_secs(120));
+        let tiny = Plan::smoke().with_flood();
+        assert!(tiny.estimate_per_row() < Duration::from_secs(20));
+        assert!(tiny.flood.map_or(0, |f| f.idle + f.slow) <= 500);
     }
 }

@@ -51,6 +51,22 @@ pub fn memory(pids: &[u32]) -> Memory {
     m
 }
 
+/// Open file descriptors of process `pid` (entries of /proc/<pid>/fd), if readable.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// The soft open-files limit of process `pid` (from /proc/<pid>/limits), if readable.
+pub fn fd_limit(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// CPU seconds (user + system) used so far by the trees of `pids`.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
     let ticks: u64 = pids
@@ -139,5 +155,7 @@ mod tests {
         assert!(cpu_seconds(&[me]) >= 0.0);
         assert_eq!(tree(me)[0], me);
         assert_eq!(status_kib("VmRSS:\t  1234 kB\n", "VmRSS"), Some(1234));
+        assert!(open_fds(me).unwrap_or(0) >= 3);
+        assert!(fd_limit(me).unwrap_or(0) >= 3);
     }
 }

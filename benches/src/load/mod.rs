@@ -1,10 +1,11 @@
 //! The load generator: in-process hyper clients run on a pinned pod thread. Each
 //! submodule measures one figure; all are bounded in time (or size) and stop by
-//! themselves.
+//! themselves. [`flood`] is the flood client, run as a process of its own.
 
 pub mod bulk;
 pub mod closed;
 pub mod conns;
+pub mod flood;
 pub mod h2;
 mod http1;
 pub mod open;

@@ -25,6 +25,7 @@ pub fn render(r: &Report) -> String {
     for row in &r.rows {
         let _ = writeln!(s, "- **{}**: {}", row.name, row.path);
     }
+    flood_traces(&mut s, r);
     if !r.notes.is_empty() {
         let _ = writeln!(s, "\n## Notes\n");
         for n in &r.notes {
@@ -32,6 +33,30 @@ pub fn render(r: &Report) -> String {
         }
     }
     s
+}
+
+/// The flood runs' memory after the close, one line per row and run.
+fn flood_traces(s: &mut String, r: &Report) {
+    if r.flood_traces.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n## Server-side proxy RSS after each flood closed (MiB, once a second)\n"
+    );
+    for t in &r.flood_traces {
+        let series: Vec<String> = t.after_rss_mib.iter().map(|v| format!("{v:.1}")).collect();
+        let fd_limit = t
+            .proxy_fd_limit
+            .map_or_else(|| "?".to_string(), |l| l.to_string());
+        let _ = writeln!(
+            s,
+            "- {} run {} (fd limit {fd_limit}): {}",
+            t.row,
+            t.run,
+            series.join(" ")
+        );
+    }
 }
 
 fn arrow(f: &Figure) -> &'static str {

@@ -83,6 +83,9 @@ pub struct Report {
     pub ratios: Vec<Ratio>,
     /// What a reader must know to read the numbers honestly.
     pub notes: Vec<String>,
+    /// The flood figure's samples over time, per row and run (`--flood` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flood_traces: Vec<crate::flood::FloodTrace>,
 }
 
 impl Report {

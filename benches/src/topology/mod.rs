@@ -59,6 +59,9 @@ pub struct Contender {
     pub bulk: SocketAddr,
     /// PIDs of the proxy processes (both sides); empty for direct.
     pub proxies: Vec<u32>,
+    /// PID of the server pod's proxy, the one a flood at the service meets (Pillion
+    /// rows only: the peers' server sides listen for TLS on ports of their own).
+    pub server_proxy: Option<u32>,
     /// How the client reaches the service, for the report.
     pub path: String,
     /// Makes the row's agent push a larger view (Pillion rows with an agent).
@@ -80,6 +83,12 @@ pub struct TopologyOpts {
     pub proxy_binary: Option<PathBuf>,
     /// A second Pillion pair with this proxy binary (e.g. the build before a change).
     pub baseline_proxy_binary: Option<PathBuf>,
+    /// Extra environment of the Pillion pair's proxies only (e.g. `GLIBC_TUNABLES`).
+    pub proxy_env: Vec<(String, String)>,
+    /// Extra environment of the baseline pair's proxies only.
+    pub baseline_proxy_env: Vec<(String, String)>,
+    /// Whether to start the nginx and HAProxy pairs too.
+    pub peers: bool,
 }
 
 /// Everything running for one benchmark; dropping it stops it all, the world last.
@@ -91,6 +100,9 @@ pub struct Topology {
     pub pillion: PillionPair,
     /// The baseline Pillion pair, when asked for.
     pub baseline: Option<PillionPair>,
+    /// An unmeshed pod (the peers' and direct's client pod) a flood comes from: its
+    /// connections reach a Pillion server pod's inbound proxy without a client proxy.
+    pub flood_from: Pod,
     _peers: Vec<Process>,
     _servers: Vec<Task<()>>,
     _world: World,
@@ -119,6 +131,7 @@ impl Topology {
             workers: opts.workers,
             log_level: opts.log_level.clone(),
             proxy_binary: opts.proxy_binary.clone(),
+            env: opts.proxy_env.clone(),
             tag: "pillion",
         };
         let pair = pillion::start(&pair_opts, &mclient, &mserver, &agent, certs, work)?;
@@ -141,6 +154,7 @@ impl Topology {
                 servers.push(pods::start_server(&bserver, scpu)?);
                 let opts = pillion::PairOpts {
                     proxy_binary: Some(binary.clone()),
+                    env: opts.baseline_proxy_env.clone(),
                     tag: "baseline",
                     ..pair_opts.clone()
                 };
@@ -160,6 +174,7 @@ impl Topology {
             h2: Ok(SocketAddr::new(server.ipv4(), HTTP_PORT)),
             bulk: SocketAddr::new(server.ipv4(), SINK_PORT),
             proxies: Vec::new(),
+            server_proxy: None,
             path: format!(
                 "client pod → {}:{HTTP_PORT} (TCP: :{SINK_PORT}) in the server pod; no proxy",
                 server.ipv4()
@@ -183,7 +198,12 @@ impl Topology {
             ));
             pair
         });
-        for peer in [Peer::Nginx, Peer::Haproxy] {
+        let peer_kinds: &[Peer] = if opts.peers {
+            &[Peer::Nginx, Peer::Haproxy]
+        } else {
+            &[]
+        };
+        for &peer in peer_kinds {
             eprintln!("set-up: starting the {} pair", peer.name());
             let out = peers::start(peer, &client, server.ipv4(), &certs.client, certs, work)?;
             let inb = peers::start(peer, &server, client.ipv4(), &certs.server, certs, work)?;
@@ -199,6 +219,7 @@ impl Topology {
                 h2: Ok(local(p.h2)),
                 bulk: local(p.tcp),
                 proxies: vec![out.pid(), inb.pid()],
+                server_proxy: None,
                 view: None,
                 path: format!(
                     "client pod → 127.0.0.1:{} (h2c: :{}, TCP: :{}) of its own {name}, \
@@ -224,6 +245,7 @@ impl Topology {
             contenders,
             pillion: pair,
             baseline,
+            flood_from: client,
             _peers: peers,
             _servers: servers,
             _world: world,
@@ -247,6 +269,7 @@ fn pillion_row(
         h2: Ok(pillion::service_addr(server, HTTP_PORT)),
         bulk: pillion::service_addr(server, SINK_PORT),
         proxies: pillion::pids(pair),
+        server_proxy: Some(pair.server.proxy().pid()),
         path: format!(
             "client pod dials the server pod's {}:{HTTP_PORT} (TCP: :{SINK_PORT}) as if \
              direct; iptables redirects it to its proxy, which carries it over the mesh \
@@ -259,7 +282,7 @@ fn pillion_row(
 
 /// Refuses any target outside loopback and the bench ranges (a guard against ever
 /// aiming load elsewhere).
-fn check_target(addr: SocketAddr) -> Result<()> {
+pub fn check_target(addr: SocketAddr) -> Result<()> {
     let ip = addr.ip();
     if ip.is_loopback() || pillion::in_bench_range(ip) {
         return Ok(());

@@ -93,6 +93,8 @@ pub struct PairOpts {
     pub log_level: String,
     /// The shipped proxy binary to run instead of this program's `proxy`.
     pub proxy_binary: Option<PathBuf>,
+    /// Extra environment of this pair's proxies (after the forwarded `PILLION_*`).
+    pub env: Vec<(String, String)>,
     /// Names this pair's files (several pairs share one scratch directory).
     pub tag: &'static str,
 }
@@ -132,6 +134,12 @@ pub fn start(
     // setting can be compared run against run (e.g. PILLION_MESH_PROTOCOL=http2).
     let base = std::env::vars_os()
         .filter(|(k, _)| k.to_string_lossy().starts_with("PILLION_"))
+        .fold(base, |base, (k, v)| base.proxy_env(k, v));
+    // This pair's own settings (e.g. an allocator's tunables), which the benchmark's
+    // own process must not run with.
+    let base = opts
+        .env
+        .iter()
         .fold(base, |base, (k, v)| base.proxy_env(k, v));
     let takes_agent = match &opts.proxy_binary {
         Some(binary) => proxy_takes_agent(binary, true),
