@@ -1,15 +1,17 @@
 //! What every connection's path reads, built once by [`super::proxy::Proxy::run`]
 //! and shared as `Arc<Inputs>` by both stacks (ztunnel's proxy inputs, in spirit):
 //! the settings, the one compiled state, mesh TLS when a control plane is on, the
-//! metric families and the drain.
+//! metric families, the drain and the connection budget.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::settings::Settings;
 use crate::state::Store;
 use crate::telemetry::metrics::http::HttpMetrics;
 use crate::telemetry::metrics::mesh::MeshMetrics;
+use crate::transport::budget::Budget;
 use crate::transport::drain::Drain;
 use crate::transport::tls::MeshTls;
 
@@ -29,9 +31,21 @@ pub(crate) struct Inputs {
     pub http_metrics: HttpMetrics,
     /// The proxy's drain.
     pub drain: Drain,
+    /// The connection budget both listeners share.
+    pub budget: Arc<Budget>,
 }
 
 impl Inputs {
+    /// Silence after which a client's upstream is opened to hear a server that
+    /// speaks first; zero (never) while the connection budget is crowded.
+    pub(crate) fn server_first_after(&self) -> Duration {
+        if self.budget.crowded() {
+            Duration::ZERO
+        } else {
+            self.settings.server_first_after
+        }
+    }
+
     /// Resolves when draining starts: the shutdown signal of every HTTP connection.
     pub(crate) fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
         let drain = self.drain.clone();

@@ -294,7 +294,13 @@ impl Proxy {
             ))),
             _ => None,
         };
+        let budget = Budget::new(
+            max_connections
+                .unwrap_or_else(|| rlimit::nofile().map_or(usize::MAX, Budget::for_open_files)),
+        );
+        tracing::info!(max_connections = budget.limit(), "connection budget");
         let inputs = Arc::new(Inputs {
+            budget: Arc::clone(&budget),
             settings,
             state: store,
             tls: self.mesh.map(|m| m.tls),
@@ -323,11 +329,6 @@ impl Proxy {
             relay(inbound_guard, Direction::Inbound),
             inputs,
         ));
-        let budget = Budget::new(
-            max_connections
-                .unwrap_or_else(|| rlimit::nofile().map_or(usize::MAX, Budget::for_open_files)),
-        );
-        tracing::info!(max_connections = budget.limit(), "connection budget");
         let shared = Shared {
             orig_dst: &self.orig_dst,
             tcp: &tcp,

@@ -54,6 +54,13 @@ impl Budget {
         self.limit
     }
 
+    /// More than half the budget in use (a flood, most likely): silent clients no
+    /// longer get an early upstream connection each (server-first detection), so
+    /// every further connection costs one descriptor, not two.
+    pub(crate) fn crowded(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > self.limit / 2
+    }
+
     /// A permit for one more connection, or `None` when the budget is spent.
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
         self.open
@@ -96,6 +103,17 @@ mod tests {
         assert!(budget.try_acquire().is_none());
         drop(a);
         assert!(budget.try_acquire().is_some());
+    }
+
+    #[test]
+    fn crowded_past_half() {
+        let budget = Budget::new(4);
+        let held: Vec<_> = (0..2).filter_map(|_| budget.try_acquire()).collect();
+        assert!(!budget.crowded());
+        let third = budget.try_acquire();
+        assert!(budget.crowded());
+        drop((held, third));
+        assert!(!budget.crowded());
     }
 
     #[test]
