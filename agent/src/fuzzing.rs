@@ -19,9 +19,9 @@ pub fn agent_source(data: &[u8]) {
         Ok(catalog) => catalog,
         Err(e) => {
             if let Some((line, column)) = e.position {
-                let lines = data.split(|b| *b == b'\n').count();
+                let lines = yaml_lines(data);
                 assert!(
-                    line >= 1 && line <= lines + 1 && column >= 1,
+                    line >= 1 && line <= lines && column >= 1,
                     "{e} points outside the file ({lines} lines)"
                 );
             }
@@ -43,12 +43,33 @@ pub fn agent_source(data: &[u8]) {
     }
 }
 
+/// Lines as YAML counts them: LF, CRLF and a lone CR each end one.
+fn yaml_lines(data: &[u8]) -> usize {
+    let mut lines = 1;
+    for (i, b) in data.iter().enumerate() {
+        match b {
+            b'\n' => lines += 1,
+            b'\r' if data.get(i + 1) != Some(&b'\n') => lines += 1,
+            _ => {}
+        }
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     //! Replays every committed corpus file (`fuzz/corpus/agent_source/`), so a crash
     //! the fuzzer once found stays fixed on stable `cargo test`.
 
     use std::path::Path;
+
+    /// The fuzzer's first find was this target's own mistake: YAML (and the agent's
+    /// error positions) end a line at a lone CR too, not only at LF.
+    #[test]
+    fn a_lone_cr_ends_a_line_as_in_yaml() {
+        assert_eq!(super::yaml_lines(b"a\rb\r\nc\nd"), 4);
+        super::agent_source(b"!A\r\r\r: x");
+    }
 
     #[test]
     fn replay_agent_source() {
