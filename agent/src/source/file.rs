@@ -74,7 +74,7 @@ pub fn parse_source(name: &str, text: &str, trust_domain: &str) -> Result<Catalo
             reason: "the source file is empty: expected `workloads:` and/or `services:`".into(),
         });
     }
-    let file: SourceFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(name, &e))?;
+    let file: SourceFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(name, text, &e))?;
     validate(&file, trust_domain).map_err(|e| SourceError {
         file: name.to_string(),
         position: locate_nearest(text, &e.path),
@@ -96,7 +96,7 @@ fn locate_nearest(text: &str, path: &super::path::EntryPath) -> Option<(usize, u
 }
 
 /// Splits serde_yaml_ng's "message at line L column C" into position and reason.
-fn yaml_error(name: &str, e: &serde_yaml_ng::Error) -> SourceError {
+fn yaml_error(name: &str, source: &str, e: &serde_yaml_ng::Error) -> SourceError {
     let text = e.to_string();
     let position = e.location().map(|l| (l.line(), l.column()));
     let reason = match position {
@@ -108,9 +108,21 @@ fn yaml_error(name: &str, e: &serde_yaml_ng::Error) -> SourceError {
     };
     SourceError {
         file: name.to_string(),
-        position,
+        position: position.map(|p| within(source, p)),
         reason,
     }
+}
+
+/// The parser marks an error at the end of a file that does not end in a line break
+/// on the line after its last; that points at the end of the last line instead.
+fn within(source: &str, (line, column): (usize, usize)) -> (usize, usize) {
+    // Line breaks as YAML counts them: LF, CRLF and a lone CR.
+    let breaks = source.matches(['\n', '\r']).count() - source.matches("\r\n").count();
+    if line <= breaks + 1 {
+        return (line, column);
+    }
+    let last = source.rsplit(['\n', '\r']).next().unwrap_or_default();
+    (breaks + 1, last.chars().count() + 1)
 }
 
 #[cfg(test)]
@@ -122,6 +134,15 @@ mod tests {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn an_error_at_the_end_points_at_the_last_line() {
+        // Found by the agent_source fuzzer: the parser's mark was on line 4 of 3.
+        let text = "services:\n  - name: api\n    namessservicespace( :sh";
+        let e = fails(text);
+        assert_eq!(e.position, Some((3, 28)), "{e}");
+        assert!(e.to_string().starts_with("t.yaml:3:28: "), "{e}");
     }
 
     #[test]
