@@ -308,7 +308,7 @@ fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
 
 /// HTTP/1 request heads: `data` is what a client sends on a connection detected as
 /// HTTP/1. hyper parses it with the proxy's limits (as `http::server` does), and each
-/// request it accepts goes through [`route_head`]. Input: one byte choosing the
+/// request it accepts goes through `route_head`. Input: one byte choosing the
 /// split, then the bytes.
 pub fn http_head(data: &[u8]) {
     let Some((&seed, bytes)) = data.split_first() else {
