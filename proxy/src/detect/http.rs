@@ -66,35 +66,68 @@ pub(crate) enum Verdict {
 
 /// Classifies the first bytes of a connection.
 pub(crate) fn classify(buf: &[u8]) -> Verdict {
-    if buf.is_empty() {
-        return Verdict::NeedMore;
-    }
-    let n = buf.len().min(H2_PREFACE.len());
-    if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() {
-            Verdict::Is(Protocol::Http2)
-        } else {
-            Verdict::NeedMore
-        };
-    }
-    request_line(buf)
+    Classifier::default().classify(buf)
 }
 
-/// `method SP target SP HTTP/1.d CRLF` (a bare LF is accepted, as hyper does).
-fn request_line(buf: &[u8]) -> Verdict {
+/// [`classify`] over a buffer that only grows, looking at each byte of a long request
+/// target once however the bytes trickle in (a peer sending one byte per read up to
+/// 64 KiB would otherwise cost a rescan of the whole target per read).
+#[derive(Debug, Default)]
+pub(crate) struct Classifier {
+    /// Target bytes already found visible.
+    target_seen: usize,
+}
+
+impl Classifier {
+    /// The verdict on `buf`, which extends the buffer of the previous call.
+    pub(crate) fn classify(&mut self, buf: &[u8]) -> Verdict {
+        if buf.is_empty() {
+            return Verdict::NeedMore;
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] == H2_PREFACE[..n] {
+            return if n == H2_PREFACE.len() {
+                Verdict::Is(Protocol::Http2)
+            } else {
+                Verdict::NeedMore
+            };
+        }
+        self.request_line(buf)
+    }
+
+    /// `method SP target SP HTTP/1.d CRLF` (a bare LF is accepted, as hyper does).
+    fn request_line(&mut self, buf: &[u8]) -> Verdict {
+        let opaque = Verdict::Is(Protocol::Opaque);
+        let method = buf
+            .iter()
+            .take(MAX_METHOD_LEN + 1)
+            .take_while(|b| is_tchar(**b))
+            .count();
+        if method == 0 || method > MAX_METHOD_LEN {
+            return opaque;
+        }
+        let Some(&after) = buf.get(method) else {
+            return Verdict::NeedMore;
+        };
+        if after != b' ' {
+            return opaque;
+        }
+        let rest = &buf[method + 1..];
+        let seen = self.target_seen.min(rest.len());
+        let target = seen
+            + rest[seen..]
+                .iter()
+                .take_while(|b| is_target_byte(**b))
+                .count();
+        self.target_seen = target;
+        version(rest, target)
+    }
+}
+
+/// The rest of a request line after a method, whose first `target` bytes are the
+/// request target.
+fn version(rest: &[u8], target: usize) -> Verdict {
     let opaque = Verdict::Is(Protocol::Opaque);
-    let method = buf.iter().take_while(|b| is_tchar(**b)).count();
-    if method == 0 || method > MAX_METHOD_LEN {
-        return opaque;
-    }
-    let Some(&after) = buf.get(method) else {
-        return Verdict::NeedMore;
-    };
-    if after != b' ' {
-        return opaque;
-    }
-    let rest = &buf[method + 1..];
-    let target = rest.iter().take_while(|b| is_target_byte(**b)).count();
     let Some(&after) = rest.get(target) else {
         return Verdict::NeedMore;
     };
@@ -144,8 +177,9 @@ pub(crate) async fn detect_peeked<IO>(mut peek: Peek<IO>) -> (Protocol, Reason, 
 where
     IO: AsyncRead + Unpin,
 {
+    let mut classifier = Classifier::default();
     let (protocol, reason) = loop {
-        if let Verdict::Is(p) = classify(peek.buffered()) {
+        if let Verdict::Is(p) = classifier.classify(peek.buffered()) {
             break (p, Reason::Seen);
         }
         match peek.read_more().await {
@@ -399,6 +433,34 @@ mod tests {
         let mut all = String::new();
         rewind.read_to_string(&mut all).await.unwrap();
         assert_eq!(all, "GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
+    }
+
+    #[test]
+    fn a_growing_buffer_gets_the_verdict_a_whole_one_gets() {
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(8 * 1024));
+        let inputs = [
+            long.as_str(),
+            "GET /x HTTP/1.1\r\n",
+            "GET /x\x01 HTTP/1.1\r\n",
+            "GET /x HTTP/1.1 x\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "POST /a/b?c=d HTTP/1.0\n",
+        ];
+        for input in inputs {
+            let bytes = input.as_bytes();
+            let mut grown = Classifier::default();
+            for end in 0..=bytes.len() {
+                let prefix = &bytes[..end];
+                assert_eq!(
+                    grown.classify(prefix),
+                    classify(prefix),
+                    "{:?}",
+                    &input[..end.min(40)]
+                );
+            }
+        }
+        // A method that never ends is opaque after a bounded look.
+        assert_eq!(classify(&[b'G'; 70_000]), Verdict::Is(Protocol::Opaque));
     }
 
     #[tokio::test(start_paused = true)]
