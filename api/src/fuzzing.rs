@@ -54,35 +54,39 @@ pub fn duration(data: &[u8]) {
     assert_eq!(again, d, "{text:?} printed as {printed:?}");
 }
 
+/// Runs every file of the committed corpus `fuzz/corpus/<target>/` through `run`, so a
+/// crash a fuzzer once found stays fixed on stable `cargo test`; each crate's replay
+/// tests call it with their own entry functions. Panics (the test's report) when the
+/// folder is missing or empty.
+pub fn replay_corpus(target: &str, run: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .path();
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        println!("{}", path.display());
+        run(&data);
+        n += 1;
+    }
+    assert!(n > 0, "no corpus in {}", dir.display());
+}
+
 #[cfg(test)]
 mod tests {
     //! Replays every committed corpus file (`fuzz/corpus/<target>/`), so a crash the
     //! fuzzers once found stays fixed on stable `cargo test`.
 
-    use std::path::Path;
-
-    fn replay(target: &str, run: fn(&[u8])) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("the corpus folder exists") {
-            let path = entry.expect("a corpus entry").path();
-            let data = std::fs::read(&path).expect("a corpus file");
-            println!("{}", path.display());
-            run(&data);
-            n += 1;
-        }
-        assert!(n > 0, "no corpus in {}", dir.display());
-    }
-
     #[test]
     fn replay_identity_pattern() {
-        replay("identity_pattern", super::identity_pattern);
+        super::replay_corpus("identity_pattern", super::identity_pattern);
     }
 
     #[test]
     fn replay_duration() {
-        replay("duration", super::duration);
+        super::replay_corpus("duration", super::duration);
     }
 }

@@ -353,40 +353,23 @@ mod tests {
     //! Replays every committed corpus file (`fuzz/corpus/<target>/`), so a crash the
     //! fuzzers once found stays fixed on stable `cargo test`.
 
-    use std::path::Path;
-
-    fn replay(target: &str, run: fn(&[u8])) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("the corpus folder exists") {
-            let path = entry.expect("a corpus entry").path();
-            let data = std::fs::read(&path).expect("a corpus file");
-            println!("{}", path.display());
-            run(&data);
-            n += 1;
-        }
-        assert!(n > 0, "no corpus in {}", dir.display());
-    }
-
     #[test]
     fn replay_detect_http() {
-        replay("detect_http", super::detect_http);
+        pillion_api::fuzzing::replay_corpus("detect_http", super::detect_http);
     }
 
     #[test]
     fn replay_detect_tls() {
-        replay("detect_tls", super::detect_tls);
+        pillion_api::fuzzing::replay_corpus("detect_tls", super::detect_tls);
     }
 
     #[test]
     fn replay_http_head() {
-        replay("http_head", super::http_head);
+        pillion_api::fuzzing::replay_corpus("http_head", super::http_head);
     }
 
     #[test]
     fn replay_view_json() {
-        replay("view_json", super::view_json);
+        pillion_api::fuzzing::replay_corpus("view_json", super::view_json);
     }
 }
