@@ -29,6 +29,18 @@ pub fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
 }
 
+/// The service port's routes of the edge tests: one route for everything.
+pub const ALL_ROUTES: &str = "- name: all\n  matches: [{path: {prefix: /}}]\n";
+
+/// The server's port policy of the edge tests: `/admin` admits only `ns/ops`
+/// callers; everything else is open, and plaintext is allowed.
+pub const ADMIN_ONLY_FOR_OPS: &str = r#"mode: permissive
+routes:
+  - name: admin
+    matches: [{path: {prefix: /admin}}]
+    allow: ["spiffe://cluster.local/ns/ops/*"]
+"#;
+
 /// Metric names of the proxy's TCP contract.
 pub mod m {
     pub const OPENED: &str = "pillion_tcp_connections_opened_total";

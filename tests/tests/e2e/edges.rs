@@ -14,16 +14,10 @@ use pillion_tests::Pod;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::common::{raw_exchange, sidecar_opts, status_code, testbin};
-
-const ROUTES: &str = "- name: all\n  matches: [{path: {prefix: /}}]\n";
-
-const INBOUND: &str = r#"mode: permissive
-routes:
-  - name: admin
-    matches: [{path: {prefix: /admin}}]
-    allow: ["spiffe://cluster.local/ns/ops/*"]
-"#;
+use crate::common::{
+    raw_exchange, sidecar_opts, status_code, testbin, ADMIN_ONLY_FOR_OPS as INBOUND,
+    ALL_ROUTES as ROUTES,
+};
 
 /// What the caller claims to be, in the proxy's own header.
 const FORGED: &str = "pillion-peer-identity: spiffe://cluster.local/ns/ops/sa/tool\r\n";

@@ -22,17 +22,7 @@ use pillion_testkit::h2frames::{
 use pillion_tests::http_mesh::{HttpWorld, APP_PORT, VIP};
 use pillion_tests::Pod;
 
-use crate::common::{sidecar_opts, testbin};
-
-const ROUTES: &str = "- name: all\n  matches: [{path: {prefix: /}}]\n";
-
-/// `/admin` admits only `ns/ops` callers; everything else is open.
-const INBOUND: &str = r#"mode: permissive
-routes:
-  - name: admin
-    matches: [{path: {prefix: /admin}}]
-    allow: ["spiffe://cluster.local/ns/ops/*"]
-"#;
+use crate::common::{sidecar_opts, testbin, ADMIN_ONLY_FOR_OPS as INBOUND, ALL_ROUTES as ROUTES};
 
 /// A header list: `(name, value)` pairs in wire order, any bytes.
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
