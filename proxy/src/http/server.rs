@@ -68,7 +68,9 @@ where
                 .max_header_size(MAX_REQUEST_HEAD)
                 .serve_connection(io, service)
                 .with_upgrades();
-            graceful(conn, &mut shutdown, |c| c.graceful_shutdown()).await
+            // HTTP/1's idle bound is hyper's header-read timeout.
+            let idle = std::future::pending();
+            graceful(conn, &mut shutdown, idle, |c| c.graceful_shutdown()).await
         }
         Protocol::Http2 => {
             let activity = Activity::new();
@@ -89,20 +91,8 @@ where
                 .max_header_list_size(MAX_REQUEST_HEAD as u32)
                 .adaptive_window(true)
                 .serve_connection(io, tracked);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = shutdown.as_mut() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                () = activity.idle(HEADER_READ_TIMEOUT, IDLE_TIMEOUT) => {
-                    tracing::debug!("idle HTTP/2 connection; sending GOAWAY");
-                    conn.as_mut().graceful_shutdown();
-                    // A peer that will not even finish the goodbye is dropped.
-                    tokio::time::timeout(GOODBYE_TIMEOUT, conn).await.unwrap_or(Ok(()))
-                }
-            }
+            let idle = activity.idle(HEADER_READ_TIMEOUT, IDLE_TIMEOUT);
+            graceful(conn, &mut shutdown, idle, |c| c.graceful_shutdown()).await
         }
         Protocol::Opaque => return,
     };
@@ -112,15 +102,19 @@ where
     }
 }
 
-/// Drives `conn` to its end; once `shutdown` resolves, asks it to finish gracefully.
-async fn graceful<C, F>(
+/// Drives `conn` to its end. Once `shutdown` resolves it is asked to finish
+/// gracefully; once `idle` does, too, but a peer that will not even finish the
+/// goodbye within [`GOODBYE_TIMEOUT`] is dropped.
+async fn graceful<C, E, F, I>(
     conn: C,
     shutdown: &mut std::pin::Pin<&mut F>,
+    idle: I,
     begin_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
-) -> C::Output
+) -> Result<(), E>
 where
-    C: Future,
+    C: Future<Output = Result<(), E>>,
     F: Future<Output = ()>,
+    I: Future<Output = ()>,
 {
     tokio::pin!(conn);
     tokio::select! {
@@ -128,6 +122,11 @@ where
         () = shutdown.as_mut() => {
             begin_shutdown(conn.as_mut());
             conn.await
+        }
+        () = idle => {
+            tracing::debug!("idle HTTP connection; closing it gracefully");
+            begin_shutdown(conn.as_mut());
+            tokio::time::timeout(GOODBYE_TIMEOUT, conn).await.unwrap_or(Ok(()))
         }
     }
 }

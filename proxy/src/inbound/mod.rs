@@ -139,8 +139,9 @@ impl Inbound {
         // is heard after a short silence (a mesh client always speaks first).
         let rule = state.inbound().rule(port);
         let mut detection = Detection::of(&rule, port, settings);
+        let plaintext = admit::admit(rule, None);
         let mut early = None;
-        if !detection.fails_closed && admit::admit(rule, None) == Verdict::Admit {
+        if !detection.fails_closed && plaintext == Verdict::Admit {
             let open = || self.relay.connect(target);
             match first_word(&mut peek, self.inputs.server_first_after(), open).await {
                 FirstWord::Server { upstream, greeting } => {
@@ -196,7 +197,7 @@ impl Inbound {
                 self.serve_admitted(peek, &info, target, admitted).await;
             }
             Detected::Plain(reason, peek) => {
-                let verdict = admit::admit(state.inbound().rule(port), None);
+                let verdict = plaintext;
                 drop(state);
                 if let Verdict::Refuse(denied) = verdict {
                     tracing::info!(detected = reason.as_str(), "plaintext on a strict port");

@@ -202,25 +202,43 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn hands_connections_up_and_stops_on_drain() {
+    /// An accept loop over a fresh loopback listener serving `stack`, with every
+    /// connection's original destination `dst` (the listener's own without), and a
+    /// budget of `budget`: its address, metrics, drain and task.
+    async fn spawn_loop<S: Stack>(
+        stack: &Arc<S>,
+        dst: Option<SocketAddr>,
+        budget: usize,
+    ) -> (
+        SocketAddr,
+        DirectionMetrics,
+        Drain,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let dst: SocketAddr = "198.18.0.1:7000".parse().unwrap();
-        let stack = Arc::new(Recorder(Mutex::new(Vec::new())));
-        let metrics = TcpMetrics::register(&mut Registry::default()).direction(Direction::Outbound);
+        let direction = stack.direction();
+        let metrics = TcpMetrics::register(&mut Registry::default()).direction(direction);
         let drain = Drain::new();
         let task = tokio::spawn(
             AcceptLoop {
                 listener,
-                stack: Arc::clone(&stack),
-                orig_dst: Arc::new(StaticOrigDst(dst)),
+                stack: Arc::clone(stack),
+                orig_dst: Arc::new(StaticOrigDst(dst.unwrap_or(addr))),
                 metrics: metrics.clone(),
                 drain: drain.clone(),
-                budget: Budget::new(8),
+                budget: Budget::new(budget),
             }
             .run(),
         );
+        (addr, metrics, drain, task)
+    }
+
+    #[tokio::test]
+    async fn hands_connections_up_and_stops_on_drain() {
+        let dst: SocketAddr = "198.18.0.1:7000".parse().unwrap();
+        let stack = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let (addr, metrics, drain, task) = spawn_loop(&stack, Some(dst), 8).await;
         let _c = TcpStream::connect(addr).await.unwrap();
         for _ in 0..100 {
             if metrics.closed.get() == 1 {
@@ -251,22 +269,8 @@ mod tests {
                 std::future::pending::<()>().await;
             }
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = TcpMetrics::register(&mut Registry::default()).direction(Direction::Inbound);
-        let drain = Drain::new();
         let stack = Arc::new(Holder(Mutex::new(Vec::new())));
-        tokio::spawn(
-            AcceptLoop {
-                listener,
-                stack: Arc::clone(&stack),
-                orig_dst: Arc::new(StaticOrigDst(addr)),
-                metrics: metrics.clone(),
-                drain: drain.clone(),
-                budget: Budget::new(2),
-            }
-            .run(),
-        );
+        let (addr, metrics, drain, _task) = spawn_loop(&stack, None, 2).await;
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(TcpStream::connect(addr).await.unwrap());
