@@ -41,6 +41,8 @@ pub struct Opts {
     pub baseline_proxy_binary: Option<PathBuf>,
     /// Measure the flood figure instead of the others.
     pub flood: bool,
+    /// Connections the flood opens per second (0: as fast as it can).
+    pub flood_open_rate: u32,
     /// Extra environment of the Pillion row's proxies only.
     pub proxy_env: Vec<(String, String)>,
     /// Extra environment of the baseline row's proxies only.
@@ -68,7 +70,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
         plan.runs = runs.max(1);
     }
     if opts.flood {
-        plan = plan.with_flood();
+        plan = plan.with_flood(opts.flood_open_rate);
     }
     let mut work = WorkDir::create()?;
     if opts.keep_workdir {
@@ -93,7 +95,8 @@ pub fn run(opts: &Opts) -> Result<Report> {
             topo.contenders
                 .retain(|c| opts.rows.contains(&RowName::of(c.kind)));
         } else if opts.flood {
-            topo.contenders.retain(|c| c.server_proxy.is_some());
+            topo.contenders
+                .retain(|c| c.server_proxy.is_some() || c.kind == Kind::Direct);
         }
         Ok(topo)
     };
@@ -256,8 +259,15 @@ fn flood_notes(plan: &Plan) -> Vec<String> {
              their own in the unmeshed client pod (pinned to the client pod's CPU), at the \
              server pod's service port: each meets the server pod's inbound proxy \
              (iptables redirect) as a plaintext caller; at most 256 connects in flight, 5 s \
-             each. Only the server-side proxy's memory and descriptors are read.",
-            f.idle, f.slow, f.drip
+             each, {}. Only the server-side proxy's memory and descriptors are read; the \
+             direct row floods the server itself (no proxy: the floor).",
+            f.idle,
+            f.slow,
+            f.drip,
+            match f.open_rate {
+                0 => "opened as fast as the client can".to_string(),
+                rate => format!("{rate} opened per second"),
+            }
         ),
         format!(
             "traffic: open loop at {} req/s over {} keep-alive connections from the meshed \

@@ -48,12 +48,18 @@ pub struct Args {
     /// change), so before and after are measured in one run on the same machine.
     #[arg(long, value_name = "PATH")]
     pub baseline_proxy_binary: Option<PathBuf>,
-    /// Measure the flood figure instead of the others (Pillion rows only): 10,000 idle
-    /// and 1,000 slow-header connections at the server pod while traffic runs through
-    /// the pair; the server-side proxy's RSS, descriptors and the traffic's p99 before,
-    /// during and 30 s after (about 70 s per row and run; tiny with --smoke).
+    /// Measure the flood figure instead of the others (Pillion rows, and direct as the
+    /// floor): 10,000 idle and 1,000 slow-header connections at the server pod while
+    /// traffic runs through the pair; the server-side proxy's RSS, descriptors and the
+    /// traffic's p99 before, during and 30 s after (about 70 s per row and run; tiny
+    /// with --smoke).
     #[arg(long)]
     pub flood: bool,
+    /// Open the flood's connections at this many per second (default 0: as fast as
+    /// the flood client can, 256 connects in flight), e.g. to tell the proxy's share
+    /// of a stall from the flood client's own, which shares the client pod's CPU.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
+    pub flood_open_rate: u32,
     /// KEY=VALUE in the Pillion row's proxies' environment only (repeatable), e.g.
     /// GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072; the benchmark itself does not
     /// run with it.
@@ -151,6 +157,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         baseline_proxy_binary,
         binary,
         flood: parsed.flood,
+        flood_open_rate: parsed.flood_open_rate,
         proxy_env: parsed.proxy_env,
         baseline_proxy_env: parsed.baseline_proxy_env,
     };

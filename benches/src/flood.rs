@@ -27,7 +27,7 @@ use crate::measure::{in_client, mib, report_line, Collected};
 use crate::pin::{pin_process_tree, pin_this_thread, Layout};
 use crate::plan::FloodPlan;
 use crate::procstat;
-use crate::topology::Contender;
+use crate::topology::{Contender, Kind};
 
 /// Time between the traffic's start and the flood's, so the flood's opening is inside
 /// the measured window.
@@ -58,6 +58,9 @@ pub struct FloodTrace {
     pub during_fds: Vec<u64>,
     /// Its RSS once a second after the flood closed, MiB (the first is at +1 s).
     pub after_rss_mib: Vec<f64>,
+    /// The traffic's p99 in each second of the run during the flood, ms (the flood
+    /// starts [`LEAD`] in): where a stall falls in time.
+    pub during_p99_by_second_ms: Vec<f64>,
 }
 
 /// The figures of one run.
@@ -74,9 +77,20 @@ struct Outcome {
 pub fn collectors(rows: &[Contender], plan: &FloodPlan) -> Vec<Collected> {
     let mut out = vec![Collected::default(); rows.len()];
     for (c, acc) in rows.iter().zip(out.iter_mut()) {
-        if c.server_proxy.is_none() {
-            for f in crate::figures::flood(plan) {
-                acc.na(&f.id, "Pillion rows only");
+        if c.server_proxy.is_some() {
+            continue;
+        }
+        let proxy_only = [
+            fig::RSS_IDLE,
+            fig::RSS_DURING,
+            fig::RSS_AFTER,
+            fig::FDS_DURING,
+        ];
+        for f in crate::figures::flood(plan) {
+            if c.kind != Kind::Direct {
+                acc.na(&f.id, "Pillion rows and direct only");
+            } else if proxy_only.contains(&f.id.as_str()) {
+                acc.na(&f.id, "no proxy");
             }
         }
     }
@@ -123,10 +137,10 @@ impl<'a> Run<'a> {
         }
         for i in order {
             let (c, acc) = (&rows[i], &mut out[i]);
-            let Some(server) = c.server_proxy else {
+            if c.server_proxy.is_none() && c.kind != Kind::Direct {
                 continue;
-            };
-            match self.one(c, server, from, plan, conns) {
+            }
+            match self.one(c, c.server_proxy, from, plan, conns) {
                 Ok(o) => {
                     record(c, acc, &o, plan);
                     traces.push(o.trace);
@@ -142,17 +156,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// This run of the flood figure on one row.
+    /// This run of the flood figure on one row; `server` is the server-side proxy
+    /// (`None` for the direct row, which the flood meets at the server itself: the
+    /// floor, what the flood costs the machine without a mesh).
     fn one(
         &self,
         c: &Contender,
-        server: u32,
+        server: Option<u32>,
         from: &Pod,
         plan: &FloodPlan,
         conns: usize,
     ) -> Result<Outcome> {
         let (run, binary, layout) = (self.number, self.binary, self.layout);
-        let rss = || procstat::memory(&[server]).rss_kib;
+        let rss = || server.map_or(0, |pid| procstat::memory(&[pid]).rss_kib);
         let (addr, rate, cpu) = (c.h1, plan.rate, layout.client);
         let idle_kib = rss();
         let steady_for = plan.steady;
@@ -163,12 +179,13 @@ impl<'a> Run<'a> {
         let mut trace = FloodTrace {
             row: c.name.clone(),
             run,
-            proxy_fd_limit: procstat::fd_limit(server),
+            proxy_fd_limit: server.and_then(procstat::fd_limit),
             opened: None,
             closed: None,
             during_rss_mib: Vec::new(),
             during_fds: Vec::new(),
             after_rss_mib: Vec::new(),
+            during_p99_by_second_ms: Vec::new(),
         };
         let (tx, rx) = mpsc::channel();
         let during_for = plan.during;
@@ -188,7 +205,7 @@ impl<'a> Run<'a> {
             trace.during_rss_mib.push(mib(rss()));
             trace
                 .during_fds
-                .push(procstat::open_fds(server).unwrap_or(0));
+                .push(server.and_then(procstat::open_fds).unwrap_or(0));
         };
         let during = loop {
             match rx.recv_timeout(SAMPLE) {
@@ -205,6 +222,11 @@ impl<'a> Run<'a> {
         };
         sample(&mut trace);
         drop(probe);
+        trace.during_p99_by_second_ms = during
+            .p99_by_second_us
+            .iter()
+            .map(|us| us / 1000.0)
+            .collect();
         trace.opened = last_event(&flood, |e| match e {
             Event::Opened(o) => Some(o),
             Event::Closed(_) => None,
@@ -262,15 +284,23 @@ fn record(c: &Contender, acc: &mut Collected, o: &Outcome, plan: &FloodPlan) {
     let refused = opened.map_or(0, |o| o.refused + o.pending);
     let idle_closed = closed.map_or(0, |c| c.idle_closed);
     let slow_closed = closed.map_or(0, |c| c.slow_closed);
-    acc.push(fig::RSS_IDLE, mib(o.idle_kib), 0);
-    acc.push(fig::RSS_DURING, peak, 0);
-    acc.push(fig::RSS_AFTER, after, 0);
-    acc.push(fig::FDS_DURING, fds as f64, 0);
+    if c.server_proxy.is_some() {
+        acc.push(fig::RSS_IDLE, mib(o.idle_kib), 0);
+        acc.push(fig::RSS_DURING, peak, 0);
+        acc.push(fig::RSS_AFTER, after, 0);
+        acc.push(fig::FDS_DURING, fds as f64, 0);
+    }
     acc.push(fig::P99_STEADY, o.steady.p99_us / 1000.0, o.steady.errors);
     acc.push(fig::P99_DURING, o.during.p99_us / 1000.0, o.during.errors);
     acc.push(fig::REFUSED, refused as f64, 0);
     acc.push(fig::IDLE_CLOSED, idle_closed as f64, 0);
     acc.push(fig::SLOW_CLOSED, slow_closed as f64, 0);
+    let by_second: Vec<String> = t
+        .during_p99_by_second_ms
+        .iter()
+        .map(|ms| format!("{ms:.1}"))
+        .collect();
+    report_line(c, "flood p99 by second, ms", &by_second.join(" "));
     report_line(
         c,
         "flood",
@@ -307,7 +337,9 @@ fn start_client(
             .arg("--slow")
             .arg(plan.slow.to_string())
             .arg("--drip-ms")
-            .arg(plan.drip.as_millis().to_string()),
+            .arg(plan.drip.as_millis().to_string())
+            .arg("--open-rate")
+            .arg(plan.open_rate.to_string()),
     )
     .context("starting the flood client")
 }

@@ -57,6 +57,8 @@ pub struct FloodPlan {
     pub slow: u64,
     /// Time between two bytes of a slow head.
     pub drip: Duration,
+    /// Connections opened per second (0: as fast as the flood client can).
+    pub open_rate: u32,
     /// Rate of the steady traffic through the pair, requests per second (open loop).
     pub rate: u32,
     /// How long the steady traffic runs alone (its p99 is the steady figure).
@@ -77,6 +79,7 @@ impl FloodPlan {
             idle: 10_000,
             slow: 1_000,
             drip: Duration::from_secs(2),
+            open_rate: 0,
             rate: 1_000,
             steady: Duration::from_secs(5),
             during: Duration::from_secs(20),
@@ -150,14 +153,15 @@ impl Plan {
     }
 
     /// This plan measuring the flood figure only (`--flood`), at full size or tiny.
-    pub fn with_flood(mut self) -> Plan {
+    pub fn with_flood(mut self, open_rate: u32) -> Plan {
         let smoke = self.mode == "smoke";
         self.mode = if smoke { "flood smoke" } else { "flood" };
-        self.flood = Some(if smoke {
+        let flood = if smoke {
             FloodPlan::smoke()
         } else {
             FloodPlan::full()
-        });
+        };
+        self.flood = Some(FloodPlan { open_rate, ..flood });
         self
     }
 

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 /// The subcommand of the benchmark binary that runs the flood client.
 pub const PROGRAM: &str = "flood-client";
@@ -56,6 +56,9 @@ pub struct FloodArgs {
     /// Time between two bytes of a slow head, ms.
     #[arg(long, default_value_t = 2000)]
     pub drip_ms: u64,
+    /// Connects started per second (0: as fast as the in-flight bound lets them).
+    #[arg(long, default_value_t = 0)]
+    pub open_rate: u32,
     /// Longest hold without a SIGTERM; then it closes everything and exits anyway.
     #[arg(long, default_value_t = 180)]
     pub max_hold_s: u64,
@@ -186,7 +189,11 @@ pub async fn run(args: &FloodArgs) -> Result<()> {
     // Slow connections spread among the idle ones, so both kinds open all along.
     let every = (total / args.slow.max(1)).max(1);
     let (mut idle_left, mut slow_left) = (args.idle, args.slow);
+    let pace = (args.open_rate > 0).then(|| Duration::from_secs(1) / args.open_rate);
     for i in 0..total {
+        if let Some(pace) = pace {
+            sleep_until(started + pace.mul_f64(i as f64)).await;
+        }
         let slow = slow_left > 0 && (i % every == every - 1 || idle_left == 0);
         if slow {
             slow_left -= 1;
@@ -338,7 +345,20 @@ mod tests {
             "2",
         ])
         .unwrap();
-        assert_eq!((a.idle, a.slow, a.drip_ms), (10, 2, 2000));
+        assert_eq!((a.idle, a.slow, a.drip_ms, a.open_rate), (10, 2, 2000, 0));
+        let paced = FloodArgs::try_parse_from([
+            "f",
+            "--target",
+            "198.18.0.5:8080",
+            "--idle",
+            "10",
+            "--slow",
+            "2",
+            "--open-rate",
+            "500",
+        ])
+        .unwrap();
+        assert_eq!(paced.open_rate, 500);
     }
 
     // Loopback of the test process's own namespace: a listener that closes every

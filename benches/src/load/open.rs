@@ -24,7 +24,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 const MAX_US: u64 = 60_000_000;
 
 /// Latency percentiles of one open-loop run, µs from the intended send time.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Latency {
     /// Median.
     pub p50_us: f64,
@@ -40,6 +40,9 @@ pub struct Latency {
     pub errors: u64,
     /// Answered requests per second of the run (should match the target rate).
     pub achieved_rps: f64,
+    /// The p99 of the requests meant to be sent in each second of the run, so a
+    /// stall can be placed in time (`0` for a second with no answered request).
+    pub p99_by_second_us: Vec<f64>,
 }
 
 /// Sends `rate` requests per second for `duration` over `conns` keep-alive connections.
@@ -61,6 +64,7 @@ pub async fn run(addr: SocketAddr, conns: usize, rate: u32, duration: Duration) 
             host.clone(),
             sender,
             rx,
+            start,
             give_up,
         )));
     }
@@ -70,10 +74,17 @@ pub async fn run(addr: SocketAddr, conns: usize, rate: u32, duration: Duration) 
         .spawn(move || pace(queues, start, interval, total))
         .context("starting the pacer thread")?;
     let mut hist = new_histogram()?;
+    let mut by_second: Vec<Histogram<u64>> = Vec::new();
     let mut errors = 0;
     for w in workers {
-        let (h, e) = w.await.context("a load worker panicked")?;
-        hist.add(&h).context("merging histograms")?;
+        let (seconds, e) = w.await.context("a load worker panicked")?;
+        for (i, h) in seconds.iter().enumerate() {
+            hist.add(h).context("merging histograms")?;
+            if by_second.len() <= i {
+                by_second.push(new_histogram()?);
+            }
+            by_second[i].add(h).context("merging histograms")?;
+        }
         errors += e;
     }
     let sent = pacer
@@ -91,6 +102,10 @@ pub async fn run(addr: SocketAddr, conns: usize, rate: u32, duration: Duration) 
         ok,
         errors,
         achieved_rps: ok as f64 / elapsed,
+        p99_by_second_us: by_second
+            .iter()
+            .map(|h| h.value_at_quantile(0.99) as f64)
+            .collect(),
     })
 }
 
@@ -125,9 +140,11 @@ async fn worker(
     host: String,
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     mut queue: mpsc::UnboundedReceiver<Instant>,
+    start: Instant,
     give_up: Instant,
-) -> (Histogram<u64>, u64) {
-    let mut hist = new_histogram().expect("static histogram bounds are valid");
+) -> (Vec<Histogram<u64>>, u64) {
+    // One histogram per second of intended send time.
+    let mut seconds: Vec<Histogram<u64>> = Vec::new();
     let mut errors = 0;
     let mut conn = Reconnecting::new(addr, sender);
     while let Some(intended) = queue.recv().await {
@@ -137,10 +154,14 @@ async fn worker(
         }
         if conn.get(&host).await == Sent::Answered {
             let us = intended.elapsed().as_micros().min(u128::from(MAX_US)) as u64;
-            hist.saturating_record(us.max(1));
+            let second = intended.saturating_duration_since(start).as_secs() as usize;
+            while seconds.len() <= second {
+                seconds.push(new_histogram().expect("static histogram bounds are valid"));
+            }
+            seconds[second].saturating_record(us.max(1));
         } else {
             errors += 1;
         }
     }
-    (hist, errors)
+    (seconds, errors)
 }
