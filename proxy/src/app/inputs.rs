@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::settings::Settings;
+use crate::detect::first_word::Probes;
 use crate::state::Store;
 use crate::telemetry::metrics::http::HttpMetrics;
 use crate::telemetry::metrics::mesh::MeshMetrics;
@@ -33,6 +34,8 @@ pub(crate) struct Inputs {
     pub drain: Drain,
     /// The connection budget both listeners share.
     pub budget: Arc<Budget>,
+    /// The early connections of server-first detection both listeners share.
+    pub probes: Probes,
 }
 
 impl Inputs {

@@ -17,6 +17,7 @@ use super::rlimit;
 use super::settings::Settings;
 use crate::admin::readiness::{Condition, Readiness};
 use crate::admin::{AdminError, AdminServer, AdminState, ConfigDump};
+use crate::detect::first_word::{Probes, MAX_PROBES};
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::state::{self, Compiler, Store, Views};
@@ -307,6 +308,7 @@ impl Proxy {
             mesh_metrics: self.mesh_metrics,
             http_metrics: self.http_metrics,
             drain: self.drain.clone(),
+            probes: Probes::new(MAX_PROBES),
         });
         let listeners = || {
             self.outbound_addrs

@@ -6,8 +6,13 @@
 //! first; a client that speaks first is detected as usual (and keeps the early
 //! connection if its bytes turn out opaque); if nobody speaks by the detection
 //! deadline the connection is closed rather than kept as an idle relay.
+//!
+//! Early connections waiting for a first word are bounded ([`Probes`]): a flood of
+//! silent clients would otherwise become as many connections to the application, all
+//! opened at once, whose backlog then drops the SYNs of the proxy's own pool.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +22,48 @@ use super::{Peek, Read};
 
 /// Most of a server's greeting read before the relay takes over.
 const GREETING_BYTES: usize = 16 * 1024;
+
+/// Early connections open at once while neither side has spoken. A server that
+/// speaks first answers within milliseconds, so each holds its slot that long; only
+/// silence on both sides (a flood) fills them, and then further silent clients wait
+/// for their detection deadline without one.
+pub(crate) const MAX_PROBES: usize = 256;
+
+/// The early connections waiting for a first word, shared by both directions.
+#[derive(Debug)]
+pub(crate) struct Probes {
+    open: AtomicUsize,
+    limit: usize,
+}
+
+/// One early connection's share of [`Probes`], returned when the wait ends.
+#[derive(Debug)]
+struct ProbeSlot<'a>(&'a Probes);
+
+impl Probes {
+    /// At most `limit` early connections waiting at once.
+    pub(crate) fn new(limit: usize) -> Probes {
+        Probes {
+            open: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    fn try_take(&self) -> Option<ProbeSlot<'_>> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.limit).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| ProbeSlot(self))
+    }
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Who spoke first.
 #[derive(Debug)]
@@ -39,11 +86,13 @@ pub(crate) enum FirstWord<U> {
 }
 
 /// Waits for the client's first bytes; after `probe_after` of silence (zero: never)
-/// opens the upstream with `open` and waits for whichever side speaks first.
-/// Bytes the client sends are kept in `peek` for detection.
+/// opens the upstream with `open`, if one of `probes` is free, and waits for
+/// whichever side speaks first. Bytes the client sends are kept in `peek` for
+/// detection.
 pub(crate) async fn first_word<IO, U, F, Fut>(
     peek: &mut Peek<IO>,
     probe_after: Duration,
+    probes: &Probes,
     open: F,
 ) -> FirstWord<U>
 where
@@ -61,6 +110,11 @@ where
         read = peek.read_more() => return after_client(read, None),
         () = tokio::time::sleep(probe_after) => {}
     }
+    // Held until a side speaks (or the deadline passes).
+    let Some(_slot) = probes.try_take() else {
+        tracing::debug!("too many silent connections already probed; waiting for the client");
+        return FirstWord::Client { early: None };
+    };
     let open = open();
     tokio::pin!(open);
     let mut upstream = tokio::select! {
@@ -110,7 +164,7 @@ mod tests {
         let (a, mut client) = duplex(64);
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let mut peek = Peek::new(a, DEADLINE);
-        let word = first_word(&mut peek, PROBE, untouched).await;
+        let word = first_word(&mut peek, PROBE, &Probes::new(8), untouched).await;
         assert!(matches!(word, FirstWord::Client { early: None }));
         assert_eq!(peek.buffered(), b"GET / HTTP/1.1\r\n");
     }
@@ -125,7 +179,7 @@ mod tests {
             server.write_all(b"220 mail ready\r\n").await.unwrap();
             Some(up)
         };
-        let word = first_word(&mut peek, PROBE, || greet).await;
+        let word = first_word(&mut peek, PROBE, &Probes::new(8), || greet).await;
         let FirstWord::Server { greeting, .. } = word else {
             panic!("expected the server's word, got {word:?}");
         };
@@ -144,7 +198,7 @@ mod tests {
             client.write_all(b"\x00\x01").await.unwrap();
             tokio::time::sleep(DEADLINE).await;
         });
-        let word = first_word(&mut peek, PROBE, || async { Some(up) }).await;
+        let word = first_word(&mut peek, PROBE, &Probes::new(8), || async { Some(up) }).await;
         assert!(matches!(word, FirstWord::Client { early: Some(_) }));
         assert_eq!(peek.buffered(), b"\x00\x01");
     }
@@ -155,7 +209,7 @@ mod tests {
         let (up, _server) = duplex(64);
         let mut peek = Peek::new(a, DEADLINE);
         let started = tokio::time::Instant::now();
-        let word = first_word(&mut peek, PROBE, || async { Some(up) }).await;
+        let word = first_word(&mut peek, PROBE, &Probes::new(8), || async { Some(up) }).await;
         assert!(matches!(word, FirstWord::Silent));
         assert_eq!(started.elapsed(), DEADLINE);
     }
@@ -164,15 +218,37 @@ mod tests {
     async fn an_upstream_that_cannot_be_reached_leaves_detection_to_the_client() {
         let (a, _client) = duplex(64);
         let mut peek = Peek::new(a, DEADLINE);
-        let word = first_word(&mut peek, PROBE, || async { None::<DuplexStream> }).await;
+        let word = first_word(&mut peek, PROBE, &Probes::new(8), || async {
+            None::<DuplexStream>
+        })
+        .await;
         assert!(matches!(word, FirstWord::Client { early: None }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_probe_while_every_slot_waits() {
+        let probes = Probes::new(1);
+        let (a, _client) = duplex(64);
+        let (up, _server) = duplex(64);
+        let mut held = Peek::new(a, DEADLINE);
+        let (b, _other) = duplex(64);
+        let mut peek = Peek::new(b, DEADLINE);
+        let first = first_word(&mut held, PROBE, &probes, || async { Some(up) });
+        tokio::pin!(first);
+        // The first silent client takes the only slot and keeps it while it waits.
+        assert!(tokio::time::timeout(PROBE * 2, &mut first).await.is_err());
+        let word = first_word(&mut peek, PROBE, &probes, untouched).await;
+        assert!(matches!(word, FirstWord::Client { early: None }));
+        assert!(matches!(first.await, FirstWord::Silent));
+        // The slot came back when the wait ended.
+        assert!(probes.try_take().is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_probe_when_turned_off() {
         let (a, _client) = duplex(64);
         let mut peek = Peek::new(a, DEADLINE);
-        let word = first_word(&mut peek, Duration::ZERO, untouched).await;
+        let word = first_word(&mut peek, Duration::ZERO, &Probes::new(8), untouched).await;
         assert!(matches!(word, FirstWord::Client { early: None }));
     }
 }

@@ -143,7 +143,14 @@ impl Inbound {
         let mut early = None;
         if !detection.fails_closed && plaintext == Verdict::Admit {
             let open = || self.relay.connect(target);
-            match first_word(&mut peek, self.inputs.server_first_after(), open).await {
+            match first_word(
+                &mut peek,
+                self.inputs.server_first_after(),
+                &self.inputs.probes,
+                open,
+            )
+            .await
+            {
                 FirstWord::Server { upstream, greeting } => {
                     drop(state);
                     self.inputs.mesh_metrics.passthrough(Direction::Inbound);

@@ -65,7 +65,14 @@ impl Outbound {
         }
         let mut peek = Peek::new(stream, settings.detect_timeout);
         let open = || tcp::open_early(&self.relay, &info, &target);
-        let early = match first_word(&mut peek, self.inputs.server_first_after(), open).await {
+        let early = match first_word(
+            &mut peek,
+            self.inputs.server_first_after(),
+            &self.inputs.probes,
+            open,
+        )
+        .await
+        {
             FirstWord::Server { upstream, greeting } => {
                 tracing::debug!(bytes = greeting.len(), "the server spoke first; relaying");
                 let upstream = Rewind::new(greeting, upstream);
