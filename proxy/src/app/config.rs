@@ -8,8 +8,11 @@ use pillion_api::defaults;
 
 use pillion_api::duration::HumaneDuration;
 
-/// Listen backlog of the outbound and inbound listeners unless told otherwise.
-pub(crate) const DEFAULT_BACKLOG: u32 = 1024;
+/// Listen backlog of the outbound and inbound listeners unless told otherwise: as
+/// deep as the kernel allows by default (`net.core.somaxconn`, 4096 since Linux 5.4,
+/// caps it), because a full accept queue drops SYNs, and a peer proxy's new
+/// connection behind a flood's then waits a second for its retransmit.
+pub(crate) const DEFAULT_BACKLOG: u32 = 4096;
 
 /// Largest backlog `listen(2)` accepts as an `int`.
 pub(crate) const MAX_BACKLOG: u32 = i32::MAX as u32;
