@@ -119,7 +119,10 @@ impl Inbound {
         }))
     }
 
-    /// Detects, authenticates and admits one connection, then serves it.
+    /// Detects, authenticates and admits one connection, then serves it. What comes
+    /// after detection (the handshake, HTTP, the relay) is boxed: allocated once a
+    /// connection gets that far, so one still being detected (every connection of a
+    /// flood) holds about 2 KiB of state, where it held 13 KiB.
     async fn serve_meshed(
         &self,
         stream: TcpStream,
@@ -170,7 +173,8 @@ impl Inbound {
         match detect::tls::detect(peek).await {
             Detected::Mesh(start) => {
                 drop(early);
-                let (tls, peer) = match tls::accept(tls, *start, handshake_deadline).await {
+                let accept = Box::pin(tls::accept(tls, *start, handshake_deadline));
+                let (tls, peer) = match accept.await {
                     Ok(done) => done,
                     Err(err) => {
                         self.inputs
@@ -201,7 +205,7 @@ impl Inbound {
                     detection,
                     early: None,
                 };
-                self.serve_admitted(peek, &info, target, admitted).await;
+                Box::pin(self.serve_admitted(peek, &info, target, admitted)).await;
             }
             Detected::Plain(reason, peek) => {
                 let verdict = plaintext;
@@ -217,7 +221,7 @@ impl Inbound {
                     detection,
                     early,
                 };
-                self.serve_admitted(peek, &info, target, admitted).await;
+                Box::pin(self.serve_admitted(peek, &info, target, admitted)).await;
             }
         }
     }
@@ -274,12 +278,12 @@ impl Inbound {
                     None => self.relay.connect(target).await,
                 };
                 if let Some(upstream) = upstream {
-                    self.relay.forward(io, upstream).await;
+                    Box::pin(self.relay.forward(io, upstream)).await;
                 }
             }
             http_protocol => {
                 drop(early);
-                http::serve(
+                Box::pin(http::serve(
                     Arc::clone(&self.inputs),
                     self.app(target),
                     Counted::new(io, self.relay.counters.clone()),
@@ -287,7 +291,7 @@ impl Inbound {
                     target,
                     peer,
                     Some(info.client),
-                )
+                ))
                 .await
             }
         }

@@ -49,19 +49,26 @@ impl Outbound {
         Outbound { relay, inputs }
     }
 
-    /// A connection to a service port: detect, then HTTP or opaque bytes.
+    /// A connection to a service port: detect, then HTTP or opaque bytes (boxed, so a
+    /// connection still being detected holds only detection's state).
     async fn serve_service(&self, stream: TcpStream, info: ConnInfo, target: Target) {
         let settings = &self.inputs.settings;
         let declared = target.port.protocol;
         let port = info.orig_dst.port();
         if detect::skips_detection(port, Some(declared), &settings.opaque_ports) {
             let io = Rewind::new(Bytes::new(), stream);
-            return tcp::to_service(&self.relay, io, &info, &target, Found::Opaque).await;
+            return Box::pin(tcp::to_service(
+                &self.relay,
+                io,
+                &info,
+                &target,
+                Found::Opaque,
+            ))
+            .await;
         }
         if let Some(protocol) = detect::declared(declared) {
-            return self
-                .serve_http(Rewind::new(Bytes::new(), stream), protocol, &info)
-                .await;
+            let io = Rewind::new(Bytes::new(), stream);
+            return Box::pin(self.serve_http(io, protocol, &info)).await;
         }
         let mut peek = Peek::new(stream, settings.detect_timeout);
         let open = || tcp::open_early(&self.relay, &info, &target);
@@ -85,11 +92,18 @@ impl Outbound {
         tracing::debug!(protocol = protocol.as_str(), ?reason, "protocol detected");
         match (protocol, early) {
             _ if reason == Reason::Silent => self.silent(io, &info, &target).await,
-            (Protocol::Opaque, Some(upstream)) => self.relay.forward(io, upstream).await,
+            (Protocol::Opaque, Some(upstream)) => Box::pin(self.relay.forward(io, upstream)).await,
             (Protocol::Opaque, None) => {
-                tcp::to_service(&self.relay, io, &info, &target, Found::Opaque).await
+                Box::pin(tcp::to_service(
+                    &self.relay,
+                    io,
+                    &info,
+                    &target,
+                    Found::Opaque,
+                ))
+                .await
             }
-            (http_protocol, _) => self.serve_http(io, http_protocol, &info).await,
+            (http_protocol, _) => Box::pin(self.serve_http(io, http_protocol, &info)).await,
         }
     }
 
@@ -99,7 +113,14 @@ impl Outbound {
     /// status) and a connection that stays silent is closed there.
     async fn silent(&self, io: Rewind<TcpStream>, info: &ConnInfo, target: &Target) {
         tracing::debug!("nobody spoke before the detection deadline; the server side decides");
-        tcp::to_service(&self.relay, io, info, target, Found::Nothing).await
+        Box::pin(tcp::to_service(
+            &self.relay,
+            io,
+            info,
+            target,
+            Found::Nothing,
+        ))
+        .await
     }
 
     /// Serves `io` as HTTP, request by request.
