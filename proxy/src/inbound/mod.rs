@@ -24,6 +24,7 @@ pub(crate) mod target;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ::http::StatusCode;
 use pillion_api::defaults::MESH_ALPN_OPAQUE;
@@ -135,7 +136,9 @@ impl Inbound {
         let state = self.inputs.state.load_full();
         let settings = &self.inputs.settings;
         let port = info.orig_dst.port();
-        let detect_timeout = settings.detect_timeout;
+        // Shorter while the connection budget is crowded: a flood's silent newcomers
+        // give their permits back within a second.
+        let detect_timeout = info.first_bytes_within(settings.detect_timeout);
         let handshake_deadline = Instant::now() + detect_timeout.max(HANDSHAKE_TIMEOUT);
         let mut peek = Peek::new(stream, detect_timeout);
         // Where a plaintext caller's bytes may be relayed, a server that speaks first
@@ -247,7 +250,13 @@ impl Inbound {
         // Where HTTP policy lives the client proxy's "opaque" is not taken on trust:
         // its bytes go to the strict detector like anyone's, and get their status.
         let (protocol, io) = if detection.fails_closed {
-            let (verdict, io) = detect::http::detect_strict(peek, HEADER_READ_TIMEOUT).await;
+            // A crowded newcomer's second (the detection deadline) is all it gets.
+            let header_timeout = if info.crowded {
+                Duration::ZERO
+            } else {
+                HEADER_READ_TIMEOUT
+            };
+            let (verdict, io) = detect::http::detect_strict(peek, header_timeout).await;
             match verdict {
                 Strict::Serve(protocol) => (protocol, io),
                 Strict::Closed => return,

@@ -58,6 +58,7 @@ mod tests {
             client: "198.18.0.9:40000".parse().unwrap(),
             local: local.parse().unwrap(),
             orig_dst: orig_dst.parse().unwrap(),
+            crowded: false,
         }
     }
 

@@ -70,7 +70,8 @@ impl Outbound {
             let io = Rewind::new(Bytes::new(), stream);
             return Box::pin(self.serve_http(io, protocol, &info)).await;
         }
-        let mut peek = Peek::new(stream, settings.detect_timeout);
+        let detect_timeout = info.first_bytes_within(settings.detect_timeout);
+        let mut peek = Peek::new(stream, detect_timeout);
         let open = || tcp::open_early(&self.relay, &info, &target);
         let early = match first_word(
             &mut peek,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::budget::Budget;
+use super::budget::{Budget, CROWDED_FIRST_BYTES};
 use super::drain::Drain;
 use super::orig_dst::OrigDstLookup;
 use super::sockopt;
@@ -44,6 +44,8 @@ pub(crate) struct Accepted {
     pub orig_dst: SocketAddr,
     /// Keeps the open/closed metrics right for as long as the connection lives.
     pub guard: OpenConnection,
+    /// Accepted while the connection budget was crowded (a flood, most likely).
+    pub crowded: bool,
 }
 
 /// The addresses of one connection: what logs and the loop guard need once the
@@ -56,6 +58,23 @@ pub(crate) struct ConnInfo {
     pub local: SocketAddr,
     /// Where the connection was going before the redirect.
     pub orig_dst: SocketAddr,
+    /// Accepted while the connection budget was crowded: it gets no more than
+    /// [`CROWDED_FIRST_BYTES`] to show its first bytes.
+    pub crowded: bool,
+}
+
+impl ConnInfo {
+    /// How long the connection gets to show its first bytes (or its request head):
+    /// `normal`, but no more than [`CROWDED_FIRST_BYTES`] if it came while the
+    /// budget was crowded, as Envoy's overload manager shortens its timeouts under
+    /// pressure.
+    pub(crate) fn first_bytes_within(&self, normal: Duration) -> Duration {
+        if self.crowded {
+            normal.min(CROWDED_FIRST_BYTES)
+        } else {
+            normal
+        }
+    }
 }
 
 impl Accepted {
@@ -66,6 +85,7 @@ impl Accepted {
             client: self.client,
             local: self.local,
             orig_dst: self.orig_dst,
+            crowded: self.crowded,
         };
         (self.stream, info, self.guard)
     }
@@ -144,6 +164,8 @@ impl<S: Stack> AcceptLoop<S> {
             }
             return;
         };
+        // Counted with this connection's own permit.
+        let crowded = self.budget.crowded();
         let guard = self.metrics.open_connection();
         let local = match stream.local_addr() {
             Ok(local) => local,
@@ -169,6 +191,7 @@ impl<S: Stack> AcceptLoop<S> {
             local,
             orig_dst,
             guard,
+            crowded,
         };
         let span = tracing::info_span!(
             "connection",
@@ -338,6 +361,23 @@ mod tests {
             "{turns} turns while {burst} were accepted: {seen:?}"
         );
         drain.trigger();
+    }
+
+    #[test]
+    fn crowded_newcomers_get_a_second_to_speak() {
+        let addr: SocketAddr = "198.18.0.1:7000".parse().unwrap();
+        let info = |crowded| ConnInfo {
+            client: addr,
+            local: addr,
+            orig_dst: addr,
+            crowded,
+        };
+        let normal = Duration::from_secs(10);
+        assert_eq!(info(false).first_bytes_within(normal), normal);
+        assert_eq!(info(true).first_bytes_within(normal), CROWDED_FIRST_BYTES);
+        // Never longer than the normal deadline.
+        let short = Duration::from_millis(300);
+        assert_eq!(info(true).first_bytes_within(short), short);
     }
 
     #[test]

@@ -16,6 +16,13 @@ const RESERVED_FDS: u64 = 512;
 /// Time between two log lines about refused connections.
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
+/// Longest a connection accepted while the budget is crowded may take to show its
+/// first bytes (a mesh client sends its ClientHello at once, an HTTP client its
+/// request): silent newcomers then give their permits back within a second instead
+/// of holding the budget full for the whole detection deadline, while the
+/// legitimate connections a flood would crowd out keep getting in.
+pub(crate) const CROWDED_FIRST_BYTES: Duration = Duration::from_secs(1);
+
 /// The budget shared by every listener of one proxy.
 #[derive(Debug)]
 pub(crate) struct Budget {

@@ -171,6 +171,7 @@ mod tests {
             local,
             orig_dst: orig_dst.unwrap_or(local),
             guard: metrics.open_connection(),
+            crowded: false,
         };
         (conn, client)
     }

@@ -8,7 +8,7 @@ use pillion_tests::mesh::{MeshWorld, PERMISSIVE_PORT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{sidecar_opts, testbin};
+use crate::common::{sidecar_opts, testbin, ALL_ROUTES};
 
 const BUDGET: usize = 20;
 const FLOOD: usize = 30;
@@ -162,4 +162,102 @@ fn slow_and_silent_http_clients_are_closed() {
             .load(std::sync::atomic::Ordering::SeqCst),
         requests_before
     );
+}
+
+/// What became of one connection of a flood within the watch.
+#[derive(Debug)]
+enum Fate {
+    /// Closed without a byte (refused at accept).
+    Refused,
+    /// Answered (the proxy's status line) and closed, after this long.
+    Answered(String, Duration),
+    /// Still open when the watch ended.
+    Open,
+}
+
+/// Past half its budget the proxy is crowded: a newcomer gets a second, not the
+/// header-read timeout (30 s), to send its request, so a silent flood gives its
+/// permits back within seconds and a real client finds room again while the flood's
+/// first half still holds its connections.
+#[test]
+fn crowded_newcomers_get_a_second_to_speak() {
+    use pillion_tests::http_mesh::{HttpWorld, APP_PORT};
+    use std::net::SocketAddr;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    let opts = sidecar_opts().proxy_args(["--max-connections", &BUDGET.to_string()]);
+    let inbound = format!("mode: permissive\nroutes:\n{ALL_ROUTES}");
+    let w = HttpWorld::start("floods_crowded", &testbin(), &opts, ALL_ROUTES, &inbound).unwrap();
+    let b1 = SocketAddr::new(w.pods.b1.ipv4(), APP_PORT);
+    let requests = || w.apps[0].stats.counters.requests.load(Ordering::SeqCst);
+    let before = requests();
+    let (fates, status) = w
+        .pods
+        .c
+        .run(move || async move {
+            let mut flood = Vec::new();
+            for _ in 0..FLOOD {
+                flood.push(TcpStream::connect(b1).await.unwrap());
+            }
+            let watches = flood.iter_mut().map(|s| async move {
+                let started = Instant::now();
+                let mut got = Vec::new();
+                match tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await {
+                    Err(_) => Fate::Open,
+                    Ok(_) if got.is_empty() => Fate::Refused,
+                    Ok(_) => Fate::Answered(
+                        String::from_utf8_lossy(&got).into_owned(),
+                        started.elapsed(),
+                    ),
+                }
+            });
+            let fates = futures::future::join_all(watches).await;
+            // The flood's first half is still open, and a real request gets in.
+            let mut s = TcpStream::connect(b1).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+            let status = String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            drop(flood);
+            (fates, status)
+        })
+        .unwrap();
+    let refused = fates.iter().filter(|f| matches!(f, Fate::Refused)).count();
+    let open = fates.iter().filter(|f| matches!(f, Fate::Open)).count();
+    let answered: Vec<_> = fates
+        .iter()
+        .filter_map(|f| match f {
+            Fate::Answered(text, after) => Some((text, *after)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, FLOOD - BUDGET, "{fates:?}\n{}", w.dump());
+    // Accepted while the budget was not crowded: the usual header-read timeout.
+    assert_eq!(open, BUDGET / 2, "{fates:?}\n{}", w.dump());
+    // Accepted while it was: a 408 within about a second.
+    assert_eq!(answered.len(), BUDGET - BUDGET / 2, "{fates:?}");
+    for (text, after) in &answered {
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(*after < Duration::from_millis(2500), "408 after {after:?}");
+    }
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "got {status:?}\n{}",
+        w.dump()
+    );
+    assert_eq!(
+        requests() - before,
+        1,
+        "the application saw a flood connection"
+    );
+    let metrics = w.sidecars[2].metrics().unwrap();
+    let over = metrics.value("pillion_tcp_over_budget_total", &[("direction", "inbound")]);
+    assert_eq!(over, (FLOOD - BUDGET) as f64, "{metrics}");
 }
