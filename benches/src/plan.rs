@@ -194,11 +194,15 @@ mod tests {
         assert!(smoke.estimate_per_row() < Duration::from_secs(10));
         assert!(full.runs >= 3);
         assert!(full.flood.is_none() && smoke.flood.is_none());
-        let flood = Plan::full().with_flood();
+        let flood = Plan::full().with_flood(0);
         assert_eq!(flood.mode, "flood");
+        assert_eq!(
+            Plan::full().with_flood(500).flood.map(|f| f.open_rate),
+            Some(500)
+        );
         // Bounded: under two minutes a run.
         assert!(flood.estimate_per_row() / flood.runs as u32 <= Duration::from_secs(120));
-        let tiny = Plan::smoke().with_flood();
+        let tiny = Plan::smoke().with_flood(0);
         assert!(tiny.estimate_per_row() < Duration::from_secs(20));
         assert!(tiny.flood.map_or(0, |f| f.idle + f.slow) <= 500);
     }

@@ -335,30 +335,21 @@ mod tests {
 
     #[test]
     fn flags() {
-        let a = FloodArgs::try_parse_from([
-            "f",
-            "--target",
-            "198.18.0.5:8080",
-            "--idle",
-            "10",
-            "--slow",
-            "2",
-        ])
-        .unwrap();
+        let parse = |extra: &[&str]| {
+            let base = [
+                "f",
+                "--target",
+                "198.18.0.5:8080",
+                "--idle",
+                "10",
+                "--slow",
+                "2",
+            ];
+            FloodArgs::try_parse_from(base.iter().chain(extra)).unwrap()
+        };
+        let a = parse(&[]);
         assert_eq!((a.idle, a.slow, a.drip_ms, a.open_rate), (10, 2, 2000, 0));
-        let paced = FloodArgs::try_parse_from([
-            "f",
-            "--target",
-            "198.18.0.5:8080",
-            "--idle",
-            "10",
-            "--slow",
-            "2",
-            "--open-rate",
-            "500",
-        ])
-        .unwrap();
-        assert_eq!(paced.open_rate, 500);
+        assert_eq!(parse(&["--open-rate", "500"]).open_rate, 500);
     }
 
     // Loopback of the test process's own namespace: a listener that closes every
