@@ -1,17 +1,17 @@
 //! What every connection's path reads, built once by [`super::proxy::Proxy::run`]
 //! and shared as `Arc<Inputs>` by both stacks (ztunnel's proxy inputs, in spirit):
 //! the settings, the one compiled state, mesh TLS when a control plane is on, the
-//! metric families, the drain and the connection budget.
+//! metric families, the drain and the bound on server-first probes.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::settings::Settings;
-use crate::detect::first_word::Probes;
 use crate::state::Store;
 use crate::telemetry::metrics::http::HttpMetrics;
 use crate::telemetry::metrics::mesh::MeshMetrics;
+use crate::transport::accept::ConnInfo;
 use crate::transport::budget::Budget;
 use crate::transport::drain::Drain;
 use crate::transport::tls::MeshTls;
@@ -32,17 +32,16 @@ pub(crate) struct Inputs {
     pub http_metrics: HttpMetrics,
     /// The proxy's drain.
     pub drain: Drain,
-    /// The connection budget both listeners share.
-    pub budget: Arc<Budget>,
     /// The early connections of server-first detection both listeners share.
-    pub probes: Probes,
+    pub probes: Arc<Budget>,
 }
 
 impl Inputs {
     /// Silence after which a client's upstream is opened to hear a server that
-    /// speaks first; zero (never) while the connection budget is crowded.
-    pub(crate) fn server_first_after(&self) -> Duration {
-        if self.budget.crowded() {
+    /// speaks first; zero (never) for a connection accepted while the connection
+    /// budget was crowded.
+    pub(crate) fn server_first_after(&self, info: &ConnInfo) -> Duration {
+        if info.crowded {
             Duration::ZERO
         } else {
             self.settings.server_first_after

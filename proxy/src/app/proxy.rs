@@ -17,7 +17,7 @@ use super::rlimit;
 use super::settings::Settings;
 use crate::admin::readiness::{Condition, Readiness};
 use crate::admin::{AdminError, AdminServer, AdminState, ConfigDump};
-use crate::detect::first_word::{Probes, MAX_PROBES};
+use crate::detect::first_word::MAX_PROBES;
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::state::{self, Compiler, Store, Views};
@@ -301,14 +301,13 @@ impl Proxy {
         );
         tracing::info!(max_connections = budget.limit(), "connection budget");
         let inputs = Arc::new(Inputs {
-            budget: Arc::clone(&budget),
             settings,
             state: store,
             tls: self.mesh.map(|m| m.tls),
             mesh_metrics: self.mesh_metrics,
             http_metrics: self.http_metrics,
             drain: self.drain.clone(),
-            probes: Probes::new(MAX_PROBES),
+            probes: Budget::new(MAX_PROBES),
         });
         let listeners = || {
             self.outbound_addrs

@@ -7,18 +7,19 @@
 //! connection if its bytes turn out opaque); if nobody speaks by the detection
 //! deadline the connection is closed rather than kept as an idle relay.
 //!
-//! Early connections waiting for a first word are bounded ([`Probes`]): a flood of
-//! silent clients would otherwise become as many connections to the application, all
-//! opened at once, whose backlog then drops the SYNs of the proxy's own pool.
+//! Early connections waiting for a first word are bounded (a [`Budget`] of
+//! [`MAX_PROBES`]): a flood of silent clients would otherwise become as many
+//! connections to the application, all opened at once and held to the deadline.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{Peek, Read};
+use crate::transport::budget::Budget;
 
 /// Most of a server's greeting read before the relay takes over.
 const GREETING_BYTES: usize = 16 * 1024;
@@ -28,42 +29,6 @@ const GREETING_BYTES: usize = 16 * 1024;
 /// silence on both sides (a flood) fills them, and then further silent clients wait
 /// for their detection deadline without one.
 pub(crate) const MAX_PROBES: usize = 256;
-
-/// The early connections waiting for a first word, shared by both directions.
-#[derive(Debug)]
-pub(crate) struct Probes {
-    open: AtomicUsize,
-    limit: usize,
-}
-
-/// One early connection's share of [`Probes`], returned when the wait ends.
-#[derive(Debug)]
-struct ProbeSlot<'a>(&'a Probes);
-
-impl Probes {
-    /// At most `limit` early connections waiting at once.
-    pub(crate) fn new(limit: usize) -> Probes {
-        Probes {
-            open: AtomicUsize::new(0),
-            limit,
-        }
-    }
-
-    fn try_take(&self) -> Option<ProbeSlot<'_>> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.limit).then_some(open + 1)
-            })
-            .ok()
-            .map(|_| ProbeSlot(self))
-    }
-}
-
-impl Drop for ProbeSlot<'_> {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Who spoke first.
 #[derive(Debug)]
@@ -92,7 +57,7 @@ pub(crate) enum FirstWord<U> {
 pub(crate) async fn first_word<IO, U, F, Fut>(
     peek: &mut Peek<IO>,
     probe_after: Duration,
-    probes: &Probes,
+    probes: &Arc<Budget>,
     open: F,
 ) -> FirstWord<U>
 where
@@ -111,7 +76,7 @@ where
         () = tokio::time::sleep(probe_after) => {}
     }
     // Held until a side speaks (or the deadline passes).
-    let Some(_slot) = probes.try_take() else {
+    let Some(_slot) = probes.try_acquire() else {
         tracing::debug!("too many silent connections already probed; waiting for the client");
         return FirstWord::Client { early: None };
     };
@@ -164,7 +129,7 @@ mod tests {
         let (a, mut client) = duplex(64);
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let mut peek = Peek::new(a, DEADLINE);
-        let word = first_word(&mut peek, PROBE, &Probes::new(8), untouched).await;
+        let word = first_word(&mut peek, PROBE, &Budget::new(8), untouched).await;
         assert!(matches!(word, FirstWord::Client { early: None }));
         assert_eq!(peek.buffered(), b"GET / HTTP/1.1\r\n");
     }
@@ -179,7 +144,7 @@ mod tests {
             server.write_all(b"220 mail ready\r\n").await.unwrap();
             Some(up)
         };
-        let word = first_word(&mut peek, PROBE, &Probes::new(8), || greet).await;
+        let word = first_word(&mut peek, PROBE, &Budget::new(8), || greet).await;
         let FirstWord::Server { greeting, .. } = word else {
             panic!("expected the server's word, got {word:?}");
         };
@@ -198,7 +163,7 @@ mod tests {
             client.write_all(b"\x00\x01").await.unwrap();
             tokio::time::sleep(DEADLINE).await;
         });
-        let word = first_word(&mut peek, PROBE, &Probes::new(8), || async { Some(up) }).await;
+        let word = first_word(&mut peek, PROBE, &Budget::new(8), || async { Some(up) }).await;
         assert!(matches!(word, FirstWord::Client { early: Some(_) }));
         assert_eq!(peek.buffered(), b"\x00\x01");
     }
@@ -209,7 +174,7 @@ mod tests {
         let (up, _server) = duplex(64);
         let mut peek = Peek::new(a, DEADLINE);
         let started = tokio::time::Instant::now();
-        let word = first_word(&mut peek, PROBE, &Probes::new(8), || async { Some(up) }).await;
+        let word = first_word(&mut peek, PROBE, &Budget::new(8), || async { Some(up) }).await;
         assert!(matches!(word, FirstWord::Silent));
         assert_eq!(started.elapsed(), DEADLINE);
     }
@@ -218,7 +183,7 @@ mod tests {
     async fn an_upstream_that_cannot_be_reached_leaves_detection_to_the_client() {
         let (a, _client) = duplex(64);
         let mut peek = Peek::new(a, DEADLINE);
-        let word = first_word(&mut peek, PROBE, &Probes::new(8), || async {
+        let word = first_word(&mut peek, PROBE, &Budget::new(8), || async {
             None::<DuplexStream>
         })
         .await;
@@ -227,7 +192,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_probe_while_every_slot_waits() {
-        let probes = Probes::new(1);
+        let probes = Budget::new(1);
         let (a, _client) = duplex(64);
         let (up, _server) = duplex(64);
         let mut held = Peek::new(a, DEADLINE);
@@ -241,14 +206,14 @@ mod tests {
         assert!(matches!(word, FirstWord::Client { early: None }));
         assert!(matches!(first.await, FirstWord::Silent));
         // The slot came back when the wait ended.
-        assert!(probes.try_take().is_some());
+        assert!(probes.try_acquire().is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_probe_when_turned_off() {
         let (a, _client) = duplex(64);
         let mut peek = Peek::new(a, DEADLINE);
-        let word = first_word(&mut peek, Duration::ZERO, &Probes::new(8), untouched).await;
+        let word = first_word(&mut peek, Duration::ZERO, &Budget::new(8), untouched).await;
         assert!(matches!(word, FirstWord::Client { early: None }));
     }
 }

@@ -151,7 +151,7 @@ impl Inbound {
             let open = || self.relay.connect(target);
             match first_word(
                 &mut peek,
-                self.inputs.server_first_after(),
+                self.inputs.server_first_after(&info),
                 &self.inputs.probes,
                 open,
             )

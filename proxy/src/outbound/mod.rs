@@ -75,7 +75,7 @@ impl Outbound {
         let open = || tcp::open_early(&self.relay, &info, &target);
         let early = match first_word(
             &mut peek,
-            self.inputs.server_first_after(),
+            self.inputs.server_first_after(&info),
             &self.inputs.probes,
             open,
         )

@@ -23,7 +23,8 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 /// legitimate connections a flood would crowd out keep getting in.
 pub(crate) const CROWDED_FIRST_BYTES: Duration = Duration::from_secs(1);
 
-/// The budget shared by every listener of one proxy.
+/// A bounded count of things held at once: the connections of every listener of
+/// one proxy, or its server-first probes ([`crate::detect::first_word::MAX_PROBES`]).
 #[derive(Debug)]
 pub(crate) struct Budget {
     limit: usize,
