@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bundle;
 pub mod ca;
 mod cert_info;
 pub mod csr;
@@ -18,11 +19,12 @@ pub mod spiffe;
 pub mod store;
 pub mod tls;
 
+pub use bundle::{BundleError, TrustBundle};
 pub use ca::{Ca, CaError, IssueError, Issued};
 pub use cert_info::CertInfoError;
 pub use csr::CsrError;
 pub use pem_blocks::PemError;
 pub use spiffe::{IdError, SpiffeId};
-pub use store::{CertStore, StoreError};
+pub use store::{BundleOutcome, BundleSource, CertStore, HeldBecause, StoreError};
 pub use tls::{PeerRejected, TlsError};
 pub use zeroize::Zeroizing;

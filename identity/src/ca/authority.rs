@@ -347,7 +347,7 @@ fn is_dns_name(name: &str) -> bool {
 }
 
 /// The trust domain of a CA certificate's `spiffe://<td>` URI SAN, if it has one.
-fn ca_trust_domain(der: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn ca_trust_domain(der: &CertificateDer<'_>) -> Option<String> {
     let cert = cert_info::parse(der).ok()?;
     let uris = cert_info::uri_sans(&cert).ok()?;
     uris.iter().find_map(|uri| {

@@ -7,6 +7,7 @@ mod error;
 mod files;
 mod leaf;
 
+pub(crate) use authority::ca_trust_domain;
 pub use authority::{Ca, ROOT_LIFETIME};
 pub use error::{CaError, IssueError};
 pub use files::{CA_CERT_FILE, CA_KEY_FILE};

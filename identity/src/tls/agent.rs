@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
+use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::error::TlsError;
+use super::resumption::ClientSessions;
 use super::verify_server::{Expected, Roots, SpiffeServerVerifier};
 use crate::pem_blocks::{certs_from_pem, private_key_from_pem};
 use crate::spiffe::SpiffeId;
+use crate::store::CertStore;
 
 /// ALPN ids the agent offers: HTTP/2 first, HTTP/1.1 for clients such as the
 /// Kubernetes API server calling the admission webhook.
@@ -49,9 +52,33 @@ pub fn agent_client_config(
             reason: e.to_string(),
         })?;
     }
+    agent_client(
+        Roots::Fixed(Arc::new(roots)),
+        agent_id,
+        Resumption::default(),
+    )
+}
+
+/// [`agent_client_config`] whose trust follows `store`: the agent is verified
+/// against the store's current bundle on every handshake, as mesh peers are, so a
+/// proxy reaches an agent under a new root once its bundle carries that root; its
+/// sessions with the agent are forgotten when the bundle changes.
+pub fn agent_client_config_following(
+    store: Arc<CertStore>,
+    agent_id: &SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let sessions = Resumption::store(Arc::new(ClientSessions::new(store.clone())));
+    agent_client(Roots::Store(store), agent_id, sessions)
+}
+
+fn agent_client(
+    roots: Roots,
+    agent_id: &SpiffeId,
+    resumption: Resumption,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = SpiffeServerVerifier::new(
-        Roots::Fixed(Arc::new(roots)),
+        roots,
         Expected::Fixed(agent_id.clone()),
         provider.signature_verification_algorithms,
     );
@@ -61,5 +88,6 @@ pub fn agent_client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.alpn_protocols = vec![AGENT_ALPN[0].to_vec()];
+    config.resumption = resumption;
     Ok(Arc::new(config))
 }

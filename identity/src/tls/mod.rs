@@ -13,7 +13,9 @@ mod verify_server;
 #[cfg(test)]
 mod tests;
 
-pub use agent::{agent_client_config, agent_server_config, AGENT_ALPN};
+pub use agent::{
+    agent_client_config, agent_client_config_following, agent_server_config, AGENT_ALPN,
+};
 pub use error::{PeerRejected, TlsError};
 pub use mesh::{client_config, opaque_client_config, server_config};
 pub use resumption::{SESSION_CACHE_SIZE, SESSION_MAX_AGE};

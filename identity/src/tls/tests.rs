@@ -492,7 +492,20 @@ async fn agent_api_tls_checks_the_agent_identity() {
 
     let other_ca = Ca::generate("cluster.local").unwrap();
     let wrong_anchor = agent_client_config(&other_ca.trust_bundle_pem(), &agent_id).unwrap();
-    assert!(dial(wrong_anchor, addr, dns).await.is_err());
+    assert!(dial(wrong_anchor, addr, dns.clone()).await.is_err());
+
+    // Following a store: refused while its bundle lacks the agent's root, accepted
+    // once the bundle gains it, with no new config.
+    let store = Arc::new(CertStore::new(client_id()));
+    store
+        .set_trust_bundle(&other_ca.trust_bundle_pem())
+        .unwrap();
+    let following = agent_client_config_following(store.clone(), &agent_id).unwrap();
+    assert!(dial(following.clone(), addr, dns.clone()).await.is_err());
+    let both = format!("{}{}", other_ca.trust_bundle_pem(), ca.trust_bundle_pem());
+    store.set_trust_bundle(&both).unwrap();
+    let mut tls = dial(following, addr, dns).await.unwrap();
+    ping(&mut tls).await.unwrap();
     task.abort();
 }
 

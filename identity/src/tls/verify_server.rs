@@ -79,7 +79,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         };
         let roots = match &self.roots {
             Roots::Store(store) => match store.bundle() {
-                Some(bundle) => bundle.roots.clone(),
+                Some(bundle) => bundle.trust.roots().clone(),
                 None => return Err(PeerRejected::NoTrustBundle.into_rustls()),
             },
             Roots::Fixed(roots) => roots.clone(),
