@@ -463,6 +463,7 @@ pub async fn request_certificate(
         agent_identity: SpiffeId::new(TRUST_DOMAIN, AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT)
             .unwrap_or_else(|e| panic!("agent id: {e}")),
         trust_anchors_pem: anchors_pem.to_string(),
+        trust_anchors_path: None,
         token_file: token_file.to_path_buf(),
         workload: spiffe_id("probe"),
         pod_name: None,

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pillion_api::defaults::RENEW_AT_FRACTION;
-use pillion_identity::{CertStore, CsrError, StoreError};
+use pillion_identity::{BundleSource, CertStore, CsrError, StoreError};
 use rand::Rng;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{AgentClient, AgentError};
@@ -49,6 +50,8 @@ pub(crate) struct Renewer {
     pub metrics: ControlMetrics,
     /// Met once the first certificate is installed.
     pub ready: Condition,
+    /// Renew at once (a trust bundle change asks for it), whatever the schedule.
+    pub renew_now: Arc<Notify>,
 }
 
 impl Renewer {
@@ -79,18 +82,28 @@ impl Renewer {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+                () = self.renew_now.notified() => backoff.reset(),
             }
         }
     }
 
-    /// One request: fresh key and CSR, ask, install bundle then leaf. Returns when
+    /// One request: fresh key and CSR, ask, install bundle and leaf together. Returns when
     /// it was received and when it expires.
     async fn renew_once(&self) -> Result<(SystemTime, SystemTime), RenewError> {
         let (key, csr) = pillion_identity::csr::generate(self.store.local_id())?;
         let answer = self.client.request_certificate(csr).await?;
         let received = SystemTime::now();
-        self.store.set_trust_bundle(&answer.trust_bundle_pem)?;
-        self.store.set_leaf(&answer.chain_pem, &key)?;
+        let agent = self.client.agent_chain().await;
+        let installed = self.store.set_leaf_and_bundle(
+            &answer.chain_pem,
+            &key,
+            &answer.trust_bundle_pem,
+            agent.as_deref(),
+        );
+        let result = installed.as_ref().map_or("refused", |o| o.as_str());
+        self.metrics
+            .bundle_offered(BundleSource::Agent, result, &self.store);
+        installed?;
         let expires_at = self
             .store
             .expires_at()

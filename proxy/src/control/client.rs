@@ -1,9 +1,10 @@
 //! The proxy's HTTPS client to the agent: one HTTP/2 connection over TLS (the agent
-//! verified by the trust anchors and its SPIFFE id), reopened when it dies, and a
-//! bearer token read from its file before every request.
+//! verified by the store's current trust bundle and its SPIFFE id), reopened when
+//! it dies, and a bearer token read from its file before every request.
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pillion_api::certs::{
     CertificateRequest, CertificateResponse, ErrorBody, CERTIFICATES_PATH, WATCH_PATH,
 };
-use rustls::pki_types::ServerName;
+use pillion_identity::{BundleSource, CertStore};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -108,13 +110,33 @@ pub enum AgentError {
     },
 }
 
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] pillion_identity::TlsError),
+    /// The trust anchors are not a usable bundle.
+    #[error("the trust anchors cannot be used: {0}")]
+    Anchors(#[from] pillion_identity::StoreError),
+}
+
+/// The certificate chain an agent proved on the open connection.
+pub(crate) type AgentChain = Arc<[CertificateDer<'static>]>;
+
+/// The open connection to the agent and the chain it proved.
+struct Link {
+    sender: SendRequest<Full<Bytes>>,
+    chain: AgentChain,
+}
+
 /// A client of one agent, shared by the certificate and watch loops.
 pub struct AgentClient {
     addr: String,
     server_name: ServerName<'static>,
     tls: TlsConnector,
     token_file: PathBuf,
-    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    conn: tokio::sync::Mutex<Option<Link>>,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -127,12 +149,23 @@ impl std::fmt::Debug for AgentClient {
 }
 
 impl AgentClient {
-    /// A client for the agent `config` names; no connection is made yet.
-    pub fn new(config: &ControlConfig) -> Result<AgentClient, pillion_identity::TlsError> {
-        let tls = pillion_identity::tls::agent_client_config(
-            &config.trust_anchors_pem,
-            &config.agent_identity,
-        )?;
+    /// A client for the agent `config` names, trusting its anchors alone (probes
+    /// and tests); no connection is made yet.
+    pub fn new(config: &ControlConfig) -> Result<AgentClient, ClientError> {
+        let store = Arc::new(CertStore::new(config.workload.clone()));
+        store.offer_trust_bundle(&config.trust_anchors_pem, BundleSource::File, None)?;
+        AgentClient::following(config, store)
+    }
+
+    /// A client for the agent `config` names that trusts what `store` trusts now,
+    /// handshake by handshake: the proxy's one bundle verifies mesh peers and the
+    /// agent alike, so a new root reaches both at once. No connection is made yet.
+    pub fn following(
+        config: &ControlConfig,
+        store: Arc<CertStore>,
+    ) -> Result<AgentClient, ClientError> {
+        let tls =
+            pillion_identity::tls::agent_client_config_following(store, &config.agent_identity)?;
         Ok(AgentClient {
             server_name: server_name(&config.agent_addr),
             addr: config.agent_addr.clone(),
@@ -145,6 +178,15 @@ impl AgentClient {
     /// The agent's address.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The chain the agent proved on the connection open now, if one is: a new
+    /// trust bundle must still trust it, or this proxy would cut itself off.
+    pub(crate) async fn agent_chain(&self) -> Option<AgentChain> {
+        let conn = self.conn.lock().await;
+        conn.as_ref()
+            .filter(|link| !link.sender.is_closed())
+            .map(|link| Arc::clone(&link.chain))
     }
 
     /// `POST /v1/certificates`: asks for a certificate for `csr_pem`.
@@ -258,13 +300,13 @@ impl AgentClient {
     /// The open connection's sender, or a new connection's.
     async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, AgentError> {
         let mut conn = self.conn.lock().await;
-        if let Some(sender) = conn.as_mut() {
-            if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Ok(sender.clone());
+        if let Some(link) = conn.as_mut() {
+            if !link.sender.is_closed() && link.sender.ready().await.is_ok() {
+                return Ok(link.sender.clone());
             }
         }
         *conn = None;
-        let sender = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+        let link = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(AgentError::ConnectTimeout {
@@ -273,13 +315,14 @@ impl AgentClient {
                 })
             }
         };
-        *conn = Some(sender.clone());
+        let sender = link.sender.clone();
+        *conn = Some(link);
         Ok(sender)
     }
 
     /// TCP, TLS (verifying the agent), then the HTTP/2 handshake; the connection
     /// is driven by a task that ends when it closes.
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, AgentError> {
+    async fn connect(&self) -> Result<Link, AgentError> {
         let connect_err = |source| AgentError::Connect {
             addr: self.addr.clone(),
             source,
@@ -308,6 +351,12 @@ impl AgentClient {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(connect_err)?;
+        let chain: AgentChain = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -326,7 +375,7 @@ impl AgentClient {
             }
         });
         tracing::debug!(agent = %self.addr, "connected to the agent");
-        Ok(sender)
+        Ok(Link { sender, chain })
     }
 }
 

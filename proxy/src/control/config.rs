@@ -34,8 +34,10 @@ pub struct ControlConfig {
     pub agent_addr: String,
     /// The SPIFFE id the agent's certificate must carry.
     pub agent_identity: SpiffeId,
-    /// The roots that verify the agent, PEM.
+    /// The roots that verify the agent and mesh peers at start, PEM.
     pub trust_anchors_pem: String,
+    /// Where they came from, followed while the proxy runs (`None`: read once).
+    pub trust_anchors_path: Option<PathBuf>,
     /// Re-read before every request: projected tokens rotate.
     pub token_file: PathBuf,
     /// This workload's identity.
@@ -158,12 +160,11 @@ impl ControlFlags {
                 what: "give the PEM file of the mesh's root certificate(s) that verify the agent",
             })?;
         let trust_anchors_pem = read("--trust-anchors", anchors_path)?;
-        pillion_identity::tls::agent_client_config(&trust_anchors_pem, &agent_identity).map_err(
-            |e| ControlConfigError::TrustAnchors {
+        pillion_identity::TrustBundle::parse(&trust_anchors_pem, td, std::time::SystemTime::now())
+            .map_err(|e| ControlConfigError::TrustAnchors {
                 path: anchors_path.clone(),
                 reason: e.to_string(),
-            },
-        )?;
+            })?;
         let token_file = self.token_file.clone().ok_or(ControlConfigError::Missing {
             flag: "--token-file",
             what: "give the file holding the workload's token (a projected ServiceAccount token in Kubernetes)",
@@ -174,6 +175,7 @@ impl ControlFlags {
             agent_addr: agent_addr.clone(),
             agent_identity,
             trust_anchors_pem,
+            trust_anchors_path: Some(anchors_path.clone()),
             token_file,
             workload,
             pod_name: self.pod_name.clone(),

@@ -1,6 +1,9 @@
 //! Metrics of the proxy's link to the agent: its certificate's expiry, renewals,
 //! and whether the view stream is up.
 
+use std::time::UNIX_EPOCH;
+
+use pillion_identity::{BundleSource, CertStore};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -11,6 +14,15 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabels {
     /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Labels of `pillion_identity_trust_bundle_updates_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BundleLabels {
+    /// `file` or `agent`.
+    pub source: &'static str,
+    /// `installed`, `unchanged`, `held_agent`, `held_own_leaf` or `refused`.
     pub result: &'static str,
 }
 
@@ -25,6 +37,12 @@ pub struct ControlMetrics {
     pub renewals_error: Counter,
     /// 1 while the view stream from the agent is open, else 0.
     pub agent_connected: Gauge,
+    /// Trust bundles offered, by source and what became of them.
+    bundle_updates: Family<BundleLabels, Counter>,
+    /// Roots in the installed trust bundle.
+    bundle_roots: Gauge,
+    /// Unix time at which the installed bundle's first root expires (0: none yet).
+    bundle_expiry: Gauge,
 }
 
 impl ControlMetrics {
@@ -60,7 +78,47 @@ impl ControlMetrics {
             "1 while the proxy's view stream from the agent is open, else 0",
             m.agent_connected.clone(),
         );
+        registry.register(
+            "pillion_identity_trust_bundle_updates",
+            "Trust bundles offered to the proxy, by source (file, agent) and result",
+            m.bundle_updates.clone(),
+        );
+        registry.register(
+            "pillion_identity_trust_bundle_roots",
+            "Roots in the proxy's installed trust bundle",
+            m.bundle_roots.clone(),
+        );
+        registry.register(
+            "pillion_identity_trust_bundle_expiry_timestamp_seconds",
+            "When the first root of the installed trust bundle expires, in Unix seconds",
+            m.bundle_expiry.clone(),
+        );
         m
+    }
+
+    /// Counts one offered bundle and refreshes the gauges from what `store` holds.
+    pub(crate) fn bundle_offered(
+        &self,
+        source: BundleSource,
+        result: &'static str,
+        store: &CertStore,
+    ) {
+        self.bundle_updates
+            .get_or_create(&BundleLabels {
+                source: source.as_str(),
+                result,
+            })
+            .inc();
+        if let Some(bundle) = store.trust_bundle() {
+            self.bundle_roots
+                .set(i64::try_from(bundle.len()).unwrap_or(i64::MAX));
+            let unix = bundle
+                .earliest_expiry()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.bundle_expiry
+                .set(i64::try_from(unix).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -75,12 +133,31 @@ mod tests {
         m.cert_expiry.set(1_700_000_000);
         m.renewals_ok.inc();
         m.agent_connected.set(1);
+        let ca = pillion_identity::Ca::generate("cluster.local").unwrap();
+        let id = pillion_identity::SpiffeId::new("cluster.local", "ns", "sa").unwrap();
+        let store = CertStore::new(id);
+        m.bundle_offered(BundleSource::File, "refused", &store);
+        store.set_trust_bundle(&ca.trust_bundle_pem()).unwrap();
+        m.bundle_offered(BundleSource::Agent, "installed", &store);
+        let expiry = store
+            .trust_bundle()
+            .unwrap()
+            .earliest_expiry()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let expiry_line =
+            format!("pillion_identity_trust_bundle_expiry_timestamp_seconds {expiry}");
         let text = crate::telemetry::metrics::encode(&registry).unwrap();
         for line in [
             "pillion_identity_cert_expiry_timestamp_seconds 1700000000",
             "pillion_identity_renewals_total{result=\"ok\"} 1",
             "pillion_identity_renewals_total{result=\"error\"} 0",
             "pillion_agent_connected 1",
+            "pillion_identity_trust_bundle_updates_total{source=\"file\",result=\"refused\"} 1",
+            "pillion_identity_trust_bundle_updates_total{source=\"agent\",result=\"installed\"} 1",
+            "pillion_identity_trust_bundle_roots 1",
+            &expiry_line,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -3,6 +3,7 @@
 //! background tasks; the data path only reads what they install, so it keeps
 //! working on the cached certificate and view while the agent is away.
 
+pub(crate) mod anchors;
 pub(crate) mod certificates;
 pub(crate) mod client;
 pub(crate) mod config;
@@ -13,8 +14,9 @@ pub(crate) mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pillion_identity::{CertStore, TlsError};
+use pillion_identity::{BundleSource, CertStore, TlsError};
 use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -22,11 +24,12 @@ use crate::admin::readiness::Readiness;
 use crate::app::proxy::Mesh;
 use crate::state::Views;
 use crate::transport::tls::MeshTls;
+use anchors::AnchorsFile;
 use certificates::Renewer;
 use metrics::ControlMetrics;
 use watch::Watcher;
 
-pub use client::{AgentClient, AgentError};
+pub use client::{AgentClient, AgentError, ClientError};
 pub use config::ControlConfig;
 
 /// Readiness condition met once the proxy holds a certificate.
@@ -54,18 +57,32 @@ impl ControlPlane {
         config: &ControlConfig,
         registry: &mut Registry,
         readiness: &Readiness,
-    ) -> Result<ControlPlane, TlsError> {
-        let client = Arc::new(AgentClient::new(config)?);
+    ) -> Result<ControlPlane, ClientError> {
         let store = Arc::new(CertStore::new(config.workload.clone()));
-        let views = Views::new();
         let metrics = ControlMetrics::register(registry);
+        let offered = store.offer_trust_bundle(&config.trust_anchors_pem, BundleSource::File, None);
+        let result = offered.as_ref().map_or("refused", |o| o.as_str());
+        metrics.bundle_offered(BundleSource::File, result, &store);
+        offered?;
+        let client = Arc::new(AgentClient::following(config, Arc::clone(&store))?);
+        let views = Views::new();
         let shutdown = CancellationToken::new();
+        let renew_now = Arc::new(Notify::new());
         let renewer = Renewer {
             client: Arc::clone(&client),
             store: Arc::clone(&store),
             metrics: metrics.clone(),
             ready: readiness.condition(READY_CERTIFICATE),
+            renew_now: Arc::clone(&renew_now),
         };
+        let anchors = config.trust_anchors_path.clone().map(|path| AnchorsFile {
+            path,
+            store: Arc::clone(&store),
+            client: Arc::clone(&client),
+            metrics: metrics.clone(),
+            renew_now,
+            last: config.trust_anchors_pem.clone(),
+        });
         let watcher = Watcher {
             client,
             views: views.clone(),
@@ -76,10 +93,13 @@ impl ControlPlane {
         tracing::info!(agent = %config.agent_addr, agent_identity = %config.agent_identity,
             identity = %config.workload, pod = config.pod_name.as_deref().unwrap_or(""),
             "control plane starting");
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(renewer.run(shutdown.clone())),
             tokio::spawn(watcher.run(shutdown.clone())),
         ];
+        if let Some(anchors) = anchors {
+            tasks.push(tokio::spawn(anchors.run(shutdown.clone())));
+        }
         Ok(ControlPlane {
             store,
             views,
@@ -112,7 +132,7 @@ impl ControlPlane {
         &self.metrics
     }
 
-    /// Stops both loops and waits (briefly) for them.
+    /// Stops its loops and waits (briefly) for them.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         let tasks = std::mem::take(&mut self.tasks);

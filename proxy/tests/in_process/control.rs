@@ -27,6 +27,7 @@ use pillion_proxy::Readiness;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 const TD: &str = "cluster.local";
 
@@ -57,11 +58,17 @@ struct AgentState {
 struct TestAgent {
     addr: SocketAddr,
     state: Arc<AgentState>,
+    /// Ends the listener and every connection: the agent process going away.
+    gone: CancellationToken,
 }
 
 impl TestAgent {
     async fn start(lifetime: Duration) -> TestAgent {
-        let ca = Ca::generate(TD).unwrap();
+        TestAgent::start_with(Ca::generate(TD).unwrap(), lifetime, "127.0.0.1:0").await
+    }
+
+    /// An agent signing with `ca`, listening on `bind`.
+    async fn start_with(ca: Ca, lifetime: Duration, bind: &str) -> TestAgent {
         let (issued, key) = ca.issue(&agent_id(), Duration::from_secs(3600)).unwrap();
         let tls = pillion_identity::tls::agent_server_config(&issued.chain_pem, &key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -79,14 +86,17 @@ impl TestAgent {
             tokens_seen: Mutex::new(Vec::new()),
             watcher: Mutex::new(None),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let s = Arc::clone(&state);
+        let gone = CancellationToken::new();
+        let stop = gone.clone();
         tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
+            while let Some(Ok((tcp, _))) = stop.run_until_cancelled(listener.accept()).await {
                 let acceptor = acceptor.clone();
                 let s = Arc::clone(&s);
-                tokio::spawn(async move {
+                let stop = stop.clone();
+                tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
@@ -97,10 +107,19 @@ impl TestAgent {
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
-                });
+                }));
             }
         });
-        TestAgent { addr, state }
+        TestAgent { addr, state, gone }
+    }
+
+    /// Stops this agent and starts another on the same address, signing with `ca`:
+    /// an agent restarted with a new root.
+    async fn restart_with(self, ca: Ca) -> TestAgent {
+        self.gone.cancel();
+        self.state.watcher.lock().unwrap().take();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        TestAgent::start_with(ca, self.state.lifetime, &self.addr.to_string()).await
     }
 
     fn anchors(&self) -> String {
@@ -220,6 +239,7 @@ fn config(agent: &TestAgent, token: &Path) -> ControlConfig {
         agent_addr: agent.addr.to_string(),
         agent_identity: agent_id(),
         trust_anchors_pem: agent.anchors(),
+        trust_anchors_path: None,
         token_file: token.to_path_buf(),
         workload: id("client"),
         pod_name: Some("client-0".into()),
@@ -408,5 +428,110 @@ async fn an_unknown_token_is_an_error_not_a_crash() {
     .await;
     assert!(!plane.store().has_leaf());
     assert!(!readiness.is_ready());
+    plane.stop().await;
+}
+
+/// Writes `text` to `path` the way a config map update lands: whole, by rename.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The control plane following an anchors file at `anchors`.
+fn start_plane_following(agent: &TestAgent, token: &Path, anchors: &Path) -> ControlPlane {
+    let config = ControlConfig {
+        trust_anchors_path: Some(anchors.to_path_buf()),
+        trust_anchors_pem: std::fs::read_to_string(anchors).unwrap(),
+        ..config(agent, token)
+    };
+    ControlPlane::start(&config, &mut Registry::default(), &Readiness::new()).unwrap()
+}
+
+async fn connected_with_a_leaf(agent: &TestAgent, plane: &ControlPlane) {
+    eventually("the certificate", Duration::from_secs(10), || {
+        plane.store().has_leaf()
+    })
+    .await;
+    eventually("the watch", Duration::from_secs(10), || {
+        agent.state.watcher.lock().unwrap().is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_new_root_in_the_anchors_file_reaches_a_running_proxy() {
+    let (r1, r2) = (Ca::generate(TD).unwrap(), Ca::generate(TD).unwrap());
+    let r2_pem = r2.trust_bundle_pem();
+    let agent = TestAgent::start_with(r1, Duration::from_secs(3600), "127.0.0.1:0").await;
+    let token = token_file("client-token-1");
+    let anchors = token.with_file_name("ca.pem");
+    replace_file(&anchors, &agent.anchors());
+    let plane = start_plane_following(&agent, &token, &anchors);
+    connected_with_a_leaf(&agent, &plane).await;
+    let first = plane.store().current_serial();
+
+    // The agent comes back with a new root (its CA was in an emptyDir): the proxy
+    // cannot trust it, and keeps its leaf.
+    let r1_pem = agent.anchors();
+    let agent = agent.restart_with(r2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(agent.state.certificate_requests.load(Ordering::SeqCst), 0);
+    assert_eq!(plane.metrics().agent_connected.get(), 0);
+    assert_eq!(plane.store().current_serial(), first);
+
+    // The operator adds the new root to the anchors: no restart, the proxy trusts
+    // the new agent, renews under it at once and follows its views.
+    replace_file(&anchors, &format!("{r1_pem}{r2_pem}"));
+    eventually("a leaf from the new agent", Duration::from_secs(10), || {
+        agent.state.certificate_requests.load(Ordering::SeqCst) > 0
+            && plane.store().current_serial() != first
+    })
+    .await;
+    eventually("the new agent's watch", Duration::from_secs(10), || {
+        agent.state.watcher.lock().unwrap().is_some()
+    })
+    .await;
+    assert!(agent.send_view(1).await);
+    eventually("its view", Duration::from_secs(5), || {
+        plane.views().latest().map(|v| v.version) == Some(1)
+    })
+    .await;
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn anchors_that_untrust_the_connected_agent_wait_until_it_is_gone() {
+    let (r1, r2) = (Ca::generate(TD).unwrap(), Ca::generate(TD).unwrap());
+    let r2_pem = r2.trust_bundle_pem();
+    let agent = TestAgent::start_with(r1, Duration::from_secs(3600), "127.0.0.1:0").await;
+    let token = token_file("client-token-1");
+    let anchors = token.with_file_name("ca.pem");
+    replace_file(&anchors, &agent.anchors());
+    let plane = start_plane_following(&agent, &token, &anchors);
+    connected_with_a_leaf(&agent, &plane).await;
+    let first = plane.store().current_serial();
+    let r1_bundle = plane.store().trust_bundle().unwrap();
+
+    // Garbage, and a file of only the new root while the old agent is connected:
+    // neither is installed, and the link stays up.
+    replace_file(&anchors, "not a bundle");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    replace_file(&anchors, &r2_pem);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(plane.store().trust_bundle().unwrap().same_roots(&r1_bundle));
+    assert_eq!(plane.metrics().agent_connected.get(), 1);
+
+    // The hard cut completes: the old agent goes, the new one is under r2 only.
+    // The waiting file is installed, the proxy renews under r2.
+    let agent = agent.restart_with(r2).await;
+    eventually("a leaf under the new root", Duration::from_secs(10), || {
+        agent.state.certificate_requests.load(Ordering::SeqCst) > 0
+            && plane.store().current_serial() != first
+    })
+    .await;
+    let bundle = plane.store().trust_bundle().unwrap();
+    assert_eq!(bundle.len(), 1);
+    assert!(!bundle.same_roots(&r1_bundle));
     plane.stop().await;
 }
