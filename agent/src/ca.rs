@@ -21,6 +21,9 @@ pub enum CaSpec {
     InMemory,
     /// `ca.pem` and `ca-key.pem` in this directory, generated (key 0600) if absent.
     Dir(PathBuf),
+    /// An issuer under a separate root: `tls.crt`, `tls.key` and `ca.crt` in this
+    /// directory (a mounted Secret); never generated.
+    IssuerDir(PathBuf),
 }
 
 /// Why the CA could not be set up, naming where it was looked for (the message
@@ -34,6 +37,14 @@ pub enum CaSetupError {
     #[error("cannot load or create the CA in {}: {error}", dir.display())]
     Dir {
         /// The `--ca-dir` given.
+        dir: PathBuf,
+        /// What went wrong.
+        error: CaError,
+    },
+    /// Loading the issuer failed.
+    #[error("cannot load the issuer from --issuer-dir {}: {error}", dir.display())]
+    Issuer {
+        /// The `--issuer-dir` given.
         dir: PathBuf,
         /// What went wrong.
         error: CaError,
@@ -62,6 +73,12 @@ impl AgentCa {
             CaSpec::InMemory => Ca::generate(trust_domain).map_err(CaSetupError::Generate)?,
             CaSpec::Dir(dir) => {
                 Ca::load_or_generate(dir, trust_domain).map_err(|error| CaSetupError::Dir {
+                    dir: dir.clone(),
+                    error,
+                })?
+            }
+            CaSpec::IssuerDir(dir) => {
+                Ca::load_issuer_dir(dir, trust_domain).map_err(|error| CaSetupError::Issuer {
                     dir: dir.clone(),
                     error,
                 })?

@@ -74,8 +74,20 @@ pub struct AgentArgs {
 
     /// Directory holding the CA (`ca.pem`, `ca-key.pem`); generated there if absent.
     /// Without it the CA lives in memory and changes at every start.
-    #[arg(long, env = "PILLION_CA_DIR", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "PILLION_CA_DIR",
+        value_name = "PATH",
+        conflicts_with = "issuer_dir"
+    )]
     pub ca_dir: Option<PathBuf>,
+
+    /// Directory holding the issuer the agent signs with, in the files of a
+    /// `kubernetes.io/tls` Secret: `tls.crt`, `tls.key` and the trust bundle
+    /// `ca.crt` (made by `pillion ca init` or cert-manager). Never generated: the
+    /// CA outlives the agent, and every replica signs under the same roots.
+    #[arg(long, env = "PILLION_ISSUER_DIR", value_name = "PATH")]
+    pub issuer_dir: Option<PathBuf>,
 
     /// Trust domain of every identity the agent issues.
     #[arg(id = "agent_trust_domain", long = "trust-domain", env = "PILLION_TRUST_DOMAIN", value_name = "DOMAIN",
@@ -220,6 +232,18 @@ impl AgentConfig {
                 });
             }
         }
+        if let CaSpec::IssuerDir(dir) = &self.ca {
+            if !dir.is_dir() {
+                return Err(ConfigError {
+                    flag: "--issuer-dir",
+                    reason: format!(
+                        "{} is not a directory; give the directory of tls.crt, tls.key and \
+                         ca.crt (the mounted issuer Secret, or `pillion ca init --out DIR`)",
+                        dir.display()
+                    ),
+                });
+            }
+        }
         if let Some(out) = &self.trust_anchor_out {
             let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
             if parent.is_some_and(|p| !p.is_dir()) || out.is_dir() {
@@ -245,9 +269,10 @@ impl AgentArgs {
                 None => SourceSpec::Embedded,
             },
             listen: self.listen,
-            ca: match &self.ca_dir {
-                Some(dir) => CaSpec::Dir(dir.clone()),
-                None => CaSpec::InMemory,
+            ca: match (&self.issuer_dir, &self.ca_dir) {
+                (Some(dir), _) => CaSpec::IssuerDir(dir.clone()),
+                (None, Some(dir)) => CaSpec::Dir(dir.clone()),
+                (None, None) => CaSpec::InMemory,
             },
             trust_domain: self.trust_domain.clone(),
             leaf_lifetime: self.leaf_lifetime.into(),
@@ -305,6 +330,21 @@ mod tests {
         assert_eq!(config.leaf_lifetime, defaults::LEAF_LIFETIME);
         assert_eq!(config.reload_interval, Duration::from_millis(500));
         assert_eq!(config.ca, CaSpec::InMemory);
+    }
+
+    #[test]
+    fn an_issuer_dir_is_an_existing_directory_and_excludes_ca_dir() {
+        assert!(parse(&["--issuer-dir", "/a", "--ca-dir", "/b"]).is_err());
+        let dir = std::env::temp_dir();
+        let dir = dir.to_str().unwrap();
+        let config = parse(&["--issuer-dir", dir]).unwrap().to_config().unwrap();
+        assert_eq!(config.ca, CaSpec::IssuerDir(dir.into()));
+        let missing = parse(&["--issuer-dir", "/nonexistent/pillion-issuer"])
+            .unwrap()
+            .to_config()
+            .unwrap_err();
+        assert_eq!(missing.flag, "--issuer-dir");
+        assert!(missing.reason.contains("tls.crt"), "{}", missing.reason);
     }
 
     #[test]

@@ -160,6 +160,11 @@ impl TrustBundle {
         })
     }
 
+    /// The roots' DER, in the bundle's canonical order.
+    pub(crate) fn ders(&self) -> &[CertificateDer<'static>] {
+        &self.ders
+    }
+
     /// The roots as webpki anchors, for verifiers.
     pub fn roots(&self) -> &Arc<RootCertStore> {
         &self.roots

@@ -58,3 +58,42 @@ async fn a_ca_of_another_trust_domain_is_refused() {
     let err = Agent::start(config).await.unwrap_err();
     assert!(err.to_string().contains("trust domain"), "{err}");
 }
+
+#[tokio::test]
+async fn two_agents_on_one_issuer_dir_sign_under_the_same_roots() {
+    let dir = TempDir::new("issuer");
+    let issuer_dir = dir.join("identity");
+    pillion_identity::ca::init_issuer_dir(
+        &issuer_dir,
+        "cluster.local",
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let bundle = std::fs::read_to_string(issuer_dir.join("ca.crt")).unwrap();
+    let mut config = loopback_config(SourceSpec::Embedded);
+    config.ca = CaSpec::IssuerDir(issuer_dir.clone());
+    let a = Agent::start(config.clone()).await.unwrap();
+    let b = Agent::start(config.clone()).await.unwrap();
+    // Both hand out the Secret's bundle, and a client holding only it trusts
+    // either (their serving chains run through the issuer to the root).
+    for agent in [&a, &b] {
+        assert_eq!(agent.trust_anchor_pem(), bundle);
+        let mut client =
+            connect_to(agent.local_addr(), &bundle, agent.agent_identity(), false).await;
+        assert_eq!(client.get_status("/healthz").await, 200);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // Nothing is generated: a directory without the issuer stops the start with
+    // what is missing.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    config.ca = CaSpec::IssuerDir(empty);
+    let err = Agent::start(config).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("--issuer-dir") && text.contains("ca.crt"),
+        "{text}"
+    );
+}

@@ -30,16 +30,16 @@ pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// `Debug` never prints it.
 pub struct Ca {
     trust_domain: Option<String>,
-    key: KeyPair,
+    pub(super) key: KeyPair,
     /// The CA certificate re-built by rcgen, used only as the issuer of leaves.
-    signer: rcgen::Certificate,
+    pub(super) signer: rcgen::Certificate,
     /// The CA certificate exactly as loaded or generated.
     cert_der: CertificateDer<'static>,
     /// PEM appended to every leaf: the CA itself and intermediates, not the root.
-    chain_tail_pem: String,
+    pub(super) chain_tail_pem: String,
     /// The root(s) peers must trust.
-    roots_pem: String,
-    not_after: SystemTime,
+    pub(super) roots_pem: String,
+    pub(super) not_after: SystemTime,
 }
 
 impl Ca {
@@ -54,34 +54,12 @@ impl Ca {
             }
         })?;
         let validity = Validity::starting_now(ROOT_LIFETIME)?;
-        let serial = random_serial();
-        // A per-root suffix keeps two roots (say, old and new during a rotation)
-        // apart by name, so path building never confuses them.
-        let suffix: String = serial.to_bytes()[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, ORGANIZATION);
-        dn.push(DnType::CommonName, format!("Pillion root CA {suffix}"));
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let uri = format!("spiffe://{trust_domain}")
-            .try_into()
-            .map_err(|source| CaError::Generate {
-                what: "encoding the CA's URI SAN",
-                source,
-            })?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.serial_number = Some(serial);
-        params.not_before = to_offset(validity.not_before);
-        params.not_after = to_offset(validity.not_after);
+        let params = ca_params(
+            trust_domain,
+            "root",
+            BasicConstraints::Unconstrained,
+            validity,
+        )?;
         let cert = params
             .self_signed(&key)
             .map_err(|source| CaError::Generate {
@@ -119,7 +97,10 @@ impl Ca {
     }
 
     /// Checks the chain and the key, and prepares the signer.
-    fn assemble(certs: Vec<CertificateDer<'static>>, key: KeyPair) -> Result<Ca, CaError> {
+    pub(super) fn assemble(
+        certs: Vec<CertificateDer<'static>>,
+        key: KeyPair,
+    ) -> Result<Ca, CaError> {
         let checked = check_chain(&certs)?;
         let cert_der = certs[0].clone();
         let cert = cert_info::parse(&cert_der).map_err(|e| CaError::Certificate(e.to_string()))?;
@@ -356,6 +337,45 @@ pub(crate) fn ca_trust_domain(der: &CertificateDer<'_>) -> Option<String> {
         validate_trust_domain(td).ok()?;
         Some(td.to_string())
     })
+}
+
+/// The parameters of a CA certificate the mesh makes (a root, or an issuer under
+/// one): ECDSA P-256, keyCertSign + cRLSign, URI SAN `spiffe://<trust_domain>`, and a
+/// per-certificate suffix in its name, so two of them (old and new during a
+/// rotation) never share a subject and path building never confuses them.
+pub(crate) fn ca_params(
+    trust_domain: &str,
+    kind: &str,
+    constraints: BasicConstraints,
+    validity: Validity,
+) -> Result<CertificateParams, CaError> {
+    let serial = random_serial();
+    let suffix: String = serial.to_bytes()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ORGANIZATION);
+    dn.push(DnType::CommonName, format!("Pillion {kind} CA {suffix}"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(constraints);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let uri = format!("spiffe://{trust_domain}")
+        .try_into()
+        .map_err(|source| CaError::Generate {
+            what: "encoding the CA's URI SAN",
+            source,
+        })?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.serial_number = Some(serial);
+    params.not_before = to_offset(validity.not_before);
+    params.not_after = to_offset(validity.not_after);
+    Ok(params)
 }
 
 impl fmt::Debug for Ca {

@@ -53,6 +53,18 @@ pub enum CaError {
     /// The CA certificate is past its notAfter.
     #[error("the CA certificate expired")]
     Expired,
+    /// The trust bundle given with an issuer is refused.
+    #[error("the trust bundle (ca.crt) cannot be used: {0}")]
+    Bundle(#[from] crate::bundle::BundleError),
+    /// No root of the trust bundle signed the issuer.
+    #[error(
+        "the issuer (tls.crt) is signed by {issuer:?}, which is not a root in the trust \
+         bundle (ca.crt); put that root in ca.crt"
+    )]
+    IssuerNotInBundle {
+        /// The name of the missing signer.
+        issuer: String,
+    },
     /// The CA on disk belongs to another trust domain than the one asked for.
     #[error("the CA is for trust domain {ca:?}, but {requested:?} was asked for")]
     TrustDomainMismatch {

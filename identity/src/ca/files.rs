@@ -38,7 +38,7 @@ impl Ca {
     }
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CaError {
+pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CaError {
     let path = path.to_path_buf();
     move |source| CaError::Io { op, path, source }
 }
@@ -98,7 +98,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 /// Creates `path` with `mode` from the first byte on (never wider), writes and syncs.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
+pub(super) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

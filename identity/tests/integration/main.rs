@@ -3,4 +3,5 @@
 
 mod ca;
 mod common;
+mod issuer;
 mod store;
