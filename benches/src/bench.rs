@@ -43,6 +43,8 @@ pub struct Opts {
     pub flood: bool,
     /// Connections the flood opens per second (0: as fast as it can).
     pub flood_open_rate: u32,
+    /// `--flood-same-priority`: the flood client is not SCHED_IDLE.
+    pub flood_same_priority: bool,
     /// Extra environment of the Pillion row's proxies only.
     pub proxy_env: Vec<(String, String)>,
     /// Extra environment of the baseline row's proxies only.
@@ -70,7 +72,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
         plan.runs = runs.max(1);
     }
     if opts.flood {
-        plan = plan.with_flood(opts.flood_open_rate);
+        plan = plan.with_flood(opts.flood_open_rate, !opts.flood_same_priority);
     }
     let mut work = WorkDir::create()?;
     if opts.keep_workdir {
@@ -256,14 +258,19 @@ fn flood_notes(plan: &Plan) -> Vec<String> {
         format!(
             "flood: {} idle connections (nothing sent) and {} slow-header ones (`GET / \
              HTTP/1.1`, `Host`, then one byte of a header every {:?}) from a process of \
-             their own in the unmeshed client pod (pinned to the client pod's CPU), at the \
-             server pod's service port: each meets the server pod's inbound proxy \
+             their own in the unmeshed client pod (pinned to the client pod's CPU, {}), \
+             at the server pod's service port: each meets the server pod's inbound proxy \
              (iptables redirect) as a plaintext caller; at most 256 connects in flight, 5 s \
              each, {}. Only the server-side proxy's memory and descriptors are read; the \
              direct row floods the server itself (no proxy: the floor).",
             f.idle,
             f.slow,
             f.drip,
+            if f.idle_priority {
+                "at SCHED_IDLE priority: it takes only CPU the load generator leaves"
+            } else {
+                "at the load generator's priority (--flood-same-priority)"
+            },
             match f.open_rate {
                 0 => "opened as fast as the client can".to_string(),
                 rate => format!("{rate} opened per second"),

@@ -60,6 +60,12 @@ pub struct Args {
     /// of a stall from the flood client's own, which shares the client pod's CPU.
     #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
     pub flood_open_rate: u32,
+    /// Run the flood client at the load generator's priority. By default it runs
+    /// SCHED_IDLE: an attacker's CPU is not the victim's, and on a small machine the
+    /// flood client shares a CPU with the load generator, whose delays would
+    /// otherwise be counted as the proxy's (the direct row shows that floor).
+    #[arg(long)]
+    pub flood_same_priority: bool,
     /// KEY=VALUE in the Pillion row's proxies' environment only (repeatable), e.g.
     /// GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072; the benchmark itself does not
     /// run with it.
@@ -158,6 +164,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         binary,
         flood: parsed.flood,
         flood_open_rate: parsed.flood_open_rate,
+        flood_same_priority: parsed.flood_same_priority,
         proxy_env: parsed.proxy_env,
         baseline_proxy_env: parsed.baseline_proxy_env,
     };

@@ -327,9 +327,14 @@ fn start_client(
     plan: &FloodPlan,
 ) -> Result<Process> {
     crate::topology::check_target(target)?;
-    from.spawn(
+    // chrt execs the client in place, so the PID pinned and signalled is the client's.
+    let cmd = if plan.idle_priority {
+        Cmd::new("chrt").arg("--idle").arg("0").arg(binary)
+    } else {
         Cmd::new(binary)
-            .arg(client::PROGRAM)
+    };
+    from.spawn(
+        cmd.arg(client::PROGRAM)
             .arg("--target")
             .arg(target.to_string())
             .arg("--idle")

@@ -59,6 +59,8 @@ pub struct FloodPlan {
     pub drip: Duration,
     /// Connections opened per second (0: as fast as the flood client can).
     pub open_rate: u32,
+    /// The flood client runs SCHED_IDLE, so it takes no CPU the traffic wants.
+    pub idle_priority: bool,
     /// Rate of the steady traffic through the pair, requests per second (open loop).
     pub rate: u32,
     /// How long the steady traffic runs alone (its p99 is the steady figure).
@@ -80,6 +82,7 @@ impl FloodPlan {
             slow: 1_000,
             drip: Duration::from_secs(2),
             open_rate: 0,
+            idle_priority: true,
             rate: 1_000,
             steady: Duration::from_secs(5),
             during: Duration::from_secs(20),
@@ -153,7 +156,7 @@ impl Plan {
     }
 
     /// This plan measuring the flood figure only (`--flood`), at full size or tiny.
-    pub fn with_flood(mut self, open_rate: u32) -> Plan {
+    pub fn with_flood(mut self, open_rate: u32, idle_priority: bool) -> Plan {
         let smoke = self.mode == "smoke";
         self.mode = if smoke { "flood smoke" } else { "flood" };
         let flood = if smoke {
@@ -161,7 +164,11 @@ impl Plan {
         } else {
             FloodPlan::full()
         };
-        self.flood = Some(FloodPlan { open_rate, ..flood });
+        self.flood = Some(FloodPlan {
+            open_rate,
+            idle_priority,
+            ..flood
+        });
         self
     }
 
@@ -194,15 +201,19 @@ mod tests {
         assert!(smoke.estimate_per_row() < Duration::from_secs(10));
         assert!(full.runs >= 3);
         assert!(full.flood.is_none() && smoke.flood.is_none());
-        let flood = Plan::full().with_flood(0);
+        let flood = Plan::full().with_flood(0, true);
         assert_eq!(flood.mode, "flood");
         assert_eq!(
-            Plan::full().with_flood(500).flood.map(|f| f.open_rate),
-            Some(500)
+            Plan::full()
+                .with_flood(500, false)
+                .flood
+                .map(|f| (f.open_rate, f.idle_priority)),
+            Some((500, false))
         );
+        assert!(flood.flood.is_some_and(|f| f.idle_priority));
         // Bounded: under two minutes a run.
         assert!(flood.estimate_per_row() / flood.runs as u32 <= Duration::from_secs(120));
-        let tiny = Plan::smoke().with_flood(0);
+        let tiny = Plan::smoke().with_flood(0, true);
         assert!(tiny.estimate_per_row() < Duration::from_secs(20));
         assert!(tiny.flood.map_or(0, |f| f.idle + f.slow) <= 500);
     }
