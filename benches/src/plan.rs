@@ -210,7 +210,7 @@ mod tests {
                 .map(|f| (f.open_rate, f.idle_priority)),
             Some((500, false))
         );
-        assert!(flood.flood.is_some_and(|f| f.idle_priority));
+        assert!(flood.flood.as_ref().is_some_and(|f| f.idle_priority));
         // Bounded: under two minutes a run.
         assert!(flood.estimate_per_row() / flood.runs as u32 <= Duration::from_secs(120));
         let tiny = Plan::smoke().with_flood(0, true);

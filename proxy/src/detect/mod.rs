@@ -27,6 +27,7 @@ use pillion_api::view::Protocol as PortProtocol;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
+use crate::transport::budget::Silence;
 pub(crate) use http::{Protocol, Strict};
 use rewind::Rewind;
 
@@ -83,21 +84,32 @@ impl<IO: AsyncRead + Unpin> Peek<IO> {
             return Read::Full;
         }
         self.buf.reserve(room.min(4096));
+        let first = self.buf.is_empty();
+        if first {
+            Silence::waiting();
+        }
         let mut limited = (&mut self.io).take(room as u64);
         match tokio::time::timeout_at(self.deadline, limited.read_buf(&mut self.buf)).await {
             Err(_) => Read::Timeout,
             Ok(Ok(0)) | Ok(Err(_)) => Read::Eof,
-            Ok(Ok(_)) => Read::More,
+            Ok(Ok(_)) => {
+                if first {
+                    Silence::spoke();
+                }
+                Read::More
+            }
         }
     }
 
     /// Ends detection: a stream that yields every byte read so far, then the rest.
     pub(crate) fn into_rewind(self) -> Rewind<IO> {
+        Silence::settled();
         Rewind::new(self.buf.freeze(), self.io)
     }
 
     /// The connection itself, for a TLS handshake that took the buffered bytes.
     fn into_io(self) -> IO {
+        Silence::settled();
         self.io
     }
 }

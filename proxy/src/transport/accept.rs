@@ -155,17 +155,28 @@ impl<S: Stack> AcceptLoop<S> {
     /// Reads the connection's addresses and spawns its stack as a tracked task.
     fn dispatch(&self, stream: TcpStream, client: SocketAddr) {
         let direction = self.stack.direction();
-        let Some(permit) = self.budget.try_acquire() else {
-            // Closed at once: refusing new work keeps the open connections' descriptors.
-            self.metrics.over_budget.inc();
-            if self.budget.should_warn() {
-                tracing::warn!(%direction, limit = self.budget.limit(),
-                    "connection budget spent; refusing new connections until some close");
-            }
-            return;
+        let permit = match self.budget.try_acquire() {
+            Some(permit) => permit,
+            None => match self.budget.take_from_silent() {
+                Some(permit) => {
+                    self.metrics.evicted.inc();
+                    permit
+                }
+                None => {
+                    // Closed at once: refusing new work keeps the open connections'
+                    // descriptors.
+                    self.metrics.over_budget.inc();
+                    if self.budget.should_warn() {
+                        tracing::warn!(%direction, limit = self.budget.limit(),
+                            "connection budget spent; refusing new connections until some close");
+                    }
+                    return;
+                }
+            },
         };
         // Counted with this connection's own permit.
         let crowded = self.budget.crowded();
+        let silence = crowded.then(|| self.budget.silence());
         let guard = self.metrics.open_connection();
         let local = match stream.local_addr() {
             Ok(local) => local,
@@ -204,7 +215,10 @@ impl<S: Stack> AcceptLoop<S> {
         self.drain.spawn_connection(
             async move {
                 let _permit = permit;
-                stack.serve(conn).await
+                match silence {
+                    Some(silence) => silence.guard(stack.serve(conn)).await,
+                    None => stack.serve(conn).await,
+                }
             }
             .instrument(span),
         );
@@ -325,6 +339,60 @@ mod tests {
         use tokio::io::AsyncReadExt;
         assert_eq!(third.read(&mut buf).await.unwrap_or(0), 0);
         assert_eq!(stack.0.lock().unwrap().len(), 2);
+        drain.trigger();
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_admits_a_speaker_by_closing_the_oldest_silent_newcomer() {
+        use crate::detect::{Peek, Read};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        /// Detects like the stacks do, records what each connection said, holds it.
+        struct Detecting(Mutex<Vec<Vec<u8>>>);
+        impl Stack for Detecting {
+            fn direction(&self) -> Direction {
+                Direction::Inbound
+            }
+            async fn serve(&self, conn: Accepted) {
+                let (stream, _info, _guard) = conn.split();
+                let mut peek = Peek::new(stream, Duration::from_secs(30));
+                if peek.read_more().await == Read::More {
+                    self.0.lock().unwrap().push(peek.buffered().to_vec());
+                }
+                std::future::pending::<()>().await;
+            }
+        }
+        let stack = Arc::new(Detecting(Mutex::new(Vec::new())));
+        let (addr, metrics, drain, _task) = spawn_loop(&stack, None, 4).await;
+        // Four silent connections spend the budget; the last two came crowded.
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        while metrics.opened.get() < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut speaker = TcpStream::connect(addr).await.unwrap();
+        speaker.write_all(b"hello").await.unwrap();
+        for _ in 0..200 {
+            if !stack.0.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stack.0.lock().unwrap().as_slice(), [b"hello".to_vec()]);
+        assert_eq!((metrics.evicted.get(), metrics.over_budget.get()), (1, 0));
+        // The oldest crowded one made room; the two from before the crowd stay.
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent[2].read(&mut buf));
+        assert_eq!(read.await.unwrap().unwrap_or(0), 0);
+        for early in &mut silent[..2] {
+            let read = tokio::time::timeout(Duration::from_millis(200), early.read(&mut buf));
+            assert!(
+                read.await.is_err(),
+                "a connection from before the crowd was closed"
+            );
+        }
         drain.trigger();
     }
 

@@ -4,10 +4,18 @@
 //! `pillion_tcp_over_budget_total` and logged at most once a second) instead of
 //! descriptor exhaustion, which would fail connections that are already open: their
 //! upstream connects, pooled connections, the agent's stream and the admin port.
+//!
+//! Before it refuses anyone, a spent budget takes back the permit of the oldest
+//! connection that came while it was crowded and has not said a word yet
+//! ([`Silence`]): a flood of silent connections then cannot lock out a peer proxy
+//! or a client that speaks at once; it only pushes out its own oldest.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// Descriptors kept out of the budget: listeners, the agent's stream, the admin
 /// server and its callers, pooled connections, the runtime's own.
@@ -32,6 +40,94 @@ pub(crate) struct Budget {
     /// Milliseconds from `started` when the last refusal was logged (0: never).
     warned_at: AtomicU64,
     started: Instant,
+    /// Connections accepted while crowded, oldest first: the ones a spent budget
+    /// may push out, once they wait silent for their first bytes.
+    silent: Mutex<VecDeque<Weak<Silence>>>,
+}
+
+/// Not yet waiting for its first bytes (or never will: no detection on its port).
+const SETTLING: u8 = 0;
+/// Waiting for its first bytes, none read yet: may be pushed out.
+const SILENT: u8 = 1;
+/// It spoke, or detection is over: never pushed out.
+const SPOKE: u8 = 2;
+/// Pushed out to admit a newcomer.
+const EVICTED: u8 = 3;
+
+/// A crowded newcomer's standing: whether it has spoken, and the signal that
+/// closes it when the budget needs its permit.
+#[derive(Debug, Default)]
+pub(crate) struct Silence {
+    state: AtomicU8,
+    evict: Notify,
+}
+
+tokio::task_local! {
+    /// The [`Silence`] of the connection the current task serves, if it came while
+    /// the budget was crowded; detection reports the first bytes to it.
+    static SILENCE: Arc<Silence>;
+}
+
+impl Silence {
+    /// Runs `serve` as this connection's task: it ends early, closing the
+    /// connection, if the budget pushes the connection out while it is silent.
+    pub(crate) async fn guard<F: std::future::Future<Output = ()>>(self: Arc<Self>, serve: F) {
+        let this = Arc::clone(&self);
+        SILENCE
+            .scope(self, async move {
+                tokio::select! {
+                    biased;
+                    () = this.evict.notified() => {
+                        tracing::debug!("silent while the budget was spent; closed for a newcomer");
+                    }
+                    () = serve => {}
+                }
+            })
+            .await;
+    }
+
+    /// The current task's connection waits for its first bytes: it may be pushed out
+    /// until [`Silence::spoke`]. A no-op outside a crowded connection's task.
+    pub(crate) fn waiting() {
+        let _ = SILENCE.try_with(|s| {
+            let _ = s
+                .state
+                .compare_exchange(SETTLING, SILENT, Ordering::AcqRel, Ordering::Acquire);
+        });
+    }
+
+    /// The current task's connection said its first bytes: it keeps its permit.
+    pub(crate) fn spoke() {
+        let _ = SILENCE.try_with(|s| {
+            let _ = s
+                .state
+                .compare_exchange(SILENT, SPOKE, Ordering::AcqRel, Ordering::Acquire);
+        });
+    }
+
+    /// The current task's connection is past detection, spoken or not (a silent one
+    /// relayed to an opaque port, say): it is served now, and keeps its permit.
+    pub(crate) fn settled() {
+        let _ = SILENCE.try_with(|s| {
+            let _ = s
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                    (state < SPOKE).then_some(SPOKE)
+                });
+        });
+    }
+
+    /// Claims this connection for eviction, if it is silent; wakes its task.
+    fn evict(&self) -> bool {
+        let claimed = self
+            .state
+            .compare_exchange(SILENT, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if claimed {
+            self.evict.notify_one();
+        }
+        claimed
+    }
 }
 
 /// One accepted connection's share of the budget, returned when dropped.
@@ -46,6 +142,7 @@ impl Budget {
             open: AtomicUsize::new(0),
             warned_at: AtomicU64::new(0),
             started: Instant::now(),
+            silent: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -77,6 +174,50 @@ impl Budget {
             })
             .ok()
             .map(|_| Permit(Arc::clone(self)))
+    }
+
+    /// Registers a connection accepted while crowded as one a spent budget may push
+    /// out once it waits silent (see [`Silence::guard`]).
+    pub(crate) fn silence(&self) -> Arc<Silence> {
+        let silence = Arc::new(Silence::default());
+        let mut queue = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+        // Entries of connections that closed or spoke are dropped in bulk, rarely:
+        // the live ones are at most the budget, so this runs at most once per
+        // `limit` registrations.
+        if queue.len() >= 2 * self.limit {
+            queue.retain(|w| {
+                w.upgrade()
+                    .is_some_and(|s| s.state.load(Ordering::Acquire) < SPOKE)
+            });
+        }
+        queue.push_back(Arc::downgrade(&silence));
+        silence
+    }
+
+    /// A permit for a newcomer when the budget is spent: pushes out the oldest
+    /// silent crowded connection, whose permit comes back as soon as its task sees
+    /// the signal (until then the budget runs one over, within its reserve).
+    /// `None` when no connection is silent: the newcomer must be refused.
+    pub(crate) fn take_from_silent(self: &Arc<Self>) -> Option<Permit> {
+        let mut queue = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+        // Connections still settling go to the back; one pass at most.
+        for _ in 0..queue.len() {
+            let Some(weak) = queue.pop_front() else {
+                break;
+            };
+            let Some(silence) = weak.upgrade() else {
+                continue;
+            };
+            if silence.evict() {
+                drop(queue);
+                self.open.fetch_add(1, Ordering::AcqRel);
+                return Some(Permit(Arc::clone(self)));
+            }
+            if silence.state.load(Ordering::Acquire) == SETTLING {
+                queue.push_back(weak);
+            }
+        }
+        None
     }
 
     /// Whether a refusal now should be logged (at most one line per second).
@@ -122,6 +263,71 @@ mod tests {
         assert!(budget.crowded());
         drop((held, third));
         assert!(!budget.crowded());
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_pushes_out_the_oldest_silent_newcomer_only() {
+        let budget = Budget::new(4);
+        let _settled = budget.try_acquire().unwrap();
+        // Three crowded newcomers: one spoke, one still settling, two silent.
+        let tasks: Vec<_> = ["spoke", "settling", "silent 1"]
+            .into_iter()
+            .map(|what| {
+                let permit = budget.try_acquire();
+                let silence = budget.silence();
+                let (tx, rx) = tokio::sync::oneshot::channel::<&str>();
+                let task = tokio::spawn(Arc::clone(&silence).guard(async move {
+                    let _permit = permit;
+                    match what {
+                        "spoke" => {
+                            Silence::waiting();
+                            Silence::spoke();
+                        }
+                        "settling" => {}
+                        _ => Silence::waiting(),
+                    }
+                    let _ = tx.send(what);
+                    std::future::pending::<()>().await;
+                }));
+                (task, rx)
+            })
+            .collect();
+        let mut tasks = tasks;
+        for (_, rx) in &mut tasks {
+            rx.await.unwrap();
+        }
+        assert!(budget.try_acquire().is_none(), "all four permits are out");
+        // The silent one goes (its task ends, its permit comes back); then nobody
+        // is left to push out.
+        let newcomer = budget
+            .take_from_silent()
+            .expect("the silent one makes room");
+        let (silent_task, _) = tasks.pop().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), silent_task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(budget.take_from_silent().is_none());
+        assert_eq!(
+            budget.open.load(Ordering::Acquire),
+            4,
+            "one over, then back"
+        );
+        drop(newcomer);
+        assert!(
+            tasks.iter().all(|(t, _)| !t.is_finished()),
+            "the others keep running"
+        );
+    }
+
+    #[test]
+    fn the_silent_queue_forgets_closed_connections() {
+        let budget = Budget::new(2);
+        for _ in 0..100 {
+            drop(budget.silence());
+        }
+        assert!(budget.silent.lock().unwrap().len() <= 4);
+        assert!(budget.take_from_silent().is_none());
     }
 
     #[test]

@@ -25,8 +25,15 @@ fn past_the_budget_new_connections_are_refused_and_open_ones_keep_working() {
             first.write_all(b"before").await.unwrap();
             let mut buf = [0u8; 6];
             first.read_exact(&mut buf).await.unwrap();
+            // The budget fills, and its crowded newcomers' second to speak passes
+            // (on this opaque port they are relayed then, so none can be pushed
+            // out): the rest of the flood finds no room.
             let mut flood = Vec::new();
-            for _ in 0..FLOOD {
+            for _ in 0..BUDGET - 1 {
+                flood.push(TcpStream::connect(target).await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            for _ in BUDGET - 1..FLOOD {
                 flood.push(TcpStream::connect(target).await.unwrap());
             }
             // A refused connection is closed at once; a kept one stays silent.
@@ -167,7 +174,7 @@ fn slow_and_silent_http_clients_are_closed() {
 /// What became of one connection of a flood within the watch.
 #[derive(Debug)]
 enum Fate {
-    /// Closed without a byte (refused at accept).
+    /// Closed without a byte (refused at accept, or pushed out for a newcomer).
     Refused,
     /// Answered (the proxy's status line) and closed, after this long.
     Answered(String, Duration),
@@ -177,8 +184,9 @@ enum Fate {
 
 /// Past half its budget the proxy is crowded: a newcomer gets a second, not the
 /// header-read timeout (30 s), to send its request, so a silent flood gives its
-/// permits back within seconds and a real client finds room again while the flood's
-/// first half still holds its connections.
+/// permits back within seconds. And a spent budget is no wall: a real client that
+/// comes while the flood holds every permit takes the one of the oldest silent
+/// crowded newcomer, and each of the flood's own newcomers pushes out another.
 #[test]
 fn crowded_newcomers_get_a_second_to_speak() {
     use pillion_tests::http_mesh::{HttpWorld, APP_PORT};
@@ -197,8 +205,16 @@ fn crowded_newcomers_get_a_second_to_speak() {
         .c
         .run(move || async move {
             let mut flood = Vec::new();
-            for _ in 0..FLOOD {
+            for _ in 0..BUDGET {
                 flood.push(TcpStream::connect(b1).await.unwrap());
+            }
+            // Every permit is held by the flood now, within its first second.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let during = get(b1).await;
+            // The rest of the flood, each newcomer silent before the next comes.
+            for _ in BUDGET..FLOOD {
+                flood.push(TcpStream::connect(b1).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let watches = flood.iter_mut().map(|s| async move {
                 let started = Instant::now();
@@ -214,19 +230,9 @@ fn crowded_newcomers_get_a_second_to_speak() {
             });
             let fates = futures::future::join_all(watches).await;
             // The flood's first half is still open, and a real request gets in.
-            let mut s = TcpStream::connect(b1).await.unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let mut answer = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
-            let status = String::from_utf8_lossy(&answer)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned();
+            let after = get(b1).await;
             drop(flood);
-            (fates, status)
+            (fates, [during, after])
         })
         .unwrap();
     let refused = fates.iter().filter(|f| matches!(f, Fate::Refused)).count();
@@ -238,26 +244,52 @@ fn crowded_newcomers_get_a_second_to_speak() {
             _ => None,
         })
         .collect();
-    assert_eq!(refused, FLOOD - BUDGET, "{fates:?}\n{}", w.dump());
+    // Pushed out: the oldest crowded one by the real request; its permit came back
+    // when it was answered, so the flood's first newcomer found room and each of
+    // the nine after it pushed out the next oldest.
+    let pushed_out = FLOOD - BUDGET;
+    assert_eq!(refused, pushed_out, "{fates:?}\n{}", w.dump());
     // Accepted while the budget was not crowded: the usual header-read timeout.
     assert_eq!(open, BUDGET / 2, "{fates:?}\n{}", w.dump());
-    // Accepted while it was: a 408 within about a second.
-    assert_eq!(answered.len(), BUDGET - BUDGET / 2, "{fates:?}");
+    // Accepted while it was, and never pushed out: a 408 within about a second.
+    assert_eq!(answered.len(), FLOOD - BUDGET / 2 - pushed_out, "{fates:?}");
     for (text, after) in &answered {
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
         assert!(*after < Duration::from_millis(2500), "408 after {after:?}");
     }
-    assert!(
-        status.starts_with("HTTP/1.1 200"),
-        "got {status:?}\n{}",
-        w.dump()
-    );
+    for status in &status {
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "got {status:?}\n{}",
+            w.dump()
+        );
+    }
     assert_eq!(
         requests() - before,
-        1,
+        2,
         "the application saw a flood connection"
     );
     let metrics = w.sidecars[2].metrics().unwrap();
-    let over = metrics.value("pillion_tcp_over_budget_total", &[("direction", "inbound")]);
-    assert_eq!(over, (FLOOD - BUDGET) as f64, "{metrics}");
+    let inbound = [("direction", "inbound")];
+    let over = metrics.value("pillion_tcp_over_budget_total", &inbound);
+    let evicted = metrics.value("pillion_tcp_evicted_total", &inbound);
+    assert_eq!((over, evicted), (0.0, pushed_out as f64), "{metrics}");
+}
+
+/// One `GET /` on a new connection; the status line, or "" if none came in 5 s.
+async fn get(addr: std::net::SocketAddr) -> String {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let head = b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n";
+    if s.write_all(head).await.is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
 }

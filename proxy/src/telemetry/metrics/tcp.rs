@@ -20,6 +20,7 @@ pub(crate) struct TcpMetrics {
     loops_refused: Family<DirectionLabels, Counter>,
     silent_closed: Family<DirectionLabels, Counter>,
     over_budget: Family<DirectionLabels, Counter>,
+    evicted: Family<DirectionLabels, Counter>,
 }
 
 /// The metric handles of one direction, resolved once so the hot path never
@@ -44,6 +45,8 @@ pub struct DirectionMetrics {
     pub silent_closed: Counter,
     /// Connections refused at accept because the connection budget was spent.
     pub over_budget: Counter,
+    /// Silent crowded connections closed so a newcomer could have their permit.
+    pub evicted: Counter,
 }
 
 /// Keeps `open` and `closed` honest: counts a connection open when created and
@@ -105,6 +108,12 @@ impl TcpMetrics {
             "Connections refused at accept because the proxy's connection budget was spent",
             m.over_budget.clone(),
         );
+        registry.register(
+            "pillion_tcp_evicted",
+            "Silent connections accepted while the budget was crowded, closed to admit a \
+             newcomer once it was spent",
+            m.evicted.clone(),
+        );
         for d in [Direction::Outbound, Direction::Inbound] {
             m.direction(d);
         }
@@ -124,6 +133,7 @@ impl TcpMetrics {
             loops_refused: self.loops_refused.get_or_create(&labels).clone(),
             silent_closed: self.silent_closed.get_or_create(&labels).clone(),
             over_budget: self.over_budget.get_or_create(&labels).clone(),
+            evicted: self.evicted.get_or_create(&labels).clone(),
         }
     }
 }
@@ -173,6 +183,7 @@ mod tests {
             "pillion_tcp_loops_refused_total{direction=\"inbound\"} 1",
             "pillion_tcp_silent_closed_total{direction=\"outbound\"} 0",
             "pillion_tcp_over_budget_total{direction=\"inbound\"} 0",
+            "pillion_tcp_evicted_total{direction=\"inbound\"} 0",
             "pillion_tcp_connections_opened_total{direction=\"inbound\"} 0",
             "# TYPE pillion_tcp_connections_open gauge",
             "# TYPE pillion_tcp_sent_bytes counter",
