@@ -4,20 +4,29 @@ use crate::source::{Catalog, Workload};
 use pillion_api::view::View;
 
 /// The view of `workload` at catalog `version`: every service (discovery is not
-/// scoped yet), and the workload's own inbound policy.
-pub fn view_for(catalog: &Catalog, workload: &Workload, version: u64) -> View {
+/// scoped yet), the workload's own inbound policy, and the trust bundle.
+pub fn view_for(
+    catalog: &Catalog,
+    workload: &Workload,
+    version: u64,
+    trust_bundle_pem: &str,
+) -> View {
     View {
         version,
         identity: workload.identity.to_string(),
         services: catalog.services().to_vec(),
         inbound: workload.inbound.clone(),
+        trust_bundle_pem: Some(trust_bundle_pem.to_string()),
     }
 }
 
 /// Whether two views differ in anything but their version, so a watcher is only sent
 /// a new line when its own view changed.
 pub fn same_except_version(a: &View, b: &View) -> bool {
-    a.identity == b.identity && a.services == b.services && a.inbound == b.inbound
+    a.identity == b.identity
+        && a.services == b.services
+        && a.inbound == b.inbound
+        && a.trust_bundle_pem == b.trust_bundle_pem
 }
 
 #[cfg(test)]
@@ -33,7 +42,7 @@ mod tests {
         let client = catalog.workload_for_token("demo-client-token").unwrap();
         let server = catalog.workload_for_token("demo-server-token").unwrap();
 
-        let v = view_for(&catalog, client, 1);
+        let v = view_for(&catalog, client, 1, "");
         assert_eq!(v.identity, "spiffe://cluster.local/ns/demo/sa/client");
         assert_eq!(v.services.len(), 1);
         let echo = &v.services[0];
@@ -65,7 +74,7 @@ mod tests {
             "client has no policy"
         );
 
-        let v = view_for(&catalog, server, 1);
+        let v = view_for(&catalog, server, 1, "");
         assert_eq!(v.identity, "spiffe://cluster.local/ns/demo/sa/server");
         assert_eq!(v.inbound.default_mode, Mode::Permissive);
         let (mode, allow) = v.inbound.for_port(7000);

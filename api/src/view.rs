@@ -47,6 +47,10 @@
 //! [`crate::policy::ServerPolicy`]), e.g.
 //! `{"port": 8080, "routes": [{"name": "all", "timeout": "2s"}]}` and
 //! `"8080": {"mode": "strict", "server": {"routes": [{"name": "admin", "allow": [...]}]}}`.
+//!
+//! `trust_bundle_pem`, when present, is the mesh's trust bundle (PEM roots), so a new
+//! root reaches running proxies without waiting for a mounted file; a proxy checks it
+//! as it checks its `--trust-anchors` file, and absent means "keep what you trust".
 
 use crate::policy::{Route, ServerPolicy};
 use serde::{Deserialize, Serialize};
@@ -67,6 +71,11 @@ pub struct View {
     /// Who may connect to this workload, per port.
     #[serde(default)]
     pub inbound: InboundPolicy,
+    /// The mesh's trust bundle (PEM roots) as the agent hands it out: the fast way a
+    /// new root reaches running proxies. Absent means "no opinion" (an older agent):
+    /// the proxy keeps what it trusts; a bundle is never "trust nothing".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle_pem: Option<String>,
 }
 
 /// A named set of virtual addresses and ports, served by endpoints.
@@ -284,6 +293,7 @@ mod tests {
                     },
                 )]),
             },
+            trust_bundle_pem: Some("-----BEGIN CERTIFICATE-----\n…".into()),
         }
     }
 
@@ -324,6 +334,11 @@ mod tests {
         assert!(view.services.is_empty());
         assert_eq!(view.inbound, InboundPolicy::default());
         assert_eq!(view.inbound.for_port(80), (Mode::Permissive, &[][..]));
+        // No bundle is "no opinion", and is not written back out.
+        assert_eq!(view.trust_bundle_pem, None);
+        assert!(!serde_json::to_string(&view)
+            .unwrap()
+            .contains("trust_bundle_pem"));
     }
 
     #[test]

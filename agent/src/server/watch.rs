@@ -56,6 +56,7 @@ pub async fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> 
         shared.auth.clone(),
         token,
         identity,
+        shared.ca.trust_bundle_pem(),
         tx,
         shared.shutdown.clone(),
     ));
@@ -77,6 +78,7 @@ async fn stream_views(
     auth: Arc<dyn TokenAuthenticator>,
     token: TokenHash,
     identity: SpiffeId,
+    bundle: String,
     tx: mpsc::Sender<Bytes>,
     shutdown: CancellationToken,
 ) {
@@ -87,10 +89,10 @@ async fn stream_views(
             let catalog = &snapshot.catalog;
             auth.still_valid(&token, &identity, catalog).then(|| {
                 match catalog.workloads().iter().find(|w| w.identity == identity) {
-                    Some(w) => view_for(catalog, w, snapshot.version),
+                    Some(w) => view_for(catalog, w, snapshot.version, &bundle),
                     // Known to the credential but not (yet) to the source, e.g. a pod
                     // the Kubernetes watch has not seen: every service, default policy.
-                    None => view_for(catalog, &unlisted(&identity), snapshot.version),
+                    None => view_for(catalog, &unlisted(&identity), snapshot.version, &bundle),
                 }
             })
         };

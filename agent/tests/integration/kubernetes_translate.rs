@@ -276,7 +276,7 @@ fn broken_policies_are_skipped_with_warnings() {
 fn views_for_kubernetes_workloads_look_like_yaml_ones() {
     let t = translated();
     let web = &t.catalog.workloads()[2];
-    let view = view_for(&t.catalog, web, 7);
+    let view = view_for(&t.catalog, web, 7, "");
     assert_eq!(view.identity, id("web"));
     let (svc, port) = view
         .service_for("198.18.100.10:80".parse().unwrap())

@@ -58,6 +58,11 @@ async fn streams_views_and_survives_broken_files() {
     assert_eq!(first.identity, CLIENT_ID);
     assert_eq!(first.version, 1);
     assert_eq!(first.services[0].ports[0].port, 7000);
+    // The agent's trust bundle rides along, for proxies to follow a new root.
+    assert_eq!(
+        first.trust_bundle_pem.as_deref(),
+        Some(agent.trust_anchor_pem())
+    );
 
     // A change arrives within a second, with a higher version.
     write_file(&path, &source(7001, ""));

@@ -80,7 +80,7 @@ impl ControlPlane {
             store: Arc::clone(&store),
             client: Arc::clone(&client),
             metrics: metrics.clone(),
-            renew_now,
+            renew_now: Arc::clone(&renew_now),
             last: config.trust_anchors_pem.clone(),
         });
         let watcher = Watcher {
@@ -89,6 +89,8 @@ impl ControlPlane {
             identity: config.workload.clone(),
             metrics: metrics.clone(),
             ready: readiness.condition(READY_VIEW),
+            store: Arc::clone(&store),
+            renew_now: Arc::clone(&renew_now),
         };
         tracing::info!(agent = %config.agent_addr, agent_identity = %config.agent_identity,
             identity = %config.workload, pod = config.pod_name.as_deref().unwrap_or(""),

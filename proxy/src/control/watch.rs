@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use pillion_api::view::View;
-use pillion_identity::SpiffeId;
+use pillion_identity::{BundleOutcome, BundleSource, CertStore, HeldBecause, SpiffeId};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{AgentClient, AgentError};
@@ -61,6 +62,10 @@ pub(crate) struct Watcher {
     pub metrics: ControlMetrics,
     /// Met once the first view is installed.
     pub ready: Condition,
+    /// Where a bundle pushed in a view goes.
+    pub store: Arc<CertStore>,
+    /// Wakes the renewal loop when a pushed bundle waits for a leaf under it.
+    pub renew_now: Arc<Notify>,
 }
 
 impl Watcher {
@@ -88,6 +93,29 @@ impl Watcher {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Offers a bundle the agent pushed in a view. Never a reason to refuse the
+    /// view: the policy in it is installed whatever becomes of the bundle.
+    async fn offer_bundle(&self, pem: &str) {
+        let chain = self.client.agent_chain().await;
+        let offered = self
+            .store
+            .offer_trust_bundle(pem, BundleSource::Agent, chain.as_deref());
+        let result = offered.as_ref().map_or("refused", |o| o.as_str());
+        self.metrics
+            .bundle_offered(BundleSource::Agent, result, &self.store);
+        match offered {
+            Ok(BundleOutcome::Held(HeldBecause::WouldUntrustOwnLeaf)) => {
+                // The renewal's answer brings the same bundle with a leaf under it.
+                self.renew_now.notify_one();
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(agent = %self.client.addr(), %error,
+                    "the agent pushed a trust bundle that cannot be used; keeping ours");
             }
         }
     }
@@ -136,6 +164,10 @@ impl Watcher {
                         got: view.identity,
                         want: self.identity.clone(),
                     };
+                }
+                let mut view = view;
+                if let Some(pem) = view.trust_bundle_pem.take() {
+                    self.offer_bundle(&pem).await;
                 }
                 if last.is_some_and(|v| view.version < v) {
                     tracing::debug!(version = view.version, "ignoring an older view");

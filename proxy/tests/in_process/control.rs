@@ -137,6 +137,19 @@ impl TestAgent {
         tx.send(Bytes::from(line)).await.is_ok()
     }
 
+    /// Sends one view line carrying `bundle` as its trust bundle.
+    async fn send_view_with_bundle(&self, version: u64, bundle: &str) -> bool {
+        let tx = self.state.watcher.lock().unwrap().clone();
+        let Some(tx) = tx else { return false };
+        let view = serde_json::json!({
+            "version": version,
+            "identity": id("client").to_string(),
+            "inbound": {"default_mode": "strict"},
+            "trust_bundle_pem": bundle,
+        });
+        tx.send(Bytes::from(format!("{view}\n"))).await.is_ok()
+    }
+
     /// Ends the open watch stream.
     fn end_watch(&self) {
         self.state.watcher.lock().unwrap().take();
@@ -533,5 +546,31 @@ async fn anchors_that_untrust_the_connected_agent_wait_until_it_is_gone() {
     let bundle = plane.store().trust_bundle().unwrap();
     assert_eq!(bundle.len(), 1);
     assert!(!bundle.same_roots(&r1_bundle));
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn a_bundle_pushed_in_the_view_is_checked_like_any_other() {
+    let agent = TestAgent::start(Duration::from_secs(3600)).await;
+    let token = token_file("client-token-1");
+    let (plane, _readiness) = start_plane(&agent, &token);
+    connected_with_a_leaf(&agent, &plane).await;
+    let ours = agent.anchors();
+    let r3 = Ca::generate(TD).unwrap().trust_bundle_pem();
+    let roots = || plane.store().trust_bundle().map(|b| b.len());
+    let version = || plane.views().latest().map(|v| v.version);
+
+    // A new root beside ours: trusted from the next handshake on.
+    assert!(agent.send_view_with_bundle(1, &format!("{ours}{r3}")).await);
+    eventually("two roots", Duration::from_secs(5), || roots() == Some(2)).await;
+
+    // Only the new root: it would cut the proxy off from the agent it talks to, so it
+    // waits; garbage is refused. Either way the view's policy is installed.
+    assert!(agent.send_view_with_bundle(2, &r3).await);
+    eventually("view 2", Duration::from_secs(5), || version() == Some(2)).await;
+    assert!(agent.send_view_with_bundle(3, "not a bundle").await);
+    eventually("view 3", Duration::from_secs(5), || version() == Some(3)).await;
+    assert_eq!(roots(), Some(2));
+    assert_eq!(plane.metrics().agent_connected.get(), 1);
     plane.stop().await;
 }
