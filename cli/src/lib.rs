@@ -3,7 +3,9 @@
 //! `pillion`, the command users run: `pillion up` starts the mesh on this machine
 //! ([`local`]: pods as network namespaces, the agent on its embedded default, live
 //! traffic and counters); `pillion init|proxy|agent|inject …` runs the programs of
-//! the mesh ([`programs`]), which is also how `pillion up` starts them in its pods.
+//! the mesh ([`programs`]), which is also how `pillion up` starts them in its pods;
+//! `pillion ca init` makes the mesh's root and issuer ([`ca`]).
 
+pub mod ca;
 pub mod local;
 pub mod programs;

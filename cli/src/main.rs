@@ -41,6 +41,31 @@ enum Command {
         #[arg(long, value_parser = ["grpc", "http"], default_value = "grpc")]
         otlp_protocol: String,
     },
+    /// The mesh's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Makes a new root (the trust anchor) and an issuer under it in a new
+    /// directory, as the files of the Secret the agents sign with, and says how to
+    /// create that Secret. Run it once, outside the cluster.
+    Init {
+        /// The new directory to write ca.crt, tls.crt, tls.key and root.key into.
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+
+        /// Trust domain of the mesh.
+        #[arg(long, default_value = pillion_api::defaults::TRUST_DOMAIN)]
+        trust_domain: String,
+
+        /// Lifetime of the issuer (never past the root's ten years), e.g. 365d.
+        #[arg(long, value_parser = up::parse_duration, default_value = "365d")]
+        issuer_lifetime: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,11 +74,32 @@ fn main() -> ExitCode {
     if let Some(code) = pillion::programs::dispatch(argv.clone()) {
         return code;
     }
-    let Command::Up {
-        duration,
-        otlp_endpoint,
-        otlp_protocol,
-    } = Args::parse_from(argv).command;
+    let (duration, otlp_endpoint, otlp_protocol) = match Args::parse_from(argv).command {
+        Command::Up {
+            duration,
+            otlp_endpoint,
+            otlp_protocol,
+        } => (duration, otlp_endpoint, otlp_protocol),
+        Command::Ca {
+            command:
+                CaCommand::Init {
+                    out,
+                    trust_domain,
+                    issuer_lifetime,
+                },
+        } => {
+            return match pillion::ca::init(&out, &trust_domain, issuer_lifetime) {
+                Ok(next) => {
+                    println!("{next}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pillion ca init: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "pillion up: needs root, to create network namespaces and iptables rules \

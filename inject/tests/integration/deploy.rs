@@ -257,15 +257,27 @@ fn agent_service_and_deployment_agree_with_the_defaults() {
     );
     let args = container.args.clone().unwrap();
     assert!(args.contains(&"--kubernetes".to_owned()), "{args:?}");
-    let ca_dir = args
+    // The issuer comes from the Secret, never from an emptyDir a restart empties.
+    let issuer_dir = args
         .iter()
-        .find_map(|a| a.strip_prefix("--ca-dir="))
-        .expect("--ca-dir");
+        .find_map(|a| a.strip_prefix("--issuer-dir="))
+        .expect("--issuer-dir");
+    assert!(!args.iter().any(|a| a.starts_with("--ca-dir")), "{args:?}");
     let mounts = container.volume_mounts.clone().unwrap();
-    assert!(
-        mounts.iter().any(|m| m.mount_path == ca_dir),
-        "the CA dir is a volume"
-    );
+    let mount = mounts
+        .iter()
+        .find(|m| m.mount_path == issuer_dir)
+        .expect("the issuer dir is a volume");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("its volume");
+    let secret = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("pillion-identity"));
+    assert_eq!(secret.default_mode, Some(0o400));
+    assert!(volume.empty_dir.is_none());
 
     // The Service's target port and every probe land on the agent's port.
     let named: BTreeMap<String, i32> = container
