@@ -87,6 +87,7 @@ pub struct MeshAgent {
     binary: PathBuf,
     args: Vec<String>,
     anchors: PathBuf,
+    ca_dir: PathBuf,
     process: Option<Process>,
 }
 
@@ -102,6 +103,7 @@ impl MeshAgent {
         extra: &[&str],
     ) -> Result<MeshAgent> {
         let anchors = dir.path().join("anchors.pem");
+        let ca_dir = dir.path().join("ca");
         let mut args = vec![
             "agent".to_string(),
             "--config".into(),
@@ -109,7 +111,7 @@ impl MeshAgent {
             "--listen".into(),
             pod.addr_v4(AGENT_PORT).to_string(),
             "--ca-dir".into(),
-            dir.path().join("ca").display().to_string(),
+            ca_dir.display().to_string(),
             "--trust-anchor-out".into(),
             anchors.display().to_string(),
             "--reload-interval".into(),
@@ -121,6 +123,7 @@ impl MeshAgent {
             binary: binary.to_path_buf(),
             args,
             anchors,
+            ca_dir,
             process: None,
         };
         agent.restart()?;
@@ -155,6 +158,15 @@ impl MeshAgent {
         if let Some(p) = self.process.take() {
             p.stop(Duration::from_secs(5));
         }
+    }
+
+    /// Starts the agent again with a CA it makes anew, as an agent whose CA lived in
+    /// an emptyDir does: a new root, written to its trust anchor file.
+    pub fn restart_with_new_ca(&mut self) -> Result<()> {
+        self.stop();
+        fs::remove_dir_all(&self.ca_dir)
+            .with_context(|| format!("removing {}", self.ca_dir.display()))?;
+        self.restart()
     }
 
     /// Starts the agent again (stopping a running one first), same flags, same CA.

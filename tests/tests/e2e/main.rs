@@ -16,6 +16,7 @@ mod loopback;
 mod mesh_agent;
 mod mesh_rotation;
 mod mesh_tls;
+mod mesh_trust;
 mod telemetry_mesh;
 mod telemetry_up;
 mod telemetry_world;
