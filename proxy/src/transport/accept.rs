@@ -215,9 +215,11 @@ impl<S: Stack> AcceptLoop<S> {
         self.drain.spawn_connection(
             async move {
                 let _permit = permit;
+                // Pinned here, stored once: the task is as small crowded or not.
+                let serve = std::pin::pin!(stack.serve(conn));
                 match silence {
-                    Some(silence) => silence.guard(stack.serve(conn)).await,
-                    None => stack.serve(conn).await,
+                    Some(silence) => silence.guard(serve).await,
+                    None => serve.await,
                 }
             }
             .instrument(span),

@@ -11,8 +11,11 @@
 //! or a client that speaks at once; it only pushes out its own oldest.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -69,21 +72,24 @@ tokio::task_local! {
 }
 
 impl Silence {
-    /// Runs `serve` as this connection's task: it ends early, closing the
-    /// connection, if the budget pushes the connection out while it is silent.
-    pub(crate) async fn guard<F: std::future::Future<Output = ()>>(self: Arc<Self>, serve: F) {
-        let this = Arc::clone(&self);
-        SILENCE
-            .scope(self, async move {
-                tokio::select! {
-                    biased;
-                    () = this.evict.notified() => {
-                        tracing::debug!("silent while the budget was spent; closed for a newcomer");
-                    }
-                    () = serve => {}
-                }
-            })
-            .await;
+    /// Polls `serve`, this connection's work, until it ends, or until the budget
+    /// pushes the connection out while it is silent (then `serve` is dropped with the
+    /// task, closing the connection). `serve` is borrowed pinned, so the task stores
+    /// it once whether or not the connection came crowded.
+    pub(crate) async fn guard<F: Future<Output = ()>>(self: &Arc<Self>, mut serve: Pin<&mut F>) {
+        let mut evicted = std::pin::pin!(self.evict.notified());
+        std::future::poll_fn(|cx| {
+            if self.state.load(Ordering::Acquire) == SPOKE {
+                // Past detection: it can no longer be pushed out, nor report.
+                return serve.as_mut().poll(cx);
+            }
+            if evicted.as_mut().poll(cx).is_ready() {
+                tracing::debug!("silent while the budget was spent; closed for a newcomer");
+                return Poll::Ready(());
+            }
+            SILENCE.sync_scope(Arc::clone(self), || serve.as_mut().poll(cx))
+        })
+        .await;
     }
 
     /// The current task's connection waits for its first bytes: it may be pushed out
@@ -276,19 +282,22 @@ mod tests {
                 let permit = budget.try_acquire();
                 let silence = budget.silence();
                 let (tx, rx) = tokio::sync::oneshot::channel::<&str>();
-                let task = tokio::spawn(Arc::clone(&silence).guard(async move {
-                    let _permit = permit;
-                    match what {
-                        "spoke" => {
-                            Silence::waiting();
-                            Silence::spoke();
+                let task = tokio::spawn(async move {
+                    let serve = std::pin::pin!(async move {
+                        let _permit = permit;
+                        match what {
+                            "spoke" => {
+                                Silence::waiting();
+                                Silence::spoke();
+                            }
+                            "settling" => {}
+                            _ => Silence::waiting(),
                         }
-                        "settling" => {}
-                        _ => Silence::waiting(),
-                    }
-                    let _ = tx.send(what);
-                    std::future::pending::<()>().await;
-                }));
+                        let _ = tx.send(what);
+                        std::future::pending::<()>().await;
+                    });
+                    silence.guard(serve).await;
+                });
                 (task, rx)
             })
             .collect();
