@@ -472,17 +472,47 @@ async fn connected_with_a_leaf(agent: &TestAgent, plane: &ControlPlane) {
     .await;
 }
 
+/// A plane following its anchors file, connected to an agent under one root, with
+/// a second root at hand.
+struct Following {
+    agent: TestAgent,
+    r2: Ca,
+    anchors: PathBuf,
+    plane: ControlPlane,
+    /// The serial of the plane's first leaf.
+    first: Option<String>,
+}
+
+impl Following {
+    async fn start() -> Following {
+        let (r1, r2) = (Ca::generate(TD).unwrap(), Ca::generate(TD).unwrap());
+        let agent = TestAgent::start_with(r1, Duration::from_secs(3600), "127.0.0.1:0").await;
+        let token = token_file("client-token-1");
+        let anchors = token.with_file_name("ca.pem");
+        replace_file(&anchors, &agent.anchors());
+        let plane = start_plane_following(&agent, &token, &anchors);
+        connected_with_a_leaf(&agent, &plane).await;
+        let first = plane.store().current_serial();
+        Following {
+            agent,
+            r2,
+            anchors,
+            plane,
+            first,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_new_root_in_the_anchors_file_reaches_a_running_proxy() {
-    let (r1, r2) = (Ca::generate(TD).unwrap(), Ca::generate(TD).unwrap());
+    let Following {
+        agent,
+        r2,
+        anchors,
+        plane,
+        first,
+    } = Following::start().await;
     let r2_pem = r2.trust_bundle_pem();
-    let agent = TestAgent::start_with(r1, Duration::from_secs(3600), "127.0.0.1:0").await;
-    let token = token_file("client-token-1");
-    let anchors = token.with_file_name("ca.pem");
-    replace_file(&anchors, &agent.anchors());
-    let plane = start_plane_following(&agent, &token, &anchors);
-    connected_with_a_leaf(&agent, &plane).await;
-    let first = plane.store().current_serial();
 
     // The agent comes back with a new root (its CA was in an emptyDir): the proxy
     // cannot trust it, and keeps its leaf.
@@ -515,15 +545,14 @@ async fn a_new_root_in_the_anchors_file_reaches_a_running_proxy() {
 
 #[tokio::test]
 async fn anchors_that_untrust_the_connected_agent_wait_until_it_is_gone() {
-    let (r1, r2) = (Ca::generate(TD).unwrap(), Ca::generate(TD).unwrap());
+    let Following {
+        agent,
+        r2,
+        anchors,
+        plane,
+        first,
+    } = Following::start().await;
     let r2_pem = r2.trust_bundle_pem();
-    let agent = TestAgent::start_with(r1, Duration::from_secs(3600), "127.0.0.1:0").await;
-    let token = token_file("client-token-1");
-    let anchors = token.with_file_name("ca.pem");
-    replace_file(&anchors, &agent.anchors());
-    let plane = start_plane_following(&agent, &token, &anchors);
-    connected_with_a_leaf(&agent, &plane).await;
-    let first = plane.store().current_serial();
     let r1_bundle = plane.store().trust_bundle().unwrap();
 
     // Garbage, and a file of only the new root while the old agent is connected:

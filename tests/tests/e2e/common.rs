@@ -78,3 +78,67 @@ pub fn raw_exchange(
 pub fn status_code(reply: &str) -> u16 {
     reply.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
+
+/// A connection that echoes a line every 200 ms from a pod until stopped: proof that
+/// an open connection lives through whatever the test does meanwhile.
+pub struct LongLived {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    echoed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: Option<pillion_tests::Task<std::io::Result<usize>>>,
+}
+
+impl LongLived {
+    /// Opens it from `pod` to the echo server at `target`.
+    pub fn open(pod: &Pod, target: SocketAddr) -> LongLived {
+        use std::sync::atomic::Ordering;
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let echoed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&echoed);
+        let task = pod
+            .background(move || async move {
+                let mut s = tokio::net::TcpStream::connect(target).await?;
+                let mut n = 0usize;
+                loop {
+                    let msg = format!("long-lived {n:05}\n");
+                    s.write_all(msg.as_bytes()).await?;
+                    let mut back = vec![0u8; msg.len()];
+                    within(Duration::from_secs(5), "an echo", s.read_exact(&mut back)).await?;
+                    assert_eq!(back, msg.as_bytes());
+                    n += 1;
+                    counter.store(n, Ordering::SeqCst);
+                    tokio::select! {
+                        _ = &mut stop_rx => return Ok(n),
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            })
+            .unwrap();
+        LongLived {
+            stop: Some(stop),
+            echoed,
+            task: Some(task),
+        }
+    }
+
+    /// Asserts that two more echoes come within 5 s.
+    pub fn flowing(&self, phase: &str) {
+        use std::sync::atomic::Ordering;
+        let from = self.echoed.load(Ordering::SeqCst);
+        let more = eventually(Duration::from_secs(5), || {
+            self.echoed.load(Ordering::SeqCst) >= from + 2
+        });
+        assert!(more, "the long-lived connection stalled {phase}");
+    }
+
+    /// Stops it; how many echoes it made, or why it broke.
+    pub fn finish(mut self) -> std::io::Result<usize> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(std::io::Error::other(e.to_string())),
+            None => Ok(0),
+        }
+    }
+}

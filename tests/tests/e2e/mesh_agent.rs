@@ -2,16 +2,12 @@
 //! breaks: the proxies keep serving on their cached certificate and view, follow
 //! the agent again once it returns, and never take a broken file.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pillion_tests::mesh::{source_yaml, MeshWorld, PERMISSIVE_PORT, STRICT_PORT};
 use pillion_tests::{apps, Pod, Sidecar};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::common::{eventually, sidecar_opts, testbin, within};
+use crate::common::{eventually, sidecar_opts, testbin, LongLived};
 
 const CONNECTED: &str = "pillion_agent_connected";
 
@@ -44,38 +40,9 @@ fn the_mesh_outlives_the_agent_and_follows_it_when_it_returns() {
     let permissive = m.b.addr_v4(PERMISSIVE_PORT);
 
     // A long-lived mesh connection that exchanges a message every 200 ms until told
-    // to stop, counting the echoes.
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let echoed = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&echoed);
-    let long =
-        m.a.background(move || async move {
-            let mut s = TcpStream::connect(strict).await?;
-            let mut n = 0usize;
-            loop {
-                let msg = format!("keepalive {n:05}\n");
-                s.write_all(msg.as_bytes()).await?;
-                let mut back = vec![0u8; msg.len()];
-                within(Duration::from_secs(5), "an echo", s.read_exact(&mut back)).await?;
-                assert_eq!(back, msg.as_bytes());
-                n += 1;
-                counter.store(n, Ordering::SeqCst);
-                tokio::select! {
-                    _ = &mut stop_rx => return Ok::<usize, std::io::Error>(n),
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        })
-        .unwrap();
-
-    // Echoes keep coming in each phase: before, without and after the agent.
-    let flowing = |phase: &str| {
-        let from = echoed.load(Ordering::SeqCst);
-        let more = eventually(Duration::from_secs(5), || {
-            echoed.load(Ordering::SeqCst) >= from + 2
-        });
-        assert!(more, "the long-lived connection stalled {phase}");
-    };
+    // to stop; echoes keep coming in each phase: before, without and after the agent.
+    let long = LongLived::open(&m.a, strict);
+    let flowing = |phase: &str| long.flowing(phase);
     flowing("before the agent left");
 
     m.agent.stop();
@@ -130,10 +97,8 @@ fn the_mesh_outlives_the_agent_and_follows_it_when_it_returns() {
     assert!(echoes(&m.a, permissive, b"meshed after the change"));
     flowing("after the agent returned");
 
-    let _ = stop_tx.send(());
     let exchanged = long
-        .join()
-        .unwrap()
+        .finish()
         .unwrap_or_else(|e| panic!("the long-lived connection broke: {e}\n{}", m.dump()));
     assert!(exchanged >= 6, "only {exchanged} messages");
     eprintln!(

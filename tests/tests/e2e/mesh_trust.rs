@@ -4,8 +4,6 @@
 //! connection dropped. Before, the proxies read the file once and never trusted the
 //! new agent again (`UnknownIssuer`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use pillion_tests::mesh::{MeshWorld, STRICT_PORT};
@@ -13,7 +11,7 @@ use pillion_tests::Sidecar;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{eventually, sidecar_opts, testbin, within};
+use crate::common::{eventually, sidecar_opts, testbin, LongLived};
 
 fn value(s: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
     s.metrics().map_or(-1.0, |m| m.value(name, labels))
@@ -29,30 +27,8 @@ fn an_agent_back_with_a_new_root_is_trusted_without_restarting_a_proxy() {
     let before = (renewed(&m.sa), renewed(&m.sb));
 
     // A mesh connection opened under the old root, echoing every 200 ms.
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let echoed = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&echoed);
-    let long =
-        m.a.background(move || async move {
-            let mut s = TcpStream::connect(strict).await?;
-            let mut n = 0usize;
-            loop {
-                let msg = format!("long-lived {n:05}\n");
-                s.write_all(msg.as_bytes()).await?;
-                let mut back = vec![0u8; msg.len()];
-                within(Duration::from_secs(5), "an echo", s.read_exact(&mut back)).await?;
-                n += 1;
-                counter.store(n, Ordering::SeqCst);
-                tokio::select! {
-                    _ = &mut stop_rx => return Ok::<usize, std::io::Error>(n),
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        })
-        .unwrap();
-    assert!(eventually(Duration::from_secs(5), || echoed
-        .load(Ordering::SeqCst)
-        >= 2));
+    let long = LongLived::open(&m.a, strict);
+    long.flowing("under the old root");
 
     m.agent.restart_with_new_ca().unwrap();
     let new_root = std::fs::read_to_string(m.agent.anchors()).unwrap();
@@ -101,11 +77,9 @@ fn an_agent_back_with_a_new_root_is_trusted_without_restarting_a_proxy() {
 
     // Nothing restarted, and the connection from before kept echoing throughout.
     assert_eq!((m.sa.proxy().pid(), m.sb.proxy().pid()), pids);
-    let from = echoed.load(Ordering::SeqCst);
-    assert!(eventually(Duration::from_secs(5), || echoed
-        .load(Ordering::SeqCst)
-        >= from + 2));
-    let _ = stop_tx.send(());
-    let n = long.join().unwrap().unwrap();
+    long.flowing("under the new root");
+    let n = long
+        .finish()
+        .unwrap_or_else(|e| panic!("the long-lived connection broke: {e}\n{}", m.dump()));
     assert!(n >= 10, "only {n} echoes on the long-lived connection");
 }
