@@ -4,6 +4,7 @@
 use crate::ca::{AgentCa, CaSetupError};
 use crate::config::{AgentConfig, ConfigError};
 use crate::kubernetes::{self, publish, token_review::TokenReviewer, watch::KubeSource};
+use crate::metrics::AgentMetrics;
 use crate::server::auth::{StaticTokens, TokenAuthenticator};
 use crate::server::inject::{NamespaceSource, NoNamespaces};
 use crate::server::tls::{ServingCert, ServingCertError};
@@ -101,6 +102,43 @@ impl Source {
             Source::File(h) => h.subscribe(),
             Source::Kubernetes(k) => k.snapshots.clone(),
         }
+    }
+
+    /// Counts every published version and every refused file in `metrics`, until
+    /// `shutdown` fires.
+    fn count_updates(
+        &self,
+        metrics: &Arc<AgentMetrics>,
+        shutdown: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let mut snapshots = self.subscribe();
+        let (m, stop) = (Arc::clone(metrics), shutdown.clone());
+        let mut tasks = vec![tokio::spawn(async move {
+            loop {
+                let version = snapshots.borrow_and_update().version;
+                m.source_update("published", version);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                }
+            }
+        })];
+        if let Source::File(h) = self {
+            let mut errors = h.subscribe_errors();
+            let (m, stop) = (Arc::clone(metrics), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        changed = errors.changed() => if changed.is_err() { return },
+                    }
+                    if errors.borrow_and_update().is_some() {
+                        m.source_update("refused", 0);
+                    }
+                }
+            }));
+        }
+        tasks
     }
 }
 
@@ -228,6 +266,7 @@ impl Agent {
             error,
         })?;
         let parts = Self::mode_parts(config, source, client, &ca, shutdown);
+        let metrics = AgentMetrics::new();
         let mut inject = config.inject.clone();
         inject.trust_domain = config.trust_domain.clone();
         inject.agent_identity = ca.agent_identity().to_string();
@@ -240,12 +279,14 @@ impl Agent {
             ready: parts.ready,
             inject: Arc::new(inject),
             namespaces: parts.namespaces,
+            metrics: Arc::clone(&metrics),
         });
         let mut tasks = vec![
             tokio::spawn(server::serve(listener, cert.clone(), shared)),
             tokio::spawn(cert.keep_renewed(ca.clone(), expires_at, shutdown.clone())),
         ];
         tasks.extend(parts.tasks);
+        tasks.extend(source.count_updates(&metrics, shutdown));
         Ok((local_addr, ca, tasks))
     }
 }

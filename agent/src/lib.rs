@@ -14,6 +14,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod kubernetes;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod source;
 pub mod token;

@@ -179,6 +179,7 @@ pub fn start(
     let (snap_tx, snapshots) = watch::channel(Snapshot {
         version: 0,
         catalog: Arc::new(Catalog::default()),
+        published: std::time::Instant::now(),
     });
     let (ready_tx, ready) = watch::channel(false);
     tasks.push(tokio::spawn(translate_loop(
@@ -293,6 +294,7 @@ async fn translate_loop(
             snapshots.send_replace(Snapshot {
                 version,
                 catalog: Arc::new(catalog),
+                published: std::time::Instant::now(),
             });
         }
         ready.send_replace(true);

@@ -18,7 +18,10 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let (identity, token) =
         match authenticate(req.headers(), shared.auth.as_ref(), "certificates").await {
             Ok(found) => found,
-            Err(resp) => return *resp,
+            Err(resp) => {
+                shared.metrics.certificate("refused", "unauthenticated");
+                return *resp;
+            }
         };
     let declared = req
         .headers()
@@ -26,15 +29,16 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_CERTIFICATE_REQUEST_BYTES as u64) {
-        return too_large();
+        return too_large(shared);
     }
     let body = match Limited::new(req.into_body(), MAX_CERTIFICATE_REQUEST_BYTES)
         .collect()
         .await
     {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(shared),
         Err(e) => {
+            shared.metrics.certificate("refused", "bad_request");
             tracing::info!(error = %e, "cannot read a certificate request body");
             return reply::error(
                 StatusCode::BAD_REQUEST,
@@ -46,11 +50,12 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let request: CertificateRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
+            shared.metrics.certificate("refused", "bad_request");
             return reply::error(
                 StatusCode::BAD_REQUEST,
                 error_codes::BAD_REQUEST,
                 format!("the body must be JSON like {{\"csr_pem\": \"-----BEGIN CERTIFICATE REQUEST-----...\"}}: {e}"),
-            )
+            );
         }
     };
     match shared
@@ -65,6 +70,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 .unwrap_or(0);
             tracing::info!(%identity, serial = %issued.serial_hex, expires_at_unix,
                 token_sha256 = %token.short(), "certificate issued");
+            shared.metrics.certificate("issued", "");
             reply::json(
                 StatusCode::OK,
                 &CertificateResponse {
@@ -74,11 +80,12 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 },
             )
         }
-        Err(e) => refused(e, &identity.to_string(), &token.short()),
+        Err(e) => refused(e, &identity.to_string(), &token.short(), shared),
     }
 }
 
-fn too_large() -> Response<Body> {
+fn too_large(shared: &Shared) -> Response<Body> {
+    shared.metrics.certificate("refused", "too_large");
     reply::error(
         StatusCode::PAYLOAD_TOO_LARGE,
         error_codes::TOO_LARGE,
@@ -87,7 +94,7 @@ fn too_large() -> Response<Body> {
 }
 
 /// The answer to a CSR the CA would not sign.
-fn refused(e: IssueError, identity: &str, token: &str) -> Response<Body> {
+fn refused(e: IssueError, identity: &str, token: &str, shared: &Shared) -> Response<Body> {
     let (status, code, reason) = match &e {
         IssueError::IdentityMismatch { requested, allowed } => (
             StatusCode::FORBIDDEN,
@@ -107,6 +114,7 @@ fn refused(e: IssueError, identity: &str, token: &str) -> Response<Body> {
             format!("weak key: {why}; the mesh requires ECDSA P-256"),
         ),
         _ => {
+            shared.metrics.certificate("refused", "internal");
             tracing::error!(%identity, error = %e, "the CA failed to sign a certificate");
             return reply::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,6 +123,7 @@ fn refused(e: IssueError, identity: &str, token: &str) -> Response<Body> {
             );
         }
     };
+    shared.metrics.certificate("refused", code);
     tracing::info!(%identity, token_sha256 = %token, code, %reason, "certificate refused");
     reply::error(status, code, reason)
 }

@@ -9,6 +9,7 @@ pub mod tls;
 pub mod watch;
 
 use crate::ca::AgentCa;
+use crate::metrics::METRICS_PATH;
 use crate::source::Snapshot;
 use auth::TokenAuthenticator;
 use http::{Method, Request, Response, StatusCode};
@@ -58,6 +59,8 @@ pub struct Shared {
     pub inject: Arc<InjectConfig>,
     /// Namespace annotations for the webhook.
     pub namespaces: Arc<dyn NamespaceSource>,
+    /// The agent's own metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Readiness probe path: 200 once the first view is loaded, 503 before.
@@ -146,6 +149,18 @@ async fn dispatch(
         (&Method::POST, CERTIFICATES_PATH) => certificates::handle(req, shared).await,
         (&Method::GET, WATCH_PATH) => watch::handle(&req, shared).await,
         (&Method::POST, INJECT_PATH) => inject::handle(req, shared).await,
+        (&Method::GET, METRICS_PATH) => match shared.metrics.encode() {
+            Ok(text) => reply::bytes(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(_) => reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                error_codes::INTERNAL,
+                "cannot encode the metrics",
+            ),
+        },
         (&Method::GET, HEALTHZ_PATH | LIVE_PATH) => {
             reply::bytes(StatusCode::OK, "text/plain", "ok\n")
         }
@@ -162,13 +177,14 @@ async fn dispatch(
         }
         (
             _,
-            CERTIFICATES_PATH | WATCH_PATH | INJECT_PATH | HEALTHZ_PATH | LIVE_PATH | READY_PATH,
+            CERTIFICATES_PATH | WATCH_PATH | INJECT_PATH | HEALTHZ_PATH | LIVE_PATH | READY_PATH
+            | METRICS_PATH,
         ) => reply::error(
             StatusCode::METHOD_NOT_ALLOWED,
             error_codes::METHOD_NOT_ALLOWED,
             format!(
                 "use POST {CERTIFICATES_PATH}, GET {WATCH_PATH}, POST {INJECT_PATH}, \
-                     or GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}"
+                     or GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}, {METRICS_PATH}"
             ),
         ),
         _ => reply::error(
@@ -176,7 +192,7 @@ async fn dispatch(
             error_codes::NOT_FOUND,
             format!(
                 "no such endpoint; the agent serves POST {CERTIFICATES_PATH}, GET {WATCH_PATH}, \
-                 POST {INJECT_PATH} and GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}"
+                 POST {INJECT_PATH} and GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}, {METRICS_PATH}"
             ),
         ),
     }

@@ -13,6 +13,7 @@
 use super::auth::{authenticate, TokenAuthenticator};
 use super::reply::Body;
 use super::Shared;
+use crate::metrics::AgentMetrics;
 use crate::source::{Snapshot, Workload};
 use crate::token::TokenHash;
 use crate::view::{same_except_version, view_for};
@@ -51,15 +52,13 @@ pub async fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> 
     }
     let (tx, lines) = mpsc::channel(BUFFERED_LINES);
     tracing::info!(%identity, token_sha256 = %token.short(), "watch started");
-    tokio::spawn(stream_views(
-        rx,
-        shared.auth.clone(),
-        token,
-        identity,
-        shared.ca.trust_bundle_pem(),
-        tx,
-        shared.shutdown.clone(),
-    ));
+    let agent = StreamInputs {
+        auth: shared.auth.clone(),
+        bundle: shared.ca.trust_bundle_pem(),
+        shutdown: shared.shutdown.clone(),
+        metrics: Arc::clone(&shared.metrics),
+    };
+    tokio::spawn(stream_views(rx, agent, token, identity, tx));
     let mut resp = Response::new(LineBody { lines }.boxed());
     *resp.status_mut() = StatusCode::OK;
     let headers = resp.headers_mut();
@@ -71,21 +70,40 @@ pub async fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> 
     resp
 }
 
+/// What a view stream takes from the agent.
+struct StreamInputs {
+    /// Re-checks the token on every change.
+    auth: Arc<dyn TokenAuthenticator>,
+    /// The trust bundle each view carries.
+    bundle: String,
+    /// Ends the stream when the agent stops.
+    shutdown: CancellationToken,
+    /// Watchers and push latency.
+    metrics: Arc<AgentMetrics>,
+}
+
 /// Sends the workload's view now and after every change that affects it, until the
 /// client goes away, the token stops proving the identity, or the agent shuts down.
 async fn stream_views(
     mut rx: watch::Receiver<Snapshot>,
-    auth: Arc<dyn TokenAuthenticator>,
+    agent: StreamInputs,
     token: TokenHash,
     identity: SpiffeId,
-    bundle: String,
     tx: mpsc::Sender<Bytes>,
-    shutdown: CancellationToken,
 ) {
+    let StreamInputs {
+        auth,
+        bundle,
+        shutdown,
+        metrics,
+    } = agent;
+    let _watching = metrics.watching();
     let mut last: Option<View> = None;
     loop {
+        let published;
         let view = {
             let snapshot = rx.borrow_and_update();
+            published = snapshot.published;
             let catalog = &snapshot.catalog;
             auth.still_valid(&token, &identity, catalog).then(|| {
                 match catalog.workloads().iter().find(|w| w.identity == identity) {
@@ -113,6 +131,10 @@ async fn stream_views(
             tokio::select! {
                 sent = tx.send(Bytes::from(line)) => if sent.is_err() { break },
                 _ = shutdown.cancelled() => return,
+            }
+            // A change reaching a watcher; the first line of a stream is no push.
+            if last.is_some() {
+                metrics.pushed(published.elapsed());
             }
             tracing::debug!(%identity, version = view.version, "view sent");
             last = Some(view);

@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub version: u64,
     /// The catalog of that version.
     pub catalog: Arc<Catalog>,
+    /// When it was published: how long a change takes to reach each proxy is
+    /// measured from here.
+    pub published: std::time::Instant,
 }
 
 impl Catalog {

@@ -58,6 +58,7 @@ pub fn start(
     let (snap_tx, snapshots) = watch::channel(Snapshot {
         version: 1,
         catalog: Arc::new(catalog),
+        published: std::time::Instant::now(),
     });
     let (err_tx, errors) = watch::channel(None);
     let poller = match spec {
@@ -92,6 +93,12 @@ impl SourceHandle {
     /// The snapshot being served now.
     pub fn current(&self) -> Snapshot {
         self.snapshots.borrow().clone()
+    }
+
+    /// A receiver of the refusals: the newest file's problem, `None` once a good
+    /// one is back.
+    pub fn subscribe_errors(&self) -> watch::Receiver<Option<SourceError>> {
+        self.errors.clone()
     }
 
     /// Why the newest version of the file was refused, until a good one arrives.

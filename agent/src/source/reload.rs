@@ -136,6 +136,7 @@ impl Poller {
         self.snapshots.send_replace(Snapshot {
             version,
             catalog: Arc::new(catalog),
+            published: std::time::Instant::now(),
         });
         tracing::info!(file = %self.path.display(), version, "source reloaded");
     }

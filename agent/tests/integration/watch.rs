@@ -224,3 +224,103 @@ async fn a_broken_file_at_start_is_fatal_with_its_location() {
         .unwrap_err();
     assert!(err.to_string().contains("--config"), "{err}");
 }
+
+/// The agent's `GET /metrics` text.
+async fn agent_metrics(client: &mut Client) -> String {
+    use http_body_util::BodyExt;
+    let resp = client.send("GET", "/metrics", None, Vec::new()).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+fn has(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+#[tokio::test]
+async fn metrics_count_watchers_pushes_certificates_and_source_updates() {
+    let (_dir, path, agent) = agent_on_file("metrics").await;
+    let mut client = connect(&agent).await;
+    let text = agent_metrics(&mut client).await;
+    assert!(has(&text, "pillion_agent_watchers 0"), "{text}");
+    assert!(has(&text, "pillion_agent_source_version 1"), "{text}");
+
+    // Two watchers; a change reaches both (two pushes measured), a broken file is
+    // counted refused and publishes nothing.
+    let mut views = client.watch(CLIENT_TOKEN).await;
+    let mut other = connect(&agent).await;
+    let mut server_views = other.watch(SERVER_TOKEN).await;
+    views.next_within(ONE_SECOND).await.expect("a first view");
+    server_views
+        .next_within(ONE_SECOND)
+        .await
+        .expect("a first view");
+    write_file(&path, &source(7001, ""));
+    views.next_within(ONE_SECOND).await.expect("the change");
+    server_views
+        .next_within(ONE_SECOND)
+        .await
+        .expect("the change");
+    write_file(&path, &source(7002, "    inbound: [unclosed"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // One certificate issued, one refused for another identity, one unauthenticated.
+    let csr = |id: &str| {
+        pillion_identity::csr::generate(&id.parse().unwrap())
+            .unwrap()
+            .1
+    };
+    let ask = |id: &str| serde_json::json!({ "csr_pem": csr(id) });
+    let mut certs = connect(&agent).await;
+    let (ok, _) = certs
+        .json(
+            "POST",
+            "/v1/certificates",
+            Some(CLIENT_TOKEN),
+            &ask(CLIENT_ID),
+        )
+        .await;
+    let (mismatch, _) = certs
+        .json(
+            "POST",
+            "/v1/certificates",
+            Some(CLIENT_TOKEN),
+            &ask(SERVER_ID),
+        )
+        .await;
+    let (unknown, _) = certs
+        .json("POST", "/v1/certificates", Some("nobody"), &ask(CLIENT_ID))
+        .await;
+    assert_eq!(
+        (ok.as_u16(), mismatch.as_u16(), unknown.as_u16()),
+        (200, 403, 401)
+    );
+
+    let text = agent_metrics(&mut client).await;
+    for line in [
+        "pillion_agent_watchers 2",
+        "pillion_agent_source_version 2",
+        "pillion_agent_source_updates_total{result=\"published\"} 2",
+        "pillion_agent_source_updates_total{result=\"refused\"} 1",
+        "pillion_agent_push_seconds_count 2",
+        "pillion_agent_certificates_total{result=\"issued\",reason=\"\"} 1",
+        "pillion_agent_certificates_total{result=\"refused\",reason=\"identity_mismatch\"} 1",
+        "pillion_agent_certificates_total{result=\"refused\",reason=\"unauthenticated\"} 1",
+    ] {
+        assert!(has(&text, line), "missing {line:?} in\n{text}");
+    }
+    drop((views, server_views));
+    drop(other);
+    let gone = async {
+        while !has(
+            &agent_metrics(&mut client).await,
+            "pillion_agent_watchers 0",
+        ) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("the watchers are let go when their streams end");
+}
