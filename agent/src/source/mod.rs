@@ -40,6 +40,9 @@ pub struct SourceHandle {
     snapshots: watch::Receiver<Snapshot>,
     errors: watch::Receiver<Option<SourceError>>,
     poller: Option<JoinHandle<()>>,
+    /// Keeps an embedded source's channel open: it never changes, but a closed
+    /// channel would end every view stream right after its first line.
+    _unchanging: Option<watch::Sender<Snapshot>>,
 }
 
 /// Loads the source (a broken one is a fatal error here) and, for a file, starts
@@ -61,8 +64,8 @@ pub fn start(
         published: std::time::Instant::now(),
     });
     let (err_tx, errors) = watch::channel(None);
-    let poller = match spec {
-        SourceSpec::Embedded => None,
+    let (poller, unchanging) = match spec {
+        SourceSpec::Embedded => (None, Some(snap_tx)),
         SourceSpec::File(path) => {
             let poller = reload::Poller::new(
                 path.clone(),
@@ -72,7 +75,7 @@ pub fn start(
                 snap_tx,
                 err_tx,
             );
-            Some(tokio::spawn(poller.run(shutdown)))
+            (Some(tokio::spawn(poller.run(shutdown))), None)
         }
     };
     tracing::info!(source = %name, workloads = snapshots.borrow().catalog.workloads().len(),
@@ -81,6 +84,7 @@ pub fn start(
         snapshots,
         errors,
         poller,
+        _unchanging: unchanging,
     })
 }
 
