@@ -287,6 +287,14 @@ impl Agent {
         ];
         tasks.extend(parts.tasks);
         tasks.extend(source.count_updates(&metrics, shutdown));
+        if matches!(config.ca, crate::ca::CaSpec::IssuerDir(_)) {
+            tasks.push(tokio::spawn(follow_issuer(
+                Arc::clone(&ca),
+                config.reload_interval,
+                config.trust_anchor_out.clone(),
+                shutdown.clone(),
+            )));
+        }
         Ok((local_addr, ca, tasks))
     }
 }
@@ -360,5 +368,47 @@ impl RunningAgent {
 impl Drop for RunningAgent {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Re-reads `--issuer-dir` every `interval` until `shutdown`: a changed issuer or
+/// bundle signs from then on (and is written to `--trust-anchor-out`); a broken one
+/// is logged once per distinct problem while the last good one keeps signing.
+async fn follow_issuer(
+    ca: Arc<AgentCa>,
+    interval: Duration,
+    anchor_out: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) {
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match ca.reload() {
+            Ok(false) => failing = None,
+            Ok(true) => {
+                failing = None;
+                let bundle = ca.trust_bundle_pem();
+                tracing::info!(
+                    roots = bundle.matches("BEGIN CERTIFICATE").count(),
+                    "the issuer or its trust bundle changed; signing with the new one"
+                );
+                if let Some(path) = &anchor_out {
+                    if let Err(error) = trust_anchor::write_atomic(path, &bundle) {
+                        tracing::error!(%error, "cannot rewrite the trust anchor file");
+                    }
+                }
+            }
+            Err(error) => {
+                let text = error.to_string();
+                if failing.as_ref() != Some(&text) {
+                    tracing::error!(error = %text,
+                        "the issuer directory cannot be used; the last good issuer keeps signing");
+                    failing = Some(text);
+                }
+            }
+        }
     }
 }

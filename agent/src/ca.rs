@@ -1,11 +1,16 @@
 //! The agent's use of the mesh CA: where it lives (a directory or memory), signing
 //! workload CSRs, and the agent's own serving certificate.
 
+use arc_swap::ArcSwap;
 use pillion_api::defaults;
-use pillion_identity::ca::{Ca, CaError, IssueError, Issued};
+use pillion_identity::ca::{
+    Ca, CaError, IssueError, Issued, ISSUER_CERT_FILE, ISSUER_KEY_FILE, TRUST_BUNDLE_FILE,
+};
 use pillion_identity::{SpiffeId, Zeroizing};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// DNS names of the agent's Service (`deploy/agent/service.yaml`) on its serving
 /// certificate: the Kubernetes API server verifies the webhook by them.
@@ -59,11 +64,20 @@ pub enum CaSetupError {
     },
 }
 
-/// The mesh CA as the agent uses it.
+/// The mesh CA as the agent uses it. With `--issuer-dir` it follows the directory
+/// while the agent runs ([`AgentCa::reload`]): a rotation's new bundle or issuer is
+/// used from the next signature on, and `changes` tells the serving certificate
+/// and the view streams.
 #[derive(Debug)]
 pub struct AgentCa {
-    ca: Ca,
+    ca: ArcSwap<Ca>,
     agent_identity: SpiffeId,
+    spec: CaSpec,
+    trust_domain: String,
+    /// Bumped on every change of issuer or bundle.
+    changes: watch::Sender<u64>,
+    /// Digest of the issuer files last loaded (never the key itself).
+    seen: Mutex<Option<Vec<u8>>>,
 }
 
 impl AgentCa {
@@ -85,14 +99,71 @@ impl AgentCa {
             }
         };
         Ok(Self {
-            ca,
+            ca: ArcSwap::from_pointee(ca),
             agent_identity: agent_identity(trust_domain)?,
+            spec: spec.clone(),
+            trust_domain: trust_domain.to_string(),
+            changes: watch::Sender::new(0),
+            seen: Mutex::new(None),
         })
+    }
+
+    /// Re-reads `--issuer-dir` and, when its issuer or bundle changed, signs with
+    /// it from now on. `Ok(true)` when it changed; an unusable directory is an
+    /// error, and the last good issuer keeps signing. Other specs never change.
+    pub fn reload(&self) -> Result<bool, CaSetupError> {
+        let CaSpec::IssuerDir(dir) = &self.spec else {
+            return Ok(false);
+        };
+        let failed = |error| CaSetupError::Issuer {
+            dir: dir.clone(),
+            error,
+        };
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| {
+                failed(CaError::Io {
+                    op: "reading",
+                    path,
+                    source,
+                })
+            })
+        };
+        let bundle = read(TRUST_BUNDLE_FILE)?;
+        let issuer = read(ISSUER_CERT_FILE)?;
+        let key = Zeroizing::new(read(ISSUER_KEY_FILE)?);
+        // The files are read every tick; they are parsed only when they changed.
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [&bundle, &issuer, &*key] {
+            digest.update(&(part.len() as u64).to_be_bytes());
+            digest.update(part.as_bytes());
+        }
+        let digest = digest.finish();
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.as_deref() == Some(digest.as_ref()) {
+            return Ok(false);
+        }
+        let next = Ca::from_issuer(&issuer, &key, &bundle, &self.trust_domain).map_err(failed)?;
+        *seen = Some(digest.as_ref().to_vec());
+        let current = self.ca.load();
+        if next.cert_pem() == current.cert_pem()
+            && next.trust_bundle_pem() == current.trust_bundle_pem()
+        {
+            return Ok(false);
+        }
+        self.ca.store(Arc::new(next));
+        self.changes.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+
+    /// Sees every change of issuer or bundle.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The roots proxies trust, PEM.
     pub fn trust_bundle_pem(&self) -> String {
-        self.ca.trust_bundle_pem()
+        self.ca.load().trust_bundle_pem()
     }
 
     /// The SPIFFE id of the agent's own certificate.
@@ -100,14 +171,17 @@ impl AgentCa {
         &self.agent_identity
     }
 
-    /// Signs a workload's CSR for exactly `identity`.
+    /// Signs a workload's CSR for exactly `identity`; the bundle that goes with
+    /// the leaf comes from the same issuer, whatever a reload does meanwhile.
     pub fn sign_workload(
         &self,
         csr_pem: &str,
         identity: &SpiffeId,
         lifetime: Duration,
-    ) -> Result<Issued, IssueError> {
-        self.ca.sign_csr(csr_pem, identity, lifetime)
+    ) -> Result<(Issued, String), IssueError> {
+        let ca = self.ca.load();
+        let issued = ca.sign_csr(csr_pem, identity, lifetime)?;
+        Ok((issued, ca.trust_bundle_pem()))
     }
 
     /// Issues the agent's own serving certificate and key: its SPIFFE id for the
@@ -117,6 +191,7 @@ impl AgentCa {
         lifetime: Duration,
     ) -> Result<(Issued, Zeroizing<String>), CaError> {
         self.ca
+            .load()
             .issue_with_dns_names(&self.agent_identity, &AGENT_DNS_NAMES, lifetime)
     }
 }

@@ -62,7 +62,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         .ca
         .sign_workload(&request.csr_pem, &identity, shared.leaf_lifetime)
     {
-        Ok(issued) => {
+        Ok((issued, trust_bundle_pem)) => {
             let expires_at_unix = issued
                 .expires_at
                 .duration_since(UNIX_EPOCH)
@@ -75,7 +75,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 StatusCode::OK,
                 &CertificateResponse {
                     chain_pem: issued.chain_pem,
-                    trust_bundle_pem: shared.ca.trust_bundle_pem(),
+                    trust_bundle_pem,
                     expires_at_unix,
                 },
             )

@@ -58,11 +58,15 @@ impl ServingCert {
         mut expires_at: SystemTime,
         shutdown: CancellationToken,
     ) {
+        let mut changes = ca.subscribe();
         loop {
             let wait = renew_delay(self.lifetime, expires_at);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                // A new issuer: serve a chain under it at once, so proxies that
+                // trust only the new root can reach the agent.
+                changed = changes.changed() => if changed.is_err() { return },
             }
             match build(&ca, self.lifetime) {
                 Ok((config, new_expiry)) => {

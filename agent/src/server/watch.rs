@@ -13,6 +13,7 @@
 use super::auth::{authenticate, TokenAuthenticator};
 use super::reply::Body;
 use super::Shared;
+use crate::ca::AgentCa;
 use crate::metrics::AgentMetrics;
 use crate::source::{Snapshot, Workload};
 use crate::token::TokenHash;
@@ -54,7 +55,8 @@ pub async fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> 
     tracing::info!(%identity, token_sha256 = %token.short(), "watch started");
     let agent = StreamInputs {
         auth: shared.auth.clone(),
-        bundle: shared.ca.trust_bundle_pem(),
+        ca_changes: shared.ca.subscribe(),
+        ca: Arc::clone(&shared.ca),
         shutdown: shared.shutdown.clone(),
         metrics: Arc::clone(&shared.metrics),
     };
@@ -74,8 +76,10 @@ pub async fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> 
 struct StreamInputs {
     /// Re-checks the token on every change.
     auth: Arc<dyn TokenAuthenticator>,
-    /// The trust bundle each view carries.
-    bundle: String,
+    /// Whose trust bundle each view carries.
+    ca: Arc<AgentCa>,
+    /// Wakes the stream when the bundle changes.
+    ca_changes: watch::Receiver<u64>,
     /// Ends the stream when the agent stops.
     shutdown: CancellationToken,
     /// Watchers and push latency.
@@ -93,7 +97,8 @@ async fn stream_views(
 ) {
     let StreamInputs {
         auth,
-        bundle,
+        ca,
+        mut ca_changes,
         shutdown,
         metrics,
     } = agent;
@@ -101,6 +106,7 @@ async fn stream_views(
     let mut last: Option<View> = None;
     loop {
         let published;
+        let bundle = ca.trust_bundle_pem();
         let view = {
             let snapshot = rx.borrow_and_update();
             published = snapshot.published;
@@ -132,8 +138,9 @@ async fn stream_views(
                 sent = tx.send(Bytes::from(line)) => if sent.is_err() { break },
                 _ = shutdown.cancelled() => return,
             }
-            // A change reaching a watcher; the first line of a stream is no push.
-            if last.is_some() {
+            // A source change reaching a watcher; neither the first line of a stream
+            // nor a new trust bundle is a push of a version.
+            if last.as_ref().is_some_and(|l| l.version != view.version) {
                 metrics.pushed(published.elapsed());
             }
             tracing::debug!(%identity, version = view.version, "view sent");
@@ -141,6 +148,7 @@ async fn stream_views(
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
+            changed = ca_changes.changed() => if changed.is_err() { return },
             _ = tx.closed() => break,
             _ = shutdown.cancelled() => return,
         }

@@ -97,3 +97,91 @@ async fn two_agents_on_one_issuer_dir_sign_under_the_same_roots() {
         "{text}"
     );
 }
+
+/// Writes `text` to `dir/name` whole, by rename, as a Secret volume update lands.
+fn replace(dir: &std::path::Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// True when `chain_pem` leads to a root of `bundle_pem`.
+fn chains_to(chain_pem: &str, bundle_pem: &str) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    pillion_identity::TrustBundle::parse(bundle_pem, "cluster.local", std::time::SystemTime::now())
+        .unwrap()
+        .verifies(&chain, std::time::SystemTime::now())
+}
+
+#[tokio::test]
+async fn a_running_agent_follows_its_issuer_dir_through_a_rotation() {
+    use std::time::Duration;
+    let dir = TempDir::new("issuer-rotate");
+    let issuer_dir = dir.join("identity");
+    pillion_identity::ca::init_issuer_dir(&issuer_dir, "cluster.local", Duration::from_secs(3600))
+        .unwrap();
+    let r1 = std::fs::read_to_string(issuer_dir.join("ca.crt")).unwrap();
+    let anchor = dir.join("anchors.pem");
+    let mut config = loopback_config(SourceSpec::Embedded);
+    config.ca = CaSpec::IssuerDir(issuer_dir.clone());
+    config.trust_anchor_out = Some(anchor.clone());
+    let agent = Agent::start(config).await.unwrap();
+    let mut client = connect(&agent).await;
+    let mut views = client.watch(CLIENT_TOKEN).await;
+    let first = views.next_within(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(first.trust_bundle_pem.as_deref(), Some(r1.as_str()));
+
+    // Step 1: a second root joins the bundle. Watchers get it at once, and so does
+    // the anchor file.
+    let r2 = pillion_identity::Ca::generate("cluster.local").unwrap();
+    let both = format!("{r1}{}", r2.trust_bundle_pem());
+    replace(&issuer_dir, "ca.crt", &both);
+    let pushed = views
+        .next_within(Duration::from_secs(2))
+        .await
+        .expect("the new bundle");
+    let pushed = pushed.trust_bundle_pem.unwrap_or_default();
+    assert_eq!(pushed.matches("BEGIN CERTIFICATE").count(), 2, "{pushed}");
+    assert_eq!(std::fs::read_to_string(&anchor).unwrap(), pushed);
+
+    // Step 2: the issuer switches to one under the new root. Leaves and the
+    // agent's own chain lead to it, so a client trusting only the new root gets in.
+    let (issuer, key) = r2.issue_intermediate(Duration::from_secs(3600)).unwrap();
+    replace(&issuer_dir, "tls.key", &key);
+    replace(&issuer_dir, "tls.crt", &issuer);
+    let csr = || {
+        let id = CLIENT_ID.parse().unwrap();
+        serde_json::json!({ "csr_pem": pillion_identity::csr::generate(&id).unwrap().1 })
+    };
+    let r2_pem = r2.trust_bundle_pem();
+    let mut under_r2 = false;
+    for _ in 0..40 {
+        let (status, answer) = client
+            .json("POST", "/v1/certificates", Some(CLIENT_TOKEN), &csr())
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        if chains_to(answer["chain_pem"].as_str().unwrap(), &r2_pem) {
+            assert_eq!(answer["trust_bundle_pem"].as_str(), Some(pushed.as_str()));
+            under_r2 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(under_r2, "no leaf under the new issuer within 2 s");
+    let mut fresh = connect_to(agent.local_addr(), &r2_pem, agent.agent_identity(), false).await;
+    assert_eq!(fresh.get_status("/healthz").await, 200);
+
+    // A broken key is refused, and the last good issuer keeps signing.
+    replace(&issuer_dir, "tls.key", "not a key");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, answer) = client
+        .json("POST", "/v1/certificates", Some(CLIENT_TOKEN), &csr())
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(chains_to(answer["chain_pem"].as_str().unwrap(), &r2_pem));
+    agent.shutdown().await;
+}

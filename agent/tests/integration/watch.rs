@@ -324,3 +324,13 @@ async fn metrics_count_watchers_pushes_certificates_and_source_updates() {
         .await
         .expect("the watchers are let go when their streams end");
 }
+
+#[tokio::test]
+async fn a_watch_on_the_embedded_default_stays_open() {
+    let agent = start_default().await;
+    let mut client = connect(&agent).await;
+    let mut views = client.watch(CLIENT_TOKEN).await;
+    assert!(views.next_within(ONE_SECOND).await.is_some());
+    // The embedded source never changes; its stream must not end for that.
+    assert!(!views.ends_within(Duration::from_millis(500)).await);
+}
