@@ -206,21 +206,20 @@ impl Agent {
         config: &AgentConfig,
         source: &Source,
         client: Option<kube::Client>,
-        ca: &AgentCa,
+        ca: &Arc<AgentCa>,
         shutdown: &CancellationToken,
     ) -> ModeParts {
         match (source, client, &config.kubernetes) {
             (Source::Kubernetes(kube), Some(client), Some(spec)) => {
-                let bundle = ca.trust_bundle_pem();
                 let webhook = publish::spawn_webhook_patcher(
                     client.clone(),
-                    bundle.clone(),
+                    Arc::clone(ca),
                     shutdown.clone(),
                 );
                 let (namespaces, anchors) = publish::start_trust_anchors(
                     client.clone(),
                     &kube.stores,
-                    bundle,
+                    Arc::clone(ca),
                     shutdown.clone(),
                 );
                 ModeParts {

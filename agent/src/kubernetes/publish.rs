@@ -4,6 +4,7 @@
 //! mount ConfigMaps of its own namespace). Both retry with backoff until they work.
 
 use super::watch::Stores;
+use crate::ca::AgentCa;
 use crate::server::inject::NamespaceSource;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -57,32 +58,42 @@ pub async fn patch_webhook_ca_bundle(
     Ok(webhooks.len())
 }
 
-/// Keeps trying [`patch_webhook_ca_bundle`] until it works or `shutdown` fires.
+/// Keeps the webhook's caBundle at the CA's trust bundle: sets it at start and
+/// again whenever the bundle changes (a rotation), retrying with backoff, until
+/// `shutdown` fires.
 pub fn spawn_webhook_patcher(
     client: Client,
-    bundle_pem: String,
+    ca: Arc<AgentCa>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut delay = FIRST_RETRY;
+        let mut changes = ca.subscribe();
         loop {
-            match patch_webhook_ca_bundle(&client, WEBHOOK_CONFIGURATION, &bundle_pem).await {
-                Ok(n) => {
-                    tracing::info!(
-                        webhooks = n,
-                        configuration = WEBHOOK_CONFIGURATION,
-                        "webhook caBundle set to the agent's trust anchors"
-                    );
-                    return;
+            let mut delay = FIRST_RETRY;
+            loop {
+                let bundle_pem = ca.trust_bundle_pem();
+                match patch_webhook_ca_bundle(&client, WEBHOOK_CONFIGURATION, &bundle_pem).await {
+                    Ok(n) => {
+                        tracing::info!(
+                            webhooks = n,
+                            configuration = WEBHOOK_CONFIGURATION,
+                            "webhook caBundle set to the agent's trust anchors"
+                        );
+                        break;
+                    }
+                    Err(e) => tracing::warn!(configuration = WEBHOOK_CONFIGURATION, error = %e,
+                        retry_in = ?delay, "cannot set the webhook caBundle"),
                 }
-                Err(e) => tracing::warn!(configuration = WEBHOOK_CONFIGURATION, error = %e,
-                    retry_in = ?delay, "cannot set the webhook caBundle"),
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_RETRY);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+                changed = changes.changed() => if changed.is_err() { return },
             }
-            delay = (delay * 2).min(MAX_RETRY);
         }
     })
 }
@@ -154,9 +165,10 @@ impl NamespaceSource for ClusterNamespaces {
 pub fn start_trust_anchors(
     client: Client,
     stores: &Stores,
-    bundle_pem: String,
+    ca: Arc<AgentCa>,
     shutdown: CancellationToken,
 ) -> (Arc<ClusterNamespaces>, JoinHandle<()>) {
+    let mut changes = ca.subscribe();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let namespaces = Arc::new(ClusterNamespaces {
         store: stores.namespaces.clone(),
@@ -192,7 +204,7 @@ pub fn start_trust_anchors(
                 .cloned()
                 .collect::<Vec<_>>()
             {
-                match apply_trust_anchors(&client, &ns, &bundle_pem).await {
+                match apply_trust_anchors(&client, &ns, &ca.trust_bundle_pem()).await {
                     Ok(()) => {
                         tracing::info!(namespace = %ns, configmap = TRUST_ANCHORS_CONFIGMAP,
                             "trust anchors published");
@@ -218,6 +230,13 @@ pub fn start_trust_anchors(
                     Some(ns) => { wanted.insert(ns); }
                     None => return,
                 },
+                // A rotation: every namespace gets the new bundle.
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    done.clear();
+                }
                 _ = tokio::time::sleep(wait) => {
                     scans += 1;
                     if scans % REAPPLY_EVERY == 0 {

@@ -36,6 +36,10 @@ fn namespace(name: &str, annotations: Value) -> Value {
 }
 
 async fn start() -> (FakeApiServer, RunningAgent) {
+    start_with(pillion_agent::ca::CaSpec::InMemory).await
+}
+
+async fn start_with(ca: pillion_agent::ca::CaSpec) -> (FakeApiServer, RunningAgent) {
     let mut lists = empty_lists();
     lists.insert(
         "namespaces",
@@ -56,6 +60,8 @@ async fn start() -> (FakeApiServer, RunningAgent) {
     config.kubernetes = Some(KubernetesSpec::new(ClientSpec::Config(Box::new(
         fake.kube_config(),
     ))));
+    config.ca = ca;
+    config.reload_interval = Duration::from_millis(50);
     let agent = Agent::start(config).await.unwrap();
     (fake, agent)
 }
@@ -310,5 +316,45 @@ async fn outside_kubernetes_only_pods_that_ask_are_injected() {
     request["request"]["object"]["metadata"]["annotations"]["pillion.io/inject"] = json!("enabled");
     let answer = post_review(&mut client, &request).await;
     assert!(answer.response.unwrap().patch.is_some());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_new_trust_bundle_is_published_again_to_the_webhook_and_namespaces() {
+    let dir = crate::common::TempDir::new("kube-rotate");
+    let issuer_dir = dir.join("identity");
+    pillion_identity::ca::init_issuer_dir(&issuer_dir, "cluster.local", Duration::from_secs(3600))
+        .unwrap();
+    let (fake, agent) = start_with(pillion_agent::ca::CaSpec::IssuerDir(issuer_dir.clone())).await;
+    let webhook_patch =
+        |s: &Seen| s.method == http::Method::PATCH && s.path().ends_with("/pillion-injector");
+    let shop_apply = |s: &Seen| {
+        s.method == http::Method::PATCH
+            && s.path() == "/api/v1/namespaces/shop/configmaps/pillion-trust-anchors"
+    };
+    fake.wait_for("the first caBundle patch", webhook_patch)
+        .await;
+    fake.wait_for("the first ConfigMap", shop_apply).await;
+
+    // A second root joins the Secret's bundle: both are published again.
+    let r2 = pillion_identity::Ca::generate("cluster.local").unwrap();
+    let both = format!("{}{}", agent.trust_anchor_pem(), r2.trust_bundle_pem());
+    let tmp = issuer_dir.join(".ca.crt.tmp");
+    std::fs::write(&tmp, &both).unwrap();
+    std::fs::rename(&tmp, issuer_dir.join("ca.crt")).unwrap();
+    let patched = fake
+        .wait_for("a caBundle patch with both roots", |s| {
+            webhook_patch(s)
+                && s.json()["webhooks"][0]["clientConfig"]["caBundle"]
+                    .as_str()
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .is_some_and(|b| b == both.as_bytes())
+        })
+        .await;
+    assert_eq!(patched.json()["metadata"]["resourceVersion"], "77");
+    fake.wait_for("the ConfigMap with both roots", |s| {
+        shop_apply(s) && s.json()["data"]["ca.pem"] == both.as_str()
+    })
+    .await;
     agent.shutdown().await;
 }
