@@ -104,19 +104,26 @@ impl MeshAgent {
     ) -> Result<MeshAgent> {
         let anchors = dir.path().join("anchors.pem");
         let ca_dir = dir.path().join("ca");
+        // An issuer directory in `extra` replaces the CA directory.
+        let ca_flags = if extra.contains(&"--issuer-dir") {
+            Vec::new()
+        } else {
+            vec!["--ca-dir".to_string(), ca_dir.display().to_string()]
+        };
         let mut args = vec![
             "agent".to_string(),
             "--config".into(),
             config.display().to_string(),
             "--listen".into(),
             pod.addr_v4(AGENT_PORT).to_string(),
-            "--ca-dir".into(),
-            ca_dir.display().to_string(),
+        ];
+        args.extend(ca_flags);
+        args.extend([
             "--trust-anchor-out".into(),
             anchors.display().to_string(),
             "--reload-interval".into(),
             "100ms".into(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut agent = MeshAgent {
             pod: pod.clone(),
