@@ -69,9 +69,13 @@ pub const READY_PATH: &str = "/ready";
 pub const LIVE_PATH: &str = "/live";
 
 /// Serves connections from `listener` until `shared.shutdown` fires, then lets open
-/// connections finish for a short grace period.
+/// connections finish for a short grace period. When the CA changes (a rotation),
+/// the connections opened before are closed gracefully (HTTP/2 GOAWAY; their view
+/// streams end too), so every proxy reconnects and verifies the agent's new chain:
+/// a bundle without the old root can then reach it.
 pub async fn serve(listener: TcpListener, cert: Arc<ServingCert>, shared: Arc<Shared>) {
-    let graceful = GracefulShutdown::new();
+    let mut graceful = GracefulShutdown::new();
+    let mut ca_changes = shared.ca.subscribe();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -85,6 +89,17 @@ pub async fn serve(listener: TcpListener, cert: Arc<ServingCert>, shared: Arc<Sh
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
+            changed = ca_changes.changed() => {
+                if changed.is_ok() {
+                    let before = std::mem::replace(&mut graceful, GracefulShutdown::new());
+                    tokio::spawn(async move {
+                        let closed = tokio::time::timeout(SHUTDOWN_GRACE, before.shutdown()).await;
+                        tracing::info!(all_closed = closed.is_ok(),
+                            "the CA changed; connections from before it were closed");
+                    });
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {

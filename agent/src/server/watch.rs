@@ -148,7 +148,12 @@ async fn stream_views(
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
-            changed = ca_changes.changed() => if changed.is_err() { return },
+            // The CA changed: the stream ends with its connection (see
+            // `server::serve`), and the proxy's next one carries the new bundle.
+            _ = ca_changes.changed() => {
+                tracing::info!(%identity, "watch ended: the CA changed; the proxy reconnects");
+                return;
+            }
             _ = tx.closed() => break,
             _ = shutdown.cancelled() => return,
         }

@@ -135,15 +135,22 @@ async fn a_running_agent_follows_its_issuer_dir_through_a_rotation() {
     let first = views.next_within(Duration::from_secs(1)).await.unwrap();
     assert_eq!(first.trust_bundle_pem.as_deref(), Some(r1.as_str()));
 
-    // Step 1: a second root joins the bundle. Watchers get it at once, and so does
-    // the anchor file.
+    // Step 1: a second root joins the bundle. Open streams end (their connection is
+    // closed gracefully), so every proxy reconnects and gets it; so does the anchor
+    // file.
     let r2 = pillion_identity::Ca::generate("cluster.local").unwrap();
     let both = format!("{r1}{}", r2.trust_bundle_pem());
     replace(&issuer_dir, "ca.crt", &both);
+    assert!(
+        views.ends_within(Duration::from_secs(2)).await,
+        "the stream did not end"
+    );
+    let mut client = connect(&agent).await;
+    let mut views = client.watch(CLIENT_TOKEN).await;
     let pushed = views
-        .next_within(Duration::from_secs(2))
+        .next_within(Duration::from_secs(1))
         .await
-        .expect("the new bundle");
+        .expect("a view");
     let pushed = pushed.trust_bundle_pem.unwrap_or_default();
     assert_eq!(pushed.matches("BEGIN CERTIFICATE").count(), 2, "{pushed}");
     assert_eq!(std::fs::read_to_string(&anchor).unwrap(), pushed);
@@ -160,9 +167,12 @@ async fn a_running_agent_follows_its_issuer_dir_through_a_rotation() {
     let r2_pem = r2.trust_bundle_pem();
     let mut under_r2 = false;
     for _ in 0..40 {
-        let (status, answer) = client
-            .json("POST", "/v1/certificates", Some(CLIENT_TOKEN), &csr())
-            .await;
+        // A fresh connection each time: the switch closes the ones from before it.
+        let (status, answer) =
+            connect_to(agent.local_addr(), &pushed, agent.agent_identity(), false)
+                .await
+                .json("POST", "/v1/certificates", Some(CLIENT_TOKEN), &csr())
+                .await;
         assert_eq!(status, 200, "{answer}");
         if chains_to(answer["chain_pem"].as_str().unwrap(), &r2_pem) {
             assert_eq!(answer["trust_bundle_pem"].as_str(), Some(pushed.as_str()));
@@ -178,7 +188,8 @@ async fn a_running_agent_follows_its_issuer_dir_through_a_rotation() {
     // A broken key is refused, and the last good issuer keeps signing.
     replace(&issuer_dir, "tls.key", "not a key");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, answer) = client
+    let (status, answer) = connect_to(agent.local_addr(), &pushed, agent.agent_identity(), false)
+        .await
         .json("POST", "/v1/certificates", Some(CLIENT_TOKEN), &csr())
         .await;
     assert_eq!(status, 200, "{answer}");
