@@ -156,6 +156,11 @@ impl AgentCa {
         Ok(true)
     }
 
+    /// The SHA-256 (hex) of the certificate that signs workload leaves now.
+    pub fn issuer_sha256(&self) -> String {
+        self.ca.load().issuer_sha256()
+    }
+
     /// Sees every change of issuer or bundle.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

@@ -17,6 +17,7 @@ pub fn view_for(
         services: catalog.services().to_vec(),
         inbound: workload.inbound.clone(),
         trust_bundle_pem: Some(trust_bundle_pem.to_string()),
+        issuer_sha256: None,
     }
 }
 
@@ -27,6 +28,7 @@ pub fn same_except_version(a: &View, b: &View) -> bool {
         && a.services == b.services
         && a.inbound == b.inbound
         && a.trust_bundle_pem == b.trust_bundle_pem
+        && a.issuer_sha256 == b.issuer_sha256
 }
 
 #[cfg(test)]

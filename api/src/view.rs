@@ -76,6 +76,11 @@ pub struct View {
     /// the proxy keeps what it trusts; a bundle is never "trust nothing".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_bundle_pem: Option<String>,
+    /// SHA-256 (hex) of the certificate the agent signs leaves with. A proxy whose
+    /// leaf was signed by another issuer renews soon, so an issuer switch does not
+    /// wait for every leaf's renewal time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_sha256: Option<String>,
 }
 
 /// A named set of virtual addresses and ports, served by endpoints.
@@ -294,6 +299,7 @@ mod tests {
                 )]),
             },
             trust_bundle_pem: Some("-----BEGIN CERTIFICATE-----\n…".into()),
+            issuer_sha256: Some("ab".repeat(32)),
         }
     }
 

@@ -123,3 +123,13 @@ pub(crate) fn to_system_time(unix: i64) -> SystemTime {
         UNIX_EPOCH - Duration::from_secs(unix.unsigned_abs())
     }
 }
+
+/// The SHA-256 of a certificate's DER, lowercase hex: how the agent names the issuer
+/// it signs with, and a proxy the issuer of its own leaf.
+pub(crate) fn sha256_hex(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -328,6 +328,15 @@ impl CertStore {
         Ok(roots)
     }
 
+    /// The SHA-256 (hex) of the certificate that signed the installed leaf, when its
+    /// chain carries it (an issuer below the root; a leaf signed by the root itself
+    /// does not say).
+    pub fn leaf_issuer_sha256(&self) -> Option<String> {
+        let leaf = self.leaf.load();
+        let issuer = leaf.as_ref()?.certified.cert.get(1)?;
+        Some(crate::cert_info::sha256_hex(issuer))
+    }
+
     /// Serial (lowercase hex) of the installed leaf, if any.
     pub fn current_serial(&self) -> Option<String> {
         self.leaf.load().as_ref().map(|l| l.serial_hex.clone())

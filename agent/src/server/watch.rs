@@ -107,6 +107,7 @@ async fn stream_views(
     loop {
         let published;
         let bundle = ca.trust_bundle_pem();
+        let issuer = ca.issuer_sha256();
         let view = {
             let snapshot = rx.borrow_and_update();
             published = snapshot.published;
@@ -120,11 +121,12 @@ async fn stream_views(
                 }
             })
         };
-        let Some(view) = view else {
+        let Some(mut view) = view else {
             tracing::info!(%identity, token_sha256 = %token.short(),
                 "watch ended: the token no longer proves this identity");
             return;
         };
+        view.issuer_sha256 = Some(issuer);
         if !last.as_ref().is_some_and(|l| same_except_version(l, &view)) {
             let mut line = match serde_json::to_vec(&view) {
                 Ok(line) => line,

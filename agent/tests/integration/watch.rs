@@ -63,6 +63,8 @@ async fn streams_views_and_survives_broken_files() {
         first.trust_bundle_pem.as_deref(),
         Some(agent.trust_anchor_pem())
     );
+    // And the issuer it signs with, for proxies to notice a switch.
+    assert_eq!(first.issuer_sha256.as_ref().map(String::len), Some(64));
 
     // A change arrives within a second, with a higher version.
     write_file(&path, &source(7001, ""));

@@ -164,6 +164,12 @@ impl Ca {
         self.roots_pem.clone()
     }
 
+    /// The SHA-256 (hex) of the certificate that signs leaves: a proxy whose leaf
+    /// names another issuer knows a rotation switched issuers and renews.
+    pub fn issuer_sha256(&self) -> String {
+        cert_info::sha256_hex(&self.cert_der)
+    }
+
     /// The CA's own certificate, PEM (what `ca.pem` holds first).
     pub fn cert_pem(&self) -> String {
         cert_to_pem(&self.cert_der)

@@ -31,6 +31,7 @@ use watch::Watcher;
 
 pub use client::{AgentClient, AgentError, ClientError};
 pub use config::ControlConfig;
+pub use watch::ISSUER_SWITCH_SPREAD;
 
 /// Readiness condition met once the proxy holds a certificate.
 pub const READY_CERTIFICATE: &str = "certificate";
@@ -91,6 +92,7 @@ impl ControlPlane {
             ready: readiness.condition(READY_VIEW),
             store: Arc::clone(&store),
             renew_now: Arc::clone(&renew_now),
+            renewing_for: std::sync::Mutex::new(None),
         };
         tracing::info!(agent = %config.agent_addr, agent_identity = %config.agent_identity,
             identity = %config.workload, pod = config.pod_name.as_deref().unwrap_or(""),

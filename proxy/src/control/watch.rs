@@ -24,6 +24,9 @@ use crate::state::Views;
 pub(crate) const RECONNECT_BASE: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
 pub(crate) const RECONNECT_CAP: Duration = Duration::from_secs(5);
+/// A proxy whose leaf names another issuer than the agent's renews within this,
+/// at a random moment, so a mesh's proxies do not all ask in the same instant.
+pub const ISSUER_SWITCH_SPREAD: Duration = Duration::from_secs(5);
 
 /// Why one view stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +67,11 @@ pub(crate) struct Watcher {
     pub ready: Condition,
     /// Where a bundle pushed in a view goes.
     pub store: Arc<CertStore>,
-    /// Wakes the renewal loop when a pushed bundle waits for a leaf under it.
+    /// Wakes the renewal loop when a pushed bundle waits for a leaf under it, or
+    /// the agent signs with another issuer than our leaf's.
     pub renew_now: Arc<Notify>,
+    /// The issuer a renewal was last asked for, so one switch asks once.
+    pub renewing_for: std::sync::Mutex<Option<String>>,
 }
 
 impl Watcher {
@@ -120,6 +126,36 @@ impl Watcher {
         }
     }
 
+    /// Asks for a renewal, at a random moment within [`ISSUER_SWITCH_SPREAD`], when
+    /// the agent signs with another issuer than the one of our leaf (a rotation's
+    /// switch): the leaf under the old root is replaced now, not at 70 % of its life.
+    fn renew_if_issued_by_another(&self, issuer: String) {
+        let Some(ours) = self.store.leaf_issuer_sha256() else {
+            return;
+        };
+        if ours == issuer {
+            return;
+        }
+        let mut asked = self
+            .renewing_for
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if asked.as_deref() == Some(issuer.as_str()) {
+            return;
+        }
+        *asked = Some(issuer);
+        let wait = ISSUER_SWITCH_SPREAD.mul_f64(rand::random::<f64>());
+        tracing::info!(
+            renew_in_ms = wait.as_millis() as u64,
+            "the agent signs with another issuer than our leaf's; renewing soon"
+        );
+        let renew_now = Arc::clone(&self.renew_now);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            renew_now.notify_one();
+        });
+    }
+
     /// Opens one stream and installs its views until it ends; always returns why.
     async fn follow(&self, backoff: &mut Backoff) -> WatchError {
         let mut body = match self.client.watch().await {
@@ -168,6 +204,9 @@ impl Watcher {
                 let mut view = view;
                 if let Some(pem) = view.trust_bundle_pem.take() {
                     self.offer_bundle(&pem).await;
+                }
+                if let Some(issuer) = view.issuer_sha256.take() {
+                    self.renew_if_issued_by_another(issuer);
                 }
                 if last.is_some_and(|v| view.version < v) {
                     tracing::debug!(version = view.version, "ignoring an older view");

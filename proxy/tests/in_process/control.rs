@@ -137,17 +137,22 @@ impl TestAgent {
         tx.send(Bytes::from(line)).await.is_ok()
     }
 
-    /// Sends one view line carrying `bundle` as its trust bundle.
-    async fn send_view_with_bundle(&self, version: u64, bundle: &str) -> bool {
+    /// Sends one view line, as given.
+    async fn send_view_json(&self, view: &serde_json::Value) -> bool {
         let tx = self.state.watcher.lock().unwrap().clone();
         let Some(tx) = tx else { return false };
-        let view = serde_json::json!({
+        tx.send(Bytes::from(format!("{view}\n"))).await.is_ok()
+    }
+
+    /// Sends one view line carrying `bundle` as its trust bundle.
+    async fn send_view_with_bundle(&self, version: u64, bundle: &str) -> bool {
+        self.send_view_json(&serde_json::json!({
             "version": version,
             "identity": id("client").to_string(),
             "inbound": {"default_mode": "strict"},
             "trust_bundle_pem": bundle,
-        });
-        tx.send(Bytes::from(format!("{view}\n"))).await.is_ok()
+        }))
+        .await
     }
 
     /// Ends the open watch stream.
@@ -601,5 +606,42 @@ async fn a_bundle_pushed_in_the_view_is_checked_like_any_other() {
     eventually("view 3", Duration::from_secs(5), || version() == Some(3)).await;
     assert_eq!(roots(), Some(2));
     assert_eq!(plane.metrics().agent_connected.get(), 1);
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn a_view_naming_another_issuer_than_our_leafs_brings_a_renewal_soon() {
+    let root = Ca::generate(TD).unwrap();
+    let (issuer, key) = root.issue_intermediate(Duration::from_secs(3600)).unwrap();
+    let ca = Ca::from_issuer(&issuer, &key, &root.trust_bundle_pem(), TD).unwrap();
+    let ours = ca.issuer_sha256();
+    let agent = TestAgent::start_with(ca, Duration::from_secs(3600), "127.0.0.1:0").await;
+    let token = token_file("client-token-1");
+    let (plane, _readiness) = start_plane(&agent, &token);
+    connected_with_a_leaf(&agent, &plane).await;
+    assert_eq!(
+        plane.store().leaf_issuer_sha256().as_deref(),
+        Some(ours.as_str())
+    );
+    let requests = || agent.state.certificate_requests.load(Ordering::SeqCst);
+    let view = |version: u64, issuer: &str| {
+        serde_json::json!({
+            "version": version,
+            "identity": id("client").to_string(),
+            "inbound": {"default_mode": "strict"},
+            "issuer_sha256": issuer,
+        })
+    };
+
+    // Our own issuer: nothing to do.
+    assert!(agent.send_view_json(&view(1, &ours)).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(requests(), 1);
+
+    // Another one (a rotation switched issuers): a renewal within the spread, not
+    // at 70 % of an hour.
+    assert!(agent.send_view_json(&view(2, &"00".repeat(32))).await);
+    let limit = pillion_proxy::control::ISSUER_SWITCH_SPREAD + Duration::from_secs(2);
+    eventually("a renewal", limit, || requests() == 2).await;
     plane.stop().await;
 }
