@@ -158,7 +158,7 @@ impl AgentCa {
 
     /// The SHA-256 (hex) of the certificate that signs workload leaves now.
     pub fn issuer_sha256(&self) -> String {
-        self.ca.load().issuer_sha256()
+        self.ca.load().issuer_sha256().to_string()
     }
 
     /// Sees every change of issuer or bundle.

@@ -166,19 +166,26 @@ impl CertStore {
     /// Installs a new leaf: `chain_pem` (leaf first) signed for `key`, which must name
     /// this store's identity.
     pub fn set_leaf(&self, chain_pem: &str, key: &KeyPair) -> Result<(), StoreError> {
-        let der = zeroize::Zeroizing::new(key.serialize_der());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()));
-        self.install_leaf(chain_pem, key)
+        let chain = certs_from_pem(chain_pem, "leaf chain")?;
+        self.store_leaf(self.prepare_leaf(chain, pkcs8(key))?);
+        Ok(())
     }
 
     /// Installs a new leaf from PEM key text (PKCS#8, SEC1 or PKCS#1).
     pub fn set_leaf_pem(&self, chain_pem: &str, key_pem: &str) -> Result<(), StoreError> {
         let key = private_key_from_pem(key_pem, "leaf private key")?;
-        self.install_leaf(chain_pem, key)
+        let chain = certs_from_pem(chain_pem, "leaf chain")?;
+        self.store_leaf(self.prepare_leaf(chain, key)?);
+        Ok(())
     }
 
-    fn install_leaf(&self, chain_pem: &str, key: PrivateKeyDer<'static>) -> Result<(), StoreError> {
-        let chain = certs_from_pem(chain_pem, "leaf chain")?;
+    /// Checks a leaf chain and its key: it must name this store's identity, and the
+    /// key must fit it.
+    fn prepare_leaf(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Leaf, StoreError> {
         let info = LeafInfo::parse(&chain[0])?;
         if info.id != self.local_id {
             return Err(StoreError::WrongIdentity {
@@ -188,19 +195,23 @@ impl CertStore {
         }
         let certified =
             CertifiedKey::from_der(chain, key, &self.provider).map_err(StoreError::Key)?;
-        let expires_at_unix = info
-            .not_after
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        info!(id = %self.local_id, serial = %info.serial_hex, expires_at_unix, "installed leaf certificate");
-        self.leaf.store(Some(Arc::new(Leaf {
+        Ok(Leaf {
             certified: Arc::new(certified),
             serial_hex: info.serial_hex,
             expires_at: info.not_after,
-        })));
+        })
+    }
+
+    /// Swaps in a checked leaf for the next handshakes.
+    fn store_leaf(&self, leaf: Leaf) {
+        let expires_at_unix = leaf
+            .expires_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        info!(id = %self.local_id, serial = %leaf.serial_hex, expires_at_unix, "installed leaf certificate");
+        self.leaf.store(Some(Arc::new(leaf)));
         self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(())
     }
 
     /// Installs a new trust bundle (PEM roots) without the offer rules; peers are
@@ -209,8 +220,7 @@ impl CertStore {
     pub fn set_trust_bundle(&self, pem: &str) -> Result<(), StoreError> {
         let _serial = self.lock_offers();
         let trust = self.parse_bundle(pem)?;
-        self.install_bundle(trust, "direct")?;
-        Ok(())
+        self.install_bundle(trust, "direct").map(drop)
     }
 
     /// Offers a bundle from `source`; `agent_chain` is the chain of the agent this
@@ -242,10 +252,12 @@ impl CertStore {
                 "trust bundle held until a leaf under it is issued");
             return Ok(BundleOutcome::Held(HeldBecause::WouldUntrustOwnLeaf));
         }
-        let roots = self.install_bundle(trust, source.as_str())?;
-        Ok(BundleOutcome::Installed {
-            roots,
-            renew: untrusts_leaf,
+        Ok(match self.install_bundle(trust, source.as_str())? {
+            BundleOutcome::Installed { roots, .. } => BundleOutcome::Installed {
+                roots,
+                renew: untrusts_leaf,
+            },
+            other => other,
         })
     }
 
@@ -271,16 +283,11 @@ impl CertStore {
         if agent_chain.is_some_and(|agent| !trust.verifies(agent, now)) {
             return Err(StoreError::BundleUntrustsAgent);
         }
-        let outcome = if self.bundle().is_some_and(|b| b.trust.same_roots(&trust)) {
-            BundleOutcome::Unchanged
-        } else {
-            let roots = self.install_bundle(trust, "certificate")?;
-            BundleOutcome::Installed {
-                roots,
-                renew: false,
-            }
-        };
-        self.set_leaf(chain_pem, key)?;
+        // Both are checked before either is installed: a leaf refused for its
+        // identity or key leaves the old bundle in place too.
+        let leaf = self.prepare_leaf(chain, pkcs8(key))?;
+        let outcome = self.install_bundle(trust, "certificate")?;
+        self.store_leaf(leaf);
         Ok(outcome)
     }
 
@@ -303,15 +310,15 @@ impl CertStore {
         )?)
     }
 
-    /// Swaps in `trust` (unless the same roots are installed); returns its size.
+    /// Swaps in `trust`, unless the same roots are installed.
     fn install_bundle(
         &self,
         trust: TrustBundle,
         source: &'static str,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<BundleOutcome, StoreError> {
         let roots = trust.len();
         if self.bundle().is_some_and(|b| b.trust.same_roots(&trust)) {
-            return Ok(roots);
+            return Ok(BundleOutcome::Unchanged);
         }
         let client_verifier = WebPkiClientVerifier::builder_with_provider(
             trust.roots().clone(),
@@ -325,7 +332,10 @@ impl CertStore {
             client_verifier,
         })));
         self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(roots)
+        Ok(BundleOutcome::Installed {
+            roots,
+            renew: false,
+        })
     }
 
     /// The SHA-256 (hex) of the certificate that signed the installed leaf, when its
@@ -377,6 +387,12 @@ impl CertStore {
     pub(crate) fn provider(&self) -> &Arc<CryptoProvider> {
         &self.provider
     }
+}
+
+/// A generated key as the PKCS#8 DER rustls takes (the copy is wiped on drop).
+fn pkcs8(key: &KeyPair) -> PrivateKeyDer<'static> {
+    let der = zeroize::Zeroizing::new(key.serialize_der());
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()))
 }
 
 impl fmt::Debug for CertStore {

@@ -40,6 +40,8 @@ pub struct Ca {
     /// The root(s) peers must trust.
     pub(super) roots_pem: String,
     pub(super) not_after: SystemTime,
+    /// SHA-256 (hex) of `cert_der`, computed once: every view names it.
+    issuer_sha256: String,
 }
 
 impl Ca {
@@ -146,6 +148,7 @@ impl Ca {
             trust_domain,
             key,
             signer,
+            issuer_sha256: cert_info::sha256_hex(&cert_der),
             cert_der,
             chain_tail_pem,
             roots_pem: cert_to_pem(&checked.root),
@@ -166,8 +169,8 @@ impl Ca {
 
     /// The SHA-256 (hex) of the certificate that signs leaves: a proxy whose leaf
     /// names another issuer knows a rotation switched issuers and renews.
-    pub fn issuer_sha256(&self) -> String {
-        cert_info::sha256_hex(&self.cert_der)
+    pub fn issuer_sha256(&self) -> &str {
+        &self.issuer_sha256
     }
 
     /// The CA's own certificate, PEM (what `ca.pem` holds first).

@@ -72,39 +72,34 @@ impl AnchorsFile {
     /// Offers the last text read; true while it waits to be offered again.
     async fn offer(&self, first_offer: bool) -> bool {
         let chain = self.client.agent_chain().await;
-        let outcome =
+        let offered =
             self.store
                 .offer_trust_bundle(&self.last, BundleSource::File, chain.as_deref());
+        // A held file is offered again every tick; it is counted once.
+        if first_offer || !matches!(offered, Ok(BundleOutcome::Held(_))) {
+            self.metrics
+                .bundle_offered(BundleSource::File, &offered, &self.store);
+        }
         let path = self.path.display();
-        match outcome {
-            Ok(outcome) => {
-                if first_offer || !matches!(outcome, BundleOutcome::Held(_)) {
-                    self.metrics
-                        .bundle_offered(BundleSource::File, outcome.as_str(), &self.store);
+        match offered {
+            Ok(BundleOutcome::Installed { roots, renew }) => {
+                tracing::info!(path = %path, roots, renew,
+                    "trust anchors changed; new handshakes use them");
+                if renew || chain.is_none() {
+                    self.renew_now.notify_one();
                 }
-                match outcome {
-                    BundleOutcome::Installed { roots, renew } => {
-                        tracing::info!(path = %path, roots, renew,
-                            "trust anchors changed; new handshakes use them");
-                        if renew || chain.is_none() {
-                            self.renew_now.notify_one();
-                        }
-                        false
-                    }
-                    BundleOutcome::Held(because) => {
-                        if first_offer {
-                            tracing::warn!(path = %path, ?because,
-                                "trust anchors changed but do not trust the connected agent; \
-                                 they apply once that connection ends");
-                        }
-                        true
-                    }
-                    BundleOutcome::Unchanged => false,
-                }
+                false
             }
+            Ok(BundleOutcome::Held(because)) => {
+                if first_offer {
+                    tracing::warn!(path = %path, ?because,
+                        "trust anchors changed but do not trust the connected agent; \
+                         they apply once that connection ends");
+                }
+                true
+            }
+            Ok(BundleOutcome::Unchanged) => false,
             Err(error) => {
-                self.metrics
-                    .bundle_offered(BundleSource::File, "refused", &self.store);
                 tracing::warn!(path = %path, %error,
                     "trust anchors refused; keeping the trust bundle in use");
                 false

@@ -100,9 +100,8 @@ impl Renewer {
             &answer.trust_bundle_pem,
             agent.as_deref(),
         );
-        let result = installed.as_ref().map_or("refused", |o| o.as_str());
         self.metrics
-            .bundle_offered(BundleSource::Agent, result, &self.store);
+            .bundle_offered(BundleSource::Agent, &installed, &self.store);
         installed?;
         let expires_at = self
             .store

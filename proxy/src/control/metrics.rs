@@ -3,7 +3,7 @@
 
 use std::time::UNIX_EPOCH;
 
-use pillion_identity::{BundleSource, CertStore};
+use pillion_identity::{BundleOutcome, BundleSource, CertStore, StoreError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -96,13 +96,15 @@ impl ControlMetrics {
         m
     }
 
-    /// Counts one offered bundle and refreshes the gauges from what `store` holds.
+    /// Counts one offered bundle by what became of it (`refused` when it could not
+    /// be used) and refreshes the gauges from what `store` holds.
     pub(crate) fn bundle_offered(
         &self,
         source: BundleSource,
-        result: &'static str,
+        offered: &Result<BundleOutcome, StoreError>,
         store: &CertStore,
     ) {
+        let result = offered.as_ref().map_or("refused", |o| o.as_str());
         self.bundle_updates
             .get_or_create(&BundleLabels {
                 source: source.as_str(),
@@ -136,9 +138,10 @@ mod tests {
         let ca = pillion_identity::Ca::generate("cluster.local").unwrap();
         let id = pillion_identity::SpiffeId::new("cluster.local", "ns", "sa").unwrap();
         let store = CertStore::new(id);
-        m.bundle_offered(BundleSource::File, "refused", &store);
-        store.set_trust_bundle(&ca.trust_bundle_pem()).unwrap();
-        m.bundle_offered(BundleSource::Agent, "installed", &store);
+        let refused = store.offer_trust_bundle("garbage", BundleSource::File, None);
+        m.bundle_offered(BundleSource::File, &refused, &store);
+        let installed = store.offer_trust_bundle(&ca.trust_bundle_pem(), BundleSource::Agent, None);
+        m.bundle_offered(BundleSource::Agent, &installed, &store);
         let expiry = store
             .trust_bundle()
             .unwrap()

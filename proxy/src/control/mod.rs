@@ -62,8 +62,7 @@ impl ControlPlane {
         let store = Arc::new(CertStore::new(config.workload.clone()));
         let metrics = ControlMetrics::register(registry);
         let offered = store.offer_trust_bundle(&config.trust_anchors_pem, BundleSource::File, None);
-        let result = offered.as_ref().map_or("refused", |o| o.as_str());
-        metrics.bundle_offered(BundleSource::File, result, &store);
+        metrics.bundle_offered(BundleSource::File, &offered, &store);
         offered?;
         let client = Arc::new(AgentClient::following(config, Arc::clone(&store))?);
         let views = Views::new();

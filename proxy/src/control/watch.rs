@@ -110,9 +110,8 @@ impl Watcher {
         let offered = self
             .store
             .offer_trust_bundle(pem, BundleSource::Agent, chain.as_deref());
-        let result = offered.as_ref().map_or("refused", |o| o.as_str());
         self.metrics
-            .bundle_offered(BundleSource::Agent, result, &self.store);
+            .bundle_offered(BundleSource::Agent, &offered, &self.store);
         match offered {
             Ok(BundleOutcome::Held(HeldBecause::WouldUntrustOwnLeaf)) => {
                 // The renewal's answer brings the same bundle with a leaf under it.

@@ -155,6 +155,14 @@ impl TestAgent {
         .await
     }
 
+    /// Waits (up to 10 s) for a proxy's watch stream to be open.
+    async fn watched(&self) {
+        eventually("the watch", Duration::from_secs(10), || {
+            self.state.watcher.lock().unwrap().is_some()
+        })
+        .await;
+    }
+
     /// Ends the open watch stream.
     fn end_watch(&self) {
         self.state.watcher.lock().unwrap().take();
@@ -272,6 +280,14 @@ fn start_plane(agent: &TestAgent, token: &Path) -> (ControlPlane, Readiness) {
     (plane, readiness)
 }
 
+/// Waits (up to 5 s) for `plane` to hold view `version`.
+async fn view_installed(plane: &ControlPlane, version: u64) {
+    eventually("the view", Duration::from_secs(5), || {
+        plane.views().latest().map(|v| v.version) == Some(version)
+    })
+    .await;
+}
+
 async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
@@ -294,10 +310,7 @@ async fn first_certificate_and_view_make_the_proxy_ready() {
         readiness.missing().iter().map(|n| &**n).collect::<Vec<_>>(),
         [READY_VIEW]
     );
-    eventually("the watch", Duration::from_secs(10), || {
-        agent.state.watcher.lock().unwrap().is_some()
-    })
-    .await;
+    agent.watched().await;
     assert!(agent.send_view(3).await);
     eventually("the first view", Duration::from_secs(5), || {
         readiness.is_ready()
@@ -332,15 +345,9 @@ async fn the_watch_reconnects_with_backoff_and_keeps_the_last_view() {
     let agent = TestAgent::start(Duration::from_secs(3600)).await;
     let token = token_file("client-token-1");
     let (plane, readiness) = start_plane(&agent, &token);
-    eventually("the watch", Duration::from_secs(10), || {
-        agent.state.watcher.lock().unwrap().is_some()
-    })
-    .await;
+    agent.watched().await;
     assert!(agent.send_view(5).await);
-    eventually("view 5", Duration::from_secs(5), || {
-        plane.views().latest().map(|v| v.version) == Some(5)
-    })
-    .await;
+    view_installed(&plane, 5).await;
 
     // The token rotates: the next request reads the new one.
     std::fs::write(&token, "client-token-2\n").unwrap();
@@ -471,10 +478,7 @@ async fn connected_with_a_leaf(agent: &TestAgent, plane: &ControlPlane) {
         plane.store().has_leaf()
     })
     .await;
-    eventually("the watch", Duration::from_secs(10), || {
-        agent.state.watcher.lock().unwrap().is_some()
-    })
-    .await;
+    agent.watched().await;
 }
 
 /// A plane following its anchors file, connected to an agent under one root, with
@@ -536,15 +540,9 @@ async fn a_new_root_in_the_anchors_file_reaches_a_running_proxy() {
             && plane.store().current_serial() != first
     })
     .await;
-    eventually("the new agent's watch", Duration::from_secs(10), || {
-        agent.state.watcher.lock().unwrap().is_some()
-    })
-    .await;
+    agent.watched().await;
     assert!(agent.send_view(1).await);
-    eventually("its view", Duration::from_secs(5), || {
-        plane.views().latest().map(|v| v.version) == Some(1)
-    })
-    .await;
+    view_installed(&plane, 1).await;
     plane.stop().await;
 }
 
@@ -614,7 +612,7 @@ async fn a_view_naming_another_issuer_than_our_leafs_brings_a_renewal_soon() {
     let root = Ca::generate(TD).unwrap();
     let (issuer, key) = root.issue_intermediate(Duration::from_secs(3600)).unwrap();
     let ca = Ca::from_issuer(&issuer, &key, &root.trust_bundle_pem(), TD).unwrap();
-    let ours = ca.issuer_sha256();
+    let ours = ca.issuer_sha256().to_string();
     let agent = TestAgent::start_with(ca, Duration::from_secs(3600), "127.0.0.1:0").await;
     let token = token_file("client-token-1");
     let (plane, _readiness) = start_plane(&agent, &token);
