@@ -4,6 +4,8 @@
 //! connection dropped. Before, the proxies read the file once and never trusted the
 //! new agent again (`UnknownIssuer`).
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pillion_tests::mesh::{MeshWorld, STRICT_PORT};
@@ -109,8 +111,11 @@ fn the_issuer_and_the_root_rotate_under_traffic_without_a_failed_connection() {
     let pids = (m.sa.proxy().pid(), m.sb.proxy().pid());
     let long = LongLived::open(&m.a, strict);
 
-    // New mesh connections all along, one every 20 ms.
+    // New mesh connections all along, one every 20 ms; `done` counts the good ones
+    // so each step can show it ran under traffic.
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = Arc::new(AtomicU32::new(0));
+    let counted = done.clone();
     let traffic =
         m.a.background(move || async move {
             let (mut ok, mut failed, mut first_failure) = (0u32, 0u32, None);
@@ -123,7 +128,10 @@ fn the_issuer_and_the_root_rotate_under_traffic_without_a_failed_connection() {
                     Ok::<bool, std::io::Error>(&back == b"rotate!\n")
                 };
                 match tokio::time::timeout(Duration::from_secs(3), once).await {
-                    Ok(Ok(true)) => ok += 1,
+                    Ok(Ok(true)) => {
+                        ok += 1;
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
                     other => {
                         failed += 1;
                         first_failure.get_or_insert_with(|| format!("{other:?}"));
@@ -139,6 +147,7 @@ fn the_issuer_and_the_root_rotate_under_traffic_without_a_failed_connection() {
     let roots = |s: &Sidecar| value(s, "pillion_identity_trust_bundle_roots", &[]);
     let renewed = |s: &Sidecar| value(s, "pillion_identity_renewals_total", &[("result", "ok")]);
     std::thread::sleep(Duration::from_secs(1));
+    let mut marks = vec![done.load(Ordering::Relaxed)];
 
     // Step 1: the new root joins the bundle; both proxies trust both.
     let r1 = std::fs::read_to_string(issuer_dir.join("ca.crt")).unwrap();
@@ -152,6 +161,8 @@ fn the_issuer_and_the_root_rotate_under_traffic_without_a_failed_connection() {
         roots(&m.sa) == 2.0 && roots(&m.sb) == 2.0
     });
     assert!(both, "the new root did not reach the proxies\n{}", m.dump());
+    std::thread::sleep(Duration::from_secs(1));
+    marks.push(done.load(Ordering::Relaxed));
 
     // Step 2: the issuer switches to one under the new root; every proxy renews
     // twice after it (6 s leaves), so every leaf in use is under the new root.
@@ -163,6 +174,8 @@ fn the_issuer_and_the_root_rotate_under_traffic_without_a_failed_connection() {
         renewed(&m.sa) >= switched.0 + 2.0 && renewed(&m.sb) >= switched.1 + 2.0
     });
     assert!(renewed_twice, "the proxies did not renew\n{}", m.dump());
+    std::thread::sleep(Duration::from_secs(1));
+    marks.push(done.load(Ordering::Relaxed));
 
     // Step 3: the old root leaves the bundle. No restart: the agent closes its
     // connections from before the change, the proxies reconnect on its new chain,
@@ -172,7 +185,8 @@ fn the_issuer_and_the_root_rotate_under_traffic_without_a_failed_connection() {
         roots(&m.sa) == 1.0 && roots(&m.sb) == 1.0
     });
     assert!(one, "the old root was not removed\n{}", m.dump());
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
+    marks.push(done.load(Ordering::Relaxed));
 
     let _ = stop.send(());
     let (ok, failed, first_failure) = traffic.join().unwrap();
@@ -183,7 +197,14 @@ fn the_issuer_and_the_root_rotate_under_traffic_without_a_failed_connection() {
         ok + failed,
         m.dump()
     );
-    assert!(ok > 300, "only {ok} connections");
+    // Each step ran under traffic: new connections succeeded while it took effect
+    // and in the second after it.
+    let per_step: Vec<u32> = marks.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        marks[0] > 0 && per_step.iter().all(|&n| n >= 5),
+        "connections before and during the steps: {} then {per_step:?}",
+        marks[0]
+    );
     for s in [&m.sa, &m.sb] {
         assert_eq!(
             value(s, "pillion_tls_handshake_failures_total", &[]),
@@ -197,6 +218,6 @@ fn the_issuer_and_the_root_rotate_under_traffic_without_a_failed_connection() {
     let n = long
         .finish()
         .unwrap_or_else(|e| panic!("the long-lived connection broke: {e}\n{}", m.dump()));
-    eprintln!("[mesh] rotation under traffic: {ok} new connections, 0 failed; {n} echoes on one connection");
+    eprintln!("[mesh] rotation under traffic: {ok} new connections ({per_step:?} during the steps), 0 failed; {n} echoes on one connection");
     let _ = std::fs::remove_dir_all(&dir);
 }
