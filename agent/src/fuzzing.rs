@@ -30,7 +30,7 @@ pub fn agent_source(data: &[u8]) {
         }
     };
     for workload in catalog.workloads() {
-        let view = view_for(&catalog, workload, 1, "");
+        let view = view_for(&catalog, workload, 1, "", crate::view::Discovery::Full);
         let json = serde_json::to_vec(&view).expect("a view serializes");
         let back: View = match serde_json::from_slice(&json) {
             Ok(back) => back,

@@ -1,6 +1,6 @@
 //! The agent's own metrics, served at `GET /metrics` on its API port (Prometheus
-//! text): how many proxies watch it, how fast a change reaches them, what it signed
-//! and refused, and what became of its source's updates.
+//! text): how many proxies watch it and resolve through it, how fast a change
+//! reaches them, what it signed and refused, and what became of its source's updates.
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,10 +34,19 @@ struct UpdateLabels {
     result: &'static str,
 }
 
+/// Labels of `pillion_agent_resolutions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabels {
+    /// `service` (the address belongs to one) or `outside` (to none).
+    answer: &'static str,
+}
+
 /// The agent's metric handles and the registry they are served from.
 pub struct AgentMetrics {
     registry: Registry,
     watchers: Gauge,
+    resolvers: Gauge,
+    resolutions: Family<AnswerLabels, Counter>,
     certificates: Family<CertificateLabels, Counter>,
     source_updates: Family<UpdateLabels, Counter>,
     source_version: Gauge,
@@ -55,6 +64,8 @@ impl AgentMetrics {
     pub fn new() -> Arc<AgentMetrics> {
         let mut registry = Registry::default();
         let watchers = Gauge::default();
+        let resolvers = Gauge::default();
+        let resolutions = Family::<AnswerLabels, Counter>::default();
         let certificates = Family::<CertificateLabels, Counter>::default();
         let source_updates = Family::<UpdateLabels, Counter>::default();
         let source_version = Gauge::default();
@@ -64,6 +75,16 @@ impl AgentMetrics {
             "pillion_agent_watchers",
             "View streams open to proxies",
             watchers.clone(),
+        );
+        registry.register(
+            "pillion_agent_resolvers",
+            "Per-destination discovery streams open to proxies (on-demand discovery)",
+            resolvers.clone(),
+        );
+        registry.register(
+            "pillion_agent_resolutions",
+            "Answers sent on discovery streams, by whether a service has the address",
+            resolutions.clone(),
         );
         registry.register(
             "pillion_agent_certificates",
@@ -88,6 +109,8 @@ impl AgentMetrics {
         Arc::new(AgentMetrics {
             registry,
             watchers,
+            resolvers,
+            resolutions,
             certificates,
             source_updates,
             source_version,
@@ -119,9 +142,23 @@ impl AgentMetrics {
     }
 
     /// Counts a watcher for as long as the guard lives.
-    pub fn watching(self: &Arc<Self>) -> Watching {
+    pub fn watching(self: &Arc<Self>) -> Open {
         self.watchers.inc();
-        Watching(Arc::clone(self))
+        Open(self.watchers.clone())
+    }
+
+    /// Counts a discovery stream for as long as the guard lives.
+    pub fn resolving(self: &Arc<Self>) -> Open {
+        self.resolvers.inc();
+        Open(self.resolvers.clone())
+    }
+
+    /// Counts one answer sent on a discovery stream.
+    pub fn resolved(&self, found: bool) {
+        let answer = if found { "service" } else { "outside" };
+        self.resolutions
+            .get_or_create(&AnswerLabels { answer })
+            .inc();
     }
 
     /// The Prometheus text of every metric.
@@ -132,13 +169,14 @@ impl AgentMetrics {
     }
 }
 
-/// One open view stream, counted in `pillion_agent_watchers` until dropped.
+/// One open stream, counted in its gauge (`pillion_agent_watchers` or
+/// `pillion_agent_resolvers`) until dropped.
 #[derive(Debug)]
-pub struct Watching(Arc<AgentMetrics>);
+pub struct Open(Gauge);
 
-impl Drop for Watching {
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.watchers.dec();
+        self.0.dec();
     }
 }
 
@@ -150,6 +188,10 @@ mod tests {
     fn exposed_names_are_the_contract() {
         let m = AgentMetrics::new();
         let watching = m.watching();
+        let resolving = m.resolving();
+        m.resolved(true);
+        m.resolved(false);
+        m.resolved(false);
         m.certificate("issued", "");
         m.certificate("refused", "identity_mismatch");
         m.source_update("published", 7);
@@ -158,6 +200,9 @@ mod tests {
         let text = m.encode().unwrap();
         for line in [
             "pillion_agent_watchers 1",
+            "pillion_agent_resolvers 1",
+            "pillion_agent_resolutions_total{answer=\"service\"} 1",
+            "pillion_agent_resolutions_total{answer=\"outside\"} 2",
             "pillion_agent_certificates_total{result=\"issued\",reason=\"\"} 1",
             "pillion_agent_certificates_total{result=\"refused\",reason=\"identity_mismatch\"} 1",
             "pillion_agent_source_updates_total{result=\"published\"} 1",
@@ -171,10 +216,10 @@ mod tests {
             );
         }
         drop(watching);
-        assert!(m
-            .encode()
-            .unwrap()
-            .lines()
-            .any(|l| l == "pillion_agent_watchers 0"));
+        drop(resolving);
+        let text = m.encode().unwrap();
+        for line in ["pillion_agent_watchers 0", "pillion_agent_resolvers 0"] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?}");
+        }
     }
 }

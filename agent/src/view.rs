@@ -3,18 +3,40 @@
 use crate::source::{Catalog, Workload};
 use pillion_api::view::View;
 
-/// The view of `workload` at catalog `version`: every service (discovery is not
-/// scoped yet), the workload's own inbound policy, and the trust bundle.
+/// Which services a view carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// Every service of the mesh (a proxy that asked for nothing else).
+    Full,
+    /// Only the workload's own services (those with an endpoint at one of its
+    /// addresses: their declared protocols guard its inbound ports); the proxy
+    /// resolves each destination it meets ([`pillion_api::resolve`]), so its view
+    /// does not grow with the mesh.
+    OnDemand,
+}
+
+/// The view of `workload` at catalog `version`: the services `discovery` asks
+/// for, the workload's own inbound policy, and the trust bundle.
 pub fn view_for(
     catalog: &Catalog,
     workload: &Workload,
     version: u64,
     trust_bundle_pem: &str,
+    discovery: Discovery,
 ) -> View {
+    let services = match discovery {
+        Discovery::Full => catalog.services().to_vec(),
+        Discovery::OnDemand => (catalog.services().iter())
+            .filter(|s| {
+                (s.endpoints.iter()).any(|e| workload.addresses.contains(&e.address.to_canonical()))
+            })
+            .cloned()
+            .collect(),
+    };
     View {
         version,
         identity: workload.identity.to_string(),
-        services: catalog.services().to_vec(),
+        services,
         inbound: workload.inbound.clone(),
         trust_bundle_pem: Some(trust_bundle_pem.to_string()),
         issuer_sha256: None,
@@ -44,7 +66,7 @@ mod tests {
         let client = catalog.workload_for_token("demo-client-token").unwrap();
         let server = catalog.workload_for_token("demo-server-token").unwrap();
 
-        let v = view_for(&catalog, client, 1, "");
+        let v = view_for(&catalog, client, 1, "", Discovery::Full);
         assert_eq!(v.identity, "spiffe://cluster.local/ns/demo/sa/client");
         assert_eq!(v.services.len(), 1);
         let echo = &v.services[0];
@@ -76,7 +98,14 @@ mod tests {
             "client has no policy"
         );
 
-        let v = view_for(&catalog, server, 1, "");
+        // On demand: the server's own service only (its protocols guard its ports).
+        let on_demand = view_for(&catalog, server, 1, "", Discovery::OnDemand);
+        let own: Vec<&str> = on_demand.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(own, ["echo"]);
+        let client_on_demand = view_for(&catalog, client, 1, "", Discovery::OnDemand);
+        assert!(client_on_demand.services.is_empty());
+        let v = view_for(&catalog, server, 1, "", Discovery::Full);
+        assert_eq!(on_demand.inbound, v.inbound);
         assert_eq!(v.identity, "spiffe://cluster.local/ns/demo/sa/server");
         assert_eq!(v.inbound.default_mode, Mode::Permissive);
         let (mode, allow) = v.inbound.for_port(7000);

@@ -39,6 +39,8 @@ pub const SERVER_FIRST_AFTER: Duration = Duration::from_millis(250);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight connections may drain after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a proxy with on-demand discovery keeps a destination nobody uses.
+pub const DISCOVERY_IDLE: Duration = Duration::from_secs(300);
 /// Lifetime of a leaf certificate.
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Share of a certificate's lifetime after which it is renewed.

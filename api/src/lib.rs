@@ -11,4 +11,5 @@ pub mod fuzzing;
 pub mod identity;
 pub mod lists;
 pub mod policy;
+pub mod resolve;
 pub mod view;

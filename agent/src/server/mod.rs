@@ -5,6 +5,7 @@ pub mod auth;
 pub mod certificates;
 pub mod inject;
 pub mod reply;
+pub mod resolve;
 pub mod tls;
 pub mod watch;
 
@@ -20,6 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use inject::{NamespaceSource, INJECT_PATH};
 use pillion_api::certs::{error_codes, CERTIFICATES_PATH, HEALTHZ_PATH, WATCH_PATH};
+use pillion_api::resolve::RESOLVE_PATH;
 use pillion_inject::InjectConfig;
 use reply::Body;
 use std::convert::Infallible;
@@ -163,6 +165,7 @@ async fn dispatch(
     match (method, path) {
         (&Method::POST, CERTIFICATES_PATH) => certificates::handle(req, shared).await,
         (&Method::GET, WATCH_PATH) => watch::handle(&req, shared).await,
+        (&Method::GET, RESOLVE_PATH) => resolve::handle(&req, shared).await,
         (&Method::POST, INJECT_PATH) => inject::handle(req, shared).await,
         (&Method::GET, METRICS_PATH) => match shared.metrics.encode() {
             Ok(text) => reply::bytes(
@@ -192,14 +195,14 @@ async fn dispatch(
         }
         (
             _,
-            CERTIFICATES_PATH | WATCH_PATH | INJECT_PATH | HEALTHZ_PATH | LIVE_PATH | READY_PATH
-            | METRICS_PATH,
+            CERTIFICATES_PATH | WATCH_PATH | RESOLVE_PATH | INJECT_PATH | HEALTHZ_PATH | LIVE_PATH
+            | READY_PATH | METRICS_PATH,
         ) => reply::error(
             StatusCode::METHOD_NOT_ALLOWED,
             error_codes::METHOD_NOT_ALLOWED,
             format!(
-                "use POST {CERTIFICATES_PATH}, GET {WATCH_PATH}, POST {INJECT_PATH}, \
-                     or GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}, {METRICS_PATH}"
+                "use POST {CERTIFICATES_PATH}, GET {WATCH_PATH}, GET {RESOLVE_PATH}, \
+                     POST {INJECT_PATH}, or GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}, {METRICS_PATH}"
             ),
         ),
         _ => reply::error(
@@ -207,7 +210,7 @@ async fn dispatch(
             error_codes::NOT_FOUND,
             format!(
                 "no such endpoint; the agent serves POST {CERTIFICATES_PATH}, GET {WATCH_PATH}, \
-                 POST {INJECT_PATH} and GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}, {METRICS_PATH}"
+                 GET {RESOLVE_PATH}, POST {INJECT_PATH} and GET {HEALTHZ_PATH}, {LIVE_PATH}, {READY_PATH}, {METRICS_PATH}"
             ),
         ),
     }

@@ -1,5 +1,7 @@
 //! `GET /v1/watch`: streams the requesting workload's [`View`] as newline-delimited
-//! JSON: the current view at once, then a new line whenever it changes.
+//! JSON: the current view at once, then a new line whenever it changes. With
+//! `?discovery=on-demand` the view carries no services: the proxy resolves each
+//! destination it meets ([`super::resolve`]).
 //!
 //! Why one long-lived stream rather than a long poll: a change reaches every proxy
 //! as soon as the reloader publishes it, without a request round trip per change and
@@ -17,12 +19,13 @@ use crate::ca::AgentCa;
 use crate::metrics::AgentMetrics;
 use crate::source::{Snapshot, Workload};
 use crate::token::TokenHash;
-use crate::view::{same_except_version, view_for};
+use crate::view::{same_except_version, view_for, Discovery};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use pillion_api::resolve::wants_on_demand;
 use pillion_api::view::View;
 use pillion_identity::SpiffeId;
 use std::convert::Infallible;
@@ -40,27 +43,39 @@ const BUFFERED_LINES: usize = 2;
 /// so no proxy ever takes an empty view for the mesh.
 pub async fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
     let rx = shared.source.clone();
+    let discovery = if wants_on_demand(req.uri().query()) {
+        Discovery::OnDemand
+    } else {
+        Discovery::Full
+    };
     let (identity, token) = match authenticate(req.headers(), shared.auth.as_ref(), "watch").await {
         Ok(found) => found,
         Err(resp) => return *resp,
     };
-    if !*shared.ready.borrow() {
-        return super::reply::error(
+    if let Some(refused) = not_ready(shared) {
+        return refused;
+    }
+    let (tx, lines) = mpsc::channel(BUFFERED_LINES);
+    tracing::info!(%identity, token_sha256 = %token.short(), ?discovery, "watch started");
+    let agent = StreamInputs::of(shared);
+    tokio::spawn(stream_views(rx, agent, token, identity, discovery, tx));
+    line_stream(lines)
+}
+
+/// 503 before the source's first complete view, so no proxy takes an empty view
+/// (or an empty answer) for the mesh.
+pub(super) fn not_ready(shared: &Shared) -> Option<Response<Body>> {
+    (!*shared.ready.borrow()).then(|| {
+        super::reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the agent has not loaded its first view of the cluster yet; retry shortly",
-        );
-    }
-    let (tx, lines) = mpsc::channel(BUFFERED_LINES);
-    tracing::info!(%identity, token_sha256 = %token.short(), "watch started");
-    let agent = StreamInputs {
-        auth: shared.auth.clone(),
-        ca_changes: shared.ca.subscribe(),
-        ca: Arc::clone(&shared.ca),
-        shutdown: shared.shutdown.clone(),
-        metrics: Arc::clone(&shared.metrics),
-    };
-    tokio::spawn(stream_views(rx, agent, token, identity, tx));
+        )
+    })
+}
+
+/// A 200 answer whose body is the lines sent on `lines`, as NDJSON.
+pub(super) fn line_stream(lines: mpsc::Receiver<Bytes>) -> Response<Body> {
     let mut resp = Response::new(LineBody { lines }.boxed());
     *resp.status_mut() = StatusCode::OK;
     let headers = resp.headers_mut();
@@ -72,18 +87,30 @@ pub async fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> 
     resp
 }
 
-/// What a view stream takes from the agent.
-struct StreamInputs {
+/// What a stream (of views or of answers) takes from the agent.
+pub(super) struct StreamInputs {
     /// Re-checks the token on every change.
-    auth: Arc<dyn TokenAuthenticator>,
+    pub(super) auth: Arc<dyn TokenAuthenticator>,
     /// Whose trust bundle each view carries.
-    ca: Arc<AgentCa>,
+    pub(super) ca: Arc<AgentCa>,
     /// Wakes the stream when the bundle changes.
-    ca_changes: watch::Receiver<u64>,
+    pub(super) ca_changes: watch::Receiver<u64>,
     /// Ends the stream when the agent stops.
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
     /// Watchers and push latency.
-    metrics: Arc<AgentMetrics>,
+    pub(super) metrics: Arc<AgentMetrics>,
+}
+
+impl StreamInputs {
+    pub(super) fn of(shared: &Shared) -> StreamInputs {
+        StreamInputs {
+            auth: shared.auth.clone(),
+            ca_changes: shared.ca.subscribe(),
+            ca: Arc::clone(&shared.ca),
+            shutdown: shared.shutdown.clone(),
+            metrics: Arc::clone(&shared.metrics),
+        }
+    }
 }
 
 /// Sends the workload's view now and after every change that affects it, until the
@@ -93,6 +120,7 @@ async fn stream_views(
     agent: StreamInputs,
     token: TokenHash,
     identity: SpiffeId,
+    discovery: Discovery,
     tx: mpsc::Sender<Bytes>,
 ) {
     let StreamInputs {
@@ -114,10 +142,16 @@ async fn stream_views(
             let catalog = &snapshot.catalog;
             auth.still_valid(&token, &identity, catalog).then(|| {
                 match catalog.workloads().iter().find(|w| w.identity == identity) {
-                    Some(w) => view_for(catalog, w, snapshot.version, &bundle),
+                    Some(w) => view_for(catalog, w, snapshot.version, &bundle, discovery),
                     // Known to the credential but not (yet) to the source, e.g. a pod
                     // the Kubernetes watch has not seen: every service, default policy.
-                    None => view_for(catalog, &unlisted(&identity), snapshot.version, &bundle),
+                    None => view_for(
+                        catalog,
+                        &unlisted(&identity),
+                        snapshot.version,
+                        &bundle,
+                        discovery,
+                    ),
                 }
             })
         };

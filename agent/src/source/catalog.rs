@@ -5,8 +5,8 @@ use crate::token::TokenHash;
 use pillion_api::view::{InboundPolicy, Service};
 use pillion_identity::SpiffeId;
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 
 /// Everything the agent knows, checked and resolved against the trust domain.
 #[derive(Debug, Clone, Default)]
@@ -14,6 +14,9 @@ pub struct Catalog {
     pub(crate) workloads: Vec<Workload>,
     pub(crate) services: Vec<Service>,
     pub(crate) by_token: HashMap<TokenHash, usize>,
+    /// Service by address (VIP:port or endpoint), built on the first on-demand
+    /// resolution of this catalog: a catalog nobody resolves against never pays for it.
+    pub(crate) by_address: OnceLock<HashMap<SocketAddr, usize>>,
 }
 
 /// One workload with its resolved identity.
@@ -66,6 +69,40 @@ impl Catalog {
         &self.services
     }
 
+    /// The service a connection to `addr` reaches, as a proxy holding every service
+    /// would pick it: a VIP:port or an endpoint of a service port first (in file
+    /// order), then an endpoint with an identity under no service port.
+    pub fn service_at(&self, addr: SocketAddr) -> Option<&Service> {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let index = self
+            .by_address
+            .get_or_init(|| index_addresses(&self.services));
+        index.get(&addr).and_then(|&i| self.services.get(i))
+    }
+
+    /// The other services `service`'s routes send to (same namespace, by name), in
+    /// the order the routes name them.
+    pub fn backends_of(&self, service: &Service) -> Vec<&Service> {
+        let mut found: Vec<&Service> = Vec::new();
+        let named = (service.ports.iter().flat_map(|p| &p.routes))
+            .flat_map(|r| &r.backends)
+            .filter_map(|b| b.service.as_deref());
+        for name in named {
+            let other = self
+                .services
+                .iter()
+                .find(|s| s.namespace == service.namespace && s.name == name);
+            if let Some(other) = other {
+                let known =
+                    std::ptr::eq(other, service) || found.iter().any(|f| std::ptr::eq(*f, other));
+                if !known {
+                    found.push(other);
+                }
+            }
+        }
+        found
+    }
+
     /// Whether two catalogs would give every proxy the same view (the version aside),
     /// so a reload that changed only comments publishes nothing.
     pub fn same_content(&self, other: &Catalog) -> bool {
@@ -80,5 +117,59 @@ impl Catalog {
                     && a.inbound == b.inbound
                     && a.token == b.token
             })
+    }
+}
+
+/// Every address a proxy routes by, to the index of the first service that has it
+/// (the order a proxy compiling every service uses, so both modes agree).
+fn index_addresses(services: &[Service]) -> HashMap<SocketAddr, usize> {
+    let mut index = HashMap::new();
+    for (i, service) in services.iter().enumerate() {
+        for port in &service.ports {
+            for vip in &service.addresses {
+                index
+                    .entry(SocketAddr::new(vip.to_canonical(), port.port))
+                    .or_insert(i);
+            }
+            for e in service.endpoints_for(port) {
+                index
+                    .entry(SocketAddr::new(e.address.to_canonical(), e.port))
+                    .or_insert(i);
+            }
+        }
+    }
+    for (i, service) in services.iter().enumerate() {
+        for e in service.endpoints.iter().filter(|e| e.identity.is_some()) {
+            index
+                .entry(SocketAddr::new(e.address.to_canonical(), e.port))
+                .or_insert(i);
+        }
+    }
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::source::{parse_source, EMBEDDED_DEFAULT};
+
+    #[test]
+    fn addresses_lead_to_their_service_and_nothing_else() {
+        let catalog = parse_source("default", EMBEDDED_DEFAULT, "cluster.local").unwrap();
+        for addr in [
+            "198.18.0.100:8080",
+            "198.18.0.100:7000",
+            "198.18.0.3:7000",
+            "[::ffff:198.18.0.3]:8080",
+            "[2001:2::3]:7000",
+        ] {
+            let found = catalog.service_at(addr.parse().unwrap());
+            assert_eq!(found.map(|s| s.name.as_str()), Some("echo"), "{addr}");
+        }
+        for addr in ["198.18.0.100:9999", "198.18.0.99:8080", "192.0.2.1:443"] {
+            assert!(
+                catalog.service_at(addr.parse().unwrap()).is_none(),
+                "{addr}"
+            );
+        }
     }
 }

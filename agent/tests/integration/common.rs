@@ -187,7 +187,12 @@ impl Client {
 
     /// Opens a view stream.
     pub async fn watch(&mut self, token: &str) -> ViewStream {
-        let resp = self.send("GET", "/v1/watch", Some(token), Vec::new()).await;
+        self.stream("/v1/watch", token).await
+    }
+
+    /// Opens an NDJSON stream at `path` (with its query).
+    pub async fn stream(&mut self, path: &str, token: &str) -> ViewStream {
+        let resp = self.send("GET", path, Some(token), Vec::new()).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(
             resp.headers().get("content-type").unwrap(),
@@ -200,7 +205,7 @@ impl Client {
     }
 }
 
-/// Reads newline-delimited views from a watch response.
+/// Reads newline-delimited views (or other lines) from a stream response.
 pub struct ViewStream {
     body: Incoming,
     buf: Vec<u8>,
@@ -209,6 +214,14 @@ pub struct ViewStream {
 impl ViewStream {
     /// The next view, or `None` if none arrives within `wait` (or the stream ends).
     pub async fn next_within(&mut self, wait: Duration) -> Option<View> {
+        self.next_line_within(wait).await
+    }
+
+    /// The next line as a `T`, or `None` if none arrives within `wait`.
+    pub async fn next_line_within<T: serde::de::DeserializeOwned>(
+        &mut self,
+        wait: Duration,
+    ) -> Option<T> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DynamicObject;
 use pillion_agent::kubernetes::translate::{translate, Objects, Translation};
-use pillion_agent::view::view_for;
+use pillion_agent::view::{view_for, Discovery};
 use pillion_api::policy::{PathMatch, RateLimitKey, RetryOn, StringMatch};
 use pillion_api::view::{Mode, Protocol};
 use serde::de::DeserializeOwned;
@@ -276,7 +276,7 @@ fn broken_policies_are_skipped_with_warnings() {
 fn views_for_kubernetes_workloads_look_like_yaml_ones() {
     let t = translated();
     let web = &t.catalog.workloads()[2];
-    let view = view_for(&t.catalog, web, 7, "");
+    let view = view_for(&t.catalog, web, 7, "", Discovery::Full);
     assert_eq!(view.identity, id("web"));
     let (svc, port) = view
         .service_for("198.18.100.10:80".parse().unwrap())

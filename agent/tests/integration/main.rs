@@ -9,5 +9,6 @@ mod kubernetes_fake;
 mod kubernetes_token_review;
 mod kubernetes_translate;
 mod kubernetes_webhook;
+mod resolve;
 mod source_yaml;
 mod watch;

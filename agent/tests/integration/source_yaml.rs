@@ -2,7 +2,7 @@
 //! refused as `<file>:<line>:<col>: <reason>` naming the offending entry.
 
 use pillion_agent::source::{parse_source, SourceError, EMBEDDED_DEFAULT, EMBEDDED_NAME};
-use pillion_agent::view::view_for;
+use pillion_agent::view::{view_for, Discovery};
 use pillion_api::view::{Endpoint, Mode, Protocol};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -72,7 +72,7 @@ fn assert_refused(text: &str, line: usize, fragments: &[&str]) -> SourceError {
 fn a_good_file_gives_the_expected_views() {
     let catalog = parse_source("src.yaml", GOOD, "cluster.local").unwrap();
     let db = catalog.workload_for_token("db-token-4567").unwrap();
-    let view = view_for(&catalog, db, 7, "");
+    let view = view_for(&catalog, db, 7, "", Discovery::Full);
     assert_eq!(view.version, 7);
     assert_eq!(view.identity, "spiffe://cluster.local/ns/shop/sa/postgres");
     assert_eq!(view.inbound.default_mode, Mode::Strict);
@@ -118,7 +118,7 @@ fn a_good_file_gives_the_expected_views() {
 
     let web = catalog.workload_for_token("web-token-123").unwrap();
     assert_eq!(
-        view_for(&catalog, web, 7, "").identity,
+        view_for(&catalog, web, 7, "", Discovery::Full).identity,
         "spiffe://cluster.local/ns/shop/sa/web"
     );
     assert!(catalog.workload_for_token("nope-nope-nope").is_none());
