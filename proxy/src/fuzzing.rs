@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use crate::detect::{tls, Peek, MAX_DETECT_BYTES};
 use crate::http::hop;
 use crate::http::server::MAX_REQUEST_HEAD;
 use crate::policy::authz::set_peer_identity;
+use crate::state::resolved::{Resolved, Usage};
 use crate::state::State;
 use crate::telemetry::metrics::http::HttpMetrics;
 
@@ -223,6 +224,7 @@ fn http_world() -> &'static HttpWorld {
         let metrics = HttpMetrics::default();
         let state = State::compile(
             &view,
+            &Default::default(),
             &State::default(),
             &Settings::default(),
             &metrics,
@@ -342,9 +344,23 @@ pub fn view_json(data: &[u8]) {
     let now = Instant::now();
     RUNTIME.with(|rt| {
         let _inside = rt.enter();
-        let first = State::compile(&view, &State::default(), &settings, &metrics, now);
-        let second = State::compile(&view, &first, &settings, &metrics, now);
+        let none = Resolved::default();
+        let first = State::compile(&view, &none, &State::default(), &settings, &metrics, now);
+        let second = State::compile(&view, &none, &first, &settings, &metrics, now);
         assert_eq!(second.version(), Some(view.version));
+        // The same services learned on demand reach the same destinations.
+        let learned = Resolved {
+            services: (view.services.iter().cloned())
+                .map(|s| (Arc::new(s), Arc::new(Usage::new())))
+                .collect(),
+            outside: Vec::new(),
+        };
+        let bare = View {
+            services: Vec::new(),
+            ..view.clone()
+        };
+        let third = State::compile(&bare, &learned, &second, &settings, &metrics, now);
+        assert_eq!(third.outbound().len(), first.outbound().len());
     });
 }
 

@@ -486,6 +486,7 @@ pub async fn request_certificate(
         token_file: token_file.to_path_buf(),
         workload: spiffe_id("probe"),
         pod_name: None,
+        discovery: pillion_proxy::control::Discovery::Full,
     };
     let client = AgentClient::new(&config).unwrap_or_else(|e| panic!("agent client: {e}"));
     client.request_certificate(csr_pem).await

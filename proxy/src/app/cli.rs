@@ -19,7 +19,7 @@ use crate::app::config::{ProxyConfig, DEFAULT_BACKLOG};
 use crate::app::logging::{self, LogFormat};
 use crate::app::proxy::Proxy;
 use crate::app::rlimit;
-use crate::control::config::{ControlConfig, ControlFlags};
+use crate::control::config::{ControlConfig, ControlFlags, DiscoveryMode};
 use crate::control::ControlPlane;
 use crate::telemetry::{Resource, Telemetry, TelemetryArgs, TelemetryConfig};
 use pillion_api::duration::HumaneDuration;
@@ -115,6 +115,16 @@ pub(crate) struct Args {
     #[arg(long, env = defaults::env::POD_NAME)]
     pub pod_name: Option<String>,
 
+    /// How the proxy learns services: on-demand resolves each destination the
+    /// workload uses when it is first used; full holds every service of the mesh.
+    #[arg(long, env = "PILLION_DISCOVERY", value_enum, default_value_t = DiscoveryMode::OnDemand)]
+    pub discovery: DiscoveryMode,
+
+    /// With on-demand discovery, how long a destination nobody used is kept before
+    /// it is forgotten (and asked for again on its next use), e.g. 30s, 5m.
+    #[arg(long, env = "PILLION_DISCOVERY_IDLE", default_value_t = HumaneDuration(defaults::DISCOVERY_IDLE))]
+    pub discovery_idle: HumaneDuration,
+
     /// Protocol detection, load balancing and outlier detection.
     #[command(flatten)]
     pub http: super::flags::DataPathArgs,
@@ -158,6 +168,8 @@ impl Args {
             namespace: self.namespace.clone(),
             service_account: self.service_account.clone(),
             pod_name: self.pod_name.clone(),
+            discovery: self.discovery,
+            discovery_idle: self.discovery_idle.get(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::settings::Settings;
+use crate::control::Resolver;
 use crate::state::Store;
 use crate::telemetry::metrics::http::HttpMetrics;
 use crate::telemetry::metrics::mesh::MeshMetrics;
@@ -26,6 +27,8 @@ pub(crate) struct Inputs {
     pub state: Arc<Store>,
     /// Mesh TLS; `None` runs the plain L4 proxy.
     pub tls: Option<MeshTls>,
+    /// On-demand discovery: asked about destinations the state does not know.
+    pub resolver: Option<Arc<Resolver>>,
     /// TLS, passthrough and refusal counters.
     pub mesh_metrics: MeshMetrics,
     /// The per-route families (inbound ports without policy get theirs on first use).

@@ -17,6 +17,7 @@ use super::rlimit;
 use super::settings::Settings;
 use crate::admin::readiness::{Condition, Readiness};
 use crate::admin::{AdminError, AdminServer, AdminState, ConfigDump};
+use crate::control::Resolver;
 use crate::detect::first_word::MAX_PROBES;
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
@@ -43,6 +44,9 @@ pub struct Mesh {
     pub tls: MeshTls,
     /// The agent's views, compiled into the proxy's state as they arrive.
     pub views: Views,
+    /// On-demand discovery of destinations the state does not know; `None`: the
+    /// views hold every service, and the unknown passes through.
+    pub resolver: Option<Arc<Resolver>>,
 }
 
 /// Why the proxy could not start.
@@ -303,6 +307,7 @@ impl Proxy {
         let inputs = Arc::new(Inputs {
             settings,
             state: store,
+            resolver: self.mesh.as_ref().and_then(|m| m.resolver.clone()),
             tls: self.mesh.map(|m| m.tls),
             mesh_metrics: self.mesh_metrics,
             http_metrics: self.http_metrics,

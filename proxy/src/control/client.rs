@@ -3,6 +3,7 @@
 //! it dies, and a bearer token read from its file before every request.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pillion_api::certs::{
     CertificateRequest, CertificateResponse, ErrorBody, CERTIFICATES_PATH, WATCH_PATH,
 };
+use pillion_api::resolve::{resolve_query, ON_DEMAND_QUERY, RESOLVE_PATH};
 use pillion_identity::{BundleSource, CertStore};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -202,7 +204,7 @@ impl AgentClient {
             }
         })?;
         let exchange = async {
-            let resp = self.send(Method::POST, path, Bytes::from(body)).await?;
+            let resp = self.send(Method::POST, path, "", Bytes::from(body)).await?;
             let status = resp.status();
             let bytes = read_limited(resp.into_body(), path).await?;
             if status != StatusCode::OK {
@@ -224,11 +226,23 @@ impl AgentClient {
         }
     }
 
-    /// `GET /v1/watch`: opens the view stream; its body yields NDJSON views.
-    pub async fn watch(&self) -> Result<Incoming, AgentError> {
-        let path = WATCH_PATH;
+    /// `GET /v1/watch`: opens the view stream; its body yields NDJSON views. An
+    /// on-demand view carries no services (see [`AgentClient::resolve`]).
+    pub async fn watch(&self, on_demand: bool) -> Result<Incoming, AgentError> {
+        let query = if on_demand { ON_DEMAND_QUERY } else { "" };
+        self.stream(WATCH_PATH, query).await
+    }
+
+    /// `GET /v1/resolve`: opens the answer stream for one destination; its body
+    /// yields NDJSON [`pillion_api::resolve::Resolution`]s.
+    pub async fn resolve(&self, addr: SocketAddr) -> Result<Incoming, AgentError> {
+        self.stream(RESOLVE_PATH, &resolve_query(addr)).await
+    }
+
+    /// Opens a streaming GET; a refusal is read whole and reported.
+    async fn stream(&self, path: &'static str, query: &str) -> Result<Incoming, AgentError> {
         let opened = async {
-            let resp = self.send(Method::GET, path, Bytes::new()).await?;
+            let resp = self.send(Method::GET, path, query, Bytes::new()).await?;
             let status = resp.status();
             if status != StatusCode::OK {
                 let bytes = read_limited(resp.into_body(), path).await?;
@@ -245,18 +259,20 @@ impl AgentClient {
         }
     }
 
-    /// Sends one request with the current token over the shared connection,
-    /// opening it first if needed.
+    /// Sends one request (`query` may be empty) with the current token over the
+    /// shared connection, opening it first if needed.
     async fn send(
         &self,
         method: Method,
         path: &'static str,
+        query: &str,
         body: Bytes,
     ) -> Result<http::Response<Incoming>, AgentError> {
         let token = self.token().await?;
+        let separator = if query.is_empty() { "" } else { "?" };
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("https://{}{path}", self.addr))
+            .uri(format!("https://{}{path}{separator}{query}", self.addr))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| AgentError::BadResponse {

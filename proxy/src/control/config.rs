@@ -2,6 +2,7 @@
 //! messages that name the flag and say what to fix.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use pillion_api::defaults;
 use pillion_identity::SpiffeId;
@@ -25,6 +26,35 @@ pub(crate) struct ControlFlags {
     pub service_account: Option<String>,
     /// `--pod-name`, for telemetry.
     pub pod_name: Option<String>,
+    /// `--discovery`.
+    pub discovery: DiscoveryMode,
+    /// `--discovery-idle`.
+    pub discovery_idle: Duration,
+}
+
+/// `--discovery`: how the proxy learns the mesh's services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DiscoveryMode {
+    /// Resolve each destination the workload uses, when first used.
+    #[default]
+    OnDemand,
+    /// Hold every service of the mesh (what proxies did before on-demand discovery).
+    Full,
+}
+
+/// Shortest `--discovery-idle`: the usage clock counts whole seconds.
+const MIN_DISCOVERY_IDLE: Duration = Duration::from_secs(2);
+
+/// How the proxy learns services, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discovery {
+    /// Every service, in the view.
+    Full,
+    /// Each destination on first use; forgotten after `idle` without a use.
+    OnDemand {
+        /// How long an unused destination is kept.
+        idle: Duration,
+    },
 }
 
 /// A checked control-plane configuration.
@@ -44,6 +74,8 @@ pub struct ControlConfig {
     pub workload: SpiffeId,
     /// The pod's name, if known.
     pub pod_name: Option<String>,
+    /// How services are learned.
+    pub discovery: Discovery,
 }
 
 /// A control-plane flag that cannot work.
@@ -89,6 +121,16 @@ pub(crate) enum ControlConfigError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// `--discovery-idle` is too short.
+    #[error(
+        "--discovery-idle must be at least {min:?} (the usage clock counts seconds); got {got:?}"
+    )]
+    DiscoveryIdle {
+        /// The shortest allowed.
+        min: Duration,
+        /// The value given.
+        got: Duration,
     },
     /// The trust anchors are not usable PEM roots.
     #[error("--trust-anchors: {} holds no usable root certificate: {reason}", path.display())]
@@ -171,6 +213,18 @@ impl ControlFlags {
         })?;
         // Read once now so a wrong path fails at start; it is re-read per request.
         read("--token-file", &token_file)?;
+        let discovery = match self.discovery {
+            DiscoveryMode::Full => Discovery::Full,
+            DiscoveryMode::OnDemand if self.discovery_idle < MIN_DISCOVERY_IDLE => {
+                return Err(ControlConfigError::DiscoveryIdle {
+                    min: MIN_DISCOVERY_IDLE,
+                    got: self.discovery_idle,
+                })
+            }
+            DiscoveryMode::OnDemand => Discovery::OnDemand {
+                idle: self.discovery_idle,
+            },
+        };
         Ok(Some(ControlConfig {
             agent_addr: agent_addr.clone(),
             agent_identity,
@@ -179,6 +233,7 @@ impl ControlFlags {
             token_file,
             workload,
             pod_name: self.pod_name.clone(),
+            discovery,
         }))
     }
 }

@@ -1,5 +1,5 @@
 //! Metrics of the proxy's link to the agent: its certificate's expiry, renewals,
-//! and whether the view stream is up.
+//! whether the view stream is up, and what on-demand discovery holds and asked.
 
 use std::time::UNIX_EPOCH;
 
@@ -26,6 +26,13 @@ pub(crate) struct BundleLabels {
     pub result: &'static str,
 }
 
+/// Labels of `pillion_discovery_resolutions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AnswerLabels {
+    /// `service`, `outside`, or `failed` (no answer: the connection was refused).
+    pub answer: &'static str,
+}
+
 /// The control-plane metric handles.
 #[derive(Clone, Debug, Default)]
 pub struct ControlMetrics {
@@ -43,6 +50,10 @@ pub struct ControlMetrics {
     bundle_roots: Gauge,
     /// Unix time at which the installed bundle's first root expires (0: none yet).
     bundle_expiry: Gauge,
+    /// Destinations on-demand discovery holds (each one answer stream).
+    pub(crate) destinations: Gauge,
+    /// First answers for a destination, by what they said.
+    resolutions: Family<AnswerLabels, Counter>,
 }
 
 impl ControlMetrics {
@@ -79,6 +90,16 @@ impl ControlMetrics {
             m.agent_connected.clone(),
         );
         registry.register(
+            "pillion_discovery_destinations",
+            "Destinations on-demand discovery holds, each followed by one stream from the agent",
+            m.destinations.clone(),
+        );
+        registry.register(
+            "pillion_discovery_resolutions",
+            "First answers for a destination: service, outside (the mesh), or failed (refused)",
+            m.resolutions.clone(),
+        );
+        registry.register(
             "pillion_identity_trust_bundle_updates",
             "Trust bundles offered to the proxy, by source (file, agent) and result",
             m.bundle_updates.clone(),
@@ -94,6 +115,13 @@ impl ControlMetrics {
             m.bundle_expiry.clone(),
         );
         m
+    }
+
+    /// Counts the first answer for a destination.
+    pub(crate) fn resolved(&self, answer: &'static str) {
+        self.resolutions
+            .get_or_create(&AnswerLabels { answer })
+            .inc();
     }
 
     /// Counts one offered bundle by what became of it (`refused` when it could not
@@ -135,6 +163,8 @@ mod tests {
         m.cert_expiry.set(1_700_000_000);
         m.renewals_ok.inc();
         m.agent_connected.set(1);
+        m.destinations.set(3);
+        m.resolved("outside");
         let ca = pillion_identity::Ca::generate("cluster.local").unwrap();
         let id = pillion_identity::SpiffeId::new("cluster.local", "ns", "sa").unwrap();
         let store = CertStore::new(id);
@@ -157,6 +187,8 @@ mod tests {
             "pillion_identity_renewals_total{result=\"ok\"} 1",
             "pillion_identity_renewals_total{result=\"error\"} 0",
             "pillion_agent_connected 1",
+            "pillion_discovery_destinations 3",
+            "pillion_discovery_resolutions_total{answer=\"outside\"} 1",
             "pillion_identity_trust_bundle_updates_total{source=\"file\",result=\"refused\"} 1",
             "pillion_identity_trust_bundle_updates_total{source=\"agent\",result=\"installed\"} 1",
             "pillion_identity_trust_bundle_roots 1",

@@ -1,7 +1,8 @@
 //! The proxy's side of the control plane: certificates from the agent (fetched at
-//! start, renewed before expiry) and the agent's view stream. Both run as
-//! background tasks; the data path only reads what they install, so it keeps
-//! working on the cached certificate and view while the agent is away.
+//! start, renewed before expiry), the agent's view stream, and on-demand discovery
+//! of the services the workload uses ([`resolve`]). They run as background tasks;
+//! the data path only reads what they install, so it keeps working on the cached
+//! certificate, view and answers while the agent is away.
 
 pub(crate) mod anchors;
 pub(crate) mod certificates;
@@ -9,6 +10,7 @@ pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod lines;
 pub(crate) mod metrics;
+pub(crate) mod resolve;
 pub(crate) mod watch;
 
 use std::sync::Arc;
@@ -30,7 +32,8 @@ use metrics::ControlMetrics;
 use watch::Watcher;
 
 pub use client::{AgentClient, AgentError, ClientError};
-pub use config::ControlConfig;
+pub use config::{ControlConfig, Discovery};
+pub use resolve::Resolver;
 pub use watch::ISSUER_SWITCH_SPREAD;
 
 /// Readiness condition met once the proxy holds a certificate.
@@ -46,6 +49,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ControlPlane {
     store: Arc<CertStore>,
     views: Views,
+    resolver: Option<Arc<Resolver>>,
     metrics: ControlMetrics,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -83,7 +87,17 @@ impl ControlPlane {
             renew_now: Arc::clone(&renew_now),
             last: config.trust_anchors_pem.clone(),
         });
+        let resolver = match config.discovery {
+            Discovery::Full => None,
+            Discovery::OnDemand { idle } => Some(Arc::new(Resolver::new(
+                Arc::clone(&client),
+                views.clone(),
+                idle,
+                metrics.clone(),
+            ))),
+        };
         let watcher = Watcher {
+            on_demand: resolver.is_some(),
             client,
             views: views.clone(),
             identity: config.workload.clone(),
@@ -103,9 +117,13 @@ impl ControlPlane {
         if let Some(anchors) = anchors {
             tasks.push(tokio::spawn(anchors.run(shutdown.clone())));
         }
+        if let Some(resolver) = &resolver {
+            tasks.push(tokio::spawn(Arc::clone(resolver).run(shutdown.clone())));
+        }
         Ok(ControlPlane {
             store,
             views,
+            resolver,
             metrics,
             shutdown,
             tasks,
@@ -117,6 +135,7 @@ impl ControlPlane {
         Ok(Mesh {
             tls: MeshTls::new(Arc::clone(&self.store))?,
             views: self.views.clone(),
+            resolver: self.resolver.clone(),
         })
     }
 
@@ -128,6 +147,11 @@ impl ControlPlane {
     /// The views the watch loop fills.
     pub fn views(&self) -> &Views {
         &self.views
+    }
+
+    /// On-demand discovery; `None` with a full view.
+    pub fn resolver(&self) -> Option<&Arc<Resolver>> {
+        self.resolver.as_ref()
     }
 
     /// The control-plane metric handles.

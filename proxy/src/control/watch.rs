@@ -57,6 +57,8 @@ pub(crate) enum WatchError {
 pub(crate) struct Watcher {
     /// Where the stream comes from.
     pub client: Arc<AgentClient>,
+    /// Asks for a view without services (they come by on-demand discovery).
+    pub on_demand: bool,
     /// Where views go.
     pub views: Views,
     /// Our identity; views for others are refused.
@@ -157,7 +159,7 @@ impl Watcher {
 
     /// Opens one stream and installs its views until it ends; always returns why.
     async fn follow(&self, backoff: &mut Backoff) -> WatchError {
-        let mut body = match self.client.watch().await {
+        let mut body = match self.client.watch(self.on_demand).await {
             Ok(body) => body,
             Err(err) => return err.into(),
         };

@@ -42,6 +42,7 @@ mod tests {
     fn compile(view: &pillion_api::view::View) -> State {
         State::compile(
             view,
+            &Default::default(),
             &State::default(),
             &Default::default(),
             &HttpMetrics::default(),

@@ -60,6 +60,15 @@ struct OutboundConn {
 }
 
 impl OutboundConn {
+    /// With on-demand discovery, a service forgotten while this connection stayed
+    /// idle is asked about again.
+    async fn rediscover(&self) -> Option<Target> {
+        let resolver = self.inputs.resolver.as_ref()?;
+        resolver.resolve(self.orig_dst).await.ok()?;
+        let state = self.inputs.state.load();
+        state.outbound().target(self.orig_dst).cloned()
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let start = Instant::now();
         let (target, identity) = {
@@ -69,12 +78,18 @@ impl OutboundConn {
                 state.identity().cloned(),
             )
         };
-        let Some(target) = target else {
-            // The view dropped the service while this connection was open.
-            return HttpError::NoEndpoints {
-                service: self.orig_dst.to_string(),
-            }
-            .response();
+        let target = match target {
+            Some(target) => target,
+            None => match self.rediscover().await {
+                Some(target) => target,
+                // The view dropped the service while this connection was open.
+                None => {
+                    return HttpError::NoEndpoints {
+                        service: self.orig_dst.to_string(),
+                    }
+                    .response()
+                }
+            },
         };
         if wants_upgrade(&req) {
             return self.upgrade(req, &target).await;

@@ -11,7 +11,12 @@
 //!    to one endpoint the balancer picks ([`tcp`]);
 //! 3. a meshed endpoint under no service port: bytes over mesh TLS to it ([`tcp`]);
 //! 4. an endpoint the view lists with an identity this proxy cannot verify: refused;
-//! 5. anything else passes through as plain TCP, counted ([`tcp`]).
+//! 5. a destination the agent placed outside the mesh, or (with a full view) one
+//!    the view does not know, passes through as plain TCP, counted ([`tcp`]).
+//!
+//! With on-demand discovery a destination the state does not know yet is first
+//! asked about ([`crate::control::resolve`]) and then served as above; one the agent
+//! cannot be asked about is refused, never passed through.
 
 pub(crate) mod http;
 pub(crate) mod retry;
@@ -144,20 +149,15 @@ impl Stack for Outbound {
 
     async fn serve(&self, conn: Accepted) {
         let (stream, info, _guard) = conn.split();
-        // The state the connection arrived with decides; only what it needs is kept.
-        let destination = self
-            .inputs
-            .state
-            .load()
-            .outbound()
-            .destination(info.orig_dst)
-            .cloned();
+        let Some(destination) = self.destination(&info).await else {
+            return;
+        };
         match destination {
-            Some(Destination::Service(target)) => self.serve_service(stream, info, target).await,
-            Some(Destination::Endpoint(endpoint)) => {
+            Destination::Service(target) => self.serve_service(stream, info, target).await,
+            Destination::Endpoint(endpoint) => {
                 tcp::to_endpoint(&self.relay, stream, &info, &endpoint).await
             }
-            Some(Destination::Refused) => {
+            Destination::Refused => {
                 self.inputs
                     .mesh_metrics
                     .handshake_failed(Direction::Outbound, HandshakeFailure::Other);
@@ -165,7 +165,41 @@ impl Stack for Outbound {
                     "the view lists this endpoint with an invalid identity; closing the connection"
                 );
             }
-            None => tcp::passthrough(&self.relay, &self.inputs, stream, &info).await,
+            Destination::Outside => {
+                tcp::passthrough(&self.relay, &self.inputs, stream, &info).await
+            }
         }
+    }
+}
+
+impl Outbound {
+    /// Where a connection goes, by the state it arrived with (only what it needs is
+    /// kept). A destination the state does not know passes through with a full view;
+    /// with on-demand discovery it is asked about first, and `None` (close the
+    /// connection) means the agent could not say.
+    async fn destination(&self, info: &ConnInfo) -> Option<Destination> {
+        let lookup = || {
+            (self.inputs.state.load())
+                .outbound()
+                .destination(info.orig_dst)
+                .cloned()
+        };
+        if let Some(known) = lookup() {
+            return Some(known);
+        }
+        let Some(resolver) = &self.inputs.resolver else {
+            return Some(Destination::Outside);
+        };
+        if let Err(error) = resolver.resolve(info.orig_dst).await {
+            tracing::warn!(%error, "cannot tell where the connection goes; closing it");
+            return None;
+        }
+        let found = lookup();
+        if found.is_none() {
+            tracing::warn!(
+                "the answer for the destination did not reach the state; closing the connection"
+            );
+        }
+        found
     }
 }

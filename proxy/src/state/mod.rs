@@ -13,6 +13,7 @@
 
 pub(crate) mod inbound;
 pub(crate) mod outbound;
+pub(crate) mod resolved;
 mod views;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::telemetry::metrics::http::HttpMetrics;
 use inbound::InboundTable;
 pub(crate) use outbound::Destination;
 use outbound::OutboundTable;
+use resolved::Resolved;
 pub use views::Views;
 
 /// Everything the data path decides with, compiled from one view.
@@ -42,9 +44,11 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Compiles `view`, carrying over what `previous` learned (see the module docs).
+    /// Compiles `view` and what discovery `resolved`, carrying over what `previous`
+    /// learned (see the module docs).
     pub(crate) fn compile(
         view: &View,
+        resolved: &Resolved,
         previous: &State,
         settings: &Settings,
         metrics: &HttpMetrics,
@@ -54,7 +58,14 @@ impl State {
             generation: previous.generation + 1,
             version: Some(view.version),
             identity: Some(Arc::from(view.identity.as_str())),
-            outbound: OutboundTable::compile(view, &previous.outbound, settings, metrics, now),
+            outbound: OutboundTable::compile(
+                view,
+                resolved,
+                &previous.outbound,
+                settings,
+                metrics,
+                now,
+            ),
             inbound: InboundTable::compile(view, &previous.inbound, metrics, now),
         }
     }
@@ -134,9 +145,11 @@ pub(crate) async fn follow(views: Views, store: Arc<Store>, compiler: Compiler) 
             let previous = store.load_full();
             let job = compiler.clone();
             let started = Instant::now();
+            let resolved = published.resolved;
             let compiled = tokio::task::spawn_blocking(move || {
                 State::compile(
                     &view,
+                    &resolved,
                     &previous,
                     &job.settings,
                     &job.metrics,
@@ -201,6 +214,7 @@ mod tests {
         let settings = Settings::with_mesh_client_for_tests();
         State::compile(
             v,
+            &Resolved::default(),
             &State::default(),
             &settings,
             &HttpMetrics::default(),

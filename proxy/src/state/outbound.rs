@@ -14,6 +14,12 @@
 //! A connection aimed at one endpoint's own address keeps the routes of its service
 //! (timeouts, retries, limits, edits) but always goes to that endpoint: the
 //! application asked for that pod.
+//!
+//! Services come from the view and, with on-demand discovery, from what the agent
+//! answered for destinations this workload used ([`Resolved`]); those carry a
+//! [`Usage`] mark that every lookup of one of their destinations refreshes, and
+//! destinations the agent placed outside the mesh compile to
+//! [`Destination::Outside`], so they pass through without asking again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +41,7 @@ use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryBudget;
 use crate::policy::route_match::RouteTable;
 use crate::policy::split::{labels_match, Split};
+use crate::state::resolved::{Resolved, Usage};
 use crate::telemetry::metrics::http::{no_peer, HttpMetrics, RouteMetrics};
 use crate::telemetry::metrics::Direction;
 use crate::upstream::connect::{MeshTarget, UpstreamConnector};
@@ -53,6 +60,15 @@ pub(crate) enum Destination {
     Endpoint(Arc<EndpointState>),
     /// Listed with an identity this proxy cannot verify: refused.
     Refused,
+    /// The agent said no service has this address: plain TCP, as sent.
+    Outside,
+}
+
+/// A destination and, if discovery learned it, the mark its uses refresh.
+#[derive(Debug)]
+struct Entry {
+    destination: Destination,
+    used: Option<Arc<Usage>>,
 }
 
 /// A service port as one original destination reaches it.
@@ -172,7 +188,7 @@ struct RouteKey {
 /// The compiled outbound view.
 #[derive(Debug, Default)]
 pub(crate) struct OutboundTable {
-    targets: HashMap<SocketAddr, Destination>,
+    targets: HashMap<SocketAddr, Entry>,
     endpoints: HashMap<EndpointKey, Arc<EndpointState>>,
     backends: HashMap<BackendKey, Arc<Backend>>,
     limiters: HashMap<RouteKey, (RateLimit, Arc<RateLimiter>)>,
@@ -180,13 +196,18 @@ pub(crate) struct OutboundTable {
 }
 
 impl OutboundTable {
-    /// Where a connection to `orig_dst` goes; `None` for destinations the view does
-    /// not know (they pass through as plain TCP).
+    /// Where a connection to `orig_dst` goes (a use of it); `None` for destinations
+    /// the state does not know: plain TCP with a full view, a question for the agent
+    /// with on-demand discovery.
     pub(crate) fn destination(&self, orig_dst: SocketAddr) -> Option<&Destination> {
-        self.targets.get(&SocketAddr::new(
+        let entry = self.targets.get(&SocketAddr::new(
             orig_dst.ip().to_canonical(),
             orig_dst.port(),
-        ))
+        ))?;
+        if let Some(used) = &entry.used {
+            used.touch();
+        }
+        Some(&entry.destination)
     }
 
     /// The service port a connection to `orig_dst` reaches, if it is one.
@@ -202,37 +223,56 @@ impl OutboundTable {
         self.targets.len()
     }
 
-    /// Compiles `view`, reusing `previous`'s state (see the module docs).
+    /// Compiles the services of `view` and then those `resolved`, reusing
+    /// `previous`'s state (see the module docs); the first listing of an address wins.
     pub(crate) fn compile(
         view: &View,
+        resolved: &Resolved,
         previous: &OutboundTable,
         settings: &Settings,
         metrics: &HttpMetrics,
         now: Instant,
     ) -> OutboundTable {
+        let services: Vec<(&Service, Option<&Arc<Usage>>)> = (view.services.iter())
+            .map(|s| (s, None))
+            .chain(resolved.services.iter().map(|(s, u)| (&**s, Some(u))))
+            .collect();
         let mut table = OutboundTable::default();
         let mut compiler = Compiler {
-            view,
+            services: &services,
+            used: None,
             previous,
             settings,
             metrics,
             now,
             table: &mut table,
         };
-        for service in &view.services {
+        for (service, used) in &services {
+            compiler.used = used.cloned();
             for port in &service.ports {
                 compiler.port(service, port);
             }
         }
-        for service in &view.services {
+        for (service, used) in &services {
+            compiler.used = used.cloned();
             compiler.l4_endpoints(service);
+        }
+        for (addr, used) in &resolved.outside {
+            let addr = SocketAddr::new(canonical(addr.ip()), addr.port());
+            table.targets.entry(addr).or_insert_with(|| Entry {
+                destination: Destination::Outside,
+                used: Some(Arc::clone(used)),
+            });
         }
         table
     }
 }
 
 struct Compiler<'a> {
-    view: &'a View,
+    /// Every service compiled, for backends that name another service.
+    services: &'a [(&'a Service, Option<&'a Arc<Usage>>)],
+    /// The usage mark of the service being compiled.
+    used: Option<Arc<Usage>>,
     previous: &'a OutboundTable,
     settings: &'a Settings,
     metrics: &'a HttpMetrics,
@@ -305,11 +345,13 @@ impl Compiler<'_> {
         });
         for vip in &service.addresses {
             let addr = SocketAddr::new(canonical(*vip), port.port);
-            self.table.targets.entry(addr).or_insert_with(|| {
-                Destination::Service(Target {
+            let used = self.used.clone();
+            self.table.targets.entry(addr).or_insert_with(|| Entry {
+                destination: Destination::Service(Target {
                     port: Arc::clone(&compiled),
                     pinned: None,
-                })
+                }),
+                used,
             });
         }
         for endpoint in &endpoints {
@@ -320,12 +362,17 @@ impl Compiler<'_> {
                 Some(endpoint.addr),
                 std::slice::from_ref(endpoint),
             );
-            self.table.targets.entry(endpoint.addr).or_insert_with(|| {
-                Destination::Service(Target {
-                    port: Arc::clone(&compiled),
-                    pinned: Some(pinned),
-                })
-            });
+            let used = self.used.clone();
+            self.table
+                .targets
+                .entry(endpoint.addr)
+                .or_insert_with(|| Entry {
+                    destination: Destination::Service(Target {
+                        port: Arc::clone(&compiled),
+                        pinned: Some(pinned),
+                    }),
+                    used,
+                });
         }
     }
 
@@ -342,7 +389,8 @@ impl Compiler<'_> {
                 Some(endpoint) => Destination::Endpoint(endpoint),
                 None => Destination::Refused,
             };
-            self.table.targets.insert(addr, destination);
+            let used = self.used.clone();
+            self.table.targets.insert(addr, Entry { destination, used });
         }
     }
 
@@ -561,11 +609,11 @@ impl Compiler<'_> {
         port: &ServicePort,
         backend: &WeightedBackend,
     ) -> Arc<Backend> {
-        let view = self.view;
+        let services = self.services;
         let (owner, owner_port) = match &backend.service {
             None => (service, port),
             Some(other) => {
-                let found = view.services.iter().find_map(|s| {
+                let found = services.iter().find_map(|&(s, _)| {
                     (s.namespace == service.namespace && &s.name == other)
                         .then(|| s.ports.iter().find(|p| p.port == port.port).map(|p| (s, p)))
                         .flatten()

@@ -1,6 +1,7 @@
 //! The agent's views on their way into the proxy: the control plane (or a test)
-//! publishes each one, the proxy's compiler takes the newest and says how far it got.
-//! Views are not compiled here: [`super::State`] is the one compiled form.
+//! publishes each one, and with it what on-demand discovery learned
+//! ([`Resolved`]); the proxy's compiler takes the newest pair and says how far it
+//! got. Nothing is compiled here: [`super::State`] is the one compiled form.
 //!
 //! Every publish gets a sequence number; the compiler reports the number of the view
 //! it handled last, so [`Views::install`] waits for *its* view or a later one, even
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use pillion_api::view::View;
 use tokio::sync::watch;
 
+use super::resolved::Resolved;
+
 /// A published view and its place in the order of publishing.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Published {
@@ -18,6 +21,8 @@ pub(crate) struct Published {
     pub(crate) seq: u64,
     /// The view (`None` before the first).
     pub(crate) view: Option<Arc<View>>,
+    /// What on-demand discovery learned, compiled with the view.
+    pub(crate) resolved: Arc<Resolved>,
 }
 
 /// What the compiler has handled last.
@@ -69,6 +74,23 @@ impl Views {
     /// view (for embedders and tests that send traffic right after).
     pub async fn install(&self, view: View) {
         let seq = self.publish_seq(view);
+        self.handled(seq).await;
+    }
+
+    /// Makes `resolved` what discovery learned (with the newest view); returns the
+    /// publish's number for [`Views::handled`].
+    pub(crate) fn publish_resolved(&self, resolved: Resolved) -> u64 {
+        let mut seq = 0;
+        self.latest.send_modify(|p| {
+            p.seq += 1;
+            p.resolved = Arc::new(resolved);
+            seq = p.seq;
+        });
+        seq
+    }
+
+    /// Resolves once publish `seq` or a later one has been handled.
+    pub(crate) async fn handled(&self, seq: u64) {
         let mut rx = self.handled.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.
         let _ = rx.wait_for(|h| h.seq >= seq).await;

@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pillion_api::certs::{CertificateRequest, CertificateResponse, ErrorBody};
 use pillion_identity::{Ca, SpiffeId};
-use pillion_proxy::control::ControlConfig;
+use pillion_proxy::control::{ControlConfig, Discovery};
 use pillion_proxy::control::{ControlPlane, READY_CERTIFICATE, READY_VIEW};
 use pillion_proxy::Readiness;
 use prometheus_client::registry::Registry;
@@ -269,6 +269,8 @@ fn config(agent: &TestAgent, token: &Path) -> ControlConfig {
         token_file: token.to_path_buf(),
         workload: id("client"),
         pod_name: Some("client-0".into()),
+        // These tests follow the view stream itself; on-demand has its own below.
+        discovery: Discovery::Full,
     }
 }
 

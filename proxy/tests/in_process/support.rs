@@ -74,6 +74,7 @@ pub async fn start(config: ProxyConfig, options: Options) -> Running {
         builder = builder.mesh(Mesh {
             tls: MeshTls::new(store).unwrap(),
             views: views.clone(),
+            resolver: None,
         });
     }
     let proxy = builder.bind().await.unwrap();
