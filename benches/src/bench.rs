@@ -353,7 +353,9 @@ fn base_notes(plan: &Plan) -> Vec<String> {
         ),
         format!(
             "view push (Pillion rows, measured last): the agent's source gains {} services, each \
-             a VIP with one meshed endpoint (the client proxy's whole view grows to a few MB); a \
+             a VIP with one meshed endpoint (a proxy with --discovery full takes them all, a few \
+             MB of view; one with on-demand discovery, the default, takes none of them: its \
+             workload calls none, and the push is checked by resolving the last one); a \
              probe at {} req/s over {} connections runs {:?} before the push (its p99 is the \
              steady figure) and {:?} across it; the figure is the probe's longest answer \
              (coordinated omission corrected), i.e. how long the push paused traffic. The small \

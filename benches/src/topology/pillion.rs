@@ -69,6 +69,43 @@ impl ViewControl {
             .with_context(|| format!("replacing {}", self.source.display()))
     }
 
+    /// Whether the push of `services` reached the client proxy: with a full view it
+    /// holds them all; with on-demand discovery it holds none, so it is asked about
+    /// the last pushed service's VIP (a connection opened and dropped) and must
+    /// have resolved one more service within 10 s.
+    pub fn reached(&self, services: usize) -> Result<()> {
+        let seen = self.client_view_services()?;
+        if seen >= services {
+            return Ok(());
+        }
+        let resolved = || -> Result<f64> {
+            let m = pillion_tests::metrics::scrape(&self.client, self.admin_port)?;
+            Ok(m.value(
+                "pillion_discovery_resolutions_total",
+                &[("answer", "service")],
+            ))
+        };
+        let before = resolved()?;
+        let i = services.saturating_sub(1);
+        let vip = SocketAddr::from(([198, 19, (i / 256 % 128) as u8, (i % 256) as u8], 80));
+        self.client.run(move || async move {
+            if let Ok(conn) = tokio::net::TcpStream::connect(vip).await {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                drop(conn);
+            }
+        })?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while resolved()? <= before {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the client proxy's view holds {seen} services, not the {services} pushed,                      and it did not resolve the last pushed one ({vip}) on demand"
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     /// Services in the client proxy's view, from its loopback-only `/config`.
     pub fn client_view_services(&self) -> Result<usize> {
         let port = self.admin_port;

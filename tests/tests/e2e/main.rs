@@ -3,6 +3,7 @@
 
 mod bypass;
 mod common;
+mod discovery;
 mod drain;
 mod edges;
 mod first_word;
