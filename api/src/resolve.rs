@@ -23,6 +23,13 @@ use crate::view::Service;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 
+/// Most destinations a proxy follows at once, each one stream: the agent lets one
+/// HTTP/2 connection carry this many streams and a few more (the view watch and
+/// certificate requests), instead of hyper's default 200.
+pub const MAX_DESTINATIONS: usize = 10_000;
+/// Concurrent streams the agent allows on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = MAX_DESTINATIONS as u32 + 32;
+
 /// Path of the per-destination discovery stream (`GET`).
 pub const RESOLVE_PATH: &str = "/v1/resolve";
 /// Query of a view watch whose services come by [`RESOLVE_PATH`] instead.

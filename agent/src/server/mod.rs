@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use inject::{NamespaceSource, INJECT_PATH};
 use pillion_api::certs::{error_codes, CERTIFICATES_PATH, HEALTHZ_PATH, WATCH_PATH};
-use pillion_api::resolve::RESOLVE_PATH;
+use pillion_api::resolve::{MAX_STREAMS_PER_CONNECTION, RESOLVE_PATH};
 use pillion_inject::InjectConfig;
 use reply::Body;
 use std::convert::Infallible;
@@ -87,7 +87,9 @@ pub async fn serve(listener: TcpListener, cert: Arc<ServingCert>, shared: Arc<Sh
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        // One stream per destination a proxy resolves, on its one connection.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -111,6 +113,11 @@ pub async fn serve(listener: TcpListener, cert: Arc<ServingCert>, shared: Arc<Sh
                 }
             },
         };
+        // Answers are small frames written as they come: without this, Nagle holds
+        // each one for the client's delayed ACK (~40 ms per answer).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = cert.acceptor();
         let shared = shared.clone();
         let watcher = graceful.watcher();

@@ -199,3 +199,25 @@ async fn a_question_must_name_one_address_and_come_with_a_token() {
     assert_eq!(resp.status(), 405);
     agent.shutdown().await;
 }
+
+/// A proxy follows every destination its workload uses on its one connection:
+/// far more streams than hyper's default of 200 stay open and answered.
+#[tokio::test]
+async fn one_connection_carries_hundreds_of_answer_streams() {
+    let agent = start_default().await;
+    let mut client = connect(&agent).await;
+    let mut streams = Vec::new();
+    for i in 0..300u32 {
+        let path = format!("/v1/resolve?ip=192.0.2.{}&port={}", i % 250 + 1, 1000 + i);
+        let mut stream = client.stream(&path, CLIENT_TOKEN).await;
+        let first: Resolution = answer(&mut stream).await;
+        assert_eq!(first.service, None);
+        streams.push(stream);
+    }
+    let mut vip = client
+        .stream("/v1/resolve?ip=198.18.0.100&port=8080", CLIENT_TOKEN)
+        .await;
+    assert_eq!(service_name(&answer(&mut vip).await), Some("echo"));
+    drop(streams);
+    agent.shutdown().await;
+}

@@ -38,8 +38,9 @@ pub(crate) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// address can join the mesh later, and outside addresses are many.
 pub(crate) const OUTSIDE_IDLE: Duration = Duration::from_secs(30);
 /// Most destinations held at once; past it the least recently used goes, so a
-/// workload scanning addresses cannot grow the proxy without bound.
-pub(crate) const MAX_DESTINATIONS: usize = 10_000;
+/// workload scanning addresses cannot grow the proxy without bound (the agent
+/// allows as many streams on the proxy's one connection).
+pub(crate) use pillion_api::resolve::MAX_DESTINATIONS;
 
 /// Why a destination could not be resolved.
 #[derive(Debug, Clone, thiserror::Error)]
