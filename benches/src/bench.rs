@@ -41,6 +41,8 @@ pub struct Opts {
     pub baseline_proxy_binary: Option<PathBuf>,
     /// Measure the flood figure instead of the others.
     pub flood: bool,
+    /// Measure the discovery figure instead of the others.
+    pub discovery: bool,
     /// Connections the flood opens per second (0: as fast as it can).
     pub flood_open_rate: u32,
     /// `--flood-same-priority`: the flood client is not SCHED_IDLE.
@@ -74,6 +76,9 @@ pub fn run(opts: &Opts) -> Result<Report> {
     if opts.flood {
         plan = plan.with_flood(opts.flood_open_rate, !opts.flood_same_priority);
     }
+    if opts.discovery {
+        plan = plan.with_discovery();
+    }
     let mut work = WorkDir::create()?;
     if opts.keep_workdir {
         work.keep();
@@ -88,8 +93,8 @@ pub fn run(opts: &Opts) -> Result<Report> {
         baseline_proxy_binary: opts.baseline_proxy_binary.clone(),
         proxy_env: opts.proxy_env.clone(),
         baseline_proxy_env: opts.baseline_proxy_env.clone(),
-        // The flood figure is the Pillion pairs' only.
-        peers: !opts.flood,
+        // The flood and discovery figures are the Pillion pairs' only.
+        peers: !opts.flood && !opts.discovery,
     };
     let build = |work: &WorkDir| -> Result<Topology> {
         let mut topo = Topology::build(&topo_opts, &certs, work)?;
@@ -99,6 +104,8 @@ pub fn run(opts: &Opts) -> Result<Report> {
         } else if opts.flood {
             topo.contenders
                 .retain(|c| c.server_proxy.is_some() || c.kind == Kind::Direct);
+        } else if opts.discovery {
+            topo.contenders.retain(|c| c.view.is_some());
         }
         Ok(topo)
     };
@@ -116,8 +123,21 @@ pub fn run(opts: &Opts) -> Result<Report> {
         plan.mode,
         layout.describe()
     );
-    let (collected, flood_traces, figures, mut notes) = match &plan.flood {
-        Some(flood) => {
+    let (collected, flood_traces, figures, mut notes) = match (&plan.flood, &plan.discovery) {
+        (None, Some(discovery)) => {
+            let mut collected = crate::discovery::collectors(&topo.contenders, discovery);
+            for run in 1..=plan.runs {
+                if run > 1 {
+                    // Every run meets proxies that have never seen the large mesh.
+                    drop(topo);
+                    topo = build(&work).context("rebuilding the topology for the next run")?;
+                }
+                crate::discovery::run(&topo.contenders, discovery, layout.client, &mut collected);
+            }
+            let notes = vec![crate::discovery::NOTE.to_string()];
+            (collected, Vec::new(), figures::discovery(discovery), notes)
+        }
+        (Some(flood), _) => {
             let mut collected = crate::flood::collectors(&topo.contenders, flood);
             let mut traces = Vec::new();
             for run in 1..=plan.runs {
@@ -139,7 +159,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
             }
             (collected, traces, figures::flood(flood), flood_notes(&plan))
         }
-        None => (
+        (None, None) => (
             measure::all(&topo.contenders, &plan, &layout),
             Vec::new(),
             figures::all(&plan),

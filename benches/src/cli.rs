@@ -66,6 +66,13 @@ pub struct Args {
     /// otherwise be counted as the proxy's (the direct row shows that floor).
     #[arg(long)]
     pub flood_same_priority: bool,
+    /// Measure the discovery figure instead of the others (Pillion rows): the mesh
+    /// grows to 20,000 services (300 with --smoke), the client calls 10 of them; the
+    /// client proxy's RSS, and the first and second request to 200 more. Compare
+    /// on-demand with full in one run: --baseline-proxy-binary (the same binary)
+    /// --baseline-proxy-env PILLION_DISCOVERY=full.
+    #[arg(long, conflicts_with = "flood")]
+    pub discovery: bool,
     /// KEY=VALUE in the Pillion row's proxies' environment only (repeatable), e.g.
     /// GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072; the benchmark itself does not
     /// run with it.
@@ -163,6 +170,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         baseline_proxy_binary,
         binary,
         flood: parsed.flood,
+        discovery: parsed.discovery,
         flood_open_rate: parsed.flood_open_rate,
         flood_same_priority: parsed.flood_same_priority,
         proxy_env: parsed.proxy_env,

@@ -80,6 +80,68 @@ pub mod flood {
     pub const SLOW_CLOSED: &str = "flood_slow_closed_by_proxy";
 }
 
+/// Ids of the discovery figure (`--discovery`), Pillion rows with an agent only.
+pub mod discovery {
+    /// Client proxy RSS with the mesh grown, after calling the used services.
+    pub const CLIENT_RSS: &str = "discovery_client_proxy_rss_mib";
+    /// Median first request to a destination the proxy has not seen.
+    pub const FIRST_P50: &str = "discovery_first_request_p50_ms";
+    /// p99 of the same.
+    pub const FIRST_P99: &str = "discovery_first_request_p99_ms";
+    /// p99 of the second request to each (known by then).
+    pub const KNOWN_P99: &str = "discovery_known_request_p99_ms";
+    /// From writing the grown source to the server's proxy holding its services.
+    pub const LOAD_SECONDS: &str = "discovery_load_s";
+}
+
+/// The discovery figure's rows of the table (`--discovery` measures these only).
+pub fn discovery(plan: &crate::plan::DiscoveryPlan) -> Vec<Figure> {
+    let (n, used) = (plan.services, plan.used);
+    vec![
+        fig(
+            discovery::CLIENT_RSS.into(),
+            format!("client proxy RSS, {n} services in the mesh, its workload calling {used}, MiB"),
+            "MiB",
+            false,
+            1,
+        ),
+        fig(
+            discovery::FIRST_P50.into(),
+            format!(
+                "first request to each of {} new destinations, p50 ms",
+                plan.fresh
+            ),
+            "ms",
+            false,
+            2,
+        ),
+        fig(
+            discovery::FIRST_P99.into(),
+            format!(
+                "first request to each of {} new destinations, p99 ms",
+                plan.fresh
+            ),
+            "ms",
+            false,
+            2,
+        ),
+        fig(
+            discovery::KNOWN_P99.into(),
+            "second request to each (destination known), p99 ms".into(),
+            "ms",
+            false,
+            2,
+        ),
+        fig(
+            discovery::LOAD_SECONDS.into(),
+            format!("source of {n} services written → the server's proxy holds its own, s"),
+            "s",
+            false,
+            1,
+        ),
+    ]
+}
+
 /// The flood figure's rows of the table (`--flood` measures these only).
 pub fn flood(plan: &crate::plan::FloodPlan) -> Vec<Figure> {
     let secs = plan.after.as_secs();

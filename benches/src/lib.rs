@@ -11,12 +11,13 @@
 //! - [`load`]: the load generator (closed and open loop, HTTP/1.1, h2c, connections,
 //!   bulk);
 //! - [`measure`]: runs every figure for every row; [`flood`]: the flood figure
-//!   (`--flood`) instead;
+//!   (`--flood`) instead; [`discovery`]: the discovery figure (`--discovery`) instead;
 //! - [`report`]: markdown and JSON, ratios.
 
 pub mod bench;
 pub mod certs;
 pub mod cli;
+pub mod discovery;
 pub mod figures;
 pub mod flood;
 pub mod install;

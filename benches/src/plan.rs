@@ -44,6 +44,40 @@ pub struct Plan {
     pub push_window: Duration,
     /// The flood figure instead of the others (`--flood`), or none.
     pub flood: Option<FloodPlan>,
+    /// The discovery figure instead of the others (`--discovery`), or none.
+    pub discovery: Option<DiscoveryPlan>,
+}
+
+/// The discovery figure: a mesh of `services`, a client workload calling `used` of
+/// them, and `fresh` more called for the first time one by one.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscoveryPlan {
+    /// Services in the agent's source (plus the bench's own).
+    pub services: usize,
+    /// Services the client calls before its proxy's RSS is read.
+    pub used: usize,
+    /// Services then called for the first time, one at a time.
+    pub fresh: usize,
+}
+
+impl DiscoveryPlan {
+    /// Issue 13's figure: 20,000 services, 10 used, 200 first requests.
+    pub fn full() -> DiscoveryPlan {
+        DiscoveryPlan {
+            services: 20_000,
+            used: 10,
+            fresh: 200,
+        }
+    }
+
+    /// A small one for tests.
+    pub fn smoke() -> DiscoveryPlan {
+        DiscoveryPlan {
+            services: 300,
+            used: 3,
+            fresh: 20,
+        }
+    }
 }
 
 /// The flood figure: idle and slow-header connections from an unmeshed pod at a
@@ -133,6 +167,7 @@ impl Plan {
             push_rate: 1_000,
             push_window: Duration::from_secs(4),
             flood: None,
+            discovery: None,
         }
     }
 
@@ -153,6 +188,22 @@ impl Plan {
             push_window: Duration::from_secs(2),
             ..Plan::full()
         }
+    }
+
+    /// This plan measuring the discovery figure only (`--discovery`), full or tiny.
+    pub fn with_discovery(mut self) -> Plan {
+        let smoke = self.mode == "smoke";
+        self.mode = if smoke {
+            "discovery smoke"
+        } else {
+            "discovery"
+        };
+        self.discovery = Some(if smoke {
+            DiscoveryPlan::smoke()
+        } else {
+            DiscoveryPlan::full()
+        });
+        self
     }
 
     /// This plan measuring the flood figure only (`--flood`), at full size or tiny.
@@ -176,6 +227,11 @@ impl Plan {
     pub fn estimate_per_row(&self) -> Duration {
         if let Some(flood) = &self.flood {
             return flood.per_run() * self.runs as u32;
+        }
+        if let Some(d) = &self.discovery {
+            // Loading the source dominates: about a second per 2,000 services.
+            let load = Duration::from_millis(d.services as u64 / 2 + 5_000);
+            return load * self.runs as u32;
         }
         let one = self.rps_duration
             + self.open_duration * self.open_rates.len() as u32

@@ -41,6 +41,7 @@ pub struct ViewControl {
     source: PathBuf,
     base: String,
     client: Pod,
+    server: Pod,
     admin_port: u16,
 }
 
@@ -48,8 +49,25 @@ impl ViewControl {
     /// Rewrites the agent's source as the pair's own plus `n` generated services, each
     /// a VIP with one meshed endpoint (addresses from 198.19.0.0/16, never dialled).
     pub fn push(&self, n: usize) -> Result<()> {
+        self.push_served(n, 0)
+    }
+
+    /// Like [`ViewControl::push`], but the first `served` services are served by the
+    /// server pod (port 80 → its HTTP port): destinations the client can call.
+    pub fn push_served(&self, n: usize, served: usize) -> Result<()> {
         let mut yaml = self.base.clone();
-        for i in 0..n {
+        for i in 0..served.min(n) {
+            let (hi, lo) = (i / 256 % 128, i % 256);
+            yaml.push_str(&format!(
+                "\x20 - name: svc-{i}\n\
+                 \x20   namespace: {NAMESPACE}\n\
+                 \x20   addresses: [198.19.{hi}.{lo}]\n\
+                 \x20   ports: [{{port: 80, target_port: {HTTP_PORT}}}]\n\
+                 \x20   endpoints:\n\
+                 \x20     - workload: server\n"
+            ));
+        }
+        for i in served.min(n)..n {
             let (hi, lo) = (i / 256 % 128, i % 256);
             yaml.push_str(&format!(
                 "\x20 - name: svc-{i}\n\
@@ -86,8 +104,7 @@ impl ViewControl {
             ))
         };
         let before = resolved()?;
-        let i = services.saturating_sub(1);
-        let vip = SocketAddr::from(([198, 19, (i / 256 % 128) as u8, (i % 256) as u8], 80));
+        let vip = ViewControl::vip(services.saturating_sub(1));
         self.client.run(move || async move {
             if let Ok(conn) = tokio::net::TcpStream::connect(vip).await {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -108,15 +125,30 @@ impl ViewControl {
 
     /// Services in the client proxy's view, from its loopback-only `/config`.
     pub fn client_view_services(&self) -> Result<usize> {
-        let port = self.admin_port;
-        let answer = self.client.run(move || async move {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            pillion_tests::http::request(addr, "GET", "/config").await
-        })??;
-        let config: serde_json::Value =
-            serde_json::from_str(&answer.body).context("the /config answer is not JSON")?;
-        Ok(config["view"]["services"].as_array().map_or(0, Vec::len))
+        view_services(&self.client, self.admin_port)
     }
+
+    /// Services in the server proxy's view: with on-demand discovery, the services
+    /// the server pod serves, so it says when a push of served services is loaded.
+    pub fn server_view_services(&self) -> Result<usize> {
+        view_services(&self.server, self.admin_port)
+    }
+
+    /// The VIP:port of generated service `i`.
+    pub fn vip(i: usize) -> SocketAddr {
+        SocketAddr::from(([198, 19, (i / 256 % 128) as u8, (i % 256) as u8], 80))
+    }
+}
+
+/// Services in the view of `pod`'s proxy, from its loopback-only `/config`.
+fn view_services(pod: &Pod, admin_port: u16) -> Result<usize> {
+    let answer = pod.run(move || async move {
+        let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        pillion_tests::http::request(addr, "GET", "/config").await
+    })??;
+    let config: serde_json::Value =
+        serde_json::from_str(&answer.body).context("the /config answer is not JSON")?;
+    Ok(config["view"]["services"].as_array().map_or(0, Vec::len))
 }
 
 /// How the proxies are set up.
@@ -244,6 +276,7 @@ fn start_agent(
         source: config.clone(),
         base,
         client: client.clone(),
+        server: server.clone(),
         admin_port: pillion_api::defaults::ADMIN_PORT,
     };
     let agent = pod.spawn(
