@@ -397,3 +397,137 @@ impl Resolver {
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::{ControlConfig, Discovery};
+    use pillion_identity::{Ca, SpiffeId};
+
+    fn resolver(idle: Duration) -> Arc<Resolver> {
+        let td = "cluster.local";
+        let config = ControlConfig {
+            // Nothing listens there: these tests never reach an agent.
+            agent_addr: "127.0.0.1:1".into(),
+            agent_identity: SpiffeId::new(td, "pillion", "agent").unwrap(),
+            trust_anchors_pem: Ca::generate(td).unwrap().trust_bundle_pem(),
+            trust_anchors_path: None,
+            token_file: "/nonexistent".into(),
+            workload: SpiffeId::new(td, "demo", "client").unwrap(),
+            pod_name: None,
+            discovery: Discovery::OnDemand { idle },
+        };
+        let client = Arc::new(AgentClient::new(&config).unwrap());
+        Arc::new(Resolver::new(
+            client,
+            Views::new(),
+            idle,
+            ControlMetrics::default(),
+        ))
+    }
+
+    fn service(name: &str) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({"name": name, "namespace": "demo"})).unwrap(),
+        )
+    }
+
+    /// Holds `dst` with `answer` (`None`: still asking), last used `idle_secs` ago.
+    fn hold(r: &Resolver, dst: &str, answer: Option<Option<&str>>, idle_secs: u64) {
+        let mut entries = r.lock();
+        let id = entries.next_id;
+        entries.next_id += 1;
+        let used = Arc::new(Usage::new());
+        used.set_idle_for_tests(idle_secs);
+        entries.map.insert(
+            dst.parse().unwrap(),
+            Entry {
+                id,
+                progress: watch::channel(Progress::Asking).0,
+                answer: answer.map(|a| Answer {
+                    service: a.map(service),
+                    backends: Vec::new(),
+                }),
+                used,
+                task: tokio::spawn(std::future::pending::<()>()).abort_handle(),
+            },
+        );
+    }
+
+    fn held(r: &Resolver) -> Vec<String> {
+        r.lock().map.keys().map(ToString::to_string).collect()
+    }
+
+    /// What the compiler was last given: service names and outside addresses.
+    fn published(r: &Resolver) -> (Vec<String>, Vec<String>) {
+        let resolved = Arc::clone(&r.views.subscribe().borrow().resolved);
+        (
+            resolved
+                .services
+                .iter()
+                .map(|(s, _)| s.name.clone())
+                .collect(),
+            resolved
+                .outside
+                .iter()
+                .map(|(a, _)| a.to_string())
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_unused_are_forgotten_outside_ones_sooner_and_questions_never() {
+        let r = resolver(Duration::from_secs(60));
+        hold(&r, "198.18.0.1:80", Some(Some("used")), 0);
+        hold(&r, "198.18.0.2:80", Some(Some("idle")), 120);
+        hold(&r, "198.18.0.3:80", Some(Some("almost")), 50);
+        hold(&r, "192.0.2.1:443", Some(None), 40);
+        hold(&r, "192.0.2.2:443", Some(None), 5);
+        hold(&r, "192.0.2.3:443", None, 500);
+        r.forget_idle();
+        assert_eq!(
+            held(&r),
+            [
+                "192.0.2.2:443",
+                "192.0.2.3:443",
+                "198.18.0.1:80",
+                "198.18.0.3:80"
+            ]
+        );
+        let (services, outside) = published(&r);
+        assert_eq!(services, ["used", "almost"]);
+        assert_eq!(outside, ["192.0.2.2:443"]);
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_the_least_used_answer_makes_room() {
+        let r = resolver(Duration::from_secs(60));
+        hold(&r, "198.18.0.1:80", Some(Some("a")), 3);
+        hold(&r, "198.18.0.2:80", Some(None), 9);
+        hold(&r, "198.18.0.3:80", None, 30);
+        let mut entries = r.lock();
+        r.forget_least_used(&mut entries);
+        drop(entries);
+        // The oldest answer goes; a question still waiting for its answer stays.
+        assert_eq!(held(&r), ["198.18.0.1:80", "198.18.0.3:80"]);
+        assert_eq!(published(&r), (vec!["a".to_string()], Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn a_destination_nobody_can_ask_about_fails_and_is_forgotten() {
+        let r = resolver(Duration::from_secs(60));
+        // The token file does not exist: the question fails at once, every waiter
+        // with it, and the next use asks again.
+        let dst: SocketAddr = "198.18.0.9:80".parse().unwrap();
+        let (a, b) = tokio::join!(r.resolve(dst), r.resolve(dst));
+        for result in [a, b] {
+            let err = result.unwrap_err().to_string();
+            assert!(
+                err.contains("could not be asked about 198.18.0.9:80"),
+                "{err}"
+            );
+        }
+        assert!(r.is_empty());
+        assert!(r.resolve(dst).await.is_err());
+    }
+}

@@ -27,10 +27,12 @@ pub(crate) struct Usage {
     last: AtomicU64,
 }
 
-/// The process clock usage is kept in.
+/// The process clock usage is kept in: seconds since the first use, counted from
+/// an offset so that "a while ago" is always representable.
 fn clock() -> u64 {
+    const OFFSET: u64 = 1 << 20;
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs()
+    OFFSET + START.get_or_init(Instant::now).elapsed().as_secs()
 }
 
 impl Usage {
@@ -47,6 +49,13 @@ impl Usage {
         if self.last.load(Ordering::Relaxed) != now {
             self.last.store(now, Ordering::Relaxed);
         }
+    }
+
+    /// Makes the last use `secs` ago (tests of forgetting).
+    #[cfg(test)]
+    pub(crate) fn set_idle_for_tests(&self, secs: u64) {
+        self.last
+            .store(clock().saturating_sub(secs), Ordering::Relaxed);
     }
 
     /// Time since the last use, to the second.
@@ -69,9 +78,8 @@ mod tests {
     fn a_use_resets_the_idle_time() {
         let usage = Usage::new();
         assert!(usage.idle_for() < Duration::from_secs(1));
-        usage.last.store(0, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(1100));
-        assert!(usage.idle_for() >= Duration::from_secs(1));
+        usage.set_idle_for_tests(90);
+        assert!(usage.idle_for() >= Duration::from_secs(90));
         usage.touch();
         assert_eq!(usage.idle_for(), Duration::ZERO);
     }
