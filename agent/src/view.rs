@@ -26,10 +26,7 @@ pub fn view_for(
 ) -> View {
     let services = match discovery {
         Discovery::Full => catalog.services().to_vec(),
-        Discovery::OnDemand => (catalog.services().iter())
-            .filter(|s| {
-                (s.endpoints.iter()).any(|e| workload.addresses.contains(&e.address.to_canonical()))
-            })
+        Discovery::OnDemand => (catalog.services_at(&workload.addresses).into_iter())
             .cloned()
             .collect(),
     };

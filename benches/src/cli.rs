@@ -73,6 +73,13 @@ pub struct Args {
     /// --baseline-proxy-env PILLION_DISCOVERY=full.
     #[arg(long, conflicts_with = "flood")]
     pub discovery: bool,
+    /// Measure the control plane instead: the agent in a pod against simulated
+    /// proxies (a TLS connection, an on-demand watch and 10 answer streams each),
+    /// at 10 / 1,000 / 20,000 / 100,000 services and 10 / 1,000 proxies (with
+    /// --smoke: 10 × 10 and 1,000 × 50): the agent's RSS, its CPU per change and
+    /// how long a change takes to reach every proxy. Writes control-plane.md/.json.
+    #[arg(long, conflicts_with_all = ["flood", "discovery"])]
+    pub control_plane: bool,
     /// KEY=VALUE in the Pillion row's proxies' environment only (repeatable), e.g.
     /// GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072; the benchmark itself does not
     /// run with it.
@@ -177,6 +184,9 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         baseline_proxy_env: parsed.baseline_proxy_env,
     };
     let out = parsed.out.unwrap_or_else(bench::default_out);
+    if parsed.control_plane {
+        return control_plane(&opts, &out);
+    }
     let report = match bench::run(&opts) {
         Ok(r) => r,
         Err(e) => {
@@ -193,6 +203,36 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The control-plane figure: measured, printed, written to `out`.
+fn control_plane(opts: &Opts, out: &std::path::Path) -> ExitCode {
+    let measured = crate::control_plane::run(&opts.binary, opts.smoke, &opts.log_level);
+    let sizes = match measured {
+        Ok(sizes) => sizes,
+        Err(e) => {
+            eprintln!("pillion-benches: the control-plane figure failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = crate::control_plane::table(&sizes);
+    println!("{table}");
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(out.join("control-plane.md"), &table))
+        .and_then(|()| {
+            let json = serde_json::to_string_pretty(&sizes).map_err(std::io::Error::other)?;
+            std::fs::write(out.join("control-plane.json"), json)
+        });
+    match written {
+        Ok(()) => {
+            eprintln!("wrote {}/control-plane.md and .json", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pillion-benches: writing to {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `path` made absolute, or the exit code after saying what is wrong with it.

@@ -12,11 +12,13 @@
 //!   bulk);
 //! - [`measure`]: runs every figure for every row; [`flood`]: the flood figure
 //!   (`--flood`) instead; [`discovery`]: the discovery figure (`--discovery`) instead;
+//!   [`control_plane`]: the agent alone against simulated proxies (`--control-plane`);
 //! - [`report`]: markdown and JSON, ratios.
 
 pub mod bench;
 pub mod certs;
 pub mod cli;
+pub mod control_plane;
 pub mod discovery;
 pub mod figures;
 pub mod flood;

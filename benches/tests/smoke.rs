@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 /// Bound of the whole smoke run; it normally takes well under a minute.
 const LIMIT: Duration = Duration::from_secs(240);
 
-#[test]
-fn smoke_mode_measures_every_row() {
+/// Runs the benchmark binary with `args` (plus `--out DIR`) within [`LIMIT`]: its
+/// stdout, and the output folder; panics with its log if it fails.
+fn bench(tag: &str, args: &[&str]) -> (String, std::path::PathBuf) {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the benchmark smoke test needs root (network namespaces, iptables); CI runs as root"
     );
-    let out = std::env::temp_dir().join(format!("pillion-bench-smoke-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!("pillion-bench-{tag}-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_pillion-benches"))
-        .arg("--smoke")
+        .args(args)
         .arg("--out")
         .arg(&out)
         .stdout(Stdio::piped())
@@ -46,7 +47,7 @@ fn smoke_mode_measures_every_row() {
         if start.elapsed() > LIMIT {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("pillion-benches --smoke took over {LIMIT:?}");
+            panic!("pillion-benches {args:?} took over {LIMIT:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -54,8 +55,14 @@ fn smoke_mode_measures_every_row() {
     let log = err_reader.join().unwrap_or_default();
     assert!(
         status.success(),
-        "pillion-benches --smoke failed ({status}):\n{log}\n{printed}"
+        "pillion-benches {args:?} failed ({status}):\n{log}\n{printed}"
     );
+    (printed, out)
+}
+
+#[test]
+fn smoke_mode_measures_every_row() {
+    let (printed, out) = bench("smoke", &["--smoke"]);
     assert!(
         printed.contains("| figure |"),
         "no table printed:\n{printed}"
@@ -79,5 +86,50 @@ fn smoke_mode_measures_every_row() {
     }
     assert!(report["machine"]["nproc"].as_u64().unwrap_or(0) >= 1);
     assert!(!report["ratios"].as_array().expect("ratios").is_empty());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn the_discovery_figure_measures_the_pillion_row() {
+    let (printed, out) = bench("discovery", &["--discovery", "--smoke"]);
+    assert!(
+        printed.contains("| figure |"),
+        "no table printed:\n{printed}"
+    );
+    let json = std::fs::read_to_string(out.join("bench.json")).expect("bench.json written");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("bench.json parses");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "the Pillion row only: {rows:?}");
+    let cells = rows[0]["cells"].as_object().expect("cells");
+    for id in [
+        "discovery_client_proxy_rss_mib",
+        "discovery_first_request_p99_ms",
+        "discovery_known_request_p99_ms",
+    ] {
+        assert_eq!(cells[id]["status"], "ok", "{id}: {}", cells[id]);
+        assert!(cells[id]["median"].as_f64().unwrap_or(0.0) > 0.0, "{id}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn the_control_plane_figure_measures_every_size() {
+    let (printed, out) = bench("control-plane", &["--control-plane", "--smoke"]);
+    assert!(
+        printed.contains("| services | proxies |"),
+        "no table:\n{printed}"
+    );
+    let json = std::fs::read_to_string(out.join("control-plane.json")).expect("json written");
+    let sizes: serde_json::Value = serde_json::from_str(&json).expect("json parses");
+    let sizes = sizes.as_array().expect("a list of sizes");
+    assert_eq!(sizes.len(), 2);
+    for size in sizes {
+        assert!(
+            size["agent_rss_watched_mib"].as_f64().unwrap_or(0.0) > 1.0,
+            "{size}"
+        );
+        let p99 = size["push_p99_ms"].as_f64().unwrap_or(f64::NAN);
+        assert!(p99 > 0.0 && p99 < 60_000.0, "{size}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }

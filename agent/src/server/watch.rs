@@ -141,7 +141,7 @@ async fn stream_views(
             published = snapshot.published;
             let catalog = &snapshot.catalog;
             auth.still_valid(&token, &identity, catalog).then(|| {
-                match catalog.workloads().iter().find(|w| w.identity == identity) {
+                match catalog.workload(&identity) {
                     Some(w) => view_for(catalog, w, snapshot.version, &bundle, discovery),
                     // Known to the credential but not (yet) to the source, e.g. a pod
                     // the Kubernetes watch has not seen: every service, default policy.

@@ -17,6 +17,11 @@ pub struct Catalog {
     /// Service by address (VIP:port or endpoint), built on the first on-demand
     /// resolution of this catalog: a catalog nobody resolves against never pays for it.
     pub(crate) by_address: OnceLock<HashMap<SocketAddr, usize>>,
+    /// Services by the IP of one of their endpoints, built on first use: a
+    /// workload's own services, found without walking the mesh per watcher.
+    pub(crate) by_endpoint_ip: OnceLock<HashMap<IpAddr, Vec<usize>>>,
+    /// Workloads by identity (the first listed), built on first use.
+    pub(crate) by_identity: OnceLock<HashMap<SpiffeId, usize>>,
 }
 
 /// One workload with its resolved identity.
@@ -59,6 +64,18 @@ impl Catalog {
         self.by_token.get(hash).and_then(|&i| self.workloads.get(i))
     }
 
+    /// The workload with this identity (the first listed), if any.
+    pub fn workload(&self, identity: &SpiffeId) -> Option<&Workload> {
+        let index = self.by_identity.get_or_init(|| {
+            let mut index = HashMap::new();
+            for (i, w) in self.workloads.iter().enumerate() {
+                index.entry(w.identity.clone()).or_insert(i);
+            }
+            index
+        });
+        index.get(identity).and_then(|&i| self.workloads.get(i))
+    }
+
     /// All workloads, in file order.
     pub fn workloads(&self) -> &[Workload] {
         &self.workloads
@@ -78,6 +95,31 @@ impl Catalog {
             .by_address
             .get_or_init(|| index_addresses(&self.services));
         index.get(&addr).and_then(|&i| self.services.get(i))
+    }
+
+    /// The services with an endpoint at one of `addresses` (a workload's own), in
+    /// file order, each once.
+    pub fn services_at(&self, addresses: &[IpAddr]) -> Vec<&Service> {
+        let index = self.by_endpoint_ip.get_or_init(|| {
+            let mut index: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+            for (i, service) in self.services.iter().enumerate() {
+                for e in &service.endpoints {
+                    let found = index.entry(e.address.to_canonical()).or_default();
+                    if found.last() != Some(&i) {
+                        found.push(i);
+                    }
+                }
+            }
+            index
+        });
+        let mut found: Vec<usize> = (addresses.iter())
+            .filter_map(|a| index.get(&a.to_canonical()))
+            .flatten()
+            .copied()
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found.iter().filter_map(|&i| self.services.get(i)).collect()
     }
 
     /// The other services `service`'s routes send to (same namespace, by name), in
