@@ -81,8 +81,9 @@ pub(crate) struct Args {
     #[arg(long, env = "PILLION_BACKLOG", default_value_t = DEFAULT_BACKLOG)]
     pub backlog: u32,
 
-    /// Address (host:port) of the agent's API; without it the proxy runs without a
-    /// control plane (plain L4, no mesh TLS).
+    /// Address (host:port) of the agent's API, or several replicas' separated by
+    /// commas (tried in order; a lost one moves to the next); without it the proxy
+    /// runs without a control plane (plain L4, no mesh TLS).
     #[arg(long, env = defaults::env::AGENT_ADDR, value_name = "HOST:PORT")]
     pub agent_addr: Option<String>,
 

@@ -1,6 +1,11 @@
 //! The proxy's HTTPS client to the agent: one HTTP/2 connection over TLS (the agent
 //! verified by the store's current trust bundle and its SPIFFE id), reopened when
 //! it dies, and a bearer token read from its file before every request.
+//!
+//! `--agent-addr` may name several replicas (`a:15012,b:15012`): the first that
+//! answers is used, and when its connection is lost the next one is tried first,
+//! so a replica that goes away costs one reconnect. (In Kubernetes the agent's
+//! Service address already spreads proxies over the replicas.)
 
 use std::io;
 use std::net::SocketAddr;
@@ -130,12 +135,25 @@ pub(crate) type AgentChain = Arc<[CertificateDer<'static>]>;
 struct Link {
     sender: SendRequest<Full<Bytes>>,
     chain: AgentChain,
+    /// Which replica it goes to.
+    replica: usize,
 }
 
-/// A client of one agent, shared by the certificate and watch loops.
-pub struct AgentClient {
+/// One agent replica's address.
+#[derive(Debug)]
+struct Replica {
     addr: String,
     server_name: ServerName<'static>,
+}
+
+/// A client of the agent (one or several replicas), shared by the certificate,
+/// watch and discovery loops.
+pub struct AgentClient {
+    /// As configured, for logs.
+    addr: String,
+    replicas: Vec<Replica>,
+    /// The replica to try first on the next connect.
+    next: std::sync::atomic::AtomicUsize,
     tls: TlsConnector,
     token_file: PathBuf,
     conn: tokio::sync::Mutex<Option<Link>>,
@@ -168,16 +186,25 @@ impl AgentClient {
     ) -> Result<AgentClient, ClientError> {
         let tls =
             pillion_identity::tls::agent_client_config_following(store, &config.agent_identity)?;
+        let replicas = (config.agent_addr.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|addr| Replica {
+                server_name: server_name(addr),
+                addr: addr.to_string(),
+            })
+            .collect();
         Ok(AgentClient {
-            server_name: server_name(&config.agent_addr),
             addr: config.agent_addr.clone(),
+            replicas,
+            next: std::sync::atomic::AtomicUsize::new(0),
             tls: TlsConnector::from(tls),
             token_file: config.token_file.clone(),
             conn: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// The agent's address.
+    /// The agent's address (or replicas' addresses) as configured.
     pub fn addr(&self) -> &str {
         &self.addr
     }
@@ -270,9 +297,10 @@ impl AgentClient {
     ) -> Result<http::Response<Incoming>, AgentError> {
         let token = self.token().await?;
         let separator = if query.is_empty() { "" } else { "?" };
+        let (mut sender, authority) = self.sender().await?;
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("https://{}{path}{separator}{query}", self.addr))
+            .uri(format!("https://{authority}{path}{separator}{query}"))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| AgentError::BadResponse {
@@ -280,14 +308,17 @@ impl AgentClient {
                 reason: format!("cannot build the request: {e}"),
             })?;
         req.headers_mut().insert(header::AUTHORIZATION, token);
-        let mut sender = self.sender().await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(resp),
             Err(source) => {
-                // The connection may be gone; the next request opens a new one.
-                self.conn.lock().await.take();
+                // The connection may be gone; the next request opens a new one,
+                // trying the next replica first.
+                if let Some(lost) = self.conn.lock().await.take() {
+                    let after = (lost.replica + 1) % self.replicas.len();
+                    self.next.store(after, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(AgentError::Http {
-                    addr: self.addr.clone(),
+                    addr: authority.to_string(),
                     source,
                 })
             }
@@ -313,40 +344,61 @@ impl AgentClient {
         Ok(value)
     }
 
-    /// The open connection's sender, or a new connection's.
-    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, AgentError> {
+    /// The open connection's sender and the replica's address, or a new
+    /// connection's: a lost one moves to the next replica first.
+    async fn sender(&self) -> Result<(SendRequest<Full<Bytes>>, &str), AgentError> {
+        use std::sync::atomic::Ordering;
         let mut conn = self.conn.lock().await;
         if let Some(link) = conn.as_mut() {
             if !link.sender.is_closed() && link.sender.ready().await.is_ok() {
-                return Ok(link.sender.clone());
+                return Ok((link.sender.clone(), &self.replicas[link.replica].addr));
             }
+            let after = (link.replica + 1) % self.replicas.len();
+            self.next.store(after, Ordering::Relaxed);
         }
         *conn = None;
-        let link = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(AgentError::ConnectTimeout {
-                    addr: self.addr.clone(),
-                    timeout: CONNECT_TIMEOUT,
-                })
+        let first = self.next.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..self.replicas.len() {
+            let i = (first + k) % self.replicas.len();
+            let replica = &self.replicas[i];
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(replica, i)).await;
+            match attempt {
+                Ok(Ok(link)) => {
+                    self.next.store(i, Ordering::Relaxed);
+                    let sender = link.sender.clone();
+                    *conn = Some(link);
+                    return Ok((sender, &replica.addr));
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(AgentError::ConnectTimeout {
+                        addr: replica.addr.clone(),
+                        timeout: CONNECT_TIMEOUT,
+                    })
+                }
             }
-        };
-        let sender = link.sender.clone();
-        *conn = Some(link);
-        Ok(sender)
+            if self.replicas.len() > 1 {
+                tracing::debug!(agent = %replica.addr, "agent replica unreachable; trying the next");
+            }
+        }
+        Err(last.unwrap_or_else(|| AgentError::Connect {
+            addr: self.addr.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no agent address"),
+        }))
     }
 
-    /// TCP, TLS (verifying the agent), then the HTTP/2 handshake; the connection
-    /// is driven by a task that ends when it closes.
-    async fn connect(&self) -> Result<Link, AgentError> {
+    /// TCP, TLS (verifying the agent), then the HTTP/2 handshake to `replica`
+    /// (number `index`); the connection is driven by a task that ends when it closes.
+    async fn connect(&self, replica: &Replica, index: usize) -> Result<Link, AgentError> {
         let connect_err = |source| AgentError::Connect {
-            addr: self.addr.clone(),
+            addr: replica.addr.clone(),
             source,
         };
-        let mut addrs = tokio::net::lookup_host(&self.addr)
+        let mut addrs = tokio::net::lookup_host(&replica.addr)
             .await
             .map_err(|source| AgentError::Resolve {
-                addr: self.addr.clone(),
+                addr: replica.addr.clone(),
                 source,
             })?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
@@ -364,7 +416,7 @@ impl AgentClient {
         let _ = tcp.set_nodelay(true);
         let tls = self
             .tls
-            .connect(self.server_name.clone(), tcp)
+            .connect(replica.server_name.clone(), tcp)
             .await
             .map_err(connect_err)?;
         let chain: AgentChain = tls
@@ -381,17 +433,21 @@ impl AgentClient {
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|source| AgentError::Http {
-                addr: self.addr.clone(),
+                addr: replica.addr.clone(),
                 source,
             })?;
-        let addr = self.addr.clone();
+        let addr = replica.addr.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(agent = %addr, %error, "agent connection ended");
             }
         });
-        tracing::debug!(agent = %self.addr, "connected to the agent");
-        Ok(Link { sender, chain })
+        tracing::debug!(agent = %replica.addr, "connected to the agent");
+        Ok(Link {
+            sender,
+            chain,
+            replica: index,
+        })
     }
 }
 

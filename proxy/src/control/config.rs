@@ -97,8 +97,8 @@ pub(crate) enum ControlConfigError {
         /// The flag given alone.
         flag: &'static str,
     },
-    /// The agent address is not host:port.
-    #[error("--agent-addr must be host:port, e.g. pillion-agent.pillion.svc:{port}; got {got:?}", port = defaults::AGENT_PORT)]
+    /// The agent address is not host:port (or a list of them).
+    #[error("--agent-addr must be host:port, or several separated by commas, e.g. pillion-agent.pillion.svc:{port}; got {got:?}", port = defaults::AGENT_PORT)]
     AgentAddr {
         /// The value given.
         got: String,
@@ -157,7 +157,12 @@ impl ControlFlags {
             }
             return Ok(None);
         };
-        check_addr(agent_addr)?;
+        let replicas: Vec<&str> = agent_addr.split(',').map(str::trim).collect();
+        for replica in &replicas {
+            check_addr(replica).map_err(|_| ControlConfigError::AgentAddr {
+                got: agent_addr.clone(),
+            })?;
+        }
         let td = &self.trust_domain;
         let agent_identity = match &self.agent_identity {
             Some(text) => SpiffeId::parse(text).map_err(|e| ControlConfigError::Identity {
@@ -326,6 +331,35 @@ mod tests {
             err.starts_with("--trust-anchors: cannot read /nonexistent/ca.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn agent_replicas() {
+        let f = |addr: &str| ControlFlags {
+            agent_addr: Some(addr.into()),
+            namespace: Some("demo".into()),
+            service_account: Some("client".into()),
+            ..flags()
+        };
+        // A good list gets as far as the next missing flag; a bad member is named.
+        let err = f("198.18.0.1:15012, 198.18.0.2:15012")
+            .resolve()
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("--trust-anchors is required"),
+            "{err}"
+        );
+        for bad in [
+            "198.18.0.1:15012,",
+            "198.18.0.1:15012,nope",
+            ",198.18.0.1:15012",
+        ] {
+            let err = f(bad).resolve().unwrap_err().to_string();
+            assert!(
+                err.starts_with("--agent-addr must be host:port"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod http_mesh;
 mod init_rules;
 mod loopback;
 mod mesh_agent;
+mod mesh_ha;
 mod mesh_rotation;
 mod mesh_tls;
 mod mesh_trust;
