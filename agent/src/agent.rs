@@ -3,7 +3,7 @@
 
 use crate::ca::{AgentCa, CaSetupError};
 use crate::config::{AgentConfig, ConfigError};
-use crate::kubernetes::{self, publish, token_review::TokenReviewer, watch::KubeSource};
+use crate::kubernetes::{self, leader, publish, token_review::TokenReviewer, watch::KubeSource};
 use crate::metrics::AgentMetrics;
 use crate::server::auth::{StaticTokens, TokenAuthenticator};
 use crate::server::inject::{NamespaceSource, NoNamespaces};
@@ -211,15 +211,19 @@ impl Agent {
     ) -> ModeParts {
         match (source, client, &config.kubernetes) {
             (Source::Kubernetes(kube), Some(client), Some(spec)) => {
+                let (leader, election) =
+                    leader::elect(client.clone(), spec.leader.clone(), shutdown.clone());
                 let webhook = publish::spawn_webhook_patcher(
                     client.clone(),
                     Arc::clone(ca),
+                    leader.clone(),
                     shutdown.clone(),
                 );
                 let (namespaces, anchors) = publish::start_trust_anchors(
                     client.clone(),
                     &kube.stores,
                     Arc::clone(ca),
+                    leader,
                     shutdown.clone(),
                 );
                 ModeParts {
@@ -230,7 +234,7 @@ impl Agent {
                     )),
                     ready: kube.ready.clone(),
                     namespaces,
-                    tasks: vec![webhook, anchors],
+                    tasks: vec![election, webhook, anchors],
                 }
             }
             _ => ModeParts {

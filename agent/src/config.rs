@@ -57,6 +57,16 @@ pub struct AgentArgs {
     #[arg(long, env = "PILLION_KUBERNETES", conflicts_with = "config")]
     pub kubernetes: bool,
 
+    /// This replica's name in the leader election (the Lease `pillion-agent`): in
+    /// Kubernetes its pod name, from the downward API [default: the host name].
+    #[arg(long, env = "PILLION_POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// Namespace of the agent's Lease (its own namespace, from the downward API).
+    #[arg(long, env = "PILLION_POD_NAMESPACE", value_name = "NAMESPACE",
+          default_value = pillion_api::defaults::AGENT_NAMESPACE)]
+    pub pod_namespace: String,
+
     /// How long a TokenReview that accepted a token is trusted, at most 60s.
     #[arg(long, env = "PILLION_TOKEN_CACHE_TTL", value_name = "DURATION",
           default_value_t = HumaneDuration(DEFAULT_TOKEN_CACHE_TTL))]
@@ -281,6 +291,10 @@ impl AgentArgs {
             reload_interval: self.reload_interval.into(),
             kubernetes: self.kubernetes.then(|| KubernetesSpec {
                 token_cache_ttl: self.token_cache_ttl.into(),
+                leader: crate::kubernetes::leader::LeaderSpec::new(
+                    &self.pod_namespace,
+                    &self.pod_name.clone().unwrap_or_else(host_name),
+                ),
                 ..KubernetesSpec::new(ClientSpec::InCluster)
             }),
             inject: self.inject.clone().into_config().map_err(|e| ConfigError {
@@ -311,6 +325,15 @@ fn check_range(
         });
     }
     Ok(())
+}
+
+/// The host name (a pod's name, in Kubernetes), or a fixed name if unreadable.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pillion-agent".to_string())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //!   ConfigMap into injected namespaces.
 
 pub mod crd;
+pub mod leader;
 pub mod publish;
 pub mod token_review;
 pub mod translate;
@@ -27,6 +28,8 @@ pub struct KubernetesSpec {
     pub debounce: Duration,
     /// How long a positive TokenReview is trusted (≤ 60 s).
     pub token_cache_ttl: Duration,
+    /// The Lease that picks the one replica that writes.
+    pub leader: leader::LeaderSpec,
 }
 
 impl KubernetesSpec {
@@ -36,6 +39,10 @@ impl KubernetesSpec {
             client,
             debounce: watch::DEFAULT_DEBOUNCE,
             token_cache_ttl: crate::config::DEFAULT_TOKEN_CACHE_TTL,
+            leader: leader::LeaderSpec::new(
+                pillion_api::defaults::AGENT_NAMESPACE,
+                "pillion-agent",
+            ),
         }
     }
 

@@ -1,8 +1,11 @@
 //! What the agent writes to the cluster, and nothing else: the CA bundle into its
 //! own MutatingWebhookConfiguration (so the API server trusts the webhook), and the
 //! trust anchors ConfigMap into every namespace whose pods it injects (a pod can only
-//! mount ConfigMaps of its own namespace). Both retry with backoff until they work.
+//! mount ConfigMaps of its own namespace). Both retry with backoff until they work,
+//! and only while this replica leads ([`super::leader`]): one writer at a time, and a
+//! new leader writes everything again.
 
+use super::leader::Leader;
 use super::watch::Stores;
 use crate::ca::AgentCa;
 use crate::server::inject::NamespaceSource;
@@ -58,12 +61,13 @@ pub async fn patch_webhook_ca_bundle(
     Ok(webhooks.len())
 }
 
-/// Keeps the webhook's caBundle at the CA's trust bundle: sets it at start and
-/// again whenever the bundle changes (a rotation), retrying with backoff, until
-/// `shutdown` fires.
+/// Keeps the webhook's caBundle at the CA's trust bundle while this replica leads:
+/// sets it on taking the lead and again whenever the bundle changes (a rotation),
+/// retrying with backoff, until `shutdown` fires.
 pub fn spawn_webhook_patcher(
     client: Client,
     ca: Arc<AgentCa>,
+    mut leader: Leader,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -71,6 +75,18 @@ pub fn spawn_webhook_patcher(
         loop {
             let mut delay = FIRST_RETRY;
             loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    leads = leader.leading() => if !leads { return },
+                }
+                if !leader.confirm().await {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(MAX_RETRY);
+                    continue;
+                }
                 let bundle_pem = ca.trust_bundle_pem();
                 match patch_webhook_ca_bundle(&client, WEBHOOK_CONFIGURATION, &bundle_pem).await {
                     Ok(n) => {
@@ -93,6 +109,8 @@ pub fn spawn_webhook_patcher(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
+                // Lost the lead: patch again once it comes back.
+                lost = leader.lost() => if !lost { return },
             }
         }
     })
@@ -166,6 +184,7 @@ pub fn start_trust_anchors(
     client: Client,
     stores: &Stores,
     ca: Arc<AgentCa>,
+    mut leader: Leader,
     shutdown: CancellationToken,
 ) -> (Arc<ClusterNamespaces>, JoinHandle<()>) {
     let mut changes = ca.subscribe();
@@ -186,6 +205,14 @@ pub fn start_trust_anchors(
             ready = store.wait_until_ready() => if ready.is_err() { return },
         }
         loop {
+            if !leader.is_elected() {
+                // Another replica writes; on taking the lead, everything again.
+                done.clear();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    leads = leader.leading() => if !leads { return },
+                }
+            }
             for ns in store.state() {
                 let enabled = ns
                     .metadata
@@ -198,12 +225,20 @@ pub fn start_trust_anchors(
                 }
             }
             let mut failed = false;
+            let pending = wanted.iter().any(|ns| !done.contains(ns));
+            if pending && !leader.confirm().await {
+                // Elected, but the Lease says otherwise: write nothing this round.
+                failed = true;
+            }
             for ns in wanted
                 .iter()
                 .filter(|ns| !done.contains(*ns))
                 .cloned()
                 .collect::<Vec<_>>()
             {
+                if failed || !leader.is_elected() {
+                    break;
+                }
                 match apply_trust_anchors(&client, &ns, &ca.trust_bundle_pem()).await {
                     Ok(()) => {
                         tracing::info!(namespace = %ns, configmap = TRUST_ANCHORS_CONFIGMAP,
@@ -243,6 +278,7 @@ pub fn start_trust_anchors(
                         done.clear();
                     }
                 }
+                lost = leader.lost() => if !lost { return },
             }
         }
     });

@@ -274,8 +274,20 @@ pub fn cluster(
     items: BTreeMap<&'static str, Vec<Value>>,
     watch_events: BTreeMap<&'static str, Vec<Value>>,
 ) -> Handler {
+    cluster_sharing(items, watch_events, Leases::default())
+}
+
+/// [`cluster`] keeping its Leases in `leases`, for tests that look at them.
+pub fn cluster_sharing(
+    items: BTreeMap<&'static str, Vec<Value>>,
+    watch_events: BTreeMap<&'static str, Vec<Value>>,
+    leases: Leases,
+) -> Handler {
     Arc::new(move |s: &Seen| {
         let path = s.path();
+        if let Some(reply) = leases.answer(s) {
+            return reply;
+        }
         if s.method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
             return review_by_token(&s.json()["spec"]);
         }
@@ -353,4 +365,137 @@ pub fn webhook_configuration(version: &str) -> Value {
                        "resources": ["pods"], "scope": "Namespaced"}]
         }]
     })
+}
+
+/// Leases (`coordination.k8s.io/v1`) as the API server keeps them: create, get,
+/// strategic-merge patches, and server-side apply with field ownership of
+/// `spec.holderIdentity`: an apply that would take it from another field manager is
+/// a 409 Conflict unless forced, which is what makes the election safe.
+/// Each Lease by `namespace/name`, with the field manager owning its holder.
+type LeaseStore = BTreeMap<String, (Value, Option<String>)>;
+
+#[derive(Clone, Default)]
+pub struct Leases {
+    state: Arc<Mutex<LeaseStore>>,
+    /// Field managers whose Lease writes fail (500): a replica cut off from them.
+    blocked: Arc<Mutex<Vec<String>>>,
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/";
+
+impl Leases {
+    /// The holder of the Lease `name` in `namespace`, if any.
+    pub fn holder(&self, namespace: &str, name: &str) -> Option<String> {
+        let key = format!("{namespace}/{name}");
+        let state = self.state.lock().unwrap();
+        let (lease, _) = state.get(&key)?;
+        lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+    }
+
+    /// Makes every Lease write of `field_manager` fail from now on.
+    pub fn block(&self, field_manager: &str) {
+        self.blocked.lock().unwrap().push(field_manager.to_string());
+    }
+
+    fn answer(&self, s: &Seen) -> Option<Reply> {
+        let rest = s.path().strip_prefix(LEASES)?;
+        let (namespace, rest) = rest.split_once('/')?;
+        let name = rest
+            .strip_prefix("leases")
+            .map(|n| n.trim_start_matches('/'))?;
+        let query = s.uri.split_once('?').map_or("", |(_, q)| q);
+        let param = |key: &str| {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(&format!("{key}=")))
+                .map(str::to_string)
+        };
+        let mut state = self.state.lock().unwrap();
+        let body = s.json();
+        let name = if name.is_empty() {
+            body["metadata"]["name"].as_str().unwrap_or("").to_string()
+        } else {
+            name.to_string()
+        };
+        let key = format!("{namespace}/{name}");
+        let bump = |lease: &mut Value| {
+            let rv = lease["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            lease["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+        };
+        Some(match s.method {
+            Method::GET => match state.get(&key) {
+                Some((lease, _)) => Reply::Json(StatusCode::OK, lease.clone()),
+                None => status(404, "NotFound", &format!("leases \"{name}\" not found")),
+            },
+            Method::POST => {
+                if state.contains_key(&key) {
+                    return Some(status(409, "AlreadyExists", "leases already exists"));
+                }
+                let mut lease = body;
+                lease["metadata"]["namespace"] = json!(namespace);
+                lease["metadata"]["uid"] = json!(format!("lease-{name}"));
+                bump(&mut lease);
+                let owner = lease["spec"]["holderIdentity"]
+                    .as_str()
+                    .and(param("fieldManager"));
+                state.insert(key, (lease.clone(), owner));
+                Reply::Json(StatusCode::CREATED, lease)
+            }
+            Method::PATCH => {
+                let manager = param("fieldManager");
+                if manager
+                    .as_ref()
+                    .is_some_and(|m| self.blocked.lock().unwrap().contains(m))
+                {
+                    return Some(status(500, "InternalError", "etcd is unavailable"));
+                }
+                let Some((lease, owner)) = state.get_mut(&key) else {
+                    return Some(status(404, "NotFound", "no such lease"));
+                };
+                let apply = s
+                    .content_type
+                    .as_deref()
+                    .is_some_and(|c| c.contains("apply-patch"));
+                let force = param("force").as_deref() == Some("true");
+                let wanted = &body["spec"]["holderIdentity"];
+                if apply
+                    && !force
+                    && wanted.is_string()
+                    && owner.is_some()
+                    && *owner != manager
+                    && lease["spec"]["holderIdentity"] != *wanted
+                {
+                    return Some(status(
+                        409,
+                        "Conflict",
+                        "Apply failed with 1 conflict: conflict with another manager: .spec.holderIdentity",
+                    ));
+                }
+                if let Some(fields) = body["spec"].as_object() {
+                    for (field, value) in fields {
+                        if value.is_null() {
+                            if let Some(spec) = lease["spec"].as_object_mut() {
+                                spec.remove(field);
+                            }
+                        } else {
+                            lease["spec"][field] = value.clone();
+                        }
+                        if field == "holderIdentity" {
+                            *owner = if value.is_null() {
+                                None
+                            } else {
+                                manager.clone()
+                            };
+                        }
+                    }
+                }
+                bump(lease);
+                Reply::Json(StatusCode::OK, lease.clone())
+            }
+            _ => status(405, "MethodNotAllowed", "no"),
+        })
+    }
 }

@@ -6,6 +6,7 @@ mod ca_dir;
 mod certificates;
 mod common;
 mod kubernetes_fake;
+mod kubernetes_leader;
 mod kubernetes_token_review;
 mod kubernetes_translate;
 mod kubernetes_webhook;
