@@ -207,12 +207,24 @@ impl Agent {
         source: &Source,
         client: Option<kube::Client>,
         ca: &Arc<AgentCa>,
+        metrics: &Arc<AgentMetrics>,
         shutdown: &CancellationToken,
     ) -> ModeParts {
         match (source, client, &config.kubernetes) {
             (Source::Kubernetes(kube), Some(client), Some(spec)) => {
                 let (leader, election) =
                     leader::elect(client.clone(), spec.leader.clone(), shutdown.clone());
+                let leading = {
+                    let (mut elected, m) = (leader.elected.clone(), Arc::clone(metrics));
+                    tokio::spawn(async move {
+                        loop {
+                            m.set_leader(*elected.borrow_and_update());
+                            if elected.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    })
+                };
                 let webhook = publish::spawn_webhook_patcher(
                     client.clone(),
                     Arc::clone(ca),
@@ -234,7 +246,7 @@ impl Agent {
                     )),
                     ready: kube.ready.clone(),
                     namespaces,
-                    tasks: vec![election, webhook, anchors],
+                    tasks: vec![election, leading, webhook, anchors],
                 }
             }
             _ => ModeParts {
@@ -268,8 +280,8 @@ impl Agent {
             addr: config.listen,
             error,
         })?;
-        let parts = Self::mode_parts(config, source, client, &ca, shutdown);
         let metrics = AgentMetrics::new();
+        let parts = Self::mode_parts(config, source, client, &ca, &metrics, shutdown);
         let mut inject = config.inject.clone();
         inject.trust_domain = config.trust_domain.clone();
         inject.agent_identity = ca.agent_identity().to_string();

@@ -51,6 +51,7 @@ pub struct AgentMetrics {
     source_updates: Family<UpdateLabels, Counter>,
     source_version: Gauge,
     push_seconds: Histogram,
+    leader: Gauge,
 }
 
 impl fmt::Debug for AgentMetrics {
@@ -69,6 +70,7 @@ impl AgentMetrics {
         let certificates = Family::<CertificateLabels, Counter>::default();
         let source_updates = Family::<UpdateLabels, Counter>::default();
         let source_version = Gauge::default();
+        let leader = Gauge::default();
         // 1 ms to about 16 s.
         let push_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
@@ -102,6 +104,11 @@ impl AgentMetrics {
             source_version.clone(),
         );
         registry.register(
+            "pillion_agent_leader",
+            "1 while this replica holds the Lease and writes to the API server (Kubernetes mode), else 0",
+            leader.clone(),
+        );
+        registry.register(
             "pillion_agent_push_seconds",
             "From a source version's publication to its view line handed to a watcher's connection",
             push_seconds.clone(),
@@ -115,6 +122,7 @@ impl AgentMetrics {
             source_updates,
             source_version,
             push_seconds,
+            leader,
         })
     }
 
@@ -139,6 +147,11 @@ impl AgentMetrics {
     /// Records how long a change took to reach one watcher's connection.
     pub fn pushed(&self, after: Duration) {
         self.push_seconds.observe(after.as_secs_f64());
+    }
+
+    /// Records whether this replica leads (writes to the API server).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Counts a watcher for as long as the guard lives.
@@ -197,6 +210,7 @@ mod tests {
         m.source_update("published", 7);
         m.source_update("refused", 0);
         m.pushed(Duration::from_millis(3));
+        m.set_leader(true);
         let text = m.encode().unwrap();
         for line in [
             "pillion_agent_watchers 1",
@@ -209,6 +223,7 @@ mod tests {
             "pillion_agent_source_updates_total{result=\"refused\"} 1",
             "pillion_agent_source_version 7",
             "pillion_agent_push_seconds_count 1",
+            "pillion_agent_leader 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
