@@ -13,6 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -41,6 +42,7 @@ enum Object {
     RoleBinding(RoleBinding),
     Webhook(MutatingWebhookConfiguration),
     Crd(CustomResourceDefinition),
+    Pdb(PodDisruptionBudget),
     /// An instance of one of Pillion's own CRDs, checked against its schema.
     Custom {
         kind: String,
@@ -149,6 +151,7 @@ fn parse(yaml: &str) -> Vec<Object> {
             "RoleBinding" => Object::RoleBinding(typed(&value, &what)),
             "MutatingWebhookConfiguration" => Object::Webhook(typed(&value, &what)),
             "CustomResourceDefinition" => Object::Crd(typed(&value, &what)),
+            "PodDisruptionBudget" => Object::Pdb(typed(&value, &what)),
             k if PILLION_KINDS.contains(&k) => {
                 assert_eq!(value["apiVersion"], "pillion.io/v1alpha1", "{what}");
                 Object::Custom { kind, value }
@@ -369,7 +372,7 @@ fn rbac_grants_exactly_what_the_agent_needs() {
     let Some((base, _, _)) = rendered() else {
         return;
     };
-    assert!(all!(base, Role).is_empty() && all!(base, RoleBinding).is_empty());
+    leader_election_is_all_the_role_grants(&base);
     let roles = all!(base, ClusterRole);
     assert_eq!(roles.len(), 1);
     let role = roles[0];
@@ -461,6 +464,95 @@ fn rbac_grants_exactly_what_the_agent_needs() {
         subjects[0].namespace.as_deref(),
         Some(defaults::AGENT_NAMESPACE)
     );
+}
+
+/// The one Role: the leader election's Lease in the agent's namespace, bound to the
+/// agent. Create cannot name its object; everything else names `pillion-agent`.
+fn leader_election_is_all_the_role_grants(base: &[Object]) {
+    let roles = all!(base, Role);
+    assert_eq!(roles.len(), 1);
+    let role = roles[0];
+    assert_eq!(namespace_of(&role.metadata), defaults::AGENT_NAMESPACE);
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert_eq!(
+            rule.api_groups.as_deref(),
+            Some(&["coordination.k8s.io".to_string()][..])
+        );
+        assert_eq!(rule.resources.as_deref(), Some(&["leases".to_string()][..]));
+        let names = rule.resource_names.clone().unwrap_or_default();
+        for verb in &rule.verbs {
+            granted.insert((verb.clone(), names.clone()));
+        }
+    }
+    let lease = vec!["pillion-agent".to_string()];
+    let expected = BTreeSet::from([
+        ("create".to_string(), Vec::new()),
+        ("get".to_string(), lease.clone()),
+        ("patch".to_string(), lease),
+    ]);
+    assert_eq!(granted, expected);
+    let bindings = all!(base, RoleBinding);
+    assert_eq!(bindings.len(), 1);
+    let binding = bindings[0];
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(binding.role_ref.name, name_of(&role.metadata));
+    let subjects = binding.subjects.as_ref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, defaults::AGENT_SERVICE_ACCOUNT);
+    assert_eq!(
+        subjects[0].namespace.as_deref(),
+        Some(defaults::AGENT_NAMESPACE)
+    );
+}
+
+/// Two agent replicas that never both go away on purpose: rolling updates that
+/// keep one ready, spread over nodes, a PodDisruptionBudget selecting them, and
+/// each told its pod name and namespace for the Lease.
+#[test]
+fn the_agent_runs_two_replicas_that_never_both_go_away() {
+    let Some((base, _, _)) = rendered() else {
+        return;
+    };
+    let agent = agent_deployment(&base);
+    let spec = agent.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let strategy = spec.strategy.as_ref().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().unwrap();
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let anti = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref());
+    assert!(anti.is_some(), "replicas are spread over nodes");
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    for (name, field) in [
+        ("PILLION_POD_NAME", "metadata.name"),
+        ("PILLION_POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env.iter().find(|e| e.name == name).expect(name);
+        let from = var.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+        assert_eq!(from.map(|f| f.field_path.as_str()), Some(field), "{name}");
+    }
+    let pdbs = all!(base, Pdb);
+    assert_eq!(pdbs.len(), 1);
+    let pdb = pdbs[0].spec.as_ref().unwrap();
+    assert_eq!(pdb.min_available, Some(IntOrString::Int(1)));
+    assert_eq!(namespace_of(&pdbs[0].metadata), defaults::AGENT_NAMESPACE);
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let selects = pdb.selector.as_ref().unwrap().match_labels.clone().unwrap();
+    for (key, value) in &selects {
+        assert_eq!(labels.get(key), Some(value), "the budget selects the agent");
+    }
 }
 
 /// Checks that a schema is structural; returns the paths that preserve unknown fields.

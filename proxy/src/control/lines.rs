@@ -1,5 +1,9 @@
 //! Splits a byte stream into newline-terminated lines, refusing any line longer
-//! than a bound so a broken or hostile peer cannot make the proxy buffer forever.
+//! than a bound so a broken or hostile peer cannot make the proxy buffer forever;
+//! [`BodyLines`] reads them from a streaming response (the view watch, answers).
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 /// Longest view line accepted from the agent.
 pub(crate) const MAX_LINE: usize = 16 * 1024 * 1024;
@@ -56,6 +60,47 @@ impl Lines {
             return Err(LineTooLong { max: self.max });
         }
         Ok(lines)
+    }
+}
+
+/// Why a stream of lines stopped short.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LineError {
+    /// The body broke.
+    #[error("the stream failed: {0}")]
+    Stream(#[source] hyper::Error),
+    /// A line was too long.
+    #[error(transparent)]
+    TooLong(#[from] LineTooLong),
+}
+
+/// The complete lines of a streaming body, at most [`MAX_LINE`] bytes each.
+#[derive(Debug)]
+pub(crate) struct BodyLines {
+    body: Incoming,
+    lines: Lines,
+}
+
+impl BodyLines {
+    /// Lines of `body`.
+    pub(crate) fn new(body: Incoming) -> BodyLines {
+        BodyLines {
+            body,
+            lines: Lines::new(MAX_LINE),
+        }
+    }
+
+    /// The lines the next data frame completed (perhaps none); `None` once the
+    /// body ends.
+    pub(crate) async fn next_batch(&mut self) -> Result<Option<Vec<Vec<u8>>>, LineError> {
+        let frame = match self.body.frame().await {
+            None => return Ok(None),
+            Some(frame) => frame.map_err(LineError::Stream)?,
+        };
+        match frame.into_data() {
+            Ok(data) => Ok(Some(self.lines.push(&data)?)),
+            Err(_) => Ok(Some(Vec::new())),
+        }
     }
 }
 

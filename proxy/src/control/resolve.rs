@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use pillion_api::resolve::Resolution;
 use pillion_api::view::Service;
 use tokio::sync::watch;
@@ -25,7 +24,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{AgentClient, AgentError};
-use super::lines::{LineTooLong, Lines, MAX_LINE};
+use super::lines::{BodyLines, LineError};
 use super::metrics::ControlMetrics;
 use super::watch::{RECONNECT_BASE, RECONNECT_CAP};
 use crate::policy::backoff::Backoff;
@@ -68,10 +67,8 @@ pub(crate) enum ResolveError {
 enum StreamError {
     #[error(transparent)]
     Open(#[from] AgentError),
-    #[error("the answer stream failed: {0}")]
-    Stream(#[source] hyper::Error),
-    #[error(transparent)]
-    LineTooLong(#[from] LineTooLong),
+    #[error("the answer stream: {0}")]
+    Lines(#[from] LineError),
     #[error("the agent answered for {got} when asked about {asked}")]
     WrongAddress { got: SocketAddr, asked: SocketAddr },
     #[error("the agent closed the answer stream")]
@@ -255,22 +252,14 @@ impl Resolver {
         answered: &mut bool,
         backoff: &mut Backoff,
     ) -> StreamError {
-        let mut body = match self.client.resolve(dst).await {
-            Ok(body) => body,
+        let mut lines = match self.client.resolve(dst).await {
+            Ok(body) => BodyLines::new(body),
             Err(err) => return err.into(),
         };
-        let mut lines = Lines::new(MAX_LINE);
         loop {
-            let frame = match body.frame().await {
-                None => return StreamError::Ended,
-                Some(Err(err)) => return StreamError::Stream(err),
-                Some(Ok(frame)) => frame,
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let complete = match lines.push(&data) {
-                Ok(complete) => complete,
+            let complete = match lines.next_batch().await {
+                Ok(Some(complete)) => complete,
+                Ok(None) => return StreamError::Ended,
                 Err(err) => return err.into(),
             };
             for line in complete {

@@ -7,14 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use pillion_api::view::View;
 use pillion_identity::{BundleOutcome, BundleSource, CertStore, HeldBecause, SpiffeId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{AgentClient, AgentError};
-use super::lines::{LineTooLong, Lines, MAX_LINE};
+use super::lines::{BodyLines, LineError};
 use super::metrics::ControlMetrics;
 use crate::admin::readiness::Condition;
 use crate::policy::backoff::Backoff;
@@ -34,12 +33,9 @@ pub(crate) enum WatchError {
     /// The stream could not be opened.
     #[error(transparent)]
     Open(#[from] AgentError),
-    /// The stream broke.
-    #[error("the view stream failed: {0}")]
-    Stream(#[source] hyper::Error),
-    /// A line was too long.
-    #[error(transparent)]
-    LineTooLong(#[from] LineTooLong),
+    /// The stream broke, or a line was too long.
+    #[error("the view stream: {0}")]
+    Lines(#[from] LineError),
     /// The agent sent a view for another workload.
     #[error("the agent sent a view for {got}, but this proxy is {want}; check --token-file and the workload's identity flags")]
     WrongIdentity {
@@ -159,26 +155,19 @@ impl Watcher {
 
     /// Opens one stream and installs its views until it ends; always returns why.
     async fn follow(&self, backoff: &mut Backoff) -> WatchError {
-        let mut body = match self.client.watch(self.on_demand).await {
+        let body = match self.client.watch(self.on_demand).await {
             Ok(body) => body,
             Err(err) => return err.into(),
         };
         self.metrics.agent_connected.set(1);
         tracing::info!(agent = %self.client.addr(), "view stream open");
-        let mut lines = Lines::new(MAX_LINE);
+        let mut lines = BodyLines::new(body);
         // Versions only grow within one stream; a restarted agent counts anew.
         let mut last: Option<u64> = None;
         loop {
-            let frame = match body.frame().await {
-                None => return WatchError::Ended,
-                Some(Err(err)) => return WatchError::Stream(err),
-                Some(Ok(frame)) => frame,
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let complete = match lines.push(&data) {
-                Ok(complete) => complete,
+            let complete = match lines.next_batch().await {
+                Ok(Some(complete)) => complete,
+                Ok(None) => return WatchError::Ended,
                 Err(err) => return err.into(),
             };
             for line in complete {
