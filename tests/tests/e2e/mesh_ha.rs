@@ -100,12 +100,45 @@ fn killing_the_agent_in_use_fails_nothing_and_the_other_replica_takes_over() {
     };
     let strict = b.addr_v4(STRICT_PORT);
 
-    // New mesh connections all along, four at a time.
+    // New mesh connections all along, four at a time; and requests at about
+    // 1,000/s over 8 mesh connections held open (an echo every 8 ms on each).
     let (ok, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let (answered, unanswered) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let traffic = {
         let (ok, failed) = (ok.clone(), failed.clone());
+        let (answered, unanswered) = (answered.clone(), unanswered.clone());
         a.background(move || async move {
+            let held = (0..8).map(|_| {
+                let (answered, unanswered) = (answered.clone(), unanswered.clone());
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = TcpStream::connect(strict).await else {
+                        unanswered.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    let mut tick = tokio::time::interval(Duration::from_millis(8));
+                    while !*stopped.borrow_and_update() {
+                        tick.tick().await;
+                        let once = async {
+                            conn.write_all(b"request!").await?;
+                            let mut back = [0u8; 8];
+                            conn.read_exact(&mut back).await?;
+                            Ok::<bool, std::io::Error>(&back == b"request!")
+                        };
+                        let good = matches!(
+                            tokio::time::timeout(Duration::from_secs(3), once).await,
+                            Ok(Ok(true))
+                        );
+                        let counter = if good { &answered } else { &unanswered };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        if !good {
+                            return;
+                        }
+                    }
+                })
+            });
+            let held: Vec<_> = held.collect();
             let workers = (0..4).map(|_| {
                 let (ok, failed, mut stopped) = (ok.clone(), failed.clone(), stopped.clone());
                 tokio::spawn(async move {
@@ -120,7 +153,7 @@ fn killing_the_agent_in_use_fails_nothing_and_the_other_replica_takes_over() {
                     }
                 })
             });
-            for w in workers.collect::<Vec<_>>() {
+            for w in workers.collect::<Vec<_>>().into_iter().chain(held) {
                 let _ = w.await;
             }
         })
@@ -180,6 +213,15 @@ fn killing_the_agent_in_use_fails_nothing_and_the_other_replica_takes_over() {
         ok + failed,
         dump()
     );
+    let (answered, unanswered) = (
+        answered.load(Ordering::Relaxed),
+        unanswered.load(Ordering::Relaxed),
+    );
+    assert_eq!(unanswered, 0, "{unanswered} requests failed\n{}", dump());
+    assert!(
+        answered > 1000,
+        "only {answered} requests on held connections"
+    );
     for s in [&sa, &sb] {
         assert_eq!(
             value(s, "pillion_tls_handshake_failures_total", &[]),
@@ -188,5 +230,8 @@ fn killing_the_agent_in_use_fails_nothing_and_the_other_replica_takes_over() {
             s.metrics().unwrap()
         );
     }
-    eprintln!("[mesh] agent failover under traffic: {ok} new connections, 0 failed");
+    eprintln!(
+        "[mesh] agent failover under traffic: {ok} new connections and {answered} requests \
+         on held ones, 0 failed"
+    );
 }
