@@ -28,9 +28,19 @@ pub const NOTE: &str = "discovery: the agent's source grows to the plan's servic
      with one meshed endpoint; the first used + fresh served by the server pod); once the \
      server's proxy holds them, the client calls each used service 5 times (new connections) \
      and the client proxy's RSS is read 2 s later; then each fresh service is called once \
-     (first request) and again (known), each on a new HTTP/1.1 connection. Every run builds \
+     (first request) and again (known), each on a new HTTP/1.1 connection. Between the two, \
+     a 100 req/s probe to the first used service runs 3 s alone (its p99) and 6 s across a \
+     change of every served service (its longest answer, coordinated omission corrected): \
+     the pause a change at this mesh size costs a workload. Every run builds \
      new proxies. A row's discovery mode is its proxies' PILLION_DISCOVERY (default \
      on-demand).";
+
+/// Rate of the probe that looks for a pause while a change is pushed.
+const PROBE_RATE: u32 = 100;
+/// Its keep-alive connections.
+const PROBE_CONNS: usize = 4;
+/// How long it runs alone, and (twice this) across the change.
+const PROBE_WINDOW: Duration = Duration::from_secs(3);
 
 /// Requests to each used service before the RSS is read.
 const CALLS_PER_USED: usize = 5;
@@ -64,19 +74,25 @@ pub fn run(rows: &[Contender], plan: &DiscoveryPlan, cpu: Option<usize>, acc: &m
                 acc.push(fig::FIRST_P99, o.first_p99_ms, 0);
                 acc.push(fig::KNOWN_P99, o.known_p99_ms, 0);
                 acc.push(fig::LOAD_SECONDS, o.load_s, 0);
+                acc.push(fig::PROBE_STEADY_P99, o.probe_steady_p99_ms, 0);
+                acc.push(fig::PROBE_LONGEST, o.probe_longest_ms, o.probe_errors);
                 report_line(
                     c,
                     "discovery",
                     &format!(
                         "client proxy {:.1} MiB calling {} of {} services; first request \
-                         p50 {:.2} / p99 {:.2} ms, known p99 {:.2} ms; loaded in {:.1} s",
+                         p50 {:.2} / p99 {:.2} ms, known p99 {:.2} ms; loaded in {:.1} s; \
+                         during a change: longest answer {:.2} ms (steady p99 {:.2}, {} errors)",
                         mib(o.rss_kib),
                         plan.used,
                         plan.services,
                         o.first_p50_ms,
                         o.first_p99_ms,
                         o.known_p99_ms,
-                        o.load_s
+                        o.load_s,
+                        o.probe_longest_ms,
+                        o.probe_steady_p99_ms,
+                        o.probe_errors
                     ),
                 );
             }
@@ -96,6 +112,9 @@ struct Outcome {
     first_p99_ms: f64,
     known_p99_ms: f64,
     load_s: f64,
+    probe_steady_p99_ms: f64,
+    probe_longest_ms: f64,
+    probe_errors: u64,
 }
 
 fn one(
@@ -138,6 +157,8 @@ fn one(
     std::thread::sleep(Duration::from_secs(2));
     let rss_kib = procstat::memory(&[client_proxy]).rss_kib;
 
+    let probe = probe_during_a_change(c, view, plan, cpu)?;
+
     let fresh: Vec<SocketAddr> = (plan.used..served).map(ViewControl::vip).collect();
     let (first, known) = in_client(c, cpu, move || async move {
         let (mut first, mut known) = (Vec::new(), Vec::new());
@@ -153,7 +174,43 @@ fn one(
         first_p99_ms: percentile(&first, 99.0),
         known_p99_ms: percentile(&known, 99.0),
         load_s,
+        probe_steady_p99_ms: probe.0,
+        probe_longest_ms: probe.1,
+        probe_errors: probe.2,
     })
+}
+
+/// A probe at [`PROBE_RATE`] to the first used service, alone (its p99) and then
+/// across a change to every served service in the large mesh (its longest answer):
+/// how long pushing a change at this size pauses a workload's requests. Returns
+/// (steady p99 ms, longest answer ms, errors).
+fn probe_during_a_change(
+    c: &Contender,
+    view: &ViewControl,
+    plan: &DiscoveryPlan,
+    cpu: Option<usize>,
+) -> Result<(f64, f64, u64)> {
+    let vip = ViewControl::vip(0);
+    let steady = in_client(c, cpu, move || {
+        crate::load::open::run(vip, PROBE_CONNS, PROBE_RATE, PROBE_WINDOW)
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe = c.client.background(move || async move {
+        let _ =
+            tx.send(crate::load::open::run(vip, PROBE_CONNS, PROBE_RATE, PROBE_WINDOW * 2).await);
+    });
+    let probe = probe.map_err(|e| anyhow!("{e:#}"))?;
+    std::thread::sleep(PROBE_WINDOW / 2);
+    view.push_served_generation(plan.services, plan.used + plan.fresh, 1)?;
+    let during = rx
+        .recv_timeout(PROBE_WINDOW * 2 + Duration::from_secs(30))
+        .map_err(|_| anyhow!("the probe did not finish"))??;
+    drop(probe);
+    Ok((
+        steady.p99_us / 1000.0,
+        during.max_us / 1000.0,
+        steady.errors + during.errors,
+    ))
 }
 
 /// One HTTP/1.1 request on a new connection; its time in ms (a non-200 is an error).

@@ -92,6 +92,10 @@ pub mod discovery {
     pub const KNOWN_P99: &str = "discovery_known_request_p99_ms";
     /// From writing the grown source to the server's proxy holding its services.
     pub const LOAD_SECONDS: &str = "discovery_load_s";
+    /// p99 of a 100 req/s probe to a used service, alone.
+    pub const PROBE_STEADY_P99: &str = "discovery_probe_steady_p99_ms";
+    /// Its longest answer across a change of the services it uses.
+    pub const PROBE_LONGEST: &str = "discovery_probe_longest_during_change_ms";
 }
 
 /// The discovery figure's rows of the table (`--discovery` measures these only).
@@ -138,6 +142,20 @@ pub fn discovery(plan: &crate::plan::DiscoveryPlan) -> Vec<Figure> {
             "s",
             false,
             1,
+        ),
+        fig(
+            discovery::PROBE_STEADY_P99.into(),
+            "100 req/s probe to a used service, steady p99 ms".into(),
+            "ms",
+            false,
+            2,
+        ),
+        fig(
+            discovery::PROBE_LONGEST.into(),
+            format!("its longest answer while a change of the used services is pushed at {n} services, ms"),
+            "ms",
+            false,
+            2,
         ),
     ]
 }

@@ -55,6 +55,12 @@ impl ViewControl {
     /// Like [`ViewControl::push`], but the first `served` services are served by the
     /// server pod (port 80 → its HTTP port): destinations the client can call.
     pub fn push_served(&self, n: usize, served: usize) -> Result<()> {
+        self.push_served_generation(n, served, 0)
+    }
+
+    /// Like [`ViewControl::push_served`], the served services' endpoints labelled
+    /// `generation` (a change of every served service when it differs).
+    pub fn push_served_generation(&self, n: usize, served: usize, generation: usize) -> Result<()> {
         let mut yaml = self.base.clone();
         for i in 0..served.min(n) {
             let (hi, lo) = (i / 256 % 128, i % 256);
@@ -64,7 +70,8 @@ impl ViewControl {
                  \x20   addresses: [198.19.{hi}.{lo}]\n\
                  \x20   ports: [{{port: 80, target_port: {HTTP_PORT}}}]\n\
                  \x20   endpoints:\n\
-                 \x20     - workload: server\n"
+                 \x20     - workload: server\n\
+                 \x20       labels: {{generation: \"{generation}\"}}\n"
             ));
         }
         for i in served.min(n)..n {
