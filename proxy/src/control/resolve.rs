@@ -5,8 +5,7 @@
 //! agent is asked (`GET /v1/resolve`, one stream per destination over the agent's
 //! one HTTP/2 connection) and the answer is compiled into the state; then it is
 //! served as if the proxy had always known. The stream stays open, so a change of
-//! that service arrives like a view change (the changes of one burst compiled
-//! together, within [`UPDATE_COALESCE`]), and the last answer stays in force
+//! that service arrives like a view change, and the last answer stays in force
 //! while the agent is away. A destination nobody used for `--discovery-idle` (an
 //! outside one: at most [`OUTSIDE_IDLE`]) is forgotten and its stream closed.
 //!
@@ -41,11 +40,6 @@ pub(crate) const OUTSIDE_IDLE: Duration = Duration::from_secs(30);
 /// workload scanning addresses cannot grow the proxy without bound (the agent
 /// allows as many streams on the proxy's one connection).
 pub(crate) use pillion_api::resolve::MAX_DESTINATIONS;
-
-/// How long later answers (changes of services already learned) wait for the rest
-/// of their burst: a change of many used services is compiled once, not once per
-/// answer on the CPU the data path needs.
-pub(crate) const UPDATE_COALESCE: Duration = Duration::from_millis(50);
 
 /// Why a destination could not be resolved.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,8 +119,6 @@ pub struct Resolver {
     idle: Duration,
     metrics: ControlMetrics,
     entries: Mutex<Entries>,
-    /// Wakes [`Resolver::run`] to publish changed answers.
-    updated: tokio::sync::Notify,
 }
 
 impl Resolver {
@@ -143,7 +135,6 @@ impl Resolver {
             idle,
             metrics,
             entries: Mutex::default(),
-            updated: tokio::sync::Notify::new(),
         }
     }
 
@@ -184,19 +175,10 @@ impl Resolver {
     /// Forgets idle destinations every so often until `shutdown`, then all of them.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let every = (self.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
-        let mut sweep = tokio::time::interval(every);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sweep.tick().await;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = sweep.tick() => self.forget_idle(),
-                () = self.updated.notified() => {
-                    // Let the rest of a change's answers arrive, then compile once.
-                    tokio::time::sleep(UPDATE_COALESCE).await;
-                    let entries = self.lock();
-                    self.publish(&entries);
-                }
+                () = tokio::time::sleep(every) => self.forget_idle(),
             }
         }
         let mut entries = self.lock();
@@ -296,14 +278,10 @@ impl Resolver {
                     return StreamError::WrongAddress { got, asked: dst };
                 }
                 let found = resolution.service.is_some();
-                // A first answer has connections waiting: compiled now. A later one
-                // (a change of the service) joins the others of its burst.
-                let Some(seq) = self.learn(dst, id, resolution, !*answered) else {
+                let Some(seq) = self.learn(dst, id, resolution) else {
                     return StreamError::Forgotten;
                 };
-                if let Some(seq) = seq {
-                    self.views.handled(seq).await;
-                }
+                self.views.handled(seq).await;
                 if !*answered {
                     *answered = true;
                     self.metrics
@@ -318,16 +296,9 @@ impl Resolver {
         }
     }
 
-    /// Records an answer; publishes what discovery knows now (the publish's number)
-    /// or soon (`Some(None)`, see [`UPDATE_COALESCE`]); `None` when the
+    /// Records an answer and publishes what discovery knows; `None` when the
     /// destination was forgotten meanwhile.
-    fn learn(
-        &self,
-        dst: SocketAddr,
-        id: u64,
-        resolution: Resolution,
-        now: bool,
-    ) -> Option<Option<u64>> {
+    fn learn(&self, dst: SocketAddr, id: u64, resolution: Resolution) -> Option<u64> {
         let mut entries = self.lock();
         let entry = entries.map.get_mut(&dst).filter(|e| e.id == id)?;
         tracing::debug!(%dst, version = resolution.version,
@@ -337,11 +308,7 @@ impl Resolver {
             service: resolution.service.map(Arc::new),
             backends: resolution.backends.into_iter().map(Arc::new).collect(),
         });
-        if now {
-            return Some(Some(self.publish(&entries)));
-        }
-        self.updated.notify_one();
-        Some(None)
+        Some(self.publish(&entries))
     }
 
     /// Publishes every held answer to the compiler; returns the publish's number.
@@ -533,34 +500,6 @@ mod tests {
         // The oldest answer goes; a question still waiting for its answer stays.
         assert_eq!(held(&r), ["198.18.0.1:80", "198.18.0.3:80"]);
         assert_eq!(published(&r), (vec!["a".to_string()], Vec::new()));
-    }
-
-    #[tokio::test]
-    async fn the_changes_of_one_burst_are_compiled_once() {
-        let r = resolver(Duration::from_secs(60));
-        let shutdown = CancellationToken::new();
-        let running = tokio::spawn(Arc::clone(&r).run(shutdown.clone()));
-        hold(&r, "198.18.0.1:80", Some(Some("v1")), 0);
-        let seq = || r.views.subscribe().borrow().seq;
-        let before = seq();
-        for name in ["v2", "v3", "v4"] {
-            let resolution = Resolution {
-                version: 2,
-                address: "198.18.0.1:80".parse().unwrap(),
-                service: Some((*service(name)).clone()),
-                backends: Vec::new(),
-            };
-            assert_eq!(
-                r.learn("198.18.0.1:80".parse().unwrap(), 0, resolution, false),
-                Some(None)
-            );
-        }
-        assert_eq!(seq(), before, "nothing published at once");
-        tokio::time::sleep(UPDATE_COALESCE * 3).await;
-        assert_eq!(seq(), before + 1, "one publish for the burst");
-        assert_eq!(published(&r).0, ["v4"]);
-        shutdown.cancel();
-        running.await.unwrap();
     }
 
     #[tokio::test]
