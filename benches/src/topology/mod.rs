@@ -137,6 +137,11 @@ impl Topology {
         let pair = pillion::start(&pair_opts, &mclient, &mserver, &agent, certs, work)?;
         pin_process_tree(pair.client.proxy().pid(), ccpu)?;
         pin_process_tree(pair.server.proxy().pid(), scpu)?;
+        // The agent works on the server's CPU: the client's (load generator and its
+        // proxy) then measures the proxy's share of a push, not the agent's parse.
+        if let Some(agent) = &pair.agent {
+            pin_process_tree(agent.pid(), scpu)?;
+        }
         let baseline = match &opts.baseline_proxy_binary {
             None => None,
             Some(binary) => {
@@ -161,6 +166,9 @@ impl Topology {
                 let pair = pillion::start(&opts, &bclient, &bserver, &bagent, certs, work)?;
                 pin_process_tree(pair.client.proxy().pid(), ccpu)?;
                 pin_process_tree(pair.server.proxy().pid(), scpu)?;
+                if let Some(agent) = &pair.agent {
+                    pin_process_tree(agent.pid(), scpu)?;
+                }
                 Some((pair, bclient, bserver))
             }
         };

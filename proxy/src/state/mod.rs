@@ -5,9 +5,10 @@
 //! loads one snapshot and makes its whole decision with it; an HTTP connection
 //! loads the newest one per request, so live policy reaches open connections.
 //!
-//! Compiling runs on a blocking thread ([`follow`]), never on the data path's
-//! runtime threads, so a large view does not pause traffic; only the newest view is
-//! compiled when several arrive during one compile. State that must outlive a view
+//! Compiling runs on a thread of its own at the lowest priority ([`follow`]),
+//! never on the data path's runtime threads: on a busy CPU the data path preempts
+//! it, so a large view or a burst of discovery answers does not pause traffic. Only
+//! the newest view is compiled when several arrive during one compile. State that must outlive a view
 //! (endpoints with their pools and latency estimates, balancers, outlier detectors,
 //! rate limiters, retry budgets) is carried over from the previous state by key.
 
@@ -135,9 +136,39 @@ pub(crate) struct Compiler {
     pub ready: Condition,
 }
 
-/// Compiles every view `views` publishes on a blocking thread and swaps the result
-/// into `store`, until the views' channel closes (the task is aborted at shutdown).
+/// A compile job for the compiler's thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Starts the compiler's thread at the lowest priority (nice 19: it still gets its
+/// share under load, unlike SCHED_IDLE, so policy changes are never starved); it
+/// runs jobs until `jobs` is dropped.
+fn compiler_thread() -> std::io::Result<std::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("pillion-compile".into())
+        .spawn(move || {
+            let lowest = thread_priority::ThreadPriority::Min;
+            if let Err(error) = thread_priority::set_current_thread_priority(lowest) {
+                tracing::warn!(?error, "cannot lower the compiler thread's priority");
+            }
+            for job in rx {
+                job();
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Compiles every view `views` publishes on the compiler's thread and swaps the
+/// result into `store`, until the views' channel closes (the task is aborted at
+/// shutdown).
 pub(crate) async fn follow(views: Views, store: Arc<Store>, compiler: Compiler) {
+    let jobs = match compiler_thread() {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the compiler thread; no view will be served");
+            return;
+        }
+    };
     let mut newest = views.subscribe();
     loop {
         let published = newest.borrow_and_update().clone();
@@ -146,19 +177,28 @@ pub(crate) async fn follow(views: Views, store: Arc<Store>, compiler: Compiler) 
             let job = compiler.clone();
             let started = Instant::now();
             let resolved = published.resolved;
-            let compiled = tokio::task::spawn_blocking(move || {
-                State::compile(
-                    &view,
-                    &resolved,
-                    &previous,
-                    &job.settings,
-                    &job.metrics,
-                    Instant::now(),
-                )
-            })
-            .await;
+            let (done, compiled) = tokio::sync::oneshot::channel();
+            let sent = jobs.send(Box::new(move || {
+                let state = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    State::compile(
+                        &view,
+                        &resolved,
+                        &previous,
+                        &job.settings,
+                        &job.metrics,
+                        Instant::now(),
+                    )
+                }));
+                if let Ok(state) = state {
+                    let _ = done.send(state);
+                }
+            }));
+            let compiled = match sent {
+                Ok(()) => compiled.await.ok(),
+                Err(_) => None,
+            };
             match compiled {
-                Ok(state) => {
+                Some(state) => {
                     let version = state.version();
                     let destinations = state.outbound.len();
                     store.store(state);
@@ -172,9 +212,9 @@ pub(crate) async fn follow(views: Views, store: Arc<Store>, compiler: Compiler) 
                     );
                 }
                 // A panic while compiling would be a bug; keep serving the last state.
-                Err(err) => {
+                None => {
                     views.mark_handled(published.seq, None);
-                    tracing::error!(error = %err, "compiling a view failed; the last state keeps serving");
+                    tracing::error!("compiling a view failed; the last state keeps serving");
                 }
             }
         }
