@@ -20,12 +20,13 @@ use hyper::body::Incoming;
 use pillion_api::defaults::{AGENT_NAMESPACE, AGENT_PORT, AGENT_SERVICE_ACCOUNT, TRUST_DOMAIN};
 use pillion_identity::SpiffeId;
 use pillion_proxy::control::{AgentClient, ControlConfig, Discovery};
-use pillion_tests::{Cmd, Pod, Process, World};
+use pillion_tests::{Cmd, World};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::procstat;
 use crate::stats::percentile;
+use crate::topology::pods::wait_listening_within;
 use crate::workdir::WorkDir;
 
 /// Destinations each simulated proxy resolves (the first is the one that changes).
@@ -177,7 +178,14 @@ fn one(binary: &Path, services: usize, proxies: usize, log_level: &str) -> Resul
             .arg("--log-level")
             .arg(log_level),
     )?;
-    wait_up(&proxies_pod, listen, &agent)?;
+    // A large source takes a while to load.
+    wait_listening_within(
+        &proxies_pod,
+        listen,
+        "the agent",
+        &agent,
+        Duration::from_secs(180),
+    )?;
     let anchors = std::fs::read_to_string(ca_dir.join("ca.pem"))
         .with_context(|| format!("reading {}", ca_dir.join("ca.pem").display()))?;
     std::thread::sleep(Duration::from_millis(500));
@@ -365,28 +373,6 @@ impl Lines {
                 self.buf.extend_from_slice(&data);
             }
         }
-    }
-}
-
-/// Waits (up to 3 minutes: a large source takes a while to load) for the agent.
-fn wait_up(pod: &Pod, addr: SocketAddr, agent: &Process) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Some(status) = agent.try_status() {
-            bail!("the agent exited ({status})\n{}", agent.logs());
-        }
-        let up =
-            pod.run(move || async move { tokio::net::TcpStream::connect(addr).await.is_ok() })?;
-        if up {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the agent did not listen on {addr} within 180 s\n{}",
-                agent.logs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

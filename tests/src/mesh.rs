@@ -210,11 +210,12 @@ impl MeshAgent {
     }
 }
 
-/// Sidecar options that join the mesh: the agent at `agent`, verified with
-/// `anchors`, proving `namespace/service_account` with the token in `token_file`.
+/// Sidecar options that join the mesh: the agent at `agent` (host:port, or several
+/// replicas' separated by commas), verified with `anchors`, proving
+/// `namespace/service_account` with the token in `token_file`.
 pub fn mesh_sidecar_opts(
     base: SidecarOpts,
-    agent: SocketAddr,
+    agent: impl std::fmt::Display,
     anchors: &Path,
     token_file: &Path,
     namespace: &str,
@@ -232,6 +233,18 @@ pub fn mesh_sidecar_opts(
         "--service-account".into(),
         service_account.into(),
     ])
+}
+
+/// Services in the view of `pod`'s proxy, from its loopback-only `/config` on
+/// `admin_port` (asked from inside the pod).
+pub fn view_services(pod: &Pod, admin_port: u16) -> Result<usize> {
+    let answer = pod.run(move || async move {
+        let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        crate::http::request(addr, "GET", "/config").await
+    })??;
+    let config: serde_json::Value =
+        serde_json::from_str(&answer.body).context("the /config answer is not JSON")?;
+    Ok(config["view"]["services"].as_array().map_or(0, Vec::len))
 }
 
 /// Captures every frame seen in the node namespace (the bridge and the pods'

@@ -6,7 +6,7 @@
 
 use super::auth::authenticate;
 use super::reply::{self, Body};
-use super::watch::{line_stream, not_ready, StreamInputs};
+use super::watch::{line_stream, not_ready, send_line, StreamInputs, Unsent};
 use super::Shared;
 use crate::source::Snapshot;
 use crate::token::TokenHash;
@@ -105,17 +105,13 @@ async fn stream_answers(
                 service,
                 backends,
             };
-            let mut line = match serde_json::to_vec(&resolution) {
-                Ok(line) => line,
-                Err(e) => {
+            match send_line(&tx, &resolution, &shutdown).await {
+                Ok(()) => {}
+                Err(Unsent::Encoding(e)) => {
                     tracing::error!(%address, error = %e, "cannot encode an answer; ending the stream");
                     return;
                 }
-            };
-            line.push(b'\n');
-            tokio::select! {
-                sent = tx.send(Bytes::from(line)) => if sent.is_err() { return },
-                _ = shutdown.cancelled() => return,
+                Err(Unsent::ClientGone | Unsent::ShuttingDown) => return,
             }
             metrics.resolved(found);
             if last.is_some() {

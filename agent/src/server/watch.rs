@@ -162,17 +162,14 @@ async fn stream_views(
         };
         view.issuer_sha256 = Some(issuer);
         if !last.as_ref().is_some_and(|l| same_except_version(l, &view)) {
-            let mut line = match serde_json::to_vec(&view) {
-                Ok(line) => line,
-                Err(e) => {
+            match send_line(&tx, &view, &shutdown).await {
+                Ok(()) => {}
+                Err(Unsent::ClientGone) => break,
+                Err(Unsent::ShuttingDown) => return,
+                Err(Unsent::Encoding(e)) => {
                     tracing::error!(%identity, error = %e, "cannot encode a view; ending the watch");
                     return;
                 }
-            };
-            line.push(b'\n');
-            tokio::select! {
-                sent = tx.send(Bytes::from(line)) => if sent.is_err() { break },
-                _ = shutdown.cancelled() => return,
             }
             // A source change reaching a watcher; neither the first line of a stream
             // nor a new trust bundle is a push of a version.
@@ -195,6 +192,30 @@ async fn stream_views(
         }
     }
     tracing::info!(%identity, "watch ended: the client went away");
+}
+
+/// Why a line was not sent.
+pub(super) enum Unsent {
+    /// The value does not encode (a bug).
+    Encoding(serde_json::Error),
+    /// The client went away.
+    ClientGone,
+    /// The agent is shutting down.
+    ShuttingDown,
+}
+
+/// Sends `value` as one NDJSON line on `tx`, unless the agent shuts down first.
+pub(super) async fn send_line<T: serde::Serialize>(
+    tx: &mpsc::Sender<Bytes>,
+    value: &T,
+    shutdown: &CancellationToken,
+) -> Result<(), Unsent> {
+    let mut line = serde_json::to_vec(value).map_err(Unsent::Encoding)?;
+    line.push(b'\n');
+    tokio::select! {
+        sent = tx.send(Bytes::from(line)) => sent.map_err(|_| Unsent::ClientGone),
+        _ = shutdown.cancelled() => Err(Unsent::ShuttingDown),
+    }
 }
 
 /// A workload the source does not list: its identity and the default policy.

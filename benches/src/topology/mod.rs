@@ -12,7 +12,7 @@
 
 mod peers;
 mod pillion;
-mod pods;
+pub(crate) mod pods;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

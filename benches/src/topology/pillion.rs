@@ -132,30 +132,19 @@ impl ViewControl {
 
     /// Services in the client proxy's view, from its loopback-only `/config`.
     pub fn client_view_services(&self) -> Result<usize> {
-        view_services(&self.client, self.admin_port)
+        pillion_tests::mesh::view_services(&self.client, self.admin_port)
     }
 
     /// Services in the server proxy's view: with on-demand discovery, the services
     /// the server pod serves, so it says when a push of served services is loaded.
     pub fn server_view_services(&self) -> Result<usize> {
-        view_services(&self.server, self.admin_port)
+        pillion_tests::mesh::view_services(&self.server, self.admin_port)
     }
 
     /// The VIP:port of generated service `i`.
     pub fn vip(i: usize) -> SocketAddr {
         SocketAddr::from(([198, 19, (i / 256 % 128) as u8, (i % 256) as u8], 80))
     }
-}
-
-/// Services in the view of `pod`'s proxy, from its loopback-only `/config`.
-fn view_services(pod: &Pod, admin_port: u16) -> Result<usize> {
-    let answer = pod.run(move || async move {
-        let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
-        pillion_tests::http::request(addr, "GET", "/config").await
-    })??;
-    let config: serde_json::Value =
-        serde_json::from_str(&answer.body).context("the /config answer is not JSON")?;
-    Ok(config["view"]["services"].as_array().map_or(0, Vec::len))
 }
 
 /// How the proxies are set up.

@@ -59,7 +59,18 @@ pub fn start_server(pod: &Pod, cpu: Option<usize>) -> Result<Task<()>> {
 /// Waits until something accepts TCP connections on `addr`, as seen from inside `pod`;
 /// fails early (with its logs) if `process` exits meanwhile.
 pub fn wait_listening(pod: &Pod, addr: SocketAddr, what: &str, process: &Process) -> Result<()> {
-    let deadline = Instant::now() + START_TIMEOUT;
+    wait_listening_within(pod, addr, what, process, START_TIMEOUT)
+}
+
+/// [`wait_listening`] with a bound of its own (a large source takes a while to load).
+pub fn wait_listening_within(
+    pod: &Pod,
+    addr: SocketAddr,
+    what: &str,
+    process: &Process,
+    limit: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Some(status) = process.try_status() {
             bail!(
@@ -83,7 +94,7 @@ pub fn wait_listening(pod: &Pod, addr: SocketAddr, what: &str, process: &Process
         }
     }
     bail!(
-        "{what} is not listening on {addr} in pod {} after {START_TIMEOUT:?}\n{}",
+        "{what} is not listening on {addr} in pod {} after {limit:?}\n{}",
         pod.name(),
         process.logs()
     )

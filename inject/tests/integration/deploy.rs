@@ -456,7 +456,12 @@ fn rbac_grants_exactly_what_the_agent_needs() {
     let binding = bindings[0];
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(binding.role_ref.name, name_of(&role.metadata));
-    let subjects = binding.subjects.as_ref().unwrap();
+    binds_only_the_agent(binding.subjects.as_deref());
+}
+
+/// A binding's subjects are the agent's ServiceAccount alone.
+fn binds_only_the_agent(subjects: Option<&[k8s_openapi::api::rbac::v1::Subject]>) {
+    let subjects = subjects.unwrap();
     assert_eq!(subjects.len(), 1);
     assert_eq!(subjects[0].kind, "ServiceAccount");
     assert_eq!(subjects[0].name, defaults::AGENT_SERVICE_ACCOUNT);
@@ -497,13 +502,7 @@ fn leader_election_is_all_the_role_grants(base: &[Object]) {
     let binding = bindings[0];
     assert_eq!(binding.role_ref.kind, "Role");
     assert_eq!(binding.role_ref.name, name_of(&role.metadata));
-    let subjects = binding.subjects.as_ref().unwrap();
-    assert_eq!(subjects.len(), 1);
-    assert_eq!(subjects[0].name, defaults::AGENT_SERVICE_ACCOUNT);
-    assert_eq!(
-        subjects[0].namespace.as_deref(),
-        Some(defaults::AGENT_NAMESPACE)
-    );
+    binds_only_the_agent(binding.subjects.as_deref());
 }
 
 /// Two agent replicas that never both go away on purpose: rolling updates that

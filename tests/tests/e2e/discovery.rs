@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use pillion_api::defaults::ADMIN_PORT;
 use pillion_tests::apps::{self, spawn_server, App};
-use pillion_tests::mesh::{source_yaml, MeshWorld, STRICT_PORT};
+use pillion_tests::mesh::{source_yaml, view_services, MeshWorld, STRICT_PORT};
 use pillion_tests::{Pod, Sidecar};
 
 use crate::common::{eventually, sidecar_opts, testbin};
@@ -58,19 +59,6 @@ fn big_source(m: &MeshWorld, n: usize) -> String {
     yaml
 }
 
-/// Services in the view of `pod`'s proxy, from its loopback-only `/config`.
-fn view_services(pod: &Pod) -> usize {
-    let answer = pod
-        .run(|| async {
-            let admin = SocketAddr::from(([127, 0, 0, 1], pillion_api::defaults::ADMIN_PORT));
-            pillion_tests::http::request(admin, "GET", "/config").await
-        })
-        .unwrap()
-        .unwrap();
-    let config: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
-    config["view"]["services"].as_array().map_or(0, Vec::len)
-}
-
 fn start(test: &str) -> MeshWorld {
     let opts = sidecar_opts().proxy_args(["--discovery-idle", "3s"]);
     MeshWorld::start(test, &testbin(), &opts, &[]).unwrap()
@@ -95,8 +83,8 @@ fn a_proxy_learns_what_its_workload_uses_and_forgets_it_when_unused() {
     assert_eq!(destinations(&m.sa), 2.0);
     // The 200 services nobody calls are in no proxy: the client's view holds none
     // (it backs no service), the server's only its own.
-    assert_eq!(view_services(&m.a), 0);
-    assert_eq!(view_services(&m.b), 1);
+    assert_eq!(view_services(&m.a, ADMIN_PORT).unwrap(), 0);
+    assert_eq!(view_services(&m.b, ADMIN_PORT).unwrap(), 1);
 
     // Unused for the idle time, both are forgotten; the next use asks again.
     let forgotten = eventually(Duration::from_secs(15), || destinations(&m.sa) == 0.0);

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pillion_tests::apps::{spawn_server, App};
+use pillion_tests::apps::{self, spawn_server, App};
 use pillion_tests::mesh::{
-    source_yaml, MeshAgent, MeshDir, CLIENT_TOKEN, NAMESPACE, PERMISSIVE_PORT, SERVER_TOKEN,
-    STRICT_PORT,
+    mesh_sidecar_opts, source_yaml, MeshAgent, MeshDir, CLIENT_TOKEN, NAMESPACE, PERMISSIVE_PORT,
+    SERVER_TOKEN, STRICT_PORT,
 };
 use pillion_tests::{Pod, Sidecar, Signal, World};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,18 +22,12 @@ fn value(s: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
     s.metrics().map_or(-1.0, |m| m.value(name, labels))
 }
 
-/// One echo on a new connection from `pod` to `target`, within 3 s.
+/// One echo on a new connection to `target`, within 3 s.
 async fn echo_once(target: std::net::SocketAddr) -> bool {
-    let once = async {
-        let mut s = TcpStream::connect(target).await?;
-        s.write_all(b"replica!").await?;
-        let mut back = [0u8; 8];
-        s.read_exact(&mut back).await?;
-        Ok::<bool, std::io::Error>(&back == b"replica!")
-    };
+    let once = apps::echo_roundtrip(target, b"replica!");
     matches!(
         tokio::time::timeout(Duration::from_secs(3), once).await,
-        Ok(Ok(true))
+        Ok(Ok(back)) if back == b"replica!"
     )
 }
 
@@ -73,18 +67,14 @@ fn killing_the_agent_in_use_fails_nothing_and_the_other_replica_takes_over() {
     let replicas = format!("{},{}", agent1.addr(), agent2.addr());
     let sidecar = |pod: &Pod, token: &str, sa: &str| {
         let token = dir.write(&format!("{sa}.token"), token).unwrap();
-        let opts = sidecar_opts().proxy_args([
-            "--agent-addr".to_string(),
-            replicas.clone(),
-            "--trust-anchors".into(),
-            agent1.anchors().display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--namespace".into(),
-            NAMESPACE.into(),
-            "--service-account".into(),
-            sa.into(),
-        ]);
+        let opts = mesh_sidecar_opts(
+            sidecar_opts(),
+            &replicas,
+            agent1.anchors(),
+            &token,
+            NAMESPACE,
+            sa,
+        );
         pod.install_sidecar(&opts).unwrap()
     };
     let sa = sidecar(&a, CLIENT_TOKEN, "client");
