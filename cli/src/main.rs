@@ -66,6 +66,25 @@ enum CaCommand {
         #[arg(long, value_parser = up::parse_duration, default_value = "365d")]
         issuer_lifetime: Duration,
     },
+    /// Makes the next issuer under the root that `init` made (its ca.crt and
+    /// root.key) in a new directory, and says how to update the Secret with it.
+    Issuer {
+        /// The directory `pillion ca init` wrote (ca.crt and root.key).
+        #[arg(long, value_name = "DIR")]
+        root_dir: std::path::PathBuf,
+
+        /// The new directory to write ca.crt, tls.crt and tls.key into.
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+
+        /// Trust domain of the mesh.
+        #[arg(long, default_value = pillion_api::defaults::TRUST_DOMAIN)]
+        trust_domain: String,
+
+        /// Lifetime of the issuer (never past its root's), e.g. 365d.
+        #[arg(long, value_parser = up::parse_duration, default_value = "365d")]
+        issuer_lifetime: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,21 +99,30 @@ fn main() -> ExitCode {
             otlp_endpoint,
             otlp_protocol,
         } => (duration, otlp_endpoint, otlp_protocol),
-        Command::Ca {
-            command:
+        Command::Ca { command } => {
+            let (what, done) = match command {
                 CaCommand::Init {
                     out,
                     trust_domain,
                     issuer_lifetime,
-                },
-        } => {
-            return match pillion::ca::init(&out, &trust_domain, issuer_lifetime) {
+                } => ("init", pillion::ca::init(&out, &trust_domain, issuer_lifetime)),
+                CaCommand::Issuer {
+                    root_dir,
+                    out,
+                    trust_domain,
+                    issuer_lifetime,
+                } => (
+                    "issuer",
+                    pillion::ca::next_issuer(&root_dir, &out, &trust_domain, issuer_lifetime),
+                ),
+            };
+            return match done {
                 Ok(next) => {
                     println!("{next}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("pillion ca init: {e:#}");
+                    eprintln!("pillion ca {what}: {e:#}");
                     ExitCode::FAILURE
                 }
             };

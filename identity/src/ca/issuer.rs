@@ -158,20 +158,49 @@ impl Ca {
     }
 }
 
-/// Creates a new root and an issuer under it in the new directory `dir` (made
-/// 0700): `ca.crt`, `tls.crt`, `tls.key` and `root.key` (keys 0600). Refuses a
-/// directory that already holds any of them. Returns the issuer.
-pub fn init_issuer_dir(
-    dir: &Path,
+/// Loads the root of `dir` as a CA that can sign the next issuer: the root in its
+/// `ca.crt` (of one or two, the one `root.key` belongs to) with that key, as
+/// [`init_issuer_dir`] left them.
+pub fn load_root_dir(dir: &Path, trust_domain: &str) -> Result<Ca, CaError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read_to_string(&path).map_err(io_err("reading", &path))
+    };
+    let bundle = read(TRUST_BUNDLE_FILE)?;
+    let key = Zeroizing::new(read(ROOT_KEY_FILE)?);
+    let mut last = CaError::MissingRoot;
+    for der in certs_from_pem(&bundle, "trust bundle")? {
+        match Ca::from_issuer(&cert_to_pem(&der), &key, &bundle, trust_domain) {
+            Ok(root) => return Ok(root),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Makes the next issuer under the root in `root_dir` (see [`load_root_dir`]) in the
+/// new directory `out` (0700): `tls.crt`, `tls.key` (0600) and a copy of `ca.crt`,
+/// the three files of the Secret to update. Refuses an `out` that holds any of them.
+pub fn next_issuer_dir(
+    root_dir: &Path,
+    out: &Path,
     trust_domain: &str,
     issuer_lifetime: Duration,
 ) -> Result<Ca, CaError> {
-    let names = [
-        TRUST_BUNDLE_FILE,
-        ISSUER_CERT_FILE,
-        ISSUER_KEY_FILE,
-        ROOT_KEY_FILE,
-    ];
+    let root = load_root_dir(root_dir, trust_domain)?;
+    refuse_existing(out, &[TRUST_BUNDLE_FILE, ISSUER_CERT_FILE, ISSUER_KEY_FILE])?;
+    let bundle_path = root_dir.join(TRUST_BUNDLE_FILE);
+    let bundle = fs::read_to_string(&bundle_path).map_err(io_err("reading", &bundle_path))?;
+    let (issuer_pem, issuer_key) = root.issue_intermediate(issuer_lifetime)?;
+    write_new(&out.join(ISSUER_KEY_FILE), issuer_key.as_bytes(), 0o600)?;
+    write_new(&out.join(ISSUER_CERT_FILE), issuer_pem.as_bytes(), 0o644)?;
+    write_new(&out.join(TRUST_BUNDLE_FILE), bundle.as_bytes(), 0o644)?;
+    Ca::from_issuer(&issuer_pem, &issuer_key, &bundle, trust_domain)
+}
+
+/// Creates `dir` (0700) unless it holds any of `names`: an issuer directory is
+/// never overwritten.
+fn refuse_existing(dir: &Path, names: &[&str]) -> Result<(), CaError> {
     if let Some(found) = names.iter().map(|n| dir.join(n)).find(|p| p.exists()) {
         return Err(CaError::Io {
             op: "refusing to overwrite",
@@ -183,7 +212,26 @@ pub fn init_issuer_dir(
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io_err("creating directory", dir))?;
+        .map_err(io_err("creating directory", dir))
+}
+
+/// Creates a new root and an issuer under it in the new directory `dir` (made
+/// 0700): `ca.crt`, `tls.crt`, `tls.key` and `root.key` (keys 0600). Refuses a
+/// directory that already holds any of them. Returns the issuer.
+pub fn init_issuer_dir(
+    dir: &Path,
+    trust_domain: &str,
+    issuer_lifetime: Duration,
+) -> Result<Ca, CaError> {
+    refuse_existing(
+        dir,
+        &[
+            TRUST_BUNDLE_FILE,
+            ISSUER_CERT_FILE,
+            ISSUER_KEY_FILE,
+            ROOT_KEY_FILE,
+        ],
+    )?;
     let root = Ca::generate(trust_domain)?;
     let (issuer_pem, issuer_key) = root.issue_intermediate(issuer_lifetime)?;
     let bundle = root.trust_bundle_pem();
