@@ -172,7 +172,7 @@ impl OutboundConn {
         route.metrics.request(&self.no_peer);
         strip_own_headers(req.headers_mut());
         let backend = pick_backend(target, route);
-        let (response, peer) = match backend.pick(start, rand::random()) {
+        let (response, peer) = match backend.pick(start, rand::random(), None) {
             Ok((_, endpoint)) => (
                 upgrade::forward(req, &endpoint.upstream).await,
                 Arc::clone(&endpoint.peer_label),

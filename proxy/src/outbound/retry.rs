@@ -1,5 +1,5 @@
 //! The tries of one outbound request: [`one_try`] picks a backend by weight and an
-//! endpoint by load, sends within the try's time limit and reports the outcome to
+//! endpoint by load (a retry another endpoint than the one that just failed), sends within the try's time limit and reports the outcome to
 //! the endpoint's latency estimate and the backend's outlier detector;
 //! [`retry_delay`] decides whether another try may follow (the route's conditions
 //! and attempts, its budget, the deadline, a replayable body) and after how long.
@@ -79,6 +79,8 @@ pub(super) async fn forward(
     // Without retries, the head moves into the only try instead of a copy.
     let mut template = Some(template);
     let mut attempt: u32 = 1;
+    // The endpoint the last try failed on: the next try goes elsewhere if it can.
+    let mut failed_on: Option<Arc<EndpointState>> = None;
     loop {
         let Some(this_body) = body.take() else {
             return Err(HttpError::Upstream {
@@ -94,7 +96,16 @@ pub(super) async fn forward(
             },
             (_, None) => return Err(HttpError::BadRequest("request already sent")),
         };
-        let tried = one_try(target, route, head, this_body, limits, observer).await?;
+        let tried = one_try(
+            target,
+            route,
+            head,
+            this_body,
+            limits,
+            failed_on.as_ref(),
+            observer,
+        )
+        .await?;
         let Some((policy, budget)) = retry else {
             return tried.into_answer();
         };
@@ -105,6 +116,7 @@ pub(super) async fn forward(
                 route.metrics.retries.inc();
                 tracing::debug!(service = %target.port.service, route = %route.name,
                     endpoint = %tried.endpoint.addr, attempt, outcome = ?tried.outcome, "retrying");
+                failed_on = Some(Arc::clone(&tried.endpoint));
                 drop(tried);
                 tokio::time::sleep(wait).await;
                 body = match &recording {
@@ -127,18 +139,20 @@ enum Head<'a> {
     Owned(Template),
 }
 
-/// One try; an error means nothing was sent (no endpoint to send to), which is final.
+/// One try, elsewhere than `failed_on` when the backend has another endpoint; an
+/// error means nothing was sent (no endpoint to send to), which is final.
 async fn one_try(
     target: &Target,
     route: &RouteState,
     head: Head<'_>,
     body: RequestBody,
     limits: Limits,
+    failed_on: Option<&Arc<EndpointState>>,
     observer: &mut RequestObserver,
 ) -> Result<Tried, HttpError> {
     let now = Instant::now();
     let backend = pick_backend(target, route);
-    let (index, endpoint) = backend.pick(now, rand::random())?;
+    let (index, endpoint) = backend.pick(now, rand::random(), failed_on)?;
     let endpoint = Arc::clone(endpoint);
     let version = match &head {
         Head::Copy(t) => t.version,

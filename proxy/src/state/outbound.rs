@@ -133,7 +133,7 @@ impl Target {
             None => self.port.default_backend(),
         };
         backend
-            .pick(now, rand::random())
+            .pick(now, rand::random(), None)
             .map(|(_, endpoint)| Arc::clone(endpoint))
     }
 }

@@ -16,6 +16,10 @@ use crate::policy::balance::p2c::Balancer;
 use crate::policy::balance::peak_ewma::PeakEwma;
 use crate::policy::outlier::{OutlierConfig, OutlierDetector};
 
+/// What an ejected endpoint costs a retry: more than any endpoint in service (costs
+/// are expected latencies in nanoseconds times load; this is over a day).
+const RETRY_EJECTED_COST: f64 = 1e14;
+
 /// One endpoint of a service, shared by every backend and view that lists it.
 #[derive(Debug)]
 pub(crate) struct EndpointState {
@@ -93,22 +97,32 @@ impl Backend {
     }
 
     /// Picks an endpoint: power of two choices over peak-EWMA cost (or round robin),
-    /// never an ejected one.
+    /// never an ejected one. A retry names the endpoint that just failed it in
+    /// `avoid`: another one is taken whenever there is one, an ejected one too (last):
+    /// the endpoint that just failed is no better a bet than one that failed earlier,
+    /// and may be the only one still in service while the ejected one has recovered.
     pub(crate) fn pick(
         &self,
         now: Instant,
         rng: u64,
+        avoid: Option<&Arc<EndpointState>>,
     ) -> Result<(usize, &Arc<EndpointState>), HttpError> {
         if self.endpoints.is_empty() {
             return Err(HttpError::NoEndpoints {
                 service: self.name.to_string(),
             });
         }
+        let alone = self.endpoints.len() == 1;
         let picked = self.balancer.pick(self.endpoints.len(), rng, |i| {
-            if self.outlier.is_ejected(i, now) {
-                f64::INFINITY
-            } else {
-                self.endpoints[i].ewma.cost(now)
+            let endpoint = &self.endpoints[i];
+            let ejected = self.outlier.is_ejected(i, now);
+            match avoid {
+                None if ejected => f64::INFINITY,
+                None => endpoint.ewma.cost(now),
+                Some(failed) if !alone && Arc::ptr_eq(failed, endpoint) => f64::INFINITY,
+                // Finite, but above any endpoint in service.
+                Some(_) if ejected => RETRY_EJECTED_COST + endpoint.ewma.cost(now),
+                Some(_) => endpoint.ewma.cost(now),
             }
         });
         match picked {

@@ -191,6 +191,101 @@ async fn a_failing_endpoint_is_ejected_and_returns_after_it_recovers() {
     assert!(back >= 20, "the recovered endpoint got {back} of 50");
 }
 
+/// An app that answers `status` while `broken`, else 200; `name` in `x-app`.
+fn switchable(name: &'static str, status: u16, broken: Arc<AtomicBool>) -> Handler {
+    handler(move |_req| {
+        let broken = Arc::clone(&broken);
+        async move {
+            let mut r = text(
+                if broken.load(Ordering::SeqCst) {
+                    status
+                } else {
+                    200
+                },
+                name,
+            );
+            r.headers_mut()
+                .insert("x-app", http::HeaderValue::from_static(name));
+            r
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_to_another_endpoint_than_the_one_that_just_failed() {
+    // The failing endpoint answers at once, so by latency it looks the cheaper of
+    // the two; without ejection to hide it, only where the retry goes decides.
+    let sick = Arc::new(AtomicBool::new(true));
+    let settings = Settings {
+        outlier: OutlierConfig {
+            consecutive_failures: 1_000_000,
+            ..OutlierConfig::default()
+        },
+        ..Settings::default()
+    };
+    let routes = json!([{"name": "all", "retry": {
+        "attempts": 2, "conditions": ["gateway-error"], "backoff_base": "1ms", "backoff_max": "1ms",
+        "budget": {"ratio": 1.0, "min_per_second": 10, "window": "10s"}}}]);
+    let fleet = Fleet::start(
+        vec![
+            (switchable("sick", 503, Arc::clone(&sick)), "v1"),
+            (named("well", Duration::from_millis(2)), "v1"),
+        ],
+        routes,
+        json!({}),
+        settings,
+    )
+    .await;
+    let results = load(fleet.outbound.addr, 400, 4, "/").await;
+    let failed = results.iter().filter(|(s, _)| *s != 200).count();
+    println!("retry elsewhere: {failed} of 400 failed");
+    assert_eq!(failed, 0, "{:?}", &results[..20.min(results.len())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_may_go_to_an_ejected_endpoint_when_the_other_one_just_failed() {
+    // B fails and is ejected for a minute; B recovers and A breaks. A first try
+    // goes to A (B is out); its retry goes to B, the only other one.
+    let (a_broken, b_broken) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let settings = Settings {
+        outlier: OutlierConfig {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(60),
+            ..OutlierConfig::default()
+        },
+        strategy: pillion_proxy::Strategy::RoundRobin,
+        ..Settings::default()
+    };
+    let routes = json!([{"name": "all", "retry": {
+        "attempts": 2, "conditions": ["gateway-error"], "backoff_base": "1ms", "backoff_max": "1ms",
+        "budget": {"ratio": 1.0, "min_per_second": 10, "window": "10s"}}}]);
+    let fleet = Fleet::start(
+        vec![
+            (switchable("a", 503, Arc::clone(&a_broken)), "v1"),
+            (switchable("b", 503, Arc::clone(&b_broken)), "v1"),
+        ],
+        routes,
+        json!({}),
+        settings,
+    )
+    .await;
+    // Round robin with retries: B fails three times in a row (each retried on A).
+    let first = load(fleet.outbound.addr, 12, 1, "/").await;
+    assert!(
+        first.iter().all(|(s, a)| *s == 200 && a == "a"),
+        "{first:?}"
+    );
+    b_broken.store(false, Ordering::SeqCst);
+    a_broken.store(true, Ordering::SeqCst);
+    let after = load(fleet.outbound.addr, 50, 2, "/").await;
+    let from_b = after.iter().filter(|(s, a)| *s == 200 && a == "b").count();
+    println!("retry to the ejected: {from_b} of 50 answered by B");
+    assert_eq!(from_b, 50, "{after:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_90_10_split_holds_and_a_header_selects_the_v2_subset() {
     let routes = json!([
