@@ -80,6 +80,23 @@ pub struct Args {
     /// how long a change takes to reach every proxy. Writes control-plane.md/.json.
     #[arg(long, conflicts_with_all = ["flood", "discovery"])]
     pub control_plane: bool,
+    /// Run the fault soak instead: 1,000 req/s over three services with retry routes
+    /// for 10 minutes (with --smoke: 300 req/s for 60 s) while backend apps, an agent
+    /// and a backend pod are killed and come back, the issuer rotates and the policy
+    /// is rewritten every 3 s; fails unless no request failed, no process exited by
+    /// itself, every leaf was renewed in time and memory stayed flat. Writes
+    /// soak.md/.json.
+    #[arg(long, conflicts_with_all = ["flood", "discovery", "control_plane"])]
+    pub soak: bool,
+    /// The soak's length instead of 10 minutes (or 60 s), e.g. 30m.
+    #[arg(long, value_name = "DURATION", value_parser = pillion::local::up::parse_duration)]
+    pub soak_duration: Option<std::time::Duration>,
+    /// The soak's requests per second instead of 1,000 (or 300).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub soak_rate: Option<u32>,
+    /// The soak's fault schedule seed (printed by every run), to replay one.
+    #[arg(long, value_name = "SEED")]
+    pub soak_seed: Option<u64>,
     /// KEY=VALUE in the Pillion row's proxies' environment only (repeatable), e.g.
     /// GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072; the benchmark itself does not
     /// run with it.
@@ -187,6 +204,17 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if parsed.control_plane {
         return control_plane(&opts, &out);
     }
+    if parsed.soak {
+        let seed = parsed.soak_seed.unwrap_or_else(crate::soak::clock_seed);
+        let mut plan = if opts.smoke {
+            crate::soak::SoakPlan::smoke(seed)
+        } else {
+            crate::soak::SoakPlan::full(seed)
+        };
+        plan.duration = parsed.soak_duration.unwrap_or(plan.duration);
+        plan.rate = parsed.soak_rate.unwrap_or(plan.rate);
+        return soak(&opts, &plan, &out);
+    }
     let report = match bench::run(&opts) {
         Ok(r) => r,
         Err(e) => {
@@ -217,22 +245,63 @@ fn control_plane(opts: &Opts, out: &std::path::Path) -> ExitCode {
     };
     let table = crate::control_plane::table(&sizes);
     println!("{table}");
-    let written = std::fs::create_dir_all(out)
-        .and_then(|()| std::fs::write(out.join("control-plane.md"), &table))
-        .and_then(|()| {
-            let json = serde_json::to_string_pretty(&sizes).map_err(std::io::Error::other)?;
-            std::fs::write(out.join("control-plane.json"), json)
-        });
-    match written {
-        Ok(()) => {
-            eprintln!("wrote {}/control-plane.md and .json", out.display());
-            ExitCode::SUCCESS
-        }
+    match write_both(out, "control-plane", &table, &sizes) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pillion-benches: writing to {}: {e}", out.display());
             ExitCode::FAILURE
         }
     }
+}
+
+/// The fault soak: run, printed, written to `out`; fails unless everything held.
+fn soak(opts: &Opts, plan: &crate::soak::SoakPlan, out: &std::path::Path) -> ExitCode {
+    eprintln!(
+        "soak: {} s at {} req/s, seed {}",
+        plan.duration.as_secs(),
+        plan.rate,
+        plan.seed
+    );
+    let report = match crate::soak::run(&opts.binary, plan, &opts.log_level) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("pillion-benches: the soak failed to run: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = crate::soak::table(plan, &report);
+    println!("{table}");
+    if let Err(e) = write_both(out, "soak", &table, &report) {
+        eprintln!("pillion-benches: writing to {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    if report.problems.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for (name, logs) in &report.logs {
+        let file = out.join(format!("soak-{}.log", name.replace([' ', '(', ')'], "")));
+        let _ = std::fs::write(file, logs);
+    }
+    eprintln!(
+        "pillion-benches: the soak did not hold (see NOT MET; the logs are in {})",
+        out.display()
+    );
+    ExitCode::FAILURE
+}
+
+/// Writes `name`.md and `name`.json into `out`.
+fn write_both(
+    out: &std::path::Path,
+    name: &str,
+    table: &str,
+    value: &impl serde::Serialize,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join(format!("{name}.md")), table)?;
+    let json = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(out.join(format!("{name}.json")), json)?;
+    eprintln!("wrote {}/{name}.md and .json", out.display());
+    Ok(())
 }
 
 /// `path` made absolute, or the exit code after saying what is wrong with it.

@@ -13,6 +13,7 @@
 //! - [`measure`]: runs every figure for every row; [`flood`]: the flood figure
 //!   (`--flood`) instead; [`discovery`]: the discovery figure (`--discovery`) instead;
 //!   [`control_plane`]: the agent alone against simulated proxies (`--control-plane`);
+//!   [`soak`]: the mesh under load while its parts fail and come back (`--soak`);
 //! - [`report`]: markdown and JSON, ratios.
 
 pub mod bench;
@@ -31,6 +32,7 @@ pub mod plan;
 pub mod procstat;
 pub mod report;
 pub mod server;
+pub mod soak;
 pub mod stats;
 pub mod template;
 pub mod topology;

@@ -133,3 +133,24 @@ fn the_control_plane_figure_measures_every_size() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn the_soak_smoke_fails_no_request_through_a_minute_of_faults() {
+    let (printed, out) = bench("soak", &["--soak", "--smoke"]);
+    let json = std::fs::read_to_string(out.join("soak.json")).expect("soak.json written");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("soak.json parses");
+    assert_eq!(report["failed"], 0, "{printed}");
+    assert!(report["ok"].as_u64().unwrap_or(0) > 3_000, "{printed}");
+    assert_eq!(
+        report["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{printed}"
+    );
+    for fault in ["kill-app", "kill-agent", "rotate-issuer", "restart-pod"] {
+        assert!(
+            report["faults"][fault].as_u64().unwrap_or(0) >= 1,
+            "no {fault}\n{printed}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pillion_identity::ca::{
-    init_issuer_dir, next_issuer_dir, ISSUER_CERT_FILE, ISSUER_KEY_FILE, ROOT_KEY_FILE, TRUST_BUNDLE_FILE,
+    init_issuer_dir, next_issuer_dir, ISSUER_CERT_FILE, ISSUER_KEY_FILE, ROOT_KEY_FILE,
+    TRUST_BUNDLE_FILE,
 };
 
 /// The Secret the agent's manifest mounts as `--issuer-dir`.
@@ -45,8 +46,8 @@ pub fn next_issuer(
     trust_domain: &str,
     issuer_lifetime: Duration,
 ) -> Result<String> {
-    let issuer = next_issuer_dir(root_dir, out, trust_domain, issuer_lifetime)
-        .with_context(|| {
+    let issuer =
+        next_issuer_dir(root_dir, out, trust_domain, issuer_lifetime).with_context(|| {
             format!(
                 "cannot make the next issuer under the root in {} into {}",
                 root_dir.display(),
@@ -101,14 +102,24 @@ mod tests {
         );
         // The next issuer: same root, a new issuer the agent loads, the Secret update.
         let next_dir = dir.join("next");
-        let said = next_issuer(&out, &next_dir, "cluster.local", Duration::from_secs(86_400))
-            .unwrap();
+        let said = next_issuer(
+            &out,
+            &next_dir,
+            "cluster.local",
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
         assert!(said.contains("kubectl apply -f -"), "{said}");
         let next = pillion_identity::Ca::load_issuer_dir(&next_dir, "cluster.local").unwrap();
         assert_eq!(next.trust_bundle_pem(), ca.trust_bundle_pem());
         assert_ne!(next.cert_pem(), ca.cert_pem());
-        let wrong = next_issuer(&next_dir, &dir.join("x"), "cluster.local", Duration::from_secs(60))
-            .unwrap_err();
+        let wrong = next_issuer(
+            &next_dir,
+            &dir.join("x"),
+            "cluster.local",
+            Duration::from_secs(60),
+        )
+        .unwrap_err();
         assert!(format!("{wrong:#}").contains("root.key"), "{wrong:#}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -105,7 +105,10 @@ fn main() -> ExitCode {
                     out,
                     trust_domain,
                     issuer_lifetime,
-                } => ("init", pillion::ca::init(&out, &trust_domain, issuer_lifetime)),
+                } => (
+                    "init",
+                    pillion::ca::init(&out, &trust_domain, issuer_lifetime),
+                ),
                 CaCommand::Issuer {
                     root_dir,
                     out,

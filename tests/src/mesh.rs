@@ -62,14 +62,19 @@ impl MeshDir {
 
     /// Writes `name` (mode 0644) and returns its path.
     pub fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let path = self.0.join(name);
-        // Write-then-rename, so a reader (the agent's poller) never sees half a file.
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
-        fs::rename(&tmp, &path)?;
-        Ok(path)
+        replace_file(&self.0, name, text)
     }
+}
+
+/// Writes `dir/name` (mode 0644) as a whole: write-then-rename, so a reader (the
+/// agent's poller) never sees half a file. Returns its path.
+pub fn replace_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+    fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(path)
 }
 
 impl Drop for MeshDir {

@@ -109,7 +109,8 @@ pub async fn run(addr: SocketAddr, conns: usize, rate: u32, duration: Duration) 
     })
 }
 
-fn new_histogram() -> Result<Histogram<u64>> {
+/// Latencies in microseconds up to a minute, three significant digits.
+pub fn new_histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, MAX_US, 3).context("creating a histogram")
 }
 

@@ -124,6 +124,9 @@ pub struct Sidecar {
     pod: Pod,
     proxy: Process,
     admin_port: u16,
+    /// How the proxy was started, to start it again.
+    proxy_cmd: Cmd,
+    ready_timeout: Duration,
     /// Output of the `init` run.
     pub init_output: Output,
 }
@@ -154,6 +157,23 @@ impl Sidecar {
     pub fn admin(&self, method: &str, path: &str) -> Result<HttpResponse> {
         admin_request(&self.pod, self.admin_port, method, path)
     }
+
+    /// Stops the proxy (SIGTERM: it drains; SIGKILL after `grace`); start it again
+    /// with [`Sidecar::start_again`].
+    pub fn stop_proxy(&self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.proxy.stop(grace)
+    }
+
+    /// Starts the proxy again as it was first started and waits for `/ready`, as a
+    /// restarted container in a pod: init's rules are still in place, so it does not
+    /// run again. A running proxy is stopped first.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.proxy.stop(Duration::from_secs(10));
+        let proxy = self.pod.spawn(self.proxy_cmd.clone())?;
+        wait_ready(&self.pod, &proxy, self.admin_port, self.ready_timeout)?;
+        self.proxy = proxy;
+        Ok(())
+    }
 }
 
 impl Pod {
@@ -169,12 +189,15 @@ impl Pod {
                 String::from_utf8_lossy(&init_output.stderr)
             );
         }
-        let proxy = self.spawn(opts.proxy_cmd())?;
+        let proxy_cmd = opts.proxy_cmd();
+        let proxy = self.spawn(proxy_cmd.clone())?;
         wait_ready(self, &proxy, opts.admin_port, opts.ready_timeout)?;
         Ok(Sidecar {
             pod: self.clone(),
             proxy,
             admin_port: opts.admin_port,
+            proxy_cmd,
+            ready_timeout: opts.ready_timeout,
             init_output,
         })
     }

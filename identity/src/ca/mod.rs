@@ -13,8 +13,8 @@ pub use authority::{Ca, ROOT_LIFETIME};
 pub use error::{CaError, IssueError};
 pub use files::{CA_CERT_FILE, CA_KEY_FILE};
 pub use issuer::{
-    init_issuer_dir, load_root_dir, next_issuer_dir, ISSUER_CERT_FILE, ISSUER_EXPIRY_WARNING, ISSUER_KEY_FILE, ISSUER_LIFETIME,
-    ROOT_KEY_FILE, TRUST_BUNDLE_FILE,
+    init_issuer_dir, load_root_dir, next_issuer_dir, ISSUER_CERT_FILE, ISSUER_EXPIRY_WARNING,
+    ISSUER_KEY_FILE, ISSUER_LIFETIME, ROOT_KEY_FILE, TRUST_BUNDLE_FILE,
 };
 pub use leaf::{Issued, BACKDATE};
 

@@ -5,7 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use pillion_identity::ca::{
-    init_issuer_dir, load_root_dir, next_issuer_dir, ISSUER_CERT_FILE, ISSUER_KEY_FILE, ROOT_KEY_FILE, TRUST_BUNDLE_FILE,
+    init_issuer_dir, load_root_dir, next_issuer_dir, ISSUER_CERT_FILE, ISSUER_KEY_FILE,
+    ROOT_KEY_FILE, TRUST_BUNDLE_FILE,
 };
 use pillion_identity::{BundleError, Ca, CaError, SpiffeId};
 
@@ -60,15 +61,25 @@ fn the_next_issuer_comes_from_the_same_root_and_nothing_is_overwritten() {
     let made = init_issuer_dir(&first, TD, 30 * DAY).unwrap();
     let again = next_issuer_dir(&first, &next, TD, 10 * DAY).unwrap();
     assert_ne!(again.cert_pem(), made.cert_pem(), "a new issuer");
-    assert_eq!(again.trust_bundle_pem(), made.trust_bundle_pem(), "the same root");
+    assert_eq!(
+        again.trust_bundle_pem(),
+        made.trust_bundle_pem(),
+        "the same root"
+    );
     let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(next.join(ISSUER_KEY_FILE)), 0o600);
-    assert!(!next.join(ROOT_KEY_FILE).exists(), "the root key stays where it was");
+    assert!(
+        !next.join(ROOT_KEY_FILE).exists(),
+        "the root key stays where it was"
+    );
     // What the agents load from the new files verifies under the old bundle.
     let loaded = Ca::load_issuer_dir(&next, TD).unwrap();
     let (issued, _) = loaded.issue(&workload(), DAY).unwrap();
     verify_chain(&issued.chain_pem, &made.trust_bundle_pem()).unwrap();
-    assert!(next_issuer_dir(&first, &next, TD, DAY).is_err(), "never overwritten");
+    assert!(
+        next_issuer_dir(&first, &next, TD, DAY).is_err(),
+        "never overwritten"
+    );
 
     // Mid-rotation ca.crt holds two roots: the one root.key belongs to signs.
     let other = Ca::generate(TD).unwrap();

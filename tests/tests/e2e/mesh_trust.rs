@@ -88,9 +88,7 @@ fn an_agent_back_with_a_new_root_is_trusted_without_restarting_a_proxy() {
 
 /// Writes `text` to `dir/name` whole, by rename, as a Secret volume update lands.
 fn replace(dir: &std::path::Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
+    pillion_tests::mesh::replace_file(dir, name, text).unwrap();
 }
 
 /// The three steps of a rotation, under traffic: a second root joins the bundle,
