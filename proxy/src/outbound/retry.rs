@@ -154,6 +154,8 @@ async fn one_try(
     let backend = pick_backend(target, route);
     let (index, endpoint) = backend.pick(now, rand::random(), failed_on)?;
     let endpoint = Arc::clone(endpoint);
+    // Only a retry may be sent to an ejected endpoint.
+    let sent_ejected = failed_on.is_some() && backend.is_ejected(index, now);
     let version = match &head {
         Head::Copy(t) => t.version,
         Head::Owned(t) => t.version,
@@ -212,7 +214,7 @@ async fn one_try(
         Outcome::ConnectFailure | Outcome::Reset => drop(in_flight),
     }
     let ok = matches!(outcome, Outcome::Status(s) if !s.is_server_error());
-    backend.report(index, ok, done);
+    backend.report(index, ok, done, sent_ejected);
     Ok(Tried {
         endpoint,
         outcome,

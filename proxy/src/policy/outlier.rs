@@ -9,7 +9,8 @@
 //! - At most `⌊max_ejected_share × endpoints⌋` (default 50 %) are ejected at once; a
 //!   refused ejection resets the failure count, so checking the share (a scan of the
 //!   set) happens at most once per `consecutive_failures` failures.
-//! - An ejected endpoint comes back by itself when its time is up.
+//! - An ejected endpoint comes back by itself when its time is up, or sooner when a
+//!   retry, sent to it as a last resort, gets a good answer.
 //!
 //! The per-request path is atomics only; the short lock serializes ejections, which
 //! are rare. What counts as a failure (5xx, connect failure, reset, timeout) is the
@@ -156,6 +157,22 @@ impl OutlierDetector {
         })
     }
 
+    /// Ends endpoint `i`'s ejection at `now` (it answered well while ejected); true
+    /// if it was ejected. Its ejection count stays, as for an ejection that ran out.
+    pub(crate) fn readmit(&self, i: usize, now: Instant) -> bool {
+        let Some(health) = self.endpoints.get(i) else {
+            return false;
+        };
+        let _guard = self.ejecting.lock().unwrap_or_else(PoisonError::into_inner);
+        let now_ns = self.nanos(now).max(1);
+        if now_ns >= health.ejected_until.load(Ordering::Acquire) {
+            return false;
+        }
+        health.failures.store(0, Ordering::Relaxed);
+        health.ejected_until.store(now_ns, Ordering::Release);
+        true
+    }
+
     /// A detector for a changed endpoint list that keeps what this one knows about
     /// the endpoints both lists share: `old_index(i)` is the index in this detector of
     /// the new list's endpoint `i` (`None` for a new endpoint, which starts healthy).
@@ -250,6 +267,20 @@ mod tests {
         assert_eq!(fail(&d, 0, 4, t0), None);
         assert!(!d.is_ejected(0, t0));
         assert!(fail(&d, 0, 1, t0).is_some());
+    }
+
+    #[test]
+    fn a_readmitted_endpoint_is_in_service_and_its_next_ejection_is_longer() {
+        let t0 = Instant::now();
+        let d = OutlierDetector::new(2, OutlierConfig::default(), t0);
+        assert!(!d.readmit(0, t0), "not ejected, nothing to end");
+        assert!(fail(&d, 0, 5, t0).is_some());
+        assert!(d.readmit(0, t0 + S));
+        assert!(!d.is_ejected(0, t0 + S));
+        assert_eq!(d.ejected_count(t0 + S), 0, "room for the other one again");
+        assert!(!d.readmit(0, t0 + S));
+        let again = fail(&d, 0, 5, t0 + 2 * S).unwrap();
+        assert_eq!(again.duration, 20 * S, "the count stays");
     }
 
     #[test]

@@ -133,10 +133,23 @@ impl Backend {
         }
     }
 
-    /// Reports how a try to endpoint `i` went, for outlier detection.
-    pub(crate) fn report(&self, i: usize, ok: bool, now: Instant) {
+    /// Whether endpoint `i` is ejected at `now`.
+    pub(crate) fn is_ejected(&self, i: usize, now: Instant) -> bool {
+        self.outlier.is_ejected(i, now)
+    }
+
+    /// Reports how a try to endpoint `i` went, for outlier detection. A try sent to
+    /// an ejected endpoint (a retry's last resort) that went well ends its ejection:
+    /// it has recovered, and may be the only endpoint that has.
+    pub(crate) fn report(&self, i: usize, ok: bool, now: Instant, sent_ejected: bool) {
         if ok {
             self.outlier.record_success(i);
+            if sent_ejected && self.outlier.readmit(i, now) {
+                if let Some(endpoint) = self.endpoints.get(i) {
+                    tracing::info!(backend = %self.name, endpoint = %endpoint.addr,
+                        "ejected endpoint answered a retry well; back in service");
+                }
+            }
             return;
         }
         if let Some(ejection) = self.outlier.record_failure(i, now) {

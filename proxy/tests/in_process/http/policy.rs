@@ -191,10 +191,17 @@ async fn a_failing_endpoint_is_ejected_and_returns_after_it_recovers() {
     assert!(back >= 20, "the recovered endpoint got {back} of 50");
 }
 
-/// An app that answers `status` while `broken`, else 200; `name` in `x-app`.
-fn switchable(name: &'static str, status: u16, broken: Arc<AtomicBool>) -> Handler {
+/// An app that answers `status` while `broken`, else 200; `name` in `x-app`;
+/// counts what it sees in `seen`.
+fn switchable(
+    name: &'static str,
+    status: u16,
+    broken: Arc<AtomicBool>,
+    seen: Arc<AtomicUsize>,
+) -> Handler {
     handler(move |_req| {
         let broken = Arc::clone(&broken);
+        seen.fetch_add(1, Ordering::SeqCst);
         async move {
             let mut r = text(
                 if broken.load(Ordering::SeqCst) {
@@ -228,7 +235,10 @@ async fn a_retry_goes_to_another_endpoint_than_the_one_that_just_failed() {
         "budget": {"ratio": 1.0, "min_per_second": 10, "window": "10s"}}}]);
     let fleet = Fleet::start(
         vec![
-            (switchable("sick", 503, Arc::clone(&sick)), "v1"),
+            (
+                switchable("sick", 503, Arc::clone(&sick), Arc::default()),
+                "v1",
+            ),
             (named("well", Duration::from_millis(2)), "v1"),
         ],
         routes,
@@ -243,13 +253,15 @@ async fn a_retry_goes_to_another_endpoint_than_the_one_that_just_failed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_may_go_to_an_ejected_endpoint_when_the_other_one_just_failed() {
+async fn a_retry_may_go_to_an_ejected_endpoint_which_answering_well_puts_back_in_service() {
     // B fails and is ejected for a minute; B recovers and A breaks. A first try
-    // goes to A (B is out); its retry goes to B, the only other one.
+    // goes to A (B is out); its retry goes to B, the only other one, and B's good
+    // answer ends its ejection: then A is ejected, and first tries go to B.
     let (a_broken, b_broken) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(true)),
     );
+    let a_seen = Arc::new(AtomicUsize::new(0));
     let settings = Settings {
         outlier: OutlierConfig {
             consecutive_failures: 3,
@@ -264,8 +276,14 @@ async fn a_retry_may_go_to_an_ejected_endpoint_when_the_other_one_just_failed() 
         "budget": {"ratio": 1.0, "min_per_second": 10, "window": "10s"}}}]);
     let fleet = Fleet::start(
         vec![
-            (switchable("a", 503, Arc::clone(&a_broken)), "v1"),
-            (switchable("b", 503, Arc::clone(&b_broken)), "v1"),
+            (
+                switchable("a", 503, Arc::clone(&a_broken), Arc::clone(&a_seen)),
+                "v1",
+            ),
+            (
+                switchable("b", 503, Arc::clone(&b_broken), Arc::default()),
+                "v1",
+            ),
         ],
         routes,
         json!({}),
@@ -280,10 +298,14 @@ async fn a_retry_may_go_to_an_ejected_endpoint_when_the_other_one_just_failed() 
     );
     b_broken.store(false, Ordering::SeqCst);
     a_broken.store(true, Ordering::SeqCst);
-    let after = load(fleet.outbound.addr, 50, 2, "/").await;
+    let before = a_seen.load(Ordering::SeqCst);
+    let after = load(fleet.outbound.addr, 50, 1, "/").await;
     let from_b = after.iter().filter(|(s, a)| *s == 200 && a == "b").count();
-    println!("retry to the ejected: {from_b} of 50 answered by B");
+    let to_a = a_seen.load(Ordering::SeqCst) - before;
+    println!("retry to the ejected: {from_b} of 50 answered by B, {to_a} tries at A");
     assert_eq!(from_b, 50, "{after:?}");
+    // Round robin: A is tried every other request until its third failure in a row.
+    assert!(to_a <= 4, "A was tried {to_a} times: B stayed ejected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
