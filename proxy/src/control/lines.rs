@@ -5,8 +5,12 @@
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-/// Longest view line accepted from the agent.
-pub(crate) const MAX_LINE: usize = 16 * 1024 * 1024;
+/// Longest view line accepted from the agent: a full view (`--discovery full`) is
+/// about 700 bytes per service, so this holds a mesh of over 300,000 services; an
+/// on-demand view holds only the workload's own services.
+pub(crate) const MAX_VIEW_LINE: usize = 256 * 1024 * 1024;
+/// Longest answer line accepted from the agent (one destination and its backends).
+pub(crate) const MAX_ANSWER_LINE: usize = 16 * 1024 * 1024;
 
 /// A line grew past the bound without a newline.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +78,7 @@ pub(crate) enum LineError {
     TooLong(#[from] LineTooLong),
 }
 
-/// The complete lines of a streaming body, at most [`MAX_LINE`] bytes each.
+/// The complete lines of a streaming body, each at most a given length.
 #[derive(Debug)]
 pub(crate) struct BodyLines {
     body: Incoming,
@@ -82,11 +86,11 @@ pub(crate) struct BodyLines {
 }
 
 impl BodyLines {
-    /// Lines of `body`.
-    pub(crate) fn new(body: Incoming) -> BodyLines {
+    /// Lines of `body`, none longer than `max` bytes.
+    pub(crate) fn new(body: Incoming, max: usize) -> BodyLines {
         BodyLines {
             body,
-            lines: Lines::new(MAX_LINE),
+            lines: Lines::new(max),
         }
     }
 

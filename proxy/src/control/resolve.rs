@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{AgentClient, AgentError};
-use super::lines::{BodyLines, LineError};
+use super::lines::{BodyLines, LineError, MAX_ANSWER_LINE};
 use super::metrics::ControlMetrics;
 use super::watch::{RECONNECT_BASE, RECONNECT_CAP};
 use crate::policy::backoff::Backoff;
@@ -253,7 +253,7 @@ impl Resolver {
         backoff: &mut Backoff,
     ) -> StreamError {
         let mut lines = match self.client.resolve(dst).await {
-            Ok(body) => BodyLines::new(body),
+            Ok(body) => BodyLines::new(body, MAX_ANSWER_LINE),
             Err(err) => return err.into(),
         };
         loop {

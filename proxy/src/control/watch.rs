@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{AgentClient, AgentError};
-use super::lines::{BodyLines, LineError};
+use super::lines::{BodyLines, LineError, MAX_VIEW_LINE};
 use super::metrics::ControlMetrics;
 use crate::admin::readiness::Condition;
 use crate::policy::backoff::Backoff;
@@ -161,7 +161,7 @@ impl Watcher {
         };
         self.metrics.agent_connected.set(1);
         tracing::info!(agent = %self.client.addr(), "view stream open");
-        let mut lines = BodyLines::new(body);
+        let mut lines = BodyLines::new(body, MAX_VIEW_LINE);
         // Versions only grow within one stream; a restarted agent counts anew.
         let mut last: Option<u64> = None;
         loop {
