@@ -7,7 +7,9 @@
 //! proxy watching and resolving; then a few changes to the one service every proxy
 //! uses, each timed from the file's rename to each proxy's new answer (the agent
 //! polls its file every 100 ms, so up to that is in the figure), with the agent's CPU
-//! per change. The proxy side of the same sizes is the discovery figure.
+//! per change. At the first size of each mesh, a real proxy's RSS, ready and idle,
+//! with on-demand and with full discovery; what a proxy holds when its workload calls
+//! a few services is the discovery figure.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,7 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use pillion_api::defaults::{AGENT_NAMESPACE, AGENT_PORT, AGENT_SERVICE_ACCOUNT, TRUST_DOMAIN};
+use pillion_api::defaults::{
+    ADMIN_PORT, AGENT_NAMESPACE, AGENT_PORT, AGENT_SERVICE_ACCOUNT, TRUST_DOMAIN,
+};
 use pillion_identity::SpiffeId;
 use pillion_proxy::control::{AgentClient, ControlConfig, Discovery};
 use pillion_tests::{Cmd, World};
@@ -79,14 +83,20 @@ pub struct Size {
     pub push_max_ms: f64,
     /// Agent CPU per change (parse, publish, answers), s.
     pub agent_cpu_per_change_s: f64,
+    /// RSS of a real proxy of this mesh, ready and idle, on-demand discovery, MiB
+    /// (measured at the first size of each mesh: it does not depend on the proxies).
+    pub proxy_rss_on_demand_mib: Option<f64>,
+    /// The same with `--discovery full` (the whole mesh in its view), MiB.
+    pub proxy_rss_full_mib: Option<f64>,
 }
 
 /// Measures every size; `binary` is this program (it runs the agent).
 pub fn run(binary: &Path, smoke: bool, log_level: &str) -> Result<Vec<Size>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Size> = Vec::new();
     for (services, proxies) in sizes(smoke) {
         eprintln!("control plane: {services} services, {proxies} proxies");
-        let size = one(binary, services, proxies, log_level)
+        let real_proxy = !out.iter().any(|s| s.services == services);
+        let size = one(binary, services, proxies, real_proxy, log_level)
             .with_context(|| format!("{services} services, {proxies} proxies"))?;
         eprintln!(
             "  agent {:.1} MiB loaded, {:.1} MiB with {} streams; push p50 {:.1} / p99 {:.1} / \
@@ -152,7 +162,13 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
-fn one(binary: &Path, services: usize, proxies: usize, log_level: &str) -> Result<Size> {
+fn one(
+    binary: &Path,
+    services: usize,
+    proxies: usize,
+    real_proxy: bool,
+    log_level: &str,
+) -> Result<Size> {
     let work = WorkDir::create()?;
     let source_path = work.write("agent.yaml", &source(services, proxies, 0))?;
     let ca_dir = work.subdir("ca")?;
@@ -191,6 +207,7 @@ fn one(binary: &Path, services: usize, proxies: usize, log_level: &str) -> Resul
     std::thread::sleep(Duration::from_millis(500));
     let agent_pid = agent.pid();
     let loaded = procstat::memory(&[agent_pid]).rss_kib as f64 / 1024.0;
+    let token = tokens.join("0");
     let measured = proxies_pod.run(move || async move {
         measure(
             agent_pid,
@@ -203,10 +220,59 @@ fn one(binary: &Path, services: usize, proxies: usize, log_level: &str) -> Resul
         )
         .await
     });
-    agent.stop(Duration::from_secs(5));
     let mut size = measured??;
     size.agent_rss_loaded_mib = loaded;
+    if real_proxy {
+        let anchors = ca_dir.join("ca.pem");
+        let rss = |mode| {
+            proxy_rss(
+                binary,
+                &proxies_pod,
+                listen,
+                &anchors,
+                &token,
+                mode,
+                log_level,
+            )
+        };
+        size.proxy_rss_on_demand_mib = Some(rss("on-demand")?);
+        size.proxy_rss_full_mib = Some(rss("full")?);
+    }
+    agent.stop(Duration::from_secs(5));
     Ok(size)
+}
+
+/// RSS of a real proxy (workload `w0`) in `pod` with discovery `mode`, once ready and
+/// two seconds idle, MiB; the proxy is stopped after.
+fn proxy_rss(
+    binary: &Path,
+    pod: &pillion_tests::Pod,
+    agent: SocketAddr,
+    anchors: &Path,
+    token: &Path,
+    mode: &str,
+    log_level: &str,
+) -> Result<f64> {
+    let proxy = pod.spawn(
+        Cmd::new(binary)
+            .arg("proxy")
+            .arg("--agent-addr")
+            .arg(agent.to_string())
+            .arg("--trust-anchors")
+            .arg(anchors)
+            .arg("--token-file")
+            .arg(token)
+            .args(["--namespace", "bench", "--service-account", "w0"])
+            .args(["--discovery", mode, "--log-level", log_level]),
+    )?;
+    // A full view of 100,000 services takes a while to fetch and compile.
+    pillion_tests::sidecar::wait_ready(pod, &proxy, ADMIN_PORT, Duration::from_secs(300))
+        .with_context(|| format!("a real proxy with --discovery {mode}"))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mib = procstat::memory(&[proxy.pid()]).rss_kib as f64 / 1024.0;
+    proxy.stop(Duration::from_secs(5));
+    eprintln!("  a real proxy, --discovery {mode}: {mib:.1} MiB");
+    Ok(mib)
 }
 
 /// Connects every simulated proxy, then times the changes (runs in the proxies' pod).
@@ -284,6 +350,8 @@ async fn measure(
         push_p99_ms: percentile(&all, 99.0),
         push_max_ms: max_ms,
         agent_cpu_per_change_s: cpu / CHANGES as f64,
+        proxy_rss_on_demand_mib: None,
+        proxy_rss_full_mib: None,
     })
 }
 
@@ -380,12 +448,14 @@ impl Lines {
 pub fn table(sizes: &[Size]) -> String {
     let mut md = String::from(
         "| services | proxies | streams | agent RSS loaded, MiB | agent RSS watched, MiB | \
-         all connected, s | push p50, ms | push p99, ms | push max, ms | agent CPU per change, s |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         all connected, s | push p50, ms | push p99, ms | push max, ms | agent CPU per change, s \
+         | proxy RSS on-demand / full, MiB |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let mib = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1}"));
     for s in sizes {
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} / {} |\n",
             s.services,
             s.proxies,
             s.streams,
@@ -395,7 +465,9 @@ pub fn table(sizes: &[Size]) -> String {
             s.push_p50_ms,
             s.push_p99_ms,
             s.push_max_ms,
-            s.agent_cpu_per_change_s
+            s.agent_cpu_per_change_s,
+            mib(s.proxy_rss_on_demand_mib),
+            mib(s.proxy_rss_full_mib)
         ));
     }
     md

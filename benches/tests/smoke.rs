@@ -130,6 +130,10 @@ fn the_control_plane_figure_measures_every_size() {
         );
         let p99 = size["push_p99_ms"].as_f64().unwrap_or(f64::NAN);
         assert!(p99 > 0.0 && p99 < 60_000.0, "{size}");
+        // Each mesh size once: a real proxy, ready, in both discovery modes.
+        for mode in ["proxy_rss_on_demand_mib", "proxy_rss_full_mib"] {
+            assert!(size[mode].as_f64().unwrap_or(0.0) > 1.0, "{mode}: {size}");
+        }
     }
     let _ = std::fs::remove_dir_all(&out);
 }
