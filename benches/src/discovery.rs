@@ -29,9 +29,10 @@ pub const NOTE: &str = "discovery: the agent's source grows to the plan's servic
      server's proxy holds them, the client calls each used service 5 times (new connections) \
      and the client proxy's RSS is read 2 s later; then each fresh service is called once \
      (first request) and again (known), each on a new HTTP/1.1 connection. Between the two, \
-     a 100 req/s probe to the first used service runs 3 s alone (its p99) and 6 s across a \
-     change of every served service (its longest answer, coordinated omission corrected): \
-     the pause a change at this mesh size costs a workload. Every run builds \
+     a 100 req/s probe to the first used service, pinned to the client's CPU, runs 6 s \
+     alone (its p99 and longest answer) and 6 s across a change of every served service \
+     (its longest answer, coordinated omission corrected): the pause a change at this \
+     mesh size costs a workload, next to the longest answer without one. Every run builds \
      new proxies. A row's discovery mode is its proxies' PILLION_DISCOVERY (default \
      on-demand).";
 
@@ -75,6 +76,7 @@ pub fn run(rows: &[Contender], plan: &DiscoveryPlan, cpu: Option<usize>, acc: &m
                 acc.push(fig::KNOWN_P99, o.known_p99_ms, 0);
                 acc.push(fig::LOAD_SECONDS, o.load_s, 0);
                 acc.push(fig::PROBE_STEADY_P99, o.probe_steady_p99_ms, 0);
+                acc.push(fig::PROBE_QUIET_LONGEST, o.probe_quiet_longest_ms, 0);
                 acc.push(fig::PROBE_LONGEST, o.probe_longest_ms, o.probe_errors);
                 report_line(
                     c,
@@ -82,7 +84,8 @@ pub fn run(rows: &[Contender], plan: &DiscoveryPlan, cpu: Option<usize>, acc: &m
                     &format!(
                         "client proxy {:.1} MiB calling {} of {} services; first request \
                          p50 {:.2} / p99 {:.2} ms, known p99 {:.2} ms; loaded in {:.1} s; \
-                         during a change: longest answer {:.2} ms (steady p99 {:.2}, {} errors)",
+                         during a change: longest answer {:.2} ms (steady p99 {:.2}, longest \
+                         without a change {:.2}, {} errors)",
                         mib(o.rss_kib),
                         plan.used,
                         plan.services,
@@ -92,6 +95,7 @@ pub fn run(rows: &[Contender], plan: &DiscoveryPlan, cpu: Option<usize>, acc: &m
                         o.load_s,
                         o.probe_longest_ms,
                         o.probe_steady_p99_ms,
+                        o.probe_quiet_longest_ms,
                         o.probe_errors
                     ),
                 );
@@ -113,6 +117,7 @@ struct Outcome {
     known_p99_ms: f64,
     load_s: f64,
     probe_steady_p99_ms: f64,
+    probe_quiet_longest_ms: f64,
     probe_longest_ms: f64,
     probe_errors: u64,
 }
@@ -174,43 +179,59 @@ fn one(
         first_p99_ms: percentile(&first, 99.0),
         known_p99_ms: percentile(&known, 99.0),
         load_s,
-        probe_steady_p99_ms: probe.0,
-        probe_longest_ms: probe.1,
-        probe_errors: probe.2,
+        probe_steady_p99_ms: probe.steady_p99_ms,
+        probe_quiet_longest_ms: probe.quiet_longest_ms,
+        probe_longest_ms: probe.longest_ms,
+        probe_errors: probe.errors,
     })
 }
 
-/// A probe at [`PROBE_RATE`] to the first used service, alone (its p99) and then
-/// across a change to every served service in the large mesh (its longest answer):
-/// how long pushing a change at this size pauses a workload's requests. Returns
-/// (steady p99 ms, longest answer ms, errors).
+/// What the probe saw.
+struct Probe {
+    steady_p99_ms: f64,
+    quiet_longest_ms: f64,
+    longest_ms: f64,
+    errors: u64,
+}
+
+/// A probe at [`PROBE_RATE`] to the first used service, twice over the same window
+/// from the same pinned thread: alone (its p99 and longest answer), then across a
+/// change to every served service in the large mesh (its longest answer): how long
+/// pushing a change at this size pauses a workload's requests, read against the
+/// longest answer this machine gives without one.
 fn probe_during_a_change(
     c: &Contender,
     view: &ViewControl,
     plan: &DiscoveryPlan,
     cpu: Option<usize>,
-) -> Result<(f64, f64, u64)> {
+) -> Result<Probe> {
     let vip = ViewControl::vip(0);
-    let steady = in_client(c, cpu, move || {
-        crate::load::open::run(vip, PROBE_CONNS, PROBE_RATE, PROBE_WINDOW)
+    let window = PROBE_WINDOW * 2;
+    let quiet = in_client(c, cpu, move || {
+        crate::load::open::run(vip, PROBE_CONNS, PROBE_RATE, window)
     })?;
+    let change = view.prepare_served_generation(plan.services, plan.used + plan.fresh, 1)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let probe = c.client.background(move || async move {
-        let _ =
-            tx.send(crate::load::open::run(vip, PROBE_CONNS, PROBE_RATE, PROBE_WINDOW * 2).await);
+        let run = async {
+            crate::pin::pin_this_thread(cpu)?;
+            crate::load::open::run(vip, PROBE_CONNS, PROBE_RATE, window).await
+        };
+        let _ = tx.send(run.await);
     });
     let probe = probe.map_err(|e| anyhow!("{e:#}"))?;
     std::thread::sleep(PROBE_WINDOW / 2);
-    view.push_served_generation(plan.services, plan.used + plan.fresh, 1)?;
+    change.publish()?;
     let during = rx
-        .recv_timeout(PROBE_WINDOW * 2 + Duration::from_secs(30))
+        .recv_timeout(window + Duration::from_secs(30))
         .map_err(|_| anyhow!("the probe did not finish"))??;
     drop(probe);
-    Ok((
-        steady.p99_us / 1000.0,
-        during.max_us / 1000.0,
-        steady.errors + during.errors,
-    ))
+    Ok(Probe {
+        steady_p99_ms: quiet.p99_us / 1000.0,
+        quiet_longest_ms: quiet.max_us / 1000.0,
+        longest_ms: during.max_us / 1000.0,
+        errors: quiet.errors + during.errors,
+    })
 }
 
 /// One HTTP/1.1 request on a new connection; its time in ms (a non-200 is an error).

@@ -94,6 +94,9 @@ pub mod discovery {
     pub const LOAD_SECONDS: &str = "discovery_load_s";
     /// p99 of a 100 req/s probe to a used service, alone.
     pub const PROBE_STEADY_P99: &str = "discovery_probe_steady_p99_ms";
+    /// Its longest answer over the same window without a change (what the longest
+    /// across a change is read against: this machine's own worst answer).
+    pub const PROBE_QUIET_LONGEST: &str = "discovery_probe_longest_quiet_ms";
     /// Its longest answer across a change of the services it uses.
     pub const PROBE_LONGEST: &str = "discovery_probe_longest_during_change_ms";
 }
@@ -146,6 +149,13 @@ pub fn discovery(plan: &crate::plan::DiscoveryPlan) -> Vec<Figure> {
         fig(
             discovery::PROBE_STEADY_P99.into(),
             "100 req/s probe to a used service, steady p99 ms".into(),
+            "ms",
+            false,
+            2,
+        ),
+        fig(
+            discovery::PROBE_QUIET_LONGEST.into(),
+            "its longest answer over the same 6 s without a change, ms".into(),
             "ms",
             false,
             2,

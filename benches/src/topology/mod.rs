@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use pillion_tests::{Pod, Process, Task, World};
 
 pub use peers::{example_values, Peer, TEMPLATES};
-pub use pillion::{PillionPair, ViewControl};
+pub use pillion::{PillionPair, Prepared, ViewControl};
 
 use crate::certs::Certs;
 use crate::pin::{pin_process_tree, Layout};

@@ -45,6 +45,21 @@ pub struct ViewControl {
     admin_port: u16,
 }
 
+/// A source written beside the live one, not yet in place.
+#[derive(Debug)]
+pub struct Prepared {
+    tmp: PathBuf,
+    source: PathBuf,
+}
+
+impl Prepared {
+    /// Puts it in place (a rename: the agent sees all of it or none).
+    pub fn publish(self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.source)
+            .with_context(|| format!("replacing {}", self.source.display()))
+    }
+}
+
 impl ViewControl {
     /// Rewrites the agent's source as the pair's own plus `n` generated services, each
     /// a VIP with one meshed endpoint (addresses from 198.19.0.0/16, never dialled).
@@ -61,6 +76,20 @@ impl ViewControl {
     /// Like [`ViewControl::push_served`], the served services' endpoints labelled
     /// `generation` (a change of every served service when it differs).
     pub fn push_served_generation(&self, n: usize, served: usize, generation: usize) -> Result<()> {
+        self.prepare_served_generation(n, served, generation)?
+            .publish()
+    }
+
+    /// Renders and writes the source of [`ViewControl::push_served_generation`] beside
+    /// the live one, for [`Prepared::publish`] to swap in: a change timed against
+    /// traffic then costs the machine a rename, not megabytes of YAML written on
+    /// some CPU the traffic uses.
+    pub fn prepare_served_generation(
+        &self,
+        n: usize,
+        served: usize,
+        generation: usize,
+    ) -> Result<Prepared> {
         let mut yaml = self.base.clone();
         for i in 0..served.min(n) {
             let (hi, lo) = (i / 256 % 128, i % 256);
@@ -90,8 +119,10 @@ impl ViewControl {
         // Written whole, then renamed, so the agent never reads half a file.
         let tmp = self.source.with_extension("yaml.new");
         std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.source)
-            .with_context(|| format!("replacing {}", self.source.display()))
+        Ok(Prepared {
+            tmp,
+            source: self.source.clone(),
+        })
     }
 
     /// Whether the push of `services` reached the client proxy: with a full view it
@@ -275,8 +306,12 @@ fn start_agent(
         server: server.clone(),
         admin_port: pillion_api::defaults::ADMIN_PORT,
     };
+    // SCHED_IDLE: the agent runs on another node in a cluster; here it shares the
+    // server's CPU, and yields it to the data path at once whenever that has work.
     let agent = pod.spawn(
-        Cmd::new(&opts.binary)
+        Cmd::new("chrt")
+            .args(["--idle", "0"])
+            .arg(&opts.binary)
             .arg("agent")
             .arg("--config")
             .arg(config)
