@@ -58,13 +58,8 @@ enum CaCommand {
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
 
-        /// Trust domain of the mesh.
-        #[arg(long, default_value = pillion_api::defaults::TRUST_DOMAIN)]
-        trust_domain: String,
-
-        /// Lifetime of the issuer (never past the root's ten years), e.g. 365d.
-        #[arg(long, value_parser = up::parse_duration, default_value = "365d")]
-        issuer_lifetime: Duration,
+        #[command(flatten)]
+        issuer: IssuerArgs,
     },
     /// Makes the next issuer under the root that `init` made (its ca.crt and
     /// root.key) in a new directory, and says how to update the Secret with it.
@@ -77,14 +72,22 @@ enum CaCommand {
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
 
-        /// Trust domain of the mesh.
-        #[arg(long, default_value = pillion_api::defaults::TRUST_DOMAIN)]
-        trust_domain: String,
-
-        /// Lifetime of the issuer (never past its root's), e.g. 365d.
-        #[arg(long, value_parser = up::parse_duration, default_value = "365d")]
-        issuer_lifetime: Duration,
+        #[command(flatten)]
+        issuer: IssuerArgs,
     },
+}
+
+/// What every issuer the CLI makes is made for, and for how long.
+#[derive(Debug, clap::Args)]
+struct IssuerArgs {
+    /// Trust domain of the mesh.
+    #[arg(long, default_value = pillion_api::defaults::TRUST_DOMAIN)]
+    trust_domain: String,
+
+    /// Lifetime of the issuer (never past its root's, ten years for a new one), e.g.
+    /// 365d.
+    #[arg(long, value_parser = up::parse_duration, default_value = "365d")]
+    issuer_lifetime: Duration,
 }
 
 fn main() -> ExitCode {
@@ -101,22 +104,22 @@ fn main() -> ExitCode {
         } => (duration, otlp_endpoint, otlp_protocol),
         Command::Ca { command } => {
             let (what, done) = match command {
-                CaCommand::Init {
-                    out,
-                    trust_domain,
-                    issuer_lifetime,
-                } => (
+                CaCommand::Init { out, issuer } => (
                     "init",
-                    pillion::ca::init(&out, &trust_domain, issuer_lifetime),
+                    pillion::ca::init(&out, &issuer.trust_domain, issuer.issuer_lifetime),
                 ),
                 CaCommand::Issuer {
                     root_dir,
                     out,
-                    trust_domain,
-                    issuer_lifetime,
+                    issuer,
                 } => (
                     "issuer",
-                    pillion::ca::next_issuer(&root_dir, &out, &trust_domain, issuer_lifetime),
+                    pillion::ca::next_issuer(
+                        &root_dir,
+                        &out,
+                        &issuer.trust_domain,
+                        issuer.issuer_lifetime,
+                    ),
                 ),
             };
             return match done {

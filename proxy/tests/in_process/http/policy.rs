@@ -26,6 +26,33 @@ fn flaky(percent: u32, seen: Arc<AtomicUsize>) -> Handler {
     })
 }
 
+/// An app that answers `status` while `broken`, else 200; `name` in `x-app`;
+/// counts what it sees in `seen`.
+fn switchable(
+    name: &'static str,
+    status: u16,
+    broken: Arc<AtomicBool>,
+    seen: Arc<AtomicUsize>,
+) -> Handler {
+    handler(move |_req| {
+        let broken = Arc::clone(&broken);
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut r = text(
+                if broken.load(Ordering::SeqCst) {
+                    status
+                } else {
+                    200
+                },
+                name,
+            );
+            r.headers_mut()
+                .insert("x-app", http::HeaderValue::from_static(name));
+            r
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_turn_30_percent_failures_into_999_permille_success() {
     let seen = Arc::new(AtomicUsize::new(0));
@@ -140,32 +167,24 @@ async fn the_faster_of_two_endpoints_gets_most_requests() {
     assert!(fast >= 320, "the fast endpoint got only {fast} of 400");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_endpoint_is_ejected_and_returns_after_it_recovers() {
-    let broken = Arc::new(AtomicBool::new(true));
-    let b = Arc::clone(&broken);
-    let sick = handler(move |_req| {
-        let b = Arc::clone(&b);
-        async move {
-            let mut r = if b.load(Ordering::SeqCst) {
-                text(500, "sick")
-            } else {
-                text(200, "sick")
-            };
-            r.headers_mut()
-                .insert("x-app", http::HeaderValue::from_static("sick"));
-            r
-        }
-    });
-    let settings = Settings {
+/// Round robin, ejecting after `failures` in a row for `base` at first.
+fn round_robin_ejecting(failures: u32, base: Duration) -> Settings {
+    Settings {
         outlier: OutlierConfig {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(1),
+            consecutive_failures: failures,
+            base_ejection: base,
             ..OutlierConfig::default()
         },
         strategy: pillion_proxy::Strategy::RoundRobin,
         ..Settings::default()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_and_returns_after_it_recovers() {
+    let broken = Arc::new(AtomicBool::new(true));
+    let sick = switchable("sick", 500, Arc::clone(&broken), Arc::default());
+    let settings = round_robin_ejecting(5, Duration::from_secs(1));
     let fleet = Fleet::start(
         vec![(named("well", Duration::ZERO), "v1"), (sick, "v1")],
         json!([]),
@@ -189,33 +208,6 @@ async fn a_failing_endpoint_is_ejected_and_returns_after_it_recovers() {
     println!("ejection: {failed} failures, then 50 to the well one, then {back}/50 back");
     assert!(after.iter().all(|(s, _)| *s == 200));
     assert!(back >= 20, "the recovered endpoint got {back} of 50");
-}
-
-/// An app that answers `status` while `broken`, else 200; `name` in `x-app`;
-/// counts what it sees in `seen`.
-fn switchable(
-    name: &'static str,
-    status: u16,
-    broken: Arc<AtomicBool>,
-    seen: Arc<AtomicUsize>,
-) -> Handler {
-    handler(move |_req| {
-        let broken = Arc::clone(&broken);
-        seen.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let mut r = text(
-                if broken.load(Ordering::SeqCst) {
-                    status
-                } else {
-                    200
-                },
-                name,
-            );
-            r.headers_mut()
-                .insert("x-app", http::HeaderValue::from_static(name));
-            r
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,15 +254,7 @@ async fn a_retry_may_go_to_an_ejected_endpoint_which_answering_well_puts_back_in
         Arc::new(AtomicBool::new(true)),
     );
     let a_seen = Arc::new(AtomicUsize::new(0));
-    let settings = Settings {
-        outlier: OutlierConfig {
-            consecutive_failures: 3,
-            base_ejection: Duration::from_secs(60),
-            ..OutlierConfig::default()
-        },
-        strategy: pillion_proxy::Strategy::RoundRobin,
-        ..Settings::default()
-    };
+    let settings = round_robin_ejecting(3, Duration::from_secs(60));
     let routes = json!([{"name": "all", "retry": {
         "attempts": 2, "conditions": ["gateway-error"], "backoff_base": "1ms", "backoff_max": "1ms",
         "budget": {"ratio": 1.0, "min_per_second": 10, "window": "10s"}}}]);
