@@ -215,14 +215,13 @@ struct Soak {
     report: SoakReport,
     /// Renewals of earlier runs of a restarted proxy.
     renewals_before: Vec<f64>,
-    /// Proxies (client, b1, b2) and agents stopped by a fault, not yet restored.
-    proxy_down: [bool; 3],
-    agent_down: [bool; 2],
+    /// What the faults so far undid, each due back at a time: what is down.
+    pending: Vec<(Instant, Restore)>,
     _world: World,
 }
 
 /// Something undone by a fault, due back at a time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Restore {
     App(usize, usize),
     Agent(usize),
@@ -306,8 +305,7 @@ impl Soak {
                 ..SoakReport::default()
             },
             renewals_before: vec![0.0; 3],
-            proxy_down: [false; 3],
-            agent_down: [false; 2],
+            pending: Vec::new(),
             _world: world,
         })
     }
@@ -332,16 +330,17 @@ impl Soak {
         let mut next_sample = self.started + WARMUP;
         let mut samples = 0u64;
         let mut deck: Vec<Fault> = Vec::new();
-        let mut pending: Vec<(Instant, Restore)> = Vec::new();
         while Instant::now() < end {
             let now = Instant::now();
-            let (due, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(t, _)| *t <= now);
-            pending = later;
+            let (due, later) = std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition::<Vec<_>, _>(|(t, _)| *t <= now);
+            self.pending = later;
             for (_, restore) in due {
                 self.restore(restore)?;
             }
             if now >= next_sample {
-                self.sample(samples % 2 == 0)?;
+                self.sample(samples % 2 == 0);
                 samples += 1;
                 next_sample += SAMPLE_EVERY;
             }
@@ -354,10 +353,9 @@ impl Soak {
                     deck = FAULTS.to_vec();
                     deck.shuffle(&mut rng);
                 }
-                let busy_backend = pending
-                    .iter()
+                let busy_backend = (self.pending.iter())
                     .any(|(_, r)| matches!(r, Restore::App(..) | Restore::Pod(_)));
-                let busy_agent = pending.iter().any(|(_, r)| matches!(r, Restore::Agent(_)));
+                let busy_agent = (self.pending.iter()).any(|(_, r)| matches!(r, Restore::Agent(_)));
                 let fits = |f: &Fault| match f {
                     Fault::KillApp | Fault::RestartPod => !busy_backend,
                     Fault::KillAgent => !busy_agent,
@@ -366,7 +364,7 @@ impl Soak {
                 if let Some(i) = deck.iter().position(fits) {
                     let fault = deck.remove(i);
                     if let Some(restore) = self.apply(fault, &mut rng)? {
-                        pending.push((restore.0, restore.1));
+                        self.pending.push(restore);
                     }
                     *self.report.faults.entry(fault).or_default() += 1;
                 }
@@ -375,13 +373,13 @@ impl Soak {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        for (_, restore) in pending {
+        for (_, restore) in std::mem::take(&mut self.pending) {
             self.restore(restore)?;
         }
         let settled = Instant::now() + SETTLE;
         while Instant::now() < settled {
             std::thread::sleep(SAMPLE_EVERY);
-            self.sample(true)?;
+            self.sample(true);
         }
         Ok(())
     }
@@ -406,7 +404,6 @@ impl Soak {
                 if let Some(p) = self.agents[a].process() {
                     p.signal(Signal::SIGKILL)?;
                 }
-                self.agent_down[a] = true;
                 self.event(format!("SIGKILLed agent{}", a + 1));
                 Some((in_ms(rng, 2000, 5000), Restore::Agent(a)))
             }
@@ -423,7 +420,6 @@ impl Soak {
             Fault::RestartPod => {
                 let b = rng.gen_range(0..2);
                 self.expect_alive();
-                self.proxy_down[1 + b] = true;
                 for app in self.apps[b].iter_mut() {
                     if let Some(task) = app.take() {
                         let _ = task.shutdown();
@@ -446,7 +442,6 @@ impl Soak {
             }
             Restore::Agent(a) => {
                 self.agents[a].restart()?;
-                self.agent_down[a] = false;
                 self.event(format!("started agent{}", a + 1));
             }
             Restore::Pod(b) => {
@@ -456,7 +451,6 @@ impl Soak {
                 self.sidecars[1 + b]
                     .start_again()
                     .with_context(|| format!("restarting the proxy of b{}", b + 1))?;
-                self.proxy_down[1 + b] = false;
                 self.event(format!("started pod b{} (apps, then proxy)", b + 1));
             }
         }
@@ -482,17 +476,24 @@ impl Soak {
         Ok(())
     }
 
-    /// Notes every proxy and agent that exited without a fault stopping it.
+    /// Whether a fault has stopped this and it is not back yet.
+    fn down(&self, what: Restore) -> bool {
+        self.pending.iter().any(|(_, r)| *r == what)
+    }
+
+    /// Notes every proxy and agent that exited without a fault stopping it (the
+    /// client's proxy, sidecar 0, is never stopped).
     fn expect_alive(&mut self) {
         let mut exited = Vec::new();
         for (i, s) in self.sidecars.iter().enumerate() {
-            if let Some(status) = s.proxy().try_status().filter(|_| !self.proxy_down[i]) {
+            let stopped = i > 0 && self.down(Restore::Pod(i - 1));
+            if let Some(status) = s.proxy().try_status().filter(|_| !stopped) {
                 exited.push(format!("{} exited by itself ({status})", proxy_name(i)));
             }
         }
         for (i, a) in self.agents.iter().enumerate() {
             let status = a.process().and_then(|p| p.try_status());
-            if let Some(status) = status.filter(|_| !self.agent_down[i]) {
+            if let Some(status) = status.filter(|_| !self.down(Restore::Agent(i))) {
                 exited.push(format!("agent{} exited by itself ({status})", i + 1));
             }
         }
@@ -504,7 +505,7 @@ impl Soak {
     }
 
     /// Memory of every process; with `certs`, each running proxy's leaf expiry.
-    fn sample(&mut self, certs: bool) -> Result<()> {
+    fn sample(&mut self, certs: bool) {
         self.expect_alive();
         let mib = |pid: u32| procstat::memory(&[pid]).rss_kib as f64 / 1024.0;
         for (i, s) in self.sidecars.iter().enumerate() {
@@ -542,7 +543,6 @@ impl Soak {
                 }
             }
         }
-        Ok(())
     }
 
     /// Fills the report: tallies, latencies, renewals and what did not hold.
@@ -572,7 +572,9 @@ impl Soak {
                 r.ok + r.failed
             ));
         }
-        if r.least_leaf_left_s <= 0.0 {
+        if r.least_leaf_left_s == f64::MAX {
+            problems.push("no proxy's leaf was ever sampled".into());
+        } else if r.least_leaf_left_s <= 0.0 {
             problems.push(format!(
                 "a proxy's leaf had expired when sampled ({:.1} s left)",
                 r.least_leaf_left_s

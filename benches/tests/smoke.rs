@@ -60,6 +60,12 @@ fn bench(tag: &str, args: &[&str]) -> (String, std::path::PathBuf) {
     (printed, out)
 }
 
+/// The JSON file `name` the run wrote into `out`, parsed.
+fn written_json(out: &std::path::Path, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} does not parse: {e}"))
+}
+
 #[test]
 fn smoke_mode_measures_every_row() {
     let (printed, out) = bench("smoke", &["--smoke"]);
@@ -68,8 +74,7 @@ fn smoke_mode_measures_every_row() {
         "no table printed:\n{printed}"
     );
 
-    let json = std::fs::read_to_string(out.join("bench.json")).expect("bench.json written");
-    let report: serde_json::Value = serde_json::from_str(&json).expect("bench.json parses");
+    let report = written_json(&out, "bench.json");
     let rows = report["rows"].as_array().expect("rows");
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
     assert_eq!(names.len(), 4, "{names:?}");
@@ -96,8 +101,7 @@ fn the_discovery_figure_measures_the_pillion_row() {
         printed.contains("| figure |"),
         "no table printed:\n{printed}"
     );
-    let json = std::fs::read_to_string(out.join("bench.json")).expect("bench.json written");
-    let report: serde_json::Value = serde_json::from_str(&json).expect("bench.json parses");
+    let report = written_json(&out, "bench.json");
     let rows = report["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1, "the Pillion row only: {rows:?}");
     let cells = rows[0]["cells"].as_object().expect("cells");
@@ -119,8 +123,7 @@ fn the_control_plane_figure_measures_every_size() {
         printed.contains("| services | proxies |"),
         "no table:\n{printed}"
     );
-    let json = std::fs::read_to_string(out.join("control-plane.json")).expect("json written");
-    let sizes: serde_json::Value = serde_json::from_str(&json).expect("json parses");
+    let sizes = written_json(&out, "control-plane.json");
     let sizes = sizes.as_array().expect("a list of sizes");
     assert_eq!(sizes.len(), 2);
     for size in sizes {
@@ -141,8 +144,7 @@ fn the_control_plane_figure_measures_every_size() {
 #[test]
 fn the_soak_smoke_fails_no_request_through_a_minute_of_faults() {
     let (printed, out) = bench("soak", &["--soak", "--smoke"]);
-    let json = std::fs::read_to_string(out.join("soak.json")).expect("soak.json written");
-    let report: serde_json::Value = serde_json::from_str(&json).expect("soak.json parses");
+    let report = written_json(&out, "soak.json");
     assert_eq!(report["failed"], 0, "{printed}");
     assert!(report["ok"].as_u64().unwrap_or(0) > 3_000, "{printed}");
     assert_eq!(

@@ -162,6 +162,11 @@ impl Ca {
 /// `ca.crt` (of one or two, the one `root.key` belongs to) with that key, as
 /// [`init_issuer_dir`] left them.
 pub fn load_root_dir(dir: &Path, trust_domain: &str) -> Result<Ca, CaError> {
+    read_root_dir(dir, trust_domain).map(|(root, _)| root)
+}
+
+/// [`load_root_dir`], and the `ca.crt` it read.
+fn read_root_dir(dir: &Path, trust_domain: &str) -> Result<(Ca, String), CaError> {
     let read = |name: &str| {
         let path = dir.join(name);
         fs::read_to_string(&path).map_err(io_err("reading", &path))
@@ -171,7 +176,7 @@ pub fn load_root_dir(dir: &Path, trust_domain: &str) -> Result<Ca, CaError> {
     let mut last = CaError::MissingRoot;
     for der in certs_from_pem(&bundle, "trust bundle")? {
         match Ca::from_issuer(&cert_to_pem(&der), &key, &bundle, trust_domain) {
-            Ok(root) => return Ok(root),
+            Ok(root) => return Ok((root, bundle)),
             Err(e) => last = e,
         }
     }
@@ -187,10 +192,8 @@ pub fn next_issuer_dir(
     trust_domain: &str,
     issuer_lifetime: Duration,
 ) -> Result<Ca, CaError> {
-    let root = load_root_dir(root_dir, trust_domain)?;
+    let (root, bundle) = read_root_dir(root_dir, trust_domain)?;
     refuse_existing(out, &[TRUST_BUNDLE_FILE, ISSUER_CERT_FILE, ISSUER_KEY_FILE])?;
-    let bundle_path = root_dir.join(TRUST_BUNDLE_FILE);
-    let bundle = fs::read_to_string(&bundle_path).map_err(io_err("reading", &bundle_path))?;
     let (issuer_pem, issuer_key) = root.issue_intermediate(issuer_lifetime)?;
     write_new(&out.join(ISSUER_KEY_FILE), issuer_key.as_bytes(), 0o600)?;
     write_new(&out.join(ISSUER_CERT_FILE), issuer_pem.as_bytes(), 0o644)?;

@@ -193,6 +193,16 @@ fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
     meta.namespace.as_deref().unwrap_or_default()
 }
 
+/// The labels a Deployment puts on its pods.
+fn template_labels(spec: &k8s_openapi::api::apps::v1::DeploymentSpec) -> BTreeMap<String, String> {
+    let meta = spec
+        .template
+        .metadata
+        .as_ref()
+        .expect("a pod template with metadata");
+    meta.labels.clone().expect("pod template labels")
+}
+
 fn agent_deployment(base: &[Object]) -> Deployment {
     all!(base, Deployment)
         .into_iter()
@@ -540,14 +550,7 @@ fn the_agent_runs_two_replicas_that_never_both_go_away() {
     let pdb = pdbs[0].spec.as_ref().unwrap();
     assert_eq!(pdb.min_available, Some(IntOrString::Int(1)));
     assert_eq!(namespace_of(&pdbs[0].metadata), defaults::AGENT_NAMESPACE);
-    let labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .clone()
-        .unwrap();
+    let labels = template_labels(spec);
     let selects = pdb.selector.as_ref().unwrap().match_labels.clone().unwrap();
     for (key, value) in &selects {
         assert_eq!(labels.get(key), Some(value), "the budget selects the agent");
@@ -907,14 +910,7 @@ fn the_example_hangs_together() {
     }
     for d in all!(example, Deployment) {
         let spec = d.spec.as_ref().unwrap();
-        let labels = spec
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap();
+        let labels = template_labels(spec);
         for (k, v) in spec.selector.match_labels.iter().flatten() {
             assert_eq!(labels.get(k), Some(v), "{}: selector", name_of(&d.metadata));
         }

@@ -314,8 +314,7 @@ impl AgentClient {
                 // The connection may be gone; the next request opens a new one,
                 // trying the next replica first.
                 if let Some(lost) = self.conn.lock().await.take() {
-                    let after = (lost.replica + 1) % self.replicas.len();
-                    self.next.store(after, std::sync::atomic::Ordering::Relaxed);
+                    self.move_past(lost.replica);
                 }
                 Err(AgentError::Http {
                     addr: authority.to_string(),
@@ -344,6 +343,12 @@ impl AgentClient {
         Ok(value)
     }
 
+    /// Makes the replica after `lost` the first to try on the next connect.
+    fn move_past(&self, lost: usize) {
+        let after = (lost + 1) % self.replicas.len().max(1);
+        self.next.store(after, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The open connection's sender and the replica's address, or a new
     /// connection's: a lost one moves to the next replica first.
     async fn sender(&self) -> Result<(SendRequest<Full<Bytes>>, &str), AgentError> {
@@ -353,8 +358,7 @@ impl AgentClient {
             if !link.sender.is_closed() && link.sender.ready().await.is_ok() {
                 return Ok((link.sender.clone(), &self.replicas[link.replica].addr));
             }
-            let after = (link.replica + 1) % self.replicas.len();
-            self.next.store(after, Ordering::Relaxed);
+            self.move_past(link.replica);
         }
         *conn = None;
         let first = self.next.load(Ordering::Relaxed);

@@ -157,8 +157,7 @@ impl ControlFlags {
             }
             return Ok(None);
         };
-        let replicas: Vec<&str> = agent_addr.split(',').map(str::trim).collect();
-        for replica in &replicas {
+        for replica in agent_addr.split(',').map(str::trim) {
             check_addr(replica).map_err(|_| ControlConfigError::AgentAddr {
                 got: agent_addr.clone(),
             })?;

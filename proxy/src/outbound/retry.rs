@@ -1,6 +1,7 @@
 //! The tries of one outbound request: [`one_try`] picks a backend by weight and an
-//! endpoint by load (a retry another endpoint than the one that just failed), sends within the try's time limit and reports the outcome to
-//! the endpoint's latency estimate and the backend's outlier detector;
+//! endpoint by load (a retry: another endpoint than the one that just failed),
+//! sends within the try's time limit and reports the outcome to the endpoint's
+//! latency estimate and the backend's outlier detector;
 //! [`retry_delay`] decides whether another try may follow (the route's conditions
 //! and attempts, its budget, the deadline, a replayable body) and after how long.
 

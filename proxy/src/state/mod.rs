@@ -8,9 +8,10 @@
 //! Compiling runs on a thread of its own at the lowest priority ([`follow`]),
 //! never on the data path's runtime threads: on a busy CPU the data path preempts
 //! it, so a large view or a burst of discovery answers does not pause traffic. Only
-//! the newest view is compiled when several arrive during one compile. State that must outlive a view
-//! (endpoints with their pools and latency estimates, balancers, outlier detectors,
-//! rate limiters, retry budgets) is carried over from the previous state by key.
+//! the newest view is compiled when several arrive during one compile. State that
+//! must outlive a view (endpoints with their pools and latency estimates, balancers,
+//! outlier detectors, rate limiters, retry budgets) is carried over from the
+//! previous state by key.
 
 pub(crate) mod inbound;
 pub(crate) mod outbound;
