@@ -45,8 +45,10 @@ pub enum LogFormat {
     about = "Pillion's central agent: signs workload certificates and streams discovery and policy to the proxies."
 )]
 pub struct AgentArgs {
-    /// YAML source (workloads, tokens, services, policy), re-read when it changes.
-    /// Without it the agent serves the embedded local-demo default.
+    /// YAML source (workloads, tokens, services, policy), re-read when it changes: a
+    /// file, or a directory whose `*.yaml` files are each a part of the mesh (a
+    /// change then costs the files it touched). Without it the agent serves the
+    /// embedded local-demo default.
     #[arg(long, env = "PILLION_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -220,12 +222,13 @@ impl AgentConfig {
             MAX_RELOAD_INTERVAL,
         )?;
         if let SourceSpec::File(path) = &self.source {
-            if !path.is_file() {
+            if !path.is_file() && !path.is_dir() {
                 return Err(ConfigError {
                     flag: "--config",
                     reason: format!(
-                        "{} is not a readable file; give the path of the agent's YAML source, \
-                         or leave --config out to serve the embedded demo default",
+                        "{} is neither a file nor a directory; give the agent's YAML source \
+                         (a file, or a directory of *.yaml files), or leave --config out to \
+                         serve the embedded demo default",
                         path.display()
                     ),
                 });

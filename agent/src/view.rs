@@ -25,7 +25,7 @@ pub fn view_for(
     discovery: Discovery,
 ) -> View {
     let services = match discovery {
-        Discovery::Full => catalog.services().to_vec(),
+        Discovery::Full => catalog.services().cloned().collect(),
         Discovery::OnDemand => (catalog.services_at(&workload.addresses).into_iter())
             .cloned()
             .collect(),

@@ -6,8 +6,9 @@
 //! Per size (services in the mesh × proxies): the agent's RSS loaded, then with every
 //! proxy watching and resolving; then a few changes to the one service every proxy
 //! uses, each timed from the file's rename to each proxy's new answer (the agent
-//! polls its file every 100 ms, so up to that is in the figure), with the agent's CPU
-//! per change. At the first size of each mesh, a real proxy's RSS, ready and idle,
+//! polls its files every 100 ms, so up to that is in the figure), with the agent's CPU
+//! per change. The source is a directory, as a mesh of this size would be kept: the
+//! workloads in one file, the services in files of 100, and a change rewrites one. At the first size of each mesh, a real proxy's RSS, ready and idle,
 //! with on-demand and with full discovery; what a proxy holds when its workload calls
 //! a few services is the discovery figure.
 
@@ -126,17 +127,37 @@ fn endpoint(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, (i >> 16) as u16, i as u16)
 }
 
-/// The source: `proxies` workloads with tokens, `services` services; service 0
-/// gets `extra` more endpoints (what a change changes).
-fn source(services: usize, proxies: usize, extra: usize) -> String {
+/// Services per file of the source directory: a change rewrites one file.
+const SERVICES_PER_FILE: usize = 100;
+
+/// Writes the source as a directory: `proxies` workloads with tokens in one file,
+/// `services` services in files of [`SERVICES_PER_FILE`]; returns the directory.
+fn write_source(work: &WorkDir, services: usize, proxies: usize) -> Result<PathBuf> {
+    let dir = work.subdir("source")?;
     let mut yaml = String::from("workloads:\n");
     for p in 0..proxies {
         yaml.push_str(&format!(
             "  - name: w{p}\n    namespace: bench\n    token: bench-token-{p:06}\n"
         ));
     }
-    yaml.push_str("services:\n");
-    for i in 0..services {
+    write_atomically(&dir.join("workloads.yaml"), &yaml)?;
+    for first in (0..services).step_by(SERVICES_PER_FILE) {
+        let last = (first + SERVICES_PER_FILE).min(services);
+        write_atomically(&services_file(&dir, first), &services_yaml(first..last, 0))?;
+    }
+    Ok(dir)
+}
+
+/// The file holding service `first` and the next ones.
+fn services_file(dir: &Path, first: usize) -> PathBuf {
+    dir.join(format!("services-{first:06}.yaml"))
+}
+
+/// The services `range`; service 0 gets `extra` more endpoints (what a change
+/// changes).
+fn services_yaml(range: std::ops::Range<usize>, extra: usize) -> String {
+    let mut yaml = String::from("services:\n");
+    for i in range {
         yaml.push_str(&format!(
             "  - name: s{i}\n    namespace: bench\n    addresses: [{}]\n    ports: [{{port: 80}}]\n    \
              endpoints:\n      - addresses: [\"{}\"]\n        \
@@ -170,7 +191,7 @@ fn one(
     log_level: &str,
 ) -> Result<Size> {
     let work = WorkDir::create()?;
-    let source_path = work.write("agent.yaml", &source(services, proxies, 0))?;
+    let source_path = write_source(&work, services, proxies)?;
     let ca_dir = work.subdir("ca")?;
     let tokens = work.subdir("tokens")?;
     for p in 0..proxies {
@@ -312,10 +333,10 @@ async fn measure(
 
     let (mut all, mut max_ms, mut cpu) = (Vec::new(), 0f64, 0f64);
     for change in 1..=CHANGES {
-        let text = source(services, proxies, change);
+        let text = services_yaml(0..SERVICES_PER_FILE.min(services), change);
         let cpu_before = procstat::cpu_seconds(&[agent_pid]);
         let written = Instant::now();
-        write_atomically(source_path, &text)?;
+        write_atomically(&services_file(source_path, 0), &text)?;
         let mut seen = vec![false; proxies];
         let mut count = 0;
         let deadline = written + CHANGE_TIMEOUT;

@@ -4,7 +4,7 @@
 use super::catalog::Catalog;
 use super::locate::locate;
 use super::model::SourceFile;
-use super::validate::validate;
+use super::validate::{validate, SemanticError};
 use std::fmt;
 use std::io;
 use std::path::Path;
@@ -64,6 +64,12 @@ pub(crate) fn source_text(name: &str, read: io::Result<Vec<u8>>) -> Result<Strin
 
 /// Parses and validates source text; `name` is what error messages call the file.
 pub fn parse_source(name: &str, text: &str, trust_domain: &str) -> Result<Catalog, SourceError> {
+    let file = parse_file(name, text)?;
+    validate(&file, name, trust_domain).map_err(|e| located(name, text, e))
+}
+
+/// Parses source text into its entries, unchecked against each other.
+pub fn parse_file(name: &str, text: &str) -> Result<SourceFile, SourceError> {
     if text.lines().all(|l| {
         let l = l.trim();
         l.is_empty() || l.starts_with('#') || l == "---"
@@ -74,12 +80,16 @@ pub fn parse_source(name: &str, text: &str, trust_domain: &str) -> Result<Catalo
             reason: "the source file is empty: expected `workloads:` and/or `services:`".into(),
         });
     }
-    let file: SourceFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(name, text, &e))?;
-    validate(&file, trust_domain).map_err(|e| SourceError {
+    serde_yaml_ng::from_str(text).map_err(|e| yaml_error(name, text, &e))
+}
+
+/// A check's refusal of file `name` (whose text is `text`), with its position.
+pub(crate) fn located(name: &str, text: &str, e: SemanticError) -> SourceError {
+    SourceError {
         file: name.to_string(),
         position: locate_nearest(text, &e.path),
         reason: format!("{}: {}", e.path, e.reason),
-    })
+    }
 }
 
 /// The position of `path`, or of its nearest ancestor present in the text (a policy

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod file;
 mod locate;
 pub mod model;
+pub mod parts;
 pub mod path;
 mod reload;
 pub mod routes;
@@ -30,7 +31,8 @@ pub const EMBEDDED_NAME: &str = "<embedded default>";
 pub enum SourceSpec {
     /// The default compiled into the binary; never changes.
     Embedded,
-    /// A YAML file, polled for changes.
+    /// A YAML file, or a directory of them (each `*.yaml`/`*.yml` file one part of
+    /// the mesh), polled for changes.
     File(PathBuf),
 }
 
@@ -45,41 +47,54 @@ pub struct SourceHandle {
     _unchanging: Option<watch::Sender<Snapshot>>,
 }
 
-/// Loads the source (a broken one is a fatal error here) and, for a file, starts
-/// polling it every `interval` until `shutdown` fires.
+/// Loads the source (a broken one is a fatal error here) and, for a file or a
+/// directory, starts polling it every `interval` until `shutdown` fires.
 pub fn start(
     spec: &SourceSpec,
     trust_domain: &str,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> Result<SourceHandle, SourceError> {
-    let (name, text) = match spec {
-        SourceSpec::Embedded => (EMBEDDED_NAME.to_string(), EMBEDDED_DEFAULT.to_string()),
-        SourceSpec::File(path) => (path.display().to_string(), read_source(path)?),
+    /// What was loaded: a source that never changes, or one to poll.
+    enum Loaded {
+        Fixed,
+        Polled(reload::Layout, Box<parts::Parts>),
+    }
+    let (name, catalog, loaded) = match spec {
+        SourceSpec::Embedded => {
+            let catalog = parse_source(EMBEDDED_NAME, EMBEDDED_DEFAULT, trust_domain)?;
+            (EMBEDDED_NAME.to_string(), catalog, Loaded::Fixed)
+        }
+        SourceSpec::File(path) => {
+            let layout = reload::Layout::of(path);
+            let parts = reload::load(&layout, trust_domain)?;
+            let catalog = parts.catalog().clone();
+            let name = path.display().to_string();
+            (name, catalog, Loaded::Polled(layout, Box::new(parts)))
+        }
     };
-    let catalog = parse_source(&name, &text, trust_domain)?;
+    tracing::info!(source = %name, workloads = catalog.workloads().len(),
+        services = catalog.services().len(), "source loaded");
     let (snap_tx, snapshots) = watch::channel(Snapshot {
         version: 1,
         catalog: Arc::new(catalog),
         published: std::time::Instant::now(),
     });
     let (err_tx, errors) = watch::channel(None);
-    let (poller, unchanging) = match spec {
-        SourceSpec::Embedded => (None, Some(snap_tx)),
-        SourceSpec::File(path) => {
+    let (poller, unchanging) = match loaded {
+        Loaded::Fixed => (None, Some(snap_tx)),
+        Loaded::Polled(layout, parts) => {
             let poller = reload::Poller::new(
-                path.clone(),
+                layout,
                 trust_domain.to_string(),
                 interval,
-                &text,
+                *parts,
                 snap_tx,
                 err_tx,
             );
             (Some(tokio::spawn(poller.run(shutdown))), None)
         }
     };
-    tracing::info!(source = %name, workloads = snapshots.borrow().catalog.workloads().len(),
-        services = snapshots.borrow().catalog.services().len(), "source loaded");
     Ok(SourceHandle {
         snapshots,
         errors,

@@ -1,62 +1,172 @@
-//! Polls the source file and publishes a new catalog version when it changes for the
-//! better; a broken file is logged and the last good catalog keeps being served.
+//! Polls the source (one file, or every `*.yaml`/`*.yml` file of a directory) and
+//! publishes a new catalog version when it changes for the better. A broken file is
+//! logged and keeps its last good content in force; the other files go on.
+//!
+//! Each file is one part ([`super::parts`]): a change re-reads, parses and checks
+//! only the files that changed (and those that use a name they define), so in a
+//! directory of many files a change costs what changed, not the mesh.
 
-use super::catalog::{Catalog, Snapshot};
-use super::file::{parse_source, source_text, SourceError};
-use std::path::PathBuf;
+use super::catalog::Snapshot;
+use super::file::{parse_file, source_text, SourceError};
+use super::parts::{Applied, Changes, Parsed, Parts};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Files modified this recently are re-read on every tick even if their size and
 /// mtime look unchanged, since coarse mtimes can hide a quick same-size rewrite.
 const RECENT: Duration = Duration::from_secs(2);
-/// Re-read at least every this many ticks, whatever the metadata says.
-const FORCE_READ_EVERY: u32 = 10;
+/// Re-read a file at least this often, whatever its metadata says.
+const FORCE_READ_AFTER: Duration = Duration::from_secs(5);
 
-/// What the poller last saw of the file, to skip work when nothing changed.
+/// Where the source's files are.
+#[derive(Debug, Clone)]
+pub(crate) enum Layout {
+    /// One file; it missing is a problem, not an empty mesh.
+    File(PathBuf),
+    /// Every `*.yaml` and `*.yml` file directly in it (hidden ones aside), by name.
+    Dir(PathBuf),
+}
+
+impl Layout {
+    /// The layout of `path`: a directory's files, or the one file.
+    pub(crate) fn of(path: &Path) -> Self {
+        if path.is_dir() {
+            Layout::Dir(path.to_path_buf())
+        } else {
+            Layout::File(path.to_path_buf())
+        }
+    }
+
+    /// The source's files now, in order.
+    fn files(&self) -> Result<Vec<PathBuf>, SourceError> {
+        let dir = match self {
+            Layout::File(path) => return Ok(vec![path.clone()]),
+            Layout::Dir(dir) => dir,
+        };
+        let name = dir.display().to_string();
+        let entries = std::fs::read_dir(dir).map_err(|e| SourceError::unreadable(&name, &e))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| is_source_file(p))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(SourceError {
+                file: name,
+                position: None,
+                reason: "the source directory has no *.yaml or *.yml file".into(),
+            });
+        }
+        Ok(files)
+    }
+}
+
+/// A visible `*.yaml`/`*.yml` regular file (symlinks followed, as a ConfigMap
+/// mount's are).
+fn is_source_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && path.is_file()
+}
+
+/// What errors call a file, and the name of its part.
+fn part_of(path: &Path) -> Arc<str> {
+    Arc::from(path.display().to_string())
+}
+
+/// Loads every file of the source at start; any problem refuses the whole source.
+pub(crate) fn load(layout: &Layout, trust_domain: &str) -> Result<Parts, SourceError> {
+    let mut changes = Changes::new();
+    for path in layout.files()? {
+        let name = part_of(&path);
+        let text = source_text(&name, std::fs::read(&path))?;
+        changes.insert(name.clone(), Some(parse(name, text)?));
+    }
+    Ok(Parts::default().apply(&changes, trust_domain)?.parts)
+}
+
+/// One file's text parsed into a part.
+pub(crate) fn parse(name: Arc<str>, text: String) -> Result<Arc<Parsed>, SourceError> {
+    let file = parse_file(&name, &text)?;
+    Ok(Arc::new(Parsed { name, text, file }))
+}
+
+/// What the poller last saw of a file's metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
 }
 
-/// The polling loop's state for one source file.
-pub(crate) struct Poller {
-    pub(crate) path: PathBuf,
-    pub(crate) trust_domain: String,
-    pub(crate) interval: Duration,
-    pub(crate) snapshots: watch::Sender<Snapshot>,
-    pub(crate) errors: watch::Sender<Option<SourceError>>,
+/// What the poller knows of one file.
+#[derive(Debug, Default)]
+struct Seen {
     stamp: Option<Stamp>,
+    read: Option<Instant>,
     content: Option<ring::digest::Digest>,
-    ticks: u32,
+    /// A change not in force yet: new content, or `None` for a file that is gone.
+    pending: Option<Option<Arc<Parsed>>>,
+    /// The generation of the parts when `pending` was last refused.
+    refused_at: Option<u64>,
+    /// Why the file's newest content is not in force.
+    problem: Option<SourceError>,
+}
+
+/// The polling loop's state for one source.
+pub(crate) struct Poller {
+    layout: Layout,
+    trust_domain: String,
+    interval: Duration,
+    snapshots: watch::Sender<Snapshot>,
+    errors: watch::Sender<Option<SourceError>>,
+    parts: Parts,
+    seen: BTreeMap<PathBuf, Seen>,
+    /// Grows with every change put in force: a refused change is tried again only
+    /// when its own file or the parts in force have changed since.
+    generation: u64,
 }
 
 impl Poller {
-    /// A poller that starts from the text that was loaded at start.
+    /// A poller that starts from the parts loaded at start.
     pub(crate) fn new(
-        path: PathBuf,
+        layout: Layout,
         trust_domain: String,
         interval: Duration,
-        initial_text: &str,
+        parts: Parts,
         snapshots: watch::Sender<Snapshot>,
         errors: watch::Sender<Option<SourceError>>,
     ) -> Self {
-        let stamp = std::fs::metadata(&path).ok().map(|m| Stamp {
-            modified: m.modified().ok(),
-            len: m.len(),
-        });
+        let now = Instant::now();
+        let files = layout.files().unwrap_or_default();
+        let seen = (files.into_iter().enumerate())
+            .map(|(i, path)| {
+                let meta = std::fs::metadata(&path).ok();
+                let applied = parts.applied(&part_of(&path));
+                let seen = Seen {
+                    stamp: meta.map(|m| stamp(&m)),
+                    // Forced re-reads spread over the period, not all at once.
+                    read: now.checked_sub(FORCE_READ_AFTER.mul_f64((i % 10) as f64 / 10.0)),
+                    content: applied.map(|p| hash(&p.text)),
+                    ..Seen::default()
+                };
+                (path, seen)
+            })
+            .collect();
         Self {
-            path,
+            layout,
             trust_domain,
             interval,
             snapshots,
             errors,
-            stamp,
-            content: Some(hash(initial_text)),
-            ticks: 0,
+            parts,
+            seen,
+            generation: 0,
         }
     }
 
@@ -71,98 +181,260 @@ impl Poller {
                 _ = ticker.tick() => self.poll_once().await,
             }
         }
-        tracing::debug!(file = %self.path.display(), "source poller stopped");
+        tracing::debug!(source = ?self.layout, "source poller stopped");
     }
 
-    /// One look at the file: re-read it if it may have changed, publish if it did.
+    /// One look at the source: re-read what may have changed, put in force what did.
     async fn poll_once(&mut self) {
-        let name = self.path.display().to_string();
-        let text = match self.read_if_changed(&name).await {
-            Ok(Some(text)) => text,
-            Ok(None) => return,
+        let looks = self.look().await;
+        let mut listed: Vec<PathBuf> = Vec::new();
+        match looks {
             Err(e) => {
-                self.forget();
-                self.fail(e);
+                // The directory itself: nothing changes until it is back.
+                if self.errors.borrow().as_ref() != Some(&e) {
+                    log_refusal(&e, self.snapshots.borrow().version);
+                    self.errors.send_replace(Some(e));
+                }
                 return;
+            }
+            Ok(looks) => {
+                for (path, look) in looks {
+                    listed.push(path.clone());
+                    self.take_look(path, look);
+                }
+            }
+        }
+        let gone: Vec<PathBuf> = (self.seen.keys())
+            .filter(|p| !listed.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            let in_force = self.parts.applied(&part_of(&path)).is_some();
+            let seen = self.seen.entry(path).or_default();
+            *seen = Seen {
+                pending: in_force.then_some(None),
+                ..Seen::default()
+            };
+        }
+        self.try_pending();
+        self.seen.retain(|path, seen| {
+            listed.contains(path) || seen.pending.is_some() || seen.problem.is_some()
+        });
+        let first = self.seen.values().find_map(|s| s.problem.clone());
+        self.errors.send_if_modified(|e| {
+            let modified = *e != first;
+            *e = first;
+            modified
+        });
+    }
+
+    /// Lists the files and reads those that may have changed, off the runtime.
+    async fn look(&self) -> Result<Vec<(PathBuf, Look)>, SourceError> {
+        let layout = self.layout.clone();
+        let known: BTreeMap<PathBuf, (Option<Stamp>, Option<Instant>)> = (self.seen.iter())
+            .map(|(p, s)| (p.clone(), (s.stamp, s.read)))
+            .collect();
+        let looked = tokio::task::spawn_blocking(move || {
+            let files = layout.files()?;
+            Ok(files
+                .into_iter()
+                .map(|path| {
+                    let (stamp, read) = known.get(&path).copied().unwrap_or_default();
+                    let look = look_at(&path, stamp, read);
+                    (path, look)
+                })
+                .collect())
+        })
+        .await;
+        looked.unwrap_or_else(|e| {
+            Err(SourceError {
+                file: format!("{:?}", self.layout),
+                position: None,
+                reason: format!("the source poller failed: {e}"),
+            })
+        })
+    }
+
+    /// Records what one look at a file found: new content becomes pending.
+    fn take_look(&mut self, path: PathBuf, look: Look) {
+        let part = part_of(&path);
+        let serving = self.snapshots.borrow().version;
+        let seen = self.seen.entry(path).or_default();
+        let text = match look {
+            Look::Unchanged => return,
+            Look::Failed(e) => {
+                seen.stamp = None;
+                seen.content = None;
+                seen.refuse(e, serving);
+                return;
+            }
+            Look::Read { stamp, text } => {
+                seen.stamp = Some(stamp);
+                seen.read = Some(Instant::now());
+                text
             }
         };
         let digest = hash(&text);
-        if self
-            .content
-            .as_ref()
-            .is_some_and(|d| d.as_ref() == digest.as_ref())
-        {
+        if (seen.content.as_ref()).is_some_and(|d| d.as_ref() == digest.as_ref()) {
             return;
         }
-        self.content = Some(digest);
-        match parse_source(&name, &text, &self.trust_domain) {
-            Ok(catalog) => self.publish(catalog),
-            Err(e) => self.fail(e),
+        seen.content = Some(digest);
+        seen.refused_at = None;
+        match parse(part.clone(), text) {
+            Ok(parsed) => {
+                let in_force = self.parts.applied(&part);
+                seen.pending = match in_force {
+                    Some(p) if p.text == parsed.text => None,
+                    _ => Some(Some(parsed)),
+                };
+                seen.problem = None;
+            }
+            Err(e) => {
+                seen.pending = None;
+                seen.refuse(e, serving);
+            }
         }
     }
 
-    /// The file's text if it may have changed since the last look (another size or
-    /// mtime, a recent write, or the periodic forced re-read); `None` skips this tick.
-    async fn read_if_changed(&mut self, name: &str) -> Result<Option<String>, SourceError> {
-        let meta = tokio::fs::metadata(&self.path)
-            .await
-            .map_err(|e| SourceError::unreadable(name, &e))?;
-        let stamp = Stamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
+    /// Puts pending changes in force: all together if they fit, else file by file,
+    /// so one broken file holds back only itself.
+    fn try_pending(&mut self) {
+        let generation = self.generation;
+        let changes: Changes = (self.seen.iter())
+            .filter(|(_, s)| s.refused_at != Some(generation))
+            .filter_map(|(path, s)| Some((part_of(path), s.pending.clone()?)))
+            .collect();
+        if changes.is_empty() {
+            return;
+        }
+        let together = self.attempt(&changes);
+        if together.is_ok() || changes.len() == 1 {
+            return;
+        }
+        for (part, change) in changes {
+            let one: Changes = [(part, change)].into_iter().collect();
+            let _ = self.attempt(&one);
+        }
+    }
+
+    /// Applies `changes` or records why not on the files concerned.
+    fn attempt(&mut self, changes: &Changes) -> Result<(), ()> {
+        let result = self.parts.apply(changes, &self.trust_domain);
+        let result = match (&self.layout, result) {
+            (Layout::Dir(dir), Ok(a)) if a.parts.is_empty() => Err(SourceError {
+                file: dir.display().to_string(),
+                position: None,
+                reason: "the change would leave the source directory with no file; \
+                         the mesh is not emptied by removing its files"
+                    .into(),
+            }),
+            (_, result) => result,
         };
-        let recent = stamp
-            .modified
-            .and_then(|m| m.elapsed().ok())
-            .is_none_or(|age| age < RECENT);
-        self.ticks += 1;
-        if Some(stamp) == self.stamp && !recent && self.ticks < FORCE_READ_EVERY {
-            return Ok(None);
+        match result {
+            Ok(applied) => {
+                self.commit(applied, changes);
+                Ok(())
+            }
+            Err(e) => {
+                let serving = self.snapshots.borrow().version;
+                for part in changes.keys() {
+                    if let Some(seen) = self.seen.get_mut(Path::new(&**part)) {
+                        seen.refused_at = Some(self.generation);
+                        seen.refuse(e.clone(), serving);
+                    }
+                }
+                Err(())
+            }
         }
-        self.ticks = 0;
-        self.stamp = Some(stamp);
-        source_text(name, tokio::fs::read(&self.path).await).map(Some)
     }
 
-    /// Publishes a good catalog as the next version, unless nothing effective changed.
-    fn publish(&mut self, catalog: Catalog) {
-        self.errors.send_if_modified(|e| e.take().is_some());
-        let current = self.snapshots.borrow().clone();
-        if current.catalog.same_content(&catalog) {
-            tracing::debug!(file = %self.path.display(), "source changed without effect");
+    /// Puts applied changes in force and publishes them, unless no proxy would see
+    /// a difference.
+    fn commit(&mut self, applied: Applied, changes: &Changes) {
+        let Applied { parts, changed } = applied;
+        self.parts = parts;
+        self.generation += 1;
+        for part in changes.keys() {
+            if let Some(seen) = self.seen.get_mut(Path::new(&**part)) {
+                seen.pending = None;
+                seen.problem = None;
+                seen.refused_at = None;
+            }
+        }
+        let files: Vec<&str> = changes.keys().map(|p| &**p).collect();
+        if !changed {
+            tracing::debug!(?files, "source changed without effect");
             return;
         }
-        let version = current.version + 1;
+        let version = self.snapshots.borrow().version + 1;
         self.snapshots.send_replace(Snapshot {
             version,
-            catalog: Arc::new(catalog),
-            published: std::time::Instant::now(),
+            catalog: Arc::new(self.parts.catalog().clone()),
+            published: Instant::now(),
         });
-        tracing::info!(file = %self.path.display(), version, "source reloaded");
+        tracing::info!(?files, version, "source reloaded");
     }
+}
 
-    /// Logs a refused source (once per distinct problem) and keeps the last good one.
-    fn fail(&mut self, e: SourceError) {
-        let serving = self.snapshots.borrow().version;
-        let is_new = self.errors.borrow().as_ref() != Some(&e);
-        if is_new {
-            tracing::error!(
-                file = %e.file,
-                line = e.position.map(|p| p.0),
-                column = e.position.map(|p| p.1),
-                reason = %e.reason,
-                serving_version = serving,
-                "source file refused, keeping the last good config: {e}"
-            );
-            self.errors.send_replace(Some(e));
+impl Seen {
+    /// Records why the file's newest content is not in force, logging it once.
+    fn refuse(&mut self, e: SourceError, serving: u64) {
+        if self.problem.as_ref() != Some(&e) {
+            log_refusal(&e, serving);
         }
+        self.problem = Some(e);
     }
+}
 
-    /// Forgets what was seen, so the file is parsed again once it is back.
-    fn forget(&mut self) {
-        self.stamp = None;
-        self.content = None;
+/// What one look at a file found.
+enum Look {
+    /// Its metadata says nothing changed.
+    Unchanged,
+    /// It was read (it may still hold the same text).
+    Read { stamp: Stamp, text: String },
+    /// It cannot be read.
+    Failed(SourceError),
+}
+
+/// Reads `path` if it may have changed since `stamp` (another size or mtime, a
+/// recent write, or no read for a while).
+fn look_at(path: &Path, seen: Option<Stamp>, read: Option<Instant>) -> Look {
+    let name = path.display().to_string();
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return Look::Failed(SourceError::unreadable(&name, &e)),
+    };
+    let now = stamp(&meta);
+    let recent = (now.modified)
+        .and_then(|m| m.elapsed().ok())
+        .is_none_or(|age| age < RECENT);
+    let due = read.is_none_or(|r| r.elapsed() >= FORCE_READ_AFTER);
+    if Some(now) == seen && !recent && !due {
+        return Look::Unchanged;
     }
+    match source_text(&name, std::fs::read(path)) {
+        Ok(text) => Look::Read { stamp: now, text },
+        Err(e) => Look::Failed(e),
+    }
+}
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    }
+}
+
+/// Logs a refused change; the last good content keeps serving.
+fn log_refusal(e: &SourceError, serving: u64) {
+    tracing::error!(
+        file = %e.file,
+        line = e.position.map(|p| p.0),
+        column = e.position.map(|p| p.1),
+        reason = %e.reason,
+        serving_version = serving,
+        "source file refused, keeping the last good config: {e}"
+    );
 }
 
 fn hash(text: &str) -> ring::digest::Digest {

@@ -290,10 +290,10 @@ services:
     #[test]
     fn routes_reach_the_views() {
         let catalog = crate::source::parse_source("r.yaml", FILE, "cluster.local").unwrap();
-        let port = &catalog.services()[0].ports[0];
+        let port = &catalog.services().next().unwrap().ports[0];
         assert_eq!(port.routes.len(), 2);
         assert_eq!(port.routes[1].backends[1].weight, 10);
-        let inbound = &catalog.workloads()[0].inbound;
+        let inbound = &catalog.workloads().next().unwrap().inbound;
         let policy = &inbound.ports[&8080];
         assert_eq!(policy.server.routes[0].name, "admin");
         assert_eq!(
@@ -379,14 +379,10 @@ services:
         let catalog =
             crate::source::parse_source("policy.md", &doc[start..start + len], "cluster.local")
                 .unwrap_or_else(|e| panic!("{e}"));
-        let routes = &catalog.services()[0].ports[0].routes;
+        let routes = &catalog.services().next().unwrap().ports[0].routes;
         assert_eq!(routes.len(), 3);
         assert_eq!(routes[1].backends[0].weight, 90);
-        let api = catalog
-            .workloads()
-            .iter()
-            .find(|w| w.name == "api")
-            .unwrap();
+        let api = catalog.workloads().find(|w| w.name == "api").unwrap();
         assert_eq!(api.inbound.ports[&8080].server.routes.len(), 2);
     }
 }

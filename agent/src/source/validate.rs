@@ -1,15 +1,18 @@
-//! Checks that need the whole source file (duplicates, references between entries)
-//! and turns a parsed [`SourceFile`] into a [`Catalog`].
+//! Checks that need more than one entry (duplicates, references between entries)
+//! and adds a parsed [`SourceFile`] to a [`Catalog`] as one part. Entries of other
+//! parts already in the catalog count: a name, address or token is taken whichever
+//! part took it, and an endpoint may name a workload of another part.
 
-use super::catalog::{Catalog, Workload};
+use super::catalog::{Catalog, Origin, Workload};
 use super::model::{EndpointSpec, Name, ServiceSpec, SourceFile, WorkloadSpec};
 use super::path::EntryPath;
 use super::routes;
 use crate::token::TokenHash;
 use pillion_api::view::{Endpoint, InboundPolicy, PortPolicy, Service, ServicePort};
 use pillion_identity::{IdError, SpiffeId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A problem found after parsing, naming the entry it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,87 +23,120 @@ pub struct SemanticError {
     pub reason: String,
 }
 
-/// Checks a parsed file and resolves it against the trust domain.
-pub fn validate(file: &SourceFile, trust_domain: &str) -> Result<Catalog, SemanticError> {
+/// Checks a parsed file and resolves it against the trust domain: the catalog of
+/// a source that is this one file.
+pub fn validate(
+    file: &SourceFile,
+    part: &str,
+    trust_domain: &str,
+) -> Result<Catalog, SemanticError> {
+    let part: Arc<str> = Arc::from(part);
     let mut catalog = Catalog::default();
-    let mut names: HashMap<(String, String), usize> = HashMap::new();
-    let mut pod_addresses: HashMap<IpAddr, usize> = HashMap::new();
-    for (i, spec) in file.workloads.iter().enumerate() {
-        let at = EntryPath::root("workloads").index(i);
-        let key = (spec.namespace.0.clone(), spec.name.0.clone());
-        if let Some(&first) = names.get(&key) {
-            return Err(err(
-                at.key("name"),
-                format!(
-                    "duplicate workload {}/{}: workloads[{first}] already has this namespace and name",
-                    key.0, key.1
-                ),
-            ));
-        }
-        names.insert(key, i);
-        let workload = workload(spec, &at, trust_domain)?;
-        for (k, addr) in workload.addresses.iter().enumerate() {
-            if let Some(&other) = pod_addresses.get(addr) {
-                return Err(err(
-                    at.key("addresses").index(k),
-                    format!("address {addr} is already an address of workloads[{other}]"),
-                ));
-            }
-            pod_addresses.insert(*addr, i);
-        }
-        if let Some(hash) = workload.token {
-            if let Some(&other) = catalog.by_token.get(&hash) {
-                return Err(err(
-                    at.key("token"),
-                    format!(
-                        "workloads[{other}] already uses this token: every workload needs its own token"
-                    ),
-                ));
-            }
-            catalog.by_token.insert(hash, i);
-        }
-        catalog.workloads.push(workload);
-    }
-
-    let mut services: HashMap<(String, String), usize> = HashMap::new();
-    let mut vips: HashMap<IpAddr, usize> = HashMap::new();
-    for (i, spec) in file.services.iter().enumerate() {
-        let at = EntryPath::root("services").index(i);
-        let key = (spec.namespace.0.clone(), spec.name.0.clone());
-        if let Some(&first) = services.get(&key) {
-            return Err(err(
-                at.key("name"),
-                format!(
-                    "duplicate service {}/{}: services[{first}] already has this namespace and name",
-                    key.0, key.1
-                ),
-            ));
-        }
-        services.insert(key, i);
-        for (k, vip) in spec.addresses.iter().enumerate() {
-            if let Some(&other) = vips.get(&vip.0) {
-                return Err(err(
-                    at.key("addresses").index(k),
-                    format!(
-                        "address {} is already an address of services[{other}]",
-                        vip.0
-                    ),
-                ));
-            }
-            vips.insert(vip.0, i);
-        }
-        catalog
-            .services
-            .push(service(spec, &at, &catalog.workloads, &names)?);
-    }
-    check_backend_services(&catalog.services)?;
+    add_workloads(file, &part, trust_domain, &mut catalog)?;
+    add_services(file, &part, &mut catalog)?;
+    check_backend_services(&part, &catalog)?;
     Ok(catalog)
 }
 
-/// Every route backend that names another service must name one of the same
-/// namespace that offers the same port, since that is where the proxy sends it.
-fn check_backend_services(services: &[Service]) -> Result<(), SemanticError> {
-    for (i, service) in services.iter().enumerate() {
+/// How an error names an entry: `[3]` in its own part, `[3] of <file>` in another.
+fn entry(list: &str, at: &Origin, part: &Arc<str>) -> String {
+    if at.part == *part {
+        format!("{list}[{}]", at.index)
+    } else {
+        format!("{list}{at}")
+    }
+}
+
+/// Adds the workloads of `file` as `part`; first of a part's two steps, so that
+/// the services of every part may refer to the workloads of any.
+pub fn add_workloads(
+    file: &SourceFile,
+    part: &Arc<str>,
+    trust_domain: &str,
+    catalog: &mut Catalog,
+) -> Result<(), SemanticError> {
+    for (i, spec) in file.workloads.iter().enumerate() {
+        let at = EntryPath::root("workloads").index(i);
+        if let Some((first, _)) = catalog.workload_named(&spec.namespace.0, &spec.name.0) {
+            return Err(err(
+                at.key("name"),
+                format!(
+                    "duplicate workload {}/{}: {} already has this namespace and name",
+                    spec.namespace.0,
+                    spec.name.0,
+                    entry("workloads", first, part)
+                ),
+            ));
+        }
+        let workload = workload(spec, &at, trust_domain)?;
+        for (k, addr) in workload.addresses.iter().enumerate() {
+            if let Some(other) = catalog.pod_address_owner(*addr) {
+                return Err(err(
+                    at.key("addresses").index(k),
+                    format!(
+                        "address {addr} is already an address of {}",
+                        entry("workloads", other, part)
+                    ),
+                ));
+            }
+        }
+        if let Some(hash) = workload.token {
+            if let Some(other) = catalog.token_owner(&hash) {
+                return Err(err(
+                    at.key("token"),
+                    format!(
+                        "{} already uses this token: every workload needs its own token",
+                        entry("workloads", other, part)
+                    ),
+                ));
+            }
+        }
+        catalog.insert_workload(Origin::new(part, i), workload);
+    }
+    Ok(())
+}
+
+/// Adds the services of `file` as `part`, once every part's workloads are in.
+pub fn add_services(
+    file: &SourceFile,
+    part: &Arc<str>,
+    catalog: &mut Catalog,
+) -> Result<(), SemanticError> {
+    for (i, spec) in file.services.iter().enumerate() {
+        let at = EntryPath::root("services").index(i);
+        if let Some((first, _)) = catalog.service_named(&spec.namespace.0, &spec.name.0) {
+            return Err(err(
+                at.key("name"),
+                format!(
+                    "duplicate service {}/{}: {} already has this namespace and name",
+                    spec.namespace.0,
+                    spec.name.0,
+                    entry("services", first, part)
+                ),
+            ));
+        }
+        for (k, vip) in spec.addresses.iter().enumerate() {
+            if let Some(other) = catalog.vip_owner(vip.0) {
+                return Err(err(
+                    at.key("addresses").index(k),
+                    format!(
+                        "address {} is already an address of {}",
+                        vip.0,
+                        entry("services", other, part)
+                    ),
+                ));
+            }
+        }
+        let service = service(spec, &at, catalog)?;
+        catalog.insert_service(Origin::new(part, i), service);
+    }
+    Ok(())
+}
+
+/// Every route backend of `part` that names another service must name one of the
+/// same namespace that offers the same port, since that is where the proxy sends it.
+pub fn check_backend_services(part: &str, catalog: &Catalog) -> Result<(), SemanticError> {
+    for (i, service) in catalog.services_of(part).enumerate() {
         for (k, port) in service.ports.iter().enumerate() {
             for (r, route) in port.routes.iter().enumerate() {
                 for (b, backend) in route.backends.iter().enumerate() {
@@ -116,10 +152,7 @@ fn check_backend_services(services: &[Service]) -> Result<(), SemanticError> {
                         .key("backends")
                         .index(b)
                         .key("service");
-                    let target = services
-                        .iter()
-                        .find(|s| s.namespace == service.namespace && &s.name == name);
-                    match target {
+                    match catalog.service_named(&service.namespace, name) {
                         None => {
                             return Err(err(
                                 at,
@@ -129,7 +162,7 @@ fn check_backend_services(services: &[Service]) -> Result<(), SemanticError> {
                                 ),
                             ))
                         }
-                        Some(t) if !t.ports.iter().any(|p| p.port == port.port) => {
+                        Some((_, t)) if !t.ports.iter().any(|p| p.port == port.port) => {
                             return Err(err(
                                 at,
                                 format!(
@@ -146,6 +179,9 @@ fn check_backend_services(services: &[Service]) -> Result<(), SemanticError> {
     }
     Ok(())
 }
+
+/// Workloads an error about an unknown one lists as the known ones.
+const KNOWN_LISTED: usize = 20;
 
 fn err(path: EntryPath, reason: impl Into<String>) -> SemanticError {
     SemanticError {
@@ -207,8 +243,7 @@ fn workload(spec: &WorkloadSpec, at: &EntryPath, td: &str) -> Result<Workload, S
 fn service(
     spec: &ServiceSpec,
     at: &EntryPath,
-    workloads: &[Workload],
-    names: &HashMap<(String, String), usize>,
+    catalog: &Catalog,
 ) -> Result<Service, SemanticError> {
     if spec.ports.is_empty() {
         return Err(err(
@@ -239,7 +274,7 @@ fn service(
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for (j, e) in spec.endpoints.iter().enumerate() {
         let at = at.key("endpoints").index(j);
-        for ep in endpoint_group(e, &at, &spec.namespace, &targets, workloads, names)? {
+        for ep in endpoint_group(e, &at, &spec.namespace, &targets, catalog)? {
             if endpoints
                 .iter()
                 .any(|other| other.address == ep.address && other.port == ep.port)
@@ -270,23 +305,22 @@ fn endpoint_group(
     at: &EntryPath,
     service_ns: &Name,
     targets: &BTreeSet<u16>,
-    workloads: &[Workload],
-    names: &HashMap<(String, String), usize>,
+    catalog: &Catalog,
 ) -> Result<Vec<Endpoint>, SemanticError> {
     let workload = match &e.workload {
         None => None,
         Some(r) => {
             let ns = r.namespace.as_ref().unwrap_or(service_ns);
-            let found = names
-                .get(&(ns.0.clone(), r.name.0.clone()))
-                .and_then(|&i| workloads.get(i));
-            match found {
-                Some(w) => Some(w),
+            match catalog.workload_named(&ns.0, &r.name.0) {
+                Some((_, w)) => Some(w),
                 None => {
-                    let known: Vec<String> = workloads
-                        .iter()
+                    let mut known: Vec<String> = (catalog.workloads().take(KNOWN_LISTED))
                         .map(|w| format!("{}/{}", w.namespace, w.name))
                         .collect();
+                    let more = catalog.workloads().len().saturating_sub(KNOWN_LISTED);
+                    if more > 0 {
+                        known.push(format!("and {more} more"));
+                    }
                     return Err(err(
                         at.key("workload"),
                         format!(

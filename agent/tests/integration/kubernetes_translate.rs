@@ -62,7 +62,6 @@ fn services_are_sorted_and_udp_and_external_name_services_are_left_out() {
     let names: Vec<_> = t
         .catalog
         .services()
-        .iter()
         .map(|s| format!("{}/{}", s.namespace, s.name))
         .collect();
     assert_eq!(names, ["demo/db", "demo/echo", "demo/legacy", "demo/web"]);
@@ -71,7 +70,7 @@ fn services_are_sorted_and_udp_and_external_name_services_are_left_out() {
 #[test]
 fn a_service_with_named_target_ports_dual_stack_and_a_not_ready_endpoint() {
     let t = translated();
-    let echo = &t.catalog.services()[1];
+    let echo = &t.catalog.services().nth(1).unwrap();
     assert_eq!(echo.addresses, [ip("198.18.100.10"), ip("2001:2::100:10")]);
     let ports: Vec<_> = echo
         .ports
@@ -110,7 +109,7 @@ fn a_service_with_named_target_ports_dual_stack_and_a_not_ready_endpoint() {
 #[test]
 fn headless_and_selectorless_services_and_unmeshed_endpoints() {
     let t = translated();
-    let db = &t.catalog.services()[0];
+    let db = &t.catalog.services().next().unwrap();
     assert!(db.addresses.is_empty(), "headless: no VIP");
     assert_eq!(db.endpoints.len(), 1);
     let e = &db.endpoints[0];
@@ -118,7 +117,7 @@ fn headless_and_selectorless_services_and_unmeshed_endpoints() {
     assert_eq!(e.identity, None, "db-0 is not injected: plain TCP");
     assert_eq!(e.labels.get("app").map(String::as_str), Some("db"));
 
-    let legacy = &t.catalog.services()[2];
+    let legacy = &t.catalog.services().nth(2).unwrap();
     assert_eq!(legacy.addresses, [ip("198.18.100.30")]);
     assert_eq!(legacy.ports[0].target_port, Some(8443));
     assert_eq!(legacy.endpoints.len(), 1, "the FQDN slice is ignored");
@@ -126,7 +125,7 @@ fn headless_and_selectorless_services_and_unmeshed_endpoints() {
     assert_eq!((e.address, e.port), (ip("198.18.50.1"), 8443));
     assert!(e.identity.is_none() && e.labels.is_empty());
 
-    let web = &t.catalog.services()[3];
+    let web = &t.catalog.services().nth(3).unwrap();
     assert_eq!(web.ports[0].protocol, Protocol::Http1, "appProtocol http");
     assert_eq!(web.ports[0].target_port, Some(8080));
 }
@@ -137,12 +136,11 @@ fn one_workload_per_meshed_service_account() {
     let ids: Vec<_> = t
         .catalog
         .workloads()
-        .iter()
         .map(|w| w.identity.to_string())
         .collect();
     // loadgen has no serviceAccountName: the namespace's `default`.
     assert_eq!(ids, [id("default"), id("echo"), id("web")]);
-    let echo = &t.catalog.workloads()[1];
+    let echo = &t.catalog.workloads().nth(1).unwrap();
     assert_eq!(echo.namespace, "demo");
     assert!(echo.addresses.contains(&ip("198.18.1.11")));
     assert!(echo.addresses.contains(&ip("2001:2::1:12")));
@@ -155,7 +153,7 @@ fn one_workload_per_meshed_service_account() {
 #[test]
 fn routes_retries_and_rate_limits_land_on_the_parent_port() {
     let t = translated();
-    let echo = &t.catalog.services()[1];
+    let echo = &t.catalog.services().nth(1).unwrap();
     let routes = &echo.ports[0].routes;
     let names: Vec<_> = routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["echo.canary", "echo.1"], "the bad rule is skipped");
@@ -225,7 +223,7 @@ fn routes_retries_and_rate_limits_land_on_the_parent_port() {
     pillion_api::policy::validate_routes(routes).unwrap();
 
     // RetryPolicy web targets every port: a catch-all route carries it.
-    let web = &t.catalog.services()[3];
+    let web = &t.catalog.services().nth(3).unwrap();
     assert_eq!(web.ports[0].routes.len(), 1);
     assert_eq!(web.ports[0].routes[0].name, "default");
     assert_eq!(
@@ -237,7 +235,7 @@ fn routes_retries_and_rate_limits_land_on_the_parent_port() {
 #[test]
 fn authorization_and_service_rate_limits_become_inbound_policy() {
     let t = translated();
-    let echo = &t.catalog.workloads()[1];
+    let echo = &t.catalog.workloads().nth(1).unwrap();
     let (mode, allow) = echo.inbound.for_port(5678);
     assert_eq!(mode, Mode::Strict, "Strict wins over Permissive");
     assert_eq!(
@@ -246,7 +244,7 @@ fn authorization_and_service_rate_limits_become_inbound_policy() {
     );
     assert_eq!(echo.inbound.for_port(9090).0, Mode::Permissive);
 
-    let web = &t.catalog.workloads()[2];
+    let web = &t.catalog.workloads().nth(2).unwrap();
     let port = web.inbound.ports.get(&8080).expect("target port of web:80");
     assert_eq!(port.mode, Mode::Permissive);
     assert_eq!(port.server.routes.len(), 1);
@@ -275,7 +273,7 @@ fn broken_policies_are_skipped_with_warnings() {
 #[test]
 fn views_for_kubernetes_workloads_look_like_yaml_ones() {
     let t = translated();
-    let web = &t.catalog.workloads()[2];
+    let web = &t.catalog.workloads().nth(2).unwrap();
     let view = view_for(&t.catalog, web, 7, "", Discovery::Full);
     assert_eq!(view.identity, id("web"));
     let (svc, port) = view
@@ -359,14 +357,9 @@ fn odd_objects_never_panic() {
         authorization_policies: of_kind("AuthorizationPolicy"),
     };
     let t = translate(&objects, TD);
-    let names: Vec<_> = t
-        .catalog
-        .services()
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
+    let names: Vec<_> = t.catalog.services().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["q"]);
-    let q = &t.catalog.services()[0];
+    let q = &t.catalog.services().next().unwrap();
     assert!(q.addresses.is_empty());
     assert_eq!(
         q.ports[0].protocol,
@@ -374,9 +367,9 @@ fn odd_objects_never_panic() {
         "bad annotation ignored"
     );
     assert!(q.ports[0].routes.is_empty(), "{:?}", q.ports[0].routes);
-    assert!(t.catalog.workloads().is_empty(), "no valid identity");
+    assert!(t.catalog.workloads().len() == 0, "no valid identity");
     assert!(!t.warnings.is_empty());
 
     let empty = translate(&Objects::default(), TD);
-    assert!(empty.catalog.services().is_empty() && empty.warnings.is_empty());
+    assert!(empty.catalog.services().len() == 0 && empty.warnings.is_empty());
 }

@@ -281,12 +281,7 @@ async fn a_watch_event_reaches_the_served_view() {
     let (_fake, agent) = start().await;
     for _ in 0..200 {
         let snapshot = agent.snapshot();
-        if let Some(late) = snapshot
-            .catalog
-            .services()
-            .iter()
-            .find(|s| s.name == "late")
-        {
+        if let Some(late) = snapshot.catalog.services().find(|s| s.name == "late") {
             assert_eq!(late.namespace, "shop");
             assert_eq!(
                 late.addresses,

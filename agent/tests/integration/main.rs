@@ -11,5 +11,6 @@ mod kubernetes_token_review;
 mod kubernetes_translate;
 mod kubernetes_webhook;
 mod resolve;
+mod source_dir;
 mod source_yaml;
 mod watch;

@@ -49,6 +49,8 @@ pub const INJECTED_ANNOTATION: &str = pillion_inject::annotations::INJECTED;
 pub const OPAQUE_PORTS_ANNOTATION: &str = pillion_inject::annotations::OPAQUE_PORTS;
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The one part of a catalog translated from the cluster.
+pub const KUBERNETES_PART: &str = "kubernetes";
 /// Name of the implicit route that carries a Service-wide retry or rate limit.
 pub const DEFAULT_ROUTE: &str = "default";
 
@@ -126,11 +128,11 @@ pub fn translate(objects: &Objects, trust_domain: &str) -> Translation {
             }
         }
     }
-    let catalog = Catalog {
-        workloads: t.workloads.into_values().collect(),
+    let catalog = Catalog::of(
+        KUBERNETES_PART,
+        t.workloads.into_values().collect(),
         services,
-        ..Catalog::default()
-    };
+    );
     Translation {
         catalog,
         warnings: t.warnings,
