@@ -4,12 +4,16 @@
 //!
 //! - [`translate`]: typed objects in, the same [`crate::source::Catalog`] the YAML
 //!   source builds out (pure, unit-tested on fixtures).
-//! - [`watch`]: kube-runtime watchers feed stores; every change re-runs the
-//!   translation (debounced) into the snapshot channel the server reads.
+//! - [`cluster`]: the watched objects by namespace, and the namespaces a change
+//!   touched.
+//! - [`watch`]: kube-runtime watchers feed the cluster; after every (debounced)
+//!   change the namespaces it touched are translated again into the snapshot
+//!   channel the server reads.
 //! - [`token_review`]: the TokenReview authenticator, with a short positive cache.
 //! - [`publish`]: fills the webhook's caBundle and publishes the trust anchors
 //!   ConfigMap into injected namespaces.
 
+pub mod cluster;
 pub mod crd;
 pub mod leader;
 pub mod publish;

@@ -1,27 +1,31 @@
-//! Keeps the translation current: one kube-runtime watcher per kind feeds a store;
-//! any change wakes the translator, which waits a short debounce (so a rollout's burst
-//! of pod and EndpointSlice events becomes one new view), re-runs
-//! [`translate`](super::translate::translate) over every store and publishes the
-//! result on the same `watch` channel the YAML reloader uses, unless nothing a proxy
-//! sees has changed.
+//! Keeps the translation current: one kube-runtime watcher per kind feeds the
+//! [`Cluster`]; any change wakes the translator, which waits a short debounce (so a
+//! rollout's burst of pod and EndpointSlice events becomes one new view), translates
+//! again only the namespaces the changes touched
+//! ([`translate_namespace`](super::translate::translate_namespace)), and publishes
+//! the result on the same `watch` channel the YAML reloader uses, unless nothing a
+//! proxy sees has changed. Each namespace is one part of the catalog, so a change
+//! costs its namespace, not the cluster.
 //!
-//! Nothing is published before every store has finished its first list, so a proxy
+//! Nothing is published before every kind has finished its first list, so a proxy
 //! never mistakes a half-loaded cluster for the mesh; `ready` turns true then.
 
+use super::cluster::{Cluster, Kind};
 use super::crd;
-use super::translate::{translate, Objects};
+use super::translate::translate_namespace;
 use crate::source::{Catalog, Snapshot};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::{ApiResource, DynamicObject};
-use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -30,52 +34,11 @@ use tokio_util::sync::CancellationToken;
 /// Default wait between a change and the translation it triggers.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// The stores the translation reads.
+/// The stores read outside the translation.
 #[derive(Clone)]
 pub struct Stores {
-    /// Services.
-    pub services: Store<Service>,
-    /// EndpointSlices.
-    pub endpoint_slices: Store<EndpointSlice>,
-    /// Pods.
-    pub pods: Store<Pod>,
     /// Namespaces (annotations for the injector).
     pub namespaces: Store<Namespace>,
-    /// Routes.
-    pub routes: Store<DynamicObject>,
-    /// RetryPolicies.
-    pub retry_policies: Store<DynamicObject>,
-    /// RateLimitPolicies.
-    pub rate_limit_policies: Store<DynamicObject>,
-    /// AuthorizationPolicies.
-    pub authorization_policies: Store<DynamicObject>,
-}
-
-impl Stores {
-    /// What the translation needs, copied out of the stores (cheap: `Arc`s).
-    pub fn objects(&self) -> Objects {
-        Objects {
-            services: self.services.state(),
-            endpoint_slices: self.endpoint_slices.state(),
-            pods: self.pods.state(),
-            routes: self.routes.state(),
-            retry_policies: self.retry_policies.state(),
-            rate_limit_policies: self.rate_limit_policies.state(),
-            authorization_policies: self.authorization_policies.state(),
-        }
-    }
-
-    /// Waits until every store holds its first complete list.
-    async fn wait_until_ready(&self) -> bool {
-        self.services.wait_until_ready().await.is_ok()
-            && self.endpoint_slices.wait_until_ready().await.is_ok()
-            && self.pods.wait_until_ready().await.is_ok()
-            && self.namespaces.wait_until_ready().await.is_ok()
-            && self.routes.wait_until_ready().await.is_ok()
-            && self.retry_policies.wait_until_ready().await.is_ok()
-            && self.rate_limit_policies.wait_until_ready().await.is_ok()
-            && self.authorization_policies.wait_until_ready().await.is_ok()
-    }
 }
 
 impl Debug for Stores {
@@ -91,9 +54,11 @@ pub struct KubeSource {
     pub snapshots: watch::Receiver<Snapshot>,
     /// True once the first complete translation is published.
     pub ready: watch::Receiver<bool>,
-    /// The stores (namespaces for the webhook, the rest for inspection).
+    /// The stores read outside the translation (namespaces, for the webhook).
     pub stores: Stores,
-    /// Fires whenever any store changes.
+    /// The translated kinds, by namespace.
+    pub cluster: Arc<Cluster>,
+    /// Fires whenever any watched object changes.
     pub changed: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -115,67 +80,44 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> KubeSource {
     let changed = Arc::new(Notify::new());
+    let cluster = Arc::new(Cluster::default());
     let mut tasks = Vec::new();
-    let (services, w_services) = reflector::store();
-    let (slices, w_slices) = reflector::store();
-    let (pods, w_pods) = reflector::store();
-    let (namespaces, w_namespaces) = reflector::store();
-    tasks.push(run::<Service>(
-        Api::all(client.clone()),
-        w_services,
-        "services",
-        &changed,
-        &shutdown,
-    ));
-    tasks.push(run::<EndpointSlice>(
-        Api::all(client.clone()),
-        w_slices,
-        "endpointslices",
-        &changed,
-        &shutdown,
-    ));
-    tasks.push(run::<Pod>(
-        Api::all(client.clone()),
-        w_pods,
-        "pods",
-        &changed,
-        &shutdown,
-    ));
-    tasks.push(run::<Namespace>(
-        Api::all(client.clone()),
-        w_namespaces,
-        "namespaces",
-        &changed,
-        &shutdown,
-    ));
-    let mut crd_store = |kind: &str, plural: &'static str| {
-        let ar: ApiResource = crd::api_resource(kind, plural);
-        let writer = Writer::new(ar.clone());
-        let store = writer.as_reader();
-        tasks.push(run::<DynamicObject>(
-            Api::all_with(client.clone(), &ar),
-            writer,
-            plural,
-            &changed,
-            &shutdown,
-        ));
-        store
+    let watch = Watching {
+        cluster: &cluster,
+        changed: &changed,
+        shutdown: &shutdown,
     };
+    tasks.push(watch.kind::<Service>(Api::all(client.clone()), "services", |c| &c.services));
+    tasks.push(
+        watch.kind::<EndpointSlice>(Api::all(client.clone()), "endpointslices", |c| {
+            &c.endpoint_slices
+        }),
+    );
+    tasks.push(watch.kind::<Pod>(Api::all(client.clone()), "pods", |c| &c.pods));
     let [(k0, p0), (k1, p1), (k2, p2), (k3, p3)] = crd::KINDS;
-    let routes = crd_store(k0, p0);
-    let retry_policies = crd_store(k1, p1);
-    let rate_limit_policies = crd_store(k2, p2);
-    let authorization_policies = crd_store(k3, p3);
-    let stores = Stores {
-        services,
-        endpoint_slices: slices,
-        pods,
-        namespaces,
-        routes,
-        retry_policies,
-        rate_limit_policies,
-        authorization_policies,
-    };
+    let policies: [(&str, &'static str, Selector<DynamicObject>); 4] = [
+        (k0, p0, |c| &c.routes),
+        (k1, p1, |c| &c.retry_policies),
+        (k2, p2, |c| &c.rate_limit_policies),
+        (k3, p3, |c| &c.authorization_policies),
+    ];
+    for (kind, plural, select) in policies {
+        let ar: ApiResource = crd::api_resource(kind, plural);
+        tasks.push(watch.kind(Api::all_with(client.clone(), &ar), plural, select));
+    }
+    let (namespaces, w_namespaces) = reflector::store();
+    let stream = reflector::reflector(
+        w_namespaces,
+        watcher(Api::<Namespace>::all(client), watcher::Config::default()),
+    )
+    .default_backoff();
+    let (shutdown_ns, changed_ns) = (shutdown.clone(), changed.clone());
+    tasks.push(tokio::spawn(async move {
+        drive(stream, "namespaces", shutdown_ns, |_| {
+            changed_ns.notify_one()
+        })
+        .await;
+    }));
     let (snap_tx, snapshots) = watch::channel(Snapshot {
         version: 0,
         catalog: Arc::new(Catalog::default()),
@@ -183,7 +125,7 @@ pub fn start(
     });
     let (ready_tx, ready) = watch::channel(false);
     tasks.push(tokio::spawn(translate_loop(
-        stores.clone(),
+        cluster.clone(),
         trust_domain,
         debounce,
         changed.clone(),
@@ -194,38 +136,45 @@ pub fn start(
     KubeSource {
         snapshots,
         ready,
-        stores,
+        stores: Stores { namespaces },
+        cluster,
         changed,
         tasks,
     }
 }
 
-/// Drives one kind's watcher into its store, waking the translator on every event.
-fn run<K>(
-    api: Api<K>,
-    writer: Writer<K>,
-    what: &'static str,
-    changed: &Arc<Notify>,
-    shutdown: &CancellationToken,
-) -> JoinHandle<()>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Send + Sync,
-{
-    let changed = changed.clone();
-    let shutdown = shutdown.clone();
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        drive(stream, what, changed, shutdown).await;
-    })
+/// Where one kind's objects are kept in the cluster.
+type Selector<K> = fn(&Cluster) -> &Mutex<Kind<K>>;
+
+/// What every watcher of a translated kind shares.
+struct Watching<'a> {
+    cluster: &'a Arc<Cluster>,
+    changed: &'a Arc<Notify>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Watching<'_> {
+    /// Drives one kind's watcher into the cluster, waking the translator on every
+    /// event.
+    fn kind<K>(&self, api: Api<K>, what: &'static str, select: Selector<K>) -> JoinHandle<()>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone + Send + Sync,
+    {
+        let (cluster, changed) = (self.cluster.clone(), self.changed.clone());
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        tokio::spawn(drive(stream, what, self.shutdown.clone(), move |event| {
+            cluster.record(select(&cluster), event);
+            changed.notify_one();
+        }))
+    }
 }
 
 async fn drive<S, K>(
     stream: S,
     what: &'static str,
-    changed: Arc<Notify>,
     shutdown: CancellationToken,
+    mut on_event: impl FnMut(watcher::Event<K>),
 ) where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
@@ -237,12 +186,12 @@ async fn drive<S, K>(
             next = stream.next() => next,
         };
         match next {
-            Some(Ok(_)) => {
+            Some(Ok(event)) => {
                 if failing {
                     tracing::info!(kind = what, "watch recovered");
                     failing = false;
                 }
-                changed.notify_one();
+                on_event(event);
             }
             Some(Err(e)) => {
                 // Logged once per outage; the backoff retries quietly.
@@ -257,9 +206,43 @@ async fn drive<S, K>(
     tracing::debug!(kind = what, "watch stopped");
 }
 
-/// Re-translates after every (debounced) change and publishes real changes.
+/// The catalog after translating some namespaces again.
+#[derive(Debug)]
+pub struct Retranslated {
+    /// The new catalog (sharing all other namespaces with the old one).
+    pub catalog: Catalog,
+    /// Whether any proxy would see a difference.
+    pub changed: bool,
+    /// What each translated namespace skipped.
+    pub warnings: BTreeMap<String, Vec<String>>,
+}
+
+/// Translates `namespaces` of `cluster` again into a copy of `catalog`.
+pub fn retranslate(
+    cluster: &Cluster,
+    catalog: &Catalog,
+    namespaces: &BTreeSet<String>,
+    trust_domain: &str,
+) -> Retranslated {
+    let mut next = catalog.clone();
+    let mut warnings = BTreeMap::new();
+    for ns in namespaces {
+        let part = translate_namespace(&cluster.objects_in(ns), trust_domain, ns);
+        next.replace_part(ns, part.workloads, part.services);
+        warnings.insert(ns.clone(), part.warnings);
+    }
+    let changed = (namespaces.iter()).any(|ns| !catalog.same_part(&next, ns));
+    Retranslated {
+        catalog: next,
+        changed,
+        warnings,
+    }
+}
+
+/// Translates the touched namespaces after every (debounced) change and publishes
+/// real changes.
 async fn translate_loop(
-    stores: Stores,
+    cluster: Arc<Cluster>,
     trust_domain: String,
     debounce: Duration,
     changed: Arc<Notify>,
@@ -267,26 +250,36 @@ async fn translate_loop(
     ready: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
-    tokio::select! {
-        _ = shutdown.cancelled() => return,
-        ok = stores.wait_until_ready() => if !ok { return },
+    while !cluster.listed() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changed.notified() => {}
+        }
     }
     tracing::info!("first list of every watched kind loaded");
-    let mut last_warnings: Vec<String> = Vec::new();
+    let mut last_warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
     loop {
-        let translation = translate(&stores.objects(), &trust_domain);
-        if translation.warnings != last_warnings {
-            for w in &translation.warnings {
-                tracing::warn!("skipped: {w}");
-            }
-            last_warnings = translation.warnings;
-        }
+        let dirty = cluster.take_dirty();
         let current = snapshots.borrow().clone();
-        if current.version == 0 || !current.catalog.same_content(&translation.catalog) {
+        let step = retranslate(&cluster, &current.catalog, &dirty, &trust_domain);
+        for (ns, warnings) in step.warnings {
+            if last_warnings.get(&ns) != Some(&warnings) {
+                for w in &warnings {
+                    tracing::warn!(namespace = %ns, "skipped: {w}");
+                }
+            }
+            if warnings.is_empty() {
+                last_warnings.remove(&ns);
+            } else {
+                last_warnings.insert(ns, warnings);
+            }
+        }
+        if current.version == 0 || step.changed {
             let version = current.version + 1;
-            let catalog = translation.catalog;
+            let catalog = step.catalog;
             tracing::info!(
                 version,
+                namespaces = dirty.len(),
                 services = catalog.services().len(),
                 workloads = catalog.workloads().len(),
                 "cluster view published"

@@ -7,6 +7,7 @@ use crate::token::TokenHash;
 use imbl::{HashMap, OrdMap};
 use pillion_api::view::{InboundPolicy, Service};
 use pillion_identity::SpiffeId;
+use smallvec::SmallVec;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -48,8 +49,30 @@ impl fmt::Display for Origin {
     }
 }
 
-/// The entries claiming one key, in source order; the first wins.
-type Owners = Vec<Origin>;
+/// The entries claiming one key, in source order; the first wins. Nearly every key
+/// has one, kept inline.
+type Owners = SmallVec<[Origin; 1]>;
+
+/// Who claims a socket address.
+#[derive(Debug, Clone, Default)]
+struct SocketOwners {
+    /// Services with it as a VIP:port or an endpoint of a service port.
+    port: Owners,
+    /// Services with it as an endpoint with an identity under no service port
+    /// (asked only when `port` has none).
+    identified: Owners,
+}
+
+/// Who claims an IP address.
+#[derive(Debug, Clone, Default)]
+struct IpOwners {
+    /// Services with it as an address (VIP).
+    vip: Owners,
+    /// Services with an endpoint at it: a workload's own services.
+    endpoint: Owners,
+    /// Workloads with it as a pod address.
+    pod: Owners,
+}
 /// A namespace and a name.
 type Named = (String, String);
 
@@ -62,17 +85,8 @@ pub struct Catalog {
     by_identity: HashMap<SpiffeId, Owners>,
     workload_names: HashMap<Named, Owners>,
     service_names: HashMap<Named, Owners>,
-    /// A VIP:port or an endpoint of a service port → its services.
-    by_address: HashMap<SocketAddr, Owners>,
-    /// An endpoint with an identity under no service port → its services (asked
-    /// only when `by_address` knows nothing of the address).
-    by_identified_endpoint: HashMap<SocketAddr, Owners>,
-    /// An endpoint's IP → the services it serves: a workload's own services.
-    by_endpoint_ip: HashMap<IpAddr, Owners>,
-    /// A service address (VIP) → its services.
-    by_vip: HashMap<IpAddr, Owners>,
-    /// A workload's pod address → its workloads.
-    by_pod_address: HashMap<IpAddr, Owners>,
+    by_socket: HashMap<SocketAddr, SocketOwners>,
+    by_ip: HashMap<IpAddr, IpOwners>,
 }
 
 /// One workload with its resolved identity.
@@ -107,41 +121,47 @@ pub struct Snapshot {
 impl Catalog {
     /// A catalog of one part holding these entries, in this order.
     pub fn of(part: &str, workloads: Vec<Workload>, services: Vec<Service>) -> Self {
-        let part: Arc<str> = Arc::from(part);
         let mut catalog = Catalog::default();
+        catalog.replace_part(part, workloads, services);
+        catalog
+    }
+
+    /// Makes these entries, in this order, the whole of `part`.
+    pub fn replace_part(&mut self, part: &str, workloads: Vec<Workload>, services: Vec<Service>) {
+        self.remove_part(part);
+        let part: Arc<str> = Arc::from(part);
         for (i, w) in workloads.into_iter().enumerate() {
-            catalog.insert_workload(Origin::new(&part, i), w);
+            self.insert_workload(Origin::new(&part, i), w);
         }
         for (i, s) in services.into_iter().enumerate() {
-            catalog.insert_service(Origin::new(&part, i), s);
+            self.insert_service(Origin::new(&part, i), s);
         }
-        catalog
     }
 
     /// Adds a workload (its origin must be new to the catalog).
     pub fn insert_workload(&mut self, at: Origin, workload: Workload) {
         if let Some(hash) = workload.token {
-            claim(&mut self.by_token, hash, &at);
+            claim(&mut self.by_token, hash, &at, whole);
         }
-        claim(&mut self.by_identity, workload.identity.clone(), &at);
+        claim(&mut self.by_identity, workload.identity.clone(), &at, whole);
         for a in &workload.addresses {
-            claim(&mut self.by_pod_address, a.to_canonical(), &at);
+            claim(&mut self.by_ip, a.to_canonical(), &at, |o| &mut o.pod);
         }
         let named = (workload.namespace.clone(), workload.name.clone());
-        claim(&mut self.workload_names, named, &at);
+        claim(&mut self.workload_names, named, &at, whole);
         self.workloads.insert(at, Arc::new(workload));
     }
 
     /// Adds a service (its origin must be new to the catalog).
     pub fn insert_service(&mut self, at: Origin, service: Service) {
         for_each_key(&service, |key| match key {
-            Key::Address(a) => claim(&mut self.by_address, a, &at),
-            Key::IdentifiedEndpoint(a) => claim(&mut self.by_identified_endpoint, a, &at),
-            Key::EndpointIp(ip) => claim(&mut self.by_endpoint_ip, ip, &at),
-            Key::Vip(ip) => claim(&mut self.by_vip, ip, &at),
+            Key::Address(a) => claim(&mut self.by_socket, a, &at, |o| &mut o.port),
+            Key::IdentifiedEndpoint(a) => claim(&mut self.by_socket, a, &at, |o| &mut o.identified),
+            Key::EndpointIp(ip) => claim(&mut self.by_ip, ip, &at, |o| &mut o.endpoint),
+            Key::Vip(ip) => claim(&mut self.by_ip, ip, &at, |o| &mut o.vip),
         });
         let named = (service.namespace.clone(), service.name.clone());
-        claim(&mut self.service_names, named, &at);
+        claim(&mut self.service_names, named, &at, whole);
         self.services.insert(at, Arc::new(service));
     }
 
@@ -153,14 +173,14 @@ impl Catalog {
             .collect();
         for (at, workload) in workloads {
             if let Some(hash) = workload.token {
-                release(&mut self.by_token, &hash, &at);
+                release(&mut self.by_token, &hash, &at, whole);
             }
-            release(&mut self.by_identity, &workload.identity, &at);
+            release(&mut self.by_identity, &workload.identity, &at, whole);
             for a in &workload.addresses {
-                release(&mut self.by_pod_address, &a.to_canonical(), &at);
+                release(&mut self.by_ip, &a.to_canonical(), &at, |o| &mut o.pod);
             }
             let named = (workload.namespace.clone(), workload.name.clone());
-            release(&mut self.workload_names, &named, &at);
+            release(&mut self.workload_names, &named, &at, whole);
             self.workloads.remove(&at);
         }
         let services: Vec<(Origin, Arc<Service>)> = (self.services.range(span))
@@ -168,13 +188,15 @@ impl Catalog {
             .collect();
         for (at, service) in services {
             for_each_key(&service, |key| match key {
-                Key::Address(a) => release(&mut self.by_address, &a, &at),
-                Key::IdentifiedEndpoint(a) => release(&mut self.by_identified_endpoint, &a, &at),
-                Key::EndpointIp(ip) => release(&mut self.by_endpoint_ip, &ip, &at),
-                Key::Vip(ip) => release(&mut self.by_vip, &ip, &at),
+                Key::Address(a) => release(&mut self.by_socket, &a, &at, |o| &mut o.port),
+                Key::IdentifiedEndpoint(a) => {
+                    release(&mut self.by_socket, &a, &at, |o| &mut o.identified)
+                }
+                Key::EndpointIp(ip) => release(&mut self.by_ip, &ip, &at, |o| &mut o.endpoint),
+                Key::Vip(ip) => release(&mut self.by_ip, &ip, &at, |o| &mut o.vip),
             });
             let named = (service.namespace.clone(), service.name.clone());
-            release(&mut self.service_names, &named, &at);
+            release(&mut self.service_names, &named, &at, whole);
             self.services.remove(&at);
         }
     }
@@ -232,12 +254,12 @@ impl Catalog {
 
     /// Where the first workload with this pod address comes from.
     pub fn pod_address_owner(&self, ip: IpAddr) -> Option<&Origin> {
-        first(&self.by_pod_address, &ip.to_canonical())
+        first_in(&self.by_ip, &ip.to_canonical(), |o| &o.pod)
     }
 
     /// Where the first service with this address (VIP) comes from.
     pub fn vip_owner(&self, ip: IpAddr) -> Option<&Origin> {
-        first(&self.by_vip, &ip.to_canonical())
+        first_in(&self.by_ip, &ip.to_canonical(), |o| &o.vip)
     }
 
     fn workload_at(&self, at: &Origin) -> Option<&Workload> {
@@ -269,8 +291,8 @@ impl Catalog {
     /// order), then an endpoint with an identity under no service port.
     pub fn service_at(&self, addr: SocketAddr) -> Option<&Service> {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-        let at = first(&self.by_address, &addr)
-            .or_else(|| first(&self.by_identified_endpoint, &addr))?;
+        let owners = self.by_socket.get(&addr)?;
+        let at = owners.port.first().or(owners.identified.first())?;
         self.services.get(at).map(|s| &**s)
     }
 
@@ -278,8 +300,8 @@ impl Catalog {
     /// source order, each once.
     pub fn services_at(&self, addresses: &[IpAddr]) -> Vec<&Service> {
         let mut found: Vec<&Origin> = (addresses.iter())
-            .filter_map(|a| self.by_endpoint_ip.get(&a.to_canonical()))
-            .flatten()
+            .filter_map(|a| self.by_ip.get(&a.to_canonical()))
+            .flat_map(|o| &o.endpoint)
             .collect();
         found.sort_unstable();
         found.dedup();
@@ -349,24 +371,67 @@ fn for_each_key(service: &Service, mut f: impl FnMut(Key)) {
     }
 }
 
-/// Adds `at` to the owners of `key`, in order, once.
-fn claim<K: std::hash::Hash + Eq + Clone>(index: &mut HashMap<K, Owners>, key: K, at: &Origin) {
-    let owners = index.entry(key).or_default();
+/// A value of an index: the owners it holds, in one or more slots.
+trait Slots: Clone + Default {
+    /// Whether no slot has an owner left.
+    fn vacant(&self) -> bool;
+}
+
+impl Slots for Owners {
+    fn vacant(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl Slots for SocketOwners {
+    fn vacant(&self) -> bool {
+        self.port.is_empty() && self.identified.is_empty()
+    }
+}
+
+impl Slots for IpOwners {
+    fn vacant(&self) -> bool {
+        self.vip.is_empty() && self.endpoint.is_empty() && self.pod.is_empty()
+    }
+}
+
+/// The one slot of a plain index.
+fn whole(owners: &mut Owners) -> &mut Owners {
+    owners
+}
+
+/// Adds `at` to the owners of `key` in `slot`, in order, once.
+fn claim<K, V: Slots>(
+    index: &mut HashMap<K, V>,
+    key: K,
+    at: &Origin,
+    slot: impl FnOnce(&mut V) -> &mut Owners,
+) where
+    K: std::hash::Hash + Eq + Clone,
+{
+    let owners = slot(index.entry(key).or_default());
     if let Err(i) = owners.binary_search(at) {
         owners.insert(i, at.clone());
     }
 }
 
-/// Removes `at` from the owners of `key`, and the key when none is left.
-fn release<K: std::hash::Hash + Eq + Clone>(index: &mut HashMap<K, Owners>, key: &K, at: &Origin) {
-    let emptied = match index.get_mut(key) {
-        Some(owners) => {
-            owners.retain(|o| o != at);
-            owners.is_empty()
+/// Removes `at` from the owners of `key` in `slot`, and the key when it is vacant.
+fn release<K, V: Slots>(
+    index: &mut HashMap<K, V>,
+    key: &K,
+    at: &Origin,
+    slot: impl FnOnce(&mut V) -> &mut Owners,
+) where
+    K: std::hash::Hash + Eq + Clone,
+{
+    let vacant = match index.get_mut(key) {
+        Some(value) => {
+            slot(value).retain(|o| o != at);
+            value.vacant()
         }
         None => false,
     };
-    if emptied {
+    if vacant {
         index.remove(key);
     }
 }
@@ -376,6 +441,14 @@ fn first<'a, K: std::hash::Hash + Eq + Clone>(
     key: &K,
 ) -> Option<&'a Origin> {
     index.get(key).and_then(|owners| owners.first())
+}
+
+fn first_in<'a, K: std::hash::Hash + Eq + Clone, V: Slots>(
+    index: &'a HashMap<K, V>,
+    key: &K,
+    slot: impl FnOnce(&V) -> &Owners,
+) -> Option<&'a Origin> {
+    index.get(key).and_then(|v| slot(v).first())
 }
 
 /// Equal values, the shared ones recognised without a deep comparison.

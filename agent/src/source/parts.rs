@@ -3,7 +3,7 @@
 //! costs the parts it touched and those that refer to them, never the whole mesh.
 
 use super::catalog::Catalog;
-use super::file::{located, SourceError};
+use super::file::{located, parse_file, SourceError};
 use super::model::SourceFile;
 use super::validate::{add_services, add_workloads, check_backend_services};
 use imbl::{HashMap, OrdMap, OrdSet};
@@ -31,11 +31,20 @@ enum Name {
 /// Changes to apply: a part's new content, or `None` when it is gone.
 pub type Changes = BTreeMap<Arc<str>, Option<Arc<Parsed>>>;
 
+/// What is kept of a part in force: its text, to check it again (parsed anew) when
+/// a part it uses changes, and the names it uses. Its entries are in the catalog.
+#[derive(Debug)]
+pub struct Kept {
+    /// Its text.
+    pub text: String,
+    uses: Vec<Name>,
+}
+
 /// The parts in force and the catalog they make.
 #[derive(Debug, Clone, Default)]
 pub struct Parts {
     catalog: Catalog,
-    applied: OrdMap<Arc<str>, Arc<Parsed>>,
+    applied: OrdMap<Arc<str>, Arc<Kept>>,
     /// The parts that use a name (an endpoint's workload, a route's backend).
     users: HashMap<Name, OrdSet<Arc<str>>>,
 }
@@ -66,25 +75,34 @@ impl Parts {
     }
 
     /// The content in force for `part`, if any.
-    pub fn applied(&self, part: &str) -> Option<&Arc<Parsed>> {
-        self.applied.get(part)
+    pub fn applied(&self, part: &str) -> Option<&Kept> {
+        self.applied.get(part).map(|k| &**k)
     }
 
     /// Applies `changes` all together, or refuses them all with the first problem
     /// (self is untouched either way). Parts that use a name a changed part defined
     /// (before or after) are checked and resolved again too.
     pub fn apply(&self, changes: &Changes, trust_domain: &str) -> Result<Applied, SourceError> {
-        let mut redo: Changes = changes.clone();
+        let mut defined: Vec<Name> = Vec::new();
         for (part, new) in changes {
-            let old = self.applied.get(part);
-            for parsed in old.into_iter().chain(new) {
-                for name in definitions(&parsed.file) {
-                    for user in self.users.get(&name).into_iter().flatten() {
-                        if let Some(theirs) = self.applied.get(user) {
-                            redo.entry(user.clone())
-                                .or_insert_with(|| Some(theirs.clone()));
-                        }
-                    }
+            defined.extend(self.defined_by(part));
+            defined.extend(new.iter().flat_map(|p| definitions(&p.file)));
+        }
+        let mut redo: Changes = changes.clone();
+        for name in defined {
+            for user in self.users.get(&name).into_iter().flatten() {
+                if redo.contains_key(user) {
+                    continue;
+                }
+                if let Some(theirs) = self.applied.get(user) {
+                    // The text was parsed when it went in force; it parses again.
+                    let file = parse_file(user, &theirs.text)?;
+                    let parsed = Parsed {
+                        name: user.clone(),
+                        text: theirs.text.clone(),
+                        file,
+                    };
+                    redo.insert(user.clone(), Some(Arc::new(parsed)));
                 }
             }
         }
@@ -92,8 +110,8 @@ impl Parts {
         for part in redo.keys() {
             next.catalog.remove_part(part);
             if let Some(old) = next.applied.remove(part) {
-                for name in uses(&old.file) {
-                    if let Some(users) = next.users.get_mut(&name) {
+                for name in &old.uses {
+                    if let Some(users) = next.users.get_mut(name) {
                         users.remove(part);
                     }
                 }
@@ -114,10 +132,18 @@ impl Parts {
         for (part, p) in present() {
             check_backend_services(part, &next.catalog)
                 .map_err(|e| located(&p.name, &p.text, e))?;
-            for name in uses(&p.file) {
-                next.users.entry(name).or_default().insert(part.clone());
+            let uses = uses(&p.file);
+            for name in &uses {
+                next.users
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(part.clone());
             }
-            next.applied.insert(part.clone(), p.clone());
+            let kept = Kept {
+                text: p.text.clone(),
+                uses,
+            };
+            next.applied.insert(part.clone(), Arc::new(kept));
         }
         let changed = redo
             .keys()
@@ -129,7 +155,18 @@ impl Parts {
     }
 }
 
-/// The names a part defines.
+impl Parts {
+    /// The names `part` defines now.
+    fn defined_by(&self, part: &str) -> Vec<Name> {
+        let workloads = (self.catalog.workloads_of(part))
+            .map(|w| Name::Workload(w.namespace.clone(), w.name.clone()));
+        let services = (self.catalog.services_of(part))
+            .map(|s| Name::Service(s.namespace.clone(), s.name.clone()));
+        workloads.chain(services).collect()
+    }
+}
+
+/// The names a part's new content defines.
 fn definitions(file: &SourceFile) -> impl Iterator<Item = Name> + '_ {
     let workloads =
         (file.workloads.iter()).map(|w| Name::Workload(w.namespace.0.clone(), w.name.0.clone()));

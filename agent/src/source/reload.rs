@@ -9,7 +9,7 @@
 use super::catalog::Snapshot;
 use super::file::{parse_file, source_text, SourceError};
 use super::parts::{Applied, Changes, Parsed, Parts};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -41,20 +41,21 @@ impl Layout {
         }
     }
 
-    /// The source's files now, in order.
-    fn files(&self) -> Result<Vec<PathBuf>, SourceError> {
+    /// The source's files now, by part name (their path), in order.
+    fn files(&self) -> Result<Vec<(Arc<str>, PathBuf)>, SourceError> {
         let dir = match self {
-            Layout::File(path) => return Ok(vec![path.clone()]),
+            Layout::File(path) => return Ok(vec![(part_of(path), path.clone())]),
             Layout::Dir(dir) => dir,
         };
         let name = dir.display().to_string();
         let entries = std::fs::read_dir(dir).map_err(|e| SourceError::unreadable(&name, &e))?;
-        let mut files: Vec<PathBuf> = entries
+        let mut files: Vec<(Arc<str>, PathBuf)> = entries
             .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| is_source_file(p))
+            .filter(is_source_file)
+            .map(|e| (part_of(&e.path()), e.path()))
             .collect();
-        files.sort();
+        // Names compared as strings: one directory, so this is file-name order.
+        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if files.is_empty() {
             return Err(SourceError {
                 file: name,
@@ -67,12 +68,20 @@ impl Layout {
 }
 
 /// A visible `*.yaml`/`*.yml` regular file (symlinks followed, as a ConfigMap
-/// mount's are).
-fn is_source_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+/// mount's are); the directory entry's type spares a `stat` for plain files.
+fn is_source_file(entry: &std::fs::DirEntry) -> bool {
+    let name = entry.file_name();
+    let Some(name) = name.to_str() else {
         return false;
     };
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && path.is_file()
+    let visible_yaml =
+        !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"));
+    visible_yaml
+        && match entry.file_type() {
+            Ok(t) if t.is_file() => true,
+            Ok(t) if t.is_symlink() => entry.path().is_file(),
+            _ => false,
+        }
 }
 
 /// What errors call a file, and the name of its part.
@@ -83,8 +92,7 @@ fn part_of(path: &Path) -> Arc<str> {
 /// Loads every file of the source at start; any problem refuses the whole source.
 pub(crate) fn load(layout: &Layout, trust_domain: &str) -> Result<Parts, SourceError> {
     let mut changes = Changes::new();
-    for path in layout.files()? {
-        let name = part_of(&path);
+    for (name, path) in layout.files()? {
         let text = source_text(&name, std::fs::read(&path))?;
         changes.insert(name.clone(), Some(parse(name, text)?));
     }
@@ -126,7 +134,8 @@ pub(crate) struct Poller {
     snapshots: watch::Sender<Snapshot>,
     errors: watch::Sender<Option<SourceError>>,
     parts: Parts,
-    seen: BTreeMap<PathBuf, Seen>,
+    /// By part name (the file's path).
+    seen: BTreeMap<Arc<str>, Seen>,
     /// Grows with every change put in force: a refused change is tried again only
     /// when its own file or the parts in force have changed since.
     generation: u64,
@@ -145,9 +154,9 @@ impl Poller {
         let now = Instant::now();
         let files = layout.files().unwrap_or_default();
         let seen = (files.into_iter().enumerate())
-            .map(|(i, path)| {
+            .map(|(i, (part, path))| {
                 let meta = std::fs::metadata(&path).ok();
-                let applied = parts.applied(&part_of(&path));
+                let applied = parts.applied(&part);
                 let seen = Seen {
                     stamp: meta.map(|m| stamp(&m)),
                     // Forced re-reads spread over the period, not all at once.
@@ -155,7 +164,7 @@ impl Poller {
                     content: applied.map(|p| hash(&p.text)),
                     ..Seen::default()
                 };
-                (path, seen)
+                (part, seen)
             })
             .collect();
         Self {
@@ -187,7 +196,7 @@ impl Poller {
     /// One look at the source: re-read what may have changed, put in force what did.
     async fn poll_once(&mut self) {
         let looks = self.look().await;
-        let mut listed: Vec<PathBuf> = Vec::new();
+        let mut listed: HashSet<Arc<str>> = HashSet::new();
         match looks {
             Err(e) => {
                 // The directory itself: nothing changes until it is back.
@@ -198,27 +207,27 @@ impl Poller {
                 return;
             }
             Ok(looks) => {
-                for (path, look) in looks {
-                    listed.push(path.clone());
-                    self.take_look(path, look);
+                for (part, look) in looks {
+                    listed.insert(part.clone());
+                    self.take_look(part, look);
                 }
             }
         }
-        let gone: Vec<PathBuf> = (self.seen.keys())
-            .filter(|p| !listed.contains(p))
+        let gone: Vec<Arc<str>> = (self.seen.keys())
+            .filter(|p| !listed.contains(*p))
             .cloned()
             .collect();
-        for path in gone {
-            let in_force = self.parts.applied(&part_of(&path)).is_some();
-            let seen = self.seen.entry(path).or_default();
+        for part in gone {
+            let in_force = self.parts.applied(&part).is_some();
+            let seen = self.seen.entry(part).or_default();
             *seen = Seen {
                 pending: in_force.then_some(None),
                 ..Seen::default()
             };
         }
         self.try_pending();
-        self.seen.retain(|path, seen| {
-            listed.contains(path) || seen.pending.is_some() || seen.problem.is_some()
+        self.seen.retain(|part, seen| {
+            listed.contains(part) || seen.pending.is_some() || seen.problem.is_some()
         });
         let first = self.seen.values().find_map(|s| s.problem.clone());
         self.errors.send_if_modified(|e| {
@@ -229,19 +238,19 @@ impl Poller {
     }
 
     /// Lists the files and reads those that may have changed, off the runtime.
-    async fn look(&self) -> Result<Vec<(PathBuf, Look)>, SourceError> {
+    async fn look(&self) -> Result<Vec<(Arc<str>, Look)>, SourceError> {
         let layout = self.layout.clone();
-        let known: BTreeMap<PathBuf, (Option<Stamp>, Option<Instant>)> = (self.seen.iter())
+        let known: HashMap<Arc<str>, (Option<Stamp>, Option<Instant>)> = (self.seen.iter())
             .map(|(p, s)| (p.clone(), (s.stamp, s.read)))
             .collect();
         let looked = tokio::task::spawn_blocking(move || {
             let files = layout.files()?;
             Ok(files
                 .into_iter()
-                .map(|path| {
-                    let (stamp, read) = known.get(&path).copied().unwrap_or_default();
+                .map(|(part, path)| {
+                    let (stamp, read) = known.get(&part).copied().unwrap_or_default();
                     let look = look_at(&path, stamp, read);
-                    (path, look)
+                    (part, look)
                 })
                 .collect())
         })
@@ -256,10 +265,9 @@ impl Poller {
     }
 
     /// Records what one look at a file found: new content becomes pending.
-    fn take_look(&mut self, path: PathBuf, look: Look) {
-        let part = part_of(&path);
+    fn take_look(&mut self, part: Arc<str>, look: Look) {
         let serving = self.snapshots.borrow().version;
-        let seen = self.seen.entry(path).or_default();
+        let seen = self.seen.entry(part.clone()).or_default();
         let text = match look {
             Look::Unchanged => return,
             Look::Failed(e) => {
@@ -302,7 +310,7 @@ impl Poller {
         let generation = self.generation;
         let changes: Changes = (self.seen.iter())
             .filter(|(_, s)| s.refused_at != Some(generation))
-            .filter_map(|(path, s)| Some((part_of(path), s.pending.clone()?)))
+            .filter_map(|(part, s)| Some((part.clone(), s.pending.clone()?)))
             .collect();
         if changes.is_empty() {
             return;
@@ -338,7 +346,7 @@ impl Poller {
             Err(e) => {
                 let serving = self.snapshots.borrow().version;
                 for part in changes.keys() {
-                    if let Some(seen) = self.seen.get_mut(Path::new(&**part)) {
+                    if let Some(seen) = self.seen.get_mut(part) {
                         seen.refused_at = Some(self.generation);
                         seen.refuse(e.clone(), serving);
                     }
@@ -355,7 +363,7 @@ impl Poller {
         self.parts = parts;
         self.generation += 1;
         for part in changes.keys() {
-            if let Some(seen) = self.seen.get_mut(Path::new(&**part)) {
+            if let Some(seen) = self.seen.get_mut(part) {
                 seen.pending = None;
                 seen.problem = None;
                 seen.refused_at = None;

@@ -6,11 +6,16 @@
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DynamicObject;
+use kube::runtime::watcher::Event;
+use pillion_agent::kubernetes::cluster::{Cluster, Kind};
 use pillion_agent::kubernetes::translate::{translate, Objects, Translation};
+use pillion_agent::kubernetes::watch::retranslate;
+use pillion_agent::source::{Catalog, Workload};
 use pillion_agent::view::{view_for, Discovery};
 use pillion_api::policy::{PathMatch, RateLimitKey, RetryOn, StringMatch};
 use pillion_api::view::{Mode, Protocol};
 use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -372,4 +377,147 @@ fn odd_objects_never_panic() {
 
     let empty = translate(&Objects::default(), TD);
     assert!(empty.catalog.services().len() == 0 && empty.warnings.is_empty());
+}
+
+/// The fixtures' text with their namespace renamed, as objects of type `T`.
+fn fixture_in<T: DeserializeOwned>(name: &str, ns: &str) -> Vec<T> {
+    let path = format!("{}/tests/fixtures/k8s/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let text = text.replace(
+        "\"namespace\": \"demo\"",
+        &format!("\"namespace\": \"{ns}\""),
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The fixtures of `name` in namespaces `demo` and `shop`.
+fn both<T: DeserializeOwned>(name: &str) -> Vec<T> {
+    let mut all: Vec<T> = fixture_in(name, "demo");
+    all.extend(fixture_in::<T>(name, "shop"));
+    all
+}
+
+/// Feeds `objects` to `kind` as one complete list.
+fn list<K: kube::Resource>(cluster: &Cluster, kind: &std::sync::Mutex<Kind<K>>, objects: Vec<K>) {
+    cluster.record(kind, Event::Init);
+    for obj in objects {
+        cluster.record(kind, Event::InitApply(obj));
+    }
+    cluster.record(kind, Event::InitDone);
+}
+
+/// A catalog's workloads and services, in an order that does not depend on parts.
+fn content(catalog: &Catalog) -> (Vec<Workload>, Vec<pillion_api::view::Service>) {
+    let mut workloads: Vec<Workload> = catalog.workloads().cloned().collect();
+    workloads.sort_by_key(|w| w.identity.to_string());
+    let mut services: Vec<_> = catalog.services().cloned().collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    (workloads, services)
+}
+
+/// Translates what changed into `catalog`; checks the namespaces touched and that
+/// the result is what translating the whole cluster gives.
+fn step(cluster: &Cluster, catalog: &mut Catalog, touched: &[&str]) -> bool {
+    let dirty = cluster.take_dirty();
+    let expected: BTreeSet<String> = touched.iter().map(|s| s.to_string()).collect();
+    assert_eq!(dirty, expected, "the namespaces touched");
+    let step = retranslate(cluster, catalog, &dirty, TD);
+    let whole = translate(&cluster.objects(), TD);
+    assert_eq!(content(&step.catalog), content(&whole.catalog));
+    *catalog = step.catalog;
+    step.changed
+}
+
+#[test]
+fn translating_the_touched_namespaces_gives_what_translating_the_cluster_gives() {
+    let cluster = Cluster::default();
+    let policies = |ns: &str| -> Vec<DynamicObject> {
+        let mut all: Vec<DynamicObject> = fixture_in("policies.json", "demo");
+        all.extend(fixture_in::<DynamicObject>("policies.json", ns));
+        all
+    };
+    let of_kind = |all: &[DynamicObject], kind: &str| -> Vec<DynamicObject> {
+        (all.iter())
+            .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == kind))
+            .cloned()
+            .collect()
+    };
+    let all_policies = policies("shop");
+    list(
+        &cluster,
+        &cluster.services,
+        both::<Service>("services.json"),
+    );
+    list(
+        &cluster,
+        &cluster.endpoint_slices,
+        both::<EndpointSlice>("endpointslices.json"),
+    );
+    list(&cluster, &cluster.pods, both::<Pod>("pods.json"));
+    list(&cluster, &cluster.routes, of_kind(&all_policies, "Route"));
+    list(
+        &cluster,
+        &cluster.retry_policies,
+        of_kind(&all_policies, "RetryPolicy"),
+    );
+    list(
+        &cluster,
+        &cluster.rate_limit_policies,
+        of_kind(&all_policies, "RateLimitPolicy"),
+    );
+    list(
+        &cluster,
+        &cluster.authorization_policies,
+        of_kind(&all_policies, "AuthorizationPolicy"),
+    );
+    assert!(cluster.listed());
+    let mut catalog = Catalog::default();
+    assert!(step(&cluster, &mut catalog, &["demo", "shop"]));
+    assert!(catalog.services().len() > 4, "both namespaces translated");
+
+    // A pod of one namespace goes: only that namespace is translated again.
+    let pods: Vec<Pod> = fixture_in("pods.json", "shop");
+    cluster.record(&cluster.pods, Event::Delete(pods[0].clone()));
+    assert!(step(&cluster, &mut catalog, &["shop"]));
+    // The same object again changes nothing a proxy sees.
+    let slices: Vec<EndpointSlice> = fixture_in("endpointslices.json", "demo");
+    cluster.record(&cluster.endpoint_slices, Event::Apply(slices[0].clone()));
+    assert!(!step(&cluster, &mut catalog, &["demo"]));
+    // An endpoint turns not ready.
+    let mut slice = slices[0].clone();
+    for e in &mut slice.endpoints {
+        e.conditions.get_or_insert_with(Default::default).ready = Some(false);
+    }
+    cluster.record(&cluster.endpoint_slices, Event::Apply(slice));
+    assert!(step(&cluster, &mut catalog, &["demo"]));
+
+    // A Route of one namespace attaches to a Service of another: both are touched,
+    // and again both when it leaves, and when it is gone.
+    let route = |parent_ns: &str| -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "pillion.io/v1alpha1", "kind": "Route",
+            "metadata": {"name": "across", "namespace": "shop"},
+            "spec": {"parentRefs": [{"name": "echo", "namespace": parent_ns}],
+                     "rules": [{"name": "all", "timeouts": {"request": "3s"}}]}
+        }))
+        .unwrap()
+    };
+    cluster.record(&cluster.routes, Event::Apply(route("demo")));
+    assert!(step(&cluster, &mut catalog, &["demo", "shop"]));
+    cluster.record(&cluster.routes, Event::Apply(route("shop")));
+    assert!(step(&cluster, &mut catalog, &["demo", "shop"]));
+    cluster.record(&cluster.routes, Event::Apply(route("demo")));
+    assert!(step(&cluster, &mut catalog, &["demo", "shop"]));
+    cluster.record(&cluster.routes, Event::Delete(route("demo")));
+    assert!(step(&cluster, &mut catalog, &["demo", "shop"]));
+
+    // A Service goes.
+    let services: Vec<Service> = fixture_in("services.json", "demo");
+    cluster.record(&cluster.services, Event::Delete(services[0].clone()));
+    assert!(step(&cluster, &mut catalog, &["demo"]));
+
+    // A relist that finds a namespace gone touches it, and empties its part.
+    let only_demo: Vec<Pod> = fixture_in("pods.json", "demo");
+    list(&cluster, &cluster.pods, only_demo);
+    assert!(step(&cluster, &mut catalog, &["demo", "shop"]));
 }

@@ -97,10 +97,38 @@ struct RouteEntry {
 /// One service port being built, keyed by (namespace, service, port).
 type PortKey = (String, String, u16);
 
+/// One namespace's share of the catalog, and what was skipped on the way.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// The workloads of the namespace's ServiceAccounts, by identity.
+    pub workloads: Vec<Workload>,
+    /// The namespace's services, by name.
+    pub services: Vec<view::Service>,
+    /// One line per skipped object or field, for the log.
+    pub warnings: Vec<String>,
+}
+
 /// Builds the catalog of `objects` for `trust_domain`.
 pub fn translate(objects: &Objects, trust_domain: &str) -> Translation {
+    let part = run(objects, trust_domain, None);
+    Translation {
+        catalog: Catalog::of(KUBERNETES_PART, part.workloads, part.services),
+        warnings: part.warnings,
+    }
+}
+
+/// Builds namespace `ns`'s share of the catalog from `objects`: that namespace's
+/// objects and the Routes of others that attach to its Services
+/// ([`crate::kubernetes::cluster::Cluster::objects_in`]). A Route's parents in
+/// other namespaces are theirs to translate, and are skipped here without a word.
+pub fn translate_namespace(objects: &Objects, trust_domain: &str, ns: &str) -> Part {
+    run(objects, trust_domain, Some(ns))
+}
+
+fn run(objects: &Objects, trust_domain: &str, scope: Option<&str>) -> Part {
     let mut t = Translator {
         trust_domain,
+        scope,
         warnings: Vec::new(),
         pods: HashMap::new(),
         workloads: BTreeMap::new(),
@@ -128,19 +156,17 @@ pub fn translate(objects: &Objects, trust_domain: &str) -> Translation {
             }
         }
     }
-    let catalog = Catalog::of(
-        KUBERNETES_PART,
-        t.workloads.into_values().collect(),
+    Part {
+        workloads: t.workloads.into_values().collect(),
         services,
-    );
-    Translation {
-        catalog,
         warnings: t.warnings,
     }
 }
 
 struct Translator<'a> {
     trust_domain: &'a str,
+    /// The one namespace being translated, when not the whole cluster.
+    scope: Option<&'a str>,
     warnings: Vec<String>,
     pods: HashMap<(String, String), PodInfo>,
     workloads: BTreeMap<String, Workload>,

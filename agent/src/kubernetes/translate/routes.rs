@@ -41,6 +41,9 @@ impl Translator<'_> {
             }
             for parent in &route.spec.parent_refs {
                 let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
+                if self.scope.is_some_and(|scope| scope != ns) {
+                    continue;
+                }
                 let Some(service) = find_service(services, ns, &parent.name) else {
                     self.warn(format!(
                         "Route {}/{}: parent service {ns}/{} not found",
