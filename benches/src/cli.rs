@@ -243,9 +243,23 @@ fn control_plane(opts: &Opts, out: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let table = crate::control_plane::table(&sizes);
+    let mut meshes: Vec<usize> = sizes.iter().map(|s| s.services).collect();
+    meshes.dedup();
+    let kubernetes = match crate::kube_translate::run(&meshes) {
+        Ok(kubernetes) => kubernetes,
+        Err(e) => {
+            eprintln!("pillion-benches: the Kubernetes translation figure failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = format!(
+        "{}\n{}",
+        crate::control_plane::table(&sizes),
+        crate::kube_translate::table(&kubernetes)
+    );
     println!("{table}");
-    match write_both(out, "control-plane", &table, &sizes) {
+    let value = serde_json::json!({"agent": sizes, "kubernetes": kubernetes});
+    match write_both(out, "control-plane", &table, &value) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pillion-benches: writing to {}: {e}", out.display());

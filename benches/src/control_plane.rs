@@ -82,8 +82,12 @@ pub struct Size {
     pub push_p99_ms: f64,
     /// The same, the last proxy, ms (highest over the changes).
     pub push_max_ms: f64,
-    /// Agent CPU per change (parse, publish, answers), s.
+    /// Agent CPU per change (read, parse, check, publish, answers), s: its CPU from
+    /// the rename to half a second after the last answer, less what it spends idle
+    /// (polling its files) in as long.
     pub agent_cpu_per_change_s: f64,
+    /// Agent CPU when nothing changes (polling its files every 100 ms), % of a core.
+    pub agent_idle_cpu_pct: f64,
     /// RSS of a real proxy of this mesh, ready and idle, on-demand discovery, MiB
     /// (measured at the first size of each mesh: it does not depend on the proxies).
     pub proxy_rss_on_demand_mib: Option<f64>,
@@ -330,6 +334,10 @@ async fn measure(
     // Only changes count from here.
     while arrived.try_recv().is_ok() {}
     let agent_rss_watched_mib = rss();
+    let idle_started = (Instant::now(), procstat::cpu_seconds(&[agent_pid]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_per_s = (procstat::cpu_seconds(&[agent_pid]) - idle_started.1)
+        / idle_started.0.elapsed().as_secs_f64();
 
     let (mut all, mut max_ms, mut cpu) = (Vec::new(), 0f64, 0f64);
     for change in 1..=CHANGES {
@@ -358,7 +366,8 @@ async fn measure(
         }
         // Let the agent finish what follows (the other streams' unchanged answers).
         tokio::time::sleep(Duration::from_millis(500)).await;
-        cpu += procstat::cpu_seconds(&[agent_pid]) - cpu_before;
+        let window = written.elapsed().as_secs_f64();
+        cpu += procstat::cpu_seconds(&[agent_pid]) - cpu_before - idle_per_s * window;
     }
     Ok(Size {
         services,
@@ -370,7 +379,8 @@ async fn measure(
         push_p50_ms: percentile(&all, 50.0),
         push_p99_ms: percentile(&all, 99.0),
         push_max_ms: max_ms,
-        agent_cpu_per_change_s: cpu / CHANGES as f64,
+        agent_cpu_per_change_s: (cpu / CHANGES as f64).max(0.0),
+        agent_idle_cpu_pct: idle_per_s * 100.0,
         proxy_rss_on_demand_mib: None,
         proxy_rss_full_mib: None,
     })
@@ -470,13 +480,13 @@ pub fn table(sizes: &[Size]) -> String {
     let mut md = String::from(
         "| services | proxies | streams | agent RSS loaded, MiB | agent RSS watched, MiB | \
          all connected, s | push p50, ms | push p99, ms | push max, ms | agent CPU per change, s \
-         | proxy RSS on-demand / full, MiB |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | agent idle CPU, % | proxy RSS on-demand / full, MiB |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mib = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1}"));
     for s in sizes {
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} / {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.1} | {} / {} |\n",
             s.services,
             s.proxies,
             s.streams,
@@ -487,6 +497,7 @@ pub fn table(sizes: &[Size]) -> String {
             s.push_p99_ms,
             s.push_max_ms,
             s.agent_cpu_per_change_s,
+            s.agent_idle_cpu_pct,
             mib(s.proxy_rss_on_demand_mib),
             mib(s.proxy_rss_full_mib)
         ));
