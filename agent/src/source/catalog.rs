@@ -3,8 +3,9 @@
 //! node it did not touch, so publishing costs what changed, not the mesh, and every
 //! stream may hold the version it read for as long as it likes.
 
+use super::cow_map::CowMap;
 use crate::token::TokenHash;
-use imbl::{HashMap, OrdMap};
+use imbl::OrdMap;
 use pillion_api::view::{InboundPolicy, Service};
 use pillion_identity::SpiffeId;
 use smallvec::SmallVec;
@@ -81,12 +82,12 @@ type Named = (String, String);
 pub struct Catalog {
     workloads: OrdMap<Origin, Arc<Workload>>,
     services: OrdMap<Origin, Arc<Service>>,
-    by_token: HashMap<TokenHash, Owners>,
-    by_identity: HashMap<SpiffeId, Owners>,
-    workload_names: HashMap<Named, Owners>,
-    service_names: HashMap<Named, Owners>,
-    by_socket: HashMap<SocketAddr, SocketOwners>,
-    by_ip: HashMap<IpAddr, IpOwners>,
+    by_token: CowMap<TokenHash, Owners>,
+    by_identity: CowMap<SpiffeId, Owners>,
+    workload_names: CowMap<Named, Owners>,
+    service_names: CowMap<Named, Owners>,
+    by_socket: CowMap<SocketAddr, SocketOwners>,
+    by_ip: CowMap<IpAddr, IpOwners>,
 }
 
 /// One workload with its resolved identity.
@@ -126,15 +127,31 @@ impl Catalog {
         catalog
     }
 
-    /// Makes these entries, in this order, the whole of `part`.
+    /// Makes these entries, in this order, the whole of `part`. Entries equal to
+    /// the ones already at their place are left alone, indexes and all, so this
+    /// costs what changed.
     pub fn replace_part(&mut self, part: &str, workloads: Vec<Workload>, services: Vec<Service>) {
-        self.remove_part(part);
+        let span = Origin::span(part);
+        let old: Vec<(Origin, Arc<Workload>)> = (self.workloads.range(span.clone()))
+            .map(|(o, w)| (o.clone(), w.clone()))
+            .collect();
         let part: Arc<str> = Arc::from(part);
-        for (i, w) in workloads.into_iter().enumerate() {
-            self.insert_workload(Origin::new(&part, i), w);
+        let changed = changes(old, workloads, |at| Origin::new(&part, at));
+        for (at, _) in &changed.gone {
+            self.remove_workload(at);
         }
-        for (i, s) in services.into_iter().enumerate() {
-            self.insert_service(Origin::new(&part, i), s);
+        for (at, workload) in changed.new {
+            self.insert_workload(at, workload);
+        }
+        let old: Vec<(Origin, Arc<Service>)> = (self.services.range(span))
+            .map(|(o, s)| (o.clone(), s.clone()))
+            .collect();
+        let changed = changes(old, services, |at| Origin::new(&part, at));
+        for (at, _) in &changed.gone {
+            self.remove_service(at);
+        }
+        for (at, service) in changed.new {
+            self.insert_service(at, service);
         }
     }
 
@@ -168,37 +185,51 @@ impl Catalog {
     /// Removes every entry of `part`, and what the indexes held of them.
     pub fn remove_part(&mut self, part: &str) {
         let span = Origin::span(part);
-        let workloads: Vec<(Origin, Arc<Workload>)> = (self.workloads.range(span.clone()))
-            .map(|(o, w)| (o.clone(), w.clone()))
+        let workloads: Vec<Origin> = self
+            .workloads
+            .range(span.clone())
+            .map(|(o, _)| o.clone())
             .collect();
-        for (at, workload) in workloads {
-            if let Some(hash) = workload.token {
-                release(&mut self.by_token, &hash, &at, whole);
-            }
-            release(&mut self.by_identity, &workload.identity, &at, whole);
-            for a in &workload.addresses {
-                release(&mut self.by_ip, &a.to_canonical(), &at, |o| &mut o.pod);
-            }
-            let named = (workload.namespace.clone(), workload.name.clone());
-            release(&mut self.workload_names, &named, &at, whole);
-            self.workloads.remove(&at);
+        for at in &workloads {
+            self.remove_workload(at);
         }
-        let services: Vec<(Origin, Arc<Service>)> = (self.services.range(span))
-            .map(|(o, s)| (o.clone(), s.clone()))
-            .collect();
-        for (at, service) in services {
-            for_each_key(&service, |key| match key {
-                Key::Address(a) => release(&mut self.by_socket, &a, &at, |o| &mut o.port),
-                Key::IdentifiedEndpoint(a) => {
-                    release(&mut self.by_socket, &a, &at, |o| &mut o.identified)
-                }
-                Key::EndpointIp(ip) => release(&mut self.by_ip, &ip, &at, |o| &mut o.endpoint),
-                Key::Vip(ip) => release(&mut self.by_ip, &ip, &at, |o| &mut o.vip),
-            });
-            let named = (service.namespace.clone(), service.name.clone());
-            release(&mut self.service_names, &named, &at, whole);
-            self.services.remove(&at);
+        let services: Vec<Origin> = self.services.range(span).map(|(o, _)| o.clone()).collect();
+        for at in &services {
+            self.remove_service(at);
         }
+    }
+
+    /// Removes the workload at `at`, and what the indexes held of it.
+    fn remove_workload(&mut self, at: &Origin) {
+        let Some(workload) = self.workloads.remove(at) else {
+            return;
+        };
+        if let Some(hash) = workload.token {
+            release(&mut self.by_token, &hash, at, whole);
+        }
+        release(&mut self.by_identity, &workload.identity, at, whole);
+        for a in &workload.addresses {
+            release(&mut self.by_ip, &a.to_canonical(), at, |o| &mut o.pod);
+        }
+        let named = (workload.namespace.clone(), workload.name.clone());
+        release(&mut self.workload_names, &named, at, whole);
+    }
+
+    /// Removes the service at `at`, and what the indexes held of it.
+    fn remove_service(&mut self, at: &Origin) {
+        let Some(service) = self.services.remove(at) else {
+            return;
+        };
+        for_each_key(&service, |key| match key {
+            Key::Address(a) => release(&mut self.by_socket, &a, at, |o| &mut o.port),
+            Key::IdentifiedEndpoint(a) => {
+                release(&mut self.by_socket, &a, at, |o| &mut o.identified)
+            }
+            Key::EndpointIp(ip) => release(&mut self.by_ip, &ip, at, |o| &mut o.endpoint),
+            Key::Vip(ip) => release(&mut self.by_ip, &ip, at, |o| &mut o.vip),
+        });
+        let named = (service.namespace.clone(), service.name.clone());
+        release(&mut self.service_names, &named, at, whole);
     }
 
     /// Whether `part` holds the same entries here and in `other`: a change to it
@@ -338,6 +369,37 @@ impl Catalog {
     }
 }
 
+/// The entries of a part that a replacement removes and adds: those not equal to
+/// the entry at their place.
+struct Changes<T> {
+    gone: Vec<(Origin, Arc<T>)>,
+    new: Vec<(Origin, T)>,
+}
+
+/// Compares a part's entries in place, `old` (in order) against `new`.
+fn changes<T: PartialEq>(
+    old: Vec<(Origin, Arc<T>)>,
+    new: Vec<T>,
+    origin: impl Fn(usize) -> Origin,
+) -> Changes<T> {
+    let mut gone = Vec::new();
+    let mut added = Vec::new();
+    let mut old = old.into_iter();
+    for (i, entry) in new.into_iter().enumerate() {
+        let at = origin(i);
+        match old.next() {
+            Some((o, same)) if o == at && *same == entry => {}
+            Some(previous) => {
+                gone.push(previous);
+                added.push((at, entry));
+            }
+            None => added.push((at, entry)),
+        }
+    }
+    gone.extend(old);
+    Changes { gone, new: added }
+}
+
 /// What a service is found by.
 enum Key {
     Address(SocketAddr),
@@ -402,14 +464,14 @@ fn whole(owners: &mut Owners) -> &mut Owners {
 
 /// Adds `at` to the owners of `key` in `slot`, in order, once.
 fn claim<K, V: Slots>(
-    index: &mut HashMap<K, V>,
+    index: &mut CowMap<K, V>,
     key: K,
     at: &Origin,
     slot: impl FnOnce(&mut V) -> &mut Owners,
 ) where
     K: std::hash::Hash + Eq + Clone,
 {
-    let owners = slot(index.entry(key).or_default());
+    let owners = slot(index.get_or_default(key));
     if let Err(i) = owners.binary_search(at) {
         owners.insert(i, at.clone());
     }
@@ -417,7 +479,7 @@ fn claim<K, V: Slots>(
 
 /// Removes `at` from the owners of `key` in `slot`, and the key when it is vacant.
 fn release<K, V: Slots>(
-    index: &mut HashMap<K, V>,
+    index: &mut CowMap<K, V>,
     key: &K,
     at: &Origin,
     slot: impl FnOnce(&mut V) -> &mut Owners,
@@ -437,14 +499,14 @@ fn release<K, V: Slots>(
 }
 
 fn first<'a, K: std::hash::Hash + Eq + Clone>(
-    index: &'a HashMap<K, Owners>,
+    index: &'a CowMap<K, Owners>,
     key: &K,
 ) -> Option<&'a Origin> {
     index.get(key).and_then(|owners| owners.first())
 }
 
 fn first_in<'a, K: std::hash::Hash + Eq + Clone, V: Slots>(
-    index: &'a HashMap<K, V>,
+    index: &'a CowMap<K, V>,
     key: &K,
     slot: impl FnOnce(&V) -> &Owners,
 ) -> Option<&'a Origin> {
@@ -474,7 +536,46 @@ fn same_entries<'a, T: PartialEq + 'a>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::source::{parse_source, EMBEDDED_DEFAULT};
+
+    /// The services of a source file listing `vips` as one service each.
+    fn services(vips: &[&str]) -> Vec<Service> {
+        let mut yaml = String::from("services:\n");
+        for (i, vip) in vips.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - {{name: s{i}, namespace: n, addresses: [{vip}], ports: [{{port: 80}}]}}\n"
+            ));
+        }
+        let catalog = parse_source("t", &yaml, "cluster.local").unwrap();
+        catalog.services().cloned().collect()
+    }
+
+    #[test]
+    fn replacing_a_part_touches_only_what_changed() {
+        let at = |vip: &str| format!("{vip}:80").parse::<SocketAddr>().unwrap();
+        let mut catalog = Catalog::of("p", vec![], services(&["198.18.1.1", "198.18.1.2"]));
+        let before = catalog.clone();
+        catalog.replace_part("p", vec![], services(&["198.18.1.1", "198.18.1.3"]));
+        let first = |c: &Catalog| c.services.values().next().cloned().unwrap();
+        assert!(
+            Arc::ptr_eq(&first(&before), &first(&catalog)),
+            "unchanged: shared"
+        );
+        assert!(catalog.service_at(at("198.18.1.2")).is_none());
+        assert_eq!(catalog.service_at(at("198.18.1.3")).unwrap().name, "s1");
+        assert_eq!(before.service_at(at("198.18.1.2")).unwrap().name, "s1");
+        assert!(!before.same_part(&catalog, "p"));
+        // Fewer entries: the rest goes, with what the indexes held of it.
+        catalog.replace_part("p", vec![], services(&["198.18.1.1"]));
+        assert_eq!(catalog.services().len(), 1);
+        assert!(catalog.service_named("n", "s1").is_none());
+        assert!(catalog.vip_owner("198.18.1.3".parse().unwrap()).is_none());
+        catalog.remove_part("p");
+        assert_eq!(catalog.services().len(), 0);
+        assert!(catalog.service_at(at("198.18.1.1")).is_none());
+        assert_eq!(before.services().len(), 2, "the old version is untouched");
+    }
 
     #[test]
     fn addresses_lead_to_their_service_and_nothing_else() {

@@ -2,6 +2,7 @@
 //! embedded default that serves the local demo.
 
 pub mod catalog;
+mod cow_map;
 pub mod file;
 mod locate;
 pub mod model;
