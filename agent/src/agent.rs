@@ -295,6 +295,7 @@ impl Agent {
             inject: Arc::new(inject),
             namespaces: parts.namespaces,
             metrics: Arc::clone(&metrics),
+            answers: Arc::default(),
         });
         let mut tasks = vec![
             tokio::spawn(server::serve(listener, cert.clone(), shared)),

@@ -1,6 +1,7 @@
 //! The agent's HTTPS API: accepts TLS connections, speaks HTTP/2 or HTTP/1.1 (by
 //! ALPN), and routes requests to the certificate and watch handlers.
 
+pub mod answers;
 pub mod auth;
 pub mod certificates;
 pub mod inject;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub namespaces: Arc<dyn NamespaceSource>,
     /// The agent's own metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::AgentMetrics>,
+    /// Resolve answers encoded once per version.
+    pub answers: Arc<answers::Answers>,
 }
 
 /// Readiness probe path: 200 once the first view is loaded, 503 before.

@@ -6,7 +6,7 @@
 
 use super::auth::authenticate;
 use super::reply::{self, Body};
-use super::watch::{line_stream, not_ready, send_line, StreamInputs, Unsent};
+use super::watch::{encode_line, line_stream, not_ready, send_encoded, StreamInputs, Unsent};
 use super::Shared;
 use crate::source::Snapshot;
 use crate::token::TokenHash;
@@ -74,6 +74,7 @@ async fn stream_answers(
         mut ca_changes,
         shutdown,
         metrics,
+        answers,
         ..
     } = agent;
     let _resolving = metrics.resolving();
@@ -105,7 +106,12 @@ async fn stream_answers(
                 service,
                 backends,
             };
-            match send_line(&tx, &resolution, &shutdown).await {
+            let line = answers.line(version, address, || encode_line(&resolution));
+            let sent = match line {
+                Ok(line) => send_encoded(&tx, line, &shutdown).await,
+                Err(e) => Err(Unsent::Encoding(e)),
+            };
+            match sent {
                 Ok(()) => {}
                 Err(Unsent::Encoding(e)) => {
                     tracing::error!(%address, error = %e, "cannot encode an answer; ending the stream");

@@ -99,6 +99,8 @@ pub(super) struct StreamInputs {
     pub(super) shutdown: CancellationToken,
     /// Watchers and push latency.
     pub(super) metrics: Arc<AgentMetrics>,
+    /// Answers already encoded at the newest version.
+    pub(super) answers: Arc<super::answers::Answers>,
 }
 
 impl StreamInputs {
@@ -109,6 +111,7 @@ impl StreamInputs {
             ca: Arc::clone(&shared.ca),
             shutdown: shared.shutdown.clone(),
             metrics: Arc::clone(&shared.metrics),
+            answers: Arc::clone(&shared.answers),
         }
     }
 }
@@ -129,6 +132,7 @@ async fn stream_views(
         mut ca_changes,
         shutdown,
         metrics,
+        ..
     } = agent;
     let _watching = metrics.watching();
     let mut last: Option<View> = None;
@@ -210,10 +214,24 @@ pub(super) async fn send_line<T: serde::Serialize>(
     value: &T,
     shutdown: &CancellationToken,
 ) -> Result<(), Unsent> {
-    let mut line = serde_json::to_vec(value).map_err(Unsent::Encoding)?;
+    send_encoded(tx, encode_line(value).map_err(Unsent::Encoding)?, shutdown).await
+}
+
+/// `value` as one NDJSON line.
+pub(super) fn encode_line<T: serde::Serialize>(value: &T) -> Result<Bytes, serde_json::Error> {
+    let mut line = serde_json::to_vec(value)?;
     line.push(b'\n');
+    Ok(Bytes::from(line))
+}
+
+/// Sends a line already encoded.
+pub(super) async fn send_encoded(
+    tx: &mpsc::Sender<Bytes>,
+    line: Bytes,
+    shutdown: &CancellationToken,
+) -> Result<(), Unsent> {
     tokio::select! {
-        sent = tx.send(Bytes::from(line)) => sent.map_err(|_| Unsent::ClientGone),
+        sent = tx.send(line) => sent.map_err(|_| Unsent::ClientGone),
         _ = shutdown.cancelled() => Err(Unsent::ShuttingDown),
     }
 }
