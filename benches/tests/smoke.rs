@@ -123,8 +123,8 @@ fn the_control_plane_figure_measures_every_size() {
         printed.contains("| services | proxies |"),
         "no table:\n{printed}"
     );
-    let sizes = written_json(&out, "control-plane.json");
-    let sizes = sizes.as_array().expect("a list of sizes");
+    let figure = written_json(&out, "control-plane.json");
+    let sizes = figure["agent"].as_array().expect("a list of sizes");
     assert_eq!(sizes.len(), 2);
     for size in sizes {
         assert!(
@@ -138,6 +138,16 @@ fn the_control_plane_figure_measures_every_size() {
             assert!(size[mode].as_f64().unwrap_or(0.0) > 1.0, "{mode}: {size}");
         }
     }
+    // The Kubernetes source's translation per change, at each mesh size.
+    let kubernetes = figure["kubernetes"]
+        .as_array()
+        .expect("the Kubernetes sizes");
+    assert_eq!(kubernetes.len(), 2, "{figure}");
+    for size in kubernetes {
+        let ms = size["per_change_p50_ms"].as_f64().unwrap_or(f64::NAN);
+        assert!(ms > 0.0 && ms < 1_000.0, "{size}");
+    }
+    assert!(printed.contains("one EndpointSlice change"), "{printed}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
