@@ -121,8 +121,9 @@ impl Store {
         self.current.load_full()
     }
 
-    fn store(&self, state: State) {
-        self.current.store(Arc::new(state));
+    /// Serves `state` from now on; returns the state it replaces.
+    fn swap(&self, state: State) -> Arc<State> {
+        self.current.swap(Arc::new(state))
     }
 }
 
@@ -202,7 +203,10 @@ pub(crate) async fn follow(views: Views, store: Arc<Store>, compiler: Compiler) 
                 Some(state) => {
                     let version = state.version();
                     let destinations = state.outbound.len();
-                    store.store(state);
+                    let replaced = store.swap(state);
+                    // Freed on the compiler's thread, not the data path's (unless a
+                    // connection still holds it; then whoever lets go last frees it).
+                    let _ = jobs.send(Box::new(move || drop(replaced)));
                     views.mark_handled(published.seq, version);
                     compiler.ready.set(true);
                     tracing::debug!(
