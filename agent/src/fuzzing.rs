@@ -5,8 +5,12 @@
 
 use pillion_api::view::View;
 
-use crate::source::file::{parse_source, source_text};
+use crate::source::file::{parse_file, parse_source, source_text, SourceError};
+use crate::source::model::SourceFile;
+use crate::source::parts::{Applied, Changes, Parsed, Parts};
+use crate::source::validate::validate;
 use crate::view::view_for;
+use std::sync::Arc;
 
 /// The agent's YAML source. A refused file's error points inside the file; an
 /// accepted one gives every workload a view that survives the trip to the proxy
@@ -18,13 +22,7 @@ pub fn agent_source(data: &[u8]) {
     let catalog = match parsed {
         Ok(catalog) => catalog,
         Err(e) => {
-            if let Some((line, column)) = e.position {
-                let lines = yaml_lines(data);
-                assert!(
-                    line >= 1 && line <= lines && column >= 1,
-                    "{e} points outside the file ({lines} lines)"
-                );
-            }
+            points_inside(&e, data);
             let _ = e.to_string();
             return;
         }
@@ -40,6 +38,98 @@ pub fn agent_source(data: &[u8]) {
             ),
         };
         assert_eq!(back, view, "the view changed on the way to the proxy");
+    }
+}
+
+/// The line that separates the files of one `agent_source_parts` input.
+pub const PART_SEPARATOR: &str = "---8<---\n";
+
+/// A source directory of up to four files (the input split at
+/// [`PART_SEPARATOR`]). Applied as parts, the files give what one file holding
+/// their entries in the same order gives: both accepted with the same catalog, or
+/// both refused; the same holds after the last file is applied on its own and after
+/// the first is removed. A refusal names one of the files and points inside it.
+pub fn agent_source_parts(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut parts: Vec<Arc<Parsed>> = Vec::new();
+    for (i, part) in text.split(PART_SEPARATOR).take(4).enumerate() {
+        let name: Arc<str> = Arc::from(format!("{}.yaml", (b'a' + i as u8) as char));
+        match parse_file(&name, part) {
+            Ok(file) => parts.push(Arc::new(Parsed {
+                name,
+                text: part.to_string(),
+                file,
+            })),
+            Err(e) => {
+                points_inside(&e, part.as_bytes());
+                return;
+            }
+        }
+    }
+    let changes = |of: &[Arc<Parsed>]| -> Changes {
+        (of.iter())
+            .map(|p| (p.name.clone(), Some(p.clone())))
+            .collect()
+    };
+    let all = Parts::default().apply(&changes(&parts), TD);
+    same_as_one_file(&all, &parts);
+    let Some((last, but_last)) = parts.split_last() else {
+        return;
+    };
+    // The last file applied on its own, onto the others.
+    if let Ok(before) = Parts::default().apply(&changes(but_last), TD) {
+        let after = before.parts.apply(&changes(std::slice::from_ref(last)), TD);
+        same_as_one_file(&after, &parts);
+    }
+    // The first file removed.
+    if let Ok(all) = &all {
+        let first = parts[0].name.clone();
+        let removed: Changes = [(first, None)].into_iter().collect();
+        same_as_one_file(&all.parts.apply(&removed, TD), &parts[1..]);
+    }
+}
+
+const TD: &str = "cluster.local";
+
+/// Checks that `applied` is what one file with the entries of `parts` gives.
+fn same_as_one_file(applied: &Result<Applied, SourceError>, parts: &[Arc<Parsed>]) {
+    let mut one = SourceFile {
+        workloads: Vec::new(),
+        services: Vec::new(),
+    };
+    for p in parts {
+        one.workloads.extend(p.file.workloads.iter().cloned());
+        one.services.extend(p.file.services.iter().cloned());
+    }
+    let expected = validate(&one, "one.yaml", TD);
+    match (applied, expected) {
+        (Ok(applied), Ok(expected)) => {
+            let catalog = applied.parts.catalog();
+            assert!(
+                catalog.same_content(&expected),
+                "the parts' catalog differs from one file's"
+            );
+        }
+        (Err(e), Err(_)) => {
+            let part = parts.iter().find(|p| *p.name == e.file);
+            let part = part.unwrap_or_else(|| panic!("{e} names no file of the source"));
+            points_inside(e, part.text.as_bytes());
+        }
+        (Ok(_), Err(e)) => panic!("the parts were accepted, one file refused: {}", e.reason),
+        (Err(e), Ok(_)) => panic!("the parts were refused, one file accepted: {e}"),
+    }
+}
+
+/// A refusal's position, if any, is inside the file it names.
+fn points_inside(e: &SourceError, data: &[u8]) {
+    if let Some((line, column)) = e.position {
+        let lines = yaml_lines(data);
+        assert!(
+            line >= 1 && line <= lines && column >= 1,
+            "{e} points outside the file ({lines} lines)"
+        );
     }
 }
 
@@ -72,5 +162,10 @@ mod tests {
     #[test]
     fn replay_agent_source() {
         pillion_api::fuzzing::replay_corpus("agent_source", super::agent_source);
+    }
+
+    #[test]
+    fn replay_agent_source_parts() {
+        pillion_api::fuzzing::replay_corpus("agent_source_parts", super::agent_source_parts);
     }
 }

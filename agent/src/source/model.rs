@@ -55,7 +55,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 /// The whole source file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceFile {
     /// Workloads the agent knows by identity.
@@ -67,7 +67,7 @@ pub struct SourceFile {
 }
 
 /// One workload: a namespace + service account identity, its credential and policy.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSpec {
     /// Name that service endpoints refer to, unique within the namespace.
@@ -89,7 +89,7 @@ pub struct WorkloadSpec {
 }
 
 /// Inbound policy of a workload as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundSpec {
     /// Mode of ports without their own entry.
@@ -101,7 +101,7 @@ pub struct InboundSpec {
 }
 
 /// Policy of one inbound port as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortPolicySpec {
     /// Mode of this port; defaults to the workload's `default_mode`.
@@ -116,7 +116,7 @@ pub struct PortPolicySpec {
 }
 
 /// One service as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Service name, unique within its namespace.
@@ -134,7 +134,7 @@ pub struct ServiceSpec {
 }
 
 /// One service port as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicePortSpec {
     /// Port on the VIPs.
@@ -151,7 +151,7 @@ pub struct ServicePortSpec {
 }
 
 /// One group of endpoints as written: addresses × ports, sharing identity and labels.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Endpoint addresses; defaults to the referenced workload's addresses.

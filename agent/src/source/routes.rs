@@ -54,7 +54,7 @@ use super::model::Pattern;
 use super::path::{EntryPath, Seg};
 
 /// A client route of a service port, as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Unique within the port.
@@ -89,7 +89,7 @@ pub struct RouteSpec {
 }
 
 /// A server route of an inbound port, as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerRouteSpec {
     /// Unique within the port.
