@@ -7,6 +7,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
+/// Destinations whose answers are kept per version: beyond it (a proxy asking
+/// about every address it can think of) answers are encoded for each stream.
+const MAX_KEPT: usize = 10_000;
+
 /// Encoded answers of one version, by destination.
 #[derive(Debug, Default)]
 pub struct Answers {
@@ -35,7 +39,7 @@ impl Answers {
         if newest.0 < version {
             *newest = (version, HashMap::new());
         }
-        if newest.0 == version {
+        if newest.0 == version && newest.1.len() < MAX_KEPT {
             newest.1.insert(address, line.clone());
         }
         Ok(line)

@@ -74,6 +74,11 @@ impl Parts {
         self.applied.is_empty()
     }
 
+    /// The names of the parts in force.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.applied.keys()
+    }
+
     /// The content in force for `part`, if any.
     pub fn applied(&self, part: &str) -> Option<&Kept> {
         self.applied.get(part).map(|k| &**k)
@@ -111,8 +116,15 @@ impl Parts {
             next.catalog.remove_part(part);
             if let Some(old) = next.applied.remove(part) {
                 for name in &old.uses {
-                    if let Some(users) = next.users.get_mut(name) {
-                        users.remove(part);
+                    let unused = match next.users.get_mut(name) {
+                        Some(users) => {
+                            users.remove(part);
+                            users.is_empty()
+                        }
+                        None => false,
+                    };
+                    if unused {
+                        next.users.remove(name);
                     }
                 }
             }

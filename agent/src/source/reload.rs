@@ -49,11 +49,14 @@ impl Layout {
         };
         let name = dir.display().to_string();
         let entries = std::fs::read_dir(dir).map_err(|e| SourceError::unreadable(&name, &e))?;
-        let mut files: Vec<(Arc<str>, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter(is_source_file)
-            .map(|e| (part_of(&e.path()), e.path()))
-            .collect();
+        let mut files: Vec<(Arc<str>, PathBuf)> = Vec::new();
+        for entry in entries {
+            // A listing that fails part way is no listing: nothing is taken as gone.
+            let entry = entry.map_err(|e| SourceError::unreadable(&name, &e))?;
+            if is_source_file(&entry) {
+                files.push((part_of(&entry.path()), entry.path()));
+            }
+        }
         // Names compared as strings: one directory, so this is file-name order.
         files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if files.is_empty() {
@@ -67,8 +70,10 @@ impl Layout {
     }
 }
 
-/// A visible `*.yaml`/`*.yml` regular file (symlinks followed, as a ConfigMap
-/// mount's are); the directory entry's type spares a `stat` for plain files.
+/// A visible `*.yaml`/`*.yml` regular file, or a symlink by that name (as a
+/// ConfigMap mount's are): one whose target is missing for a moment is a file that
+/// cannot be read (its last good content stays), not a file removed. The directory
+/// entry's type spares a `stat`.
 fn is_source_file(entry: &std::fs::DirEntry) -> bool {
     let name = entry.file_name();
     let Some(name) = name.to_str() else {
@@ -78,9 +83,8 @@ fn is_source_file(entry: &std::fs::DirEntry) -> bool {
         !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"));
     visible_yaml
         && match entry.file_type() {
-            Ok(t) if t.is_file() => true,
-            Ok(t) if t.is_symlink() => entry.path().is_file(),
-            _ => false,
+            Ok(t) => t.is_file() || (t.is_symlink() && !entry.path().is_dir()),
+            Err(_) => false,
         }
 }
 
@@ -153,7 +157,7 @@ impl Poller {
     ) -> Self {
         let now = Instant::now();
         let files = layout.files().unwrap_or_default();
-        let seen = (files.into_iter().enumerate())
+        let mut seen: BTreeMap<Arc<str>, Seen> = (files.into_iter().enumerate())
             .map(|(i, (part, path))| {
                 let meta = std::fs::metadata(&path).ok();
                 let applied = parts.applied(&part);
@@ -167,6 +171,10 @@ impl Poller {
                 (part, seen)
             })
             .collect();
+        // A part in force whose file is gone already: the first poll removes it.
+        for part in parts.names() {
+            seen.entry(part.clone()).or_default();
+        }
         Self {
             layout,
             trust_domain,
@@ -220,10 +228,13 @@ impl Poller {
         for part in gone {
             let in_force = self.parts.applied(&part).is_some();
             let seen = self.seen.entry(part).or_default();
-            *seen = Seen {
-                pending: in_force.then_some(None),
-                ..Seen::default()
-            };
+            // A removal already pending keeps its state (and when it was refused).
+            if !matches!(seen.pending, Some(None)) {
+                *seen = Seen {
+                    pending: in_force.then_some(None),
+                    ..Seen::default()
+                };
+            }
         }
         self.try_pending();
         self.seen.retain(|part, seen| {
@@ -304,29 +315,38 @@ impl Poller {
         }
     }
 
-    /// Puts pending changes in force: all together if they fit, else file by file,
-    /// so one broken file holds back only itself.
+    /// Puts pending changes in force when one of them is new or the parts in force
+    /// changed since it was refused. Every pending change is tried together, so
+    /// changes that only work together (a name moving from one file to another,
+    /// seen in two polls) land at once; a refusal drops the file it names and the
+    /// rest are tried again, so one broken file holds back only itself.
     fn try_pending(&mut self) {
         let generation = self.generation;
-        let changes: Changes = (self.seen.iter())
-            .filter(|(_, s)| s.refused_at != Some(generation))
+        let eligible =
+            (self.seen.values()).any(|s| s.pending.is_some() && s.refused_at != Some(generation));
+        if !eligible {
+            return;
+        }
+        let mut changes: Changes = (self.seen.iter())
             .filter_map(|(part, s)| Some((part.clone(), s.pending.clone()?)))
             .collect();
-        if changes.is_empty() {
-            return;
-        }
-        let together = self.attempt(&changes);
-        if together.is_ok() || changes.len() == 1 {
-            return;
-        }
-        for (part, change) in changes {
-            let one: Changes = [(part, change)].into_iter().collect();
-            let _ = self.attempt(&one);
+        while !changes.is_empty() {
+            let Err(refused) = self.attempt(&changes) else {
+                return;
+            };
+            if changes.remove(refused.file.as_str()).is_none() {
+                // It names a file that is not changing but uses what changes: each
+                // change on its own, then.
+                for (part, change) in std::mem::take(&mut changes) {
+                    let one: Changes = [(part, change)].into_iter().collect();
+                    let _ = self.attempt(&one);
+                }
+            }
         }
     }
 
     /// Applies `changes` or records why not on the files concerned.
-    fn attempt(&mut self, changes: &Changes) -> Result<(), ()> {
+    fn attempt(&mut self, changes: &Changes) -> Result<(), SourceError> {
         let result = self.parts.apply(changes, &self.trust_domain);
         let result = match (&self.layout, result) {
             (Layout::Dir(dir), Ok(a)) if a.parts.is_empty() => Err(SourceError {
@@ -351,7 +371,7 @@ impl Poller {
                         seen.refuse(e.clone(), serving);
                     }
                 }
-                Err(())
+                Err(e)
             }
         }
     }

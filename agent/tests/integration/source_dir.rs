@@ -175,3 +175,49 @@ async fn a_directory_without_source_files_is_refused_at_start() {
         .unwrap_err();
     assert!(e.to_string().contains("no *.yaml or *.yml file"), "{e}");
 }
+
+#[tokio::test]
+async fn a_workload_moved_between_files_in_two_steps_lands() {
+    let dir = TempDir::new("sourcedir-move");
+    write_file(&dir.join("00-workloads.yaml"), WORKLOADS);
+    write_file(&dir.join("echo.yaml"), &echo(7000));
+    let agent = Agent::start(loopback_config(SourceSpec::File(dir.join(""))))
+        .await
+        .unwrap();
+    let mut client = connect(&agent).await;
+    let mut views = client.watch(CLIENT_TOKEN).await;
+    views.next_within(ONE_SECOND).await.expect("a first view");
+
+    // Step one, seen alone: the server's workload also in a new file, at a new
+    // address. A duplicate, so it waits.
+    let (client_part, server_part) = WORKLOADS
+        .split_once("  - name: server")
+        .expect("two workloads");
+    let moved = format!("workloads:\n  - name: server{server_part}").replace(".0.3", ".0.5");
+    write_file(&dir.join("01-server.yaml"), &moved);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = agent.last_error().expect("a duplicate for now");
+    assert!(
+        err.reason.contains("duplicate workload demo/server"),
+        "{err}"
+    );
+
+    // Step two, in a later poll: the old file lets the workload go. Alone it would
+    // leave the service without its workload; with the first step it is a move.
+    write_file(&dir.join("00-workloads.yaml"), client_part);
+    let v = views.next_within(ONE_SECOND).await.expect("the move lands");
+    let echo_service = v.services.iter().find(|s| s.name == "echo").unwrap();
+    assert_eq!(echo_service.endpoints[0].address.to_string(), "198.18.0.5");
+    assert!(agent.last_error().is_none(), "{:?}", agent.last_error());
+
+    // A removal refused stays refused, quietly: nothing is published.
+    let version = agent.version();
+    std::fs::remove_file(dir.join("01-server.yaml")).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = agent
+        .last_error()
+        .expect("the service still uses the workload");
+    assert!(err.reason.contains("no workload named `server`"), "{err}");
+    assert_eq!(agent.version(), version);
+    agent.shutdown().await;
+}
