@@ -4,8 +4,10 @@
 //! ([`local`]: pods as network namespaces, the agent on its embedded default, live
 //! traffic and counters); `pillion init|proxy|agent|inject …` runs the programs of
 //! the mesh ([`programs`]), which is also how `pillion up` starts them in its pods;
-//! `pillion ca init` makes the mesh's root and issuer ([`ca`]).
+//! `pillion ca init` makes the mesh's root and issuer ([`ca`]); `pillion validate`
+//! checks the agent's source offline ([`validate`]).
 
 pub mod ca;
 pub mod local;
 pub mod programs;
+pub mod validate;

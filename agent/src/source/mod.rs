@@ -104,6 +104,24 @@ pub fn start(
     })
 }
 
+/// What a source holds, as [`check`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Files read (one for a file, each `*.yaml`/`*.yml` of a directory).
+    pub files: usize,
+    /// Workloads across them.
+    pub workloads: usize,
+    /// Services across them.
+    pub services: usize,
+}
+
+/// Reads a source (a file, or a directory of them) as the agent would at start,
+/// without serving it: what it holds, or every file's own problem (each file
+/// parsed on its own) and then the first problem between files.
+pub fn check(path: &std::path::Path, trust_domain: &str) -> Result<Checked, Vec<SourceError>> {
+    reload::check(&reload::Layout::of(path), trust_domain)
+}
+
 impl SourceHandle {
     /// A receiver that sees every published snapshot, starting with the current one.
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {

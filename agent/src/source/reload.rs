@@ -103,6 +103,39 @@ pub(crate) fn load(layout: &Layout, trust_domain: &str) -> Result<Parts, SourceE
     Ok(Parts::default().apply(&changes, trust_domain)?.parts)
 }
 
+/// Every file of the source parsed, each problem kept, then all applied together.
+pub(crate) fn check(
+    layout: &Layout,
+    trust_domain: &str,
+) -> Result<super::Checked, Vec<SourceError>> {
+    let files = layout.files().map_err(|e| vec![e])?;
+    let mut changes = Changes::new();
+    let mut problems = Vec::new();
+    for (name, path) in &files {
+        let parsed = source_text(name, std::fs::read(path)).and_then(|t| parse(name.clone(), t));
+        match parsed {
+            Ok(parsed) => {
+                changes.insert(name.clone(), Some(parsed));
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let parts = Parts::default()
+        .apply(&changes, trust_domain)
+        .map_err(|e| vec![e])?
+        .parts;
+    let catalog = parts.catalog();
+    let checked = super::Checked {
+        files: files.len(),
+        workloads: catalog.workloads().len(),
+        services: catalog.services().len(),
+    };
+    Ok(checked)
+}
+
 /// One file's text parsed into a part.
 pub(crate) fn parse(name: Arc<str>, text: String) -> Result<Arc<Parsed>, SourceError> {
     let file = parse_file(&name, &text)?;
