@@ -121,6 +121,25 @@ fn serves_json_logs_and_drains_on_sigterm() {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.ends_with("live\n"), "{raw}");
 
+    // The log filter changes at runtime, from loopback, and says so in the log.
+    let filter = "info,pillion_proxy=debug";
+    let mut s = TcpStream::connect(admin).unwrap();
+    let put = format!(
+        "PUT /log-level HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{filter}",
+        filter.len()
+    );
+    s.write_all(put.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    loop {
+        let line = next("the log filter's change");
+        if line["message"] == "log filter changed through the admin server" {
+            assert_eq!(line["filter"], filter, "{line}");
+            break;
+        }
+    }
+
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -24,6 +24,9 @@ pub(crate) struct AdminState {
     pub drain: Drain,
     /// What `/config` shows: the effective configuration and the agent's view.
     pub config: ConfigDump,
+    /// The log filter `/log-level` reads and changes (none when the proxy runs
+    /// without a subscriber of its own, as in tests).
+    pub log: Option<crate::app::logging::LogLevel>,
 }
 
 /// Renders the proxy's effective configuration, certificate and view as JSON for
@@ -48,12 +51,13 @@ impl std::fmt::Debug for ConfigDump {
 /// Content type of every plain-text answer.
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// Answers one admin request from `peer`.
+/// Answers one admin request from `peer`; `body` is what a `PUT` carried.
 pub(crate) fn respond(
     state: &AdminState,
     method: &Method,
     path: &str,
     peer: SocketAddr,
+    body: &[u8],
 ) -> Response<Full<Bytes>> {
     match (method, path) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
@@ -70,6 +74,11 @@ pub(crate) fn respond(
         },
         (&Method::POST, "/shutdown") => shutdown(&state.drain, peer),
         (&Method::GET, "/config") => config(&state.config, peer),
+        (&Method::GET, "/log-level") => match &state.log {
+            Some(log) => text(StatusCode::OK, format!("{}\n", log.current())),
+            None => no_log_level(),
+        },
+        (&Method::PUT, "/log-level") => set_log_level(state.log.as_ref(), peer, body),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -102,6 +111,42 @@ fn config(dump: &ConfigDump, peer: SocketAddr) -> Response<Full<Bytes>> {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode the configuration: {err}\n"),
         ),
+    }
+}
+
+fn no_log_level() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::NOT_FOUND,
+        "this proxy has no log subscriber of its own\n".into(),
+    )
+}
+
+/// Puts the filter in `body` (e.g. `debug` or `pillion_proxy=debug,warn`) in force
+/// for loopback callers; 403 for anyone else, 400 for a filter that does not parse.
+fn set_log_level(
+    log: Option<&crate::app::logging::LogLevel>,
+    peer: SocketAddr,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    if !peer.ip().to_canonical().is_loopback() {
+        tracing::warn!(%peer, "refusing /log-level from a non-loopback caller");
+        return text(
+            StatusCode::FORBIDDEN,
+            "log-level answers loopback callers only\n".into(),
+        );
+    }
+    let Some(log) = log else {
+        return no_log_level();
+    };
+    let Ok(value) = std::str::from_utf8(body).map(str::trim) else {
+        return text(StatusCode::BAD_REQUEST, "the filter is not UTF-8\n".into());
+    };
+    match log.set(value) {
+        Ok(()) => {
+            tracing::info!(%peer, filter = value, "log filter changed through the admin server");
+            text(StatusCode::OK, format!("{value}\n"))
+        }
+        Err(reason) => text(StatusCode::BAD_REQUEST, format!("{reason}\n")),
     }
 }
 
@@ -149,6 +194,7 @@ mod tests {
             registry: Arc::new(Registry::default()),
             drain: Drain::new(),
             config: ConfigDump::fixed(serde_json::json!({"outbound": ["127.0.0.1:15001"]})),
+            log: None,
         }
     }
 
@@ -158,7 +204,17 @@ mod tests {
         path: &str,
         peer: &str,
     ) -> (StatusCode, String) {
-        let response = respond(state, &method, path, peer.parse().unwrap());
+        call_with(state, method, path, peer, b"").await
+    }
+
+    async fn call_with(
+        state: &AdminState,
+        method: Method,
+        path: &str,
+        peer: &str,
+        body: &[u8],
+    ) -> (StatusCode, String) {
+        let response = respond(state, &method, path, peer.parse().unwrap(), body);
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
@@ -187,6 +243,43 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let value: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(value["outbound"][0], "127.0.0.1:15001");
+    }
+
+    #[tokio::test]
+    async fn the_log_level_changes_for_loopback_callers_only() {
+        let mut s = state();
+        let (status, _) = call(&s, Method::GET, "/log-level", "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "no subscriber of its own");
+        let applied = Arc::new(std::sync::Mutex::new(0));
+        let count = applied.clone();
+        s.log = Some(crate::app::logging::LogLevel::new("info", move |_| {
+            *count.lock().unwrap() += 1;
+            Ok(())
+        }));
+        let put = |peer: &'static str, body: &'static [u8]| {
+            let s = s.clone();
+            async move { call_with(&s, Method::PUT, "/log-level", peer, body).await }
+        };
+        assert_eq!(put("198.18.0.2:1", b"debug").await.0, StatusCode::FORBIDDEN);
+        let (status, body) = put("127.0.0.1:1", b"pillion_proxy=loud").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("not a valid filter"), "{body}");
+        assert_eq!(put("[::1]:1", b"\xff").await.0, StatusCode::BAD_REQUEST);
+        let (status, body) = put("127.0.0.1:1", b"pillion_proxy=debug,warn\n").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "pillion_proxy=debug,warn\n")
+        );
+        let (status, body) = call(&s, Method::GET, "/log-level", "198.18.0.2:1").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "pillion_proxy=debug,warn\n")
+        );
+        assert_eq!(
+            *applied.lock().unwrap(),
+            1,
+            "only the good filter was applied"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -22,6 +24,8 @@ const ADMIN_BACKLOG: u32 = 128;
 
 /// Time a client has to send its request headers before the connection is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request body may carry (a log filter).
+const MAX_BODY: usize = 1024;
 
 /// The admin listener could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +91,28 @@ impl AdminServer {
 /// Serves one admin connection.
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state: AdminState) {
     let service = service_fn(move |request: Request<Incoming>| {
-        let response = respond(&state, request.method(), request.uri().path(), peer);
-        async move { Ok::<_, Infallible>(response) }
+        let state = state.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            // Only a PUT carries something the admin server reads (a log filter).
+            let body = if parts.method == http::Method::PUT {
+                match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => {
+                        let refused = http::Response::builder()
+                            .status(http::StatusCode::PAYLOAD_TOO_LARGE)
+                            .body(http_body_util::Full::new(Bytes::from_static(
+                                b"the body is over 1 KiB\n",
+                            )));
+                        return Ok(refused.unwrap_or_default());
+                    }
+                }
+            } else {
+                Bytes::new()
+            };
+            let response = respond(&state, &parts.method, parts.uri.path(), peer, &body);
+            Ok::<_, Infallible>(response)
+        }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -113,8 +137,15 @@ mod tests {
 
     /// Sends one raw HTTP/1.1 request and returns the status code and body.
     async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+        request_with(addr, method, path, "").await
+    }
+
+    async fn request_with(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         s.write_all(req.as_bytes()).await.unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).await.unwrap();
@@ -134,6 +165,7 @@ mod tests {
             registry: Arc::new(registry),
             drain: Drain::new(),
             config: crate::admin::ConfigDump::fixed(serde_json::Value::Null),
+            log: Some(crate::app::logging::LogLevel::new("info", |_| Ok(()))),
         };
         let server = AdminServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr();
@@ -157,6 +189,17 @@ mod tests {
             "{body}"
         );
         assert_eq!(request(addr, "GET", "/nope").await.0, 404);
+        // The log filter, from the request's body; a body over 1 KiB is refused.
+        assert_eq!(
+            request_with(addr, "PUT", "/log-level", "debug").await,
+            (200, "debug\n".into())
+        );
+        assert_eq!(
+            request(addr, "GET", "/log-level").await,
+            (200, "debug\n".into())
+        );
+        let long = "a".repeat(2048);
+        assert_eq!(request_with(addr, "PUT", "/log-level", &long).await.0, 413);
         assert!(!state.drain.is_draining());
         assert_eq!(request(addr, "POST", "/shutdown").await.0, 200);
         assert!(state.drain.is_draining());

@@ -201,7 +201,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Ok(control) => control,
         Err(err) => return fail(EXIT_USAGE, &err),
     };
-    if let Err(err) = logging::init(args.log_format, filter) {
+    if let Err(err) = logging::init(args.log_format, &args.log_level, filter) {
         return fail(1, &err);
     }
     match rlimit::raise_nofile() {

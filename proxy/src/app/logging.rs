@@ -2,8 +2,12 @@
 //! stderr, filtered with `RUST_LOG`-style directives.
 
 use std::io::IsTerminal as _;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing_subscriber::filter::{EnvFilter, ParseError};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{fmt, reload, Layer as _};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -40,17 +44,82 @@ pub(crate) fn filter(value: &str) -> Result<EnvFilter, LogError> {
     })
 }
 
-/// Installs the global subscriber writing to stderr.
-pub(crate) fn init(format: LogFormat, filter: EnvFilter) -> Result<(), LogError> {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// The process's log filter, read and changed at runtime through the admin
+/// server's `/log-level` (a debug level for a minute, without a restart).
+#[derive(Clone)]
+pub(crate) struct LogLevel {
+    current: Arc<Mutex<String>>,
+    apply: Arc<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>,
+}
+
+impl LogLevel {
+    /// A level whose changes go to `apply`, starting at `current`.
+    pub(crate) fn new(
+        current: &str,
+        apply: impl Fn(EnvFilter) -> Result<(), String> + Send + Sync + 'static,
+    ) -> LogLevel {
+        LogLevel {
+            current: Arc::new(Mutex::new(current.to_string())),
+            apply: Arc::new(apply),
+        }
+    }
+
+    /// The filter in force.
+    pub(crate) fn current(&self) -> String {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Puts `value` (a `RUST_LOG`-style filter) in force, or says why not.
+    pub(crate) fn set(&self, value: &str) -> Result<(), String> {
+        let parsed = filter(value).map_err(|e| e.to_string())?;
+        (self.apply)(parsed)?;
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *current = value.to_string();
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogLevel")
+            .field("current", &self.current())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The level of the subscriber [`init`] installed, if it ran in this process.
+static INSTALLED: OnceLock<LogLevel> = OnceLock::new();
+
+/// The installed subscriber's level, for the admin server.
+pub(crate) fn installed() -> Option<LogLevel> {
+    INSTALLED.get().cloned()
+}
+
+/// Installs the global subscriber writing to stderr, its filter reloadable.
+pub(crate) fn init(format: LogFormat, value: &str, filter: EnvFilter) -> Result<(), LogError> {
+    let (filter, handle) = reload::Layer::new(filter);
+    let lines = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
     };
-    result.map_err(|err| LogError::Install(err.to_string()))
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .try_init()
+        .map_err(|err| LogError::Install(err.to_string()))?;
+    let level = LogLevel::new(value, move |new: EnvFilter| {
+        handle
+            .reload(new)
+            .map_err(|e| format!("cannot change the log filter: {e}"))
+    });
+    let _ = INSTALLED.set(level);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -62,6 +131,23 @@ mod tests {
         for ok in ["info", "debug", "pillion_proxy=debug,warn", "off"] {
             filter(ok).unwrap();
         }
+    }
+
+    #[test]
+    fn a_level_changes_only_to_a_filter_that_parses() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let seen = applied.clone();
+        let level = LogLevel::new("info", move |f: EnvFilter| {
+            seen.lock().unwrap().push(f.to_string());
+            Ok(())
+        });
+        assert_eq!(level.current(), "info");
+        level.set("pillion_proxy=debug,warn").unwrap();
+        assert_eq!(level.current(), "pillion_proxy=debug,warn");
+        let err = level.set("pillion_proxy=loud").unwrap_err();
+        assert!(err.contains("not a valid filter"), "{err}");
+        assert_eq!(level.current(), "pillion_proxy=debug,warn");
+        assert_eq!(applied.lock().unwrap().len(), 1);
     }
 
     #[test]

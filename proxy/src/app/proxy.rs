@@ -359,6 +359,7 @@ impl Proxy {
             registry: self.registry,
             drain: self.drain.clone(),
             config: dump,
+            log: crate::app::logging::installed(),
         };
         let admin_task = tokio::spawn(
             self.admin
