@@ -53,6 +53,21 @@ enum Command {
         #[arg(long, default_value = pillion_api::defaults::TRUST_DOMAIN)]
         trust_domain: String,
     },
+    /// Shows what a proxy acts on (its configuration, certificate and view), from
+    /// its admin server: in its pod, or through a port-forward.
+    ProxyConfig {
+        /// The proxy's admin address.
+        #[arg(default_value = "127.0.0.1:15020")]
+        admin: std::net::SocketAddr,
+    },
+    /// Shows a proxy's log filter, or changes it without a restart (e.g.
+    /// `info,pillion_proxy=debug`), through its admin server.
+    LogLevel {
+        /// The proxy's admin address.
+        admin: std::net::SocketAddr,
+        /// The new filter; without it, the one in force is shown.
+        filter: Option<String>,
+    },
     /// The mesh's certificate authority.
     Ca {
         #[command(subcommand)]
@@ -118,6 +133,13 @@ fn main() -> ExitCode {
             paths,
             trust_domain,
         } => return pillion::validate::run(&paths, &trust_domain),
+        Command::ProxyConfig { admin } => return pillion::admin::call(admin, "GET", "/config", ""),
+        Command::LogLevel { admin, filter } => {
+            return match filter {
+                Some(filter) => pillion::admin::call(admin, "PUT", "/log-level", &filter),
+                None => pillion::admin::call(admin, "GET", "/log-level", ""),
+            }
+        }
         Command::Ca { command } => {
             let (what, done) = match command {
                 CaCommand::Init { out, issuer } => (
