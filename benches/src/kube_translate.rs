@@ -7,14 +7,13 @@
 //! server here, and the figure is the agent's own work after a watch event arrives.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
-use pillion_agent::kubernetes::cluster::{Cluster, Kind};
+use pillion_agent::kubernetes::cluster::Cluster;
 use pillion_agent::kubernetes::translate::{translate, INJECTED_ANNOTATION};
 use pillion_agent::kubernetes::watch::retranslate;
 use pillion_agent::source::Catalog;
@@ -57,13 +56,13 @@ fn one(services: usize) -> Result<KubeSize> {
         slices.push(slice(i, 0)?);
         pods.push(pod(i)?);
     }
-    list(&cluster, &cluster.services, svcs);
-    list(&cluster, &cluster.endpoint_slices, slices);
-    list(&cluster, &cluster.pods, pods);
-    list(&cluster, &cluster.routes, Vec::new());
-    list(&cluster, &cluster.retry_policies, Vec::new());
-    list(&cluster, &cluster.rate_limit_policies, Vec::new());
-    list(&cluster, &cluster.authorization_policies, Vec::new());
+    cluster.list(&cluster.services, svcs);
+    cluster.list(&cluster.endpoint_slices, slices);
+    cluster.list(&cluster.pods, pods);
+    cluster.list(&cluster.routes, Vec::new());
+    cluster.list(&cluster.retry_policies, Vec::new());
+    cluster.list(&cluster.rate_limit_policies, Vec::new());
+    cluster.list(&cluster.authorization_policies, Vec::new());
     let first = retranslate(
         &cluster,
         &Catalog::default(),
@@ -103,15 +102,6 @@ fn one(services: usize) -> Result<KubeSize> {
         size.per_change_p50_ms, size.per_change_max_ms, size.whole_cluster_ms
     );
     Ok(size)
-}
-
-/// Feeds `objects` to `kind` as one complete list, as a watch's first list.
-fn list<K: kube::Resource>(cluster: &Cluster, kind: &Mutex<Kind<K>>, objects: Vec<K>) {
-    cluster.record(kind, Event::Init);
-    for obj in objects {
-        cluster.record(kind, Event::InitApply(obj));
-    }
-    cluster.record(kind, Event::InitDone);
 }
 
 fn namespace(i: usize) -> String {

@@ -205,6 +205,16 @@ impl Cluster {
         lock(kind).record(event, &mut dirty);
     }
 
+    /// Takes in `objects` as one complete list of `kind`, as a watch's first list
+    /// arrives (benchmarks and tests build a cluster this way).
+    pub fn list<K: Resource>(&self, kind: &Mutex<Kind<K>>, objects: Vec<K>) {
+        self.record(kind, Event::Init);
+        for obj in objects {
+            self.record(kind, Event::InitApply(obj));
+        }
+        self.record(kind, Event::InitDone);
+    }
+
     /// The namespaces touched since the last call.
     pub fn take_dirty(&self) -> BTreeSet<String> {
         std::mem::take(&mut lock(&self.dirty).namespaces)

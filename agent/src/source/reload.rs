@@ -93,12 +93,30 @@ fn part_of(path: &Path) -> Arc<str> {
     Arc::from(path.display().to_string())
 }
 
+/// Reads and parses every file of the source: the parts, and each file's problem.
+fn read_all(layout: &Layout) -> (Changes, Vec<SourceError>) {
+    let files = match layout.files() {
+        Ok(files) => files,
+        Err(e) => return (Changes::new(), vec![e]),
+    };
+    let mut changes = Changes::new();
+    let mut problems = Vec::new();
+    for (name, path) in files {
+        match source_text(&name, std::fs::read(&path)).and_then(|t| parse(name.clone(), t)) {
+            Ok(parsed) => {
+                changes.insert(name, Some(parsed));
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    (changes, problems)
+}
+
 /// Loads every file of the source at start; any problem refuses the whole source.
 pub(crate) fn load(layout: &Layout, trust_domain: &str) -> Result<Parts, SourceError> {
-    let mut changes = Changes::new();
-    for (name, path) in layout.files()? {
-        let text = source_text(&name, std::fs::read(&path))?;
-        changes.insert(name.clone(), Some(parse(name, text)?));
+    let (changes, problems) = read_all(layout);
+    if let Some(first) = problems.into_iter().next() {
+        return Err(first);
     }
     Ok(Parts::default().apply(&changes, trust_domain)?.parts)
 }
@@ -108,18 +126,7 @@ pub(crate) fn check(
     layout: &Layout,
     trust_domain: &str,
 ) -> Result<super::Checked, Vec<SourceError>> {
-    let files = layout.files().map_err(|e| vec![e])?;
-    let mut changes = Changes::new();
-    let mut problems = Vec::new();
-    for (name, path) in &files {
-        let parsed = source_text(name, std::fs::read(path)).and_then(|t| parse(name.clone(), t));
-        match parsed {
-            Ok(parsed) => {
-                changes.insert(name.clone(), Some(parsed));
-            }
-            Err(e) => problems.push(e),
-        }
-    }
+    let (changes, problems) = read_all(layout);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -129,7 +136,7 @@ pub(crate) fn check(
         .parts;
     let catalog = parts.catalog();
     let checked = super::Checked {
-        files: files.len(),
+        files: changes.len(),
         workloads: catalog.workloads().len(),
         services: catalog.services().len(),
     };

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DynamicObject;
 use kube::runtime::watcher::Event;
-use pillion_agent::kubernetes::cluster::{Cluster, Kind};
+use pillion_agent::kubernetes::cluster::Cluster;
 use pillion_agent::kubernetes::translate::{translate, Objects, Translation};
 use pillion_agent::kubernetes::watch::retranslate;
 use pillion_agent::source::{Catalog, Workload};
@@ -397,15 +397,6 @@ fn both<T: DeserializeOwned>(name: &str) -> Vec<T> {
     all
 }
 
-/// Feeds `objects` to `kind` as one complete list.
-fn list<K: kube::Resource>(cluster: &Cluster, kind: &std::sync::Mutex<Kind<K>>, objects: Vec<K>) {
-    cluster.record(kind, Event::Init);
-    for obj in objects {
-        cluster.record(kind, Event::InitApply(obj));
-    }
-    cluster.record(kind, Event::InitDone);
-}
-
 /// A catalog's workloads and services, in an order that does not depend on parts.
 fn content(catalog: &Catalog) -> (Vec<Workload>, Vec<pillion_api::view::Service>) {
     let mut workloads: Vec<Workload> = catalog.workloads().cloned().collect();
@@ -443,30 +434,22 @@ fn translating_the_touched_namespaces_gives_what_translating_the_cluster_gives()
             .collect()
     };
     let all_policies = policies("shop");
-    list(
-        &cluster,
-        &cluster.services,
-        both::<Service>("services.json"),
-    );
-    list(
-        &cluster,
+    cluster.list(&cluster.services, both::<Service>("services.json"));
+    cluster.list(
         &cluster.endpoint_slices,
         both::<EndpointSlice>("endpointslices.json"),
     );
-    list(&cluster, &cluster.pods, both::<Pod>("pods.json"));
-    list(&cluster, &cluster.routes, of_kind(&all_policies, "Route"));
-    list(
-        &cluster,
+    cluster.list(&cluster.pods, both::<Pod>("pods.json"));
+    cluster.list(&cluster.routes, of_kind(&all_policies, "Route"));
+    cluster.list(
         &cluster.retry_policies,
         of_kind(&all_policies, "RetryPolicy"),
     );
-    list(
-        &cluster,
+    cluster.list(
         &cluster.rate_limit_policies,
         of_kind(&all_policies, "RateLimitPolicy"),
     );
-    list(
-        &cluster,
+    cluster.list(
         &cluster.authorization_policies,
         of_kind(&all_policies, "AuthorizationPolicy"),
     );
@@ -518,6 +501,6 @@ fn translating_the_touched_namespaces_gives_what_translating_the_cluster_gives()
 
     // A relist that finds a namespace gone touches it, and empties its part.
     let only_demo: Vec<Pod> = fixture_in("pods.json", "demo");
-    list(&cluster, &cluster.pods, only_demo);
+    cluster.list(&cluster.pods, only_demo);
     assert!(step(&cluster, &mut catalog, &["demo", "shop"]));
 }

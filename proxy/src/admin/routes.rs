@@ -165,7 +165,7 @@ fn shutdown(drain: &Drain, peer: SocketAddr) -> Response<Full<Bytes>> {
 }
 
 /// A plain-text response.
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     with_type(status, TEXT, body)
 }
 

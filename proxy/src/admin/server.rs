@@ -16,8 +16,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use super::routes::{respond, AdminState};
+use super::routes::{respond, text, AdminState};
 use crate::transport::listen;
+use http::StatusCode;
 
 /// Backlog of the admin listener (probes and scrapes, not traffic).
 const ADMIN_BACKLOG: u32 = 128;
@@ -94,17 +95,25 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state
         let state = state.clone();
         async move {
             let (parts, body) = request.into_parts();
-            // Only a PUT carries something the admin server reads (a log filter).
-            let body = if parts.method == http::Method::PUT {
-                match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-                    Ok(body) => body.to_bytes(),
+            // Only a PUT carries something the admin server reads (a log filter),
+            // and only from loopback: anyone else's body is never waited for.
+            let wanted =
+                parts.method == http::Method::PUT && peer.ip().to_canonical().is_loopback();
+            let body = if wanted {
+                let read = http_body_util::Limited::new(body, MAX_BODY).collect();
+                match tokio::time::timeout(HEADER_READ_TIMEOUT, read).await {
+                    Ok(Ok(body)) => body.to_bytes(),
+                    Ok(Err(_)) => {
+                        return Ok(text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "the body is over 1 KiB\n".into(),
+                        ))
+                    }
                     Err(_) => {
-                        let refused = http::Response::builder()
-                            .status(http::StatusCode::PAYLOAD_TOO_LARGE)
-                            .body(http_body_util::Full::new(Bytes::from_static(
-                                b"the body is over 1 KiB\n",
-                            )));
-                        return Ok(refused.unwrap_or_default());
+                        return Ok(text(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "the body did not arrive in time\n".into(),
+                        ))
                     }
                 }
             } else {
@@ -207,6 +216,32 @@ mod tests {
         stop.cancel();
         task.await.unwrap();
         assert!(TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_comes_is_not_waited_for() {
+        let state = AdminState {
+            readiness: Readiness::new(),
+            registry: Arc::new(Registry::default()),
+            drain: Drain::new(),
+            config: crate::admin::ConfigDump::fixed(serde_json::Value::Null),
+            log: Some(crate::app::logging::LogLevel::new("info", |_| Ok(()))),
+        };
+        let server = AdminServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(server.serve(state.clone(), stop.clone().cancelled_owned()));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Promises 5 bytes and sends none.
+        s.write_all(b"PUT /log-level HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+        assert_eq!(state.log.unwrap().current(), "info");
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]
