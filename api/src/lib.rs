@@ -9,6 +9,7 @@ pub mod duration;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod jwt;
 pub mod lists;
 pub mod policy;
 pub mod resolve;

@@ -480,6 +480,17 @@ pub struct ServerRoute {
     /// Server-side rate limit; absent means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Claims the end user's verified token must carry (port `jwt` needed): for each
+    /// claim, one of the listed values (a claim that is a list must contain one; a
+    /// `scope` or `scp` string is split at spaces; `a.b` reaches into objects).
+    /// Checked in addition to `allow`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, Vec<String>>,
+    /// Overrides the port's `jwt.required` on this route: `false` admits requests
+    /// without a token (a token that is sent must still verify). A route with
+    /// `claims` always needs a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_required: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -570,6 +581,12 @@ pub enum PolicyProblem {
     /// A rewrite on a route with a match that has no exact or prefix path.
     #[error("a prefix rewrite needs every match to have an exact or prefix path")]
     RewriteNeedsPathPrefix,
+    /// End-user authentication that cannot be served.
+    #[error(transparent)]
+    Jwt(#[from] crate::jwt::JwtProblem),
+    /// Claims or `jwt_required` on a route of a port without `jwt` providers.
+    #[error("claims and jwt_required need the port's jwt providers")]
+    ClaimsWithoutJwt,
     /// A SPIFFE id pattern that is not well formed.
     #[error("identity pattern {pattern:?} is invalid: {reason}")]
     BadIdentityPattern {
@@ -699,7 +716,38 @@ impl ServerRoute {
         if let Some(limit) = &self.rate_limit {
             limit.validate().map_err(|e| e.within("rate_limit"))?;
         }
+        for (claim, values) in &self.claims {
+            if claim.is_empty() || values.is_empty() || values.iter().any(String::is_empty) {
+                return Err(PolicyError::new(
+                    format!("claims.{claim}"),
+                    PolicyProblem::Empty,
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether this route asks anything of the end user's token.
+    pub fn uses_jwt(&self) -> bool {
+        !self.claims.is_empty() || self.jwt_required.is_some()
+    }
+}
+
+/// Checks an inbound port's end-user authentication together with its routes: the
+/// providers themselves, and that no route asks for claims the port cannot verify.
+pub fn validate_port_auth(
+    jwt: Option<&crate::jwt::JwtPolicy>,
+    server: &ServerPolicy,
+) -> Result<(), PolicyError> {
+    match jwt {
+        Some(jwt) => jwt.validate().map_err(|e| e.within("jwt")),
+        None => match server.routes.iter().position(ServerRoute::uses_jwt) {
+            Some(i) => Err(PolicyError::new(
+                format!("routes[{i}]"),
+                PolicyProblem::ClaimsWithoutJwt,
+            )),
+            None => Ok(()),
+        },
     }
 }
 

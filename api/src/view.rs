@@ -183,6 +183,10 @@ pub struct PortPolicy {
     /// HTTP routes of the port (server side): per-route allow lists and rate limits.
     #[serde(default, skip_serializing_if = "ServerPolicy::is_empty")]
     pub server: ServerPolicy,
+    /// End-user authentication: tokens from these issuers are verified on every
+    /// request, and routes may ask for claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<crate::jwt::JwtPolicy>,
 }
 
 impl InboundPolicy {
@@ -295,6 +299,7 @@ mod tests {
                                 "allow": ["spiffe://cluster.local/ns/ops/*"]}]}"#,
                         )
                         .unwrap(),
+                        jwt: None,
                     },
                 )]),
             },

@@ -14,6 +14,7 @@
 
 pub mod h2frames;
 pub mod http;
+pub mod jwt;
 pub mod net;
 pub mod otlp;
 pub mod pki;

@@ -4,6 +4,7 @@
 pub mod catalog;
 mod cow_map;
 pub mod file;
+pub mod jwt;
 mod locate;
 pub mod model;
 pub mod parts;

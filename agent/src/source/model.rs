@@ -22,6 +22,7 @@
 //!           mode: strict           # optional, defaults to default_mode
 //!           allow: ["spiffe://cluster.local/ns/demo/*"]   # empty: any peer
 //!           routes: []             # optional HTTP server routes (see `routes`)
+//!           jwt: {providers: [...]} # optional end-user tokens (see `jwt`)
 //!
 //! services:
 //!   - name: echo
@@ -43,6 +44,7 @@
 //!       - addresses: [198.18.0.10] # no workload and no identity: plain TCP
 //! ```
 
+use super::jwt::JwtSpec;
 use super::routes::{RouteSpec, ServerRouteSpec};
 use pillion_api::identity::IdentityPattern;
 use pillion_api::view::{Mode, Protocol};
@@ -113,6 +115,9 @@ pub struct PortPolicySpec {
     /// HTTP routes with their own allow lists and rate limits (see [`super::routes`]).
     #[serde(default)]
     pub routes: Vec<ServerRouteSpec>,
+    /// End-user authentication with JSON Web Tokens (see [`super::jwt`]).
+    #[serde(default)]
+    pub jwt: Option<JwtSpec>,
 }
 
 /// One service as written.

@@ -41,6 +41,9 @@
 //!               matches: [{path: {prefix: /admin}}]
 //!               allow: ["spiffe://cluster.local/ns/ops/*"]
 //!               rate_limit: {requests_per_second: 5, burst: 5, key: client_identity}
+//!             - name: orders              # needs the port's `jwt:` (see `jwt`)
+//!               matches: [{path: {prefix: /orders}}]
+//!               claims: {scope: [orders.read]}
 //! ```
 
 use pillion_api::duration::HumaneDuration;
@@ -49,6 +52,7 @@ use pillion_api::policy::{
     RouteMatch, ServerPolicy, ServerRoute, WeightedBackend,
 };
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 use super::model::Pattern;
 use super::path::{EntryPath, Seg};
@@ -103,6 +107,12 @@ pub struct ServerRouteSpec {
     /// Server-side rate limit.
     #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
     pub rate_limit: Option<RateLimit>,
+    /// Claims the end user's token must carry.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<String>>,
+    /// Whether a token is needed here (the port's `jwt.required` otherwise).
+    #[serde(default)]
+    pub jwt_required: Option<bool>,
 }
 
 impl RouteSpec {
@@ -135,6 +145,8 @@ impl ServerRouteSpec {
                 .map(|p| p.0.as_str().to_string())
                 .collect(),
             rate_limit: self.rate_limit.clone(),
+            claims: self.claims.clone(),
+            jwt_required: self.jwt_required,
         }
     }
 }

@@ -4,10 +4,12 @@
 //! part took it, and an endpoint may name a workload of another part.
 
 use super::catalog::{Catalog, Origin, Workload};
+use super::jwt::JwtSpec;
 use super::model::{EndpointSpec, Name, ServiceSpec, SourceFile, WorkloadSpec};
 use super::path::EntryPath;
 use super::routes;
 use crate::token::TokenHash;
+use pillion_api::policy::validate_port_auth;
 use pillion_api::view::{Endpoint, InboundPolicy, PortPolicy, Service, ServicePort};
 use pillion_identity::{IdError, SpiffeId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -219,10 +221,14 @@ fn workload(spec: &WorkloadSpec, at: &EntryPath, td: &str) -> Result<Workload, S
     for (port, p) in &spec.inbound.ports {
         let at = at.key("inbound").key("ports").key(port.0);
         let server = routes::server_policy(&p.routes, &at).map_err(|(path, why)| err(path, why))?;
+        let jwt = p.jwt.as_ref().map(JwtSpec::to_policy);
+        validate_port_auth(jwt.as_ref(), &server)
+            .map_err(|e| err(routes::join(&at, &e.path), e.problem.to_string()))?;
         let policy = PortPolicy {
             mode: p.mode.unwrap_or(default_mode),
             allow: p.allow.iter().map(|a| a.0.as_str().to_string()).collect(),
             server,
+            jwt,
         };
         ports.insert(port.0, policy);
     }

@@ -1,15 +1,16 @@
 //! Answers the proxy gives itself, with a status a client can act on and a one-line
 //! reason a person can read: 503 when nothing can serve, 502 when the upstream
 //! failed, 504 when it was too slow, 429 for rate limits, 403 for authorization,
-//! 400 for requests the proxy cannot forward. Every one carries [`PILLION_ERROR`]
+//! 401 for end-user tokens, 400 for requests the proxy cannot forward. Every one carries [`PILLION_ERROR`]
 //! with a short code, so callers (and tests) can tell them from the application's.
 
 use std::fmt;
 
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use super::body::ResponseBody;
+use crate::policy::jwt::Refusal;
 use crate::policy::rate_limit::{RateLimiter, RetryAfter, RATELIMIT, RATELIMIT_POLICY};
 use crate::upstream::pool::SendError;
 
@@ -125,6 +126,29 @@ pub(crate) fn local_response(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(PILLION_ERROR, HeaderValue::from_static(code));
+    response
+}
+
+/// The answer to a request whose end user's token does not do (RFC 6750 §3): 401,
+/// 400 or 403 with `WWW-Authenticate: Bearer` and its error code and reason.
+pub(crate) fn unauthenticated(refusal: Refusal) -> Response<ResponseBody> {
+    let code = match refusal {
+        Refusal::Missing => "unauthenticated",
+        Refusal::Invalid(_) => "invalid-token",
+        Refusal::Malformed(_) => "bad-request",
+        Refusal::Insufficient => "forbidden",
+    };
+    let mut response = local_response(refusal.status(), code, &refusal.reason());
+    let challenge = match refusal.error_code() {
+        None => String::from("Bearer realm=\"pillion\""),
+        Some(error) => format!(
+            "Bearer realm=\"pillion\", error=\"{error}\", error_description=\"{}\"",
+            refusal.reason()
+        ),
+    };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+    }
     response
 }
 

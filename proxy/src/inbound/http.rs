@@ -2,6 +2,8 @@
 //!
 //! Per request: the caller's claimed identity header is removed and the verified one
 //! (from mesh TLS) set; the port's or route's allow list decides (403 otherwise); the
+//! end user's token is verified where the port has JWT providers, and the route's
+//! claims checked (401/403, `WWW-Authenticate`); the
 //! route's server-side rate limit applies (429); the request goes to the application
 //! on loopback as the version the original client spoke (`pillion-orig-proto`, which
 //! is removed), over connections pooled per application port.
@@ -21,13 +23,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, RequestBody, ResponseBody};
-use crate::http::errors::{rate_limited, HttpError};
+use crate::http::errors::{rate_limited, unauthenticated, HttpError};
 use crate::http::hop::{
     self, strip_hop_by_hop, strip_own_headers, take_orig_proto, upgrade_requested,
 };
 use crate::http::{server, upgrade};
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
-use crate::state::inbound::InboundPort;
+use crate::policy::jwt::{unix_now, Refusal};
+use crate::state::inbound::{InboundPort, PortJwt, ServerRouteState};
 use crate::telemetry::metrics::http::no_peer;
 use crate::telemetry::span::Inbound as SpanConn;
 use crate::telemetry::RequestObserver;
@@ -170,6 +173,11 @@ impl InboundConn {
             };
             return done(observer, HttpError::Forbidden(why).response());
         }
+        if let Err(refusal) = authenticate(&policy.jwt, route, &mut parts.headers) {
+            tracing::info!(port = self.target.port(), route = %route.name, peer = %self.peer_label,
+                reason = refusal.reason(), "request refused: end-user token");
+            return done(observer, unauthenticated(refusal));
+        }
         if let Some(limiter) = &route.limiter {
             let key = limiter.key(peer, &parts.headers);
             if let Err(wait) = limiter.check(key, start) {
@@ -216,4 +224,29 @@ impl InboundConn {
         };
         done(observer, response)
     }
+}
+
+/// The end user's part where the port has token providers: the caller's claim
+/// headers go, the token is found and verified (a token that is sent must verify,
+/// required or not), the route's claims are checked, and the claim headers are set.
+fn authenticate(
+    jwt: &PortJwt,
+    route: &ServerRouteState,
+    headers: &mut http::HeaderMap,
+) -> Result<(), Refusal> {
+    let auth = match jwt {
+        PortJwt::Off => return Ok(()),
+        PortJwt::Unusable => return Err(Refusal::Invalid("this port's token keys are unusable")),
+        PortJwt::On(auth) => auth,
+    };
+    auth.strip_claim_headers(headers);
+    let required = !route.claims.is_empty() || route.jwt_required.unwrap_or(auth.required());
+    let (verified, at) = match auth.find(headers)? {
+        None if required => return Err(Refusal::Missing),
+        None => return Ok(()),
+        Some(token) => (auth.verify(token.text(), unix_now())?, token.at()),
+    };
+    route.claims.check(&verified)?;
+    auth.apply(&verified, at, headers);
+    Ok(())
 }

@@ -7,7 +7,9 @@
 //! request it then only reads that compiled state:
 //!
 //! 1. inbound: strip the forged identity header and set the verified one
-//!    ([`authz::set_peer_identity`]), check [`authz::Authorizer::check`];
+//!    ([`authz::set_peer_identity`]), check [`authz::Authorizer::check`], then the
+//!    end user's token and the route's claims ([`jwt::Authenticator`],
+//!    [`jwt::ClaimRules`]);
 //! 2. pick the route ([`route_match::RouteTable::select`]);
 //! 3. rate limit ([`rate_limit::RateLimiter::check`]);
 //! 4. outbound: pick a backend by weight ([`split::Split::pick`]), then an endpoint of
@@ -28,6 +30,7 @@ pub(crate) mod authz;
 pub(crate) mod backoff;
 pub(crate) mod balance;
 pub(crate) mod headers;
+pub(crate) mod jwt;
 pub(crate) mod outlier;
 pub(crate) mod rate_limit;
 pub(crate) mod retry;

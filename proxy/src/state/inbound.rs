@@ -1,18 +1,21 @@
 //! The inbound side of the state: each application port's mode (is plaintext
-//! accepted?), its authorization (the allow list) and its server routes with their
-//! own allow lists and rate limits; the connection-level decision and every
-//! request's read the same [`InboundPort`]. Rate limiters carry over view updates
-//! while their settings are unchanged.
+//! accepted?), its authorization (the allow list), its end-user authentication (JWT
+//! providers) and its server routes with their own allow lists, claim rules and rate
+//! limits; the connection-level decision and every request's read the same
+//! [`InboundPort`]. Rate limiters and token caches carry over view updates while
+//! their settings are unchanged.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use http::request::Parts;
+use pillion_api::jwt::JwtPolicy;
 use pillion_api::policy::RateLimit;
 use pillion_api::view::{Mode, PortPolicy, Protocol, View};
 
 use crate::policy::authz::Authorizer;
+use crate::policy::jwt::{Authenticator, ClaimRules};
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::route_match::RouteTable;
 use crate::telemetry::metrics::http::{HttpMetrics, RouteMetrics};
@@ -27,6 +30,20 @@ pub(crate) struct InboundPort {
     table: Option<RouteTable>,
     routes: Box<[ServerRouteState]>,
     default: ServerRouteState,
+    /// End-user authentication of the port.
+    pub jwt: PortJwt,
+}
+
+/// Whether and how a port checks end users' tokens.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum PortJwt {
+    /// No providers: tokens are neither read nor required.
+    #[default]
+    Off,
+    /// Tokens are verified by these providers.
+    On(Arc<Authenticator>),
+    /// The providers cannot be compiled: every request is refused (fail closed).
+    Unusable,
 }
 
 /// One server route (or the port's default).
@@ -38,6 +55,11 @@ pub(crate) struct ServerRouteState {
     pub authz: Authorizer,
     /// Server-side rate limit.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Whether a request without a token is refused here (`None`: the port decides;
+    /// claims always need one).
+    pub jwt_required: Option<bool>,
+    /// Claims the token must carry here.
+    pub claims: ClaimRules,
     /// The route's metric handles.
     pub metrics: RouteMetrics,
 }
@@ -101,6 +123,9 @@ pub(crate) struct InboundTable {
     /// connection after (this table is replaced, and this with it, on a new view).
     unlisted: Mutex<HashMap<u16, Arc<InboundPort>>>,
     limiters: HashMap<(u16, String), (RateLimit, Arc<RateLimiter>)>,
+    /// Each port's compiled providers, kept while the policy is unchanged so a view
+    /// that does not touch them keeps the verified tokens.
+    authenticators: HashMap<u16, (JwtPolicy, Arc<Authenticator>)>,
     /// Application ports some service marks `opaque` (its target ports): inbound
     /// connections there skip detection, so server-speaks-first protocols never
     /// wait for the detection timeout.
@@ -158,7 +183,10 @@ impl InboundTable {
                 name: default_name,
                 authz: self.default_authz.clone(),
                 limiter: None,
+                jwt_required: None,
+                claims: ClaimRules::default(),
             },
+            jwt: PortJwt::Off,
         })
     }
 
@@ -187,7 +215,7 @@ impl InboundTable {
                 view.inbound
                     .ports
                     .iter()
-                    .filter(|(_, policy)| !policy.server.routes.is_empty())
+                    .filter(|(_, policy)| !policy.server.routes.is_empty() || policy.jwt.is_some())
                     .map(|(port, _)| *port),
             )
             .collect();
@@ -250,6 +278,8 @@ fn compile_port(
             name,
             authz,
             limiter,
+            jwt_required: route.jwt_required,
+            claims: ClaimRules::new(&route.claims),
         });
         specs.push(route);
     }
@@ -274,8 +304,38 @@ fn compile_port(
             name: default_name,
             authz: port_authz,
             limiter: None,
+            jwt_required: None,
+            claims: ClaimRules::default(),
         },
+        jwt: compile_jwt(port, policy.jwt.as_ref(), previous, table),
     }
+}
+
+/// The port's authenticator: the previous view's when its policy is unchanged (its
+/// cache of verified tokens with it), a new one otherwise.
+fn compile_jwt(
+    port: u16,
+    policy: Option<&JwtPolicy>,
+    previous: &InboundTable,
+    table: &mut InboundTable,
+) -> PortJwt {
+    let Some(policy) = policy else {
+        return PortJwt::Off;
+    };
+    let auth = match previous.authenticators.get(&port) {
+        Some((old, auth)) if old == policy => Arc::clone(auth),
+        _ => match Authenticator::new(policy) {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                tracing::warn!(port, error = %e, "token providers unusable; the port refuses every request");
+                return PortJwt::Unusable;
+            }
+        },
+    };
+    table
+        .authenticators
+        .insert(port, (policy.clone(), Arc::clone(&auth)));
+    PortJwt::On(auth)
 }
 
 #[cfg(test)]

@@ -1,0 +1,601 @@
+//! End-user authentication: finds a request's JSON Web Token, verifies it against
+//! the port's providers, and decides a route's claim rules.
+//!
+//! # Rules
+//!
+//! - a token is looked for in each provider's places (header with an optional
+//!   scheme prefix, or cookie), the first found wins; the same header twice is a
+//!   bad request (400), never "take one";
+//! - no token: refused (401, no error code, RFC 6750 §3.1) where a token is
+//!   required, admitted anonymous otherwise;
+//! - a token that is sent must verify wherever the port has providers, required or
+//!   not (401 `invalid_token` with the reason): signature by a key of a provider
+//!   whose `kid` and algorithm fit, that provider's `iss`, one of its audiences (no
+//!   `aud` when it lists none), `exp` present and not past, `nbf` not ahead, each
+//!   within the provider's clock skew;
+//! - a route's claim rules need every named claim to hold one listed value (403
+//!   `insufficient_scope` otherwise).
+//!
+//! # The cache
+//!
+//! A verified token is kept (bounded by bytes, shared by the port's connections)
+//! with what was read from it, so a repeat costs a hash, a shard read lock and the
+//! time checks, not a signature. The cache belongs to one compiled key set: a view
+//! with new keys starts empty, so a key taken out of the set stops working at once.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{decode, decode_header, Validation};
+use pillion_api::jwt::{
+    parse_jwks, JwtPolicy, JwtProvider, TokenSource, VerifyKey, MAX_TOKEN_BYTES,
+};
+use serde_json::{Map, Value};
+
+/// Bytes of tokens and claims the cache of one port keeps.
+const CACHE_BYTES: u64 = 4 << 20;
+/// Tokens the cache of one port is sized for.
+const CACHE_TOKENS: usize = 4096;
+
+/// Why a request's end user is not let through; [`Refusal::status`] and
+/// [`Refusal::error_code`] give the RFC 6750 answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No token where one is required.
+    Missing,
+    /// The token cannot be used, and why.
+    Invalid(&'static str),
+    /// The request carries its token ambiguously.
+    Malformed(&'static str),
+    /// The token is good but lacks a claim the route asks for.
+    Insufficient,
+}
+
+impl Refusal {
+    /// 401, 400 or 403.
+    pub(crate) fn status(self) -> http::StatusCode {
+        match self {
+            Refusal::Missing | Refusal::Invalid(_) => http::StatusCode::UNAUTHORIZED,
+            Refusal::Malformed(_) => http::StatusCode::BAD_REQUEST,
+            Refusal::Insufficient => http::StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The `error` of `WWW-Authenticate: Bearer` (none for a missing token).
+    pub(crate) fn error_code(self) -> Option<&'static str> {
+        match self {
+            Refusal::Missing => None,
+            Refusal::Invalid(_) => Some("invalid_token"),
+            Refusal::Malformed(_) => Some("invalid_request"),
+            Refusal::Insufficient => Some("insufficient_scope"),
+        }
+    }
+
+    /// A reason a person can read (no quotes or backslashes: it goes in a header).
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::Missing => "this route needs a bearer token",
+            Refusal::Invalid(why) | Refusal::Malformed(why) => why,
+            Refusal::Insufficient => "the token lacks a claim this route needs",
+        }
+    }
+}
+
+/// What a verified token says, read once per token.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    /// Index of the provider whose key verified it.
+    provider: usize,
+    exp: u64,
+    nbf: Option<u64>,
+    claims: Map<String, Value>,
+    /// The provider's claim headers with this token's values.
+    headers: Box<[(HeaderName, HeaderValue)]>,
+    /// Cache weight: the token's and claims' size.
+    weight: u64,
+}
+
+/// Where a token was found, so it can be taken out when it must not go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found<'a> {
+    Header(&'a HeaderName),
+    Cookie(&'a str),
+}
+
+/// A token found in a request (`'h`: the request's headers; `'a`: the
+/// authenticator, which names where it was found).
+#[derive(Debug)]
+pub(crate) struct Token<'a, 'h> {
+    text: &'h str,
+    at: Found<'a>,
+}
+
+/// The end-user authentication of one port, compiled from its [`JwtPolicy`].
+pub(crate) struct Authenticator {
+    providers: Box<[Provider]>,
+    required: bool,
+    /// Every provider's claim headers: removed from each request first.
+    strip: Box<[HeaderName]>,
+    cache: quick_cache::sync::Cache<Box<str>, Arc<Verified>, Weight>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("providers", &self.providers.len())
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Provider {
+    keys: Box<[(VerifyKey, Box<[Validation]>)]>,
+    sources: Box<[Source]>,
+    skew: u64,
+    claim_headers: Box<[(ClaimPath, HeaderName)]>,
+    forward_token: bool,
+}
+
+enum Source {
+    Header {
+        name: HeaderName,
+        prefix: Option<Box<str>>,
+    },
+    Cookie(Box<str>),
+}
+
+#[derive(Clone)]
+struct Weight;
+
+impl quick_cache::Weighter<Box<str>, Arc<Verified>> for Weight {
+    fn weight(&self, key: &Box<str>, val: &Arc<Verified>) -> u64 {
+        key.len() as u64 + val.weight
+    }
+}
+
+/// Why a policy cannot be compiled (the agent validates, so this is a safety net).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JwtError {
+    /// A key set or header the policy names cannot be used.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl Authenticator {
+    /// Compiles a port's policy; fails when any provider's keys or headers are
+    /// unusable (the caller then refuses every token: fail closed).
+    pub(crate) fn new(policy: &JwtPolicy) -> Result<Authenticator, JwtError> {
+        let unusable = |e: &dyn std::fmt::Display| JwtError::Unusable(e.to_string());
+        let header = |name: &str| HeaderName::from_bytes(name.as_bytes()).map_err(|e| unusable(&e));
+        let mut providers = Vec::with_capacity(policy.providers.len());
+        for p in &policy.providers {
+            let keys = parse_jwks(&p.jwks).map_err(|e| unusable(&e))?;
+            let keys = keys
+                .into_iter()
+                .map(|k| {
+                    let checks = k.algorithms.iter().map(|alg| validation(p, *alg)).collect();
+                    (k, checks)
+                })
+                .collect();
+            let sources = p
+                .sources()
+                .into_iter()
+                .map(|s| match s {
+                    TokenSource::Header { name, prefix } => Ok(Source::Header {
+                        name: header(&name)?,
+                        prefix: prefix.map(Box::from),
+                    }),
+                    TokenSource::Cookie(name) => Ok(Source::Cookie(name.into())),
+                })
+                .collect::<Result<_, JwtError>>()?;
+            let claim_headers = p
+                .claim_headers
+                .iter()
+                .map(|(claim, name)| Ok((ClaimPath::new(claim), header(name)?)))
+                .collect::<Result<_, JwtError>>()?;
+            providers.push(Provider {
+                keys,
+                sources,
+                skew: p.clock_skew.as_secs(),
+                claim_headers,
+                forward_token: p.forward_token,
+            });
+        }
+        let strip = policy
+            .claim_header_names()
+            .map(header)
+            .collect::<Result<_, _>>()?;
+        Ok(Authenticator {
+            providers: providers.into_boxed_slice(),
+            required: policy.required,
+            strip,
+            cache: quick_cache::sync::Cache::with_weighter(CACHE_TOKENS, CACHE_BYTES, Weight),
+        })
+    }
+
+    /// Whether a request without a token is refused unless its route says otherwise.
+    pub(crate) fn required(&self) -> bool {
+        self.required
+    }
+
+    /// Removes every claim header a caller sent: only this proxy sets them.
+    pub(crate) fn strip_claim_headers(&self, headers: &mut HeaderMap) {
+        for name in &*self.strip {
+            headers.remove(name);
+        }
+    }
+
+    /// The request's token, if any: the first place of the first provider that has
+    /// one. A header sent twice is refused rather than picked from.
+    pub(crate) fn find<'a, 'h>(
+        &'a self,
+        headers: &'h HeaderMap,
+    ) -> Result<Option<Token<'a, 'h>>, Refusal> {
+        for provider in &*self.providers {
+            for source in &*provider.sources {
+                if let Some(token) = source.find(headers)? {
+                    return Ok(Some(token));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Verifies `token` (from the cache when it was verified before) at unix time
+    /// `now`.
+    pub(crate) fn verify(&self, token: &str, now: u64) -> Result<Arc<Verified>, Refusal> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::Invalid("the token is too long"));
+        }
+        if let Some(hit) = self.cache.get(token) {
+            let skew = self.providers.get(hit.provider).map_or(0, |p| p.skew);
+            check_times(hit.exp, hit.nbf, skew, now)?;
+            return Ok(hit);
+        }
+        let verified = Arc::new(self.verify_signature(token)?);
+        check_times(
+            verified.exp,
+            verified.nbf,
+            self.providers[verified.provider].skew,
+            now,
+        )?;
+        self.cache.insert(Box::from(token), Arc::clone(&verified));
+        Ok(verified)
+    }
+
+    /// The signature and claims check, done once per token.
+    fn verify_signature(&self, token: &str) -> Result<Verified, Refusal> {
+        let header =
+            decode_header(token).map_err(|_| Refusal::Invalid("the token is malformed"))?;
+        let mut refusal = Refusal::Invalid("no trusted key verifies the token");
+        for (index, provider) in self.providers.iter().enumerate() {
+            for (key, checks) in &*provider.keys {
+                if header.kid.is_some() && key.kid.is_some() && header.kid != key.kid {
+                    continue;
+                }
+                let Some(check) = key
+                    .algorithms
+                    .iter()
+                    .position(|a| *a == header.alg)
+                    .and_then(|i| checks.get(i))
+                else {
+                    continue;
+                };
+                match decode::<Map<String, Value>>(token, &key.key, check) {
+                    Ok(data) => return Ok(provider.read(index, data.claims, token.len())),
+                    Err(e) => {
+                        if let Some(why) = claim_failure(e.kind()) {
+                            // The signature held; the claims did not.
+                            refusal = Refusal::Invalid(why);
+                        }
+                    }
+                }
+            }
+        }
+        Err(refusal)
+    }
+
+    /// After a request was admitted: sets the token's claim headers and takes the
+    /// token out when its provider does not forward it.
+    pub(crate) fn apply(&self, verified: &Verified, at: Found<'_>, headers: &mut HeaderMap) {
+        for (name, value) in &*verified.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        let forward = self
+            .providers
+            .get(verified.provider)
+            .is_none_or(|p| p.forward_token);
+        if !forward {
+            remove_token(at, headers);
+        }
+    }
+}
+
+/// The checks of one provider and algorithm: `iss` exactly, `exp` required, the
+/// audiences (a token with an `aud` is refused when none are listed), leeway.
+fn validation(p: &JwtProvider, alg: jsonwebtoken::Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = p.clock_skew.as_secs();
+    v.set_issuer(&[p.issuer.as_str()]);
+    let mut required = vec!["exp", "iss"];
+    if p.audiences.is_empty() {
+        v.aud = None;
+    } else {
+        v.set_audience(&p.audiences);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v.validate_nbf = true;
+    v
+}
+
+/// A claim check that failed after the signature held, as a reason; `None` for a
+/// failure that says the key was the wrong one.
+fn claim_failure(kind: &ErrorKind) -> Option<&'static str> {
+    Some(match kind {
+        ErrorKind::ExpiredSignature => "the token has expired",
+        ErrorKind::ImmatureSignature => "the token is not valid yet",
+        ErrorKind::InvalidIssuer => "the token's issuer is not trusted here",
+        ErrorKind::InvalidAudience => "the token's audience is not accepted here",
+        ErrorKind::MissingRequiredClaim(_) => "the token lacks exp, iss or aud",
+        ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::Base64(_) => "the token is malformed",
+        _ => return None,
+    })
+}
+
+/// `exp` and `nbf` against `now`, with `skew` either way.
+fn check_times(exp: u64, nbf: Option<u64>, skew: u64, now: u64) -> Result<(), Refusal> {
+    if exp.saturating_add(skew) < now {
+        return Err(Refusal::Invalid("the token has expired"));
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
+        return Err(Refusal::Invalid("the token is not valid yet"));
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch, for [`Authenticator::verify`].
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Provider {
+    /// What the proxy keeps of a token whose signature and claims held.
+    fn read(&self, index: usize, claims: Map<String, Value>, token_len: usize) -> Verified {
+        let seconds = |name: &str| claims.get(name).and_then(Value::as_u64);
+        let headers: Box<[_]> = self
+            .claim_headers
+            .iter()
+            .filter_map(|(path, name)| {
+                let text = header_text(path.get(&claims)?)?;
+                Some((name.clone(), HeaderValue::from_str(&text).ok()?))
+            })
+            .collect();
+        let weight = token_len as u64
+            + serde_json::to_string(&claims).map_or(0, |s| s.len() as u64)
+            + headers.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+        Verified {
+            provider: index,
+            exp: seconds("exp").unwrap_or(0),
+            nbf: seconds("nbf"),
+            claims,
+            headers,
+            weight,
+        }
+    }
+}
+
+/// A claim as header text: strings as they are, lists of strings joined with `,`,
+/// numbers and booleans written out; objects are not copied.
+fn header_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) => {
+            let words: Option<Vec<String>> = items
+                .iter()
+                .map(|v| match v {
+                    Value::Array(_) | Value::Object(_) | Value::Null => None,
+                    other => header_text(other),
+                })
+                .collect();
+            Some(words?.join(","))
+        }
+        Value::Object(_) | Value::Null => None,
+    }
+}
+
+impl Source {
+    fn find<'a, 'h>(&'a self, headers: &'h HeaderMap) -> Result<Option<Token<'a, 'h>>, Refusal> {
+        match self {
+            Source::Header { name, prefix } => {
+                let mut values = headers.get_all(name).iter();
+                let Some(value) = values.next() else {
+                    return Ok(None);
+                };
+                if values.next().is_some() {
+                    return Err(Refusal::Malformed(
+                        "the token header is sent more than once",
+                    ));
+                }
+                let text = value
+                    .to_str()
+                    .map_err(|_| Refusal::Invalid("the token is malformed"))?;
+                let text = match prefix {
+                    None => text,
+                    Some(prefix) => match text.get(..prefix.len()) {
+                        Some(head) if head.eq_ignore_ascii_case(prefix) => &text[prefix.len()..],
+                        // Another scheme (Basic): not a token of this place.
+                        _ => return Ok(None),
+                    },
+                };
+                let text = text.trim_matches(' ');
+                if text.is_empty() {
+                    return Err(Refusal::Invalid("the token is empty"));
+                }
+                Ok(Some(Token {
+                    text,
+                    at: Found::Header(name),
+                }))
+            }
+            Source::Cookie(wanted) => {
+                let mut found = None;
+                for value in headers.get_all(COOKIE) {
+                    let Ok(value) = value.to_str() else { continue };
+                    for (name, text) in cookies(value) {
+                        if name == &**wanted {
+                            if found.is_some() {
+                                return Err(Refusal::Malformed(
+                                    "the token cookie is sent more than once",
+                                ));
+                            }
+                            found = Some(text);
+                        }
+                    }
+                }
+                Ok(found.map(|text| Token {
+                    text,
+                    at: Found::Cookie(wanted),
+                }))
+            }
+        }
+    }
+}
+
+/// The `name=value` pairs of a `Cookie` header.
+fn cookies(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    header.split(';').filter_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        Some((name.trim(), value.trim().trim_matches('"')))
+    })
+}
+
+/// Takes a token out of the request: its header, or its cookie from `Cookie`.
+fn remove_token(at: Found<'_>, headers: &mut HeaderMap) {
+    match at {
+        Found::Header(name) => {
+            headers.remove(name);
+        }
+        Found::Cookie(wanted) => {
+            let kept: Vec<String> = headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter(|pair| pair.split_once('=').is_none_or(|(n, _)| n.trim() != wanted))
+                .map(|pair| pair.trim().to_string())
+                .filter(|pair| !pair.is_empty())
+                .collect();
+            headers.remove(COOKIE);
+            if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+                if !kept.is_empty() {
+                    headers.insert(COOKIE, value);
+                }
+            }
+        }
+    }
+}
+
+impl<'a, 'h> Token<'a, 'h> {
+    /// The token's text.
+    pub(crate) fn text(&self) -> &'h str {
+        self.text
+    }
+
+    /// Where it was found.
+    pub(crate) fn at(&self) -> Found<'a> {
+        self.at
+    }
+}
+
+/// A dotted path into a token's claims (`realm_access.roles`).
+#[derive(Debug, Clone)]
+struct ClaimPath(Box<[Box<str>]>);
+
+impl ClaimPath {
+    fn new(path: &str) -> ClaimPath {
+        ClaimPath(path.split('.').map(Box::from).collect())
+    }
+
+    fn get<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+        let (first, rest) = self.0.split_first()?;
+        let mut value = claims.get(&**first)?;
+        for seg in rest {
+            value = value.as_object()?.get(&**seg)?;
+        }
+        Some(value)
+    }
+
+    /// Whether a string claim at this path is a space-separated list (RFC 8693
+    /// §4.2 `scope`, and `scp`).
+    fn is_scope(&self) -> bool {
+        self.0
+            .last()
+            .is_some_and(|s| &**s == "scope" || &**s == "scp")
+    }
+}
+
+/// A route's claim rules, compiled.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClaimRules(Box<[ClaimRule]>);
+
+/// One claim and the values that satisfy it.
+type ClaimRule = (ClaimPath, Box<[Box<str>]>);
+
+impl ClaimRules {
+    /// Rules from a route's `claims`.
+    pub(crate) fn new(claims: &std::collections::BTreeMap<String, Vec<String>>) -> ClaimRules {
+        ClaimRules(
+            claims
+                .iter()
+                .map(|(path, values)| {
+                    (
+                        ClaimPath::new(path),
+                        values.iter().map(|v| Box::from(v.as_str())).collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the route has rules (then it needs a token).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether a verified token meets every rule.
+    pub(crate) fn check(&self, verified: &Verified) -> Result<(), Refusal> {
+        for (path, wanted) in &*self.0 {
+            let held = path
+                .get(&verified.claims)
+                .is_some_and(|value| holds(value, wanted, path.is_scope()));
+            if !held {
+                return Err(Refusal::Insufficient);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn holds(value: &Value, wanted: &[Box<str>], scope: bool) -> bool {
+    let is = |s: &str| wanted.iter().any(|w| &**w == s);
+    match value {
+        Value::String(s) if scope => s.split(' ').any(is),
+        Value::String(s) => is(s),
+        Value::Bool(b) => is(if *b { "true" } else { "false" }),
+        Value::Number(n) => is(&n.to_string()),
+        Value::Array(items) => items.iter().any(|item| match item {
+            Value::String(s) => is(s),
+            _ => false,
+        }),
+        Value::Object(_) | Value::Null => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
