@@ -265,6 +265,16 @@ impl Agent {
         shutdown: &CancellationToken,
     ) -> Result<(SocketAddr, Arc<AgentCa>, Vec<JoinHandle<()>>), StartError> {
         let ca = Arc::new(AgentCa::open(&config.ca, &config.trust_domain)?);
+        let jwks_roots = match &config.jwks_ca_file {
+            None => None,
+            Some(path) => Some(crate::jwks::roots_from_pem(path).map_err(|reason| {
+                StartError::Config(ConfigError {
+                    flag: "--jwks-ca-file",
+                    reason,
+                })
+            })?),
+        };
+        let jwks = Arc::new(crate::jwks::JwksStore::default());
         if let Some(path) = &config.trust_anchor_out {
             trust_anchor::write_atomic(path, &ca.trust_bundle_pem())?;
         }
@@ -296,12 +306,19 @@ impl Agent {
             namespaces: parts.namespaces,
             metrics: Arc::clone(&metrics),
             answers: Arc::default(),
+            jwks: Arc::clone(&jwks),
         });
         let mut tasks = vec![
             tokio::spawn(server::serve(listener, cert.clone(), shared)),
             tokio::spawn(cert.keep_renewed(ca.clone(), expires_at, shutdown.clone())),
         ];
         tasks.extend(parts.tasks);
+        tasks.push(tokio::spawn(Arc::clone(&jwks).keep_fetched(
+            jwks_roots,
+            config.jwks_refresh,
+            metrics.jwks_fetch_failures.clone(),
+            shutdown.clone(),
+        )));
         tasks.extend(source.count_updates(&metrics, shutdown));
         if matches!(config.ca, crate::ca::CaSpec::IssuerDir(_)) {
             tasks.push(tokio::spawn(follow_issuer(

@@ -120,6 +120,16 @@ pub struct AgentArgs {
           default_value_t = HumaneDuration(DEFAULT_RELOAD_INTERVAL))]
     pub reload_interval: HumaneDuration,
 
+    /// PEM roots that verify the servers of token providers' `jwks_uri`; default the
+    /// system's roots (and `SSL_CERT_FILE`).
+    #[arg(long, env = "PILLION_JWKS_CA_FILE", value_name = "PATH")]
+    pub jwks_ca_file: Option<PathBuf>,
+
+    /// How often each `jwks_uri` is fetched again, like `30s`.
+    #[arg(long, env = "PILLION_JWKS_REFRESH", value_name = "DURATION",
+          default_value_t = HumaneDuration(pillion_api::jwt::JWKS_REFRESH))]
+    pub jwks_refresh: HumaneDuration,
+
     /// Log line format.
     #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -157,6 +167,10 @@ pub struct AgentConfig {
     pub kubernetes: Option<KubernetesSpec>,
     /// What the webhook injects.
     pub inject: InjectConfig,
+    /// Roots for `jwks_uri` servers (`None`: the system's).
+    pub jwks_ca_file: Option<PathBuf>,
+    /// How often each `jwks_uri` is fetched again.
+    pub jwks_refresh: Duration,
 }
 
 /// A flag value that cannot work, with what to do instead.
@@ -184,6 +198,8 @@ impl AgentConfig {
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             kubernetes: None,
             inject: InjectConfig::default(),
+            jwks_ca_file: None,
+            jwks_refresh: pillion_api::jwt::JWKS_REFRESH,
         }
     }
 
@@ -257,6 +273,25 @@ impl AgentConfig {
                 });
             }
         }
+        if let Some(path) = &self.jwks_ca_file {
+            if !path.is_file() {
+                return Err(ConfigError {
+                    flag: "--jwks-ca-file",
+                    reason: format!(
+                        "{} is not a file; give a PEM file of the CA certificates that sign \
+                         your identity provider's HTTPS certificate, or leave it out to use \
+                         the system's roots",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        if self.jwks_refresh.is_zero() {
+            return Err(ConfigError {
+                flag: "--jwks-refresh",
+                reason: "must be longer than zero, like 30s".into(),
+            });
+        }
         if let Some(out) = &self.trust_anchor_out {
             let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
             if parent.is_some_and(|p| !p.is_dir()) || out.is_dir() {
@@ -304,6 +339,8 @@ impl AgentArgs {
                 flag: "--proxy-*",
                 reason: e.to_string(),
             })?,
+            jwks_ca_file: self.jwks_ca_file.clone(),
+            jwks_refresh: self.jwks_refresh.into(),
         };
         config.validate()?;
         Ok(config)

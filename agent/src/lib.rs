@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jwks;
 pub mod kubernetes;
 pub mod logging;
 pub mod metrics;

@@ -52,6 +52,8 @@ pub struct AgentMetrics {
     source_version: Gauge,
     push_seconds: Histogram,
     leader: Gauge,
+    /// Key set fetches that brought nothing usable (the last good set stays).
+    pub jwks_fetch_failures: Counter,
 }
 
 impl fmt::Debug for AgentMetrics {
@@ -71,6 +73,7 @@ impl AgentMetrics {
         let source_updates = Family::<UpdateLabels, Counter>::default();
         let source_version = Gauge::default();
         let leader = Gauge::default();
+        let jwks_fetch_failures = Counter::default();
         // 1 ms to about 16 s.
         let push_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
@@ -109,6 +112,11 @@ impl AgentMetrics {
             leader.clone(),
         );
         registry.register(
+            "pillion_agent_jwks_fetch_failures",
+            "Fetches of a token provider's jwks_uri that failed or brought an unusable key set; the last good set stays in force",
+            jwks_fetch_failures.clone(),
+        );
+        registry.register(
             "pillion_agent_push_seconds",
             "From a source version's publication to its view line handed to a watcher's connection",
             push_seconds.clone(),
@@ -123,6 +131,7 @@ impl AgentMetrics {
             source_version,
             push_seconds,
             leader,
+            jwks_fetch_failures,
         })
     }
 

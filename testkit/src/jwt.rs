@@ -196,3 +196,133 @@ fn openssl_rsa() -> Result<(Vec<u8>, Vec<u8>)> {
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// The CA and server certificate of a [`JwksServer`], made before it starts so the
+/// agent can be told to trust the CA first.
+pub struct JwksTls {
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+impl JwksTls {
+    /// A fresh CA and a server certificate for `names` (DNS names or IP addresses).
+    pub fn new(names: &[&str]) -> Result<JwksTls> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "jwks test CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = rcgen::KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &ca, &ca_key)?;
+        Ok(JwksTls {
+            ca_pem: ca.pem(),
+            cert: cert.der().clone(),
+            key: key.serialize_der(),
+        })
+    }
+}
+
+/// What a test holds of a running [`JwksServer`]: where it is and what it answers.
+#[derive(Clone)]
+pub struct JwksControl {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    /// Requests served so far.
+    pub fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksControl {
+    /// From now on answer `status` with `body`.
+    pub fn answer(&self, status: u16, body: String) {
+        if let Ok(mut a) = self.answer.lock() {
+            *a = (status, body);
+        }
+    }
+
+    /// The `https://` URI of its key set at `host` (a name its certificate carries).
+    pub fn uri(&self, host: &str) -> String {
+        format!("https://{host}:{}/.well-known/jwks.json", self.addr.port())
+    }
+
+    /// Requests served so far.
+    pub fn fetched(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A JWK Set served over HTTPS (HTTP/1.1) with a [`JwksTls`] certificate, whose
+/// answer the test changes while it runs (new keys, an error status); stops when
+/// dropped.
+pub struct JwksServer {
+    /// The handle a test keeps.
+    pub control: JwksControl,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    /// Listens on `addr` (port 0 picks one), answering `200 body` until told
+    /// otherwise.
+    pub async fn start(
+        addr: std::net::SocketAddr,
+        tls: &JwksTls,
+        body: String,
+    ) -> Result<JwksServer> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![tls.cert.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(tls.key.clone().into()),
+            )?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let control = JwksControl {
+            addr: listener.local_addr()?,
+            answer: Arc::new(Mutex::new((200u16, body))),
+            fetches: Arc::new(AtomicUsize::new(0)),
+        };
+        let shared = control.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |_req| {
+                        shared.fetches.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = shared
+                            .answer
+                            .lock()
+                            .map(|a| a.clone())
+                            .unwrap_or((500, String::new()));
+                        async move { Ok::<_, std::convert::Infallible>(crate::http::text(status, body)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Ok(JwksServer { control, task })
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -63,7 +63,8 @@ pub struct HttpApp {
 /// Starts the test application in `pod` on `port`; `name` comes back in `x-app`.
 ///
 /// Paths: `/echo` reports version, `pillion-orig-proto` and `pillion-peer-identity`;
-/// `/flaky` fails 30 % with 503; `/fail` always 503; `/slow` waits 2 s; `/lb` waits
+/// `/whoami` reports `x-user`, `x-groups`, whether `authorization` came and the
+/// `cookie`; `/flaky` fails 30 % with 503; `/fail` always 503; `/slow` waits 2 s; `/lb` waits
 /// the configured delay; `/sick` is 500 while sick; `/big` echoes the body; a
 /// WebSocket upgrade gets an echo socket; anything else is 200.
 pub fn spawn_http_app(pod: &Pod, port: u16, name: &'static str) -> Result<HttpApp> {
@@ -117,6 +118,24 @@ async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Res
                 req.version(),
                 req.headers().contains_key("pillion-orig-proto"),
                 req.uri().path()
+            );
+            reply(200, name, text)
+        }
+        "whoami" => {
+            let all = |name: &str| {
+                req.headers()
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            };
+            let text = format!(
+                "user={} groups={} authorization={} cookie={}",
+                all("x-user"),
+                all("x-groups"),
+                !all("authorization").is_empty(),
+                all("cookie")
             );
             reply(200, name, text)
         }
@@ -294,6 +313,18 @@ impl HttpWorld {
         routes: &str,
         inbound: &str,
     ) -> Result<HttpWorld> {
+        HttpWorld::start_with_agent(test, binary, base, routes, inbound, &[])
+    }
+
+    /// [`HttpWorld::start`] with extra agent flags.
+    pub fn start_with_agent(
+        test: &str,
+        binary: &Path,
+        base: &SidecarOpts,
+        routes: &str,
+        inbound: &str,
+        agent_flags: &[&str],
+    ) -> Result<HttpWorld> {
         let world = World::new(test)?;
         let pods = HttpPods {
             a: world.pod("a")?,
@@ -306,7 +337,7 @@ impl HttpWorld {
         let agent_pod = world.pod("agent")?;
         let dir = MeshDir::new(test)?;
         let source = dir.write("source.yaml", &source_yaml(&pods, routes, inbound))?;
-        let agent = MeshAgent::start(&agent_pod, binary, &dir, &source, &[])?;
+        let agent = MeshAgent::start(&agent_pod, binary, &dir, &source, agent_flags)?;
         let apps = vec![
             spawn_http_app(&pods.b1, APP_PORT, "b1")?,
             spawn_http_app(&pods.b2, APP_PORT, "b2")?,

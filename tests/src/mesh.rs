@@ -97,6 +97,11 @@ pub struct MeshAgent {
 }
 
 impl MeshAgent {
+    /// The pod the agent runs in.
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
     /// Starts `<binary> agent` in `pod` with the source `config`, its CA in
     /// `dir/ca` and its trust anchor written to `dir/anchors.pem`; `extra` adds
     /// flags (e.g. `--leaf-lifetime 10s`). Returns once it accepts connections.

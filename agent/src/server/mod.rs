@@ -66,6 +66,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::AgentMetrics>,
     /// Resolve answers encoded once per version.
     pub answers: Arc<answers::Answers>,
+    /// Key sets fetched for token providers' `jwks_uri`.
+    pub jwks: Arc<crate::jwks::JwksStore>,
 }
 
 /// Readiness probe path: 200 once the first view is loaded, 503 before.

@@ -101,6 +101,8 @@ pub(super) struct StreamInputs {
     pub(super) metrics: Arc<AgentMetrics>,
     /// Answers already encoded at the newest version.
     pub(super) answers: Arc<super::answers::Answers>,
+    /// Fetched key sets, filled into views that name a `jwks_uri`.
+    pub(super) jwks: Arc<crate::jwks::JwksStore>,
 }
 
 impl StreamInputs {
@@ -112,6 +114,7 @@ impl StreamInputs {
             shutdown: shared.shutdown.clone(),
             metrics: Arc::clone(&shared.metrics),
             answers: Arc::clone(&shared.answers),
+            jwks: Arc::clone(&shared.jwks),
         }
     }
 }
@@ -132,8 +135,10 @@ async fn stream_views(
         mut ca_changes,
         shutdown,
         metrics,
+        jwks,
         ..
     } = agent;
+    let mut jwks_changes = jwks.subscribe();
     let _watching = metrics.watching();
     let mut last: Option<View> = None;
     loop {
@@ -165,6 +170,8 @@ async fn stream_views(
             return;
         };
         view.issuer_sha256 = Some(issuer);
+        jwks_changes.borrow_and_update();
+        jwks.fill(&mut view);
         if !last.as_ref().is_some_and(|l| same_except_version(l, &view)) {
             match send_line(&tx, &view, &shutdown).await {
                 Ok(()) => {}
@@ -185,6 +192,8 @@ async fn stream_views(
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
+            // A key set this view may use was fetched or changed.
+            _ = jwks_changes.changed() => {}
             // The CA changed: the stream ends with its connection (see
             // `server::serve`), and the proxy's next one carries the new bundle.
             _ = ca_changes.changed() => {

@@ -13,6 +13,7 @@ mod h2_edges;
 mod harness;
 mod http_mesh;
 mod init_rules;
+mod jwt;
 mod loopback;
 mod mesh_agent;
 mod mesh_ha;
