@@ -43,6 +43,16 @@ routes:
     )
 }
 
+/// A request of the attacker's table: what it is, its path and headers, the status
+/// it must get and text its answer must carry.
+type Case = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, String)>,
+    u16,
+    &'static str,
+);
+
 /// One answer as the client sees it.
 #[derive(Debug)]
 struct Seen {
@@ -198,7 +208,7 @@ fn tokens_are_verified_at_the_server_proxy_with_keys_the_agent_fetches() {
     let head = |alg: &str| json!({"alg": alg, "kid": "one-ES256", "typ": "JWT"});
     let stranger = Issuer::new(ISS, "one", &[ES256]).unwrap();
     let invalid = r#"error="invalid_token""#;
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "every algorithm: ES256",
             "/whoami",
@@ -385,33 +395,15 @@ fn tokens_are_verified_at_the_server_proxy_with_keys_the_agent_fetches() {
             "user=alice",
         ),
     ];
-    let cases_for_run: Vec<_> = cases
-        .iter()
-        .map(|(what, path, headers, status, want)| {
-            (
-                what.to_string(),
-                path.to_string(),
-                headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect::<Vec<_>>(),
-                *status,
-                want.to_string(),
-            )
-        })
-        .collect();
+    let asked = cases.clone();
     let results = a
         .run(move || async move {
             let client = h1_client();
             let mut out = Vec::new();
-            for (what, path, headers, _, _) in &cases_for_run {
-                let headers: Vec<(&str, String)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.clone()))
-                    .collect();
+            for (what, path, headers, _, _) in &asked {
                 out.push((
-                    what.clone(),
-                    ask(&client, VIP.parse().unwrap(), path, &headers).await,
+                    *what,
+                    ask(&client, VIP.parse().unwrap(), path, headers).await,
                 ));
             }
             out
@@ -455,7 +447,7 @@ fn tokens_are_verified_at_the_server_proxy_with_keys_the_agent_fetches() {
             .unwrap()
     };
     assert_eq!(h2.status, 200, "{h2:?}");
-    let b1 = SocketAddr::new(w.pods.b1.ipv4().into(), APP_PORT);
+    let b1 = SocketAddr::new(w.pods.b1.ipv4(), APP_PORT);
     let plain = {
         let headers = bearer(&good);
         w.pods
