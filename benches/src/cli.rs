@@ -88,6 +88,11 @@ pub struct Args {
     /// soak.md/.json.
     #[arg(long, conflicts_with_all = ["flood", "discovery", "control_plane"])]
     pub soak: bool,
+    /// Measure the end-user token check instead, in process: the proxy's per-request
+    /// cost for a token seen before (the cache; target ≤ 2 µs) and for tokens seen
+    /// the first time, per algorithm. Writes jwt.md/.json.
+    #[arg(long, conflicts_with_all = ["flood", "discovery", "control_plane", "soak"])]
+    pub jwt: bool,
     /// The soak's length instead of 10 minutes (or 60 s), e.g. 30m.
     #[arg(long, value_name = "DURATION", value_parser = pillion::local::up::parse_duration)]
     pub soak_duration: Option<std::time::Duration>,
@@ -204,6 +209,9 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if parsed.control_plane {
         return control_plane(&opts, &out);
     }
+    if parsed.jwt {
+        return jwt(opts.smoke, &out);
+    }
     if parsed.soak {
         let seed = parsed.soak_seed.unwrap_or_else(crate::soak::clock_seed);
         let mut plan = if opts.smoke {
@@ -260,6 +268,26 @@ fn control_plane(opts: &Opts, out: &std::path::Path) -> ExitCode {
     println!("{table}");
     let value = serde_json::json!({"agent": sizes, "kubernetes": kubernetes});
     match write_both(out, "control-plane", &table, &value) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pillion-benches: writing to {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The token figure: measured, printed, written to `out`.
+fn jwt(smoke: bool, out: &std::path::Path) -> ExitCode {
+    let rows = match crate::jwt::run(smoke) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("pillion-benches: the token figure failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = crate::jwt::table(&rows);
+    println!("{table}");
+    match write_both(out, "jwt", &table, &rows) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pillion-benches: writing to {}: {e}", out.display());

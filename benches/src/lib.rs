@@ -24,6 +24,7 @@ pub mod discovery;
 pub mod figures;
 pub mod flood;
 pub mod install;
+pub mod jwt;
 pub mod kube_translate;
 pub mod load;
 pub mod machine;

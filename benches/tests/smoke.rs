@@ -152,6 +152,31 @@ fn the_control_plane_figure_measures_every_size() {
 }
 
 #[test]
+fn the_token_figure_measures_repeats_and_first_sights() {
+    let (printed, out) = bench("jwt", &["--jwt", "--smoke"]);
+    assert!(printed.contains("| case |"), "no table:\n{printed}");
+    let rows = written_json(&out, "jwt.json");
+    let rows = rows.as_array().expect("a list of cases");
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for row in rows {
+        let ns = row["ns_per_request"].as_f64().unwrap_or(f64::NAN);
+        assert!(ns > 0.0 && ns < 10_000_000.0, "{row}");
+    }
+    // A repeat is served from the cache: far cheaper than a signature.
+    let ns = |case: &str| {
+        rows.iter()
+            .find(|r| r["case"].as_str().is_some_and(|c| c.contains(case)))
+            .and_then(|r| r["ns_per_request"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    assert!(
+        ns("seen before (ES256") * 5.0 < ns("first time (ES256)"),
+        "{rows:?}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
 fn the_soak_smoke_fails_no_request_through_a_minute_of_faults() {
     let (printed, out) = bench("soak", &["--soak", "--smoke"]);
     let report = written_json(&out, "soak.json");

@@ -3,8 +3,8 @@
 //! Each function takes arbitrary bytes and runs them through the real code, in
 //! memory, without a network: protocol detection ([`detect_http`], [`detect_tls`]),
 //! an HTTP/1 request head served by hyper the way the proxy serves it, then routed,
-//! edited and rewritten by a compiled state ([`http_head`]), and a view from the agent
-//! read and compiled ([`view_json`]). They panic only when an invariant breaks; the
+//! edited and rewritten by a compiled state ([`http_head`]), a view from the agent
+//! read and compiled ([`view_json`]), and end users' tokens and key sets ([`jwt`]). They panic only when an invariant breaks; the
 //! replay test below runs every committed corpus file through them on stable.
 
 use std::cell::Cell;
@@ -364,6 +364,75 @@ pub fn view_json(data: &[u8]) {
     });
 }
 
+/// The JWK Set of the [`jwt`] target: RFC 7517 §A.1's P-256 key and RFC 8037
+/// §A.2's Ed25519 key.
+const FUZZ_JWKS: &str = r#"{"keys":[
+  {"kty":"EC","crv":"P-256","kid":"1","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"},
+  {"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+/// End-user tokens. With the first byte even, the rest is a token sent as
+/// `Authorization: Bearer` and as a cookie to a port whose providers trust
+/// [`FUZZ_JWKS`], and must be refused (the fuzzer holds no signing key: a token it
+/// makes that passes is a bypass); with it odd, the rest is a JWK Set that must be
+/// read or refused. Never a panic either way.
+pub fn jwt(data: &[u8]) {
+    use crate::policy::jwt::{unix_now, Authenticator, ClaimRules};
+    use pillion_api::jwt::{JwtPolicy, JwtProvider, TokenSource, DEFAULT_CLOCK_SKEW};
+
+    let Some((first, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    if first & 1 == 1 {
+        let _ = pillion_api::jwt::parse_jwks(&text);
+        return;
+    }
+    static AUTH: OnceLock<Option<Authenticator>> = OnceLock::new();
+    let auth = AUTH.get_or_init(|| {
+        let provider = JwtProvider {
+            issuer: "https://issuer.fuzz".into(),
+            audiences: vec!["fuzz".into()],
+            jwks: FUZZ_JWKS.into(),
+            jwks_uri: None,
+            from: vec![
+                TokenSource::Header {
+                    name: "authorization".into(),
+                    prefix: Some("Bearer ".into()),
+                },
+                TokenSource::Cookie("session".into()),
+            ],
+            clock_skew: DEFAULT_CLOCK_SKEW,
+            claim_headers: [("sub".to_string(), "x-user".to_string())].into(),
+            forward_token: false,
+        };
+        Authenticator::new(&JwtPolicy {
+            providers: vec![provider],
+            required: true,
+        })
+        .ok()
+    });
+    let Some(auth) = auth else {
+        panic!("the fuzz target's own policy must compile");
+    };
+    let places = [
+        ("authorization", format!("Bearer {text}")),
+        ("cookie", format!("theme=x; session={text}")),
+    ];
+    for (name, value) in places {
+        let Ok(value) = HeaderValue::from_str(&value) else {
+            continue;
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert(name, value);
+        let result = auth.authenticate(true, &ClaimRules::default(), &mut headers, unix_now());
+        assert!(
+            result.is_err(),
+            "a token nobody signed was accepted: {text:?}"
+        );
+        assert!(headers.get("x-user").is_none());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Replays every committed corpus file (`fuzz/corpus/<target>/`), so a crash the
@@ -382,6 +451,11 @@ mod tests {
     #[test]
     fn replay_http_head() {
         pillion_api::fuzzing::replay_corpus("http_head", super::http_head);
+    }
+
+    #[test]
+    fn replay_jwt() {
+        pillion_api::fuzzing::replay_corpus("jwt", super::jwt);
     }
 
     #[test]

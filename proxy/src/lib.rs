@@ -33,6 +33,8 @@ mod detect;
 pub mod fuzzing;
 mod http;
 mod inbound;
+#[doc(hidden)]
+pub mod measure;
 mod outbound;
 mod policy;
 mod state;

@@ -226,27 +226,21 @@ impl InboundConn {
     }
 }
 
-/// The end user's part where the port has token providers: the caller's claim
-/// headers go, the token is found and verified (a token that is sent must verify,
-/// required or not), the route's claims are checked, and the claim headers are set.
+/// The end user's part where the port has token providers
+/// ([`crate::policy::jwt::Authenticator::authenticate`]): a route with claims needs a
+/// token; otherwise the route's `jwt_required`, or the port's, decides.
 fn authenticate(
     jwt: &PortJwt,
     route: &ServerRouteState,
     headers: &mut http::HeaderMap,
 ) -> Result<(), Refusal> {
-    let auth = match jwt {
-        PortJwt::Off => return Ok(()),
-        PortJwt::Unusable => return Err(Refusal::Invalid("this port's token keys are unusable")),
-        PortJwt::On(auth) => auth,
-    };
-    auth.strip_claim_headers(headers);
-    let required = !route.claims.is_empty() || route.jwt_required.unwrap_or(auth.required());
-    let (verified, at) = match auth.find(headers)? {
-        None if required => return Err(Refusal::Missing),
-        None => return Ok(()),
-        Some(token) => (auth.verify(token.text(), unix_now())?, token.at()),
-    };
-    route.claims.check(&verified)?;
-    auth.apply(&verified, at, headers);
-    Ok(())
+    match jwt {
+        PortJwt::Off => Ok(()),
+        PortJwt::Unusable => Err(Refusal::Invalid("this port's token keys are unusable")),
+        PortJwt::On(auth) => {
+            let required =
+                !route.claims.is_empty() || route.jwt_required.unwrap_or(auth.required());
+            auth.authenticate(required, &route.claims, headers, unix_now())
+        }
+    }
 }

@@ -221,7 +221,7 @@ impl Authenticator {
     }
 
     /// Removes every claim header a caller sent: only this proxy sets them.
-    pub(crate) fn strip_claim_headers(&self, headers: &mut HeaderMap) {
+    fn strip_claim_headers(&self, headers: &mut HeaderMap) {
         for name in &*self.strip {
             headers.remove(name);
         }
@@ -229,10 +229,7 @@ impl Authenticator {
 
     /// The request's token, if any: the first place of the first provider that has
     /// one. A header sent twice is refused rather than picked from.
-    pub(crate) fn find<'a, 'h>(
-        &'a self,
-        headers: &'h HeaderMap,
-    ) -> Result<Option<Token<'a, 'h>>, Refusal> {
+    fn find<'a, 'h>(&'a self, headers: &'h HeaderMap) -> Result<Option<Token<'a, 'h>>, Refusal> {
         for provider in &*self.providers {
             for source in &*provider.sources {
                 if let Some(token) = source.find(headers)? {
@@ -245,7 +242,7 @@ impl Authenticator {
 
     /// Verifies `token` (from the cache when it was verified before) at unix time
     /// `now`.
-    pub(crate) fn verify(&self, token: &str, now: u64) -> Result<Arc<Verified>, Refusal> {
+    fn verify(&self, token: &str, now: u64) -> Result<Arc<Verified>, Refusal> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::Invalid("the token is too long"));
         }
@@ -297,9 +294,30 @@ impl Authenticator {
         Err(refusal)
     }
 
+    /// A request's whole check at unix time `now`: the caller's claim headers go,
+    /// the token is found and verified (a token that is sent must verify, `required`
+    /// or not), `claims` are checked, and the claim headers are set.
+    pub(crate) fn authenticate(
+        &self,
+        required: bool,
+        claims: &ClaimRules,
+        headers: &mut HeaderMap,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        self.strip_claim_headers(headers);
+        let (verified, at) = match self.find(headers)? {
+            None if required => return Err(Refusal::Missing),
+            None => return Ok(()),
+            Some(token) => (self.verify(token.text(), now)?, token.at()),
+        };
+        claims.check(&verified)?;
+        self.apply(&verified, at, headers);
+        Ok(())
+    }
+
     /// After a request was admitted: sets the token's claim headers and takes the
     /// token out when its provider does not forward it.
-    pub(crate) fn apply(&self, verified: &Verified, at: Found<'_>, headers: &mut HeaderMap) {
+    fn apply(&self, verified: &Verified, at: Found<'_>, headers: &mut HeaderMap) {
         for (name, value) in &*verified.headers {
             headers.insert(name.clone(), value.clone());
         }
