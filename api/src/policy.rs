@@ -180,6 +180,9 @@ pub struct Route {
     /// Replaces the matched path prefix before forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<PathRewrite>,
+    /// Delays or aborts injected into this route's requests, for resilience tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::fault::FaultInjection>,
 }
 
 /// One way a request can select a route; every given part must hold.
@@ -581,6 +584,21 @@ pub enum PolicyProblem {
     /// A rewrite on a route with a match that has no exact or prefix path.
     #[error("a prefix rewrite needs every match to have an exact or prefix path")]
     RewriteNeedsPathPrefix,
+    /// A share outside 0..=100.
+    #[error("percent must be between 0 and 100")]
+    BadPercent,
+    /// A fault with neither a delay nor an abort.
+    #[error("a fault needs a delay, abort or both")]
+    EmptyFault,
+    /// A fault delay beyond [`crate::fault::MAX_FAULT_DELAY`].
+    #[error("a fault delay must be at most 1h")]
+    FaultDelayTooLong,
+    /// An abort without a status to answer with.
+    #[error("an abort needs http_status or grpc_status")]
+    AbortWithoutStatus,
+    /// A gRPC status outside 1..=16.
+    #[error("grpc_status must be 1 to 16 (0 is OK, not a fault), got {0}")]
+    BadGrpcStatus(u32),
     /// End-user authentication that cannot be served.
     #[error(transparent)]
     Jwt(#[from] crate::jwt::JwtProblem),
@@ -598,7 +616,7 @@ pub enum PolicyProblem {
 }
 
 impl PolicyError {
-    fn new(path: impl Into<String>, problem: PolicyProblem) -> Self {
+    pub(crate) fn new(path: impl Into<String>, problem: PolicyProblem) -> Self {
         PolicyError {
             path: path.into(),
             problem,
@@ -669,6 +687,9 @@ impl Route {
         self.response_headers
             .validate()
             .map_err(|e| e.within("response_headers"))?;
+        if let Some(fault) = &self.fault {
+            fault.validate().map_err(|e| e.within("fault"))?;
+        }
         if let Some(rewrite) = &self.rewrite {
             validate_path(&rewrite.prefix).map_err(|e| e.within("rewrite.prefix"))?;
             let prefix_like = |m: &RouteMatch| {

@@ -30,6 +30,7 @@
 //!             rate_limit: {requests_per_second: 100, burst: 20}
 //!             request_headers: {set: {x-route: v2-canary}}
 //!             rewrite: {prefix: /v2}
+//!             fault: {delay: {fixed: 200ms, percent: 5}, abort: {http_status: 503, percent: 1}}
 //! workloads:
 //!   - name: api
 //!     namespace: shop
@@ -47,6 +48,7 @@
 //! ```
 
 use pillion_api::duration::HumaneDuration;
+use pillion_api::fault::FaultInjection;
 use pillion_api::policy::{
     validate_routes, HeaderEdits, PathRewrite, PolicyError, RateLimit, RetryPolicy, Route,
     RouteMatch, ServerPolicy, ServerRoute, WeightedBackend,
@@ -90,6 +92,9 @@ pub struct RouteSpec {
     /// Prefix rewrite.
     #[serde(default)]
     pub rewrite: Option<PathRewrite>,
+    /// Injected delays and aborts.
+    #[serde(default)]
+    pub fault: Option<FaultInjection>,
 }
 
 /// A server route of an inbound port, as written.
@@ -129,6 +134,7 @@ impl RouteSpec {
             request_headers: self.request_headers.clone(),
             response_headers: self.response_headers.clone(),
             rewrite: self.rewrite.clone(),
+            fault: self.fault.clone(),
         }
     }
 }

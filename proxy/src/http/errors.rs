@@ -10,9 +10,15 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHE
 use http::{Response, StatusCode};
 
 use super::body::ResponseBody;
+use crate::policy::fault::Abort;
 use crate::policy::jwt::Refusal;
 use crate::policy::rate_limit::{RateLimiter, RetryAfter, RATELIMIT, RATELIMIT_POLICY};
 use crate::upstream::pool::SendError;
+
+/// A gRPC answer's status, sent as a header in a trailers-only answer.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// A gRPC answer's message.
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Marks a response the proxy made, with a short machine-readable reason.
 pub(crate) const PILLION_ERROR: HeaderName = HeaderName::from_static("pillion-error");
@@ -150,6 +156,28 @@ pub(crate) fn unauthenticated(refusal: Refusal) -> Response<ResponseBody> {
         response.headers_mut().insert(WWW_AUTHENTICATE, value);
     }
     response
+}
+
+/// The answer of an injected abort: the HTTP status as a proxy answer, or, to a gRPC
+/// request with a gRPC status set, a trailers-only gRPC answer (`200`,
+/// `grpc-status`, `grpc-message`) as a gRPC server would send it.
+pub(crate) fn fault_response(abort: Abort, grpc_request: bool) -> Response<ResponseBody> {
+    const CODE: &str = "fault-injected";
+    match abort.grpc {
+        Some(grpc) if grpc_request => {
+            let mut response = Response::new(ResponseBody::local(String::new()));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(GRPC_STATUS, HeaderValue::from(grpc));
+            headers.insert(
+                GRPC_MESSAGE,
+                HeaderValue::from_static("fault injected by pillion"),
+            );
+            headers.insert(PILLION_ERROR, HeaderValue::from_static(CODE));
+            response
+        }
+        _ => local_response(abort.http, CODE, &"fault injected by the route's policy"),
+    }
 }
 
 /// The 429 of a rate limit: `Retry-After`, `RateLimit-Policy` and `RateLimit`.

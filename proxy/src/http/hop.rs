@@ -107,6 +107,22 @@ pub(crate) fn orig_proto_value(version: Version) -> Option<HeaderValue> {
     }
 }
 
+/// Whether a request is gRPC: its `content-type` is `application/grpc`, alone or
+/// with a `+format` or `;` parameter (gRPC over HTTP/2, the protocol's rule).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.get(.."application/grpc".len())
+                .map(|head| (head, &v["application/grpc".len()..]))
+        })
+        .is_some_and(|(head, rest)| {
+            head.eq_ignore_ascii_case("application/grpc")
+                && (rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
+        })
+}
+
 /// Removes every one of the proxy's own headers (`pillion-*`): what the
 /// application or an unverified caller wrote there is never read or passed on.
 pub(crate) fn strip_own_headers(headers: &mut HeaderMap) {
@@ -235,6 +251,31 @@ pub(crate) fn path_and_query(parts: &Parts) -> PathAndQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_requests_are_told_by_their_content_type() {
+        let is = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            is_grpc(&h)
+        };
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;x=1",
+        ] {
+            assert!(is(yes), "{yes}");
+        }
+        for no in [
+            "application/grpc-web",
+            "application/json",
+            "application/grp",
+            "é",
+        ] {
+            assert!(!is(no), "{no}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
 
     #[test]
     fn h2c_is_not_an_upgrade_the_proxy_passes_on() {

@@ -1,9 +1,10 @@
 //! The outbound HTTP path: requests from the local application to a known service.
 //!
 //! Per request: pick the route in the newest state, apply its client-side rate
-//! limit, clean and edit the headers, rewrite the path into the head every try
-//! sends, then hand it to [`super::retry`]; edit the response on its way back and
-//! count it. Upgrades and `CONNECT` take [`crate::http::upgrade`] to one endpoint.
+//! limit and its injected faults (a delay within the route's timeout, an abort
+//! answered here), clean and edit the headers, rewrite the path into the head every
+//! try sends, then hand it to [`super::retry`]; edit the response on its way back
+//! and count it. Upgrades and `CONNECT` take [`crate::http::upgrade`] to one endpoint.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,9 +23,10 @@ use super::retry::{self, pick_backend, Template};
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, ResponseBody};
-use crate::http::errors::{rate_limited, HttpError};
+use crate::http::errors::{fault_response, rate_limited, HttpError};
 use crate::http::hop::{self, strip_hop_by_hop, strip_own_headers, wants_upgrade};
 use crate::http::{server, upgrade};
+use crate::policy::fault::Faults;
 use crate::state::outbound::{RouteState, Target};
 use crate::telemetry::metrics::http::no_peer;
 
@@ -108,6 +110,15 @@ impl OutboundConn {
                 return ResponseBody::observed(observer, rate_limited(limiter, &route.name, &wait));
             }
         }
+        if let Some(faults) = &route.faults {
+            if let Some(answer) = inject(faults, route, &parts, start).await {
+                let status = answer.status().as_u16();
+                route
+                    .metrics
+                    .response(&self.no_peer, status, start.elapsed());
+                return ResponseBody::observed(observer, answer);
+            }
+        }
         let mut template = match self.template(&mut parts, route, matched_prefix) {
             Ok(t) => t,
             Err(e) => {
@@ -185,4 +196,27 @@ impl OutboundConn {
             .response(&peer, response.status().as_u16(), start.elapsed());
         response
     }
+}
+
+/// Applies a route's faults to one request: waits out an injected delay (within the
+/// route's timeout: past it, the request ends 504 like a slow upstream's would) and
+/// returns the answer of an injected abort; `None` lets the request go on.
+async fn inject(
+    faults: &Faults,
+    route: &RouteState,
+    parts: &Parts,
+    start: Instant,
+) -> Option<Response<ResponseBody>> {
+    let decision = faults.decide(rand::random(), rand::random());
+    if let Some(delay) = decision.delay {
+        match route.timeout {
+            Some(limit) if delay >= limit => {
+                tokio::time::sleep_until((start + limit).into()).await;
+                return Some(HttpError::Timeout(limit).response());
+            }
+            _ => tokio::time::sleep(delay).await,
+        }
+    }
+    let abort = decision.abort?;
+    Some(fault_response(abort, hop::is_grpc(&parts.headers)))
 }

@@ -29,6 +29,7 @@
 pub(crate) mod authz;
 pub(crate) mod backoff;
 pub(crate) mod balance;
+pub(crate) mod fault;
 pub(crate) mod headers;
 pub(crate) mod jwt;
 pub(crate) mod outlier;

@@ -36,6 +36,7 @@ use crate::app::settings::{MeshProtocol, Settings};
 use crate::http::errors::HttpError;
 use crate::policy::balance::p2c::Balancer;
 use crate::policy::balance::peak_ewma::PeakEwma;
+use crate::policy::fault::Faults;
 use crate::policy::headers::{HeaderEditor, PathRewriter};
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryBudget;
@@ -120,6 +121,8 @@ pub(crate) struct RouteState {
     pub response_edits: HeaderEditor,
     /// Prefix rewrite.
     pub rewrite: Option<PathRewriter>,
+    /// Delays and aborts injected into the route's requests.
+    pub faults: Option<Faults>,
     /// The route's metric handles.
     pub metrics: RouteMetrics,
 }
@@ -333,6 +336,7 @@ impl Compiler<'_> {
             request_edits: HeaderEditor::default(),
             response_edits: HeaderEditor::default(),
             rewrite: None,
+            faults: None,
         };
         let compiled = Arc::new(PortRoutes {
             service: service_label,
@@ -598,6 +602,7 @@ impl Compiler<'_> {
             request_edits,
             response_edits,
             rewrite,
+            faults: route.fault.as_ref().map(Faults::new),
         })
     }
 

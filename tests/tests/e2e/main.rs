@@ -6,6 +6,7 @@ mod common;
 mod discovery;
 mod drain;
 mod edges;
+mod faults;
 mod first_word;
 mod flags;
 mod floods;
