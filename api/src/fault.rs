@@ -42,7 +42,7 @@ pub struct FaultDelay {
     #[serde(with = "crate::duration::serde_humane")]
     pub fixed: Duration,
     /// Share of requests delayed, 0 to 100; default 100.
-    #[serde(default = "all")]
+    #[serde(default = "all_percent")]
     pub percent: f64,
 }
 
@@ -58,24 +58,29 @@ pub struct FaultAbort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u32>,
     /// Share of requests aborted, 0 to 100; default 100.
-    #[serde(default = "all")]
+    #[serde(default = "all_percent")]
     pub percent: f64,
 }
 
-fn all() -> f64 {
+/// The default share: every request.
+pub(crate) fn all_percent() -> f64 {
     100.0
+}
+
+/// A share must be a number from 0 to 100.
+pub(crate) fn validate_percent(percent: f64) -> Result<(), PolicyError> {
+    if percent.is_finite() && (0.0..=100.0).contains(&percent) {
+        Ok(())
+    } else {
+        Err(PolicyError::new("", PolicyProblem::BadPercent))
+    }
 }
 
 impl FaultInjection {
     /// Checks statuses, shares and the delay; paths are relative to the fault.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        let share = |field: &str, percent: f64| {
-            if percent.is_finite() && (0.0..=100.0).contains(&percent) {
-                Ok(())
-            } else {
-                Err(PolicyError::new(field, PolicyProblem::BadPercent))
-            }
-        };
+        let share =
+            |field: &str, percent: f64| validate_percent(percent).map_err(|e| e.within(field));
         if self.delay.is_none() && self.abort.is_none() {
             return Err(PolicyError::new("", PolicyProblem::EmptyFault));
         }

@@ -183,6 +183,32 @@ pub struct Route {
     /// Delays or aborts injected into this route's requests, for resilience tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<crate::fault::FaultInjection>,
+    /// A share of the route's requests copied to a shadow backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// Copies of a share of a route's requests, sent to another backend whose answers
+/// are thrown away: a new version sees real traffic before it serves any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// Where the copies go (its `weight` is not used).
+    pub backend: WeightedBackend,
+    /// Share of requests copied, 0 to 100; default 100.
+    #[serde(default = "crate::fault::all_percent")]
+    pub percent: f64,
+}
+
+impl Eq for Mirror {}
+
+impl Route {
+    /// Every backend the route sends to, its mirror's included: what must exist.
+    pub fn sent_to(&self) -> impl Iterator<Item = &WeightedBackend> {
+        self.backends
+            .iter()
+            .chain(self.mirror.as_ref().map(|m| &m.backend))
+    }
 }
 
 /// One way a request can select a route; every given part must hold.
@@ -624,7 +650,7 @@ impl PolicyError {
     }
 
     /// Puts `outer` in front of the path, as the error travels up the tree.
-    fn within(mut self, outer: impl fmt::Display) -> Self {
+    pub(crate) fn within(mut self, outer: impl fmt::Display) -> Self {
         self.path = if self.path.is_empty() {
             outer.to_string()
         } else {
@@ -689,6 +715,11 @@ impl Route {
             .map_err(|e| e.within("response_headers"))?;
         if let Some(fault) = &self.fault {
             fault.validate().map_err(|e| e.within("fault"))?;
+        }
+        if let Some(mirror) = &self.mirror {
+            crate::fault::validate_percent(mirror.percent)
+                .map_err(|e| e.within("mirror.percent"))?;
+            validate_backend(&mirror.backend).map_err(|e| e.within("mirror.backend"))?;
         }
         if let Some(rewrite) = &self.rewrite {
             validate_path(&rewrite.prefix).map_err(|e| e.within("rewrite.prefix"))?;
@@ -940,21 +971,21 @@ fn validate_backends(backends: &[WeightedBackend]) -> Result<(), PolicyError> {
                 PolicyProblem::WeightsTooLarge,
             ));
         }
-        if b.service.as_deref() == Some("") {
-            return Err(PolicyError::new(
-                format!("backends[{i}].service"),
-                PolicyProblem::Empty,
-            ));
-        }
-        if b.subset.keys().any(String::is_empty) {
-            return Err(PolicyError::new(
-                format!("backends[{i}].subset"),
-                PolicyProblem::Empty,
-            ));
-        }
+        validate_backend(b).map_err(|e| e.within(format!("backends[{i}]")))?;
     }
     if !backends.is_empty() && total == 0 {
         return Err(PolicyError::new("backends", PolicyProblem::AllWeightsZero));
+    }
+    Ok(())
+}
+
+/// One backend's service and subset labels are not empty.
+fn validate_backend(b: &WeightedBackend) -> Result<(), PolicyError> {
+    if b.service.as_deref() == Some("") {
+        return Err(PolicyError::new("service", PolicyProblem::Empty));
+    }
+    if b.subset.keys().any(String::is_empty) {
+        return Err(PolicyError::new("subset", PolicyProblem::Empty));
     }
     Ok(())
 }
@@ -1172,9 +1203,44 @@ mod tests {
         assert!(err.contains("header"), "{err}");
         let typo = r#"{"weight": 1, "subsets": {"version": "v2"}}"#;
         assert!(serde_json::from_str::<WeightedBackend>(typo).is_err());
-        let newer = r#"{"name": "r", "mirror": {"service": "shadow"}}"#;
+        let newer = r#"{"name": "r", "cache": {"max_age": "10s"}}"#;
         let route: Route = serde_json::from_str(newer).unwrap();
         assert_eq!(route.name, "r");
+    }
+
+    #[test]
+    fn mirrors_are_checked_and_counted_as_backends() {
+        let route = |json: &str| serde_json::from_str::<Route>(json).unwrap();
+        let good = route(
+            r#"{"name": "r", "backends": [{"service": "a"}],
+            "mirror": {"backend": {"service": "shadow", "subset": {"v": "2"}}, "percent": 12.5}}"#,
+        );
+        good.validate().unwrap();
+        let sent: Vec<_> = good
+            .sent_to()
+            .filter_map(|b| b.service.as_deref())
+            .collect();
+        assert_eq!(sent, ["a", "shadow"]);
+        for (json, path) in [
+            (
+                r#"{"name": "r", "mirror": {"backend": {}, "percent": 101}}"#,
+                "mirror.percent",
+            ),
+            (
+                r#"{"name": "r", "mirror": {"backend": {"service": ""}}}"#,
+                "mirror.backend.service",
+            ),
+            (
+                r#"{"name": "r", "mirror": {"backend": {"subset": {"": "x"}}}}"#,
+                "mirror.backend.subset",
+            ),
+            (
+                r#"{"name": "r", "backends": [{"service": ""}]}"#,
+                "backends[0].service",
+            ),
+        ] {
+            assert_eq!(route(json).validate().unwrap_err().path, path, "{json}");
+        }
     }
 
     #[test]

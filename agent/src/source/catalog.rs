@@ -347,7 +347,7 @@ impl Catalog {
     pub fn backends_of(&self, service: &Service) -> Vec<&Service> {
         let mut found: Vec<&Service> = Vec::new();
         let named = (service.ports.iter().flat_map(|p| &p.routes))
-            .flat_map(|r| &r.backends)
+            .flat_map(|r| r.sent_to())
             .filter_map(|b| b.service.as_deref());
         for name in named {
             if let Some((_, other)) = self.service_named(&service.namespace, name) {

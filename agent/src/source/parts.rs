@@ -198,7 +198,7 @@ fn uses(file: &SourceFile) -> Vec<Name> {
             }
         }
         let backends = (s.ports.iter().flat_map(|p| &p.routes))
-            .flat_map(|r| &r.backends)
+            .flat_map(|r| r.sent_to())
             .filter_map(|b| b.service.as_ref());
         for b in backends {
             names.push(Name::Service(s.namespace.0.clone(), b.clone()));

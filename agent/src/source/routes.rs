@@ -31,6 +31,7 @@
 //!             request_headers: {set: {x-route: v2-canary}}
 //!             rewrite: {prefix: /v2}
 //!             fault: {delay: {fixed: 200ms, percent: 5}, abort: {http_status: 503, percent: 1}}
+//!             mirror: {backend: {subset: {version: v3}}, percent: 10}
 //! workloads:
 //!   - name: api
 //!     namespace: shop
@@ -50,7 +51,7 @@
 use pillion_api::duration::HumaneDuration;
 use pillion_api::fault::FaultInjection;
 use pillion_api::policy::{
-    validate_routes, HeaderEdits, PathRewrite, PolicyError, RateLimit, RetryPolicy, Route,
+    validate_routes, HeaderEdits, Mirror, PathRewrite, PolicyError, RateLimit, RetryPolicy, Route,
     RouteMatch, ServerPolicy, ServerRoute, WeightedBackend,
 };
 use serde::Deserialize;
@@ -95,6 +96,9 @@ pub struct RouteSpec {
     /// Injected delays and aborts.
     #[serde(default)]
     pub fault: Option<FaultInjection>,
+    /// Copies of a share of requests to a shadow backend.
+    #[serde(default)]
+    pub mirror: Option<Mirror>,
 }
 
 /// A server route of an inbound port, as written.
@@ -121,6 +125,13 @@ pub struct ServerRouteSpec {
 }
 
 impl RouteSpec {
+    /// Every backend it sends to, its mirror's included.
+    pub fn sent_to(&self) -> impl Iterator<Item = &WeightedBackend> {
+        self.backends
+            .iter()
+            .chain(self.mirror.as_ref().map(|m| &m.backend))
+    }
+
     /// The wire route.
     pub fn to_route(&self) -> Route {
         Route {
@@ -135,6 +146,7 @@ impl RouteSpec {
             response_headers: self.response_headers.clone(),
             rewrite: self.rewrite.clone(),
             fault: self.fault.clone(),
+            mirror: self.mirror.clone(),
         }
     }
 }

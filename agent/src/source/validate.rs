@@ -141,19 +141,23 @@ pub fn check_backend_services(part: &str, catalog: &Catalog) -> Result<(), Seman
     for (i, service) in catalog.services_of(part).enumerate() {
         for (k, port) in service.ports.iter().enumerate() {
             for (r, route) in port.routes.iter().enumerate() {
-                for (b, backend) in route.backends.iter().enumerate() {
+                let at_route = EntryPath::root("services")
+                    .index(i)
+                    .key("ports")
+                    .index(k)
+                    .key("routes")
+                    .index(r);
+                let named = (route.backends.iter().enumerate())
+                    .map(|(b, backend)| (at_route.key("backends").index(b), backend))
+                    .chain(
+                        (route.mirror.iter())
+                            .map(|m| (at_route.key("mirror").key("backend"), &m.backend)),
+                    );
+                for (at, backend) in named {
                     let Some(name) = &backend.service else {
                         continue;
                     };
-                    let at = EntryPath::root("services")
-                        .index(i)
-                        .key("ports")
-                        .index(k)
-                        .key("routes")
-                        .index(r)
-                        .key("backends")
-                        .index(b)
-                        .key("service");
+                    let at = at.key("service");
                     match catalog.service_named(&service.namespace, name) {
                         None => {
                             return Err(err(

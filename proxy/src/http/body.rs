@@ -8,9 +8,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::replay::ReplayBody;
+use super::tee::CallerBody;
 use crate::telemetry::{ObservedBody, RequestObserver};
 use crate::upstream::pool::UpstreamBody;
 
@@ -37,8 +37,10 @@ pub(crate) enum RequestBody {
     /// No body at all (most `GET`s).
     #[default]
     Empty,
-    /// The caller's body, streamed once.
-    Stream(Incoming),
+    /// The caller's body, streamed once (and copied for a mirror when it has one).
+    Stream(CallerBody),
+    /// A whole body held in memory (a mirror's copy); `None` once sent.
+    Whole(Option<Bytes>),
     /// The caller's body, recorded so a retry can send it again.
     Replay(ReplayBody),
 }
@@ -52,6 +54,7 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Stream(body) => poll_boxed(body, cx),
             RequestBody::Replay(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -60,6 +63,7 @@ impl Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::Stream(body) => body.is_end_stream(),
             RequestBody::Replay(body) => body.is_end_stream(),
+            RequestBody::Whole(bytes) => bytes.is_none(),
         }
     }
 
@@ -68,6 +72,9 @@ impl Body for RequestBody {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Stream(body) => body.size_hint(),
             RequestBody::Replay(body) => body.size_hint(),
+            RequestBody::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -20,4 +20,5 @@ pub(crate) mod hop;
 pub(crate) mod idle;
 pub(crate) mod replay;
 pub(crate) mod server;
+pub(crate) mod tee;
 pub(crate) mod upgrade;

@@ -15,9 +15,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::body::{BoxError, Polled};
+use super::tee::CallerBody;
 
 /// Largest request body kept for retries (64 KiB); larger bodies are sent once.
 pub(crate) const MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -25,7 +25,7 @@ pub(crate) const MAX_REPLAY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 struct State {
     /// The caller's body; `None` once it ended or failed.
-    source: Option<Incoming>,
+    source: Option<CallerBody>,
     chunks: Vec<Bytes>,
     len: usize,
     trailers: Option<HeaderMap>,
@@ -48,7 +48,7 @@ pub(crate) struct ReplayBody {
 
 impl ReplayBody {
     /// Starts recording `body` (call only for bodies that are not already empty).
-    pub(crate) fn new(body: Incoming) -> ReplayBody {
+    pub(crate) fn new(body: CallerBody) -> ReplayBody {
         let hint = body.size_hint();
         ReplayBody {
             shared: Arc::new(Mutex::new(State {

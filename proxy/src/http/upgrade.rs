@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{RequestBody, ResponseBody};
 use super::errors::HttpError;
+use super::tee::CallerBody;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::Upstream;
 
@@ -55,7 +56,7 @@ pub(crate) async fn forward(
     let body = if hyper::body::Body::is_end_stream(&body) {
         RequestBody::Empty
     } else {
-        RequestBody::Stream(body)
+        RequestBody::Stream(CallerBody::new(body))
     };
     let mut response = sender
         .send_request(Request::from_parts(parts, body))

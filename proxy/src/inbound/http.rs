@@ -27,6 +27,7 @@ use crate::http::errors::{rate_limited, unauthenticated, HttpError};
 use crate::http::hop::{
     self, strip_hop_by_hop, strip_own_headers, take_orig_proto, upgrade_requested,
 };
+use crate::http::tee::CallerBody;
 use crate::http::{server, upgrade};
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
 use crate::policy::jwt::{unix_now, Refusal};
@@ -206,7 +207,7 @@ impl InboundConn {
         let body = if body.is_end_stream() {
             RequestBody::Empty
         } else {
-            RequestBody::Stream(body)
+            RequestBody::Stream(CallerBody::new(body))
         };
         let response = match self.app.send(wire, Request::from_parts(parts, body)).await {
             Ok(response) => {

@@ -3,8 +3,8 @@
 //! Per request: pick the route in the newest state, apply its client-side rate
 //! limit and its injected faults (a delay within the route's timeout, an abort
 //! answered here), clean and edit the headers, rewrite the path into the head every
-//! try sends, then hand it to [`super::retry`]; edit the response on its way back
-//! and count it. Upgrades and `CONNECT` take [`crate::http::upgrade`] to one endpoint.
+//! try sends, start a copy for the route's mirror ([`super::mirror`]), then hand it
+//! to [`super::retry`]; edit the response on its way back and count it. Upgrades and `CONNECT` take [`crate::http::upgrade`] to one endpoint.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,12 +19,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::mirror;
 use super::retry::{self, pick_backend, Template};
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, ResponseBody};
 use crate::http::errors::{fault_response, rate_limited, HttpError};
 use crate::http::hop::{self, strip_hop_by_hop, strip_own_headers, wants_upgrade};
+use crate::http::tee::CallerBody;
 use crate::http::{server, upgrade};
 use crate::policy::fault::Faults;
 use crate::state::outbound::{RouteState, Target};
@@ -129,6 +131,16 @@ impl OutboundConn {
             }
         };
         observer.inject(&mut template.headers);
+        let body = match &route.mirror {
+            Some((backend, share)) => match share.admit(rand::random()) {
+                Some(permit) => {
+                    let backend = Arc::clone(backend);
+                    mirror::spawn(permit, backend, &template, route.timeout, body)
+                }
+                None => CallerBody::new(body),
+            },
+            None => CallerBody::new(body),
+        };
         let forwarded = retry::forward(&target, route, template, body, start, &mut observer).await;
         let (mut response, peer) = match forwarded {
             Ok((response, peer)) => (response.map(ResponseBody::Upstream), peer),

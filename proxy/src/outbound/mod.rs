@@ -19,6 +19,7 @@
 //! cannot be asked about is refused, never passed through.
 
 pub(crate) mod http;
+pub(crate) mod mirror;
 pub(crate) mod retry;
 pub(crate) mod tcp;
 

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 
 use crate::http::body::RequestBody;
 use crate::http::errors::HttpError;
 use crate::http::hop::{orig_proto_value, ORIG_PROTO};
 use crate::http::replay::ReplayBody;
+use crate::http::tee::CallerBody;
 use crate::policy::backoff::full_jitter;
 use crate::policy::retry::{should_retry, Outcome};
 use crate::state::outbound::{RouteState, Target};
@@ -55,7 +56,7 @@ pub(super) async fn forward(
     target: &Target,
     route: &RouteState,
     template: Template,
-    body: Incoming,
+    body: CallerBody,
     start: Instant,
     observer: &mut RequestObserver,
 ) -> Result<Answered, HttpError> {
@@ -135,7 +136,7 @@ pub(super) async fn forward(
 /// template itself (the only try).
 // It lives on the stack for one try; boxing the owned head would allocate per request.
 #[allow(clippy::large_enum_variant)]
-enum Head<'a> {
+pub(super) enum Head<'a> {
     Copy(&'a Template),
     Owned(Template),
 }
@@ -269,7 +270,7 @@ pub(super) fn pick_backend<'a>(target: &'a Target, route: &'a RouteState) -> &'a
 }
 
 /// A try's request from the head; an HTTP/1.x request on HTTP/2 carries its version.
-fn request_for(head: Head<'_>, body: RequestBody, wire: Wire) -> Request<RequestBody> {
+pub(super) fn request_for(head: Head<'_>, body: RequestBody, wire: Wire) -> Request<RequestBody> {
     let mut request = Request::new(body);
     let version = match head {
         Head::Copy(t) => {

@@ -32,6 +32,7 @@ pub(crate) mod balance;
 pub(crate) mod fault;
 pub(crate) mod headers;
 pub(crate) mod jwt;
+pub(crate) mod mirror;
 pub(crate) mod outlier;
 pub(crate) mod rate_limit;
 pub(crate) mod retry;

@@ -38,6 +38,7 @@ use crate::policy::balance::p2c::Balancer;
 use crate::policy::balance::peak_ewma::PeakEwma;
 use crate::policy::fault::Faults;
 use crate::policy::headers::{HeaderEditor, PathRewriter};
+use crate::policy::mirror::MirrorShare;
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryBudget;
 use crate::policy::route_match::RouteTable;
@@ -123,6 +124,8 @@ pub(crate) struct RouteState {
     pub rewrite: Option<PathRewriter>,
     /// Delays and aborts injected into the route's requests.
     pub faults: Option<Faults>,
+    /// Where copies of a share of the route's requests go.
+    pub mirror: Option<(Arc<Backend>, MirrorShare)>,
     /// The route's metric handles.
     pub metrics: RouteMetrics,
 }
@@ -337,6 +340,7 @@ impl Compiler<'_> {
             response_edits: HeaderEditor::default(),
             rewrite: None,
             faults: None,
+            mirror: None,
         };
         let compiled = Arc::new(PortRoutes {
             service: service_label,
@@ -587,6 +591,12 @@ impl Compiler<'_> {
                 .map(|b| self.route_backend(service, port, b))
                 .collect()
         };
+        let mirror = route.mirror.as_ref().map(|m| {
+            (
+                self.route_backend(service, port, &m.backend),
+                MirrorShare::new(m.percent),
+            )
+        });
         let route_name: Arc<str> = Arc::from(route.name.as_str());
         Some(RouteState {
             metrics: self
@@ -603,6 +613,7 @@ impl Compiler<'_> {
             response_edits,
             rewrite,
             faults: route.fault.as_ref().map(Faults::new),
+            mirror,
         })
     }
 

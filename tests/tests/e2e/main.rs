@@ -21,6 +21,7 @@ mod mesh_ha;
 mod mesh_rotation;
 mod mesh_tls;
 mod mesh_trust;
+mod mirror;
 mod telemetry_mesh;
 mod telemetry_up;
 mod telemetry_world;

@@ -1,0 +1,80 @@
+//! Which of a route's requests are copied to its mirror: a share of them, and
+//! never more than [`MAX_IN_FLIGHT`] copies at once, so a slow shadow backend costs
+//! a bounded number of tasks and connections, never the primary's time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Copies of one route in flight at most; past it a request is not copied.
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
+
+/// Millionths in one.
+const MILLION: u32 = 1_000_000;
+
+/// A route's mirror share and its copies in flight.
+#[derive(Debug)]
+pub(crate) struct MirrorShare {
+    share: u32,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One copy in flight; dropping it frees its place.
+#[derive(Debug)]
+pub(crate) struct MirrorPermit(Arc<AtomicUsize>);
+
+impl Drop for MirrorPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl MirrorShare {
+    /// A share of `percent` (0 to 100).
+    pub(crate) fn new(percent: f64) -> MirrorShare {
+        MirrorShare {
+            share: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// A permit when this request (`roll`: a random number) is to be copied and
+    /// there is room.
+    pub(crate) fn admit(&self, roll: u32) -> Option<MirrorPermit> {
+        if roll % MILLION >= self.share {
+            return None;
+        }
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let permit = MirrorPermit(Arc::clone(&self.in_flight));
+        (before < MAX_IN_FLIGHT).then_some(permit)
+    }
+
+    /// Copies in flight now.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_of_requests_and_a_bounded_number_at_once() {
+        let tenth = MirrorShare::new(10.0);
+        let admitted = (0..MILLION)
+            .step_by(100)
+            .filter(|r| tenth.admit(*r).is_some())
+            .count();
+        assert_eq!(admitted, 1000);
+        assert_eq!(tenth.in_flight(), 0, "dropped permits free their place");
+
+        let all = MirrorShare::new(100.0);
+        let held: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| all.admit(0).unwrap()).collect();
+        assert!(all.admit(0).is_none(), "full: not copied");
+        assert_eq!(all.in_flight(), MAX_IN_FLIGHT);
+        drop(held);
+        assert!(all.admit(0).is_some());
+        assert!(MirrorShare::new(0.0).admit(0).is_none());
+    }
+}
