@@ -32,7 +32,7 @@ use crate::http::{server, upgrade};
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
 use crate::policy::jwt::{unix_now, Refusal};
 use crate::state::inbound::{InboundPort, PortJwt, ServerRouteState};
-use crate::telemetry::metrics::http::no_peer;
+use crate::telemetry::metrics::http::{no_peer, Action};
 use crate::telemetry::span::Inbound as SpanConn;
 use crate::telemetry::RequestObserver;
 use crate::upstream::{Upstream, Wire};
@@ -177,6 +177,7 @@ impl InboundConn {
         if let Err(refusal) = authenticate(&policy.jwt, route, &mut parts.headers) {
             tracing::info!(port = self.target.port(), route = %route.name, peer = %self.peer_label,
                 reason = refusal.reason(), "request refused: end-user token");
+            route.metrics.action(Action::TokenRefused);
             return done(observer, unauthenticated(refusal));
         }
         if let Some(limiter) = &route.limiter {

@@ -29,8 +29,9 @@ use crate::http::hop::{self, strip_hop_by_hop, strip_own_headers, wants_upgrade}
 use crate::http::tee::CallerBody;
 use crate::http::{server, upgrade};
 use crate::policy::fault::Faults;
+use crate::policy::mirror::Admit;
 use crate::state::outbound::{RouteState, Target};
-use crate::telemetry::metrics::http::no_peer;
+use crate::telemetry::metrics::http::{no_peer, Action};
 
 /// Serves one HTTP connection from the local application to `orig_dst` (a known
 /// service or endpoint) until it closes or `shutdown` resolves.
@@ -135,11 +136,17 @@ impl OutboundConn {
         observer.inject(&mut template.headers);
         let body = match &route.mirror {
             Some((backend, share)) => match share.admit(rand::random()) {
-                Some(permit) => {
+                Admit::Copy(permit) => {
                     let backend = Arc::clone(backend);
-                    mirror::spawn(permit, backend, &template, route.timeout, body)
+                    let copy =
+                        mirror::Copy::new(permit, backend, route.timeout, route.metrics.clone());
+                    copy.spawn(&template, body)
                 }
-                None => CallerBody::new(body),
+                Admit::Full => {
+                    route.metrics.action(Action::MirrorSkipped);
+                    CallerBody::new(body)
+                }
+                Admit::No => CallerBody::new(body),
             },
             None => CallerBody::new(body),
         };
@@ -223,6 +230,7 @@ async fn inject(
 ) -> Option<Response<ResponseBody>> {
     let decision = faults.decide(rand::random(), rand::random());
     if let Some(delay) = decision.delay {
+        route.metrics.action(Action::FaultDelay);
         match route.timeout {
             Some(limit) if delay >= limit => {
                 tokio::time::sleep_until((start + limit).into()).await;
@@ -232,5 +240,6 @@ async fn inject(
         }
     }
     let abort = decision.abort?;
+    route.metrics.action(Action::FaultAbort);
     Some(fault_response(abort, hop::is_grpc(&parts.headers)))
 }

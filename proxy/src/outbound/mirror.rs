@@ -25,34 +25,66 @@ use super::retry::{request_for, Head, Template};
 use crate::http::body::RequestBody;
 use crate::http::tee::CallerBody;
 use crate::policy::mirror::MirrorPermit;
+use crate::telemetry::metrics::http::{Action, RouteMetrics};
 use crate::upstream::endpoint::Backend;
 use crate::upstream::Wire;
 
 /// Longest a copy may take on a route without a timeout.
 pub(crate) const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts the copy of a request to `backend` and returns the primary's body.
-pub(super) fn spawn(
+/// One copy about to be made: where it goes, within what time, and where it counts.
+pub(super) struct Copy {
     permit: MirrorPermit,
     backend: Arc<Backend>,
-    template: &Template,
-    timeout: Option<Duration>,
-    body: Incoming,
-) -> CallerBody {
-    let head = shadow_head(template);
-    let limit = timeout.unwrap_or(MIRROR_TIMEOUT).min(MIRROR_TIMEOUT);
-    if body.is_end_stream() {
-        tokio::spawn(send(permit, backend, head, Bytes::new(), limit));
-        return CallerBody::new(body);
-    }
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
-        // The primary's body ended within the size limit: send the copy.
-        if let Ok(copy) = rx.await {
-            send(permit, backend, head, copy, limit).await;
+    limit: Duration,
+    metrics: RouteMetrics,
+}
+
+impl Copy {
+    /// A copy to `backend` within the route's `timeout` (at most [`MIRROR_TIMEOUT`]).
+    pub(super) fn new(
+        permit: MirrorPermit,
+        backend: Arc<Backend>,
+        timeout: Option<Duration>,
+        metrics: RouteMetrics,
+    ) -> Copy {
+        Copy {
+            permit,
+            backend,
+            limit: timeout.unwrap_or(MIRROR_TIMEOUT).min(MIRROR_TIMEOUT),
+            metrics,
         }
-    });
-    CallerBody::teed(body, tx)
+    }
+
+    /// Starts the copy of the request `template` heads and returns the primary's
+    /// body.
+    pub(super) fn spawn(self, template: &Template, body: Incoming) -> CallerBody {
+        let head = shadow_head(template);
+        if body.is_end_stream() {
+            tokio::spawn(self.send(head, Bytes::new()));
+            return CallerBody::new(body);
+        }
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            match rx.await {
+                // The primary's body ended within the size limit: send the copy.
+                Ok(copy) => self.send(head, copy).await,
+                Err(_) => self.metrics.action(Action::MirrorDropped),
+            }
+        });
+        CallerBody::teed(body, tx)
+    }
+
+    /// Sends the copy to an endpoint of the backend and drains the answer.
+    async fn send(self, head: Template, body: Bytes) {
+        let answered = send(&self.backend, head, body, self.limit).await;
+        self.metrics.action(if answered {
+            Action::MirrorSent
+        } else {
+            Action::MirrorDropped
+        });
+        drop(self.permit);
+    }
 }
 
 /// The copy's head: the primary's, with `-shadow` after its host.
@@ -93,17 +125,12 @@ fn shadowed(authority: &str) -> String {
     format!("{host}-shadow{rest}")
 }
 
-/// Sends the copy to an endpoint of `backend` within `limit` and drains the answer.
-async fn send(
-    _permit: MirrorPermit,
-    backend: Arc<Backend>,
-    head: Template,
-    body: Bytes,
-    limit: Duration,
-) {
+/// Sends a copy to an endpoint of `backend` within `limit` and drains the answer;
+/// whether an answer came.
+async fn send(backend: &Backend, head: Template, body: Bytes, limit: Duration) -> bool {
     let Ok((_, endpoint)) = backend.pick(Instant::now(), rand::random(), None) else {
         tracing::debug!("mirror: no endpoint to send the copy to");
-        return;
+        return false;
     };
     let endpoint = Arc::clone(endpoint);
     let wants = if head.version == Version::HTTP_2 {
@@ -125,9 +152,18 @@ async fn send(
         Ok::<_, crate::upstream::pool::SendError>(status)
     };
     match tokio::time::timeout(limit, exchange).await {
-        Ok(Ok(status)) => tracing::debug!(endpoint = %endpoint.addr, %status, "mirror answered"),
-        Ok(Err(e)) => tracing::debug!(endpoint = %endpoint.addr, error = %e, "mirror failed"),
-        Err(_) => tracing::debug!(endpoint = %endpoint.addr, "mirror timed out"),
+        Ok(Ok(status)) => {
+            tracing::debug!(endpoint = %endpoint.addr, %status, "mirror answered");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %endpoint.addr, error = %e, "mirror failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %endpoint.addr, "mirror timed out");
+            false
+        }
     }
 }
 

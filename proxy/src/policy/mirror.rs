@@ -18,6 +18,17 @@ pub(crate) struct MirrorShare {
     in_flight: Arc<AtomicUsize>,
 }
 
+/// Whether one request is copied.
+#[derive(Debug)]
+pub(crate) enum Admit {
+    /// Not in the share.
+    No,
+    /// In the share, but the route's copies in flight are at their bound.
+    Full,
+    /// Copied; the permit holds its place until the copy is done.
+    Copy(MirrorPermit),
+}
+
 /// One copy in flight; dropping it frees its place.
 #[derive(Debug)]
 pub(crate) struct MirrorPermit(Arc<AtomicUsize>);
@@ -37,15 +48,18 @@ impl MirrorShare {
         }
     }
 
-    /// A permit when this request (`roll`: a random number) is to be copied and
-    /// there is room.
-    pub(crate) fn admit(&self, roll: u32) -> Option<MirrorPermit> {
+    /// Whether this request (`roll`: a random number) is copied.
+    pub(crate) fn admit(&self, roll: u32) -> Admit {
         if roll % MILLION >= self.share {
-            return None;
+            return Admit::No;
         }
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let permit = MirrorPermit(Arc::clone(&self.in_flight));
-        (before < MAX_IN_FLIGHT).then_some(permit)
+        if before < MAX_IN_FLIGHT {
+            Admit::Copy(permit)
+        } else {
+            Admit::Full
+        }
     }
 
     /// Copies in flight now.
@@ -61,20 +75,22 @@ mod tests {
 
     #[test]
     fn a_share_of_requests_and_a_bounded_number_at_once() {
+        let copied = |a: Admit| matches!(a, Admit::Copy(_));
         let tenth = MirrorShare::new(10.0);
         let admitted = (0..MILLION)
             .step_by(100)
-            .filter(|r| tenth.admit(*r).is_some())
+            .filter(|r| copied(tenth.admit(*r)))
             .count();
         assert_eq!(admitted, 1000);
         assert_eq!(tenth.in_flight(), 0, "dropped permits free their place");
 
         let all = MirrorShare::new(100.0);
-        let held: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| all.admit(0).unwrap()).collect();
-        assert!(all.admit(0).is_none(), "full: not copied");
+        let held: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| all.admit(0)).collect();
+        assert!(held.iter().all(|a| matches!(a, Admit::Copy(_))));
+        assert!(matches!(all.admit(0), Admit::Full), "full: not copied");
         assert_eq!(all.in_flight(), MAX_IN_FLIGHT);
         drop(held);
-        assert!(all.admit(0).is_some());
-        assert!(MirrorShare::new(0.0).admit(0).is_none());
+        assert!(copied(all.admit(0)));
+        assert!(matches!(MirrorShare::new(0.0).admit(0), Admit::No));
     }
 }

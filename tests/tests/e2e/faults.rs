@@ -144,6 +144,31 @@ fn routes_inject_aborts_and_delays() {
     // Since the half: one request without the header and one delayed reached the
     // application; the one the timeout cut short never left the proxy.
     assert_eq!(apps(), ok + 2);
+    // The client proxy counted each fault on its route.
+    let m = w.sidecars[0].metrics().unwrap();
+    let action = |route, action| {
+        m.value(
+            "pillion_http_policy_actions_total",
+            &[
+                ("direction", "outbound"),
+                ("service", "demo/web"),
+                ("route", route),
+                ("action", action),
+            ],
+        )
+    };
+    assert_eq!(action("abort", "fault_abort"), 50.0);
+    assert_eq!(action("half", "fault_abort"), aborted as f64);
+    assert_eq!(action("chaos", "fault_abort"), 1.0);
+    assert_eq!(action("grpc", "fault_abort"), 2.0);
+    assert_eq!(
+        (
+            action("delay", "fault_delay"),
+            action("slowdown", "fault_delay")
+        ),
+        (1.0, 1.0)
+    );
+    assert_eq!(action("delay", "fault_abort"), 0.0);
     let grpc_seen = w.apps[0].stats.count("fault.Service") + w.apps[1].stats.count("fault.Service");
     assert_eq!(grpc_seen, 0, "aborted gRPC reached the application");
 }

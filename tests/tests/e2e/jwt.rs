@@ -438,6 +438,26 @@ fn tokens_are_verified_at_the_server_proxy_with_keys_the_agent_fetches() {
             "{what}: {seen:?}"
         );
     }
+    // The server proxies counted each refusal of the table on the route it met.
+    let refused = |route| -> f64 {
+        w.sidecars[2..]
+            .iter()
+            .map(|s| {
+                s.metrics().unwrap().value(
+                    "pillion_http_policy_actions_total",
+                    &[
+                        ("direction", "inbound"),
+                        ("service", "8080"),
+                        ("route", route),
+                        ("action", "token_refused"),
+                    ],
+                )
+            })
+            .sum()
+    };
+    let table = |path: &str| cases.iter().filter(|c| c.1 == path && c.3 != 200).count() as f64;
+    assert_eq!(refused("orders"), table("/whoami/orders"));
+    assert_eq!(refused("open"), table("/whoami/open"));
 
     // HTTP/2 from the meshed client, and plaintext from an unmeshed pod straight to
     // a server pod: the same checks.

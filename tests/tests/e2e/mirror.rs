@@ -118,4 +118,37 @@ fn routes_copy_requests_to_a_shadow_without_touching_the_primary() {
         answers.iter().all(|r| r.status == 200 && r.app == "b1"),
         "{answers:?}"
     );
+
+    // The client proxy counted every copy: sent (once the slow ones are answered),
+    // skipped at the bound, dropped (the large body, and no shadow endpoint).
+    let action = |route: &'static str, action: &'static str| {
+        let m = w.sidecars[0].metrics().unwrap();
+        m.value(
+            "pillion_http_policy_actions_total",
+            &[
+                ("direction", "outbound"),
+                ("service", "demo/web"),
+                ("route", route),
+                ("action", action),
+            ],
+        )
+    };
+    let sent = 100.0 + 2.0 + in_flight as f64;
+    assert!(
+        eventually_blocking(Duration::from_secs(15), || action(
+            "mirrored",
+            "mirror_sent"
+        ) == sent),
+        "sent {} of {sent}",
+        action("mirrored", "mirror_sent")
+    );
+    assert_eq!(
+        action("mirrored", "mirror_skipped"),
+        200.0 - in_flight as f64
+    );
+    assert_eq!(action("mirrored", "mirror_dropped"), 1.0);
+    assert!(eventually_blocking(Duration::from_secs(5), || action(
+        "nowhere",
+        "mirror_dropped"
+    ) == 20.0));
 }

@@ -71,6 +71,51 @@ pub(crate) struct ResponseLabels {
     pub class: &'static str,
 }
 
+/// What a route's policy did to a request beyond routing it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// An injected delay held the request back.
+    FaultDelay,
+    /// An injected abort answered it.
+    FaultAbort,
+    /// Its mirror copy was answered by the shadow backend.
+    MirrorSent,
+    /// It was to be copied, but the route's copies in flight were at their bound.
+    MirrorSkipped,
+    /// Its copy was not sent or not answered: a body too large or broken, no
+    /// shadow endpoint, a failure or the timeout.
+    MirrorDropped,
+    /// The end user's token did not do (401, 400 or 403).
+    TokenRefused,
+}
+
+impl EncodeLabelValue for Action {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let text = match self {
+            Action::FaultDelay => "fault_delay",
+            Action::FaultAbort => "fault_abort",
+            Action::MirrorSent => "mirror_sent",
+            Action::MirrorSkipped => "mirror_skipped",
+            Action::MirrorDropped => "mirror_dropped",
+            Action::TokenRefused => "token_refused",
+        };
+        EncodeLabelValue::encode(&text, encoder)
+    }
+}
+
+/// Labels of the policy-action series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ActionLabels {
+    /// `outbound` or `inbound`.
+    pub direction: Direction,
+    /// The service (outbound) or application port (inbound).
+    pub service: Label,
+    /// The route's name.
+    pub route: Label,
+    /// What was done.
+    pub action: Action,
+}
+
 /// Labels of the ejection series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ServiceLabels {
@@ -89,6 +134,7 @@ pub(crate) struct HttpMetrics {
     rate_limited: Family<RouteLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
+    actions: Family<ActionLabels, Counter>,
 }
 
 /// The handles of one route, resolved when the view is compiled.
@@ -126,6 +172,7 @@ impl Default for HttpMetrics {
             rate_limited: Family::default(),
             ejections: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            actions: Family::default(),
         }
     }
 }
@@ -158,6 +205,12 @@ impl HttpMetrics {
             "pillion_http_ejections",
             "Endpoints ejected by outlier detection, per service",
             m.ejections.clone(),
+        );
+        registry.register(
+            "pillion_http_policy_actions",
+            "What a route's policy did to a request beyond routing it (fault_delay, fault_abort, \
+             mirror_sent, mirror_skipped, mirror_dropped, token_refused), per route",
+            m.actions.clone(),
         );
         registry.register(
             "pillion_http_request_duration_seconds",
@@ -210,6 +263,20 @@ impl HttpMetrics {
 }
 
 impl RouteMetrics {
+    /// Counts one `action` of the route's policy. Looked up when it happens: these
+    /// are opt-in features, so routes without them carry no series.
+    pub(crate) fn action(&self, action: Action) {
+        self.families
+            .actions
+            .get_or_create(&ActionLabels {
+                direction: self.labels.direction,
+                service: self.labels.service.clone(),
+                route: self.labels.route.clone(),
+                action,
+            })
+            .inc();
+    }
+
     /// Counts a request from `peer` (see the module docs).
     pub(crate) fn request(&self, peer: &Arc<str>) {
         if peer.is_empty() {
