@@ -2,7 +2,8 @@
 //! proxies never reach an identity provider themselves.
 //!
 //! A URI is fetched first when a view that needs it is built (the view goes out
-//! without keys, so tokens are refused until the fetch lands: fail closed), then
+//! without keys, so its port refuses every request until the fetch lands: fail
+//! closed), then
 //! again every [`pillion_api::jwt::JWKS_REFRESH`] (`--jwks-refresh`). A fetch that fails, times out, answers anything but
 //! 200, or brings a set [`parse_jwks`] refuses keeps the last good set in force and
 //! counts in `pillion_agent_jwks_fetch_failures_total`. A set that changed wakes
@@ -238,7 +239,7 @@ async fn fetch(client: &HttpsClient, uri: &str) -> Result<String, FetchError> {
         let response = client
             .get(parsed)
             .await
-            .map_err(|e| request_failed(error_chain(&e)))?;
+            .map_err(|e| request_failed(pillion_api::error::chain(&e)))?;
         if response.status() != http::StatusCode::OK {
             return Err(FetchError::Status {
                 uri: uri.to_string(),
@@ -263,17 +264,6 @@ async fn fetch(client: &HttpsClient, uri: &str) -> Result<String, FetchError> {
     tokio::time::timeout(FETCH_TIMEOUT, work)
         .await
         .map_err(|_| request_failed(format!("no answer within {FETCH_TIMEOUT:?}")))?
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

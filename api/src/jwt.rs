@@ -28,7 +28,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{is_reserved_header, PolicyError, PolicyProblem};
+use crate::policy::{validate_edited_name, PolicyError, PolicyProblem};
 
 /// Default tolerance for clocks that disagree, applied to `exp` and `nbf`.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -72,7 +72,7 @@ pub struct JwtProvider {
     pub audiences: Vec<String>,
     /// The issuer's JWK Set as JSON text. Written in the policy, or, when the policy
     /// names a `jwks_uri`, fetched by the agent and filled in before the view goes
-    /// out (empty until the first fetch: then no token verifies).
+    /// out (empty until the first fetch: then the port refuses every request).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub jwks: String,
     /// Where the agent fetches the JWK Set (`https://` only), again every
@@ -376,12 +376,10 @@ pub fn is_https_uri(uri: &str) -> bool {
         .is_ok_and(|u| u.scheme_str() == Some("https") && u.host().is_some_and(|h| !h.is_empty()))
 }
 
-/// Whether a token may be read from, or a claim written to, header `name`: a valid
-/// name that is not the proxy's own, framing or connection management, nor `host`.
+/// Whether a token may be read from, or a claim written to, header `name`: one a
+/// route's header edit could write ([`validate_edited_name`]), and not `host`.
 fn usable_header(name: &str) -> bool {
-    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
-        && !is_reserved_header(name)
-        && !name.eq_ignore_ascii_case("host")
+    validate_edited_name(name).is_ok() && !name.eq_ignore_ascii_case("host")
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod defaults;
 pub mod duration;
+pub mod error;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1023,7 +1023,8 @@ fn validate_header_name(name: &str) -> Result<(), PolicyError> {
     }
 }
 
-fn validate_edited_name(name: &str) -> Result<(), PolicyError> {
+/// A header name the policy may write: valid, and not reserved ([`is_reserved_header`]).
+pub(crate) fn validate_edited_name(name: &str) -> Result<(), PolicyError> {
     validate_header_name(name).map_err(|e| e.within(name))?;
     if is_reserved_header(name) {
         return Err(PolicyError::new(

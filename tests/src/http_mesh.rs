@@ -394,3 +394,23 @@ impl HttpWorld {
 }
 
 pub use pillion_testkit::http::{get, h1_client, load, one, rate, Answer};
+
+/// How often a route's policy did `action` (`pillion_http_policy_actions_total`), by
+/// a proxy's `metrics`: `direction`, `service` and `route` as the metric labels them.
+pub fn policy_actions(
+    metrics: &pillion::local::metrics::Samples,
+    direction: &str,
+    service: &str,
+    route: &str,
+    action: &str,
+) -> f64 {
+    metrics.value(
+        "pillion_http_policy_actions_total",
+        &[
+            ("direction", direction),
+            ("service", service),
+            ("route", route),
+            ("action", action),
+        ],
+    )
+}

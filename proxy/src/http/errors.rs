@@ -75,7 +75,7 @@ impl HttpError {
     /// A failed send to `endpoint`, as either direction answers it: 502 whether the
     /// connection was never made or the exchange broke, with the whole cause chain.
     pub(crate) fn from_send(endpoint: String, e: &SendError) -> Self {
-        let reason = error_chain(e);
+        let reason = pillion_api::error::chain(e);
         if e.is_connect() {
             HttpError::Connect { endpoint, reason }
         } else {
@@ -196,22 +196,6 @@ pub(crate) fn rate_limited(
     headers.insert(RATELIMIT_POLICY, limiter.policy_header().clone());
     headers.insert(RATELIMIT, limiter.refused_header(wait));
     response
-}
-
-/// An error and its causes on one line; a cause the message above already ends
-/// with (`"... failed: {source}"`) is not said twice.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let cause = s.to_string();
-        if !text.ends_with(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

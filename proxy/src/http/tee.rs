@@ -12,19 +12,21 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-/// Largest request body a mirror gets a copy of (64 KiB, like a retry's record).
-pub(crate) const MAX_MIRROR_BYTES: usize = 64 * 1024;
+/// Largest request body a mirror gets a copy of: the bound of a retry's record,
+/// one limit for every body the proxy keeps in memory.
+pub(crate) const MAX_MIRROR_BYTES: usize = super::replay::MAX_REPLAY_BYTES;
 
 /// The caller's body (`B`: hyper's, but any body in tests), and the copy being
 /// kept of it, if any.
 #[derive(Debug)]
 pub(crate) struct CallerBody<B = Incoming> {
     inner: B,
-    copy: Option<Box<Copy>>,
+    copy: Option<Box<Kept>>,
 }
 
+/// What is kept of the body so far, and where it goes when the body ends.
 #[derive(Debug)]
-struct Copy {
+struct Kept {
     chunks: Vec<Bytes>,
     len: usize,
     done: oneshot::Sender<Bytes>,
@@ -40,7 +42,7 @@ impl<B> CallerBody<B> {
     pub(crate) fn teed(inner: B, done: oneshot::Sender<Bytes>) -> CallerBody<B> {
         CallerBody {
             inner,
-            copy: Some(Box::new(Copy {
+            copy: Some(Box::new(Kept {
                 chunks: Vec::new(),
                 len: 0,
                 done,

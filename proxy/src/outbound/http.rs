@@ -139,7 +139,7 @@ impl OutboundConn {
                 Admit::Copy(permit) => {
                     let backend = Arc::clone(backend);
                     let copy =
-                        mirror::Copy::new(permit, backend, route.timeout, route.metrics.clone());
+                        mirror::Shadow::new(permit, backend, route.timeout, route.metrics.clone());
                     copy.spawn(&template, body)
                 }
                 Admit::Full => {

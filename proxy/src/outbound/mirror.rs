@@ -33,22 +33,22 @@ use crate::upstream::Wire;
 pub(crate) const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One copy about to be made: where it goes, within what time, and where it counts.
-pub(super) struct Copy {
+pub(super) struct Shadow {
     permit: MirrorPermit,
     backend: Arc<Backend>,
     limit: Duration,
     metrics: RouteMetrics,
 }
 
-impl Copy {
+impl Shadow {
     /// A copy to `backend` within the route's `timeout` (at most [`MIRROR_TIMEOUT`]).
     pub(super) fn new(
         permit: MirrorPermit,
         backend: Arc<Backend>,
         timeout: Option<Duration>,
         metrics: RouteMetrics,
-    ) -> Copy {
-        Copy {
+    ) -> Shadow {
+        Shadow {
             permit,
             backend,
             limit: timeout.unwrap_or(MIRROR_TIMEOUT).min(MIRROR_TIMEOUT),

@@ -1,22 +1,21 @@
 //! Fault injection: which of a route's requests are held back, and which are
 //! answered by the proxy instead of sent ([`pillion_api::fault`]).
 //!
-//! The decision takes its randomness as plain integers, so it is a pure function of
-//! its inputs; a share is kept in millionths, so 0.0001 % is still a share.
+//! The decision takes its randomness as plain integers ([`Share`]), so it is a pure
+//! function of its inputs.
 
 use std::time::Duration;
 
 use http::StatusCode;
 use pillion_api::fault::FaultInjection;
 
-/// Millionths in one.
-const MILLION: u32 = 1_000_000;
+use super::share::Share;
 
 /// A route's compiled faults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Faults {
-    delay: Option<(Duration, u32)>,
-    abort: Option<(Abort, u32)>,
+    delay: Option<(Duration, Share)>,
+    abort: Option<(Abort, Share)>,
 }
 
 /// How an aborted request is answered.
@@ -41,9 +40,11 @@ impl Faults {
     /// Compiles a route's faults (validated by the agent; a status that does not
     /// parse becomes 503).
     pub(crate) fn new(spec: &FaultInjection) -> Faults {
-        let share = |percent: f64| (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
         Faults {
-            delay: spec.delay.as_ref().map(|d| (d.fixed, share(d.percent))),
+            delay: spec
+                .delay
+                .as_ref()
+                .map(|d| (d.fixed, Share::percent(d.percent))),
             abort: spec.abort.as_ref().map(|a| {
                 let http = a
                     .http_status
@@ -54,7 +55,7 @@ impl Faults {
                         http,
                         grpc: a.grpc_status,
                     },
-                    share(a.percent),
+                    Share::percent(a.percent),
                 )
             }),
         }
@@ -62,15 +63,14 @@ impl Faults {
 
     /// The decision for one request, from two independent random numbers.
     pub(crate) fn decide(&self, delay_roll: u32, abort_roll: u32) -> Decision {
-        let hit = |share: u32, roll: u32| roll % MILLION < share;
         Decision {
             delay: self
                 .delay
-                .filter(|(_, share)| hit(*share, delay_roll))
+                .filter(|(_, share)| share.hits(delay_roll))
                 .map(|(d, _)| d),
             abort: self
                 .abort
-                .filter(|(_, share)| hit(*share, abort_roll))
+                .filter(|(_, share)| share.hits(abort_roll))
                 .map(|(a, _)| a),
         }
     }
@@ -78,6 +78,7 @@ impl Faults {
 
 #[cfg(test)]
 mod tests {
+    use super::super::share::MILLION;
     use super::*;
 
     fn faults(json: &str) -> Faults {

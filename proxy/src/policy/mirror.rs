@@ -5,16 +5,15 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::share::Share;
+
 /// Copies of one route in flight at most; past it a request is not copied.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
-
-/// Millionths in one.
-const MILLION: u32 = 1_000_000;
 
 /// A route's mirror share and its copies in flight.
 #[derive(Debug)]
 pub(crate) struct MirrorShare {
-    share: u32,
+    share: Share,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -43,14 +42,14 @@ impl MirrorShare {
     /// A share of `percent` (0 to 100).
     pub(crate) fn new(percent: f64) -> MirrorShare {
         MirrorShare {
-            share: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+            share: Share::percent(percent),
             in_flight: Arc::default(),
         }
     }
 
     /// Whether this request (`roll`: a random number) is copied.
     pub(crate) fn admit(&self, roll: u32) -> Admit {
-        if roll % MILLION >= self.share {
+        if !self.share.hits(roll) {
             return Admit::No;
         }
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -71,6 +70,7 @@ impl MirrorShare {
 
 #[cfg(test)]
 mod tests {
+    use super::super::share::MILLION;
     use super::*;
 
     #[test]

@@ -37,4 +37,5 @@ pub(crate) mod outlier;
 pub(crate) mod rate_limit;
 pub(crate) mod retry;
 pub(crate) mod route_match;
+pub(crate) mod share;
 pub(crate) mod split;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use pillion_testkit::http::h2_client;
-use pillion_tests::http_mesh::{get, h1_client, load, one, HttpWorld, VIP};
+use pillion_tests::http_mesh::{get, h1_client, load, one, policy_actions, HttpWorld, VIP};
 
 use crate::common::{sidecar_opts, testbin};
 
@@ -146,17 +146,7 @@ fn routes_inject_aborts_and_delays() {
     assert_eq!(apps(), ok + 2);
     // The client proxy counted each fault on its route.
     let m = w.sidecars[0].metrics().unwrap();
-    let action = |route, action| {
-        m.value(
-            "pillion_http_policy_actions_total",
-            &[
-                ("direction", "outbound"),
-                ("service", "demo/web"),
-                ("route", route),
-                ("action", action),
-            ],
-        )
-    };
+    let action = |route, action| policy_actions(&m, "outbound", "demo/web", route, action);
     assert_eq!(action("abort", "fault_abort"), 50.0);
     assert_eq!(action("half", "fault_abort"), aborted as f64);
     assert_eq!(action("chaos", "fault_abort"), 1.0);

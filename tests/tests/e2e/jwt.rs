@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use jsonwebtoken::Algorithm::{EdDSA, ES256, RS256};
 use pillion_testkit::http::{h2_client, TestClient};
 use pillion_testkit::jwt::{forged, now, tampered, Issuer, JwksControl, JwksServer, JwksTls};
-use pillion_tests::http_mesh::{h1_client, HttpWorld, APP_PORT, VIP};
+use pillion_tests::http_mesh::{h1_client, policy_actions, HttpWorld, APP_PORT, VIP};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -443,15 +443,8 @@ fn tokens_are_verified_at_the_server_proxy_with_keys_the_agent_fetches() {
         w.sidecars[2..]
             .iter()
             .map(|s| {
-                s.metrics().unwrap().value(
-                    "pillion_http_policy_actions_total",
-                    &[
-                        ("direction", "inbound"),
-                        ("service", "8080"),
-                        ("route", route),
-                        ("action", "token_refused"),
-                    ],
-                )
+                let m = s.metrics().unwrap();
+                policy_actions(&m, "inbound", "8080", route, "token_refused")
             })
             .sum()
     };

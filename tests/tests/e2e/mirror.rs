@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use pillion_testkit::wait::eventually_blocking;
-use pillion_tests::http_mesh::{h1_client, load, one, HttpWorld, VIP};
+use pillion_tests::http_mesh::{h1_client, load, one, policy_actions, HttpWorld, VIP};
 
 use crate::common::{sidecar_opts, testbin};
 
@@ -123,15 +123,7 @@ fn routes_copy_requests_to_a_shadow_without_touching_the_primary() {
     // skipped at the bound, dropped (the large body, and no shadow endpoint).
     let action = |route: &'static str, action: &'static str| {
         let m = w.sidecars[0].metrics().unwrap();
-        m.value(
-            "pillion_http_policy_actions_total",
-            &[
-                ("direction", "outbound"),
-                ("service", "demo/web"),
-                ("route", route),
-                ("action", action),
-            ],
-        )
+        policy_actions(&m, "outbound", "demo/web", route, action)
     };
     let sent = 100.0 + 2.0 + in_flight as f64;
     assert!(
