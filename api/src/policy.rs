@@ -186,6 +186,9 @@ pub struct Route {
     /// A share of the route's requests copied to a shadow backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// Answers to the route's `GET`s reused while fresh (RFC 9111).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::ResponseCache>,
 }
 
 /// Copies of a share of a route's requests, sent to another backend whose answers
@@ -625,6 +628,15 @@ pub enum PolicyProblem {
     /// A gRPC status outside 1..=16.
     #[error("grpc_status must be 1 to 16 (0 is OK, not a fault), got {0}")]
     BadGrpcStatus(u32),
+    /// More `key_headers` than [`crate::cache::MAX_KEY_HEADERS`].
+    #[error("a cache may name at most 16 key headers")]
+    TooManyKeyHeaders,
+    /// A cache freshness of zero, above a day, or a default above the maximum.
+    #[error("must be more than 0 and at most 1d (default_ttl at most max_ttl)")]
+    BadCacheTtl,
+    /// A cache body bound of zero or above [`crate::cache::MAX_BODY_BYTES`].
+    #[error("must be 1 to 16777216 bytes")]
+    BadCacheBodyBytes,
     /// End-user authentication that cannot be served.
     #[error(transparent)]
     Jwt(#[from] crate::jwt::JwtProblem),
@@ -720,6 +732,9 @@ impl Route {
             crate::fault::validate_percent(mirror.percent)
                 .map_err(|e| e.within("mirror.percent"))?;
             validate_backend(&mirror.backend).map_err(|e| e.within("mirror.backend"))?;
+        }
+        if let Some(cache) = &self.cache {
+            cache.validate().map_err(|e| e.within("cache"))?;
         }
         if let Some(rewrite) = &self.rewrite {
             validate_path(&rewrite.prefix).map_err(|e| e.within("rewrite.prefix"))?;
@@ -1013,7 +1028,7 @@ fn validate_regex(pattern: &str) -> Result<(), PolicyError> {
     })
 }
 
-fn validate_header_name(name: &str) -> Result<(), PolicyError> {
+pub(crate) fn validate_header_name(name: &str) -> Result<(), PolicyError> {
     match http::HeaderName::from_bytes(name.as_bytes()) {
         Ok(_) => Ok(()),
         Err(_) => Err(PolicyError::new(

@@ -50,6 +50,7 @@ pub use app::proxy::{
 };
 pub use app::settings::{MeshProtocol, Settings};
 pub use policy::balance::p2c::Strategy;
+pub use policy::cache::store::Store as ResponseStore;
 pub use policy::outlier::OutlierConfig;
 pub use state::Views;
 pub use telemetry::metrics::mesh::{Denied, HandshakeFailure, MeshMetrics};

@@ -64,7 +64,7 @@ pub struct HttpApp {
 ///
 /// Paths: `/echo` reports version, `pillion-orig-proto` and `pillion-peer-identity`;
 /// `/whoami` reports `x-user`, `x-groups`, whether `authorization` came and the
-/// `cookie`; `/flaky` fails 30 % with 503; `/fail` always 503; `/slow` waits 2 s; `/lb` waits
+/// `cookie`; `/cache` and `/shared` answer with caching headers ([`cacheable`]); `/flaky` fails 30 % with 503; `/fail` always 503; `/slow` waits 2 s; `/lb` waits
 /// the configured delay; `/sick` is 500 while sick; `/big` echoes the body; a
 /// WebSocket upgrade gets an echo socket; anything else is 200.
 pub fn spawn_http_app(pod: &Pod, port: u16, name: &'static str) -> Result<HttpApp> {
@@ -100,6 +100,9 @@ async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Res
         .to_string();
     if let Ok(mut m) = s.requests.lock() {
         *m.entry(segment.clone()).or_default() += 1;
+        if segment == "cache" || segment == "shared" {
+            *m.entry(req.uri().path().to_string()).or_default() += 1;
+        }
     }
     if req.headers().contains_key("sec-websocket-key") {
         return websocket(req, name);
@@ -153,12 +156,74 @@ async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Res
             reply(200, name, "lb")
         }
         "sick" if s.sick.load(Ordering::SeqCst) => reply(500, name, "sick"),
+        "cache" | "shared" => cacheable(&req, name, s).await,
         "big" => match req.into_body().collect().await {
             Ok(body) => reply(200, name, body.to_bytes()),
             Err(_) => reply(400, name, "body"),
         },
         _ => reply(200, name, "ok"),
     }
+}
+
+/// `/cache/<kind>/…` and `/shared/<kind>/…`: answers with caching headers by kind,
+/// the body naming how many requests reached this path, the request's
+/// `accept-language` and `authorization`. Kinds: `fresh` (max-age=60, ETag "v1"),
+/// `short` (max-age=1, ETag "v1", 304 to a matching If-None-Match), `vary` (by
+/// accept-language), `nostore`, `private`, `cookie` (sets one), `public`
+/// (public, max-age=60), `slow` (max-age=60 after 500 ms), anything else max-age=60.
+async fn cacheable(
+    req: &Request<Incoming>,
+    name: &'static str,
+    s: &AppStats,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let kind = path.split('/').nth(2).unwrap_or("").to_string();
+    let n = s.count(&path);
+    let field = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    if kind == "short" && field("if-none-match") == "\"v1\"" {
+        let mut r = reply(304, name, Bytes::new());
+        r.headers_mut()
+            .insert("etag", hyper::header::HeaderValue::from_static("\"v1\""));
+        r.headers_mut().insert(
+            "cache-control",
+            hyper::header::HeaderValue::from_static("max-age=1"),
+        );
+        return r;
+    }
+    if kind == "slow" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let body = format!(
+        "{kind} n={n} lang={} auth={}",
+        field("accept-language"),
+        field("authorization")
+    );
+    let mut r = reply(200, name, body);
+    let (control, extra): (&'static str, Option<(&'static str, &'static str)>) = match kind.as_str()
+    {
+        "short" => ("max-age=1", Some(("etag", "\"v1\""))),
+        "vary" => ("max-age=60", Some(("vary", "accept-language"))),
+        "nostore" => ("no-store", None),
+        "private" => ("private, max-age=60", None),
+        "cookie" => ("max-age=60", Some(("set-cookie", "session=1"))),
+        "public" => ("public, max-age=60", None),
+        _ => ("max-age=60", Some(("etag", "\"v1\""))),
+    };
+    let h = r.headers_mut();
+    h.insert(
+        "cache-control",
+        hyper::header::HeaderValue::from_static(control),
+    );
+    if let Some((n, v)) = extra {
+        h.insert(n, hyper::header::HeaderValue::from_static(v));
+    }
+    r
 }
 
 /// Answers a WebSocket upgrade with 101 and echoes every message on the socket.

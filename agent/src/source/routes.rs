@@ -32,6 +32,9 @@
 //!             rewrite: {prefix: /v2}
 //!             fault: {delay: {fixed: 200ms, percent: 5}, abort: {http_status: 503, percent: 1}}
 //!             mirror: {backend: {subset: {version: v3}}, percent: 10}
+//!           - name: catalog
+//!             matches: [{path: {prefix: /catalog}}]
+//!             cache: {default_ttl: 10s}       # see `pillion_api::cache`
 //! workloads:
 //!   - name: api
 //!     namespace: shop
@@ -48,6 +51,7 @@
 //!               claims: {scope: [orders.read]}
 //! ```
 
+use pillion_api::cache::ResponseCache;
 use pillion_api::duration::HumaneDuration;
 use pillion_api::fault::FaultInjection;
 use pillion_api::policy::{
@@ -99,6 +103,9 @@ pub struct RouteSpec {
     /// Copies of a share of requests to a shadow backend.
     #[serde(default)]
     pub mirror: Option<Mirror>,
+    /// Answers to the route's `GET`s reused while fresh.
+    #[serde(default)]
+    pub cache: Option<ResponseCache>,
 }
 
 /// A server route of an inbound port, as written.
@@ -147,6 +154,7 @@ impl RouteSpec {
             rewrite: self.rewrite.clone(),
             fault: self.fault.clone(),
             mirror: self.mirror.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -353,6 +361,25 @@ services:
             "{e}"
         );
         assert_eq!(e.line(), Some(30), "{e}");
+
+        let cached = FILE.replace(
+            "retry: {attempts: 2}",
+            "retry: {attempts: 2}\n            cache: {default_ttl: 10s, key_headers: [x-api-key]}",
+        );
+        let catalog = crate::source::parse_source("r.yaml", &cached, "cluster.local").unwrap();
+        let route = &catalog.services().next().unwrap().ports[0].routes[1];
+        let cache = route.cache.as_ref().unwrap();
+        assert_eq!(cache.default_ttl, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(cache.key_headers, ["x-api-key"]);
+        let bad = cached.replace("default_ttl: 10s", "default_ttl: 2h");
+        let e = refused(&bad);
+        assert!(
+            e.reason.starts_with(
+                "services[0].ports[0].routes[1].cache.default_ttl: must be more than 0"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.line(), Some(31), "{e}");
 
         let bad = FILE.replace("- name: all", "- name: canary");
         let e = refused(&bad);

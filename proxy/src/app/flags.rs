@@ -1,13 +1,15 @@
 //! The data path's flags of the proxy binary (detection, balancing, outlier
-//! detection, the mesh hop's protocol), as one clap group the CLI flattens in; each
+//! detection, the mesh hop's protocol, the response cache's bound), as one clap group the CLI flattens in; each
 //! has its `PILLION_*` environment variable.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pillion_api::defaults::{self, env};
 
 use super::settings::{MeshProtocol, Settings};
 use crate::policy::balance::p2c::Strategy;
+use crate::policy::cache::store::Store;
 use crate::policy::outlier::OutlierConfig;
 use pillion_api::duration::HumaneDuration;
 use pillion_api::lists::PortList;
@@ -69,6 +71,12 @@ pub(crate) struct DataPathArgs {
     /// Length of a first ejection (doubling with each further one).
     #[arg(long, env = "PILLION_OUTLIER_BASE_EJECTION", default_value_t = HumaneDuration(OutlierConfig::default().base_ejection))]
     pub outlier_base_ejection: HumaneDuration,
+
+    /// Bytes of answers kept for routes with a `cache:`, over all of them (0: no
+    /// route caches); nothing is allocated until a route uses it.
+    #[arg(long, env = "PILLION_RESPONSE_CACHE_BYTES", value_name = "BYTES",
+          default_value_t = defaults::RESPONSE_CACHE_BYTES)]
+    pub response_cache_bytes: u64,
 }
 
 impl DataPathArgs {
@@ -93,6 +101,7 @@ impl DataPathArgs {
                 BalancerFlag::RoundRobin => Strategy::RoundRobin,
             },
             mesh_protocol: self.mesh_protocol,
+            responses: Arc::new(Store::new(self.response_cache_bytes)),
             ..Settings::default()
         }
     }

@@ -1,11 +1,15 @@
 //! The data path's knobs, set once at start (from flags, see [`super::flags`]) and
 //! shared by every connection and every compile of the state.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use pillion_api::defaults::{CONNECT_TIMEOUT, DETECT_TIMEOUT, SERVER_FIRST_AFTER};
+use pillion_api::defaults::{
+    CONNECT_TIMEOUT, DETECT_TIMEOUT, RESPONSE_CACHE_BYTES, SERVER_FIRST_AFTER,
+};
 
 use crate::policy::balance::p2c::Strategy;
+use crate::policy::cache::store::Store;
 use crate::policy::outlier::OutlierConfig;
 use crate::telemetry::metrics::mesh::MeshMetrics;
 use crate::telemetry::Recorders;
@@ -42,6 +46,8 @@ pub struct Settings {
     /// Where every upstream mesh TLS connection and handshake failure is counted
     /// (the proxy's own families; a default one counts into nothing registered).
     pub mesh_metrics: MeshMetrics,
+    /// The answers kept for routes with a cache, bounded over all of them.
+    pub responses: Arc<Store>,
 }
 
 /// Which HTTP version requests take on the mesh hop (docs/decisions.md).
@@ -71,6 +77,7 @@ impl Default for Settings {
             recorders: Recorders::default(),
             mesh_protocol: MeshProtocol::default(),
             mesh_metrics: MeshMetrics::default(),
+            responses: Arc::new(Store::new(RESPONSE_CACHE_BYTES)),
         }
     }
 }

@@ -89,6 +89,18 @@ pub(crate) enum ResponseBody {
     /// Either of the above, finishing the request's span and access log line when
     /// it ends.
     Observed(Box<ObservedBody<ResponseBody>>),
+    /// Frames already read from a body (by a cache that found it too large to
+    /// keep), then the rest of it.
+    Resumed(Box<Resumed>),
+}
+
+/// A body whose first frames were read before it was returned.
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    /// The frames read, in order.
+    pub read: std::collections::VecDeque<Frame<Bytes>>,
+    /// What is left of the body.
+    pub rest: ResponseBody,
 }
 
 impl ResponseBody {
@@ -121,6 +133,10 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(body) => poll_boxed(body, cx),
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Observed(body) => Pin::new(&mut **body).poll_frame(cx),
+            ResponseBody::Resumed(body) => match body.read.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Pin::new(&mut body.rest).poll_frame(cx),
+            },
         }
     }
 
@@ -129,6 +145,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(body) => body.is_end_stream(),
             ResponseBody::Local(bytes) => bytes.is_none(),
             ResponseBody::Observed(body) => body.is_end_stream(),
+            ResponseBody::Resumed(body) => body.read.is_empty() && body.rest.is_end_stream(),
         }
     }
 
@@ -139,6 +156,18 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Observed(body) => body.size_hint(),
+            ResponseBody::Resumed(body) => {
+                let read: u64 = (body.read.iter())
+                    .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                    .sum();
+                let rest = body.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + read);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
         }
     }
 }

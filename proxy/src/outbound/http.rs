@@ -4,7 +4,9 @@
 //! limit and its injected faults (a delay within the route's timeout, an abort
 //! answered here), clean and edit the headers, rewrite the path into the head every
 //! try sends, start a copy for the route's mirror ([`super::mirror`]), then hand it
-//! to [`super::retry`]; edit the response on its way back and count it. Upgrades and `CONNECT` take [`crate::http::upgrade`] to one endpoint.
+//! to [`super::retry`]; edit the response on its way back and count it. A route
+//! with a cache goes through [`super::cache`] first. Upgrades and `CONNECT` take
+//! [`crate::http::upgrade`] to one endpoint.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,8 +21,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::mirror;
 use super::retry::{self, pick_backend, Template};
+use super::{cache, mirror};
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, ResponseBody};
@@ -32,6 +34,7 @@ use crate::policy::fault::Faults;
 use crate::policy::mirror::Admit;
 use crate::state::outbound::{RouteState, Target};
 use crate::telemetry::metrics::http::{no_peer, Action};
+use crate::telemetry::RequestObserver;
 
 /// Serves one HTTP connection from the local application to `orig_dst` (a known
 /// service or endpoint) until it closes or `shutdown` resolves.
@@ -58,7 +61,7 @@ pub(crate) async fn serve<IO, F>(
 }
 
 /// What every request of one connection shares.
-struct OutboundConn {
+pub(super) struct OutboundConn {
     inputs: Arc<Inputs>,
     orig_dst: SocketAddr,
     no_peer: Arc<str>,
@@ -99,7 +102,7 @@ impl OutboundConn {
         if wants_upgrade(&req) {
             return self.upgrade(req, &target).await;
         }
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let (route, matched_prefix) = target.port.select(&parts);
         let mut observer = self.inputs.settings.recorders.client(&parts, self.orig_dst);
         observer.set_route(&route.name);
@@ -124,14 +127,50 @@ impl OutboundConn {
                 return ResponseBody::observed(observer, answer);
             }
         }
+        if let Some(cache) = &route.cache {
+            // Boxed, as faults are: routes without a cache keep their future's size.
+            let through = cache::Through {
+                conn: self,
+                target: &target,
+                route,
+                cache,
+                matched_prefix,
+                start,
+            };
+            return Box::pin(through.serve(parts, body, observer)).await;
+        }
+        let version = parts.version;
+        let (response, peer) = self
+            .send(
+                &target,
+                route,
+                matched_prefix,
+                parts,
+                body,
+                start,
+                &mut observer,
+            )
+            .await;
+        self.finish(route, version, response, &peer, start, observer)
+    }
+
+    /// Sends a request upstream as the route says: the head every try sends, a
+    /// copy for the mirror, then the tries. Returns the upstream's answer (or the
+    /// error's) and the peer it came from.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send(
+        &self,
+        target: &Target,
+        route: &RouteState,
+        matched_prefix: Option<&str>,
+        mut parts: Parts,
+        body: Incoming,
+        start: Instant,
+        observer: &mut RequestObserver,
+    ) -> (Response<ResponseBody>, Arc<str>) {
         let mut template = match self.template(&mut parts, route, matched_prefix) {
             Ok(t) => t,
-            Err(e) => {
-                route
-                    .metrics
-                    .response(&self.no_peer, e.status().as_u16(), start.elapsed());
-                return ResponseBody::observed(observer, e.response());
-            }
+            Err(e) => return (e.response(), Arc::clone(&self.no_peer)),
         };
         observer.inject(&mut template.headers);
         let body = match &route.mirror {
@@ -150,21 +189,39 @@ impl OutboundConn {
             },
             None => CallerBody::new(body),
         };
-        let forwarded = retry::forward(&target, route, template, body, start, &mut observer).await;
-        let (mut response, peer) = match forwarded {
+        match retry::forward(target, route, template, body, start, observer).await {
             Ok((response, peer)) => (response.map(ResponseBody::Upstream), peer),
             Err(e) => {
                 tracing::debug!(service = %target.port.service, route = %route.name, error = %e, "request failed");
                 (e.response(), Arc::clone(&self.no_peer))
             }
-        };
+        }
+    }
+
+    /// The answer's way back to the application: hop-by-hop fields out, the route's
+    /// edits, the caller's HTTP version, the route's metrics and the request's
+    /// telemetry.
+    pub(super) fn finish(
+        &self,
+        route: &RouteState,
+        version: http::Version,
+        mut response: Response<ResponseBody>,
+        peer: &Arc<str>,
+        start: Instant,
+        observer: RequestObserver,
+    ) -> Response<ResponseBody> {
         strip_hop_by_hop(response.headers_mut());
         route.response_edits.apply(response.headers_mut());
-        *response.version_mut() = parts.version;
+        *response.version_mut() = version;
         route
             .metrics
-            .response(&peer, response.status().as_u16(), start.elapsed());
+            .response(peer, response.status().as_u16(), start.elapsed());
         ResponseBody::observed(observer, response)
+    }
+
+    /// The peer label of answers the proxy made itself.
+    pub(super) fn no_peer(&self) -> &Arc<str> {
+        &self.no_peer
     }
 
     /// Cleans, edits and rewrites the request head into what every try sends.

@@ -15,7 +15,8 @@
 //! 4. outbound: pick a backend by weight ([`split::Split::pick`]), then an endpoint of
 //!    its subset with [`balance::p2c::Balancer`] over [`balance::peak_ewma::PeakEwma`]
 //!    costs, skipping endpoints [`outlier::OutlierDetector`] has ejected;
-//! 5. edit headers and rewrite the path ([`headers`]);
+//! 5. edit headers and rewrite the path ([`headers`]); a route with a cache answers
+//!    what it may from [`cache`] instead;
 //! 6. on failure, [`retry::should_retry`], [`retry::RetryBudget::try_withdraw`] and
 //!    [`backoff::full_jitter`]; report the outcome to the outlier detector and the EWMA.
 //!
@@ -29,6 +30,7 @@
 pub(crate) mod authz;
 pub(crate) mod backoff;
 pub(crate) mod balance;
+pub(crate) mod cache;
 pub(crate) mod fault;
 pub(crate) mod headers;
 pub(crate) mod jwt;

@@ -36,6 +36,7 @@ use crate::app::settings::{MeshProtocol, Settings};
 use crate::http::errors::HttpError;
 use crate::policy::balance::p2c::Balancer;
 use crate::policy::balance::peak_ewma::PeakEwma;
+use crate::policy::cache::RouteCache;
 use crate::policy::fault::Faults;
 use crate::policy::headers::{HeaderEditor, PathRewriter};
 use crate::policy::mirror::MirrorShare;
@@ -126,6 +127,8 @@ pub(crate) struct RouteState {
     pub faults: Option<Faults>,
     /// Where copies of a share of the route's requests go.
     pub mirror: Option<(Arc<Backend>, MirrorShare)>,
+    /// Answers kept for reuse (boxed: most routes have none).
+    pub cache: Option<Box<RouteCache>>,
     /// The route's metric handles.
     pub metrics: RouteMetrics,
 }
@@ -341,6 +344,7 @@ impl Compiler<'_> {
             rewrite: None,
             faults: None,
             mirror: None,
+            cache: None,
         };
         let compiled = Arc::new(PortRoutes {
             service: service_label,
@@ -597,6 +601,20 @@ impl Compiler<'_> {
                 MirrorShare::new(m.percent),
             )
         });
+        let cache = match &route.cache {
+            None => None,
+            Some(policy) => Some(Box::new(
+                RouteCache::new(
+                    policy,
+                    &name,
+                    port.port,
+                    &route.name,
+                    Arc::clone(&self.settings.responses),
+                )
+                .map_err(|e| fail("cache", &e))
+                .ok()?,
+            )),
+        };
         let route_name: Arc<str> = Arc::from(route.name.as_str());
         Some(RouteState {
             metrics: self
@@ -614,6 +632,7 @@ impl Compiler<'_> {
             rewrite,
             faults: route.fault.as_ref().map(Faults::new),
             mirror,
+            cache,
         })
     }
 

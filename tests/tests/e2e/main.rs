@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // Tests: a panic with its reason is the report.
 
 mod bypass;
+mod cache;
 mod common;
 mod discovery;
 mod drain;

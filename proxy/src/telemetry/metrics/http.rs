@@ -87,6 +87,16 @@ pub(crate) enum Action {
     MirrorDropped,
     /// The end user's token did not do (401, 400 or 403).
     TokenRefused,
+    /// Answered from the route's cache without asking upstream.
+    CacheHit,
+    /// Not in the cache: sent upstream (and kept if the answer allows).
+    CacheMiss,
+    /// In the cache but stale, and the origin sent a new answer.
+    CacheStale,
+    /// In the cache but stale, and the origin confirmed it (`304`).
+    CacheRevalidated,
+    /// A request the cache does not answer (not a plain `GET`, `no-store`, a range).
+    CacheBypass,
 }
 
 impl EncodeLabelValue for Action {
@@ -98,6 +108,11 @@ impl EncodeLabelValue for Action {
             Action::MirrorSkipped => "mirror_skipped",
             Action::MirrorDropped => "mirror_dropped",
             Action::TokenRefused => "token_refused",
+            Action::CacheHit => "cache_hit",
+            Action::CacheMiss => "cache_miss",
+            Action::CacheStale => "cache_stale",
+            Action::CacheRevalidated => "cache_revalidated",
+            Action::CacheBypass => "cache_bypass",
         };
         EncodeLabelValue::encode(&text, encoder)
     }

@@ -1,0 +1,354 @@
+//! A request on a route with a cache (`cache:`): answered from the proxy's store
+//! while the kept answer is fresh, sent upstream otherwise, and the upstream's
+//! answer kept when RFC 9111 lets a shared cache keep it. Per request:
+//!
+//! 1. not a plain `GET` (a body, a range, `no-store`, a precondition the cache does
+//!    not evaluate): sent as it is, nothing kept (`bypass`);
+//! 2. look the key up; a request already fetching the same key is waited for
+//!    (within the route's timeout), so a burst of misses sends one request;
+//! 3. fresh: answered here (`hit`), `304` when the caller's `If-None-Match` or
+//!    `If-Modified-Since` holds;
+//! 4. stale: sent with the entry's validators; a `304` refreshes the entry and it
+//!    answers (`revalidated`), a whole answer replaces it (`stale`);
+//! 5. missing: sent without the caller's own validators, so the answer is whole
+//!    and can be kept (`miss`); its body is read up to the route's bound first,
+//!    and one that is larger streams on unkept.
+//!
+//! `pillion-cache` on the answer says which; the route's policy actions count it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::http::OutboundConn;
+use crate::http::body::{ResponseBody, Resumed};
+use crate::http::errors::HttpError;
+use crate::http::hop::strip_hop_by_hop;
+use crate::policy::cache::freshness::{self, NotStored};
+use crate::policy::cache::key::Key;
+use crate::policy::cache::store::{Guard, Lookup, Stored};
+use crate::policy::cache::{self, Ask, RouteCache, CACHE_HEADER, OWN_PRECONDITIONS};
+use crate::state::outbound::{RouteState, Target};
+use crate::telemetry::metrics::http::Action;
+use crate::telemetry::RequestObserver;
+
+/// One request's way through a route's cache.
+pub(super) struct Through<'a> {
+    pub conn: &'a OutboundConn,
+    pub target: &'a Target,
+    pub route: &'a RouteState,
+    pub cache: &'a RouteCache,
+    pub matched_prefix: Option<&'a str>,
+    pub start: Instant,
+}
+
+/// What the cache did, as `pillion-cache` says it and the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Bypass,
+}
+
+impl Outcome {
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Bypass => "bypass",
+        })
+    }
+
+    fn action(self) -> Action {
+        match self {
+            Outcome::Hit => Action::CacheHit,
+            Outcome::Miss => Action::CacheMiss,
+            Outcome::Stale => Action::CacheStale,
+            Outcome::Revalidated => Action::CacheRevalidated,
+            Outcome::Bypass => Action::CacheBypass,
+        }
+    }
+}
+
+/// A body read whole, or found too large (or broken off) and handed back.
+enum Read {
+    Whole(Bytes),
+    Partial(ResponseBody),
+}
+
+impl Through<'_> {
+    pub(super) async fn serve(
+        self,
+        mut parts: Parts,
+        body: Incoming,
+        mut observer: RequestObserver,
+    ) -> Response<ResponseBody> {
+        let version = parts.version;
+        let lookup = match self.cache.ask(&parts, !body.is_end_stream()) {
+            Ask::Lookup(lookup) => lookup,
+            Ask::Bypass => {
+                let (response, peer) = self.send(parts, body, &mut observer).await;
+                return self.finish(version, response, &peer, Outcome::Bypass, observer);
+            }
+        };
+        let deadline = self.route.timeout.map(|t| self.start + t);
+        let store = &self.cache.store;
+        let found = store
+            .lookup(&lookup.primary, &parts.headers, deadline)
+            .await;
+        let now = Instant::now();
+        let (stale, vacant) = match found {
+            Lookup::Found { stored, .. } if lookup.reuses(&stored, now) => {
+                let response = served(&stored, now, &parts.headers);
+                let peer = Arc::clone(self.conn.no_peer());
+                return self.finish(version, response, &peer, Outcome::Hit, observer);
+            }
+            Lookup::Found { key, stored } => (Some((key, stored)), None),
+            Lookup::Vacant { key, guard } => (None, Some((key, guard))),
+            Lookup::Busy => {
+                let (response, peer) = self.send(parts, body, &mut observer).await;
+                return self.finish(version, response, &peer, Outcome::Miss, observer);
+            }
+        };
+        // The caller's fields as asked: its variant and its own preconditions.
+        let asked = parts.headers.clone();
+        for name in &OWN_PRECONDITIONS {
+            parts.headers.remove(name);
+        }
+        if let Some((_, stored)) = &stale {
+            cache::validators(stored, &mut parts.headers);
+        }
+        let (response, peer) = self.send(parts, body, &mut observer).await;
+        let (response, outcome) = match stale {
+            Some((key, stored)) if response.status() == StatusCode::NOT_MODIFIED => (
+                self.revalidated(&lookup, &key, &stored, response, &asked),
+                Outcome::Revalidated,
+            ),
+            Some((key, _)) => {
+                let response = self.keep(&lookup, &asked, None, Some(&key), response).await;
+                (response, Outcome::Stale)
+            }
+            None => (
+                self.keep(&lookup, &asked, vacant, None, response).await,
+                Outcome::Miss,
+            ),
+        };
+        self.finish(version, response, &peer, outcome, observer)
+    }
+
+    async fn send(
+        &self,
+        parts: Parts,
+        body: Incoming,
+        observer: &mut RequestObserver,
+    ) -> (Response<ResponseBody>, Arc<str>) {
+        let (target, route) = (self.target, self.route);
+        self.conn
+            .send(
+                target,
+                route,
+                self.matched_prefix,
+                parts,
+                body,
+                self.start,
+                observer,
+            )
+            .await
+    }
+
+    fn finish(
+        &self,
+        version: http::Version,
+        mut response: Response<ResponseBody>,
+        peer: &Arc<str>,
+        outcome: Outcome,
+        observer: RequestObserver,
+    ) -> Response<ResponseBody> {
+        self.route.metrics.action(outcome.action());
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, outcome.header());
+        self.conn
+            .finish(self.route, version, response, peer, self.start, observer)
+    }
+
+    /// The origin confirmed a stale entry: its fields refresh the entry, which is
+    /// kept again if it still may be, and answers.
+    fn revalidated(
+        &self,
+        lookup: &cache::Lookup,
+        key: &Key,
+        stored: &Stored,
+        confirmed: Response<ResponseBody>,
+        asked: &HeaderMap,
+    ) -> Response<ResponseBody> {
+        let mut fields = confirmed.headers().clone();
+        strip_hop_by_hop(&mut fields);
+        let headers = cache::refresh(&stored.headers, &fields);
+        let now = Instant::now();
+        let kept = self.storable(lookup, stored.status, &headers);
+        let refreshed = Arc::new(Stored {
+            status: stored.status,
+            freshness: kept.clone().unwrap_or_else(|_| stored.freshness.clone()),
+            headers,
+            body: stored.body.clone(),
+            stored_at: now,
+        });
+        match kept {
+            Ok(_) => self
+                .cache
+                .store
+                .fill(&lookup.primary, asked, None, Arc::clone(&refreshed)),
+            Err(why) => {
+                tracing::debug!(route = %self.route.name, ?why, "revalidated answer no longer kept");
+                self.cache.store.forget(key);
+            }
+        }
+        served(&refreshed, now, asked)
+    }
+
+    /// Keeps the upstream's answer if it may be kept (filling `vacant`), and
+    /// returns what the caller gets: the kept answer (a `304` where its
+    /// preconditions hold), or the upstream's as it came. An entry at `stale` that
+    /// may not be kept any more is dropped.
+    async fn keep(
+        &self,
+        lookup: &cache::Lookup,
+        asked: &HeaderMap,
+        vacant: Option<(Key, Guard<'_>)>,
+        stale: Option<&Key>,
+        response: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        let forget = || {
+            if let Some(key) = stale {
+                self.cache.store.forget(key);
+            }
+        };
+        let freshness = match self.storable(lookup, response.status(), response.headers()) {
+            Ok(freshness) => freshness,
+            Err(why) => {
+                tracing::debug!(route = %self.route.name, ?why, "answer not kept");
+                forget();
+                return response;
+            }
+        };
+        let limit = self.cache.max_body_bytes;
+        if response.body().size_hint().lower() > limit {
+            forget();
+            return response;
+        }
+        let (mut head, body) = response.into_parts();
+        let deadline = self.route.timeout.map(|t| self.start + t);
+        let body = match read(body, limit, deadline).await {
+            Ok(Read::Whole(body)) => body,
+            Ok(Read::Partial(body)) => {
+                forget();
+                return Response::from_parts(head, body);
+            }
+            Err(e) => {
+                forget();
+                tracing::debug!(route = %self.route.name, error = %e, "upstream body failed");
+                return HttpError::Upstream {
+                    endpoint: self.target.port.service.to_string(),
+                    reason: e.to_string(),
+                }
+                .response();
+            }
+        };
+        strip_hop_by_hop(&mut head.headers);
+        let now = Instant::now();
+        let stored = Arc::new(Stored {
+            status: head.status,
+            headers: std::mem::take(&mut head.headers),
+            body,
+            stored_at: now,
+            freshness,
+        });
+        self.cache
+            .store
+            .fill(&lookup.primary, asked, vacant, Arc::clone(&stored));
+        served(&stored, now, asked)
+    }
+
+    fn storable(
+        &self,
+        lookup: &cache::Lookup,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Result<freshness::Storable, NotStored> {
+        freshness::storable(
+            status,
+            headers,
+            lookup.authorized,
+            &self.cache.limits,
+            SystemTime::now(),
+        )
+    }
+}
+
+/// A kept answer as served to a request with fields `asked`.
+fn served(stored: &Stored, now: Instant, asked: &HeaderMap) -> Response<ResponseBody> {
+    let not_modified = cache::not_modified(asked, stored);
+    let (status, headers) = cache::answer(stored, now, not_modified);
+    let body = if not_modified {
+        Bytes::new()
+    } else {
+        stored.body.clone()
+    };
+    let mut response = Response::new(ResponseBody::local(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Reads `body` whole if it ends within `limit` bytes, no trailers and by
+/// `deadline`; otherwise hands back what was read and the rest.
+async fn read(
+    mut body: ResponseBody,
+    limit: u64,
+    deadline: Option<Instant>,
+) -> Result<Read, crate::http::body::BoxError> {
+    let mut whole = BytesMut::new();
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    loop {
+        let next = body.frame();
+        let next = match deadline {
+            Some(at) => match tokio::time::timeout_at(at.into(), next).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => next.await,
+        };
+        let frame = match next {
+            None => return Ok(Read::Whole(whole.freeze())),
+            Some(frame) => frame?,
+        };
+        let Some(data) = frame.data_ref() else {
+            frames.push_back(frame);
+            break;
+        };
+        if (whole.len() + data.len()) as u64 > limit {
+            frames.push_back(frame);
+            break;
+        }
+        whole.extend_from_slice(data);
+    }
+    if !whole.is_empty() {
+        frames.push_front(Frame::data(whole.freeze()));
+    }
+    Ok(Read::Partial(ResponseBody::Resumed(Box::new(Resumed {
+        read: frames,
+        rest: body,
+    }))))
+}

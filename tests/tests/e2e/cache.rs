@@ -1,0 +1,252 @@
+//! Response caching through sidecars in namespaces with the real agent, asked with
+//! curl as a user would: misses then hits (the app sees one request), `Age`,
+//! revalidation answered `304` by the app, the caller's own `If-None-Match`
+//! answered by the proxy, variants by `Vary`, answers that must not be kept, one
+//! caller's credentials never answering another's, a shared route that keeps only
+//! answers marked shareable for callers with credentials, requests the cache does
+//! not answer, a burst of misses that sends one request upstream, and the counts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pillion::local::Pod;
+use pillion_tests::http_mesh::{load, policy_actions, HttpWorld, VIP};
+
+use crate::common::{sidecar_opts, testbin};
+
+const CACHE_ROUTES: &str = r#"- name: cached
+  matches: [{path: {prefix: /cache}}]
+  backends: [{subset: {version: v1}}]
+  cache: {}
+- name: shared
+  matches: [{path: {prefix: /shared}}]
+  backends: [{subset: {version: v1}}]
+  cache: {shared: true}
+"#;
+
+/// What curl saw.
+#[derive(Debug)]
+struct Seen {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+
+    /// `pillion-cache`: what the proxy's cache did.
+    fn cache(&self) -> &str {
+        self.header("pillion-cache")
+    }
+}
+
+/// `curl -i` from `pod` to the service, with extra `-H` headers (and other flags).
+fn curl(pod: &Pod, path: &str, flags: &[&str]) -> Seen {
+    let url = format!("http://{VIP}{path}");
+    let mut args = vec!["curl", "-sS", "-i", "--max-time", "10"];
+    args.extend_from_slice(flags);
+    args.push(&url);
+    let out = pod.exec(&args).expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "curl {path}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Seen {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+#[test]
+fn cached_routes_answer_repeats_from_the_callers_proxy() {
+    let w = HttpWorld::start(
+        "http_cache",
+        &testbin(),
+        &sidecar_opts(),
+        CACHE_ROUTES,
+        "mode: permissive",
+    )
+    .unwrap();
+    let a = w.pods.a.clone();
+    let app = &w.apps[0].stats;
+    let get = |path: &str, flags: &[&str]| curl(&a, path, flags);
+
+    // A miss, then hits: the app sees one request, the hit says how old it is.
+    let first = get("/cache/fresh/1", &[]);
+    assert_eq!(
+        (first.status, first.cache()),
+        (200, "miss"),
+        "{first:?}\n{}",
+        w.dump()
+    );
+    assert_eq!(first.body, "fresh n=1 lang= auth=");
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = get("/cache/fresh/1", &[]);
+    assert_eq!((again.status, again.cache()), (200, "hit"), "{again:?}");
+    assert_eq!(again.body, first.body);
+    assert!(
+        again.header("age").parse::<u64>().unwrap() >= 1,
+        "{again:?}"
+    );
+    assert_eq!(again.header("etag"), "\"v1\"");
+    assert_eq!(app.count("/cache/fresh/1"), 1);
+    // Another path, and another query, are other entries.
+    assert_eq!(get("/cache/fresh/q?x=1", &[]).cache(), "miss");
+    assert_eq!(get("/cache/fresh/q?x=2", &[]).cache(), "miss");
+    assert_eq!(get("/cache/fresh/2", &[]).cache(), "miss");
+
+    // The caller's own precondition is answered by the proxy from the entry.
+    let cond = get("/cache/fresh/1", &["-H", "If-None-Match: \"v1\""]);
+    assert_eq!((cond.status, cond.cache()), (304, "hit"), "{cond:?}");
+    assert_eq!(cond.body, "");
+    let other = get("/cache/fresh/1", &["-H", "If-None-Match: \"v0\""]);
+    assert_eq!((other.status, other.cache()), (200, "hit"));
+    assert_eq!(app.count("/cache/fresh/1"), 1);
+    // A caller that asks for a fresh answer gets one from the app.
+    let forced = get("/cache/fresh/1", &["-H", "Cache-Control: no-cache"]);
+    assert_eq!(
+        (forced.status, forced.cache()),
+        (200, "stale"),
+        "{forced:?}"
+    );
+    assert_eq!(app.count("/cache/fresh/1"), 2);
+
+    // Stale after a second: sent with the entry's ETag; the app answers 304 and
+    // the kept body comes back.
+    let first = get("/cache/short/1", &[]);
+    assert_eq!(first.cache(), "miss");
+    std::thread::sleep(Duration::from_millis(1500));
+    let revalidated = get("/cache/short/1", &[]);
+    assert_eq!(
+        (revalidated.status, revalidated.cache()),
+        (200, "revalidated"),
+        "{revalidated:?}"
+    );
+    assert_eq!(revalidated.body, first.body);
+    assert_eq!(app.count("/cache/short/1"), 2);
+    assert_eq!(get("/cache/short/1", &[]).cache(), "hit");
+
+    // Variants by Accept-Language: each language its own entry.
+    let en = |lang: &str| {
+        get(
+            "/cache/vary/1",
+            &["-H", &format!("Accept-Language: {lang}")],
+        )
+    };
+    assert_eq!(en("en").cache(), "miss");
+    assert_eq!(en("de").cache(), "miss");
+    let (en2, de2) = (en("en"), en("de"));
+    assert_eq!((en2.cache(), de2.cache()), ("hit", "hit"));
+    assert!(
+        en2.body.contains("lang=en") && de2.body.contains("lang=de"),
+        "{en2:?} {de2:?}"
+    );
+    assert_eq!(app.count("/cache/vary/1"), 2);
+
+    // Answers that must not be kept never are.
+    for kind in ["nostore", "private", "cookie"] {
+        let path = format!("/cache/{kind}/1");
+        for _ in 0..2 {
+            assert_eq!(get(&path, &[]).cache(), "miss", "{path}");
+        }
+        assert_eq!(app.count(&path), 2, "{path} was answered from the cache");
+    }
+
+    // One caller's credentials never answer another's: each token, each cookie
+    // and no credentials at all are entries of their own.
+    let alice = get("/cache/fresh/user", &["-H", "Authorization: Bearer alice"]);
+    let bob = get("/cache/fresh/user", &["-H", "Authorization: Bearer bob"]);
+    let anon = get("/cache/fresh/user", &[]);
+    let cookie = get("/cache/fresh/user", &["-H", "Cookie: session=eve"]);
+    for seen in [&alice, &bob, &anon, &cookie] {
+        assert_eq!(seen.cache(), "miss", "{seen:?}");
+    }
+    assert!(bob.body.contains("auth=Bearer bob"), "{bob:?}");
+    let alice2 = get("/cache/fresh/user", &["-H", "Authorization: Bearer alice"]);
+    assert_eq!(alice2.cache(), "hit");
+    assert!(alice2.body.contains("auth=Bearer alice"), "{alice2:?}");
+    assert_eq!(app.count("/cache/fresh/user"), 4);
+
+    // A shared route: a caller with credentials only gets what the app marked
+    // shareable, and then shares it.
+    let path = "/shared/fresh/1";
+    assert_eq!(
+        get(path, &["-H", "Authorization: Bearer alice"]).cache(),
+        "miss"
+    );
+    assert_eq!(
+        get(path, &["-H", "Authorization: Bearer alice"]).cache(),
+        "miss"
+    );
+    assert_eq!(app.count(path), 2, "a private answer was shared");
+    assert_eq!(get(path, &["-H", "Cookie: a=1"]).cache(), "miss");
+    assert_eq!(
+        get(path, &["-H", "Cookie: b=2"]).cache(),
+        "hit",
+        "shared without credentials"
+    );
+    let path = "/shared/public/1";
+    assert_eq!(
+        get(path, &["-H", "Authorization: Bearer alice"]).cache(),
+        "miss"
+    );
+    let bob = get(path, &["-H", "Authorization: Bearer bob"]);
+    assert_eq!(bob.cache(), "hit", "{bob:?}");
+    assert!(
+        bob.body.contains("auth=Bearer alice"),
+        "public answers are shared: {bob:?}"
+    );
+
+    // Requests the cache does not answer go upstream untouched.
+    let post = get("/cache/fresh/1", &["-X", "POST", "-d", "x"]);
+    let range = get("/cache/fresh/1", &["-H", "Range: bytes=0-1"]);
+    let head = get("/cache/fresh/1", &["-I"]);
+    for seen in [&post, &range, &head] {
+        assert_eq!(seen.cache(), "bypass", "{seen:?}");
+    }
+    assert_eq!(app.count("/cache/fresh/1"), 5);
+
+    // A burst of misses for one slow answer: one request reaches the app.
+    let vip = VIP.parse().unwrap();
+    let answers = a
+        .run(move || async move { load(vip, 30, 30, "/cache/slow/1", &[]).await })
+        .unwrap();
+    assert!(answers.iter().all(|r| r.status == 200), "{answers:?}");
+    assert_eq!(
+        app.count("/cache/slow/1"),
+        1,
+        "the misses were not coalesced"
+    );
+
+    // Every outcome was counted on the route.
+    let m = w.sidecars[0].metrics().unwrap();
+    let count =
+        |route: &str, action: &str| policy_actions(&m, "outbound", "demo/web", route, action);
+    assert!(
+        count("cached", "cache_hit") >= 30.0,
+        "{}",
+        count("cached", "cache_hit")
+    );
+    assert_eq!(count("cached", "cache_bypass"), 3.0);
+    assert_eq!(count("cached", "cache_revalidated"), 1.0);
+    assert_eq!(count("cached", "cache_stale"), 1.0);
+    assert!(count("cached", "cache_miss") >= 12.0);
+    assert_eq!(count("shared", "cache_hit"), 2.0);
+}
