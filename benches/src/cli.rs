@@ -93,6 +93,12 @@ pub struct Args {
     /// the first time, per algorithm. Writes jwt.md/.json.
     #[arg(long, conflicts_with_all = ["flood", "discovery", "control_plane", "soak"])]
     pub jwt: bool,
+    /// Measure the response cache instead, through one Pillion pair: requests per
+    /// second of hits, of misses (a cached route whose answers cannot be kept) and
+    /// of the default route, then the client proxy's memory as 4× its cache bound
+    /// of distinct answers goes through, twice. Writes cache.md/.json.
+    #[arg(long, conflicts_with_all = ["flood", "discovery", "control_plane", "soak", "jwt"])]
+    pub cache: bool,
     /// The soak's length instead of 10 minutes (or 60 s), e.g. 30m.
     #[arg(long, value_name = "DURATION", value_parser = pillion::local::up::parse_duration)]
     pub soak_duration: Option<std::time::Duration>,
@@ -212,6 +218,9 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if parsed.jwt {
         return jwt(opts.smoke, &out);
     }
+    if parsed.cache {
+        return cache(&opts, &out);
+    }
     if parsed.soak {
         let seed = parsed.soak_seed.unwrap_or_else(crate::soak::clock_seed);
         let mut plan = if opts.smoke {
@@ -293,6 +302,32 @@ fn jwt(smoke: bool, out: &std::path::Path) -> ExitCode {
             eprintln!("pillion-benches: writing to {}: {e}", out.display());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The cache figure: measured, printed, written to `out`; fails below the target.
+fn cache(opts: &Opts, out: &std::path::Path) -> ExitCode {
+    let report = match crate::cache::run(&opts.binary, opts.smoke, &opts.log_level) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("pillion-benches: the cache figure failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = crate::cache::table(&report);
+    println!("{table}");
+    if let Err(e) = write_both(out, "cache", &table, &report) {
+        eprintln!("pillion-benches: writing to {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    if report.hit_over_miss >= crate::cache::HIT_OVER_MISS_TARGET {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "pillion-benches: a hit is not {}× a miss",
+            crate::cache::HIT_OVER_MISS_TARGET
+        );
+        ExitCode::FAILURE
     }
 }
 

@@ -14,9 +14,11 @@
 //!   (`--flood`) instead; [`discovery`]: the discovery figure (`--discovery`) instead;
 //!   [`control_plane`]: the agent alone against simulated proxies (`--control-plane`);
 //!   [`soak`]: the mesh under load while its parts fail and come back (`--soak`);
+//!   [`cache`]: hits against misses of the response cache (`--cache`);
 //! - [`report`]: markdown and JSON, ratios.
 
 pub mod bench;
+pub mod cache;
 pub mod certs;
 pub mod cli;
 pub mod control_plane;

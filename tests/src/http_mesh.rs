@@ -170,7 +170,8 @@ async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Res
 /// `accept-language` and `authorization`. Kinds: `fresh` (max-age=60, ETag "v1"),
 /// `short` (max-age=1, ETag "v1", 304 to a matching If-None-Match), `vary` (by
 /// accept-language), `nostore`, `private`, `cookie` (sets one), `public`
-/// (public, max-age=60), `slow` (max-age=60 after 500 ms), anything else max-age=60.
+/// (public, max-age=60), `slow` (max-age=60 after 500 ms), `slowpass` (no-store
+/// after 500 ms), anything else max-age=60.
 async fn cacheable(
     req: &Request<Incoming>,
     name: &'static str,
@@ -196,7 +197,7 @@ async fn cacheable(
         );
         return r;
     }
-    if kind == "slow" {
+    if kind == "slow" || kind == "slowpass" {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let body = format!(
@@ -209,7 +210,7 @@ async fn cacheable(
     {
         "short" => ("max-age=1", Some(("etag", "\"v1\""))),
         "vary" => ("max-age=60", Some(("vary", "accept-language"))),
-        "nostore" => ("no-store", None),
+        "nostore" | "slowpass" => ("no-store", None),
         "private" => ("private, max-age=60", None),
         "cookie" => ("max-age=60", Some(("set-cookie", "session=1"))),
         "public" => ("public, max-age=60", None),

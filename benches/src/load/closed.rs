@@ -9,9 +9,37 @@ use tokio::time::Instant;
 
 use super::{connect_many, sum_workers, Reconnecting, Sent, Throughput};
 
+/// What the requests of a run ask for.
+#[derive(Debug, Clone, Copy)]
+pub enum Paths {
+    /// Always this path.
+    Fixed(&'static str),
+    /// This path with a query no other request of the run has (`?w=…&n=…`).
+    Numbered(&'static str),
+}
+
+impl Paths {
+    fn path(self, worker: usize, n: u64) -> std::borrow::Cow<'static, str> {
+        match self {
+            Paths::Fixed(path) => path.into(),
+            Paths::Numbered(path) => format!("{path}?w={worker}&n={n}").into(),
+        }
+    }
+}
+
 /// Runs `conns` connections against `addr` for `duration`; connections are opened
 /// before the clock starts, and a failed one is re-opened (counting an error).
 pub async fn run(addr: SocketAddr, conns: usize, duration: Duration) -> Result<Throughput> {
+    run_paths(addr, conns, duration, Paths::Fixed("/")).await
+}
+
+/// [`run`], asking for `paths`.
+pub async fn run_paths(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    paths: Paths,
+) -> Result<Throughput> {
     let host = addr.to_string();
     let senders = connect_many(addr, conns)
         .await
@@ -20,7 +48,8 @@ pub async fn run(addr: SocketAddr, conns: usize, duration: Duration) -> Result<T
     let deadline = start + duration;
     let workers: Vec<_> = senders
         .into_iter()
-        .map(|sender| tokio::spawn(worker(addr, host.clone(), sender, deadline)))
+        .enumerate()
+        .map(|(i, sender)| tokio::spawn(worker(addr, host.clone(), sender, deadline, (i, paths))))
         .collect();
     sum_workers(workers, start, "a load worker panicked").await
 }
@@ -30,11 +59,13 @@ async fn worker(
     host: String,
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     deadline: Instant,
+    (me, paths): (usize, Paths),
 ) -> (u64, u64) {
     let (mut ok, mut errors) = (0, 0);
     let mut conn = Reconnecting::new(addr, sender);
     while Instant::now() < deadline {
-        match conn.get(&host).await {
+        let path = paths.path(me, ok + errors);
+        match conn.get_path(&host, &path).await {
             Sent::Answered => ok += 1,
             Sent::Failed => errors += 1,
             Sent::NoConnection => {

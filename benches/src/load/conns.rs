@@ -68,7 +68,7 @@ pub async fn hold(addr: SocketAddr, conns: usize, held: mpsc::Sender<Result<usiz
         for mut s in senders.drain(..) {
             let host = host.clone();
             set.spawn(async move {
-                timeout(REQUEST_TIMEOUT, get(&mut s, &host))
+                timeout(REQUEST_TIMEOUT, get(&mut s, &host, "/"))
                     .await
                     .context("request timed out")??;
                 anyhow::Ok(s)

@@ -45,19 +45,22 @@ pub async fn connect_many(addr: SocketAddr, n: usize) -> Result<Vec<SendRequest<
     Ok(out)
 }
 
-/// `GET /` with the target as `Host`.
-pub fn request(host: &str) -> Request<Empty<Bytes>> {
+/// `GET path` with the target as `Host`.
+pub fn request(host: &str, path: &str) -> Request<Empty<Bytes>> {
     let mut req = Request::new(Empty::new());
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
     if let Ok(value) = host.parse() {
         req.headers_mut().insert(HOST, value);
     }
     req
 }
 
-/// Sends one `GET /` on `sender` and reads the whole answer; an error unless 200.
-pub async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str) -> Result<()> {
+/// Sends one `GET path` on `sender` and reads the whole answer; an error unless 200.
+pub async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str, path: &str) -> Result<()> {
     sender.ready().await.context("connection closed")?;
-    let resp = sender.send_request(request(host)).await?;
+    let resp = sender.send_request(request(host, path)).await?;
     let status = resp.status();
     resp.into_body().collect().await?;
     if !status.is_success() {
@@ -96,6 +99,11 @@ impl Reconnecting {
     /// Sends one `GET /` within the request timeout, re-opening the connection first
     /// if the last request failed.
     pub async fn get(&mut self, host: &str) -> Sent {
+        self.get_path(host, "/").await
+    }
+
+    /// [`Reconnecting::get`] of another path.
+    pub async fn get_path(&mut self, host: &str, path: &str) -> Sent {
         use tokio::time::timeout;
         let sender = match self.sender.as_mut() {
             Some(s) => s,
@@ -104,7 +112,7 @@ impl Reconnecting {
                 _ => return Sent::NoConnection,
             },
         };
-        match timeout(super::REQUEST_TIMEOUT, get(sender, host)).await {
+        match timeout(super::REQUEST_TIMEOUT, get(sender, host, path)).await {
             Ok(Ok(())) => Sent::Answered,
             _ => {
                 self.sender = None;

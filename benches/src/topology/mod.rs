@@ -11,7 +11,7 @@
 //! ```
 
 mod peers;
-mod pillion;
+pub(crate) mod pillion;
 pub(crate) mod pods;
 
 use std::net::SocketAddr;
@@ -133,6 +133,7 @@ impl Topology {
             proxy_binary: opts.proxy_binary.clone(),
             env: opts.proxy_env.clone(),
             tag: "pillion",
+            http_routes: String::new(),
         };
         let pair = pillion::start(&pair_opts, &mclient, &mserver, &agent, certs, work)?;
         pin_process_tree(pair.client.proxy().pid(), ccpu)?;

@@ -193,6 +193,9 @@ pub struct PairOpts {
     pub env: Vec<(String, String)>,
     /// Names this pair's files (several pairs share one scratch directory).
     pub tag: &'static str,
+    /// Routes of the bench service's HTTP port, as YAML list items indented for
+    /// the agent's source (empty: none, every request takes the default route).
+    pub http_routes: String,
 }
 
 /// Whether this build's proxy takes an agent (`--agent-addr`): if not, it is the plain
@@ -297,7 +300,7 @@ fn start_agent(
     certs: &Certs,
     work: &WorkDir,
 ) -> Result<(Process, ViewControl)> {
-    let base = agent_yaml(client, server);
+    let base = agent_yaml(client, server, &opts.http_routes);
     let config = work.write(&format!("{}-agent.yaml", opts.tag), &base)?;
     let view = ViewControl {
         source: config.clone(),
@@ -328,8 +331,14 @@ fn start_agent(
 }
 
 /// The agent's source: the two workloads with their tokens and pod addresses, and the
-/// bench service (HTTP port, detected; sink port, opaque) served by `server`.
-fn agent_yaml(client: &Pod, server: &Pod) -> String {
+/// bench service (HTTP port, detected, with `http_routes`; sink port, opaque) served
+/// by `server`.
+fn agent_yaml(client: &Pod, server: &Pod, http_routes: &str) -> String {
+    let routes = if http_routes.is_empty() {
+        String::new()
+    } else {
+        format!("\x20       routes:\n{http_routes}")
+    };
     let addrs = |p: &Pod| format!("[\"{}\", \"{}\"]", p.ipv4(), p.ipv6());
     format!(
         "# Written by pillion-benches for one run.\n\
@@ -351,6 +360,7 @@ fn agent_yaml(client: &Pod, server: &Pod) -> String {
          \x20   ports:\n\
          \x20     - port: {HTTP_PORT}\n\
          \x20       protocol: auto\n\
+         {routes}\
          \x20     - port: {SINK_PORT}\n\
          \x20       protocol: opaque\n\
          \x20   endpoints:\n\

@@ -12,7 +12,10 @@
 //!    answers (`revalidated`), a whole answer replaces it (`stale`);
 //! 5. missing: sent without the caller's own validators, so the answer is whole
 //!    and can be kept (`miss`); its body is read up to the route's bound first,
-//!    and one that is larger streams on unkept.
+//!    and one that is larger streams on unkept. An answer that cannot be kept
+//!    leaves a pass mark, so later requests for the key go upstream at once
+//!    (with their own validators) instead of waiting for each other, until one
+//!    brings an answer that can be kept.
 //!
 //! `pillion-cache` on the answer says which; the route's policy actions count it.
 
@@ -81,6 +84,13 @@ impl Outcome {
     }
 }
 
+/// Where an answer goes: a key this request holds the placeholder of (others
+/// wait on it), or one that already holds something (a stale entry, a pass mark).
+enum Slot<'a> {
+    Vacant(Key, Guard<'a>),
+    Taken(Key),
+}
+
 /// A body read whole, or found too large (or broken off) and handed back.
 enum Read {
     Whole(Bytes),
@@ -108,39 +118,44 @@ impl Through<'_> {
             .lookup(&lookup.primary, &parts.headers, deadline)
             .await;
         let now = Instant::now();
-        let (stale, vacant) = match found {
+        let (stale, slot) = match found {
             Lookup::Found { stored, .. } if lookup.reuses(&stored, now) => {
                 let response = served(&stored, now, &parts.headers);
                 let peer = Arc::clone(self.conn.no_peer());
                 return self.finish(version, response, &peer, Outcome::Hit, observer);
             }
-            Lookup::Found { key, stored } => (Some((key, stored)), None),
-            Lookup::Vacant { key, guard } => (None, Some((key, guard))),
+            Lookup::Found { key, stored } => (Some(stored), Slot::Taken(key)),
+            Lookup::Vacant { key, guard } => (None, Slot::Vacant(key, guard)),
+            Lookup::Pass { key } => (None, Slot::Taken(key)),
             Lookup::Busy => {
                 let (response, peer) = self.send(parts, body, &mut observer).await;
                 return self.finish(version, response, &peer, Outcome::Miss, observer);
             }
         };
-        // The caller's fields as asked: its variant and its own preconditions.
+        // The caller's fields as asked: its variant and its own preconditions, which
+        // go upstream only for a key whose answers are not kept (they would make
+        // the answer a `304` with nothing to keep).
         let asked = parts.headers.clone();
-        for name in &OWN_PRECONDITIONS {
-            parts.headers.remove(name);
+        if stale.is_some() || matches!(slot, Slot::Vacant(..)) {
+            for name in &OWN_PRECONDITIONS {
+                parts.headers.remove(name);
+            }
         }
-        if let Some((_, stored)) = &stale {
+        if let Some(stored) = &stale {
             cache::validators(stored, &mut parts.headers);
         }
         let (response, peer) = self.send(parts, body, &mut observer).await;
         let (response, outcome) = match stale {
-            Some((key, stored)) if response.status() == StatusCode::NOT_MODIFIED => (
-                self.revalidated(&lookup, &key, &stored, response, &asked),
+            Some(stored) if response.status() == StatusCode::NOT_MODIFIED => (
+                self.revalidated(&lookup, slot, &stored, response, &asked),
                 Outcome::Revalidated,
             ),
-            Some((key, _)) => {
-                let response = self.keep(&lookup, &asked, None, Some(&key), response).await;
-                (response, Outcome::Stale)
-            }
+            Some(_) => (
+                self.keep(&lookup, &asked, slot, response).await,
+                Outcome::Stale,
+            ),
             None => (
-                self.keep(&lookup, &asked, vacant, None, response).await,
+                self.keep(&lookup, &asked, slot, response).await,
                 Outcome::Miss,
             ),
         };
@@ -188,14 +203,14 @@ impl Through<'_> {
     fn revalidated(
         &self,
         lookup: &cache::Lookup,
-        key: &Key,
+        slot: Slot<'_>,
         stored: &Stored,
         confirmed: Response<ResponseBody>,
         asked: &HeaderMap,
     ) -> Response<ResponseBody> {
         let mut fields = confirmed.headers().clone();
         strip_hop_by_hop(&mut fields);
-        let headers = cache::refresh(&stored.headers, &fields);
+        let headers = cache::detached(&cache::refresh(&stored.headers, &fields));
         let now = Instant::now();
         let kept = self.storable(lookup, stored.status, &headers);
         let refreshed = Arc::new(Stored {
@@ -206,46 +221,32 @@ impl Through<'_> {
             stored_at: now,
         });
         match kept {
-            Ok(_) => self
-                .cache
-                .store
-                .fill(&lookup.primary, asked, None, Arc::clone(&refreshed)),
-            Err(why) => {
-                tracing::debug!(route = %self.route.name, ?why, "revalidated answer no longer kept");
-                self.cache.store.forget(key);
-            }
+            Ok(_) => self.fill(lookup, asked, slot, Arc::clone(&refreshed)),
+            Err(why) => self.pass(slot, why),
         }
         served(&refreshed, now, asked)
     }
 
-    /// Keeps the upstream's answer if it may be kept (filling `vacant`), and
-    /// returns what the caller gets: the kept answer (a `304` where its
-    /// preconditions hold), or the upstream's as it came. An entry at `stale` that
-    /// may not be kept any more is dropped.
+    /// Keeps the upstream's answer if it may be kept (in `slot`), and returns
+    /// what the caller gets: the kept answer (a `304` where its preconditions
+    /// hold), or the upstream's as it came, the slot then marked to pass.
     async fn keep(
         &self,
         lookup: &cache::Lookup,
         asked: &HeaderMap,
-        vacant: Option<(Key, Guard<'_>)>,
-        stale: Option<&Key>,
+        slot: Slot<'_>,
         response: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
-        let forget = || {
-            if let Some(key) = stale {
-                self.cache.store.forget(key);
-            }
-        };
         let freshness = match self.storable(lookup, response.status(), response.headers()) {
             Ok(freshness) => freshness,
             Err(why) => {
-                tracing::debug!(route = %self.route.name, ?why, "answer not kept");
-                forget();
+                self.pass(slot, why);
                 return response;
             }
         };
         let limit = self.cache.max_body_bytes;
         if response.body().size_hint().lower() > limit {
-            forget();
+            self.pass(slot, NotStored::TooLarge);
             return response;
         }
         let (mut head, body) = response.into_parts();
@@ -253,11 +254,12 @@ impl Through<'_> {
         let body = match read(body, limit, deadline).await {
             Ok(Read::Whole(body)) => body,
             Ok(Read::Partial(body)) => {
-                forget();
+                self.pass(slot, NotStored::TooLarge);
                 return Response::from_parts(head, body);
             }
             Err(e) => {
-                forget();
+                // A broken answer says nothing about the next one: the slot is
+                // left for the next request.
                 tracing::debug!(route = %self.route.name, error = %e, "upstream body failed");
                 return HttpError::Upstream {
                     endpoint: self.target.port.service.to_string(),
@@ -270,15 +272,31 @@ impl Through<'_> {
         let now = Instant::now();
         let stored = Arc::new(Stored {
             status: head.status,
-            headers: std::mem::take(&mut head.headers),
+            headers: cache::detached(&head.headers),
             body,
             stored_at: now,
             freshness,
         });
+        self.fill(lookup, asked, slot, Arc::clone(&stored));
+        served(&stored, now, asked)
+    }
+
+    fn fill(&self, lookup: &cache::Lookup, asked: &HeaderMap, slot: Slot<'_>, stored: Arc<Stored>) {
+        let vacant = match slot {
+            Slot::Vacant(key, guard) => Some((key, guard)),
+            Slot::Taken(_) => None,
+        };
         self.cache
             .store
-            .fill(&lookup.primary, asked, vacant, Arc::clone(&stored));
-        served(&stored, now, asked)
+            .fill(&lookup.primary, asked, vacant, stored);
+    }
+
+    fn pass(&self, slot: Slot<'_>, why: NotStored) {
+        tracing::debug!(route = %self.route.name, ?why, "answer not kept");
+        match slot {
+            Slot::Vacant(key, guard) => self.cache.store.pass(key.clone(), Some((key, guard))),
+            Slot::Taken(key) => self.cache.store.pass(key, None),
+        }
     }
 
     fn storable(

@@ -47,6 +47,8 @@ pub(crate) enum NotStored {
     Authorized,
     /// No freshness stated, no route default, and nothing to revalidate with.
     NoFreshness,
+    /// A body over the route's bound, or with trailers.
+    TooLarge,
 }
 
 /// Statuses reusable by default (RFC 9110 §15.1); 206 and the rest never stored.

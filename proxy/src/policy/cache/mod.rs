@@ -202,6 +202,19 @@ pub(crate) fn answer(stored: &Stored, now: Instant, not_modified: bool) -> (Stat
     }
 }
 
+/// A copy of `headers` that owns its bytes: parsed values share the connection's
+/// read buffer, which a kept answer must not hold on to.
+pub(crate) fn detached(headers: &HeaderMap) -> HeaderMap {
+    let mut own = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            own.append(name.clone(), copy);
+        }
+    }
+    own
+}
+
 /// `stored`'s fields updated by the origin's `304` (RFC 9111 §3.2): each field the
 /// `304` carries replaces the stored one, except those that describe the body.
 pub(crate) fn refresh(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {

@@ -16,10 +16,11 @@ use super::freshness::Storable;
 use super::key::{Key, KeyRules};
 use super::vary::Vary;
 
-/// Bytes an entry costs beyond its key, head and body (its bookkeeping).
-const ENTRY_OVERHEAD: u64 = 256;
-/// Bytes a header costs beyond its name and value.
-const HEADER_OVERHEAD: u64 = 32;
+/// Bytes an entry costs beyond its key, head and body (the `Stored`, its `Arc`,
+/// the store's own slot).
+const ENTRY_OVERHEAD: u64 = 384;
+/// Bytes a header costs beyond its name and value (its slot in the map).
+const HEADER_OVERHEAD: u64 = 96;
 /// A shard holds at least this much, so the largest body a route may store fits.
 const MIN_SHARD_BYTES: u64 = 2 * pillion_api::cache::MAX_BODY_BYTES;
 
@@ -67,6 +68,9 @@ pub(crate) enum Cached {
     Answer(Arc<Stored>),
     /// Look again under the variant key for these headers.
     Variants(Vary),
+    /// The last answer could not be kept: requests go upstream at once, without
+    /// waiting for each other, until one brings an answer that can be.
+    Pass,
 }
 
 /// The weight of an entry: bytes, roughly.
@@ -79,6 +83,7 @@ impl quick_cache::Weighter<Key, Cached> for Weight {
             + match val {
                 Cached::Answer(stored) => stored.weight(),
                 Cached::Variants(vary) => ENTRY_OVERHEAD + 32 * vary.names().len() as u64,
+                Cached::Pass => ENTRY_OVERHEAD,
             }
     }
 }
@@ -105,6 +110,12 @@ pub(crate) enum Lookup<'a> {
         /// The placeholder others wait on.
         guard: Guard<'a>,
     },
+    /// Its last answer could not be kept: go upstream at once, and keep the answer
+    /// under `key` if it can be now.
+    Pass {
+        /// Where the answer would go.
+        key: Key,
+    },
     /// Another request is fetching it and did not finish in time, or the store is
     /// off: go upstream without the cache.
     Busy,
@@ -115,6 +126,7 @@ impl std::fmt::Debug for Lookup<'_> {
         match self {
             Lookup::Found { key, .. } => f.debug_struct("Found").field("key", key).finish(),
             Lookup::Vacant { key, .. } => f.debug_struct("Vacant").field("key", key).finish(),
+            Lookup::Pass { key } => f.debug_struct("Pass").field("key", key).finish(),
             Lookup::Busy => f.write_str("Busy"),
         }
     }
@@ -211,6 +223,7 @@ impl Store {
                     key = KeyRules::variant(primary, &vary, headers);
                 }
                 Ok(Cached::Variants(_)) => return Lookup::Busy,
+                Ok(Cached::Pass) => return Lookup::Pass { key },
                 Err(guard) => return Lookup::Vacant { key, guard },
             }
         }
@@ -261,10 +274,21 @@ impl Store {
         }
     }
 
-    /// Drops what `key` holds (an answer the origin no longer lets us keep).
-    pub(crate) fn forget(&self, key: &Key) {
-        if let Some(inner) = self.inner.get() {
-            inner.remove(key);
+    /// Marks `key` as holding answers that cannot be kept (filling `vacant` if it
+    /// is this key's, replacing an entry the origin no longer lets us keep), so
+    /// the next requests for it do not wait for each other.
+    pub(crate) fn pass(&self, key: Key, vacant: Option<(Key, Guard<'_>)>) {
+        let Some(inner) = self.inner.get() else {
+            return;
+        };
+        match vacant {
+            Some((held, guard)) if held == key => {
+                let _ = guard.insert(Cached::Pass);
+            }
+            other => {
+                drop(other);
+                inner.insert(key, Cached::Pass);
+            }
         }
     }
 }
@@ -370,6 +394,35 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(guard);
         assert!(waiter.await.unwrap(), "the waiter should fetch it itself");
+    }
+
+    #[tokio::test]
+    async fn after_an_answer_that_cannot_be_kept_requests_no_longer_wait() {
+        let store = Arc::new(Store::new(1 << 20));
+        let key = primary("/a");
+        let headers = HeaderMap::new();
+        let Lookup::Vacant { key: k, guard } = store.lookup(&key, &headers, None).await else {
+            panic!("expected a miss");
+        };
+        let (s, k2) = (Arc::clone(&store), key.clone());
+        let waiter = tokio::spawn(async move {
+            matches!(
+                s.lookup(&k2, &HeaderMap::new(), None).await,
+                Lookup::Pass { .. }
+            )
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store.pass(k.clone(), Some((k, guard)));
+        assert!(
+            waiter.await.unwrap(),
+            "the waiter should go upstream at once"
+        );
+        // Once an answer can be kept, it is.
+        store.fill(&key, &headers, None, stored(1, None));
+        assert!(matches!(
+            store.lookup(&key, &headers, None).await,
+            Lookup::Found { .. }
+        ));
     }
 
     #[tokio::test]
