@@ -181,6 +181,7 @@ impl ProxyBuilder {
         let tcp = TcpMetrics::register(&mut registry);
         let mesh_metrics = MeshMetrics::register(&mut registry);
         let http_metrics = HttpMetrics::register(&mut registry);
+        crate::telemetry::metrics::cache::register(&mut registry, Arc::clone(&settings.responses));
         listeners_bound.set(true);
         Ok(Proxy {
             config,

@@ -89,6 +89,8 @@ impl Outcome {
 enum Slot<'a> {
     Vacant(Key, Guard<'a>),
     Taken(Key),
+    /// Marked to pass already: nothing to wait for, nothing to mark again.
+    Passing,
 }
 
 /// A body read whole, or found too large (or broken off) and handed back.
@@ -126,7 +128,7 @@ impl Through<'_> {
             }
             Lookup::Found { key, stored } => (Some(stored), Slot::Taken(key)),
             Lookup::Vacant { key, guard } => (None, Slot::Vacant(key, guard)),
-            Lookup::Pass { key } => (None, Slot::Taken(key)),
+            Lookup::Pass { .. } => (None, Slot::Passing),
             Lookup::Busy => {
                 let (response, peer) = self.send(parts, body, &mut observer).await;
                 return self.finish(version, response, &peer, Outcome::Miss, observer);
@@ -284,7 +286,7 @@ impl Through<'_> {
     fn fill(&self, lookup: &cache::Lookup, asked: &HeaderMap, slot: Slot<'_>, stored: Arc<Stored>) {
         let vacant = match slot {
             Slot::Vacant(key, guard) => Some((key, guard)),
-            Slot::Taken(_) => None,
+            Slot::Taken(_) | Slot::Passing => None,
         };
         self.cache
             .store
@@ -296,6 +298,7 @@ impl Through<'_> {
         match slot {
             Slot::Vacant(key, guard) => self.cache.store.pass(key.clone(), Some((key, guard))),
             Slot::Taken(key) => self.cache.store.pass(key, None),
+            Slot::Passing => {}
         }
     }
 

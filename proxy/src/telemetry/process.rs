@@ -76,7 +76,7 @@ fn vm_rss_bytes(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn encode_one(
+pub(crate) fn encode_one(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,

@@ -265,4 +265,10 @@ fn cached_routes_answer_repeats_from_the_callers_proxy() {
     assert_eq!(count("cached", "cache_stale"), 1.0);
     assert!(count("cached", "cache_miss") >= 32.0);
     assert_eq!(count("shared", "cache_hit"), 2.0);
+    // The store says how full it is, against its bound.
+    let held = m.value("pillion_http_cache_bytes", &[]);
+    let bound = m.value("pillion_http_cache_capacity_bytes", &[]);
+    assert_eq!(bound, (64 << 20) as f64);
+    assert!(held > 0.0 && held < bound, "{held} of {bound}");
+    assert!(m.value("pillion_http_cache_entries", &[]) >= 10.0);
 }

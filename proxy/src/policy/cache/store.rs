@@ -183,6 +183,11 @@ impl Store {
         })
     }
 
+    /// The bound, bytes.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// Bytes held now.
     pub(crate) fn weight(&self) -> u64 {
         self.inner.get().map_or(0, Inner::weight)

@@ -8,6 +8,7 @@ use std::fmt::{self, Write as _};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::registry::Registry;
 
+pub(crate) mod cache;
 pub(crate) mod export;
 pub(crate) mod http;
 pub(crate) mod mesh;
