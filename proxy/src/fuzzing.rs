@@ -4,8 +4,10 @@
 //! memory, without a network: protocol detection ([`detect_http`], [`detect_tls`]),
 //! an HTTP/1 request head served by hyper the way the proxy serves it, then routed,
 //! edited and rewritten by a compiled state ([`http_head`]), a view from the agent
-//! read and compiled ([`view_json`]), and end users' tokens and key sets ([`jwt`]). They panic only when an invariant breaks; the
-//! replay test below runs every committed corpus file through them on stable.
+//! read and compiled ([`view_json`]), end users' tokens and key sets ([`jwt`]), and
+//! the response cache's reading of request and answer heads ([`cache_head`]). They
+//! panic only when an invariant breaks; the replay test below runs every committed
+//! corpus file through them on stable.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -433,6 +435,119 @@ pub fn jwt(data: &[u8]) {
     }
 }
 
+/// A request head and an answer head for the response cache: the bytes up to the
+/// first blank line are the request's `name: value` lines, the rest the answer's
+/// (its first line, if it is a number, the status). Invariants: what is kept never
+/// carries `no-store`, `private` or `Set-Cookie`, is never fresh past the route's
+/// bound, and callers with different credentials never share a key.
+pub fn cache_head(data: &[u8]) {
+    use crate::policy::cache::control::Directives;
+    use crate::policy::cache::freshness::{storable, Limits};
+    use crate::policy::cache::key::KeyRules;
+    use crate::policy::cache::store::{Store, Stored};
+    use crate::policy::cache::{self, Ask, RouteCache};
+    use http::header::{HeaderMap, HeaderName};
+    use http::StatusCode;
+
+    fn head(text: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in text.lines() {
+            if let Some((name, value)) = line.split_once(':') {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.trim().as_bytes()),
+                    HeaderValue::from_bytes(value.trim().as_bytes()),
+                ) {
+                    headers.append(n, v);
+                }
+            }
+        }
+        headers
+    }
+
+    let text = String::from_utf8_lossy(data);
+    let (asked, answered) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let (status, answered) = match answered.split_once('\n') {
+        Some((first, rest)) => match first.trim().parse::<u16>() {
+            Ok(code) => (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), rest),
+            Err(_) => (StatusCode::OK, answered),
+        },
+        None => (StatusCode::OK, answered),
+    };
+    let request_head = head(asked);
+    let answer_head = head(answered);
+    let limits = Limits {
+        default_ttl: Some(Duration::from_secs(10)),
+        max_ttl: Duration::from_secs(3600),
+    };
+    let _ = Directives::of(&request_head);
+    let policy = pillion_api::cache::ResponseCache::default();
+    let store = Arc::new(Store::new(1 << 20));
+    let Ok(route) = RouteCache::new(&policy, "fuzz/web", 80, "r", store) else {
+        panic!("the fuzz target's own cache must compile");
+    };
+    let mut builder = Request::get("http://web/a?b=c");
+    for (name, value) in &request_head {
+        builder = builder.header(name, value);
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (parts, ()) = request.into_parts();
+    let lookup = match route.ask(&parts, false) {
+        Ask::Lookup(lookup) => lookup,
+        Ask::Bypass => return,
+    };
+    let Ok(freshness) = storable(
+        status,
+        &answer_head,
+        false,
+        &limits,
+        std::time::SystemTime::now(),
+    ) else {
+        return;
+    };
+    let cc = Directives::of(&answer_head);
+    assert!(
+        !cc.no_store && !cc.private && !cc.malformed,
+        "{answer_head:?}"
+    );
+    assert!(!answer_head.contains_key(http::header::SET_COOKIE));
+    assert!(freshness.lifetime <= limits.max_ttl);
+    let stored = Stored {
+        status,
+        headers: cache::detached(&answer_head),
+        body: Bytes::new(),
+        stored_at: Instant::now(),
+        freshness,
+    };
+    let now = Instant::now();
+    let _ = lookup.reuses(&stored, now);
+    let _ = cache::not_modified(&request_head, &stored);
+    let _ = cache::answer(&stored, now, true);
+    let _ = cache::refresh(&stored.headers, &request_head);
+    let variant = KeyRules::variant(&lookup.primary, &stored.freshness.vary, &request_head);
+    // Another caller's credentials never meet this key.
+    let mut other = request_head.clone();
+    other.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer someone-else"),
+    );
+    if other
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .ne(request_head.get_all(http::header::AUTHORIZATION).iter())
+    {
+        let theirs = route
+            .rules
+            .primary(&parts.method, b"web", b"/a?b=c", &other);
+        assert_ne!(theirs, lookup.primary);
+        assert_ne!(
+            KeyRules::variant(&theirs, &stored.freshness.vary, &other),
+            variant
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Replays every committed corpus file (`fuzz/corpus/<target>/`), so a crash the
@@ -456,6 +571,11 @@ mod tests {
     #[test]
     fn replay_jwt() {
         pillion_api::fuzzing::replay_corpus("jwt", super::jwt);
+    }
+
+    #[test]
+    fn replay_cache_head() {
+        pillion_api::fuzzing::replay_corpus("cache_head", super::cache_head);
     }
 
     #[test]
