@@ -437,8 +437,10 @@ services:
             crate::source::parse_source("policy.md", &doc[start..start + len], "cluster.local")
                 .unwrap_or_else(|e| panic!("{e}"));
         let routes = &catalog.services().next().unwrap().ports[0].routes;
-        assert_eq!(routes.len(), 3);
+        assert_eq!(routes.len(), 4);
         assert_eq!(routes[1].backends[0].weight, 90);
+        let catalog_cache = routes[3].cache.as_ref().expect("the catalog route caches");
+        assert_eq!(catalog_cache.default_ttl, Some(std::time::Duration::from_secs(30)));
         let api = catalog.workloads().find(|w| w.name == "api").unwrap();
         assert_eq!(api.inbound.ports[&8080].server.routes.len(), 2);
     }
