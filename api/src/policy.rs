@@ -628,6 +628,9 @@ pub enum PolicyProblem {
     /// A gRPC status outside 1..=16.
     #[error("grpc_status must be 1 to 16 (0 is OK, not a fault), got {0}")]
     BadGrpcStatus(u32),
+    /// A circuit breaker bound of zero or above [`crate::breaker::MAX_MAX_REQUESTS`].
+    #[error("must be 1 to 1048576, got {0}")]
+    BadBreakerBound(u32),
     /// More `key_headers` than [`crate::cache::MAX_KEY_HEADERS`].
     #[error("a cache may name at most 16 key headers")]
     TooManyKeyHeaders,

@@ -116,6 +116,10 @@ pub struct ServicePort {
     /// one implicit route to every endpoint. See [`crate::policy`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Bounds on what callers keep in flight to the port's backends; absent means
+    /// the defaults ([`crate::breaker`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<crate::breaker::CircuitBreaker>,
 }
 
 /// What a port speaks, so the proxy knows whether to detect, parse or just copy.
@@ -260,6 +264,7 @@ mod tests {
                         protocol: Protocol::Opaque,
                         target_port: None,
                         routes: Vec::new(),
+                        circuit_breaker: None,
                     },
                     ServicePort {
                         port: 80,
@@ -270,6 +275,7 @@ mod tests {
                                 "backends": [{"subset": {"version": "v2"}}]}"#,
                         )
                         .unwrap()],
+                        circuit_breaker: None,
                     },
                 ],
                 endpoints: vec![

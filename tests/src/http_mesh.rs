@@ -391,6 +391,19 @@ impl HttpWorld {
         inbound: &str,
         agent_flags: &[&str],
     ) -> Result<HttpWorld> {
+        let source = |pods: &HttpPods| source_yaml(pods, routes, inbound);
+        HttpWorld::start_with_source(test, binary, base, source, agent_flags)
+    }
+
+    /// [`HttpWorld::start`] with the agent's whole source written by `source` for
+    /// the world's pods (e.g. [`source_yaml`] with a change of its own).
+    pub fn start_with_source(
+        test: &str,
+        binary: &Path,
+        base: &SidecarOpts,
+        source: impl FnOnce(&HttpPods) -> String,
+        agent_flags: &[&str],
+    ) -> Result<HttpWorld> {
         let world = World::new(test)?;
         let pods = HttpPods {
             a: world.pod("a")?,
@@ -402,7 +415,7 @@ impl HttpWorld {
         };
         let agent_pod = world.pod("agent")?;
         let dir = MeshDir::new(test)?;
-        let source = dir.write("source.yaml", &source_yaml(&pods, routes, inbound))?;
+        let source = dir.write("source.yaml", &source(&pods))?;
         let agent = MeshAgent::start(&agent_pod, binary, &dir, &source, agent_flags)?;
         let apps = vec![
             spawn_http_app(&pods.b1, APP_PORT, "b1")?,

@@ -153,6 +153,9 @@ pub struct ServicePortSpec {
     /// HTTP routes of the port (see [`super::routes`]).
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// Bounds on the requests callers keep in flight to the port's backends.
+    #[serde(default)]
+    pub circuit_breaker: Option<pillion_api::breaker::CircuitBreaker>,
 }
 
 /// One group of endpoints as written: addresses × ports, sharing identity and labels.

@@ -381,6 +381,21 @@ services:
         );
         assert_eq!(e.line(), Some(31), "{e}");
 
+        let limited = FILE.replace(
+            "        target_port: 8080\n",
+            "        target_port: 8080\n        circuit_breaker: {max_requests: 200}\n",
+        );
+        let catalog = crate::source::parse_source("r.yaml", &limited, "cluster.local").unwrap();
+        let port = &catalog.services().next().unwrap().ports[0];
+        assert_eq!(port.circuit_breaker.unwrap().max_requests, 200);
+        let e = refused(&limited.replace("max_requests: 200", "max_requests: 0"));
+        assert!(
+            e.reason
+                .starts_with("services[0].ports[0].circuit_breaker.max_requests: must be 1 to"),
+            "{e}"
+        );
+        assert_eq!(e.line(), Some(22), "{e}");
+
         let bad = FILE.replace("- name: all", "- name: canary");
         let e = refused(&bad);
         assert!(
@@ -440,7 +455,10 @@ services:
         assert_eq!(routes.len(), 4);
         assert_eq!(routes[1].backends[0].weight, 90);
         let catalog_cache = routes[3].cache.as_ref().expect("the catalog route caches");
-        assert_eq!(catalog_cache.default_ttl, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(
+            catalog_cache.default_ttl,
+            Some(std::time::Duration::from_secs(30))
+        );
         let api = catalog.workloads().find(|w| w.name == "api").unwrap();
         assert_eq!(api.inbound.ports[&8080].server.routes.len(), 2);
     }

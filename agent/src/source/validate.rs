@@ -272,11 +272,18 @@ fn service(
         }
         let routes = routes::client_routes(&p.routes, &at.key("ports").index(k))
             .map_err(|(path, why)| err(path, why))?;
+        if let Some(breaker) = &p.circuit_breaker {
+            let at = at.key("ports").index(k).key("circuit_breaker");
+            breaker
+                .validate()
+                .map_err(|e| err(routes::join(&at, &e.path), e.problem.to_string()))?;
+        }
         ports.push(ServicePort {
             port: p.port.0,
             protocol: p.protocol,
             target_port: p.target_port.map(|t| t.0).filter(|&t| t != p.port.0),
             routes,
+            circuit_breaker: p.circuit_breaker,
         });
     }
     let targets: BTreeSet<u16> = ports.iter().map(ServicePort::target_port).collect();

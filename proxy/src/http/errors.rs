@@ -54,6 +54,14 @@ pub(crate) enum HttpError {
         /// Why it failed.
         reason: String,
     },
+    /// The backend's circuit breaker is full: too many requests in flight to it.
+    #[error("{backend} has {max} requests in flight, its circuit breaker's max_requests")]
+    Overflow {
+        /// The backend.
+        backend: String,
+        /// Its bound.
+        max: u32,
+    },
     /// The route's request timeout passed.
     #[error("request timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -86,9 +94,9 @@ impl HttpError {
     /// The status returned for the error.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            HttpError::NoEndpoints { .. } | HttpError::AllEjected { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            HttpError::NoEndpoints { .. }
+            | HttpError::AllEjected { .. }
+            | HttpError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Connect { .. } | HttpError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             HttpError::Timeout(_) | HttpError::TryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -102,6 +110,7 @@ impl HttpError {
         match self {
             HttpError::NoEndpoints { .. } => "no-endpoints",
             HttpError::AllEjected { .. } => "all-ejected",
+            HttpError::Overflow { .. } => "overflow",
             HttpError::Connect { .. } => "connect-failed",
             HttpError::Upstream { .. } => "upstream-failed",
             HttpError::Timeout(_) => "timeout",

@@ -1,5 +1,6 @@
 //! The tries of one outbound request: [`one_try`] picks a backend by weight and an
 //! endpoint by load (a retry: another endpoint than the one that just failed),
+//! takes a place under the backend's circuit breaker (none left: `503` at once),
 //! sends within the try's time limit and reports the outcome to the endpoint's
 //! latency estimate and the backend's outlier detector;
 //! [`retry_delay`] decides whether another try may follow (the route's conditions
@@ -19,6 +20,7 @@ use crate::http::tee::CallerBody;
 use crate::policy::backoff::full_jitter;
 use crate::policy::retry::{should_retry, Outcome};
 use crate::state::outbound::{RouteState, Target};
+use crate::telemetry::metrics::http::Action;
 use crate::telemetry::RequestObserver;
 use crate::upstream::endpoint::{Backend, EndpointState};
 use crate::upstream::pool::UpstreamBody;
@@ -156,6 +158,14 @@ async fn one_try(
     let backend = pick_backend(target, route);
     let (index, endpoint) = backend.pick(now, rand::random(), failed_on)?;
     let endpoint = Arc::clone(endpoint);
+    // Refused before anything is sent: final, not retried, not the endpoint's fault.
+    let Some(admitted) = backend.breaker().admit() else {
+        route.metrics.action(Action::Overflow);
+        return Err(HttpError::Overflow {
+            backend: backend.name.to_string(),
+            max: backend.breaker().max(),
+        });
+    };
     // Only a retry may be sent to an ejected endpoint.
     let sent_ejected = failed_on.is_some() && backend.is_ejected(index, now);
     let version = match &head {
@@ -187,7 +197,10 @@ async fn one_try(
     };
     let done = Instant::now();
     let (outcome, result) = match result {
-        Some(Ok(response)) => (Outcome::Status(response.status()), Ok(response)),
+        Some(Ok(response)) => (
+            Outcome::Status(response.status()),
+            Ok(response.map(|body| body.holding(admitted))),
+        ),
         Some(Err(e)) => {
             let outcome = if e.is_connect() {
                 Outcome::ConnectFailure

@@ -30,6 +30,7 @@
 pub(crate) mod authz;
 pub(crate) mod backoff;
 pub(crate) mod balance;
+pub(crate) mod breaker;
 pub(crate) mod cache;
 pub(crate) mod fault;
 pub(crate) mod headers;

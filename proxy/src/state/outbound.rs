@@ -326,7 +326,7 @@ impl Compiler<'_> {
                 }
             }
         };
-        let all = self.backend(&name, port.port, &BTreeMap::new(), None, &endpoints);
+        let all = self.backend(&name, port, &BTreeMap::new(), None, &endpoints);
         let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
         let default = RouteState {
             metrics: self
@@ -369,7 +369,7 @@ impl Compiler<'_> {
         for endpoint in &endpoints {
             let pinned = self.backend(
                 &name,
-                port.port,
+                port,
                 &BTreeMap::new(),
                 Some(endpoint.addr),
                 std::slice::from_ref(endpoint),
@@ -485,11 +485,12 @@ impl Compiler<'_> {
     fn backend(
         &mut self,
         service: &str,
-        port: u16,
+        service_port: &ServicePort,
         subset: &BTreeMap<String, String>,
         pinned: Option<SocketAddr>,
         endpoints: &[Arc<EndpointState>],
     ) -> Arc<Backend> {
+        let port = service_port.port;
         let key = BackendKey {
             service: service.to_string(),
             port,
@@ -499,6 +500,10 @@ impl Compiler<'_> {
         if let Some(found) = self.table.backends.get(&key) {
             return Arc::clone(found);
         }
+        let max_requests = service_port
+            .circuit_breaker
+            .unwrap_or_default()
+            .max_requests;
         let backend = match self.previous.backends.get(&key) {
             Some(old) if old.same_endpoints(endpoints) => Arc::clone(old),
             Some(old) => Arc::new(old.changed(endpoints.to_vec(), self.balancer())),
@@ -523,6 +528,8 @@ impl Compiler<'_> {
                 ))
             }
         };
+        // Carried over with the backend, so requests in flight keep counting.
+        backend.breaker().set_max(max_requests);
         self.table.backends.insert(key, Arc::clone(&backend));
         backend
     }
@@ -587,7 +594,7 @@ impl Compiler<'_> {
             (policy.clone(), budget)
         });
         let backends = if route.backends.is_empty() {
-            vec![self.backend(&name, port.port, &BTreeMap::new(), None, all)]
+            vec![self.backend(&name, port, &BTreeMap::new(), None, all)]
         } else {
             route
                 .backends
@@ -659,7 +666,7 @@ impl Compiler<'_> {
                         tracing::warn!(service = %service.name, backend = %other,
                             "backend service not in the view (or lacks the port); it has no endpoints");
                         let name = format!("{}/{other}", service.namespace);
-                        return self.backend(&name, port.port, &backend.subset, None, &[]);
+                        return self.backend(&name, port, &backend.subset, None, &[]);
                     }
                 }
             }
@@ -670,7 +677,7 @@ impl Compiler<'_> {
             .filter_map(|e| self.endpoint(owner, e))
             .collect();
         let name = service_name(owner);
-        self.backend(&name, port.port, &backend.subset, None, &endpoints)
+        self.backend(&name, owner_port, &backend.subset, None, &endpoints)
     }
 
     fn limiter(

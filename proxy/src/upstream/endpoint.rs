@@ -14,7 +14,9 @@ use super::Upstream;
 use crate::http::errors::HttpError;
 use crate::policy::balance::p2c::Balancer;
 use crate::policy::balance::peak_ewma::PeakEwma;
+use crate::policy::breaker::Breaker;
 use crate::policy::outlier::{OutlierConfig, OutlierDetector};
+use pillion_api::breaker::DEFAULT_MAX_REQUESTS;
 
 /// What an ejected endpoint costs a retry: more than any endpoint in service (costs
 /// are expected latencies in nanoseconds times load; this is over a day).
@@ -45,6 +47,7 @@ pub(crate) struct Backend {
     outlier: OutlierDetector,
     balancer: Balancer,
     ejections: Counter,
+    breaker: Arc<Breaker>,
 }
 
 impl Backend {
@@ -63,6 +66,7 @@ impl Backend {
             endpoints: endpoints.into_boxed_slice(),
             balancer,
             ejections,
+            breaker: Arc::new(Breaker::new(DEFAULT_MAX_REQUESTS)),
         }
     }
 
@@ -83,7 +87,13 @@ impl Backend {
             endpoints: endpoints.into_boxed_slice(),
             balancer,
             ejections: self.ejections.clone(),
+            breaker: Arc::clone(&self.breaker),
         }
+    }
+
+    /// The bound on this backend's requests in flight.
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
     }
 
     /// Whether this backend already has exactly these endpoints.

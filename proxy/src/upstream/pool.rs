@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::{UpstreamConnectError, UpstreamConnector};
 use crate::http::body::RequestBody;
+use crate::policy::breaker::Admitted;
 
 /// How long an idle pooled connection is kept.
 pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -142,6 +143,7 @@ impl Http1Pool {
         let keep = !closes_connection(&response);
         response.map(|inner| {
             let mut body = UpstreamBody {
+                admitted: None,
                 inner,
                 recycle: keep.then(|| Recycle {
                     pool: Arc::clone(self),
@@ -328,6 +330,9 @@ fn closes_connection<B>(response: &Response<B>) -> bool {
 pub(crate) struct UpstreamBody {
     inner: Incoming,
     recycle: Option<Recycle>,
+    /// The request's place under its backend's circuit breaker, given back when
+    /// the body ends or is dropped.
+    admitted: Option<Admitted>,
 }
 
 #[derive(Debug)]
@@ -342,7 +347,14 @@ impl UpstreamBody {
         UpstreamBody {
             inner,
             recycle: None,
+            admitted: None,
         }
+    }
+
+    /// This body, holding `admitted` until it ends.
+    pub(crate) fn holding(mut self, admitted: Admitted) -> UpstreamBody {
+        self.admitted = Some(admitted);
+        self
     }
 
     fn recycle(&mut self) {

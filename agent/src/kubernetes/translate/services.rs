@@ -108,6 +108,7 @@ impl Translator<'_> {
                 protocol,
                 target_port: target.filter(|&t| t != number),
                 routes: Vec::new(),
+                circuit_breaker: None,
             });
         }
         if ports.is_empty() {

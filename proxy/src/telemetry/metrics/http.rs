@@ -97,6 +97,8 @@ pub(crate) enum Action {
     CacheRevalidated,
     /// A request the cache does not answer (not a plain `GET`, `no-store`, a range).
     CacheBypass,
+    /// Refused with `503` at once: the backend's circuit breaker was full.
+    Overflow,
 }
 
 impl EncodeLabelValue for Action {
@@ -113,6 +115,7 @@ impl EncodeLabelValue for Action {
             Action::CacheStale => "cache_stale",
             Action::CacheRevalidated => "cache_revalidated",
             Action::CacheBypass => "cache_bypass",
+            Action::Overflow => "overflow",
         };
         EncodeLabelValue::encode(&text, encoder)
     }
