@@ -1222,7 +1222,7 @@ mod tests {
         assert!(err.contains("header"), "{err}");
         let typo = r#"{"weight": 1, "subsets": {"version": "v2"}}"#;
         assert!(serde_json::from_str::<WeightedBackend>(typo).is_err());
-        let newer = r#"{"name": "r", "cache": {"max_age": "10s"}}"#;
+        let newer = r#"{"name": "r", "transform": {"json": {"add": {}}}}"#;
         let route: Route = serde_json::from_str(newer).unwrap();
         assert_eq!(route.name, "r");
     }
