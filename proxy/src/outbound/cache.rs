@@ -5,7 +5,8 @@
 //! 1. not a plain `GET` (a body, a range, `no-store`, a precondition the cache does
 //!    not evaluate): sent as it is, nothing kept (`bypass`);
 //! 2. look the key up; a request already fetching the same key is waited for
-//!    (within the route's timeout), so a burst of misses sends one request;
+//!    (within the route's timeout, at most 10 s), so a burst of misses sends one
+//!    request;
 //! 3. fresh: answered here (`hit`), `304` when the caller's `If-None-Match` or
 //!    `If-Modified-Since` holds;
 //! 4. stale: sent with the entry's validators; a `304` refreshes the entry and it
@@ -21,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -41,6 +42,9 @@ use crate::policy::cache::{self, Ask, RouteCache, CACHE_HEADER, OWN_PRECONDITION
 use crate::state::outbound::{RouteState, Target};
 use crate::telemetry::metrics::http::Action;
 use crate::telemetry::RequestObserver;
+
+/// Longest a request waits for another one fetching the same answer.
+const MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// One request's way through a route's cache.
 pub(super) struct Through<'a> {
@@ -114,7 +118,10 @@ impl Through<'_> {
                 return self.finish(version, response, &peer, Outcome::Bypass, observer);
             }
         };
-        let deadline = self.route.timeout.map(|t| self.start + t);
+        // Waiting for another request's answer ends with the route's timeout, and
+        // without one after `MAX_WAIT`: then this request goes upstream itself.
+        let wait = self.route.timeout.unwrap_or(MAX_WAIT).min(MAX_WAIT);
+        let deadline = Some(self.start + wait);
         let store = &self.cache.store;
         let found = store
             .lookup(&lookup.primary, &parts.headers, deadline)
