@@ -168,7 +168,7 @@ async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Res
 /// `/cache/<kind>/…` and `/shared/<kind>/…`: answers with caching headers by kind,
 /// the body naming how many requests reached this path, the request's
 /// `accept-language` and `authorization`. Kinds: `fresh` (max-age=60, ETag "v1"),
-/// `short` (max-age=1, ETag "v1", 304 to a matching If-None-Match), `vary` (by
+/// `short` (max-age=1, ETag "v1"; 304 with max-age=60 to a matching If-None-Match), `vary` (by
 /// accept-language), `nostore`, `private`, `cookie` (sets one), `public`
 /// (public, max-age=60), `slow` (max-age=60 after 500 ms), `slowpass` (no-store
 /// after 500 ms), anything else max-age=60.
@@ -193,7 +193,7 @@ async fn cacheable(
             .insert("etag", hyper::header::HeaderValue::from_static("\"v1\""));
         r.headers_mut().insert(
             "cache-control",
-            hyper::header::HeaderValue::from_static("max-age=1"),
+            hyper::header::HeaderValue::from_static("max-age=60"),
         );
         return r;
     }

@@ -130,7 +130,7 @@ fn cached_routes_answer_repeats_from_the_callers_proxy() {
     assert_eq!(app.count("/cache/fresh/1"), 2);
 
     // Stale after a second: sent with the entry's ETag; the app answers 304 and
-    // the kept body comes back.
+    // the kept body comes back, fresh for the minute the 304 gives it.
     let first = get("/cache/short/1", &[]);
     assert_eq!(first.cache(), "miss");
     std::thread::sleep(Duration::from_millis(1500));
