@@ -98,9 +98,10 @@ enum Slot<'a> {
 }
 
 /// A body read whole, or found too large (or broken off) and handed back.
-enum Read {
+enum Read<B> {
     Whole(Bytes),
-    Partial(ResponseBody),
+    /// The frames read, in order, and the rest of the body.
+    Partial(VecDeque<Frame<Bytes>>, B),
 }
 
 impl Through<'_> {
@@ -262,8 +263,9 @@ impl Through<'_> {
         let deadline = self.route.timeout.map(|t| self.start + t);
         let body = match read(body, limit, deadline).await {
             Ok(Read::Whole(body)) => body,
-            Ok(Read::Partial(body)) => {
+            Ok(Read::Partial(read, rest)) => {
                 self.pass(slot, NotStored::TooLarge);
+                let body = ResponseBody::Resumed(Box::new(Resumed { read, rest }));
                 return Response::from_parts(head, body);
             }
             Err(e) => {
@@ -342,11 +344,10 @@ fn served(stored: &Stored, now: Instant, asked: &HeaderMap) -> Response<Response
 
 /// Reads `body` whole if it ends within `limit` bytes, no trailers and by
 /// `deadline`; otherwise hands back what was read and the rest.
-async fn read(
-    mut body: ResponseBody,
-    limit: u64,
-    deadline: Option<Instant>,
-) -> Result<Read, crate::http::body::BoxError> {
+async fn read<B>(mut body: B, limit: u64, deadline: Option<Instant>) -> Result<Read<B>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     let mut whole = BytesMut::new();
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
     loop {
@@ -375,8 +376,69 @@ async fn read(
     if !whole.is_empty() {
         frames.push_front(Frame::data(whole.freeze()));
     }
-    Ok(Read::Partial(ResponseBody::Resumed(Box::new(Resumed {
-        read: frames,
-        rest: body,
-    }))))
+    Ok(Read::Partial(frames, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    type Frames = StreamBody<
+        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
+    >;
+
+    fn body(frames: Vec<Frame<Bytes>>) -> Frames {
+        StreamBody::new(futures::stream::iter(
+            frames.into_iter().map(Ok).collect::<Vec<_>>(),
+        ))
+    }
+
+    fn data(text: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(text.as_bytes()))
+    }
+
+    /// Everything a partial read hands back, in order: what was read, then the rest.
+    async fn replayed(read: VecDeque<Frame<Bytes>>, rest: Frames) -> (Vec<u8>, bool) {
+        let mut bytes = Vec::new();
+        let mut trailers = false;
+        let rest = rest.collect().await.unwrap();
+        for frame in read {
+            match frame.into_data() {
+                Ok(d) => bytes.extend_from_slice(&d),
+                Err(_) => trailers = true,
+            }
+        }
+        trailers |= rest.trailers().is_some();
+        bytes.extend_from_slice(&rest.to_bytes());
+        (bytes, trailers)
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_bound_is_read_whole() {
+        let read = read(body(vec![data("ab"), data("cd")]), 4, None)
+            .await
+            .unwrap();
+        assert!(matches!(read, Read::Whole(b) if b == "abcd"));
+    }
+
+    #[tokio::test]
+    async fn a_larger_body_comes_back_whole_and_in_order() {
+        let frames = vec![data("ab"), data("cd"), data("ef"), data("gh")];
+        let Read::Partial(read, rest) = read(body(frames), 3, None).await.unwrap() else {
+            panic!("over the bound");
+        };
+        assert_eq!(replayed(read, rest).await, (b"abcdefgh".to_vec(), false));
+    }
+
+    #[tokio::test]
+    async fn trailers_end_the_read_and_are_handed_on() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = vec![data("ab"), Frame::trailers(trailers)];
+        let Read::Partial(read, rest) = read(body(frames), 100, None).await.unwrap() else {
+            panic!("trailers are not kept");
+        };
+        assert_eq!(replayed(read, rest).await, (b"ab".to_vec(), true));
+    }
 }
