@@ -3,7 +3,8 @@
 //! answer kept when RFC 9111 lets a shared cache keep it. Per request:
 //!
 //! 1. not a plain `GET` (a body, a range, `no-store`, a precondition the cache does
-//!    not evaluate): sent as it is, nothing kept (`bypass`);
+//!    not evaluate): sent as it is, nothing kept (`bypass`); a `HEAD` is answered
+//!    from a fresh `GET` entry's head (`hit`), or sent as it is (`miss`);
 //! 2. look the key up; a request already fetching the same key is waited for
 //!    (within the route's timeout, at most 10 s), so a burst of misses sends one
 //!    request;
@@ -124,6 +125,19 @@ impl Through<'_> {
         let wait = self.route.timeout.unwrap_or(MAX_WAIT).min(MAX_WAIT);
         let deadline = Some(self.start + wait);
         let store = &self.cache.store;
+        if lookup.head {
+            let now = Instant::now();
+            if let Some(stored) = store.find(&lookup.primary, &parts.headers) {
+                if lookup.reuses(&stored, now) {
+                    let mut response = served(&stored, now, &parts.headers);
+                    *response.body_mut() = ResponseBody::local(Bytes::new());
+                    let peer = Arc::clone(self.conn.no_peer());
+                    return self.finish(version, response, &peer, Outcome::Hit, observer);
+                }
+            }
+            let (response, peer) = self.send(parts, body, &mut observer).await;
+            return self.finish(version, response, &peer, Outcome::Miss, observer);
+        }
         let found = store
             .lookup(&lookup.primary, &parts.headers, deadline)
             .await;

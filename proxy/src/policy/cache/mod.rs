@@ -5,6 +5,8 @@
 //! like when it is served again ([`answer`]) and how a `304` refreshes it
 //! ([`refresh`]). The store they share is [`store::Store`].
 //!
+//! A `HEAD` is answered from a fresh `GET` entry's head, and otherwise sent on.
+//!
 //! Fail closed: a request the cache does not understand (a body, a range, a
 //! precondition other than `If-None-Match`/`If-Modified-Since`) goes upstream
 //! untouched and its answer is not kept.
@@ -68,6 +70,9 @@ pub(crate) struct Lookup {
     pub wants: Directives,
     /// Whether it carries credentials the key does not keep apart.
     pub authorized: bool,
+    /// A `HEAD`: answered from a fresh `GET` entry's head, never stored, never
+    /// waited on.
+    pub head: bool,
 }
 
 impl RouteCache {
@@ -100,7 +105,8 @@ impl RouteCache {
     /// `has_body`: the request declared a body.
     pub(crate) fn ask(&self, parts: &Parts, has_body: bool) -> Ask {
         let headers = &parts.headers;
-        if parts.method != Method::GET
+        let head = parts.method == Method::HEAD;
+        if (parts.method != Method::GET && !head)
             || has_body
             || headers.contains_key(TRANSFER_ENCODING)
             || [RANGE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE]
@@ -120,11 +126,13 @@ impl RouteCache {
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         Ask::Lookup(Lookup {
+            // A HEAD looks for the GET's entry (RFC 9111 §4).
             primary: self
                 .rules
-                .primary(&parts.method, authority, path.as_bytes(), headers),
+                .primary(&Method::GET, authority, path.as_bytes(), headers),
             wants,
             authorized: self.shared && headers.contains_key(http::header::AUTHORIZATION),
+            head,
         })
     }
 }

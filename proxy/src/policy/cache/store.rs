@@ -235,6 +235,23 @@ impl Store {
         Lookup::Busy
     }
 
+    /// The answer `primary` holds for a request with fields `headers`, without
+    /// waiting for one being fetched and without leaving a placeholder (a `HEAD`
+    /// never fills an entry, so nobody may wait on it).
+    pub(crate) fn find(&self, primary: &Key, headers: &HeaderMap) -> Option<Arc<Stored>> {
+        let inner = self.inner.get()?;
+        match inner.get(primary)? {
+            Cached::Answer(stored) => Some(stored),
+            Cached::Variants(vary) => {
+                match inner.get(&KeyRules::variant(primary, &vary, headers))? {
+                    Cached::Answer(stored) => Some(stored),
+                    _ => None,
+                }
+            }
+            Cached::Pass => None,
+        }
+    }
+
     /// Keeps `stored` for the request keyed `primary` (`headers`: its header
     /// fields, for the variant key), filling `vacant` if it is this key's.
     pub(crate) fn fill(

@@ -45,9 +45,17 @@ fn stored(fields: &[(&'static str, &str)], lifetime: u64, age: u64) -> Stored {
 fn only_plain_gets_are_looked_up() {
     let c = cache(ResponseCache::default());
     assert!(matches!(c.ask(&parts("GET", &[]), false), Ask::Lookup(_)));
+    let Ask::Lookup(head) = c.ask(&parts("HEAD", &[]), false) else {
+        panic!("a HEAD looks for the GET's entry");
+    };
+    let Ask::Lookup(get) = c.ask(&parts("GET", &[]), false) else {
+        panic!("lookup expected");
+    };
+    assert!(head.head && !get.head);
+    assert_eq!(head.primary, get.primary);
     let bypassed: &[(&str, &[Field], bool)] = &[
-        ("HEAD", &[], false),
         ("POST", &[], false),
+        ("HEAD", &[("range", "bytes=0-1")], false),
         ("GET", &[], true),
         ("GET", &[("range", "bytes=0-1")], false),
         ("GET", &[("if-match", "\"a\"")], false),
