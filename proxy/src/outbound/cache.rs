@@ -148,9 +148,12 @@ impl Through<'_> {
                 let peer = Arc::clone(self.conn.no_peer());
                 return self.finish(version, response, &peer, Outcome::Hit, observer);
             }
-            Lookup::Found { key, stored } => (Some(stored), Slot::Taken(key)),
+            Lookup::Found { variant, stored } => {
+                let key = variant.unwrap_or_else(|| lookup.primary.clone());
+                (Some(stored), Slot::Taken(key))
+            }
             Lookup::Vacant { key, guard } => (None, Slot::Vacant(key, guard)),
-            Lookup::Pass { .. } => (None, Slot::Passing),
+            Lookup::Pass => (None, Slot::Passing),
             Lookup::Busy => {
                 let (response, peer) = self.send(parts, body, &mut observer).await;
                 return self.finish(version, response, &peer, Outcome::Miss, observer);

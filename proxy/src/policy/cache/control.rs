@@ -2,6 +2,8 @@
 //! directives the cache acts on, and whether the header could be read at all. A
 //! field that cannot be read makes a response unstorable, never fresher.
 
+use std::borrow::Cow;
+
 use http::header::{HeaderMap, CACHE_CONTROL, PRAGMA};
 
 /// Delta-seconds above this are read as this (RFC 9111 §1.2.2).
@@ -59,11 +61,8 @@ impl Directives {
 
     /// Reads one field's comma-separated directives.
     fn read(&mut self, text: &str) {
-        for (name, value) in directives(text) {
-            let Some(name) = name else {
-                self.malformed = true;
-                continue;
-            };
+        let mut malformed = false;
+        let clean = each_directive(text, |name, value| {
             let seconds = |slot: &mut Option<u64>, malformed: &mut bool| {
                 match value.as_deref().and_then(delta_seconds) {
                     // Two different values for one directive: neither is believed.
@@ -71,18 +70,26 @@ impl Directives {
                     _ => *malformed = true,
                 }
             };
-            match name.to_ascii_lowercase().as_str() {
-                "no-store" => self.no_store = true,
-                "no-cache" => self.no_cache = true,
-                "private" => self.private = true,
-                "public" => self.public = true,
-                "must-revalidate" | "proxy-revalidate" => self.must_revalidate = true,
-                "max-age" => seconds(&mut self.max_age, &mut self.malformed),
-                "s-maxage" => seconds(&mut self.s_maxage, &mut self.malformed),
-                "min-fresh" => seconds(&mut self.min_fresh, &mut self.malformed),
-                _ => {}
+            let is = |known: &str| name.eq_ignore_ascii_case(known);
+            if is("no-store") {
+                self.no_store = true;
+            } else if is("no-cache") {
+                self.no_cache = true;
+            } else if is("private") {
+                self.private = true;
+            } else if is("public") {
+                self.public = true;
+            } else if is("must-revalidate") || is("proxy-revalidate") {
+                self.must_revalidate = true;
+            } else if is("max-age") {
+                seconds(&mut self.max_age, &mut malformed);
+            } else if is("s-maxage") {
+                seconds(&mut self.s_maxage, &mut malformed);
+            } else if is("min-fresh") {
+                seconds(&mut self.min_fresh, &mut malformed);
             }
-        }
+        });
+        self.malformed |= malformed || !clean;
     }
 }
 
@@ -98,79 +105,89 @@ pub(crate) fn delta_seconds(text: &str) -> Option<u64> {
     )
 }
 
-/// The directives of one field: `(name, value)`, the value unquoted; a name of
-/// `None` marks a directive that could not be split (an open quote, an empty name).
-fn directives(text: &str) -> Vec<(Option<String>, Option<String>)> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
+/// Calls `each(name, value)` for every directive of one field, the value unquoted
+/// (borrowed from `text` unless it had escapes); `false` when some directive
+/// could not be split (an open quote, an empty name, more after a value), which
+/// the caller treats as a field it cannot read.
+fn each_directive(text: &str, mut each: impl FnMut(&str, Option<Cow<'_, str>>)) -> bool {
+    let b = text.as_bytes();
+    let space = |c: u8| c == b' ' || c == b'\t';
+    let mut clean = true;
+    let mut i = 0;
     loop {
-        while chars
-            .peek()
-            .is_some_and(|c| *c == ' ' || *c == '\t' || *c == ',')
-        {
-            chars.next();
+        while i < b.len() && (space(b[i]) || b[i] == b',') {
+            i += 1;
         }
-        if chars.peek().is_none() {
-            return out;
+        if i >= b.len() {
+            return clean;
         }
-        let mut name = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c == ',' || c == ' ' || c == '\t' {
-                break;
-            }
-            name.push(c);
-            chars.next();
+        let start = i;
+        while i < b.len() && !matches!(b[i], b'=' | b',' | b' ' | b'\t') {
+            i += 1;
         }
-        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-            chars.next();
+        let name = &text[start..i];
+        while i < b.len() && space(b[i]) {
+            i += 1;
         }
         let mut value = None;
-        if chars.peek() == Some(&'=') {
-            chars.next();
-            let mut v = String::new();
-            if chars.peek() == Some(&'"') {
-                chars.next();
-                let mut closed = false;
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => match chars.next() {
-                            Some(escaped) => v.push(escaped),
-                            None => break,
-                        },
-                        '"' => {
-                            closed = true;
-                            break;
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            if i < b.len() && b[i] == b'"' {
+                i += 1;
+                let from = i;
+                let mut escaped = false;
+                loop {
+                    match b.get(i) {
+                        None => return false,
+                        Some(b'\\') => {
+                            escaped = true;
+                            i += 2;
                         }
-                        c => v.push(c),
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
                     }
                 }
-                if !closed {
-                    out.push((None, None));
-                    return out;
-                }
+                let raw = &text[from..i];
+                i += 1;
+                value = Some(if escaped {
+                    Cow::Owned(unescape(raw))
+                } else {
+                    Cow::Borrowed(raw)
+                });
             } else {
-                while let Some(&c) = chars.peek() {
-                    if c == ',' || c == ' ' || c == '\t' {
-                        break;
-                    }
-                    v.push(c);
-                    chars.next();
+                let from = i;
+                while i < b.len() && !matches!(b[i], b',' | b' ' | b'\t') {
+                    i += 1;
                 }
+                value = Some(Cow::Borrowed(&text[from..i]));
             }
-            value = Some(v);
         }
-        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-            chars.next();
+        while i < b.len() && space(b[i]) {
+            i += 1;
         }
         // Anything but a comma or the end after a directive is not one we can read.
-        let clean = matches!(chars.peek(), None | Some(','));
-        out.push(((!name.is_empty() && clean).then_some(name), value));
-        if !clean {
-            while chars.peek().is_some_and(|c| *c != ',') {
-                chars.next();
+        if name.is_empty() || (i < b.len() && b[i] != b',') {
+            clean = false;
+            while i < b.len() && b[i] != b',' {
+                i += 1;
             }
+        } else {
+            each(name, value);
         }
     }
+}
+
+/// A quoted string's content without its escapes (`\\x` is `x`).
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

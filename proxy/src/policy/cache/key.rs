@@ -76,6 +76,11 @@ impl KeyRules {
         }
     }
 
+    /// Whether callers' credentials share entries (then none are in the key).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.credentials.is_empty()
+    }
+
     /// The key of a request before its answer's `Vary` is known. A shared route
     /// keys requests with `authorization` apart from those without, since only
     /// answers marked shareable are stored for them.
@@ -92,7 +97,7 @@ impl KeyRules {
         push(&mut key, method.as_str().as_bytes());
         push(&mut key, authority);
         push(&mut key, path_and_query);
-        if self.credentials.is_empty() {
+        if self.is_shared() {
             key.push(u8::from(headers.contains_key(AUTHORIZATION)));
         }
         for name in self.credentials.iter() {

@@ -46,8 +46,6 @@ pub(crate) struct RouteCache {
     pub limits: Limits,
     /// Largest body kept.
     pub max_body_bytes: u64,
-    /// Whether entries are shared between credentials.
-    pub shared: bool,
     /// The proxy's store.
     pub store: Arc<Store>,
 }
@@ -96,7 +94,6 @@ impl RouteCache {
                 max_ttl: policy.max_ttl,
             },
             max_body_bytes: policy.max_body_bytes,
-            shared: policy.shared,
             store,
         })
     }
@@ -131,7 +128,7 @@ impl RouteCache {
                 .rules
                 .primary(&Method::GET, authority, path.as_bytes(), headers),
             wants,
-            authorized: self.shared && headers.contains_key(http::header::AUTHORIZATION),
+            authorized: self.rules.is_shared() && headers.contains_key(http::header::AUTHORIZATION),
             head,
         })
     }

@@ -96,10 +96,10 @@ pub(crate) type Guard<'a> =
 
 /// What a lookup found.
 pub(crate) enum Lookup<'a> {
-    /// An answer under `key` (fresh or not: the caller decides).
+    /// An answer (fresh or not: the caller decides).
     Found {
-        /// Where it is (a variant key when the answer varies).
-        key: Key,
+        /// Where it is when the answer varies; `None`: under the primary key.
+        variant: Option<Key>,
         /// The answer.
         stored: Arc<Stored>,
     },
@@ -111,11 +111,8 @@ pub(crate) enum Lookup<'a> {
         guard: Guard<'a>,
     },
     /// Its last answer could not be kept: go upstream at once, and keep the answer
-    /// under `key` if it can be now.
-    Pass {
-        /// Where the answer would go.
-        key: Key,
-    },
+    /// if it can be now.
+    Pass,
     /// Another request is fetching it and did not finish in time, or the store is
     /// off: go upstream without the cache.
     Busy,
@@ -124,9 +121,11 @@ pub(crate) enum Lookup<'a> {
 impl std::fmt::Debug for Lookup<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Lookup::Found { key, .. } => f.debug_struct("Found").field("key", key).finish(),
+            Lookup::Found { variant, .. } => {
+                f.debug_struct("Found").field("variant", variant).finish()
+            }
             Lookup::Vacant { key, .. } => f.debug_struct("Vacant").field("key", key).finish(),
-            Lookup::Pass { key } => f.debug_struct("Pass").field("key", key).finish(),
+            Lookup::Pass => f.write_str("Pass"),
             Lookup::Busy => f.write_str("Busy"),
         }
     }
@@ -210,11 +209,12 @@ impl Store {
             return Lookup::Busy;
         }
         let inner = self.inner();
-        let mut key = primary.clone();
         // Primary, then a variant; a variant that names variants again is a race
-        // with a changed Vary, served from upstream.
+        // with a changed Vary, served from upstream. The primary key is only
+        // copied when it must be kept (a placeholder's).
+        let mut variant: Option<Key> = None;
         for _ in 0..2 {
-            let found = inner.get_value_or_guard_async(&key);
+            let found = inner.get_value_or_guard_async(variant.as_ref().unwrap_or(primary));
             let found = match deadline {
                 Some(at) => match tokio::time::timeout_at(at.into(), found).await {
                     Ok(found) => found,
@@ -223,13 +223,16 @@ impl Store {
                 None => found.await,
             };
             match found {
-                Ok(Cached::Answer(stored)) => return Lookup::Found { key, stored },
-                Ok(Cached::Variants(vary)) if key == *primary => {
-                    key = KeyRules::variant(primary, &vary, headers);
+                Ok(Cached::Answer(stored)) => return Lookup::Found { variant, stored },
+                Ok(Cached::Variants(vary)) if variant.is_none() => {
+                    variant = Some(KeyRules::variant(primary, &vary, headers));
                 }
                 Ok(Cached::Variants(_)) => return Lookup::Busy,
-                Ok(Cached::Pass) => return Lookup::Pass { key },
-                Err(guard) => return Lookup::Vacant { key, guard },
+                Ok(Cached::Pass) => return Lookup::Pass,
+                Err(guard) => {
+                    let key = variant.unwrap_or_else(|| primary.clone());
+                    return Lookup::Vacant { key, guard };
+                }
             }
         }
         Lookup::Busy
@@ -428,10 +431,7 @@ mod tests {
         };
         let (s, k2) = (Arc::clone(&store), key.clone());
         let waiter = tokio::spawn(async move {
-            matches!(
-                s.lookup(&k2, &HeaderMap::new(), None).await,
-                Lookup::Pass { .. }
-            )
+            matches!(s.lookup(&k2, &HeaderMap::new(), None).await, Lookup::Pass)
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         store.pass(k.clone(), Some((k, guard)));
