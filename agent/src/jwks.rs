@@ -88,11 +88,10 @@ impl JwksStore {
     /// fetched yet is asked for and stays empty (its tokens are refused meanwhile).
     pub fn fill(&self, view: &mut View) {
         let sets = self.sets.load();
-        let providers = view
-            .inbound
-            .ports
-            .values_mut()
+        let gateway_hosts = view.gateway.iter_mut().flat_map(|g| g.hosts.iter_mut());
+        let providers = (view.inbound.ports.values_mut())
             .filter_map(|p| p.jwt.as_mut())
+            .chain(gateway_hosts.filter_map(|h| h.jwt.as_mut()))
             .flat_map(|j| j.providers.iter_mut());
         for provider in providers {
             let Some(uri) = &provider.jwks_uri else {

@@ -26,9 +26,15 @@ pub fn view_for(
 ) -> View {
     let services = match discovery {
         Discovery::Full => catalog.services().cloned().collect(),
-        Discovery::OnDemand => (catalog.services_at(&workload.addresses).into_iter())
-            .cloned()
-            .collect(),
+        Discovery::OnDemand => {
+            let mut own = catalog.services_at(&workload.addresses);
+            for service in gateway_services(catalog, workload) {
+                if !own.iter().any(|s| std::ptr::eq(*s, service)) {
+                    own.push(service);
+                }
+            }
+            own.into_iter().cloned().collect()
+        }
     };
     View {
         version,
@@ -37,7 +43,33 @@ pub fn view_for(
         inbound: workload.inbound.clone(),
         trust_bundle_pem: Some(trust_bundle_pem.to_string()),
         issuer_sha256: None,
+        gateway: workload.gateway.clone(),
     }
+}
+
+/// The services a gateway's routes send to, and the services their routes send to
+/// in turn (a canary split behind the gateway), so a gateway never asks for them:
+/// it has no original destinations to resolve.
+fn gateway_services<'a>(
+    catalog: &'a Catalog,
+    workload: &Workload,
+) -> Vec<&'a pillion_api::view::Service> {
+    let mut found: Vec<&pillion_api::view::Service> = Vec::new();
+    let hosts = workload.gateway.iter().flat_map(|g| &g.hosts);
+    let named = (hosts.flat_map(|h| &h.routes))
+        .flat_map(|r| r.sent_to())
+        .filter_map(|b| b.service.as_deref()?.split_once('/'));
+    for (ns, name) in named {
+        let Some((_, service)) = catalog.service_named(ns, name) else {
+            continue;
+        };
+        for s in std::iter::once(service).chain(catalog.backends_of(service)) {
+            if !found.iter().any(|f| std::ptr::eq(*f, s)) {
+                found.push(s);
+            }
+        }
+    }
+    found
 }
 
 /// Whether two views differ in anything but their version, so a watcher is only sent
@@ -48,6 +80,7 @@ pub fn same_except_version(a: &View, b: &View) -> bool {
         && a.inbound == b.inbound
         && a.trust_bundle_pem == b.trust_bundle_pem
         && a.issuer_sha256 == b.issuer_sha256
+        && a.gateway == b.gateway
 }
 
 #[cfg(test)]
@@ -109,5 +142,133 @@ mod tests {
         assert_eq!(mode, Mode::Strict);
         assert_eq!(allow, ["spiffe://cluster.local/ns/demo/*"]);
         assert_eq!(v.inbound.for_port(8080).0, Mode::Permissive);
+    }
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    use super::*;
+    use crate::source::parse_source;
+
+    const FILE: &str = r#"
+workloads:
+  - name: edge
+    namespace: gateway
+    token: edge-token-123
+    gateway:
+      hosts:
+        - hostnames: [shop.example.com, "*.shop.example.com"]
+          routes:
+            - name: web
+              matches: [{path: {prefix: /}}]
+              backends: [{service: shop/web, port: 80}]
+            - name: local
+              matches: [{path: {prefix: /status}}]
+              backends: [{service: status, port: 8080}]
+          server_routes:
+            - {name: orders, matches: [{path: {prefix: /orders}}], rate_limit: {requests_per_second: 5, burst: 5}}
+  - name: web
+    namespace: shop
+    addresses: [198.18.0.3]
+services:
+  - name: web
+    namespace: shop
+    addresses: [198.18.0.100]
+    ports: [{port: 80, target_port: 8080, routes: [{name: canary, backends: [{weight: 9}, {weight: 1, service: web-v2}]}]}]
+    endpoints: [{workload: web}]
+  - name: web-v2
+    namespace: shop
+    ports: [{port: 80}]
+  - name: status
+    namespace: gateway
+    ports: [{port: 8080}]
+  - name: other
+    namespace: shop
+    ports: [{port: 80}]
+"#;
+
+    fn refused(text: &str) -> crate::source::SourceError {
+        match parse_source("g.yaml", text, "cluster.local") {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_gateway_view_carries_its_hosts_and_the_services_they_reach() {
+        let catalog = parse_source("g.yaml", FILE, "cluster.local").unwrap();
+        let edge = catalog.workload_for_token("edge-token-123").unwrap();
+        let view = view_for(&catalog, edge, 3, "", Discovery::OnDemand);
+        let gateway = view.gateway.as_ref().expect("a gateway view");
+        let host = &gateway.hosts[0];
+        assert_eq!(host.hostnames, ["shop.example.com", "*.shop.example.com"]);
+        // A bare name is the gateway's own namespace.
+        assert_eq!(
+            host.routes[1].backends[0].service.as_deref(),
+            Some("gateway/status")
+        );
+        assert_eq!(host.server.routes[0].name, "orders");
+        // On demand, its view holds what its routes reach and their canary backends,
+        // nothing else.
+        let mut names: Vec<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["status", "web", "web-v2"]);
+        let plain = catalog.workloads().find(|w| w.name == "web").unwrap();
+        assert!(view_for(&catalog, plain, 3, "", Discovery::Full)
+            .gateway
+            .is_none());
+    }
+
+    #[test]
+    fn gateway_mistakes_are_refused_at_their_line() {
+        for (from, to, line, says) in [
+            (
+                "[shop.example.com,",
+                "[Shop.Example.com,",
+                8,
+                "must be a lowercase DNS name",
+            ),
+            (
+                "{service: shop/web, port: 80}",
+                "{service: shop/web, port: 81}",
+                12,
+                "has no port 81",
+            ),
+            (
+                "{service: shop/web, port: 80}",
+                "{service: shop/nope, port: 80}",
+                12,
+                "no service named `shop/nope`",
+            ),
+            (
+                "{service: shop/web, port: 80}",
+                "{service: shop/web}",
+                12,
+                "a port",
+            ),
+            (
+                "{service: shop/web, port: 80}",
+                "{weight: 1}",
+                12,
+                "must name a service",
+            ),
+            (
+                "rate_limit: {requests_per_second: 5, burst: 5}}",
+                "allow: [\"spiffe://cluster.local/ns/a/*\"]}",
+                17,
+                "claims, not allow lists",
+            ),
+            (
+                "rate_limit: {requests_per_second: 5, burst: 5}}",
+                "claims: {scope: [a]}}",
+                17,
+                "need the port's jwt providers",
+            ),
+        ] {
+            assert!(FILE.contains(from), "{from}");
+            let e = refused(&FILE.replacen(from, to, 1));
+            assert!(e.to_string().contains(says), "{to}: {e}");
+            assert_eq!(e.line(), Some(line), "{to}: {e}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod identity;
 pub mod jwt;
 pub mod lists;

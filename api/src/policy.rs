@@ -271,9 +271,13 @@ pub struct WeightedBackend {
     /// Endpoint labels that select a subset (e.g. `version: v2`); empty = all.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subset: BTreeMap<String, String>,
-    /// Another service (same namespace) to send to instead of this port's endpoints.
+    /// Another service to send to instead of this port's endpoints: `name` (same
+    /// namespace) or `namespace/name` (a gateway's routes, which live in no service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// That service's port; defaults to the route's own port number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 fn default_weight() -> u32 {
@@ -640,6 +644,26 @@ pub enum PolicyProblem {
     /// A cache body bound of zero or above [`crate::cache::MAX_BODY_BYTES`].
     #[error("must be 1 to 16777216 bytes")]
     BadCacheBodyBytes,
+    /// A backend port of 0.
+    #[error("a port must be 1 to 65535")]
+    ZeroPort,
+    /// A gateway hostname that is not a DNS name or a `*.` wildcard of one.
+    #[error("hostname {0:?} must be a lowercase DNS name, or `*.` and one (e.g. `*.example.com`)")]
+    BadHostname(String),
+    /// A hostname served by two gateway hosts.
+    #[error("hostname {0:?} is served twice")]
+    DuplicateHostname(String),
+    /// A gateway host without hostnames or without routes.
+    #[error("a gateway host needs at least one hostname and one route")]
+    EmptyGatewayHost,
+    /// A gateway route backend that names no service (a gateway has no endpoints of its own).
+    #[error("a gateway route backend must name a service (`namespace/name`) and a port")]
+    GatewayBackendWithoutService,
+    /// An allow list at a gateway, whose callers are end users, never mesh peers.
+    #[error(
+        "a gateway's callers have no mesh identity: authorize them by claims, not allow lists"
+    )]
+    AllowAtGateway,
     /// End-user authentication that cannot be served.
     #[error(transparent)]
     Jwt(#[from] crate::jwt::JwtProblem),
@@ -1001,6 +1025,9 @@ fn validate_backends(backends: &[WeightedBackend]) -> Result<(), PolicyError> {
 fn validate_backend(b: &WeightedBackend) -> Result<(), PolicyError> {
     if b.service.as_deref() == Some("") {
         return Err(PolicyError::new("service", PolicyProblem::Empty));
+    }
+    if b.port == Some(0) {
+        return Err(PolicyError::new("port", PolicyProblem::ZeroPort));
     }
     if b.subset.keys().any(String::is_empty) {
         return Err(PolicyError::new("subset", PolicyProblem::Empty));

@@ -81,6 +81,10 @@ pub struct View {
     /// wait for every leaf's renewal time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_sha256: Option<String>,
+    /// Set for a workload in the gateway role: the hostnames it serves at the edge
+    /// and their routes into the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<crate::gateway::GatewayPolicy>,
 }
 
 /// A named set of virtual addresses and ports, served by endpoints.
@@ -311,6 +315,7 @@ mod tests {
             },
             trust_bundle_pem: Some("-----BEGIN CERTIFICATE-----\n…".into()),
             issuer_sha256: Some("ab".repeat(32)),
+            gateway: None,
         }
     }
 

@@ -253,6 +253,7 @@ fn unlisted(identity: &SpiffeId) -> Workload {
         identity: identity.clone(),
         addresses: Vec::new(),
         inbound: Default::default(),
+        gateway: None,
         token: None,
     }
 }

@@ -103,6 +103,8 @@ pub struct Workload {
     pub addresses: Vec<IpAddr>,
     /// Who may connect to it.
     pub inbound: InboundPolicy,
+    /// What it serves at the edge, if it is a gateway.
+    pub gateway: Option<pillion_api::gateway::GatewayPolicy>,
     /// Hash of its bearer token, if it has one.
     pub token: Option<TokenHash>,
 }

@@ -23,6 +23,12 @@
 //!           allow: ["spiffe://cluster.local/ns/demo/*"]   # empty: any peer
 //!           routes: []             # optional HTTP server routes (see `routes`)
 //!           jwt: {providers: [...]} # optional end-user tokens (see `jwt`)
+//!     gateway:                     # optional: this workload is an edge gateway
+//!       hosts:
+//!         - hostnames: [shop.example.com]
+//!           routes: [{name: web, backends: [{service: echo, port: 8080}]}]
+//!           jwt: {providers: [...]}  # optional, as on an inbound port
+//!           server_routes: []        # optional claims and limits, as an inbound port's routes
 //!
 //! services:
 //!   - name: echo
@@ -88,6 +94,34 @@ pub struct WorkloadSpec {
     /// Who may connect to this workload.
     #[serde(default)]
     pub inbound: InboundSpec,
+    /// Set for a workload in the gateway role: what it serves at the edge.
+    #[serde(default)]
+    pub gateway: Option<GatewaySpec>,
+}
+
+/// A gateway's hosts as written (see [`pillion_api::gateway`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Virtual hosts.
+    pub hosts: Vec<GatewayHostSpec>,
+}
+
+/// One virtual host of a gateway as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayHostSpec {
+    /// Exact names or `*.` wildcards of one label.
+    pub hostnames: Vec<String>,
+    /// Routes into the mesh; each backend names `service` (`name` in the gateway's
+    /// namespace, or `namespace/name`) and its `port`.
+    pub routes: Vec<RouteSpec>,
+    /// End-user token providers (see [`super::jwt`]).
+    #[serde(default)]
+    pub jwt: Option<JwtSpec>,
+    /// Authorization by claims and rate limits, as an inbound port's routes.
+    #[serde(default)]
+    pub server_routes: Vec<ServerRouteSpec>,
 }
 
 /// Inbound policy of a workload as written.

@@ -5,7 +5,9 @@
 use super::catalog::Catalog;
 use super::file::{located, parse_file, SourceError};
 use super::model::SourceFile;
-use super::validate::{add_services, add_workloads, check_backend_services};
+use super::validate::{
+    add_services, add_workloads, check_backend_services, check_gateway_backends,
+};
 use imbl::{HashMap, OrdMap, OrdSet};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -143,6 +145,7 @@ impl Parts {
         }
         for (part, p) in present() {
             check_backend_services(part, &next.catalog)
+                .and_then(|()| check_gateway_backends(part, &next.catalog))
                 .map_err(|e| located(&p.name, &p.text, e))?;
             let uses = uses(&p.file);
             for name in &uses {
@@ -202,6 +205,16 @@ fn uses(file: &SourceFile) -> Vec<Name> {
             .filter_map(|b| b.service.as_ref());
         for b in backends {
             names.push(Name::Service(s.namespace.0.clone(), b.clone()));
+        }
+    }
+    for w in &file.workloads {
+        let routes = (w.gateway.iter().flat_map(|g| &g.hosts)).flat_map(|h| &h.routes);
+        for b in routes
+            .flat_map(|r| r.sent_to())
+            .filter_map(|b| b.service.as_ref())
+        {
+            let (ns, name) = b.split_once('/').unwrap_or((&w.namespace.0, b));
+            names.push(Name::Service(ns.to_string(), name.to_string()));
         }
     }
     names.sort_unstable();

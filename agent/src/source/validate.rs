@@ -5,11 +5,14 @@
 
 use super::catalog::{Catalog, Origin, Workload};
 use super::jwt::JwtSpec;
-use super::model::{EndpointSpec, Name, ServiceSpec, SourceFile, WorkloadSpec};
+use super::model::{EndpointSpec, GatewaySpec, Name, ServiceSpec, SourceFile, WorkloadSpec};
 use super::path::EntryPath;
 use super::routes;
+use super::routes::{RouteSpec, ServerRouteSpec};
 use crate::token::TokenHash;
+use pillion_api::gateway::{GatewayHost, GatewayPolicy};
 use pillion_api::policy::validate_port_auth;
+use pillion_api::policy::ServerPolicy;
 use pillion_api::view::{Endpoint, InboundPolicy, PortPolicy, Service, ServicePort};
 use pillion_identity::{IdError, SpiffeId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +40,7 @@ pub fn validate(
     add_workloads(file, &part, trust_domain, &mut catalog)?;
     add_services(file, &part, &mut catalog)?;
     check_backend_services(&part, &catalog)?;
+    check_gateway_backends(&part, &catalog)?;
     Ok(catalog)
 }
 
@@ -158,6 +162,7 @@ pub fn check_backend_services(part: &str, catalog: &Catalog) -> Result<(), Seman
                         continue;
                     };
                     let at = at.key("service");
+                    let wanted = backend.port.unwrap_or(port.port);
                     match catalog.service_named(&service.namespace, name) {
                         None => {
                             return Err(err(
@@ -168,12 +173,11 @@ pub fn check_backend_services(part: &str, catalog: &Catalog) -> Result<(), Seman
                                 ),
                             ))
                         }
-                        Some((_, t)) if !t.ports.iter().any(|p| p.port == port.port) => {
+                        Some((_, t)) if !t.ports.iter().any(|p| p.port == wanted) => {
                             return Err(err(
                                 at,
                                 format!(
-                                    "service `{name}` has no port {}: a backend service must offer the route's port",
-                                    port.port
+                                    "service `{name}` has no port {wanted}: a backend service must offer the route's port, or the backend's `port`"
                                 ),
                             ))
                         }
@@ -240,14 +244,117 @@ fn workload(spec: &WorkloadSpec, at: &EntryPath, td: &str) -> Result<Workload, S
         default_mode,
         ports,
     };
+    let gateway = match &spec.gateway {
+        Some(g) => Some(gateway(g, &spec.namespace.0, &at.key("gateway"))?),
+        None => None,
+    };
     Ok(Workload {
         namespace: spec.namespace.0.clone(),
         name: spec.name.0.clone(),
         identity,
         addresses,
         inbound,
+        gateway,
         token: spec.token.as_ref().map(|t| TokenHash::of(&t.0)),
     })
+}
+
+/// A gateway's hosts: routes converted, backend services written as
+/// `namespace/name` (a bare name is in the gateway's namespace), everything checked
+/// by the api's validator with its paths below `at`.
+fn gateway(
+    spec: &GatewaySpec,
+    namespace: &str,
+    at: &EntryPath,
+) -> Result<GatewayPolicy, SemanticError> {
+    let mut hosts = Vec::new();
+    for host in &spec.hosts {
+        let mut routes: Vec<_> = host.routes.iter().map(RouteSpec::to_route).collect();
+        let backends = routes.iter_mut().flat_map(|r| {
+            r.backends
+                .iter_mut()
+                .chain(r.mirror.as_mut().map(|m| &mut m.backend))
+        });
+        for backend in backends {
+            if let Some(name) = &mut backend.service {
+                if !name.contains('/') {
+                    *name = format!("{namespace}/{name}");
+                }
+            }
+        }
+        hosts.push(GatewayHost {
+            hostnames: host.hostnames.clone(),
+            routes,
+            jwt: host.jwt.as_ref().map(JwtSpec::to_policy),
+            server: ServerPolicy {
+                routes: host
+                    .server_routes
+                    .iter()
+                    .map(ServerRouteSpec::to_route)
+                    .collect(),
+            },
+        });
+    }
+    let policy = GatewayPolicy { hosts };
+    policy.validate().map_err(|e| {
+        // The api names server routes `server.routes`; the source writes `server_routes`.
+        let path = e.path.replacen("server.routes", "server_routes", 1);
+        err(routes::join(at, &path), e.problem.to_string())
+    })?;
+    Ok(policy)
+}
+
+/// Every gateway route backend of `part` must name a service with the port it names.
+pub fn check_gateway_backends(part: &str, catalog: &Catalog) -> Result<(), SemanticError> {
+    for (i, workload) in catalog.workloads_of(part).enumerate() {
+        let Some(gateway) = &workload.gateway else {
+            continue;
+        };
+        for (h, host) in gateway.hosts.iter().enumerate() {
+            for (r, route) in host.routes.iter().enumerate() {
+                let at_route = EntryPath::root("workloads")
+                    .index(i)
+                    .key("gateway")
+                    .key("hosts")
+                    .index(h)
+                    .key("routes")
+                    .index(r);
+                let named = (route.backends.iter().enumerate())
+                    .map(|(b, backend)| (at_route.key("backends").index(b), backend))
+                    .chain(
+                        (route.mirror.iter())
+                            .map(|m| (at_route.key("mirror").key("backend"), &m.backend)),
+                    );
+                for (at, backend) in named {
+                    let (Some(name), Some(port)) = (&backend.service, backend.port) else {
+                        continue;
+                    };
+                    let (ns, short) = name.split_once('/').unwrap_or(("", name));
+                    match catalog.service_named(ns, short) {
+                        None => {
+                            return Err(err(
+                                at.key("service"),
+                                format!("no service named `{name}`"),
+                            ))
+                        }
+                        Some((_, s)) if !s.ports.iter().any(|p| p.port == port) => {
+                            let offered: Vec<String> =
+                                s.ports.iter().map(|p| p.port.to_string()).collect();
+                            return Err(err(
+                                at.key("port"),
+                                format!(
+                                    "service `{name}` has no port {port} (it offers {})",
+                                    offered.join(", ")
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn service(

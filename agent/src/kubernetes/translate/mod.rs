@@ -216,6 +216,7 @@ impl Translator<'_> {
                         identity: id.clone(),
                         addresses: Vec::new(),
                         inbound: InboundPolicy::default(),
+                        gateway: None,
                         token: None,
                     });
                 for ip in pod_ips(pod) {

@@ -47,6 +47,7 @@ pub(super) fn translate_rule(rule: &crd::RouteRule, name: &str) -> Result<Route,
             weight: b.weight,
             subset: b.subset.clone(),
             service: Some(b.name.clone()),
+            port: None,
         });
     }
     for f in &rule.filters {
