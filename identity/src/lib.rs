@@ -15,6 +15,7 @@ pub mod csr;
 #[doc(hidden)]
 pub mod fuzzing;
 mod pem_blocks;
+pub mod server_cert;
 pub mod spiffe;
 pub mod store;
 pub mod tls;
