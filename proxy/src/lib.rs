@@ -31,6 +31,7 @@ pub mod control;
 mod detect;
 #[doc(hidden)]
 pub mod fuzzing;
+mod gateway;
 mod http;
 mod inbound;
 #[doc(hidden)]

@@ -67,3 +67,35 @@ impl Pki {
         store
     }
 }
+
+/// A CA and a server certificate it signed, in PEM: what a gateway serves at the
+/// edge and what its clients trust.
+pub struct EdgeCert {
+    /// The CA certificate clients verify with.
+    pub ca_pem: String,
+    /// The server's chain (its leaf).
+    pub chain_pem: String,
+    /// The server's private key.
+    pub key_pem: String,
+}
+
+impl EdgeCert {
+    /// A fresh CA and a leaf for each of `names` (DNS names, `*.` wildcards allowed).
+    pub fn new(ca_name: &str, names: &[&str]) -> Result<EdgeCert, rcgen::Error> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, ca_name);
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = rcgen::KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let leaf = rcgen::CertificateParams::new(names)?.signed_by(&key, &ca, &ca_key)?;
+        Ok(EdgeCert {
+            ca_pem: ca.pem(),
+            chain_pem: leaf.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}

@@ -130,6 +130,36 @@ pub(crate) struct Args {
     #[command(flatten)]
     pub http: super::flags::DataPathArgs,
 
+    /// The gateway role: HTTPS listeners for traffic from outside the mesh,
+    /// comma-separated (e.g. 0.0.0.0:8443); needs --gateway-certs.
+    #[arg(
+        long,
+        env = "PILLION_GATEWAY_HTTPS",
+        value_delimiter = ',',
+        value_name = "ADDR,…"
+    )]
+    pub gateway_https: Vec<SocketAddr>,
+
+    /// Plaintext gateway listeners that redirect every request to HTTPS.
+    #[arg(
+        long,
+        env = "PILLION_GATEWAY_HTTP",
+        value_delimiter = ',',
+        value_name = "ADDR,…"
+    )]
+    pub gateway_http: Vec<SocketAddr>,
+
+    /// The gateway's server certificates: directories each holding tls.crt (the
+    /// chain, leaf first) and tls.key, as a mounted Kubernetes TLS Secret; the name a
+    /// client asks for (SNI) picks one, and changed files are picked up while running.
+    #[arg(
+        long,
+        env = "PILLION_GATEWAY_CERTS",
+        value_delimiter = ',',
+        value_name = "DIR,…"
+    )]
+    pub gateway_certs: Vec<PathBuf>,
+
     /// Tracing (OTLP export, sampling) and the access log.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -145,6 +175,11 @@ impl Args {
             connect_timeout: self.connect_timeout.get(),
             drain_timeout: self.drain_timeout.get(),
             backlog: self.backlog,
+            gateway: super::config::GatewayConfig {
+                https_addrs: self.gateway_https.clone(),
+                http_addrs: self.gateway_http.clone(),
+                cert_dirs: self.gateway_certs.clone(),
+            },
         }
     }
 

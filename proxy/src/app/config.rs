@@ -32,6 +32,21 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Listen backlog of the outbound and inbound listeners.
     pub backlog: u32,
+    /// The gateway role's listeners and certificates (empty: a sidecar).
+    pub gateway: GatewayConfig,
+}
+
+/// The gateway role: public listeners without interception, for traffic from
+/// outside the mesh.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// HTTPS listeners (TLS with the certificates of `cert_dirs`, HTTP/1.1 and HTTP/2).
+    pub https_addrs: Vec<SocketAddr>,
+    /// Plaintext listeners, answering every request with a redirect to HTTPS.
+    pub http_addrs: Vec<SocketAddr>,
+    /// Directories each holding `tls.crt` (chain) and `tls.key` (its key), the
+    /// layout of a mounted Kubernetes TLS Secret.
+    pub cert_dirs: Vec<std::path::PathBuf>,
 }
 
 /// A configuration mistake, phrased as what to fix and named by its flag.
@@ -69,6 +84,12 @@ pub enum ConfigError {
         /// The value given.
         got: HumaneDuration,
     },
+    /// HTTPS gateway listeners without certificates, or certificates without them.
+    #[error("--gateway-https and --gateway-certs go together: give both (a directory with tls.crt and tls.key per certificate), or neither")]
+    GatewayCerts,
+    /// A redirect listener with no HTTPS listener to send clients to.
+    #[error("--gateway-http redirects to HTTPS: it needs --gateway-https")]
+    RedirectWithoutHttps,
     /// The backlog is zero or larger than the kernel accepts.
     #[error("--backlog must be between 1 and {MAX_BACKLOG}, got {got}")]
     Backlog {
@@ -97,6 +118,7 @@ impl Default for ProxyConfig {
             connect_timeout: defaults::CONNECT_TIMEOUT,
             drain_timeout: defaults::DRAIN_TIMEOUT,
             backlog: DEFAULT_BACKLOG,
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -127,11 +149,20 @@ impl ProxyConfig {
             &self.inbound_addrs,
         )?;
         let admin = [self.admin_addr];
-        let lists: [(&'static str, &[SocketAddr]); 3] = [
+        let lists: [(&'static str, &[SocketAddr]); 5] = [
             ("--outbound-addrs", &self.outbound_addrs),
             ("--inbound-addrs", &self.inbound_addrs),
             ("--admin-addr", &admin),
+            ("--gateway-https", &self.gateway.https_addrs),
+            ("--gateway-http", &self.gateway.http_addrs),
         ];
+        let gateway = &self.gateway;
+        if gateway.https_addrs.is_empty() != gateway.cert_dirs.is_empty() {
+            return Err(ConfigError::GatewayCerts);
+        }
+        if !gateway.http_addrs.is_empty() && gateway.https_addrs.is_empty() {
+            return Err(ConfigError::RedirectWithoutHttps);
+        }
         for (i, (first, a)) in lists.iter().enumerate() {
             for (second, b) in &lists[i + 1..] {
                 // Port 0 asks the kernel for a fresh port, so it never collides.

@@ -19,6 +19,9 @@ use crate::admin::readiness::{Condition, Readiness};
 use crate::admin::{AdminError, AdminServer, AdminState, ConfigDump};
 use crate::control::Resolver;
 use crate::detect::first_word::MAX_PROBES;
+use crate::gateway::certs::Certs;
+use crate::gateway::redirect::Redirect;
+use crate::gateway::Gateway;
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::state::{self, Compiler, Store, Views};
@@ -61,6 +64,12 @@ pub enum ProxyError {
     /// The admin listener could not be bound.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The gateway's server certificates cannot be loaded.
+    #[error("--gateway-certs: {0}")]
+    GatewayCerts(#[from] crate::gateway::certs::CertsError),
+    /// The gateway's TLS configuration cannot be built.
+    #[error("the gateway's TLS configuration: {0}")]
+    GatewayTls(#[from] rustls::Error),
     /// A bound listener's address could not be read back.
     #[error("cannot read the local address of a bound {flag} listener: {source}")]
     LocalAddr {
@@ -106,6 +115,7 @@ pub struct Proxy {
     inbound: Vec<TcpListener>,
     outbound_addrs: Vec<SocketAddr>,
     inbound_addrs: Vec<SocketAddr>,
+    gateway: Option<GatewayListeners>,
     admin: AdminServer,
     registry: Arc<Registry>,
     tcp: TcpMetrics,
@@ -118,6 +128,38 @@ pub struct Proxy {
     state_ready: Option<Condition>,
     settings: Settings,
     http_metrics: HttpMetrics,
+}
+
+/// The gateway role's bound listeners and loaded certificates.
+struct GatewayListeners {
+    https: Vec<TcpListener>,
+    http: Vec<TcpListener>,
+    https_addrs: Vec<SocketAddr>,
+    http_addrs: Vec<SocketAddr>,
+    certs: Arc<Certs>,
+}
+
+impl GatewayListeners {
+    /// Loads the certificates and binds the listeners of `config`; `None` for a sidecar.
+    fn bind(config: &ProxyConfig) -> Result<Option<GatewayListeners>, ProxyError> {
+        let gateway = &config.gateway;
+        if gateway.https_addrs.is_empty() {
+            return Ok(None);
+        }
+        let certs = Certs::load(&gateway.cert_dirs)?;
+        let https = bind_all("--gateway-https", &gateway.https_addrs, config.backlog)?;
+        let http = match gateway.http_addrs.is_empty() {
+            true => Vec::new(),
+            false => bind_all("--gateway-http", &gateway.http_addrs, config.backlog)?,
+        };
+        Ok(Some(GatewayListeners {
+            https_addrs: local_addrs("--gateway-https", &https)?,
+            http_addrs: local_addrs("--gateway-http", &http)?,
+            https,
+            http,
+            certs,
+        }))
+    }
 }
 
 impl ProxyBuilder {
@@ -174,6 +216,7 @@ impl ProxyBuilder {
 
         let outbound = bind_all("--outbound-addrs", &config.outbound_addrs, config.backlog)?;
         let inbound = bind_all("--inbound-addrs", &config.inbound_addrs, config.backlog)?;
+        let gateway = GatewayListeners::bind(&config)?;
         let admin = AdminServer::bind(config.admin_addr)?;
         let outbound_addrs = local_addrs("--outbound-addrs", &outbound)?;
         let inbound_addrs = local_addrs("--inbound-addrs", &inbound)?;
@@ -189,6 +232,7 @@ impl ProxyBuilder {
             inbound,
             outbound_addrs,
             inbound_addrs,
+            gateway,
             admin,
             registry: Arc::new(registry),
             tcp,
@@ -231,6 +275,11 @@ impl Proxy {
     /// The inbound listener addresses actually bound.
     pub fn inbound_addrs(&self) -> &[SocketAddr] {
         &self.inbound_addrs
+    }
+
+    /// The gateway's HTTPS listener addresses actually bound (none for a sidecar).
+    pub fn gateway_https_addrs(&self) -> &[SocketAddr] {
+        self.gateway.as_ref().map_or(&[], |g| &g.https_addrs)
     }
 
     /// The admin server's bound address.
@@ -332,6 +381,7 @@ impl Proxy {
             Arc::clone(&inputs),
         ));
         let inbound_guard = LoopGuard::new(listeners().chain([admin_port]));
+        let gateway_inputs = Arc::clone(&inputs);
         let inbound = Arc::new(Inbound::new(
             relay(inbound_guard, Direction::Inbound),
             inputs,
@@ -354,6 +404,9 @@ impl Proxy {
                 .map(|l| accept_loop(l, Arc::clone(&inbound), &shared))
                 .map(tokio::spawn),
         );
+        if let Some(gateway) = self.gateway {
+            accepting.extend(serve_gateway(gateway, gateway_inputs, &shared));
+        }
         let admin_stop = CancellationToken::new();
         let admin_state = AdminState {
             readiness: self.readiness,
@@ -431,6 +484,31 @@ impl Serving {
         }
         report
     }
+}
+
+/// Starts the gateway role's accept loops and its certificate reloads.
+fn serve_gateway(
+    gateway: GatewayListeners,
+    inputs: Arc<Inputs>,
+    shared: &Shared<'_>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let stop = shared.drain.clone();
+    tokio::spawn(Arc::clone(&gateway.certs).watch(async move { stop.started().await }));
+    let https_port = gateway.https_addrs.first().map_or(443, SocketAddr::port);
+    let redirect = Arc::new(Redirect::new(Arc::clone(&inputs), https_port));
+    let stack = match Gateway::new(inputs, gateway.certs) {
+        Ok(stack) => Arc::new(stack),
+        Err(error) => {
+            tracing::error!(%error, "the gateway's TLS configuration cannot be built; the gateway listeners stay closed");
+            return Vec::new();
+        }
+    };
+    tracing::info!(https = ?gateway.https_addrs, http = ?gateway.http_addrs, "gateway serving");
+    let https = (gateway.https.into_iter())
+        .map(|l| tokio::spawn(accept_loop(l, Arc::clone(&stack), shared)));
+    let http = (gateway.http.into_iter())
+        .map(|l| tokio::spawn(accept_loop(l, Arc::clone(&redirect), shared)));
+    https.chain(http).collect()
 }
 
 /// What every listener's accept loop shares.

@@ -77,6 +77,12 @@ pub(crate) enum HttpError {
     /// A request kind the proxy does not carry.
     #[error("not supported: {0}")]
     Unsupported(&'static str),
+    /// A gateway serves no such host, or no route of the host matches.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// The host is not one the connection's certificate covers (RFC 9110 §15.5.20).
+    #[error("misdirected: {0}")]
+    Misdirected(&'static str),
 }
 
 impl HttpError {
@@ -102,6 +108,8 @@ impl HttpError {
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -118,6 +126,8 @@ impl HttpError {
             HttpError::Forbidden(_) => "forbidden",
             HttpError::BadRequest(_) => "bad-request",
             HttpError::Unsupported(_) => "unsupported",
+            HttpError::NotFound(_) => "not-found",
+            HttpError::Misdirected(_) => "misdirected",
         }
     }
 

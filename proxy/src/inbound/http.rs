@@ -231,7 +231,7 @@ impl InboundConn {
 /// The end user's part where the port has token providers
 /// ([`crate::policy::jwt::Authenticator::authenticate`]): a route with claims needs a
 /// token; otherwise the route's `jwt_required`, or the port's, decides.
-fn authenticate(
+pub(crate) fn authenticate(
     jwt: &PortJwt,
     route: &ServerRouteState,
     headers: &mut http::HeaderMap,

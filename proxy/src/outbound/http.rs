@@ -48,11 +48,7 @@ pub(crate) async fn serve<IO, F>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = ()>,
 {
-    let conn = Arc::new(OutboundConn {
-        inputs,
-        orig_dst,
-        no_peer: no_peer(),
-    });
+    let conn = Arc::new(OutboundConn::new(inputs, orig_dst));
     let service = service_fn(move |req| {
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
@@ -61,13 +57,22 @@ pub(crate) async fn serve<IO, F>(
 }
 
 /// What every request of one connection shares.
-pub(super) struct OutboundConn {
+pub(crate) struct OutboundConn {
     inputs: Arc<Inputs>,
     orig_dst: SocketAddr,
     no_peer: Arc<str>,
 }
 
 impl OutboundConn {
+    /// The shared part of requests to `orig_dst` (a gateway's: its listener).
+    pub(crate) fn new(inputs: Arc<Inputs>, orig_dst: SocketAddr) -> OutboundConn {
+        OutboundConn {
+            inputs,
+            orig_dst,
+            no_peer: no_peer(),
+        }
+    }
+
     /// With on-demand discovery, a service forgotten while this connection stayed
     /// idle is asked about again.
     async fn rediscover(&self) -> Option<Target> {
@@ -99,11 +104,27 @@ impl OutboundConn {
                 }
             },
         };
+        self.to_target(req, target, identity, start).await
+    }
+
+    /// Serves one request to a known service port (or a gateway host's routes):
+    /// route, limit, faults, cache, the tries, the answer's way back. `identity` is
+    /// this proxy's own, for client-side limits keyed by it.
+    pub(crate) async fn to_target(
+        &self,
+        req: Request<Incoming>,
+        target: Target,
+        identity: Option<Arc<str>>,
+        start: Instant,
+    ) -> Response<ResponseBody> {
         if wants_upgrade(&req) {
             return self.upgrade(req, &target).await;
         }
         let (parts, body) = req.into_parts();
         let (route, matched_prefix) = target.port.select(&parts);
+        if target.port.only_declared_routes() && target.port.is_default(route) {
+            return HttpError::NotFound("no route of the host matches the request").response();
+        }
         let mut observer = self.inputs.settings.recorders.client(&parts, self.orig_dst);
         observer.set_route(&route.name);
         observer.set_request_bytes(declared_len(&body));

@@ -220,22 +220,39 @@ impl InboundTable {
             )
             .collect();
         for (port, policy) in &view.inbound.ports {
-            let compiled = compile_port(*port, policy, previous, &mut table, metrics, now);
+            let label = port.to_string();
+            let compiled = compile_port(*port, &label, policy, previous, &mut table, metrics, now);
             table.ports.insert(*port, Arc::new(compiled));
         }
         table
     }
 }
 
+/// One gateway host's end-user policy, compiled as an inbound port's under metric
+/// label `label`; its rate limiters and token cache carry over from `previous`
+/// (the host's table of the last view) while unchanged.
+pub(crate) fn compile_host(
+    label: &str,
+    policy: &PortPolicy,
+    previous: &InboundTable,
+    metrics: &HttpMetrics,
+    now: Instant,
+) -> (Arc<InboundPort>, InboundTable) {
+    let mut table = InboundTable::default();
+    let port = compile_port(0, label, policy, previous, &mut table, metrics, now);
+    (Arc::new(port), table)
+}
+
 fn compile_port(
     port: u16,
+    label: &str,
     policy: &PortPolicy,
     previous: &InboundTable,
     table: &mut InboundTable,
     metrics: &HttpMetrics,
     now: Instant,
 ) -> InboundPort {
-    let label: Arc<str> = Arc::from(port.to_string().as_str());
+    let label: Arc<str> = Arc::from(label);
     let port_authz = Authorizer::new(policy.mode, &policy.allow).unwrap_or_else(|e| {
         tracing::warn!(port, error = %e, "inbound allow list unusable; the port admits nobody");
         Authorizer::deny_all()

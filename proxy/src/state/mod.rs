@@ -13,6 +13,7 @@
 //! outlier detectors, rate limiters, retry budgets) is carried over from the
 //! previous state by key.
 
+pub(crate) mod gateway;
 pub(crate) mod inbound;
 pub(crate) mod outbound;
 pub(crate) mod resolved;
@@ -27,6 +28,7 @@ use pillion_api::view::View;
 use crate::admin::readiness::Condition;
 use crate::app::settings::Settings;
 use crate::telemetry::metrics::http::HttpMetrics;
+use gateway::GatewayTable;
 use inbound::InboundTable;
 pub(crate) use outbound::Destination;
 use outbound::OutboundTable;
@@ -43,6 +45,7 @@ pub(crate) struct State {
     identity: Option<Arc<str>>,
     outbound: OutboundTable,
     inbound: InboundTable,
+    gateway: GatewayTable,
 }
 
 impl State {
@@ -56,19 +59,16 @@ impl State {
         metrics: &HttpMetrics,
         now: Instant,
     ) -> State {
+        let outbound =
+            OutboundTable::compile(view, resolved, &previous.outbound, settings, metrics, now);
+        let gateway_routes = outbound.gateway_routes();
         State {
             generation: previous.generation + 1,
             version: Some(view.version),
             identity: Some(Arc::from(view.identity.as_str())),
-            outbound: OutboundTable::compile(
-                view,
-                resolved,
-                &previous.outbound,
-                settings,
-                metrics,
-                now,
-            ),
+            gateway: GatewayTable::compile(view, gateway_routes, &previous.gateway, metrics, now),
             inbound: InboundTable::compile(view, &previous.inbound, metrics, now),
+            outbound,
         }
     }
 
@@ -95,6 +95,11 @@ impl State {
     /// What inbound ports allow.
     pub(crate) fn inbound(&self) -> &InboundTable {
         &self.inbound
+    }
+
+    /// The hosts this proxy serves in the gateway role (empty for a sidecar).
+    pub(crate) fn gateway(&self) -> &GatewayTable {
+        &self.gateway
     }
 }
 

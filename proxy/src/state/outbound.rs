@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
+use pillion_api::gateway::GatewayHost;
 use pillion_api::policy::{RateLimit, RetryPolicy, Route, WeightedBackend};
 use pillion_api::view::{Endpoint, Protocol, Service, ServicePort, View};
 use pillion_identity::tls::server_name_for;
@@ -53,6 +54,10 @@ use crate::upstream::Upstream;
 
 /// Name of the implicit route that takes requests no route matches.
 pub(crate) const DEFAULT_ROUTE: &str = "default";
+/// The namespace in a gateway host's metric label (`gateway/<hostname>`).
+pub(crate) const GATEWAY_NAMESPACE: &str = "gateway";
+/// The port number a gateway host's routes are compiled under (labels, keys).
+const GATEWAY_PORT: u16 = 443;
 
 /// How a connection to one original destination is served.
 #[derive(Clone, Debug)]
@@ -98,6 +103,9 @@ pub(crate) struct PortRoutes {
     default: RouteState,
     /// Every endpoint of the port (the default route's one backend).
     all: Arc<Backend>,
+    /// A gateway host's: a request no declared route matches is 404, since the
+    /// host has no endpoints of its own to send it to.
+    only_declared: bool,
 }
 
 /// One route's policy and per-route state.
@@ -167,6 +175,16 @@ impl PortRoutes {
         }
     }
 
+    /// Whether requests no declared route matches are refused (a gateway host's).
+    pub(crate) fn only_declared_routes(&self) -> bool {
+        self.only_declared
+    }
+
+    /// Whether `route` is the implicit default route (no declared route matched).
+    pub(crate) fn is_default(&self, route: &RouteState) -> bool {
+        std::ptr::eq(route, &self.default)
+    }
+
     /// `namespace/name:port`, for errors and logs.
     pub(crate) fn label(&self) -> String {
         format!("{}:{}", self.service, self.port)
@@ -202,6 +220,8 @@ pub(crate) struct OutboundTable {
     backends: HashMap<BackendKey, Arc<Backend>>,
     limiters: HashMap<RouteKey, (RateLimit, Arc<RateLimiter>)>,
     budgets: HashMap<RouteKey, (pillion_api::policy::RetryBudget, Arc<RetryBudget>)>,
+    /// A gateway's hosts' routes, in the order of the view's hosts.
+    gateway: Vec<Arc<PortRoutes>>,
 }
 
 impl OutboundTable {
@@ -225,6 +245,11 @@ impl OutboundTable {
             Some(Destination::Service(target)) => Some(target),
             _ => None,
         }
+    }
+
+    /// The routes of the view's gateway hosts, in their order.
+    pub(crate) fn gateway_routes(&self) -> &[Arc<PortRoutes>] {
+        &self.gateway
     }
 
     /// How many destinations the table knows.
@@ -266,6 +291,10 @@ impl OutboundTable {
             compiler.used = used.cloned();
             compiler.l4_endpoints(service);
         }
+        compiler.used = None;
+        let hosts = view.gateway.iter().flat_map(|g| &g.hosts);
+        let gateway = hosts.map(|host| compiler.gateway_host(host)).collect();
+        table.gateway = gateway;
         for (addr, used) in &resolved.outside {
             let addr = SocketAddr::new(canonical(addr.ip()), addr.port());
             table.targets.entry(addr).or_insert_with(|| Entry {
@@ -298,63 +327,11 @@ fn service_name(service: &Service) -> String {
 }
 
 impl Compiler<'_> {
+    /// A service port's routes, reached at its VIPs and at each of its endpoints.
     fn port(&mut self, service: &Service, port: &ServicePort) {
         let name = service_name(service);
-        let service_label: Arc<str> = Arc::from(name.as_str());
         let endpoints = self.endpoints_of(service, port);
-        let mut routes = Vec::new();
-        let mut specs = Vec::new();
-        for route in &port.routes {
-            match self.route(service, port, &service_label, &endpoints, route) {
-                Some(state) => {
-                    routes.push(state);
-                    specs.push(route);
-                }
-                None => continue,
-            }
-        }
-        let table = if specs.is_empty() {
-            None
-        } else {
-            match RouteTable::new(specs) {
-                Ok(table) => Some(table),
-                Err(err) => {
-                    tracing::warn!(service = %name, port = port.port, error = %err,
-                        "routes of the port cannot be compiled; only the default route applies");
-                    routes.clear();
-                    None
-                }
-            }
-        };
-        let all = self.backend(&name, port, &BTreeMap::new(), None, &endpoints);
-        let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
-        let default = RouteState {
-            metrics: self
-                .metrics
-                .route(Direction::Outbound, &service_label, &default_name),
-            name: default_name,
-            split: Split::single(),
-            backends: Box::new([Arc::clone(&all)]),
-            timeout: None,
-            per_try_timeout: None,
-            retry: None,
-            limiter: None,
-            request_edits: HeaderEditor::default(),
-            response_edits: HeaderEditor::default(),
-            rewrite: None,
-            faults: None,
-            mirror: None,
-            cache: None,
-        };
-        let compiled = Arc::new(PortRoutes {
-            service: service_label,
-            port: port.port,
-            protocol: port.protocol,
-            table,
-            routes: routes.into_boxed_slice(),
-            default,
-            all,
-        });
+        let compiled = self.port_routes(service, port, &endpoints, false);
         for vip in &service.addresses {
             let addr = SocketAddr::new(canonical(*vip), port.port);
             let used = self.used.clone();
@@ -386,6 +363,94 @@ impl Compiler<'_> {
                     used,
                 });
         }
+    }
+
+    /// The routes of a service port over its `endpoints` (a gateway host's are a port
+    /// of a service of its own, without endpoints).
+    fn port_routes(
+        &mut self,
+        service: &Service,
+        port: &ServicePort,
+        endpoints: &[Arc<EndpointState>],
+        only_declared: bool,
+    ) -> Arc<PortRoutes> {
+        let name = service_name(service);
+        let service_label: Arc<str> = Arc::from(name.as_str());
+        let mut routes = Vec::new();
+        let mut specs = Vec::new();
+        for route in &port.routes {
+            match self.route(service, port, &service_label, endpoints, route) {
+                Some(state) => {
+                    routes.push(state);
+                    specs.push(route);
+                }
+                None => continue,
+            }
+        }
+        let table = if specs.is_empty() {
+            None
+        } else {
+            match RouteTable::new(specs) {
+                Ok(table) => Some(table),
+                Err(err) => {
+                    tracing::warn!(service = %name, port = port.port, error = %err,
+                        "routes of the port cannot be compiled; only the default route applies");
+                    routes.clear();
+                    None
+                }
+            }
+        };
+        let all = self.backend(&name, port, &BTreeMap::new(), None, endpoints);
+        let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
+        let default = RouteState {
+            metrics: self
+                .metrics
+                .route(Direction::Outbound, &service_label, &default_name),
+            name: default_name,
+            split: Split::single(),
+            backends: Box::new([Arc::clone(&all)]),
+            timeout: None,
+            per_try_timeout: None,
+            retry: None,
+            limiter: None,
+            request_edits: HeaderEditor::default(),
+            response_edits: HeaderEditor::default(),
+            rewrite: None,
+            faults: None,
+            mirror: None,
+            cache: None,
+        };
+        Arc::new(PortRoutes {
+            service: service_label,
+            port: port.port,
+            protocol: port.protocol,
+            table,
+            routes: routes.into_boxed_slice(),
+            default,
+            all,
+            only_declared,
+        })
+    }
+
+    /// A gateway host's routes: those of a port of a service of its own
+    /// (`gateway/<first hostname>`, no addresses, no endpoints) whose backends all
+    /// name mesh services.
+    fn gateway_host(&mut self, host: &GatewayHost) -> Arc<PortRoutes> {
+        let port = ServicePort {
+            port: GATEWAY_PORT,
+            protocol: Protocol::Auto,
+            target_port: None,
+            routes: host.routes.clone(),
+            circuit_breaker: None,
+        };
+        let service = Service {
+            name: host.hostnames.first().cloned().unwrap_or_default(),
+            namespace: GATEWAY_NAMESPACE.to_string(),
+            addresses: Vec::new(),
+            ports: vec![port],
+            endpoints: Vec::new(),
+        };
+        self.port_routes(&service, &service.ports[0], &[], true)
     }
 
     /// Endpoints no service port covers: meshed ones are reached as bytes over mesh
@@ -644,7 +709,8 @@ impl Compiler<'_> {
     }
 
     /// A weighted backend: a label subset of this port's endpoints, or of another
-    /// service's endpoints on the same port number.
+    /// service's endpoints (`name` in this service's namespace or `namespace/name`)
+    /// on the backend's port, by default the same port number.
     fn route_backend(
         &mut self,
         service: &Service,
@@ -655,9 +721,12 @@ impl Compiler<'_> {
         let (owner, owner_port) = match &backend.service {
             None => (service, port),
             Some(other) => {
+                let (namespace, name) =
+                    (other.split_once('/')).unwrap_or((service.namespace.as_str(), other.as_str()));
+                let wanted = backend.port.unwrap_or(port.port);
                 let found = services.iter().find_map(|&(s, _)| {
-                    (s.namespace == service.namespace && &s.name == other)
-                        .then(|| s.ports.iter().find(|p| p.port == port.port).map(|p| (s, p)))
+                    (s.namespace == namespace && s.name == name)
+                        .then(|| s.ports.iter().find(|p| p.port == wanted).map(|p| (s, p)))
                         .flatten()
                 });
                 match found {
@@ -665,7 +734,7 @@ impl Compiler<'_> {
                     None => {
                         tracing::warn!(service = %service.name, backend = %other,
                             "backend service not in the view (or lacks the port); it has no endpoints");
-                        let name = format!("{}/{other}", service.namespace);
+                        let name = format!("{namespace}/{name}");
                         return self.backend(&name, port, &backend.subset, None, &[]);
                     }
                 }

@@ -12,6 +12,7 @@ mod faults;
 mod first_word;
 mod flags;
 mod floods;
+mod gateway;
 mod h2_edges;
 mod harness;
 mod http_mesh;

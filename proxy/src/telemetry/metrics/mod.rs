@@ -24,6 +24,8 @@ pub enum Direction {
     Outbound,
     /// From somewhere else to the local application (listener 15006).
     Inbound,
+    /// From outside the mesh into it, in the gateway role (`--gateway-https`).
+    Gateway,
 }
 
 impl Direction {
@@ -32,6 +34,7 @@ impl Direction {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
+            Direction::Gateway => "gateway",
         }
     }
 }

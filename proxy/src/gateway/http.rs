@@ -1,0 +1,131 @@
+//! The gateway's HTTP path: one request from outside the mesh.
+//!
+//! Per request: the head is checked as everywhere ([`crate::http::hop::check_head`]);
+//! the host is read once ([`super::host`]); a host the connection's certificate does
+//! not cover is misdirected (421: a client reusing one TLS connection for another
+//! host must not be served under the wrong name); a host the view does not serve is
+//! 404. The proxy's own headers are removed (nobody outside is a verified peer), the
+//! host's end-user policy applies as an inbound port's does (token: 401; claims:
+//! 403; server rate limit: 429), and the request takes the outbound path
+//! ([`crate::outbound::http::OutboundConn::to_target`]) with the host's routes: a
+//! path no route matches is 404, never sent anywhere.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use pillion_identity::server_cert::ServerCert;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::host::request_host;
+use crate::app::inputs::Inputs;
+use crate::detect::Protocol;
+use crate::http::body::ResponseBody;
+use crate::http::errors::{rate_limited, unauthenticated, HttpError};
+use crate::http::hop::{self, strip_own_headers};
+use crate::http::server;
+use crate::inbound::http::authenticate;
+use crate::outbound::http::OutboundConn;
+use crate::state::outbound::Target;
+use crate::telemetry::metrics::http::{no_peer, Action};
+
+/// Serves one decrypted connection that arrived at gateway listener `local`,
+/// whose handshake presented `cert` (requests must be for hosts it covers).
+pub(crate) async fn serve<IO>(
+    inputs: Arc<Inputs>,
+    io: IO,
+    protocol: Protocol,
+    local: SocketAddr,
+    cert: Option<ServerCert>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = inputs.shutdown();
+    let conn = Arc::new(GatewayConn {
+        outbound: OutboundConn::new(Arc::clone(&inputs), local),
+        inputs,
+        cert,
+        no_peer: no_peer(),
+    });
+    let service = service_fn(move |req| {
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    server::serve(io, protocol, service, shutdown).await;
+}
+
+/// What every request of one gateway connection shares.
+struct GatewayConn {
+    inputs: Arc<Inputs>,
+    outbound: OutboundConn,
+    cert: Option<ServerCert>,
+    no_peer: Arc<str>,
+}
+
+impl GatewayConn {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        if let Err(bad) = hop::check_head(&parts) {
+            return bad.response();
+        }
+        let (target, policy, identity) = {
+            let host = match request_host(&parts) {
+                Ok(host) => host,
+                Err(bad) => return bad.response(),
+            };
+            if self.cert.as_ref().is_some_and(|c| !c.covers(&host)) {
+                tracing::debug!(%host, "request for a host the connection's certificate does not cover");
+                return HttpError::Misdirected(
+                    "this connection's certificate does not cover the host",
+                )
+                .response();
+            }
+            let state = self.inputs.state.load();
+            let Some(found) = state.gateway().host(&host) else {
+                tracing::debug!(%host, "request for a host the gateway does not serve");
+                return HttpError::NotFound("the gateway serves no such host").response();
+            };
+            let target = Target {
+                port: Arc::clone(&found.routes),
+                pinned: None,
+            };
+            (target, Arc::clone(&found.policy), state.identity().cloned())
+        };
+        strip_own_headers(&mut parts.headers);
+        let route = policy.select(&parts);
+        route.metrics.request(&self.no_peer);
+        let refuse = |response: Response<ResponseBody>| {
+            route
+                .metrics
+                .response(&self.no_peer, response.status().as_u16(), start.elapsed());
+            response
+        };
+        if let Err(refusal) = authenticate(&policy.jwt, route, &mut parts.headers) {
+            tracing::info!(route = %route.name, reason = refusal.reason(),
+                "gateway request refused: end-user token");
+            route.metrics.action(Action::TokenRefused);
+            return refuse(unauthenticated(refusal));
+        }
+        if let Some(limiter) = &route.limiter {
+            let key = limiter.key(None, &parts.headers);
+            if let Err(wait) = limiter.check(key, start) {
+                route.metrics.rate_limited.inc();
+                return refuse(rate_limited(limiter, &route.name, &wait));
+            }
+        }
+        let request = Request::from_parts(parts, body);
+        let response = self
+            .outbound
+            .to_target(request, target, identity, start)
+            .await;
+        route
+            .metrics
+            .response(&self.no_peer, response.status().as_u16(), start.elapsed());
+        response
+    }
+}
