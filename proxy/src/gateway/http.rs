@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::header::{HeaderValue, HOST};
+use http::request::Parts;
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use pillion_identity::server_cert::ServerCert;
@@ -32,6 +34,26 @@ use crate::inbound::http::authenticate;
 use crate::outbound::http::OutboundConn;
 use crate::state::outbound::Target;
 use crate::telemetry::metrics::http::{no_peer, Action};
+
+/// The version the application is asked in: HTTP/1.1, which every HTTP server
+/// speaks, whatever the visitor negotiated with the gateway; gRPC stays HTTP/2, the
+/// only version it runs on. A request made HTTP/1.1 gets the `Host` its authority
+/// names.
+fn toward_the_application(parts: &mut Parts) {
+    if parts.version != Version::HTTP_2 || hop::is_grpc(&parts.headers) {
+        return;
+    }
+    if !parts.headers.contains_key(HOST) {
+        if let Some(Ok(host)) = parts
+            .uri
+            .authority()
+            .map(|a| HeaderValue::from_str(a.as_str()))
+        {
+            parts.headers.insert(HOST, host);
+        }
+    }
+    parts.version = Version::HTTP_11;
+}
 
 /// Serves one decrypted connection that arrived at gateway listener `local`,
 /// whose handshake presented `cert` (requests must be for hosts it covers).
@@ -118,14 +140,46 @@ impl GatewayConn {
                 return refuse(rate_limited(limiter, &route.name, &wait));
             }
         }
+        let downstream = parts.version;
+        toward_the_application(&mut parts);
         let request = Request::from_parts(parts, body);
-        let response = self
-            .outbound
+        let mut response = (self.outbound)
             .to_target(request, target, identity, start)
             .await;
+        *response.version_mut() = downstream;
         route
             .metrics
             .response(&self.no_peer, response.status().as_u16(), start.elapsed());
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(version: Version, content_type: Option<&str>) -> Parts {
+        let mut b = Request::builder()
+            .uri("https://shop.test:8443/x")
+            .version(version);
+        if let Some(ct) = content_type {
+            b = b.header(http::header::CONTENT_TYPE, ct);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn applications_are_asked_in_http1_unless_the_request_is_grpc() {
+        let mut h2 = parts(Version::HTTP_2, Some("text/plain"));
+        toward_the_application(&mut h2);
+        assert_eq!(h2.version, Version::HTTP_11);
+        assert_eq!(h2.headers[HOST], "shop.test:8443");
+        let mut grpc = parts(Version::HTTP_2, Some("application/grpc+proto"));
+        toward_the_application(&mut grpc);
+        assert_eq!(grpc.version, Version::HTTP_2);
+        let mut h1 = parts(Version::HTTP_11, None);
+        toward_the_application(&mut h1);
+        assert_eq!(h1.version, Version::HTTP_11);
+        assert!(!h1.headers.contains_key(HOST), "left as the client sent it");
     }
 }

@@ -226,6 +226,21 @@ fn the_gateway_terminates_tls_routes_by_host_and_enters_the_mesh_as_itself() {
         ("HTTP/1.1", 200),
         "{h1:?}"
     );
+    // The application is asked in HTTP/1.1 whatever the visitor spoke, except gRPC,
+    // which only runs on HTTP/2.
+    assert!(h2.body.contains("version=HTTP/1.1"), "{h2:?}");
+    let grpc = shop(
+        "/echo/pkg.Service/Call",
+        &[
+            "--http2",
+            "-H",
+            "content-type: application/grpc",
+            "--data-binary",
+            "@/dev/null",
+        ],
+    );
+    assert_eq!(grpc.status, 200, "{grpc:?}");
+    assert!(grpc.body.contains("version=HTTP/2.0"), "{grpc:?}");
 
     // A client's claim to be a mesh identity never reaches the application.
     let forged = shop(

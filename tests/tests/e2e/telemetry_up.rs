@@ -20,6 +20,9 @@ fn pillion_up_exports_its_traces_to_a_collector_outside_the_world() {
     })
     .unwrap();
     assert!(report.ok > 0 && report.failed == 0, "{report:?}");
+    // The visitor outside the mesh got through the gateway (public 200, private 200
+    // with its token, 401 without) every round.
+    assert!(report.edge_ok > 0 && report.edge_failed == 0, "{report:?}");
     // The proxies flush on shutdown, so every span is in by now.
     let spans = receiver.collected().spans();
     let client = spans
