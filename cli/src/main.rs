@@ -195,10 +195,12 @@ fn main() -> ExitCode {
     }) {
         Ok(report) => {
             println!(
-                "requests: {} ok, {} failed; the client's proxy carried {} connection(s)",
-                report.ok, report.failed, report.proxied
+                "requests: {} ok, {} failed; the client's proxy carried {} connection(s); \
+                 visitor rounds through the gateway: {} ok, {} failed",
+                report.ok, report.failed, report.proxied, report.edge_ok, report.edge_failed
             );
-            if report.ok > 0 && report.failed == 0 && report.proxied >= report.ok as f64 {
+            let edge = report.edge_ok > 0 && report.edge_failed == 0;
+            if edge && report.ok > 0 && report.failed == 0 && report.proxied >= report.ok as f64 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -54,6 +54,7 @@ pub mod addr;
 pub mod apps;
 pub mod bridge;
 mod enter;
+pub mod gateway;
 mod holder;
 pub mod http;
 pub mod marker;

@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::local::apps;
 use crate::local::bridge::CollectorBridge;
+use crate::local::gateway::{self, EdgeDemo, EdgeTally};
 use crate::local::metrics::Samples;
 use crate::local::pod::Pod;
 use crate::local::sidecar::{Sidecar, SidecarOpts};
@@ -78,6 +79,10 @@ pub struct UpReport {
     pub failed: u64,
     /// Connections the client's proxy opened outbound, at the end.
     pub proxied: f64,
+    /// Visitor rounds through the gateway where every answer was the expected one.
+    pub edge_ok: u64,
+    /// Rounds where one was not.
+    pub edge_failed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +179,42 @@ pub fn run(opts: &UpOpts) -> Result<UpReport> {
         client_side.proxy().pid(),
         server_side.proxy().pid()
     );
+    // The edge: a gateway in front of the echo service, and a visitor outside the mesh.
+    let (gateway, visitor) = match &traced {
+        Some(mesh) => {
+            let gateway_pod = world.pod("gateway")?;
+            let visitor_pod = world.pod("visitor")?;
+            let gateway = (mesh.edge).start_gateway(
+                &gateway_pod,
+                &mesh.gateway_opts(&sidecar_opts),
+                &mesh.dir.0,
+            )?;
+            let admin = pillion_api::defaults::ADMIN_PORT;
+            crate::local::sidecar::wait_ready(
+                &gateway_pod,
+                &gateway,
+                admin,
+                Duration::from_secs(30),
+            )
+            .context("the gateway did not get ready")?;
+            let edge_tally = Arc::new(EdgeTally::default());
+            let visitor = mesh.edge.visitor(gateway_pod.addr_v4(gateway::HTTPS_PORT));
+            let tally = Arc::clone(&edge_tally);
+            let task = visitor_pod.background(move || visitor.run(tally))?;
+            println!(
+                "gateway in pod gateway ({}) serves https://{}:{} (a certificate from this run's CA; \
+                 /private needs a token); a visitor outside the mesh calls it once a second",
+                gateway_pod.ipv4(),
+                gateway::HOST,
+                gateway::HTTPS_PORT
+            );
+            (
+                Some((gateway, gateway_pod, visitor_pod)),
+                Some((task, edge_tally)),
+            )
+        }
+        None => (None, None),
+    };
     let echo = apps::spawn_echo(&server, ECHO_PORT)?;
     let target = server.addr_v4(ECHO_PORT);
     println!("echo app on {target}; the client sends one request a second");
@@ -198,6 +239,23 @@ pub fn run(opts: &UpOpts) -> Result<UpReport> {
 
     println!("stopping: client, echo app, proxies (SIGTERM, drain), then the world");
     drop(client_task);
+    let (edge_ok, edge_failed) = match visitor {
+        Some((task, tally)) => {
+            drop(task);
+            (
+                tally.ok.load(Ordering::Relaxed),
+                tally.failed.load(Ordering::Relaxed),
+            )
+        }
+        None => (0, 0),
+    };
+    if let Some((proxy, _, _)) = &gateway {
+        match proxy.stop(Duration::from_secs(10)) {
+            Some(status) => println!("gateway exited: {status}"),
+            None => println!("gateway did not exit"),
+        }
+    }
+    drop(gateway);
     drop(echo);
     let last = client_side.metrics().unwrap_or_default();
     print_counters(&client_side, &server_side);
@@ -218,6 +276,8 @@ pub fn run(opts: &UpOpts) -> Result<UpReport> {
             "pillion_tcp_connections_opened_total",
             &[("direction", "outbound")],
         ),
+        edge_ok,
+        edge_failed,
     })
 }
 
@@ -386,6 +446,7 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
 struct TracedMesh {
     agent_addr: std::net::SocketAddr,
     dir: MeshFiles,
+    edge: EdgeDemo,
     _agent: Task<()>,
     _app: Task<()>,
 }
@@ -406,9 +467,24 @@ impl TracedMesh {
     fn start(world: &World, server: &Pod) -> Result<TracedMesh> {
         use std::os::unix::fs::PermissionsExt;
         let agent_pod = world.pod("agent")?;
+        let dir =
+            MeshFiles(std::env::temp_dir().join(format!("pillion-up-mesh-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0)?;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))?;
+        // The agent's source: its embedded default, and the demo gateway as a second
+        // part (its issuer's keys are made for this run, never compiled in).
+        let edge = EdgeDemo::create(&dir.0)?;
+        let source = dir.0.join("source");
+        std::fs::create_dir_all(&source)?;
+        std::fs::write(
+            source.join("mesh.yaml"),
+            pillion_agent::source::EMBEDDED_DEFAULT,
+        )?;
+        std::fs::write(source.join("gateway.yaml"), &edge.source_part)?;
         let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
         let agent = agent_pod.background(move || async move {
-            let mut config = pillion_agent::AgentConfig::new(pillion_agent::SourceSpec::Embedded);
+            let mut config =
+                pillion_agent::AgentConfig::new(pillion_agent::SourceSpec::File(source));
             config.listen =
                 std::net::SocketAddr::from(([0, 0, 0, 0], pillion_api::defaults::AGENT_PORT));
             match pillion_agent::Agent::start(config).await {
@@ -426,15 +502,12 @@ impl TracedMesh {
             .recv_timeout(Duration::from_secs(30))
             .context("the agent did not start")?
             .map_err(|e| anyhow::anyhow!("the agent cannot start: {e}"))?;
-        let dir =
-            MeshFiles(std::env::temp_dir().join(format!("pillion-up-mesh-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0)?;
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))?;
         // The embedded view's demo tokens (public: they exist for this demo only).
         for (name, text) in [
             ("anchors.pem", pem.as_str()),
             ("client.token", "demo-client-token"),
             ("server.token", "demo-server-token"),
+            ("gateway.token", "demo-gateway-token"),
         ] {
             let path = dir.0.join(name);
             std::fs::write(&path, text)?;
@@ -448,9 +521,29 @@ impl TracedMesh {
         Ok(TracedMesh {
             agent_addr: agent_pod.addr_v4(pillion_api::defaults::AGENT_PORT),
             dir,
+            edge,
             _agent: agent,
             _app: app,
         })
+    }
+
+    /// `base` plus the flags that make the proxy workload `edge/gateway`.
+    fn gateway_opts(&self, base: &SidecarOpts) -> SidecarOpts {
+        let path = |name: &str| self.dir.0.join(name).display().to_string();
+        base.clone().proxy_args([
+            "--agent-addr".to_owned(),
+            self.agent_addr.to_string(),
+            "--trust-anchors".to_owned(),
+            path("anchors.pem"),
+            "--token-file".to_owned(),
+            path("gateway.token"),
+            "--namespace".to_owned(),
+            "edge".to_owned(),
+            "--service-account".to_owned(),
+            "gateway".to_owned(),
+            "--pod-name".to_owned(),
+            "gateway".to_owned(),
+        ])
     }
 
     /// `base` plus the flags that put workload `sa` (namespace `demo`) in the mesh.
