@@ -271,4 +271,28 @@ services:
             assert_eq!(e.line(), Some(line), "{to}: {e}");
         }
     }
+
+    #[test]
+    fn api_keys_travel_by_hash_and_mistakes_are_located() {
+        let hash = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+        let keys = format!(
+            "          api_keys:\n            plans: [{{name: free, quota: {{requests: 10, per: month}}}}]\n            keys: [{{id: acme, sha256: {hash}, plan: free}}]\n"
+        );
+        let with_keys = FILE.replacen(
+            "          server_routes:\n",
+            &format!("{keys}          server_routes:\n"),
+            1,
+        );
+        let catalog = parse_source("g.yaml", &with_keys, "cluster.local").unwrap();
+        let edge = catalog.workload_for_token("edge-token-123").unwrap();
+        let view = view_for(&catalog, edge, 1, "", Discovery::Full);
+        let host = &view.gateway.as_ref().unwrap().hosts[0];
+        assert_eq!(host.api_keys.as_ref().unwrap().keys[0].sha256, hash);
+        let e = refused(&with_keys.replace(hash, "not-a-hash"));
+        assert!(e.to_string().contains("api_keys.keys[0].sha256"), "{e}");
+        assert!(e.to_string().contains("sha256sum"), "{e}");
+        assert_eq!(e.line(), Some(18), "{e}");
+        let e = refused(&with_keys.replace("plan: free}", "plan: gold}"));
+        assert!(e.to_string().contains("no plan named \"gold\""), "{e}");
+    }
 }

@@ -52,6 +52,9 @@ pub struct GatewayHost {
     /// Authorization by claims and server-side rate limits, per route.
     #[serde(default)]
     pub server: ServerPolicy,
+    /// API keys and their usage plans; none: keys are neither read nor required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<crate::api_keys::ApiKeys>,
 }
 
 impl GatewayPolicy {
@@ -108,6 +111,9 @@ impl GatewayHost {
             }
         }
         self.server.validate().map_err(|e| e.within("server"))?;
+        if let Some(keys) = &self.api_keys {
+            keys.validate().map_err(|e| e.within("api_keys"))?;
+        }
         if let Some(r) = self.server.routes.iter().position(|r| !r.allow.is_empty()) {
             return Err(PolicyError::new(
                 format!("server.routes[{r}].allow"),

@@ -664,6 +664,24 @@ pub enum PolicyProblem {
         "a gateway's callers have no mesh identity: authorize them by claims, not allow lists"
     )]
     AllowAtGateway,
+    /// A usage plan's rate limit with a `key`: the API key is the key.
+    #[error("a plan's rate limit is per API key; leave out `key`")]
+    PlanRateKeyed,
+    /// A quota of zero or above [`crate::api_keys::MAX_QUOTA`].
+    #[error("a quota must be 1 to 4294967295 requests")]
+    BadQuota,
+    /// More keys than [`crate::api_keys::MAX_API_KEYS`].
+    #[error("at most 100000 API keys per host")]
+    TooManyApiKeys,
+    /// Not 64 lowercase hex digits.
+    #[error("must be the SHA-256 of the key as 64 lowercase hex digits (e.g. `printf %s KEY | sha256sum`); the key itself never goes in the source")]
+    BadKeyHash,
+    /// Two keys with one hash.
+    #[error("another key has this hash")]
+    DuplicateKeyHash,
+    /// A key of a plan that is not listed.
+    #[error("no plan named {0:?}")]
+    UnknownPlan(String),
     /// End-user authentication that cannot be served.
     #[error(transparent)]
     Jwt(#[from] crate::jwt::JwtProblem),

@@ -63,6 +63,7 @@ pub struct HttpApp {
 /// Starts the test application in `pod` on `port`; `name` comes back in `x-app`.
 ///
 /// Paths: `/echo` reports version, `pillion-orig-proto` and `pillion-peer-identity`;
+/// `/headers` lists every request header as `name=value` lines;
 /// `/whoami` reports `x-user`, `x-groups`, whether `authorization` came and the
 /// `cookie`; `/cache` and `/shared` answer with caching headers ([`cacheable`]); `/flaky` fails 30 % with 503; `/fail` always 503; `/slow` waits 2 s; `/lb` waits
 /// the configured delay; `/sick` is 500 while sick; `/big` echoes the body; a
@@ -123,6 +124,12 @@ async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Res
                 req.uri().path()
             );
             reply(200, name, text)
+        }
+        "headers" => {
+            let lines: Vec<String> = (req.headers().iter())
+                .map(|(n, v)| format!("{n}={}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            reply(200, name, lines.join("\n"))
         }
         "whoami" => {
             let all = |name: &str| {

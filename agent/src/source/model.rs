@@ -122,6 +122,9 @@ pub struct GatewayHostSpec {
     /// Authorization by claims and rate limits, as an inbound port's routes.
     #[serde(default)]
     pub server_routes: Vec<ServerRouteSpec>,
+    /// API keys (by hash) and their usage plans (see [`pillion_api::api_keys`]).
+    #[serde(default)]
+    pub api_keys: Option<pillion_api::api_keys::ApiKeys>,
 }
 
 /// Inbound policy of a workload as written.

@@ -293,6 +293,7 @@ fn gateway(
                     .map(ServerRouteSpec::to_route)
                     .collect(),
             },
+            api_keys: host.api_keys.clone(),
         });
     }
     let policy = GatewayPolicy { hosts };

@@ -13,7 +13,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::header::{HeaderValue, HOST};
 use http::request::Parts;
@@ -27,13 +27,51 @@ use super::host::request_host;
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::ResponseBody;
-use crate::http::errors::{rate_limited, unauthenticated, HttpError};
+use crate::http::errors::{api_key_refused, rate_limited, unauthenticated, HttpError};
 use crate::http::hop::{self, strip_own_headers};
 use crate::http::server;
 use crate::inbound::http::authenticate;
 use crate::outbound::http::OutboundConn;
+use crate::policy::api_key::KeyRefusal;
+use crate::state::gateway::HostKeys;
 use crate::state::outbound::Target;
 use crate::telemetry::metrics::http::{no_peer, Action};
+
+/// The host's API key check ([`crate::policy::api_key::KeyTable::admit`]): the
+/// answer when the request may not go on, `None` when it may.
+fn refused_by_key(
+    keys: &HostKeys,
+    headers: &mut http::HeaderMap,
+    start: Instant,
+) -> Option<Response<ResponseBody>> {
+    let table = match keys {
+        HostKeys::Off => return None,
+        HostKeys::Unusable => {
+            return Some(HttpError::Forbidden("this host's API keys are unusable").response())
+        }
+        HostKeys::On(table) => table,
+    };
+    match table.admit(headers, start, SystemTime::now()) {
+        Ok(_) => None,
+        Err(refusal) => {
+            tracing::info!(
+                reason = refusal_kind(&refusal),
+                "gateway request refused: API key"
+            );
+            Some(api_key_refused(refusal, table.header()))
+        }
+    }
+}
+
+/// A refusal's kind for the log (never the key).
+fn refusal_kind(refusal: &KeyRefusal<'_>) -> &'static str {
+    match refusal {
+        KeyRefusal::Missing => "missing",
+        KeyRefusal::Unknown => "unknown",
+        KeyRefusal::RateLimited(..) => "rate-limited",
+        KeyRefusal::OverQuota(..) => "over-quota",
+    }
+}
 
 /// The version the application is asked in: HTTP/1.1, which every HTTP server
 /// speaks, whatever the visitor negotiated with the gateway; gRPC stays HTTP/2, the
@@ -116,6 +154,9 @@ impl GatewayConn {
                 port: Arc::clone(&found.routes),
                 pinned: None,
             };
+            if let Some(refused) = refused_by_key(&found.api_keys, &mut parts.headers, start) {
+                return refused;
+            }
             (target, Arc::clone(&found.policy), state.identity().cloned())
         };
         strip_own_headers(&mut parts.headers);

@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHE
 use http::{Response, StatusCode};
 
 use super::body::ResponseBody;
+use crate::policy::api_key::KeyRefusal;
 use crate::policy::fault::Abort;
 use crate::policy::jwt::Refusal;
 use crate::policy::rate_limit::{RateLimiter, RetryAfter, RATELIMIT, RATELIMIT_POLICY};
@@ -196,6 +197,64 @@ pub(crate) fn fault_response(abort: Abort, grpc_request: bool) -> Response<Respo
             response
         }
         _ => local_response(abort.http, CODE, &"fault injected by the route's policy"),
+    }
+}
+
+/// The answer to a request an API key does not let through: 401 without a known
+/// key (`WWW-Authenticate: ApiKey header="…"`), 429 over the plan's rate (as any
+/// rate limit) or quota (`RateLimit` with the seconds to the period's end).
+pub(crate) fn api_key_refused(
+    refusal: KeyRefusal<'_>,
+    header: &HeaderName,
+) -> Response<ResponseBody> {
+    let challenge = |response: &mut Response<ResponseBody>| {
+        if let Ok(v) = HeaderValue::from_str(&format!("ApiKey header=\"{header}\"")) {
+            response.headers_mut().insert(WWW_AUTHENTICATE, v);
+        }
+    };
+    match refusal {
+        KeyRefusal::Missing => {
+            let mut r = local_response(
+                StatusCode::UNAUTHORIZED,
+                "missing-api-key",
+                &"this host needs an API key",
+            );
+            challenge(&mut r);
+            r
+        }
+        KeyRefusal::Unknown => {
+            let mut r = local_response(
+                StatusCode::UNAUTHORIZED,
+                "invalid-api-key",
+                &"the API key is not valid here",
+            );
+            challenge(&mut r);
+            r
+        }
+        KeyRefusal::RateLimited(plan, limiter, wait) => rate_limited(limiter, &plan.name, &wait),
+        KeyRefusal::OverQuota(plan, quota, left) => {
+            let reason = format_args!(
+                "the quota of plan {} ({} requests) is spent; it starts again in {left}s",
+                plan.name, quota.requests
+            );
+            let mut r = local_response(StatusCode::TOO_MANY_REQUESTS, "over-quota", &reason);
+            let name = format!("\"{}-quota\"", plan.name);
+            let window = crate::policy::api_key::window_seconds(quota.per);
+            let headers = r.headers_mut();
+            headers.insert(RETRY_AFTER, HeaderValue::from(left.max(1)));
+            for (field, value) in [
+                (
+                    RATELIMIT_POLICY,
+                    format!("{name};q={};w={window}", quota.requests),
+                ),
+                (RATELIMIT, format!("{name};r=0;t={left}")),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(field, v);
+                }
+            }
+            r
+        }
     }
 }
 

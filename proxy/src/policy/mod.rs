@@ -27,6 +27,7 @@
 //! rewritten URI, a `RateLimit` header), and locks are per endpoint or per key shard,
 //! held for a few instructions.
 
+pub(crate) mod api_key;
 pub(crate) mod authz;
 pub(crate) mod backoff;
 pub(crate) mod balance;

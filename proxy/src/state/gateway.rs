@@ -15,6 +15,7 @@ use pillion_api::view::{Mode, PortPolicy, View};
 
 use super::inbound::{compile_host, InboundPort, InboundTable};
 use super::outbound::PortRoutes;
+use crate::policy::api_key::KeyTable;
 use crate::telemetry::metrics::http::HttpMetrics;
 
 /// One host of the gateway, compiled.
@@ -26,8 +27,21 @@ pub(crate) struct GatewayHostState {
     pub routes: Arc<PortRoutes>,
     /// Its end-user policy: tokens, claims, limits.
     pub policy: Arc<InboundPort>,
+    /// Its API keys and usage plans.
+    pub api_keys: HostKeys,
     /// What the next view's host of the same name carries over.
     reuse: InboundTable,
+}
+
+/// Whether and how a host checks API keys.
+#[derive(Debug)]
+pub(crate) enum HostKeys {
+    /// No `api_keys`: keys are neither read nor required.
+    Off,
+    /// Keys are looked up in this table.
+    On(KeyTable),
+    /// The view's keys cannot be compiled: every request is refused.
+    Unusable,
 }
 
 /// The compiled gateway table.
@@ -84,6 +98,28 @@ impl GatewayTable {
             let old = old.map_or(&empty, |h| &h.reuse);
             let label = format!("{}/{first}", super::outbound::GATEWAY_NAMESPACE);
             let (policy, reuse) = compile_host(&label, &policy, old, metrics, now);
+            let old_keys = match previous.host(first).filter(|h| &*h.name == first) {
+                Some(GatewayHostState {
+                    api_keys: HostKeys::On(t),
+                    ..
+                }) => Some(t),
+                _ => None,
+            };
+            let api_keys = match &host.api_keys {
+                None => HostKeys::Off,
+                Some(keys) => {
+                    let service: Arc<str> = Arc::from(label.as_str());
+                    let per_key = |id: &str, plan: &str| metrics.api_key(&service, id, plan);
+                    let refusals = metrics.api_key_refusals(&service);
+                    match KeyTable::new(keys, old_keys, per_key, refusals, now) {
+                        Ok(table) => HostKeys::On(table),
+                        Err(error) => {
+                            tracing::warn!(host = %first, %error, "API keys unusable; the host refuses every request");
+                            HostKeys::Unusable
+                        }
+                    }
+                }
+            };
             let index = table.hosts.len();
             for name in &host.hostnames {
                 match name.strip_prefix("*.") {
@@ -95,6 +131,7 @@ impl GatewayTable {
                 name: Arc::from(first.as_str()),
                 routes: Arc::clone(routes),
                 policy,
+                api_keys,
                 reuse,
             });
         }

@@ -27,11 +27,25 @@ const OTHER: &str = "other.pillion.test";
 const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8081;
 const ISS: &str = "https://issuer.test";
+/// API keys of the `api.` host's plans: `free` (3 a day) and `gold`.
+const ACME_KEY: &str = "acme-4f1c2e9b-secret";
+const BETA_KEY: &str = "beta-77d0a1c3-secret";
+
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The proxy user: the gateway's key files must be its own (0600).
 const PROXY_UID: u32 = 2580;
 
 /// The gateway workload, put first in the agent's source.
 fn gateway_workload(jwks: &str) -> String {
+    let acme = sha256_hex(ACME_KEY);
+    let beta = sha256_hex(BETA_KEY);
     format!(
         r#"  - name: edge
     namespace: edge
@@ -65,6 +79,21 @@ fn gateway_workload(jwks: &str) -> String {
               matches: [{{path: {{prefix: /orders}}}}]
               rewrite: {{prefix: /whoami}}
               backends: [{{service: demo/web, port: 80}}]
+        - hostnames: [api.{SHOP}]
+          api_keys:
+            id_header: x-api-key-id
+            plans:
+              - name: free
+                rate_limit: {{requests_per_second: 0.01, burst: 100}}
+                quota: {{requests: 3, per: day}}
+              - name: gold
+            keys:
+              - {{id: acme, sha256: {acme}, plan: free}}
+              - {{id: beta, sha256: {beta}, plan: gold}}
+          routes:
+            - name: api
+              matches: [{{path: {{prefix: /}}}}]
+              backends: [{{service: demo/web, port: 80}}]
         - hostnames: [{OTHER}]
           routes:
             - name: other
@@ -97,7 +126,13 @@ fn curl(pod: &Pod, gw: &str, ca: &str, url: &str, flags: &[&str]) -> Seen {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    for name in [SHOP, OTHER, "www.shop.pillion.test", "nobody.pillion.test"] {
+    for name in [
+        SHOP,
+        OTHER,
+        "www.shop.pillion.test",
+        "api.shop.pillion.test",
+        "nobody.pillion.test",
+    ] {
         for port in [HTTPS_PORT, HTTP_PORT] {
             args.push("--resolve".into());
             args.push(format!("{name}:{port}:{gw}"));
@@ -385,6 +420,62 @@ fn the_gateway_terminates_tls_routes_by_host_and_enters_the_mesh_as_itself() {
         "{limited:?}"
     );
 
+    // API keys and usage plans: no key, a wrong key, the free plan's quota, and
+    // another key's own count; the application sees the key's id, never the key.
+    let api = |key: Option<&str>| {
+        let url = format!("https://api.shop.pillion.test:{HTTPS_PORT}/headers/x");
+        let header = key.map(|k| format!("x-api-key: {k}"));
+        let mut flags = vec!["-H", "x-api-key-id: forged"];
+        if let Some(h) = &header {
+            flags.extend(["-H", h.as_str()]);
+        }
+        curl(client, &gw, &ca, &url, &flags)
+    };
+    let none = api(None);
+    assert_eq!(
+        (none.status, none.header("pillion-error")),
+        (401, "missing-api-key"),
+        "{none:?}"
+    );
+    assert_eq!(
+        none.header("www-authenticate"),
+        "ApiKey header=\"x-api-key\""
+    );
+    let wrong = api(Some("acme-4f1c2e9b-SECRET"));
+    assert_eq!(
+        (wrong.status, wrong.header("pillion-error")),
+        (401, "invalid-api-key"),
+        "{wrong:?}"
+    );
+    for _ in 0..3 {
+        let ok = api(Some(ACME_KEY));
+        assert_eq!(ok.status, 200, "{ok:?}");
+        assert!(ok.body.contains("x-api-key-id=acme"), "{ok:?}");
+        assert!(
+            !ok.body.contains("forged") && !ok.body.contains("secret"),
+            "{ok:?}"
+        );
+    }
+    let spent = api(Some(ACME_KEY));
+    assert_eq!(
+        (spent.status, spent.header("pillion-error")),
+        (429, "over-quota"),
+        "{spent:?}"
+    );
+    assert_eq!(
+        spent.header("ratelimit-policy"),
+        "\"free-quota\";q=3;w=86400"
+    );
+    assert!(
+        spent
+            .header("ratelimit")
+            .starts_with("\"free-quota\";r=0;t="),
+        "{spent:?}"
+    );
+    assert!(spent.header("retry-after").parse::<u64>().unwrap() <= 86_400);
+    let gold = api(Some(BETA_KEY));
+    assert_eq!(gold.status, 200, "another key, another plan: {gold:?}");
+
     // Its TCP counters carry their own direction.
     let metrics = pillion::local::metrics::scrape(&gw_pod, 15020).expect("gateway metrics");
     let opened = metrics.value(
@@ -392,4 +483,19 @@ fn the_gateway_terminates_tls_routes_by_host_and_enters_the_mesh_as_itself() {
         &[("direction", "gateway")],
     );
     assert!(opened >= 20.0, "gateway connections counted: {opened}");
+    let key = |key: &str, outcome: &str| {
+        metrics.value(
+            "pillion_gateway_api_key_requests_total",
+            &[("key", key), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        (
+            key("acme", "allowed"),
+            key("acme", "over_quota"),
+            key("beta", "allowed")
+        ),
+        (3.0, 1.0, 1.0)
+    );
+    assert_eq!((key("-", "missing"), key("-", "unknown")), (1.0, 1.0));
 }

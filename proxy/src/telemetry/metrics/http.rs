@@ -143,9 +143,23 @@ pub(crate) struct ServiceLabels {
     pub service: Label,
 }
 
+/// Labels of a gateway's per-key series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ApiKeyLabels {
+    /// The gateway host (`gateway/<first hostname>`).
+    pub service: Label,
+    /// The key's id (`-` for requests without a known key).
+    pub key: Label,
+    /// Its plan (`-` for requests without a known key).
+    pub plan: Label,
+    /// `allowed`, `rate_limited`, `over_quota`, `missing` or `unknown`.
+    pub outcome: &'static str,
+}
+
 /// Every HTTP metric family, registered once per proxy.
 #[derive(Clone, Debug)]
 pub(crate) struct HttpMetrics {
+    api_keys: Family<ApiKeyLabels, Counter>,
     requests: Family<PeerLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     retries: Family<RouteLabels, Counter>,
@@ -184,6 +198,7 @@ fn duration_histogram() -> Histogram {
 impl Default for HttpMetrics {
     fn default() -> Self {
         HttpMetrics {
+            api_keys: Family::default(),
             requests: Family::default(),
             responses: Family::default(),
             retries: Family::default(),
@@ -231,6 +246,11 @@ impl HttpMetrics {
             m.actions.clone(),
         );
         registry.register(
+            "pillion_gateway_api_key_requests",
+            "Requests at a gateway host with API keys, per key, plan and outcome",
+            m.api_keys.clone(),
+        );
+        registry.register(
             "pillion_http_request_duration_seconds",
             "Time from an HTTP request to its response headers, per route",
             m.duration.clone(),
@@ -267,6 +287,46 @@ impl HttpMetrics {
             duration: self.duration.get_or_create(&labels).clone(),
             labels,
         }
+    }
+
+    /// The counters of one API key of a gateway host.
+    pub(crate) fn api_key(
+        &self,
+        service: &Arc<str>,
+        key: &str,
+        plan: &str,
+    ) -> crate::policy::api_key::KeyMetrics {
+        let (key, plan) = (Label(Arc::from(key)), Label(Arc::from(plan)));
+        let series = |outcome| {
+            self.api_keys
+                .get_or_create(&ApiKeyLabels {
+                    service: Label(Arc::clone(service)),
+                    key: key.clone(),
+                    plan: plan.clone(),
+                    outcome,
+                })
+                .clone()
+        };
+        crate::policy::api_key::KeyMetrics {
+            allowed: series("allowed"),
+            rate_limited: series("rate_limited"),
+            over_quota: series("over_quota"),
+        }
+    }
+
+    /// A gateway host's refusals for want of a key and for an unknown one.
+    pub(crate) fn api_key_refusals(&self, service: &Arc<str>) -> (Counter, Counter) {
+        let series = |outcome| {
+            self.api_keys
+                .get_or_create(&ApiKeyLabels {
+                    service: Label(Arc::clone(service)),
+                    key: Label(Arc::from("-")),
+                    plan: Label(Arc::from("-")),
+                    outcome,
+                })
+                .clone()
+        };
+        (series("missing"), series("unknown"))
     }
 
     /// The ejection counter of a service.
