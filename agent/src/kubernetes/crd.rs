@@ -60,17 +60,23 @@ pub fn parse<S: DeserializeOwned>(obj: &DynamicObject) -> Result<Object<S>, Stri
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
-    /// The Service ports routed.
+    /// The Service ports routed, or the gateways (`kind: Gateway`) serving it.
     pub parent_refs: Vec<ParentRef>,
+    /// The hosts a gateway serves the Route's rules for (gateway parents only).
+    #[serde(default)]
+    pub hostnames: Vec<String>,
     /// Rules, in order.
     pub rules: Vec<RouteRule>,
 }
 
-/// A Service (and optionally one port) a Route attaches to.
+/// A Service (and optionally one port) a Route attaches to, or a gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentRef {
-    /// Service name.
+    /// `Service` (the default) or `Gateway`: a gateway named by its ServiceAccount.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Service (or gateway ServiceAccount) name.
     pub name: String,
     /// Service namespace; defaults to the Route's.
     #[serde(default)]
@@ -154,7 +160,7 @@ fn exact() -> String {
 pub struct BackendRef {
     /// Service name.
     pub name: String,
-    /// Service port (unused: the parent port's endpoints are meant).
+    /// Service port; absent: the parent port's number (required from a gateway).
     #[serde(default)]
     pub port: Option<u16>,
     /// Relative share of traffic.

@@ -504,3 +504,69 @@ fn translating_the_touched_namespaces_gives_what_translating_the_cluster_gives()
     cluster.list(&cluster.pods, only_demo);
     assert!(step(&cluster, &mut catalog, &["demo", "shop"]));
 }
+
+#[test]
+fn routes_with_a_gateway_parent_become_the_gateways_hosts() {
+    let route = |name: &str, spec: serde_json::Value| -> Arc<DynamicObject> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "pillion.io/v1alpha1", "kind": "Route",
+                "metadata": {"name": name, "namespace": "demo"}, "spec": spec}))
+            .unwrap(),
+        )
+    };
+    let mut objects = objects();
+    objects.routes.push(route(
+        "shop",
+        serde_json::json!({
+        "parentRefs": [{"kind": "Gateway", "name": "edge", "namespace": "gateways"}],
+        "hostnames": ["shop.example.com", "Www.Example.com"],
+        "rules": [
+            {"name": "api", "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+             "backendRefs": [{"name": "echo", "port": 80, "weight": 9},
+                             {"name": "web", "port": 8080, "weight": 1}]},
+            {"name": "portless", "backendRefs": [{"name": "echo"}]}
+        ]}),
+    ));
+    objects.routes.push(route(
+        "nameless",
+        serde_json::json!({"parentRefs": [{"kind": "Gateway", "name": "edge", "namespace": "gateways"}],
+                           "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}),
+    ));
+    let t = translate(&objects, TD);
+    let edge = (t.catalog.workloads())
+        .find(|w| w.identity.to_string() == "spiffe://cluster.local/ns/gateways/sa/edge")
+        .expect("a workload for the gateway, without pods of its own");
+    let gateway = edge.gateway.as_ref().expect("its hosts");
+    let names: Vec<&str> = (gateway.hosts.iter())
+        .flat_map(|h| &h.hostnames)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, ["shop.example.com", "www.example.com"]);
+    let routes = &gateway.hosts[0].routes;
+    assert_eq!(
+        routes.len(),
+        1,
+        "the rule without a backend port is left out"
+    );
+    assert_eq!(routes[0].name, "shop.api");
+    let backends: Vec<_> = (routes[0].backends.iter())
+        .map(|b| (b.service.as_deref().unwrap(), b.port.unwrap(), b.weight))
+        .collect();
+    assert_eq!(backends, [("demo/echo", 80, 9), ("demo/web", 8080, 1)]);
+    for expected in ["needs hostnames", "need a Service name and a port"] {
+        assert!(
+            t.warnings.iter().any(|w| w.contains(expected)),
+            "{expected}: {:?}",
+            t.warnings
+        );
+    }
+    // Its view carries the hosts.
+    let view = view_for(&t.catalog, edge, 1, "", Discovery::OnDemand);
+    assert_eq!(view.gateway.as_ref(), Some(gateway));
+    let services: BTreeSet<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        services.contains("echo") && services.contains("web"),
+        "{services:?}"
+    );
+}

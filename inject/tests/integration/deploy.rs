@@ -1049,3 +1049,127 @@ fn offline_injection_of_the_example_agrees_with_the_defaults() {
         assert!(env_value(proxy, defaults::env::TRACE_SAMPLING).is_some());
     }
 }
+
+#[test]
+fn the_gateway_is_locked_down_and_reaches_the_example() {
+    let Some((base, example, _)) = rendered() else {
+        return;
+    };
+    let Some(gateway_yaml) = render("gateway") else {
+        return;
+    };
+    let gateway = parse(&gateway_yaml);
+    let namespaces = all!(gateway, Namespace);
+    let ns = namespaces[0];
+    assert_eq!(name_of(&ns.metadata), "pillion-gateway");
+    // Annotated, so the agent publishes the trust anchors there.
+    assert_eq!(
+        ns.metadata.annotations.as_ref().unwrap()["pillion.io/inject"],
+        "enabled"
+    );
+    let deployments = all!(gateway, Deployment);
+    let deployment = deployments[0];
+    let template = deployment.spec.as_ref().unwrap().template.clone();
+    assert_eq!(
+        template.metadata.unwrap().annotations.unwrap()["pillion.io/inject"],
+        "disabled",
+        "the gateway is a proxy itself"
+    );
+    let spec = pod_spec(deployment);
+    assert_hardened("Deployment edge", spec, false);
+    let container = &spec.containers[0];
+    let config = InjectConfig::default();
+    for (name, want) in [
+        (defaults::env::AGENT_ADDR, config.agent_addr.clone()),
+        (defaults::env::AGENT_IDENTITY, config.agent_identity.clone()),
+        (
+            defaults::env::TOKEN_FILE,
+            pillion_inject::sidecar::token_path(),
+        ),
+        (
+            defaults::env::TRUST_ANCHORS,
+            pillion_inject::sidecar::trust_anchors_path(),
+        ),
+    ] {
+        assert_eq!(env_value(container, name), Some(want.as_str()), "{name}");
+    }
+    let certs = env_value(container, "PILLION_GATEWAY_CERTS").unwrap();
+    let mounted = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.mount_path == certs && m.read_only == Some(true));
+    assert!(
+        mounted,
+        "the certificate directory {certs} is a mounted Secret"
+    );
+    let service = all!(gateway, Service)[0].spec.clone().unwrap();
+    let ports: Vec<i32> = service.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, [443, 80]);
+
+    // The Route obeys its CRD and names the gateway's ServiceAccount and the
+    // example's Services with their ports.
+    let crd = all!(base, Crd)
+        .into_iter()
+        .find(|c| c.spec.names.kind == "Route")
+        .unwrap();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    let accounts: BTreeSet<&str> = all!(gateway, ServiceAccount)
+        .iter()
+        .map(|a| name_of(&a.metadata))
+        .collect();
+    let services: BTreeMap<&str, Vec<i32>> = all!(example, Service)
+        .iter()
+        .map(|s| {
+            let ports = s
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| p.port);
+            (name_of(&s.metadata), ports.collect())
+        })
+        .collect();
+    let mut routes = 0;
+    for object in &gateway {
+        let Object::Custom { kind, value } = object else {
+            continue;
+        };
+        assert_eq!(kind, "Route");
+        routes += 1;
+        let mut problems = Vec::new();
+        validate(&schema, value, "", &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}");
+        let parent = &value["spec"]["parentRefs"][0];
+        assert_eq!(parent["kind"], "Gateway");
+        assert_eq!(parent["namespace"], "pillion-gateway");
+        assert!(accounts.contains(parent["name"].as_str().unwrap()));
+        assert!(!value["spec"]["hostnames"].as_array().unwrap().is_empty());
+        for rule in value["spec"]["rules"].as_array().unwrap() {
+            for backend in rule["backendRefs"].as_array().unwrap() {
+                let name = backend["name"].as_str().unwrap();
+                let port = backend["port"]
+                    .as_i64()
+                    .expect("a gateway backend names its port");
+                assert!(
+                    services
+                        .get(name)
+                        .is_some_and(|p| p.contains(&(port as i32))),
+                    "{name}:{port} is not a Service port of the example"
+                );
+            }
+        }
+    }
+    assert_eq!(routes, 1);
+}

@@ -133,6 +133,7 @@ fn run(objects: &Objects, trust_domain: &str, scope: Option<&str>) -> Part {
         pods: HashMap::new(),
         workloads: BTreeMap::new(),
         routes: BTreeMap::new(),
+        gateway_hosts: BTreeMap::new(),
     };
     t.index_pods(&objects.pods);
     let mut services = t.services(&objects.services, &objects.endpoint_slices);
@@ -156,6 +157,7 @@ fn run(objects: &Objects, trust_domain: &str, scope: Option<&str>) -> Part {
             }
         }
     }
+    t.gateways();
     Part {
         workloads: t.workloads.into_values().collect(),
         services,
@@ -171,11 +173,48 @@ struct Translator<'a> {
     pods: HashMap<(String, String), PodInfo>,
     workloads: BTreeMap<String, Workload>,
     routes: BTreeMap<PortKey, Vec<RouteEntry>>,
+    /// Gateway identity → hostname → its routes, from Routes with a gateway parent.
+    gateway_hosts: BTreeMap<String, BTreeMap<String, Vec<Route>>>,
 }
 
 impl Translator<'_> {
     fn warn(&mut self, warning: String) {
         self.warnings.push(warning);
+    }
+
+    /// The gateways' hosts onto their workloads (made for a gateway without meshed
+    /// pods: it is a proxy itself). A gateway whose hosts do not validate serves none.
+    fn gateways(&mut self) {
+        for (identity, hosts) in std::mem::take(&mut self.gateway_hosts) {
+            let Ok(id) = identity.parse::<SpiffeId>() else {
+                continue;
+            };
+            let policy = pillion_api::gateway::GatewayPolicy {
+                hosts: (hosts.into_iter())
+                    .map(|(hostname, routes)| pillion_api::gateway::GatewayHost {
+                        hostnames: vec![hostname],
+                        routes: unique_names(routes),
+                        jwt: None,
+                        server: Default::default(),
+                        api_keys: None,
+                    })
+                    .collect(),
+            };
+            if let Err(e) = policy.validate() {
+                self.warn(format!("gateway {identity}: hosts dropped: {e}"));
+                continue;
+            }
+            let workload = self.workloads.entry(identity).or_insert_with(|| Workload {
+                namespace: id.namespace().to_string(),
+                name: id.service_account().to_string(),
+                identity: id.clone(),
+                addresses: Vec::new(),
+                inbound: InboundPolicy::default(),
+                gateway: None,
+                token: None,
+            });
+            workload.gateway = Some(policy);
+        }
     }
 
     /// Indexes pods by name and makes one workload per meshed ServiceAccount.

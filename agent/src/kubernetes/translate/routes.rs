@@ -7,7 +7,11 @@ use crate::kubernetes::crd::{self, RateLimitPolicySpec, RetryPolicySpec, RouteSp
 use kube::core::DynamicObject;
 use pillion_api::policy::Route;
 use pillion_api::view;
+use pillion_identity::SpiffeId;
 use std::sync::Arc;
+
+/// The `kind` of a parent that is a gateway (named by its ServiceAccount).
+pub const GATEWAY_KIND: &str = "Gateway";
 
 impl Translator<'_> {
     /// Route objects → routes on their parents' ports.
@@ -44,6 +48,10 @@ impl Translator<'_> {
                 if self.scope.is_some_and(|scope| scope != ns) {
                     continue;
                 }
+                if parent.kind.as_deref() == Some(GATEWAY_KIND) {
+                    self.gateway_route(&route, ns, &parent.name, &rules);
+                    continue;
+                }
                 let Some(service) = find_service(services, ns, &parent.name) else {
                     self.warn(format!(
                         "Route {}/{}: parent service {ns}/{} not found",
@@ -65,6 +73,61 @@ impl Translator<'_> {
                     }));
                 }
             }
+        }
+    }
+
+    /// A Route's rules onto gateway `ns/name` (its ServiceAccount), one host per
+    /// hostname; every backend names its Service in the Route's namespace and a port.
+    fn gateway_route(
+        &mut self,
+        route: &crd::Object<RouteSpec>,
+        ns: &str,
+        name: &str,
+        rules: &[Route],
+    ) {
+        let what = format!(
+            "Route {}/{} on gateway {ns}/{name}",
+            route.namespace, route.name
+        );
+        if route.spec.hostnames.is_empty() {
+            self.warn(format!(
+                "{what}: skipped: a gateway's route needs hostnames"
+            ));
+            return;
+        }
+        let identity = match SpiffeId::new(self.trust_domain, ns, name) {
+            Ok(id) => id.to_string(),
+            Err(e) => return self.warn(format!("{what}: skipped: {e}")),
+        };
+        let mut attached = Vec::new();
+        for rule in rules {
+            let mut r = rule.clone();
+            let mut complete = true;
+            for b in r
+                .backends
+                .iter_mut()
+                .chain(r.mirror.as_mut().map(|m| &mut m.backend))
+            {
+                match (&b.service, b.port) {
+                    (Some(service), Some(_)) if !service.contains('/') => {
+                        b.service = Some(format!("{}/{service}", route.namespace));
+                    }
+                    _ => complete = false,
+                }
+            }
+            if complete && !r.backends.is_empty() {
+                attached.push(r);
+            } else {
+                self.warn(format!(
+                    "{what}: rule {} skipped: a gateway's backendRefs need a Service name and a port",
+                    rule.name
+                ));
+            }
+        }
+        let hosts = self.gateway_hosts.entry(identity).or_default();
+        for host in &route.spec.hostnames {
+            let entries = hosts.entry(host.to_ascii_lowercase()).or_default();
+            entries.extend(attached.iter().cloned());
         }
     }
 

@@ -47,7 +47,7 @@ pub(super) fn translate_rule(rule: &crd::RouteRule, name: &str) -> Result<Route,
             weight: b.weight,
             subset: b.subset.clone(),
             service: Some(b.name.clone()),
-            port: None,
+            port: b.port,
         });
     }
     for f in &rule.filters {
