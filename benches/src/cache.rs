@@ -100,6 +100,7 @@ pub fn run(binary: &std::path::Path, smoke: bool, log_level: &str) -> Result<Cac
         env: vec![("PILLION_RESPONSE_CACHE_BYTES".into(), CAP_BYTES.to_string())],
         tag: "cache",
         http_routes: ROUTES.to_string(),
+        extra_workloads: String::new(),
     };
     let pair = pillion::start(&opts, &client, &server, &agent, &certs, &work)?;
     pin_process_tree(pair.client.proxy().pid(), layout.client)?;

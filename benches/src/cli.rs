@@ -99,6 +99,12 @@ pub struct Args {
     /// of distinct answers goes through, twice. Writes cache.md/.json.
     #[arg(long, conflicts_with_all = ["flood", "discovery", "control_plane", "soak", "jwt"])]
     pub cache: bool,
+    /// Measure the gateway instead: HTTPS requests per second and latency from a
+    /// visitor outside the mesh through Pillion's gateway (then mTLS to the server's
+    /// sidecar) and through nginx as the edge with the same certificate. Writes
+    /// gateway.md/.json.
+    #[arg(long, conflicts_with_all = ["flood", "discovery", "control_plane", "soak", "jwt", "cache"])]
+    pub gateway: bool,
     /// The soak's length instead of 10 minutes (or 60 s), e.g. 30m.
     #[arg(long, value_name = "DURATION", value_parser = pillion::local::up::parse_duration)]
     pub soak_duration: Option<std::time::Duration>,
@@ -221,6 +227,9 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     if parsed.cache {
         return cache(&opts, &out);
     }
+    if parsed.gateway {
+        return gateway(&opts, &out);
+    }
     if parsed.soak {
         let seed = parsed.soak_seed.unwrap_or_else(crate::soak::clock_seed);
         let mut plan = if opts.smoke {
@@ -327,6 +336,29 @@ fn cache(opts: &Opts, out: &std::path::Path) -> ExitCode {
             "pillion-benches: a hit is not {}× a miss",
             crate::cache::HIT_OVER_MISS_TARGET
         );
+        ExitCode::FAILURE
+    }
+}
+
+/// The gateway figure: measured, printed, written to `out`; fails if a request failed.
+fn gateway(opts: &Opts, out: &std::path::Path) -> ExitCode {
+    let report = match crate::gateway::run(&opts.binary, opts.smoke, &opts.log_level) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("pillion-benches: the gateway figure failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = crate::gateway::table(&report);
+    println!("{table}");
+    if let Err(e) = write_both(out, "gateway", &table, &report) {
+        eprintln!("pillion-benches: writing to {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    if report.rows.iter().all(|r| r.errors == 0) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("pillion-benches: requests through an edge failed");
         ExitCode::FAILURE
     }
 }

@@ -15,6 +15,7 @@
 //!   [`control_plane`]: the agent alone against simulated proxies (`--control-plane`);
 //!   [`soak`]: the mesh under load while its parts fail and come back (`--soak`);
 //!   [`cache`]: hits against misses of the response cache (`--cache`);
+//!   [`gateway`]: HTTPS at the edge, Pillion's gateway against nginx (`--gateway`);
 //! - [`report`]: markdown and JSON, ratios.
 
 pub mod bench;
@@ -25,6 +26,7 @@ pub mod control_plane;
 pub mod discovery;
 pub mod figures;
 pub mod flood;
+pub mod gateway;
 pub mod install;
 pub mod jwt;
 pub mod kube_translate;

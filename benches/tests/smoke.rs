@@ -195,3 +195,20 @@ fn the_soak_smoke_fails_no_request_through_a_minute_of_faults() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn the_gateway_figure_measures_both_edges() {
+    let (printed, out) = bench("gateway", &["--gateway", "--smoke"]);
+    assert!(printed.contains("| edge |"), "no table:\n{printed}");
+    let report = written_json(&out, "gateway.json");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in rows {
+        let per_second = row["per_second"]["median"].as_f64().unwrap_or(f64::NAN);
+        assert!(per_second > 0.0, "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+        let p99 = row["p99_ms"]["median"].as_f64().unwrap_or(f64::NAN);
+        assert!(p99 > 0.0 && p99 < 5_000.0, "{row}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -7,8 +7,9 @@ pub mod closed;
 pub mod conns;
 pub mod flood;
 pub mod h2;
-mod http1;
+pub(crate) mod http1;
 pub mod open;
+pub mod tls;
 
 use std::time::Duration;
 

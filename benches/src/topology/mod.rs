@@ -134,6 +134,7 @@ impl Topology {
             env: opts.proxy_env.clone(),
             tag: "pillion",
             http_routes: String::new(),
+            extra_workloads: String::new(),
         };
         let pair = pillion::start(&pair_opts, &mclient, &mserver, &agent, certs, work)?;
         pin_process_tree(pair.client.proxy().pid(), ccpu)?;

@@ -196,6 +196,8 @@ pub struct PairOpts {
     /// Routes of the bench service's HTTP port, as YAML list items indented for
     /// the agent's source (empty: none, every request takes the default route).
     pub http_routes: String,
+    /// More workloads of the agent's source, as YAML list items (e.g. a gateway).
+    pub extra_workloads: String,
 }
 
 /// Whether this build's proxy takes an agent (`--agent-addr`): if not, it is the plain
@@ -300,7 +302,7 @@ fn start_agent(
     certs: &Certs,
     work: &WorkDir,
 ) -> Result<(Process, ViewControl)> {
-    let base = agent_yaml(client, server, &opts.http_routes);
+    let base = agent_yaml(client, server, &opts.http_routes, &opts.extra_workloads);
     let config = work.write(&format!("{}-agent.yaml", opts.tag), &base)?;
     let view = ViewControl {
         source: config.clone(),
@@ -333,7 +335,7 @@ fn start_agent(
 /// The agent's source: the two workloads with their tokens and pod addresses, and the
 /// bench service (HTTP port, detected, with `http_routes`; sink port, opaque) served
 /// by `server`.
-fn agent_yaml(client: &Pod, server: &Pod, http_routes: &str) -> String {
+fn agent_yaml(client: &Pod, server: &Pod, http_routes: &str, extra_workloads: &str) -> String {
     let routes = if http_routes.is_empty() {
         String::new()
     } else {
@@ -353,6 +355,7 @@ fn agent_yaml(client: &Pod, server: &Pod, http_routes: &str) -> String {
          \x20   addresses: {server_addrs}\n\
          \x20   inbound:\n\
          \x20     default_mode: permissive\n\
+         {extra_workloads}\
          services:\n\
          \x20 - name: bench\n\
          \x20   namespace: {NAMESPACE}\n\
