@@ -114,6 +114,9 @@ impl ApiKeys {
         validate_edited_name(&self.header).map_err(|e| PolicyError::new("header", e.problem))?;
         if let Some(id) = &self.id_header {
             validate_edited_name(id).map_err(|e| PolicyError::new("id_header", e.problem))?;
+            if id.eq_ignore_ascii_case(&self.header) {
+                return problem("id_header".into(), PolicyProblem::IdHeaderIsKeyHeader);
+            }
         }
         let mut plans = BTreeSet::new();
         for (i, plan) in self.plans.iter().enumerate() {
@@ -260,9 +263,12 @@ mod tests {
         other["id"] = "other".into();
         twice["keys"] = serde_json::json!([key, other]);
         assert_eq!(keys(twice).validate().unwrap_err().path, "keys[1].sha256");
-        let mut header = good;
+        let mut header = good.clone();
         header["header"] = "bad header".into();
         assert_eq!(keys(header).validate().unwrap_err().path, "header");
+        let mut same = good;
+        same["id_header"] = "X-Api-Key".into();
+        assert_eq!(keys(same).validate().unwrap_err().path, "id_header");
     }
 
     #[test]

@@ -103,6 +103,15 @@ impl GatewayHost {
                     ));
                 }
             }
+            // The gateway removes the API key, and a token it does not forward,
+            // before the cache keys the request: a private entry would be shared.
+            let credentials = self.api_keys.is_some() || self.jwt.is_some();
+            if credentials && route.cache.as_ref().is_some_and(|c| !c.shared) {
+                return Err(PolicyError::new(
+                    format!("routes[{r}].cache.shared"),
+                    PolicyProblem::PrivateCacheAtGateway,
+                ));
+            }
             if route.backends.is_empty() {
                 return Err(PolicyError::new(
                     format!("routes[{r}].backends"),
@@ -248,6 +257,13 @@ mod tests {
                        "server": {{"routes": [{{"name": "x", "claims": {{"scope": ["a"]}}}}]}}}}]}}"#
                 ),
                 "hosts[0].server.routes[0]",
+            ),
+            (
+                r#"{"hosts": [{"hostnames": ["a.test"],
+                   "routes": [{"name": "c", "backends": [{"service": "shop/web", "port": 80}], "cache": {}}],
+                   "api_keys": {"plans": [], "keys": []}}]}"#
+                    .into(),
+                "hosts[0].routes[0].cache.shared",
             ),
         ];
         for (text, path) in cases {

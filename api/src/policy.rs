@@ -656,6 +656,9 @@ pub enum PolicyProblem {
     /// A gateway host without hostnames or without routes.
     #[error("a gateway host needs at least one hostname and one route")]
     EmptyGatewayHost,
+    /// A cache that is not `shared` on a host that checks API keys or tokens.
+    #[error("a host with api_keys or jwt removes the credentials a private cache would key on: mark the cache `shared: true` (answers for everyone) or leave it out")]
+    PrivateCacheAtGateway,
     /// A gateway route backend that names no service (a gateway has no endpoints of its own).
     #[error("a gateway route backend must name a service (`namespace/name`) and a port")]
     GatewayBackendWithoutService,
@@ -676,6 +679,9 @@ pub enum PolicyProblem {
     /// Not 64 lowercase hex digits.
     #[error("must be the SHA-256 of the key as 64 lowercase hex digits (e.g. `printf %s KEY | sha256sum`); the key itself never goes in the source")]
     BadKeyHash,
+    /// The key's id sent in the header the key itself travels in.
+    #[error("must differ from `header`: the key's id would replace the key")]
+    IdHeaderIsKeyHeader,
     /// Two keys with one hash.
     #[error("another key has this hash")]
     DuplicateKeyHash,

@@ -5,7 +5,8 @@
 //! an HTTP/1 request head served by hyper the way the proxy serves it, then routed,
 //! edited and rewritten by a compiled state ([`http_head`]), a view from the agent
 //! read and compiled ([`view_json`]), end users' tokens and key sets ([`jwt`]), and
-//! the response cache's reading of request and answer heads ([`cache_head`]). They
+//! the response cache's reading of request and answer heads ([`cache_head`]), and a
+//! request at the gateway: its host, redirect and API key ([`gateway_request`]). They
 //! panic only when an invariant breaks; the replay test below runs every committed
 //! corpus file through them on stable.
 
@@ -548,6 +549,128 @@ pub fn cache_head(data: &[u8]) {
     }
 }
 
+/// A request at the gateway: the first line its target (`/path`, or an absolute
+/// `https://host/…`), the first byte of the second its version (`2`: HTTP/2), the
+/// rest `name: value` header lines. Through the host read, the redirect, the API key
+/// check and the version towards the application. Invariants: a host read is
+/// lowercase, portless and holds only what a DNS name or a bracketed IPv6 literal
+/// can; a redirect points at that host over HTTPS; the key never survives the check,
+/// a client's `id_header` never survives unless a known key set it, and a key that
+/// passes is the one entry whose hash it has.
+pub fn gateway_request(data: &[u8]) {
+    use crate::gateway::host::request_host;
+    use crate::gateway::redirect;
+    use crate::policy::api_key::{KeyMetrics, KeyTable};
+    use http::header::{HeaderName, LOCATION};
+    use http::Version;
+
+    const KEY: &str = "fuzz-key-0001";
+    static TABLE: OnceLock<KeyTable> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let hash: String = ring::digest::digest(&ring::digest::SHA256, KEY.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let policy: pillion_api::api_keys::ApiKeys = serde_json::from_value(serde_json::json!({
+            "id_header": "x-key-id",
+            "plans": [{"name": "p", "quota": {"requests": 1_000_000_000u64, "per": "day"}}],
+            "keys": [{"id": "fuzz", "sha256": hash, "plan": "p"}]
+        }))
+        .unwrap_or_else(|e| panic!("the fuzz target's own keys must parse: {e}"));
+        let built = KeyTable::new(
+            &policy,
+            None,
+            |_, _| KeyMetrics::default(),
+            Default::default(),
+            Instant::now(),
+        );
+        built.unwrap_or_else(|e| panic!("the fuzz target's own keys must compile: {e}"))
+    });
+
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.lines();
+    let target = lines.next().unwrap_or("/");
+    let version = match lines.next().and_then(|l| l.bytes().next()) {
+        Some(b'2') => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    };
+    let mut builder = Request::get(target).version(version);
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.trim().as_bytes()),
+                HeaderValue::from_bytes(value.trim().as_bytes()),
+            ) {
+                builder = builder.header(n, v);
+            }
+        }
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (mut parts, ()) = request.into_parts();
+
+    let host = request_host(&parts).ok().map(|h| h.into_owned());
+    if let Some(host) = &host {
+        let literal = host.starts_with('[') && host.ends_with(']');
+        let allowed = |b: u8| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'-' | b'.')
+                || (literal && matches!(b, b':' | b'[' | b']'))
+        };
+        assert!(
+            !host.is_empty() && host.bytes().all(allowed),
+            "host {host:?}"
+        );
+        assert!(
+            !host.ends_with('.') && !host.contains(".."),
+            "host {host:?}"
+        );
+    }
+    let answer = redirect::answer(&parts, 8443);
+    if answer.status() == http::StatusCode::PERMANENT_REDIRECT {
+        let Some(host) = &host else {
+            panic!("a redirect for a request whose host cannot be read");
+        };
+        let location = answer
+            .headers()
+            .get(LOCATION)
+            .map(|v| v.as_bytes().to_vec());
+        let location = location.unwrap_or_default();
+        let expected = format!("https://{host}:8443/");
+        assert!(
+            location.starts_with(expected.as_bytes()),
+            "{:?} for host {host:?}",
+            String::from_utf8_lossy(&location)
+        );
+    }
+
+    let presented: Vec<Vec<u8>> = (parts.headers.get_all("x-api-key").iter())
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    let admitted = table
+        .admit(
+            &mut parts.headers,
+            Instant::now(),
+            std::time::SystemTime::now(),
+        )
+        .map(|k| k.map(|k| k.id.to_string()));
+    assert!(parts.headers.get("x-api-key").is_none(), "the key went on");
+    match admitted {
+        Ok(Some(id)) => {
+            assert_eq!(presented, [KEY.as_bytes().to_vec()]);
+            assert_eq!(id, "fuzz");
+            assert_eq!(parts.headers.get_all("x-key-id").iter().count(), 1);
+        }
+        _ => assert!(
+            parts.headers.get("x-key-id").is_none(),
+            "a forged id went on"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Replays every committed corpus file (`fuzz/corpus/<target>/`), so a crash the
@@ -576,6 +699,11 @@ mod tests {
     #[test]
     fn replay_cache_head() {
         pillion_api::fuzzing::replay_corpus("cache_head", super::cache_head);
+    }
+
+    #[test]
+    fn replay_gateway_request() {
+        pillion_api::fuzzing::replay_corpus("gateway_request", super::gateway_request);
     }
 
     #[test]

@@ -160,6 +160,9 @@ fn exact() -> String {
 pub struct BackendRef {
     /// Service name.
     pub name: String,
+    /// Service namespace, for a gateway's Routes only (the Route's by default).
+    #[serde(default)]
+    pub namespace: Option<String>,
     /// Service port; absent: the parent port's number (required from a gateway).
     #[serde(default)]
     pub port: Option<u16>,

@@ -507,31 +507,48 @@ fn translating_the_touched_namespaces_gives_what_translating_the_cluster_gives()
 
 #[test]
 fn routes_with_a_gateway_parent_become_the_gateways_hosts() {
-    let route = |name: &str, spec: serde_json::Value| -> Arc<DynamicObject> {
+    let route = |name: &str, ns: &str, spec: serde_json::Value| -> Arc<DynamicObject> {
         Arc::new(
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "pillion.io/v1alpha1", "kind": "Route",
-                "metadata": {"name": name, "namespace": "demo"}, "spec": spec}))
+                "metadata": {"name": name, "namespace": ns}, "spec": spec}))
             .unwrap(),
         )
     };
     let mut objects = objects();
     objects.routes.push(route(
         "shop",
+        "gateways",
         serde_json::json!({
-        "parentRefs": [{"kind": "Gateway", "name": "edge", "namespace": "gateways"}],
+        "parentRefs": [{"kind": "Gateway", "name": "edge"}],
         "hostnames": ["shop.example.com", "Www.Example.com"],
         "rules": [
             {"name": "api", "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
-             "backendRefs": [{"name": "echo", "port": 80, "weight": 9},
-                             {"name": "web", "port": 8080, "weight": 1}]},
-            {"name": "portless", "backendRefs": [{"name": "echo"}]}
+             "backendRefs": [{"name": "echo", "namespace": "demo", "port": 80, "weight": 9},
+                             {"name": "web", "namespace": "demo", "port": 8080, "weight": 1}]},
+            {"name": "portless", "backendRefs": [{"name": "echo", "namespace": "demo"}]}
         ]}),
     ));
     objects.routes.push(route(
         "nameless",
+        "gateways",
+        serde_json::json!({"parentRefs": [{"kind": "Gateway", "name": "edge"}],
+                           "rules": [{"backendRefs": [{"name": "echo", "namespace": "demo", "port": 80}]}]}),
+    ));
+    // Another namespace's Route may not take over the gateway's hostnames.
+    objects.routes.push(route(
+        "hijack",
+        "demo",
         serde_json::json!({"parentRefs": [{"kind": "Gateway", "name": "edge", "namespace": "gateways"}],
-                           "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}),
+                           "hostnames": ["shop.example.com"],
+                           "rules": [{"backendRefs": [{"name": "db", "port": 5432}]}]}),
+    ));
+    // A mesh Route may not send to another namespace.
+    objects.routes.push(route(
+        "sideways",
+        "demo",
+        serde_json::json!({"parentRefs": [{"name": "web"}],
+                           "rules": [{"name": "out", "backendRefs": [{"name": "x", "namespace": "other", "port": 80}]}]}),
     ));
     let t = translate(&objects, TD);
     let edge = (t.catalog.workloads())
@@ -554,7 +571,12 @@ fn routes_with_a_gateway_parent_become_the_gateways_hosts() {
         .map(|b| (b.service.as_deref().unwrap(), b.port.unwrap(), b.weight))
         .collect();
     assert_eq!(backends, [("demo/echo", 80, 9), ("demo/web", 8080, 1)]);
-    for expected in ["needs hostnames", "need a Service name and a port"] {
+    for expected in [
+        "needs hostnames",
+        "need a Service name and a port",
+        "from its own namespace only",
+        "a backend in another namespace is for gateways only",
+    ] {
         assert!(
             t.warnings.iter().any(|w| w.contains(expected)),
             "{expected}: {:?}",

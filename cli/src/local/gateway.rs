@@ -98,6 +98,8 @@ impl EdgeDemo {
             format!("0.0.0.0:{HTTPS_PORT}"),
             "--gateway-http".into(),
             format!("0.0.0.0:{HTTP_PORT}"),
+            "--gateway-redirect-port".into(),
+            HTTPS_PORT.to_string(),
             "--gateway-certs".into(),
             dir.join("tls").display().to_string(),
         ]);

@@ -1153,12 +1153,17 @@ fn the_gateway_is_locked_down_and_reaches_the_example() {
         assert!(problems.is_empty(), "{problems:#?}");
         let parent = &value["spec"]["parentRefs"][0];
         assert_eq!(parent["kind"], "Gateway");
-        assert_eq!(parent["namespace"], "pillion-gateway");
+        // A gateway takes Routes from its own namespace only.
+        assert_eq!(value["metadata"]["namespace"], "pillion-gateway");
+        assert!(parent
+            .get("namespace")
+            .is_none_or(|ns| ns == "pillion-gateway"));
         assert!(accounts.contains(parent["name"].as_str().unwrap()));
         assert!(!value["spec"]["hostnames"].as_array().unwrap().is_empty());
         for rule in value["spec"]["rules"].as_array().unwrap() {
             for backend in rule["backendRefs"].as_array().unwrap() {
                 let name = backend["name"].as_str().unwrap();
+                assert_eq!(backend["namespace"], "pillion-demo", "{name}");
                 let port = backend["port"]
                     .as_i64()
                     .expect("a gateway backend names its port");

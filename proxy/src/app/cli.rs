@@ -149,6 +149,12 @@ pub(crate) struct Args {
     )]
     pub gateway_http: Vec<SocketAddr>,
 
+    /// The HTTPS port those redirects name: the public one (e.g. a Service's 443),
+    /// which may differ from the port --gateway-https binds.
+    #[arg(long, env = "PILLION_GATEWAY_REDIRECT_PORT", default_value_t = 443,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub gateway_redirect_port: u16,
+
     /// The gateway's server certificates: directories each holding tls.crt (the
     /// chain, leaf first) and tls.key, as a mounted Kubernetes TLS Secret; the name a
     /// client asks for (SNI) picks one, and changed files are picked up while running.
@@ -178,6 +184,7 @@ impl Args {
             gateway: super::config::GatewayConfig {
                 https_addrs: self.gateway_https.clone(),
                 http_addrs: self.gateway_http.clone(),
+                redirect_port: self.gateway_redirect_port,
                 cert_dirs: self.gateway_certs.clone(),
             },
         }

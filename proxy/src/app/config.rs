@@ -38,12 +38,15 @@ pub struct ProxyConfig {
 
 /// The gateway role: public listeners without interception, for traffic from
 /// outside the mesh.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayConfig {
     /// HTTPS listeners (TLS with the certificates of `cert_dirs`, HTTP/1.1 and HTTP/2).
     pub https_addrs: Vec<SocketAddr>,
     /// Plaintext listeners, answering every request with a redirect to HTTPS.
     pub http_addrs: Vec<SocketAddr>,
+    /// The HTTPS port visitors are redirected to: the public one (a Service's 443),
+    /// not necessarily the one the listener binds.
+    pub redirect_port: u16,
     /// Directories each holding `tls.crt` (chain) and `tls.key` (its key), the
     /// layout of a mounted Kubernetes TLS Secret.
     pub cert_dirs: Vec<std::path::PathBuf>,
@@ -96,6 +99,18 @@ pub enum ConfigError {
         /// The value given.
         got: u32,
     },
+}
+
+impl Default for GatewayConfig {
+    /// No gateway listeners; redirects to 443.
+    fn default() -> Self {
+        GatewayConfig {
+            https_addrs: Vec::new(),
+            http_addrs: Vec::new(),
+            redirect_port: 443,
+            cert_dirs: Vec::new(),
+        }
+    }
 }
 
 impl Default for ProxyConfig {

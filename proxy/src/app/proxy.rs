@@ -136,6 +136,7 @@ struct GatewayListeners {
     http: Vec<TcpListener>,
     https_addrs: Vec<SocketAddr>,
     http_addrs: Vec<SocketAddr>,
+    redirect_port: u16,
     certs: Arc<Certs>,
 }
 
@@ -157,6 +158,7 @@ impl GatewayListeners {
             http_addrs: local_addrs("--gateway-http", &http)?,
             https,
             http,
+            redirect_port: gateway.redirect_port,
             certs,
         }))
     }
@@ -494,8 +496,7 @@ fn serve_gateway(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let stop = shared.drain.clone();
     tokio::spawn(Arc::clone(&gateway.certs).watch(async move { stop.started().await }));
-    let https_port = gateway.https_addrs.first().map_or(443, SocketAddr::port);
-    let redirect = Arc::new(Redirect::new(Arc::clone(&inputs), https_port));
+    let redirect = Arc::new(Redirect::new(Arc::clone(&inputs), gateway.redirect_port));
     let stack = match Gateway::new(inputs, gateway.certs) {
         Ok(stack) => Arc::new(stack),
         Err(error) => {

@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, FORWARDED, HOST};
 use http::request::Parts;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use pillion_identity::server_cert::ServerCert;
@@ -36,6 +36,11 @@ use crate::policy::api_key::KeyRefusal;
 use crate::state::gateway::HostKeys;
 use crate::state::outbound::Target;
 use crate::telemetry::metrics::http::{no_peer, Action};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The host's API key check ([`crate::policy::api_key::KeyTable::admit`]): the
 /// answer when the request may not go on, `None` when it may.
@@ -81,6 +86,16 @@ fn toward_the_application(parts: &mut Parts) {
     if parts.version != Version::HTTP_2 || hop::is_grpc(&parts.headers) {
         return;
     }
+    // HTTP/2 may split cookies into fields of their own; HTTP/1.1 has one (RFC 9113
+    // §8.2.3), and many servers read only the first.
+    if parts.headers.get_all(COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<&[u8]> = (parts.headers.get_all(COOKIE).iter())
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            parts.headers.insert(COOKIE, value);
+        }
+    }
     if !parts.headers.contains_key(HOST) {
         if let Some(Ok(host)) = parts
             .uri
@@ -93,22 +108,26 @@ fn toward_the_application(parts: &mut Parts) {
     parts.version = Version::HTTP_11;
 }
 
-/// Serves one decrypted connection that arrived at gateway listener `local`,
-/// whose handshake presented `cert` (requests must be for hosts it covers).
+/// Serves one decrypted connection from `client` that arrived at gateway listener
+/// `local`, whose handshake presented `cert` (requests must be for hosts it covers;
+/// `None`: the certificate is gone since, and every request is misdirected).
 pub(crate) async fn serve<IO>(
     inputs: Arc<Inputs>,
     io: IO,
     protocol: Protocol,
-    local: SocketAddr,
+    (client, local): (SocketAddr, SocketAddr),
     cert: Option<ServerCert>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = inputs.shutdown();
+    let address = client.ip().to_canonical().to_string();
     let conn = Arc::new(GatewayConn {
         outbound: OutboundConn::new(Arc::clone(&inputs), local),
         inputs,
         cert,
+        forwarded_for: HeaderValue::from_str(&address).ok(),
+        client: Arc::from(address.as_str()),
         no_peer: no_peer(),
     });
     let service = service_fn(move |req| {
@@ -123,22 +142,49 @@ struct GatewayConn {
     inputs: Arc<Inputs>,
     outbound: OutboundConn,
     cert: Option<ServerCert>,
+    /// The visitor's address: the key of limits by `client_identity` at the edge.
+    client: Arc<str>,
+    /// The same, as the `X-Forwarded-For` the application gets.
+    forwarded_for: Option<HeaderValue>,
     no_peer: Arc<str>,
 }
 
 impl GatewayConn {
+    /// What the visitor wrote about proxies before this one is not believed: the
+    /// forwarding headers are replaced by the gateway's own account (RFC 7239's
+    /// `Forwarded` and the `X-Forwarded-*` family), so a limit or a log keyed on them
+    /// sees the real address.
+    fn forwarding_headers(&self, headers: &mut HeaderMap) {
+        for name in [
+            FORWARDED,
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            X_REAL_IP,
+        ] {
+            headers.remove(name);
+        }
+        if let Some(value) = &self.forwarded_for {
+            headers.insert(X_FORWARDED_FOR, value.clone());
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         if let Err(bad) = hop::check_head(&parts) {
             return bad.response();
         }
-        let (target, policy, identity) = {
+        if parts.method == Method::CONNECT {
+            return HttpError::Unsupported("CONNECT is not served at the edge").response();
+        }
+        let (target, policy) = {
             let host = match request_host(&parts) {
                 Ok(host) => host,
                 Err(bad) => return bad.response(),
             };
-            if self.cert.as_ref().is_some_and(|c| !c.covers(&host)) {
+            if !self.cert.as_ref().is_some_and(|c| c.covers(&host)) {
                 tracing::debug!(%host, "request for a host the connection's certificate does not cover");
                 return HttpError::Misdirected(
                     "this connection's certificate does not cover the host",
@@ -157,9 +203,10 @@ impl GatewayConn {
             if let Some(refused) = refused_by_key(&found.api_keys, &mut parts.headers, start) {
                 return refused;
             }
-            (target, Arc::clone(&found.policy), state.identity().cloned())
+            (target, Arc::clone(&found.policy))
         };
         strip_own_headers(&mut parts.headers);
+        self.forwarding_headers(&mut parts.headers);
         let route = policy.select(&parts);
         route.metrics.request(&self.no_peer);
         let refuse = |response: Response<ResponseBody>| {
@@ -175,7 +222,7 @@ impl GatewayConn {
             return refuse(unauthenticated(refusal));
         }
         if let Some(limiter) = &route.limiter {
-            let key = limiter.key(None, &parts.headers);
+            let key = limiter.key(Some(&self.client), &parts.headers);
             if let Err(wait) = limiter.check(key, start) {
                 route.metrics.rate_limited.inc();
                 return refuse(rate_limited(limiter, &route.name, &wait));
@@ -184,8 +231,9 @@ impl GatewayConn {
         let downstream = parts.version;
         toward_the_application(&mut parts);
         let request = Request::from_parts(parts, body);
+        let visitor = Some(Arc::clone(&self.client));
         let mut response = (self.outbound)
-            .to_target(request, target, identity, start)
+            .to_target(request, target, visitor, start)
             .await;
         *response.version_mut() = downstream;
         route
@@ -218,6 +266,16 @@ mod tests {
         let mut grpc = parts(Version::HTTP_2, Some("application/grpc+proto"));
         toward_the_application(&mut grpc);
         assert_eq!(grpc.version, Version::HTTP_2);
+        let mut split = parts(Version::HTTP_2, None);
+        split
+            .headers
+            .append(COOKIE, HeaderValue::from_static("a=1"));
+        split
+            .headers
+            .append(COOKIE, HeaderValue::from_static("b=2"));
+        toward_the_application(&mut split);
+        let cookies: Vec<_> = split.headers.get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"], "one cookie field in HTTP/1.1");
         let mut h1 = parts(Version::HTTP_11, None);
         toward_the_application(&mut h1);
         assert_eq!(h1.version, Version::HTTP_11);

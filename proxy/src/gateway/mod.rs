@@ -88,7 +88,10 @@ impl Stack for Gateway {
             (protocol, session.server_name().map(str::to_ascii_lowercase))
         };
         // The certificate this handshake presented: requests must be for its hosts.
+        // Looked up again after the handshake; if a reload took it away meanwhile,
+        // `None` makes every request of the connection misdirected, never unchecked.
         let cert = self.certs.loaded().pick(sni.as_deref()).cloned();
-        http::serve(Arc::clone(&self.inputs), tls, protocol, info.local, cert).await;
+        let addrs = (info.client, info.local);
+        http::serve(Arc::clone(&self.inputs), tls, protocol, addrs, cert).await;
     }
 }

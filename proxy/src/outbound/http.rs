@@ -117,14 +117,22 @@ impl OutboundConn {
         identity: Option<Arc<str>>,
         start: Instant,
     ) -> Response<ResponseBody> {
+        // A gateway host's: checked before an upgrade too, which takes no route's
+        // policy but must still match a route.
+        let req = if target.port.only_declared_routes() {
+            let (parts, body) = req.into_parts();
+            if target.port.is_default(target.port.select(&parts).0) {
+                return HttpError::NotFound("no route of the host matches the request").response();
+            }
+            Request::from_parts(parts, body)
+        } else {
+            req
+        };
         if wants_upgrade(&req) {
             return self.upgrade(req, &target).await;
         }
         let (parts, body) = req.into_parts();
         let (route, matched_prefix) = target.port.select(&parts);
-        if target.port.only_declared_routes() && target.port.is_default(route) {
-            return HttpError::NotFound("no route of the host matches the request").response();
-        }
         let mut observer = self.inputs.settings.recorders.client(&parts, self.orig_dst);
         observer.set_route(&route.name);
         observer.set_request_bytes(declared_len(&body));

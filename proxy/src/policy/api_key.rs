@@ -55,8 +55,10 @@ pub(crate) struct KeyState {
     pub id: Arc<str>,
     id_value: Option<HeaderValue>,
     plan: Arc<Plan>,
-    /// Period index (high 32 bits) and count (low 32 bits).
-    used: AtomicU64,
+    /// Period index (high 32 bits) and count (low 32 bits); shared with the tables
+    /// of earlier views while the key, its plan and the quota's period are unchanged,
+    /// so requests counted during a view update are not lost.
+    used: Arc<AtomicU64>,
     metrics: KeyMetrics,
 }
 
@@ -158,16 +160,20 @@ impl KeyTable {
             let plan = plans
                 .get(key.plan.as_str())
                 .ok_or_else(|| KeyTableError::Plan(key.id.clone()))?;
-            let carried = (previous.and_then(|t| t.by_hash.get(&hash)))
-                .filter(|old| *old.id == key.id && Arc::ptr_eq(&old.plan, plan))
-                .map_or(0, |old| old.used.load(Ordering::Relaxed));
+            // A quota raised or lowered keeps the period's count; a new period
+            // length, plan or key starts it again.
+            let period = |p: &Plan| p.quota.map(|q| q.per);
+            let used = (previous.and_then(|t| t.by_hash.get(&hash)))
+                .filter(|old| *old.id == key.id && old.plan.name == plan.name)
+                .filter(|old| period(&old.plan) == period(plan))
+                .map_or_else(|| Arc::new(AtomicU64::new(0)), |old| Arc::clone(&old.used));
             by_hash.insert(
                 hash,
                 KeyState {
                     id: Arc::from(key.id.as_str()),
                     id_value: HeaderValue::from_str(&key.id).ok(),
                     plan: Arc::clone(plan),
-                    used: AtomicU64::new(carried),
+                    used,
                     metrics: metrics(&key.id, &key.plan),
                 },
             );
@@ -473,8 +479,16 @@ mod tests {
             ask(&kept, "acme-secret", NOON + 12 * 3600).is_err(),
             "3 of the new day used"
         );
+        // A raised quota keeps the period's count: 2 more, not 5.
         let raised = table(&policy(None, Some(5), true), Some(&kept));
         assert!(ask(&raised, "acme-secret", NOON + 12 * 3600).is_ok());
+        assert!(ask(&raised, "acme-secret", NOON + 12 * 3600).is_ok());
+        assert!(ask(&raised, "acme-secret", NOON + 12 * 3600).is_err());
+        // One count behind every table of the key: the next sees all of it.
+        let again = table(&policy(None, Some(6), true), Some(&raised));
+        assert!(ask(&again, "acme-secret", NOON + 12 * 3600).is_ok());
+        assert!(ask(&again, "acme-secret", NOON + 12 * 3600).is_err());
+        assert!(ask(&raised, "acme-secret", NOON + 12 * 3600).is_err());
     }
 
     #[test]

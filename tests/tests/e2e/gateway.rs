@@ -218,6 +218,8 @@ fn the_gateway_terminates_tls_routes_by_host_and_enters_the_mesh_as_itself() {
         format!("0.0.0.0:{HTTPS_PORT}"),
         "--gateway-http".into(),
         format!("0.0.0.0:{HTTP_PORT}"),
+        "--gateway-redirect-port".into(),
+        HTTPS_PORT.to_string(),
         "--gateway-certs".into(),
         format!("{},{}", shop_dir.display(), other_dir.display()),
     ]);
@@ -425,7 +427,12 @@ fn the_gateway_terminates_tls_routes_by_host_and_enters_the_mesh_as_itself() {
     let api = |key: Option<&str>| {
         let url = format!("https://api.shop.pillion.test:{HTTPS_PORT}/headers/x");
         let header = key.map(|k| format!("x-api-key: {k}"));
-        let mut flags = vec!["-H", "x-api-key-id: forged"];
+        let mut flags = vec![
+            "-H",
+            "x-api-key-id: forged",
+            "-H",
+            "x-forwarded-for: 192.0.2.66",
+        ];
         if let Some(h) = &header {
             flags.extend(["-H", h.as_str()]);
         }
@@ -451,6 +458,13 @@ fn the_gateway_terminates_tls_routes_by_host_and_enters_the_mesh_as_itself() {
         let ok = api(Some(ACME_KEY));
         assert_eq!(ok.status, 200, "{ok:?}");
         assert!(ok.body.contains("x-api-key-id=acme"), "{ok:?}");
+        // The gateway's own account of the visitor, never the visitor's.
+        let visitor = format!("x-forwarded-for={}", w.pods.c.ipv4());
+        assert!(ok.body.contains(&visitor), "{ok:?}");
+        assert!(
+            ok.body.contains("x-forwarded-proto=https") && !ok.body.contains("192.0.2.66"),
+            "{ok:?}"
+        );
         assert!(
             !ok.body.contains("forged") && !ok.body.contains("secret"),
             "{ok:?}"

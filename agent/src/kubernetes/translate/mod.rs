@@ -189,19 +189,25 @@ impl Translator<'_> {
             let Ok(id) = identity.parse::<SpiffeId>() else {
                 continue;
             };
-            let policy = pillion_api::gateway::GatewayPolicy {
-                hosts: (hosts.into_iter())
-                    .map(|(hostname, routes)| pillion_api::gateway::GatewayHost {
-                        hostnames: vec![hostname],
-                        routes: unique_names(routes),
-                        jwt: None,
-                        server: Default::default(),
-                        api_keys: None,
-                    })
-                    .collect(),
-            };
-            if let Err(e) = policy.validate() {
-                self.warn(format!("gateway {identity}: hosts dropped: {e}"));
+            let mut policy = pillion_api::gateway::GatewayPolicy::default();
+            for (hostname, routes) in hosts {
+                let host = pillion_api::gateway::GatewayHost {
+                    hostnames: vec![hostname],
+                    routes: unique_names(routes),
+                    jwt: None,
+                    server: Default::default(),
+                    api_keys: None,
+                };
+                // One bad host is dropped alone; the gateway keeps serving the rest.
+                match host.validate() {
+                    Ok(()) => policy.hosts.push(host),
+                    Err(e) => self.warn(format!(
+                        "gateway {identity}: host {} dropped: {e}",
+                        host.hostnames[0]
+                    )),
+                }
+            }
+            if policy.hosts.is_empty() {
                 continue;
             }
             let workload = self.workloads.entry(identity).or_insert_with(|| Workload {

@@ -52,6 +52,19 @@ impl Translator<'_> {
                     self.gateway_route(&route, ns, &parent.name, &rules);
                     continue;
                 }
+                let elsewhere = |r: &&Route| {
+                    (r.backends
+                        .iter()
+                        .chain(r.mirror.as_ref().map(|m| &m.backend)))
+                    .any(|b| b.service.as_deref().is_some_and(|s| s.contains('/')))
+                };
+                if let Some(r) = rules.iter().find(elsewhere) {
+                    self.warn(format!(
+                        "Route {}/{}: rule {} skipped on service {ns}/{}: a backend in another namespace is for gateways only",
+                        route.namespace, route.name, r.name, parent.name
+                    ));
+                }
+                let rules: Vec<Route> = rules.iter().filter(|r| !elsewhere(r)).cloned().collect();
                 let Some(service) = find_service(services, ns, &parent.name) else {
                     self.warn(format!(
                         "Route {}/{}: parent service {ns}/{} not found",
@@ -89,6 +102,15 @@ impl Translator<'_> {
             "Route {}/{} on gateway {ns}/{name}",
             route.namespace, route.name
         );
+        // A gateway takes Routes from its own namespace only (Gateway API's
+        // `allowedRoutes: Same`): whoever may write Routes elsewhere must not take
+        // over its hostnames. Its Routes name backends in other namespaces instead.
+        if route.namespace != ns {
+            self.warn(format!(
+                "{what}: skipped: a gateway takes Routes from its own namespace only"
+            ));
+            return;
+        }
         if route.spec.hostnames.is_empty() {
             self.warn(format!(
                 "{what}: skipped: a gateway's route needs hostnames"
@@ -109,8 +131,10 @@ impl Translator<'_> {
                 .chain(r.mirror.as_mut().map(|m| &mut m.backend))
             {
                 match (&b.service, b.port) {
-                    (Some(service), Some(_)) if !service.contains('/') => {
-                        b.service = Some(format!("{}/{service}", route.namespace));
+                    (Some(service), Some(_)) => {
+                        if !service.contains('/') {
+                            b.service = Some(format!("{}/{service}", route.namespace));
+                        }
                     }
                     _ => complete = false,
                 }

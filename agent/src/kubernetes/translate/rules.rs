@@ -46,7 +46,11 @@ pub(super) fn translate_rule(rule: &crd::RouteRule, name: &str) -> Result<Route,
         route.backends.push(WeightedBackend {
             weight: b.weight,
             subset: b.subset.clone(),
-            service: Some(b.name.clone()),
+            // Another namespace only at a gateway (see `routes`): `namespace/name`.
+            service: Some(match &b.namespace {
+                Some(ns) => format!("{ns}/{}", b.name),
+                None => b.name.clone(),
+            }),
             port: b.port,
         });
     }
