@@ -44,12 +44,8 @@ fn normalize(raw: &str) -> Option<Cow<'_, str>> {
         if !(rest.is_empty() || port_ok(rest)) {
             return None;
         }
-        let inner = &raw[1..end];
-        let literal = !inner.is_empty()
-            && inner
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        if !literal {
+        // An IPv6 address, nothing else (RFC 3986's IPvFuture is not served).
+        if raw[1..end].parse::<std::net::Ipv6Addr>().is_err() {
             return None;
         }
         &raw[..=end]
@@ -129,6 +125,8 @@ mod tests {
             ("/", Some("a.test:123456")),
             ("/", Some("a.test:x")),
             ("/", Some("[zz::1]")),
+            ("/", Some("[..233333333333::1]")),
+            ("/", Some("[::ffff:1.2.3]")),
             ("/", Some("[::1]x")),
             ("/", Some("a_b.test")),
             ("/", Some("a test")),
