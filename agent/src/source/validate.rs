@@ -139,6 +139,17 @@ pub fn add_services(
     Ok(())
 }
 
+/// Every backend `route` (written at `at_route`) sends to, its mirror's included,
+/// with the entry path each is written at.
+fn sent_to<'r>(
+    at_route: &'r EntryPath,
+    route: &'r pillion_api::policy::Route,
+) -> impl Iterator<Item = (EntryPath, &'r pillion_api::policy::WeightedBackend)> + 'r {
+    (route.backends.iter().enumerate())
+        .map(|(b, backend)| (at_route.key("backends").index(b), backend))
+        .chain((route.mirror.iter()).map(|m| (at_route.key("mirror").key("backend"), &m.backend)))
+}
+
 /// Every route backend of `part` that names another service must name one of the
 /// same namespace that offers the same port, since that is where the proxy sends it.
 pub fn check_backend_services(part: &str, catalog: &Catalog) -> Result<(), SemanticError> {
@@ -151,13 +162,7 @@ pub fn check_backend_services(part: &str, catalog: &Catalog) -> Result<(), Seman
                     .index(k)
                     .key("routes")
                     .index(r);
-                let named = (route.backends.iter().enumerate())
-                    .map(|(b, backend)| (at_route.key("backends").index(b), backend))
-                    .chain(
-                        (route.mirror.iter())
-                            .map(|m| (at_route.key("mirror").key("backend"), &m.backend)),
-                    );
-                for (at, backend) in named {
+                for (at, backend) in sent_to(&at_route, route) {
                     let Some(name) = &backend.service else {
                         continue;
                     };
@@ -320,13 +325,7 @@ pub fn check_gateway_backends(part: &str, catalog: &Catalog) -> Result<(), Seman
                     .index(h)
                     .key("routes")
                     .index(r);
-                let named = (route.backends.iter().enumerate())
-                    .map(|(b, backend)| (at_route.key("backends").index(b), backend))
-                    .chain(
-                        (route.mirror.iter())
-                            .map(|m| (at_route.key("mirror").key("backend"), &m.backend)),
-                    );
-                for (at, backend) in named {
+                for (at, backend) in sent_to(&at_route, route) {
                     let (Some(name), Some(port)) = (&backend.service, backend.port) else {
                         continue;
                     };

@@ -529,25 +529,17 @@ impl TracedMesh {
 
     /// `base` plus the flags that make the proxy workload `edge/gateway`.
     fn gateway_opts(&self, base: &SidecarOpts) -> SidecarOpts {
-        let path = |name: &str| self.dir.0.join(name).display().to_string();
-        base.clone().proxy_args([
-            "--agent-addr".to_owned(),
-            self.agent_addr.to_string(),
-            "--trust-anchors".to_owned(),
-            path("anchors.pem"),
-            "--token-file".to_owned(),
-            path("gateway.token"),
-            "--namespace".to_owned(),
-            "edge".to_owned(),
-            "--service-account".to_owned(),
-            "gateway".to_owned(),
-            "--pod-name".to_owned(),
-            "gateway".to_owned(),
-        ])
+        self.workload_opts(base, "edge", "gateway")
     }
 
     /// `base` plus the flags that put workload `sa` (namespace `demo`) in the mesh.
     fn sidecar_opts(&self, base: &SidecarOpts, sa: &str) -> SidecarOpts {
+        self.workload_opts(base, "demo", sa)
+    }
+
+    /// `base` plus the flags that make the proxy workload `ns/sa` of the demo (its
+    /// token in `<sa>.token`).
+    fn workload_opts(&self, base: &SidecarOpts, ns: &str, sa: &str) -> SidecarOpts {
         let path = |name: &str| self.dir.0.join(name).display().to_string();
         base.clone().proxy_args([
             "--agent-addr".to_owned(),
@@ -557,7 +549,7 @@ impl TracedMesh {
             "--token-file".to_owned(),
             path(&format!("{sa}.token")),
             "--namespace".to_owned(),
-            "demo".to_owned(),
+            ns.to_owned(),
             "--service-account".to_owned(),
             sa.to_owned(),
             "--pod-name".to_owned(),

@@ -210,15 +210,7 @@ impl Translator<'_> {
             if policy.hosts.is_empty() {
                 continue;
             }
-            let workload = self.workloads.entry(identity).or_insert_with(|| Workload {
-                namespace: id.namespace().to_string(),
-                name: id.service_account().to_string(),
-                identity: id.clone(),
-                addresses: Vec::new(),
-                inbound: InboundPolicy::default(),
-                gateway: None,
-                token: None,
-            });
+            let workload = (self.workloads.entry(identity)).or_insert_with(|| workload_of(&id));
             workload.gateway = Some(policy);
         }
     }
@@ -255,15 +247,7 @@ impl Translator<'_> {
                 let workload = self
                     .workloads
                     .entry(id.to_string())
-                    .or_insert_with(|| Workload {
-                        namespace: ns.clone(),
-                        name: id.service_account().to_string(),
-                        identity: id.clone(),
-                        addresses: Vec::new(),
-                        inbound: InboundPolicy::default(),
-                        gateway: None,
-                        token: None,
-                    });
+                    .or_insert_with(|| workload_of(id));
                 for ip in pod_ips(pod) {
                     if !workload.addresses.contains(&ip) {
                         workload.addresses.push(ip);
@@ -275,6 +259,19 @@ impl Translator<'_> {
             self.pods
                 .insert((ns.clone(), name.clone()), PodInfo { identity, labels });
         }
+    }
+}
+
+/// A ServiceAccount's workload with nothing yet: no addresses, the default policy.
+fn workload_of(id: &SpiffeId) -> Workload {
+    Workload {
+        namespace: id.namespace().to_string(),
+        name: id.service_account().to_string(),
+        identity: id.clone(),
+        addresses: Vec::new(),
+        inbound: InboundPolicy::default(),
+        gateway: None,
+        token: None,
     }
 }
 
