@@ -27,7 +27,7 @@ use crate::template::render;
 use crate::topology::pillion;
 use crate::topology::pods::{self, wait_listening};
 use crate::workdir::WorkDir;
-use pillion_tests::{Cmd, Process, SidecarOpts};
+use pillion_tests::{Cmd, Process};
 
 /// The name both edges serve.
 const HOST: &str = "bench.pillion.test";
@@ -231,22 +231,9 @@ fn start_gateway(
     certs: &Certs,
     work: &WorkDir,
 ) -> Result<Process> {
-    let token = work.write("gateway.token", "bench-gateway-token-0001")?;
-    let cmd = SidecarOpts::new(&opts.binary)
-        .proxy_args(["--drain-timeout", "1s", "--log-level", &opts.log_level])
-        .proxy_env("TOKIO_WORKER_THREADS", "1")
+    let cmd = pillion::proxy_opts(opts, agent, certs, work, "gateway")?
         .proxy_args([
-            "--agent-addr".to_string(),
-            SocketAddr::new(agent.ipv4(), pillion_api::defaults::AGENT_PORT).to_string(),
-            "--trust-anchors".into(),
-            certs.bundle.display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--namespace".into(),
-            NAMESPACE.into(),
-            "--service-account".into(),
-            "gateway".into(),
-            "--gateway-https".into(),
+            "--gateway-https".to_string(),
             format!("0.0.0.0:{PILLION_PORT}"),
             "--gateway-certs".into(),
             tls_dir.display().to_string(),

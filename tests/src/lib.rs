@@ -15,6 +15,7 @@
 //!   source, for the HTTP layer's end-to-end tests.
 
 pub mod apps;
+pub mod curl;
 pub mod http_mesh;
 pub mod mesh;
 pub mod otlp;

@@ -224,24 +224,7 @@ pub fn start(
     certs: &Certs,
     work: &WorkDir,
 ) -> Result<PillionPair> {
-    let base = SidecarOpts::new(&opts.binary)
-        .proxy_args(["--drain-timeout", "1s", "--log-level", &opts.log_level])
-        .proxy_env("TOKIO_WORKER_THREADS", opts.workers.to_string());
-    let base = match &opts.proxy_binary {
-        Some(binary) => base.proxy_binary(binary),
-        None => base,
-    };
-    // PILLION_* settings in the bench's own environment reach the proxies, so a
-    // setting can be compared run against run (e.g. PILLION_MESH_PROTOCOL=http2).
-    let base = std::env::vars_os()
-        .filter(|(k, _)| k.to_string_lossy().starts_with("PILLION_"))
-        .fold(base, |base, (k, v)| base.proxy_env(k, v));
-    // This pair's own settings (e.g. an allocator's tunables), which the benchmark's
-    // own process must not run with.
-    let base = opts
-        .env
-        .iter()
-        .fold(base, |base, (k, v)| base.proxy_env(k, v));
+    let base = base_opts(opts);
     let takes_agent = match &opts.proxy_binary {
         Some(binary) => proxy_takes_agent(binary, true),
         None => proxy_takes_agent(&opts.binary, false),
@@ -257,21 +240,7 @@ pub fn start(
     }
     let (agent, view) = start_agent(opts, agent_pod, client, server, certs, work)?;
     let agent_addr = SocketAddr::new(agent_pod.ipv4(), AGENT_PORT);
-    let mesh = |sa: &str| -> Result<SidecarOpts> {
-        let token = work.write(&format!("{}-{sa}.token", opts.tag), &token(sa))?;
-        Ok(base.clone().proxy_args([
-            "--agent-addr".to_string(),
-            agent_addr.to_string(),
-            "--trust-anchors".into(),
-            certs.bundle.display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--namespace".into(),
-            NAMESPACE.into(),
-            "--service-account".into(),
-            sa.into(),
-        ]))
-    };
+    let mesh = |sa: &str| mesh_opts(&base, opts, agent_addr, certs, work, sa);
     let with_logs = |e: anyhow::Error| e.context(format!("{}", agent.logs()));
     let client_side = client
         .install_sidecar(&mesh("client")?)
@@ -288,6 +257,65 @@ pub fn start(
         view: Some(view),
         notes: Vec::new(),
     })
+}
+
+/// The options every proxy of a pair starts with: drain, log level, workers, the
+/// shipped binary if one is given, and the `PILLION_*` settings to compare.
+fn base_opts(opts: &PairOpts) -> SidecarOpts {
+    let base = SidecarOpts::new(&opts.binary)
+        .proxy_args(["--drain-timeout", "1s", "--log-level", &opts.log_level])
+        .proxy_env("TOKIO_WORKER_THREADS", opts.workers.to_string());
+    let base = match &opts.proxy_binary {
+        Some(binary) => base.proxy_binary(binary),
+        None => base,
+    };
+    // PILLION_* settings in the bench's own environment reach the proxies, so a
+    // setting can be compared run against run (e.g. PILLION_MESH_PROTOCOL=http2).
+    let base = std::env::vars_os()
+        .filter(|(k, _)| k.to_string_lossy().starts_with("PILLION_"))
+        .fold(base, |base, (k, v)| base.proxy_env(k, v));
+    // This pair's own settings (e.g. an allocator's tunables), which the benchmark's
+    // own process must not run with.
+    opts.env
+        .iter()
+        .fold(base, |base, (k, v)| base.proxy_env(k, v))
+}
+
+/// `base` plus the flags that make a proxy workload `bench/<sa>` of the pair's agent
+/// at `agent_addr` (its token written for it).
+pub fn mesh_opts(
+    base: &SidecarOpts,
+    opts: &PairOpts,
+    agent_addr: SocketAddr,
+    certs: &Certs,
+    work: &WorkDir,
+    sa: &str,
+) -> Result<SidecarOpts> {
+    let token = work.write(&format!("{}-{sa}.token", opts.tag), &token(sa))?;
+    Ok(base.clone().proxy_args([
+        "--agent-addr".to_string(),
+        agent_addr.to_string(),
+        "--trust-anchors".into(),
+        certs.bundle.display().to_string(),
+        "--token-file".into(),
+        token.display().to_string(),
+        "--namespace".into(),
+        NAMESPACE.into(),
+        "--service-account".into(),
+        sa.into(),
+    ]))
+}
+
+/// A proxy of this pair's kind (its options, its agent) as workload `bench/<sa>`.
+pub fn proxy_opts(
+    opts: &PairOpts,
+    agent_pod: &Pod,
+    certs: &Certs,
+    work: &WorkDir,
+    sa: &str,
+) -> Result<SidecarOpts> {
+    let agent_addr = SocketAddr::new(agent_pod.ipv4(), AGENT_PORT);
+    mesh_opts(&base_opts(opts), opts, agent_addr, certs, work, sa)
 }
 
 fn token(service_account: &str) -> String {

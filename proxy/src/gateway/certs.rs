@@ -49,7 +49,7 @@ pub enum CertsError {
 /// One generation of loaded certificates.
 #[derive(Debug)]
 pub(crate) struct Loaded {
-    certs: Vec<ServerCert>,
+    certs: Vec<Arc<ServerCert>>,
     exact: HashMap<String, usize>,
     /// `*.example.com` under `example.com`.
     wildcard: HashMap<String, usize>,
@@ -60,7 +60,7 @@ pub(crate) struct Loaded {
 impl Loaded {
     /// The certificate for `name` (lowercase), or the first one when the client
     /// named none.
-    pub(crate) fn pick(&self, name: Option<&str>) -> Option<&ServerCert> {
+    pub(crate) fn pick(&self, name: Option<&str>) -> Option<&Arc<ServerCert>> {
         let Some(name) = name else {
             return self.certs.first();
         };
@@ -143,7 +143,7 @@ impl Certs {
 impl ResolvesServerCert for Certs {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let loaded = self.current.load();
-        let name = hello.server_name().map(str::to_ascii_lowercase);
+        let name = hello.server_name().map(super::host::lowercase);
         let found = loaded.pick(name.as_deref()).map(|c| Arc::clone(&c.key));
         if found.is_none() {
             tracing::debug!(sni = ?name, "no gateway certificate covers the name asked for");
@@ -192,7 +192,7 @@ fn load_all(dirs: &[PathBuf]) -> Result<Loaded, CertsError> {
                 None => loaded.exact.entry(name.clone()).or_insert(index),
             };
         }
-        loaded.certs.push(cert);
+        loaded.certs.push(Arc::new(cert));
     }
     Ok(loaded)
 }

@@ -67,10 +67,16 @@ fn normalize(raw: &str) -> Option<Cow<'_, str>> {
         }
         name
     };
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
+    Some(lowercase(host))
+}
+
+/// `name` in lowercase, copied only when it has an uppercase letter (an SNI or a
+/// host is nearly always lowercase already).
+pub(crate) fn lowercase(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
     } else {
-        Some(Cow::Borrowed(host))
+        Cow::Borrowed(name)
     }
 }
 

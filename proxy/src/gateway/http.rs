@@ -30,7 +30,6 @@ use crate::http::body::ResponseBody;
 use crate::http::errors::{api_key_refused, rate_limited, unauthenticated, HttpError};
 use crate::http::hop::{self, strip_own_headers};
 use crate::http::server;
-use crate::inbound::http::authenticate;
 use crate::outbound::http::OutboundConn;
 use crate::policy::api_key::KeyRefusal;
 use crate::state::gateway::HostKeys;
@@ -116,7 +115,7 @@ pub(crate) async fn serve<IO>(
     io: IO,
     protocol: Protocol,
     (client, local): (SocketAddr, SocketAddr),
-    cert: Option<ServerCert>,
+    cert: Option<Arc<ServerCert>>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -141,7 +140,7 @@ pub(crate) async fn serve<IO>(
 struct GatewayConn {
     inputs: Arc<Inputs>,
     outbound: OutboundConn,
-    cert: Option<ServerCert>,
+    cert: Option<Arc<ServerCert>>,
     /// The visitor's address: the key of limits by `client_identity` at the edge.
     client: Arc<str>,
     /// The same, as the `X-Forwarded-For` the application gets.
@@ -215,7 +214,7 @@ impl GatewayConn {
                 .response(&self.no_peer, response.status().as_u16(), start.elapsed());
             response
         };
-        if let Err(refusal) = authenticate(&policy.jwt, route, &mut parts.headers) {
+        if let Err(refusal) = policy.authenticate(route, &mut parts.headers) {
             tracing::info!(route = %route.name, reason = refusal.reason(),
                 "gateway request refused: end-user token");
             route.metrics.action(Action::TokenRefused);

@@ -79,18 +79,19 @@ impl Stack for Gateway {
                 return;
             }
         };
-        let (protocol, sni) = {
+        let (protocol, cert) = {
             let session = tls.get_ref().1;
             let protocol = match session.alpn_protocol() {
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            (protocol, session.server_name().map(str::to_ascii_lowercase))
+            // The certificate this handshake presented: requests must be for its
+            // hosts. Looked up again after the handshake; if a reload took it away
+            // meanwhile, `None` makes every request of the connection misdirected,
+            // never unchecked.
+            let sni = session.server_name().map(host::lowercase);
+            (protocol, self.certs.loaded().pick(sni.as_deref()).cloned())
         };
-        // The certificate this handshake presented: requests must be for its hosts.
-        // Looked up again after the handshake; if a reload took it away meanwhile,
-        // `None` makes every request of the connection misdirected, never unchecked.
-        let cert = self.certs.loaded().pick(sni.as_deref()).cloned();
         let addrs = (info.client, info.local);
         http::serve(Arc::clone(&self.inputs), tls, protocol, addrs, cert).await;
     }

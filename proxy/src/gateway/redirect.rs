@@ -47,8 +47,7 @@ impl Stack for Redirect {
         let service = service_fn(move |req: Request<Incoming>| async move {
             Ok::<_, Infallible>(answer(&req.into_parts().0, port))
         });
-        let io = crate::detect::rewind::Rewind::new(bytes::Bytes::new(), stream);
-        server::serve(io, Protocol::Http1, service, self.inputs.shutdown()).await;
+        server::serve(stream, Protocol::Http1, service, self.inputs.shutdown()).await;
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue, HOST};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Uri, Version};
+use http::{Method, Uri, Version};
 
 use pillion_api::policy::OWN_HEADER_PREFIX;
 
@@ -63,13 +63,9 @@ fn strip_connection_named(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether a request asks to leave HTTP (`Upgrade`, e.g. WebSocket) or to tunnel
-/// (`CONNECT`): such a connection becomes opaque bytes end to end after the answer.
-pub(crate) fn wants_upgrade<B>(req: &Request<B>) -> bool {
-    upgrade_requested(req.method(), req.version(), req.headers())
-}
-
-/// [`wants_upgrade`] for a request's head.
+/// Whether a request (by its head) asks to leave HTTP (`Upgrade`, e.g. WebSocket)
+/// or to tunnel (`CONNECT`): such a connection becomes opaque bytes end to end after
+/// the answer.
 pub(crate) fn upgrade_requested(method: &Method, version: Version, headers: &HeaderMap) -> bool {
     if method == Method::CONNECT {
         return true;
@@ -251,6 +247,7 @@ pub(crate) fn path_and_query(parts: &Parts) -> PathAndQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     #[test]
     fn grpc_requests_are_told_by_their_content_type() {
@@ -406,6 +403,8 @@ mod tests {
 
     #[test]
     fn upgrades_and_connect_are_recognised() {
+        let wants_upgrade =
+            |r: &Request<()>| upgrade_requested(r.method(), r.version(), r.headers());
         let ws = Request::get("/chat")
             .header(header::CONNECTION, "keep-alive, Upgrade")
             .header(header::UPGRADE, "websocket")

@@ -30,8 +30,7 @@ use crate::http::hop::{
 use crate::http::tee::CallerBody;
 use crate::http::{server, upgrade};
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
-use crate::policy::jwt::{unix_now, Refusal};
-use crate::state::inbound::{InboundPort, PortJwt, ServerRouteState};
+use crate::state::inbound::InboundPort;
 use crate::telemetry::metrics::http::{no_peer, Action};
 use crate::telemetry::span::Inbound as SpanConn;
 use crate::telemetry::RequestObserver;
@@ -174,7 +173,7 @@ impl InboundConn {
             };
             return done(observer, HttpError::Forbidden(why).response());
         }
-        if let Err(refusal) = authenticate(&policy.jwt, route, &mut parts.headers) {
+        if let Err(refusal) = policy.authenticate(route, &mut parts.headers) {
             tracing::info!(port = self.target.port(), route = %route.name, peer = %self.peer_label,
                 reason = refusal.reason(), "request refused: end-user token");
             route.metrics.action(Action::TokenRefused);
@@ -225,24 +224,5 @@ impl InboundConn {
             }
         };
         done(observer, response)
-    }
-}
-
-/// The end user's part where the port has token providers
-/// ([`crate::policy::jwt::Authenticator::authenticate`]): a route with claims needs a
-/// token; otherwise the route's `jwt_required`, or the port's, decides.
-pub(crate) fn authenticate(
-    jwt: &PortJwt,
-    route: &ServerRouteState,
-    headers: &mut http::HeaderMap,
-) -> Result<(), Refusal> {
-    match jwt {
-        PortJwt::Off => Ok(()),
-        PortJwt::Unusable => Err(Refusal::Invalid("this port's token keys are unusable")),
-        PortJwt::On(auth) => {
-            let required =
-                !route.claims.is_empty() || route.jwt_required.unwrap_or(auth.required());
-            auth.authenticate(required, &route.claims, headers, unix_now())
-        }
     }
 }

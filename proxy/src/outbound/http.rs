@@ -27,7 +27,7 @@ use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, ResponseBody};
 use crate::http::errors::{fault_response, rate_limited, HttpError};
-use crate::http::hop::{self, strip_hop_by_hop, strip_own_headers, wants_upgrade};
+use crate::http::hop::{self, strip_hop_by_hop, strip_own_headers, upgrade_requested};
 use crate::http::tee::CallerBody;
 use crate::http::{server, upgrade};
 use crate::policy::fault::Faults;
@@ -117,22 +117,16 @@ impl OutboundConn {
         identity: Option<Arc<str>>,
         start: Instant,
     ) -> Response<ResponseBody> {
-        // A gateway host's: checked before an upgrade too, which takes no route's
-        // policy but must still match a route.
-        let req = if target.port.only_declared_routes() {
-            let (parts, body) = req.into_parts();
-            if target.port.is_default(target.port.select(&parts).0) {
-                return HttpError::NotFound("no route of the host matches the request").response();
-            }
-            Request::from_parts(parts, body)
-        } else {
-            req
-        };
-        if wants_upgrade(&req) {
-            return self.upgrade(req, &target).await;
-        }
         let (parts, body) = req.into_parts();
         let (route, matched_prefix) = target.port.select(&parts);
+        // A gateway host's port has no default route to send to: a request no
+        // declared route matches is 404, an upgrade included.
+        if target.port.only_declared_routes() && target.port.is_default(route) {
+            return HttpError::NotFound("no route of the host matches the request").response();
+        }
+        if upgrade_requested(&parts.method, parts.version, &parts.headers) {
+            return (self.upgrade(Request::from_parts(parts, body), &target, route)).await;
+        }
         let mut observer = self.inputs.settings.recorders.client(&parts, self.orig_dst);
         observer.set_route(&route.name);
         observer.set_request_bytes(declared_len(&body));
@@ -282,11 +276,14 @@ impl OutboundConn {
         })
     }
 
-    async fn upgrade(&self, req: Request<Incoming>, target: &Target) -> Response<ResponseBody> {
+    /// An upgrade (or `CONNECT`) on `route`: to one endpoint, then bytes.
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        target: &Target,
+        route: &RouteState,
+    ) -> Response<ResponseBody> {
         let start = Instant::now();
-        let (parts, body) = req.into_parts();
-        let (route, _) = target.port.select(&parts);
-        let mut req = Request::from_parts(parts, body);
         route.metrics.request(&self.no_peer);
         strip_own_headers(req.headers_mut());
         let backend = pick_backend(target, route);

@@ -93,18 +93,16 @@ impl GatewayTable {
                 server: host.server.clone(),
                 jwt: host.jwt.clone(),
             };
-            let empty = InboundTable::default();
+            // The previous view's host of the same name carries its state over.
             let old = previous.host(first).filter(|h| &*h.name == first);
-            let old = old.map_or(&empty, |h| &h.reuse);
+            let empty = InboundTable::default();
             let label = format!("{}/{first}", super::outbound::GATEWAY_NAMESPACE);
-            let (policy, reuse) = compile_host(&label, &policy, old, metrics, now);
-            let old_keys = match previous.host(first).filter(|h| &*h.name == first) {
-                Some(GatewayHostState {
-                    api_keys: HostKeys::On(t),
-                    ..
-                }) => Some(t),
+            let old_policy = old.map_or(&empty, |h| &h.reuse);
+            let (policy, reuse) = compile_host(&label, &policy, old_policy, metrics, now);
+            let old_keys = old.and_then(|h| match &h.api_keys {
+                HostKeys::On(t) => Some(t),
                 _ => None,
-            };
+            });
             let api_keys = match &host.api_keys {
                 None => HostKeys::Off,
                 Some(keys) => {

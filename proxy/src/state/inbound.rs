@@ -15,7 +15,7 @@ use pillion_api::policy::RateLimit;
 use pillion_api::view::{Mode, PortPolicy, Protocol, View};
 
 use crate::policy::authz::Authorizer;
-use crate::policy::jwt::{Authenticator, ClaimRules};
+use crate::policy::jwt::{unix_now, Authenticator, ClaimRules, Refusal};
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::route_match::RouteTable;
 use crate::telemetry::metrics::http::{HttpMetrics, RouteMetrics};
@@ -31,7 +31,7 @@ pub(crate) struct InboundPort {
     routes: Box<[ServerRouteState]>,
     default: ServerRouteState,
     /// End-user authentication of the port.
-    pub jwt: PortJwt,
+    jwt: PortJwt,
 }
 
 /// Whether and how a port checks end users' tokens.
@@ -65,6 +65,25 @@ pub(crate) struct ServerRouteState {
 }
 
 impl InboundPort {
+    /// The end user's part where the port has token providers
+    /// ([`crate::policy::jwt::Authenticator::authenticate`]): a route with claims
+    /// needs a token; otherwise the route's `jwt_required`, or the port's, decides.
+    pub(crate) fn authenticate(
+        &self,
+        route: &ServerRouteState,
+        headers: &mut http::HeaderMap,
+    ) -> Result<(), Refusal> {
+        match &self.jwt {
+            PortJwt::Off => Ok(()),
+            PortJwt::Unusable => Err(Refusal::Invalid("this port's token keys are unusable")),
+            PortJwt::On(auth) => {
+                let required =
+                    !route.claims.is_empty() || route.jwt_required.unwrap_or(auth.required());
+                auth.authenticate(required, &route.claims, headers, unix_now())
+            }
+        }
+    }
+
     /// The route for a request; requests no route matches are judged by the port's
     /// allow list alone and not rate limited.
     pub(crate) fn select(&self, parts: &Parts) -> &ServerRouteState {

@@ -7,10 +7,10 @@
 //! not answer, a `HEAD` answered from a `GET`'s entry, a burst of misses that sends one request upstream, a burst for an
 //! answer that cannot be kept that does not queue, and the counts.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use pillion::local::Pod;
+use pillion_tests::curl::Seen;
 use pillion_tests::http_mesh::{load, policy_actions, HttpWorld, VIP};
 
 use crate::common::{sidecar_opts, testbin};
@@ -25,20 +25,12 @@ const CACHE_ROUTES: &str = r#"- name: cached
   cache: {shared: true}
 "#;
 
-/// What curl saw.
-#[derive(Debug)]
-struct Seen {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
+/// What the proxy's cache did, as `pillion-cache` says.
+trait Cached {
+    fn cache(&self) -> &str;
 }
 
-impl Seen {
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", String::as_str)
-    }
-
-    /// `pillion-cache`: what the proxy's cache did.
+impl Cached for Seen {
     fn cache(&self) -> &str {
         self.header("pillion-cache")
     }
@@ -57,22 +49,7 @@ fn curl(pod: &Pod, path: &str, flags: &[&str]) -> Seen {
         "curl {path}: {text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Seen {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    Seen::of(&out)
 }
 
 #[test]

@@ -8,7 +8,6 @@
 //! (308 to HTTPS), a forged identity header, a missing, wrong or tampered token
 //! (401/403), too many requests (429). All asked with curl, as a user would.
 
-use std::collections::HashMap;
 use std::os::unix::fs::chown;
 use std::time::{Duration, Instant};
 
@@ -16,11 +15,12 @@ use jsonwebtoken::Algorithm::ES256;
 use pillion::local::{Pod, Process};
 use pillion_testkit::jwt::{tampered, Issuer};
 use pillion_testkit::pki::EdgeCert;
+use pillion_tests::curl::Seen;
 use pillion_tests::http_mesh::{source_yaml, HttpWorld};
 use pillion_tests::mesh::mesh_sidecar_opts;
 use serde_json::json;
 
-use crate::common::{sidecar_opts, testbin, ALL_ROUTES};
+use crate::common::{raw_exchange, sidecar_opts, testbin, ALL_ROUTES};
 
 const SHOP: &str = "shop.pillion.test";
 const OTHER: &str = "other.pillion.test";
@@ -104,22 +104,6 @@ fn gateway_workload(jwks: &str) -> String {
     )
 }
 
-/// What curl saw; `status` 0 when no HTTP answer came (the exit code says why).
-#[derive(Debug)]
-struct Seen {
-    exit: i32,
-    version: String,
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", String::as_str)
-    }
-}
-
 /// curl from `pod`: `url` with `flags`, the gateway's name resolved to `gw`.
 fn curl(pod: &Pod, gw: &str, ca: &str, url: &str, flags: &[&str]) -> Seen {
     let mut args: Vec<String> = ["curl", "-sS", "-i", "--max-time", "10", "--cacert", ca]
@@ -140,22 +124,7 @@ fn curl(pod: &Pod, gw: &str, ca: &str, url: &str, flags: &[&str]) -> Seen {
     }
     args.extend(flags.iter().map(|s| s.to_string()));
     args.push(url.to_string());
-    let out = pod.exec(&args).expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let first: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Seen {
-        exit: out.status.code().unwrap_or(-1),
-        version: first.first().unwrap_or(&"").to_string(),
-        status: first.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
-        headers,
-        body: body.to_string(),
-    }
+    Seen::of(&pod.exec(&args).expect("curl runs"))
 }
 
 /// Writes one certificate directory (`tls.crt`, `tls.key` 0600), owned by the proxy user.
@@ -220,6 +189,8 @@ fn the_gateway_terminates_tls_routes_by_host_and_enters_the_mesh_as_itself() {
         format!("0.0.0.0:{HTTP_PORT}"),
         "--gateway-redirect-port".into(),
         HTTPS_PORT.to_string(),
+        "--detect-timeout".into(),
+        "1s".into(),
         "--gateway-certs".into(),
         format!("{},{}", shop_dir.display(), other_dir.display()),
     ]);
@@ -344,6 +315,20 @@ fn the_gateway_terminates_tls_routes_by_host_and_enters_the_mesh_as_itself() {
     );
     assert_eq!(nobody.status, 0, "{nobody:?}");
     assert_ne!(nobody.exit, 0, "{nobody:?}");
+
+    // Around TLS: a connection that never says hello is closed at the handshake
+    // deadline; plaintext HTTP on the TLS port gets no HTTP answer at all.
+    let tls_port = std::net::SocketAddr::new(gw_pod.ipv4(), HTTPS_PORT);
+    let started = Instant::now();
+    let silent = raw_exchange(client, tls_port, Duration::ZERO, Vec::new()).unwrap();
+    assert!(silent.is_empty(), "{silent:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at the deadline"
+    );
+    let plain_head = format!("GET /echo/x HTTP/1.1\r\nHost: {SHOP}\r\n\r\n").into_bytes();
+    let plaintext = raw_exchange(client, tls_port, Duration::ZERO, plain_head).unwrap();
+    assert!(!plaintext.contains("HTTP/1.1"), "{plaintext:?}");
 
     // A path no route of the host matches: 404, sent nowhere.
     let nothing = shop("/nothing/here", &[]);
