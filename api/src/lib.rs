@@ -19,4 +19,5 @@ pub mod jwt;
 pub mod lists;
 pub mod policy;
 pub mod resolve;
+pub mod transform;
 pub mod view;

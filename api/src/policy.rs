@@ -189,6 +189,9 @@ pub struct Route {
     /// Answers to the route's `GET`s reused while fresh (RFC 9111).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::cache::ResponseCache>,
+    /// Rewrites of the request's and the answer's bodies (JSON edits, XML ↔ JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<crate::transform::Transform>,
 }
 
 /// Copies of a share of a route's requests, sent to another backend whose answers
@@ -644,6 +647,27 @@ pub enum PolicyProblem {
     /// A cache body bound of zero or above [`crate::cache::MAX_BODY_BYTES`].
     #[error("must be 1 to 16777216 bytes")]
     BadCacheBodyBytes,
+    /// A transform body bound of zero or above [`crate::transform::MAX_BODY_BYTES`].
+    #[error("must be 1 to 16777216 bytes")]
+    BadTransformBodyBytes,
+    /// A transform (or one direction of it) that changes nothing.
+    #[error("a transform needs a request or response part, each with a convert or json edits")]
+    EmptyTransform,
+    /// An `xml_root` without `convert: json_to_xml`.
+    #[error("xml_root is only used by convert: json_to_xml")]
+    RootWithoutXml,
+    /// Not a name an XML element can have.
+    #[error("{0:?} is not an XML name (a letter, '_' or ':' first; then letters, digits, '-', '.', '_', ':')")]
+    BadXmlName(String),
+    /// More JSON edits than [`crate::transform::MAX_EDITS`].
+    #[error("at most 64 JSON edits per direction")]
+    TooManyEdits,
+    /// Not a JSON Pointer to a part of the document.
+    #[error("{0:?} is not a JSON Pointer to a member (RFC 6901: '/name/0/…'; the whole document cannot be edited)")]
+    BadPointer(String),
+    /// A move to a place inside what it moves.
+    #[error("{0:?} is inside what is moved")]
+    MoveIntoItself(String),
     /// A backend port of 0.
     #[error("a port must be 1 to 65535")]
     ZeroPort,
@@ -786,6 +810,9 @@ impl Route {
         }
         if let Some(cache) = &self.cache {
             cache.validate().map_err(|e| e.within("cache"))?;
+        }
+        if let Some(transform) = &self.transform {
+            transform.validate().map_err(|e| e.within("transform"))?;
         }
         if let Some(rewrite) = &self.rewrite {
             validate_path(&rewrite.prefix).map_err(|e| e.within("rewrite.prefix"))?;
@@ -1273,7 +1300,7 @@ mod tests {
         assert!(err.contains("header"), "{err}");
         let typo = r#"{"weight": 1, "subsets": {"version": "v2"}}"#;
         assert!(serde_json::from_str::<WeightedBackend>(typo).is_err());
-        let newer = r#"{"name": "r", "transform": {"json": {"add": {}}}}"#;
+        let newer = r#"{"name": "r", "compress": {"gzip": {"level": {}}}}"#;
         let route: Route = serde_json::from_str(newer).unwrap();
         assert_eq!(route.name, "r");
     }

@@ -6,7 +6,8 @@
 //! edited and rewritten by a compiled state ([`http_head`]), a view from the agent
 //! read and compiled ([`view_json`]), end users' tokens and key sets ([`jwt`]), and
 //! the response cache's reading of request and answer heads ([`cache_head`]), and a
-//! request at the gateway: its host, redirect and API key ([`gateway_request`]). They
+//! request at the gateway: its host, redirect and API key ([`gateway_request`]), and a
+//! body through a route's transforms ([`transform_body`]). They
 //! panic only when an invariant breaks; the replay test below runs every committed
 //! corpus file through them on stable.
 
@@ -436,6 +437,44 @@ pub fn jwt(data: &[u8]) {
     }
 }
 
+/// A body for a route's transforms: read as XML and, if that works, written back
+/// and read again, which must give the same JSON; read as JSON and run through
+/// edits of every kind and written as XML. Nothing may panic.
+pub fn transform_body(data: &[u8]) {
+    use crate::policy::transform::{json::Edits, xml};
+    use pillion_api::transform::JsonEdit;
+    use serde_json::{json, Value};
+
+    static EDITS: OnceLock<Option<Edits>> = OnceLock::new();
+    let edits = EDITS.get_or_init(|| {
+        let list: Vec<JsonEdit> = serde_json::from_value(json!([
+            {"set": {"path": "/a/b/-", "value": [1, {"c": null}]}},
+            {"remove": {"path": "/x/0/y"}},
+            {"rename": {"path": "/order/id", "to": "@id"}},
+            {"move": {"from": "/0", "to": "/moved/1"}},
+            {"set": {"path": "/0/~1/~0", "value": "z"}},
+        ]))
+        .ok()?;
+        Edits::compile(&list)
+    });
+    if let Ok(doc) = xml::to_json(data) {
+        if let Ok(written) = xml::from_json(&doc, None) {
+            let again = xml::to_json(&written);
+            assert!(
+                matches!(&again, Ok(again) if *again == doc),
+                "XML read, written and read again changed: {doc} -> {again:?}"
+            );
+        }
+    }
+    if let Ok(mut doc) = serde_json::from_slice::<Value>(data) {
+        let _ = xml::from_json(&doc, Some("root"));
+        if let Some(edits) = edits {
+            let _ = edits.apply(&mut doc);
+        }
+        let _ = xml::from_json(&doc, None);
+    }
+}
+
 /// A request head and an answer head for the response cache: the bytes up to the
 /// first blank line are the request's `name: value` lines, the rest the answer's
 /// (its first line, if it is a number, the status). Invariants: what is kept never
@@ -689,6 +728,11 @@ mod tests {
     #[test]
     fn replay_http_head() {
         pillion_api::fuzzing::replay_corpus("http_head", super::http_head);
+    }
+
+    #[test]
+    fn replay_transform_body() {
+        pillion_api::fuzzing::replay_corpus("transform_body", super::transform_body);
     }
 
     #[test]

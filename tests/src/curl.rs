@@ -4,6 +4,10 @@
 use std::collections::HashMap;
 use std::process::Output;
 
+use pillion::local::Pod;
+
+use crate::http_mesh::VIP;
+
 /// One answer as curl showed it.
 #[derive(Debug)]
 pub struct Seen {
@@ -43,4 +47,20 @@ impl Seen {
             body: body.to_string(),
         }
     }
+}
+
+/// `curl -sS -i` from `pod` to the test service's `path`, with more flags (`-H`…).
+pub fn to_service(pod: &Pod, path: &str, flags: &[&str]) -> Seen {
+    let url = format!("http://{VIP}{path}");
+    let mut args = vec!["curl", "-sS", "-i", "--max-time", "10"];
+    args.extend_from_slice(flags);
+    args.push(&url);
+    let out = pod.exec(&args).expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "curl {path}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Seen::of(&out)
 }

@@ -66,7 +66,8 @@ pub struct HttpApp {
 /// `/headers` lists every request header as `name=value` lines;
 /// `/whoami` reports `x-user`, `x-groups`, whether `authorization` came and the
 /// `cookie`; `/cache` and `/shared` answer with caching headers ([`cacheable`]); `/flaky` fails 30 % with 503; `/fail` always 503; `/slow` waits 2 s; `/lb` waits
-/// the configured delay; `/sick` is 500 while sick; `/big` echoes the body; a
+/// the configured delay; `/sick` is 500 while sick; `/big` echoes the body; `/doc`
+/// answers JSON and XML documents for body transforms ([`document`]); a
 /// WebSocket upgrade gets an echo socket; anything else is 200.
 pub fn spawn_http_app(pod: &Pod, port: u16, name: &'static str) -> Result<HttpApp> {
     let stats = Arc::new(AppStats::default());
@@ -164,11 +165,85 @@ async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Res
         }
         "sick" if s.sick.load(Ordering::SeqCst) => reply(500, name, "sick"),
         "cache" | "shared" => cacheable(&req, name, s).await,
+        "doc" => document(req, name).await,
         "big" => match req.into_body().collect().await {
             Ok(body) => reply(200, name, body.to_bytes()),
             Err(_) => reply(400, name, "body"),
         },
         _ => reply(200, name, "ok"),
+    }
+}
+
+/// An order as JSON, with a member callers must not see.
+pub const ORDER_JSON: &str = r#"{"order":{"id":"7","secret":"s3cret","item":[{"sku":"a1","qty":"2"},{"sku":"b2","qty":"1"}]}}"#;
+/// The same order as XML.
+pub const ORDER_XML: &str = r#"<?xml version="1.0"?><order id="7"><secret>s3cret</secret><item sku="a1">2</item><item sku="b2">1</item></order>"#;
+
+/// `/doc/<kind>`: `json` and `xml` answer [`ORDER_JSON`] and [`ORDER_XML`] with
+/// `ETag: "v1"` and the `accept-encoding` asked with in `x-seen-accept-encoding`;
+/// `text` answers the JSON as `text/plain`, `gzip` claims to be gzipped, `huge` is
+/// 2 MiB of JSON; `echo/…` answers the request's body with its content type.
+async fn document(req: Request<Incoming>, name: &'static str) -> Response<Full<Bytes>> {
+    let kind = req.uri().path().split('/').nth(2).unwrap_or("").to_string();
+    let seen = req
+        .headers()
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let typed = |body: Bytes, content_type: &'static str| {
+        let mut r = reply(200, name, body);
+        let h = r.headers_mut();
+        h.insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        h.insert("etag", hyper::header::HeaderValue::from_static("\"v1\""));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&seen) {
+            h.insert("x-seen-accept-encoding", v);
+        }
+        r
+    };
+    match kind.as_str() {
+        "json" => typed(
+            Bytes::from_static(ORDER_JSON.as_bytes()),
+            "application/json",
+        ),
+        "xml" => typed(Bytes::from_static(ORDER_XML.as_bytes()), "application/xml"),
+        "text" => typed(Bytes::from_static(ORDER_JSON.as_bytes()), "text/plain"),
+        "gzip" => {
+            let mut r = typed(
+                Bytes::from_static(ORDER_JSON.as_bytes()),
+                "application/json",
+            );
+            r.headers_mut().insert(
+                "content-encoding",
+                hyper::header::HeaderValue::from_static("gzip"),
+            );
+            r
+        }
+        "huge" => {
+            let filler = "x".repeat(2 << 20);
+            typed(
+                Bytes::from(format!(
+                    r#"{{"order":{{"secret":"s3cret","filler":"{filler}"}}}}"#
+                )),
+                "application/json",
+            )
+        }
+        "echo" => {
+            let content_type = req.headers().get("content-type").cloned();
+            let body = match req.into_body().collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => return reply(400, name, "body"),
+            };
+            let mut r = reply(200, name, body);
+            if let Some(t) = content_type {
+                r.headers_mut().insert("content-type", t);
+            }
+            r
+        }
+        _ => reply(404, name, "no such document"),
     }
 }
 

@@ -58,6 +58,7 @@ use pillion_api::policy::{
     validate_routes, HeaderEdits, Mirror, PathRewrite, PolicyError, RateLimit, RetryPolicy, Route,
     RouteMatch, ServerPolicy, ServerRoute, WeightedBackend,
 };
+use pillion_api::transform::Transform;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -106,6 +107,9 @@ pub struct RouteSpec {
     /// Answers to the route's `GET`s reused while fresh.
     #[serde(default)]
     pub cache: Option<ResponseCache>,
+    /// Rewrites of the bodies going each way (`- set: {…}` edits are YAML maps).
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
+    pub transform: Option<Transform>,
 }
 
 /// A server route of an inbound port, as written.
@@ -155,6 +159,7 @@ impl RouteSpec {
             fault: self.fault.clone(),
             mirror: self.mirror.clone(),
             cache: self.cache.clone(),
+            transform: self.transform.clone(),
         }
     }
 }
@@ -381,6 +386,29 @@ services:
         );
         assert_eq!(e.line(), Some(31), "{e}");
 
+        let transformed = FILE.replace(
+            "retry: {attempts: 2}",
+            "retry: {attempts: 2}\n            transform:\n              response: {convert: xml_to_json, json: [{remove: {path: /a}}, {set: {path: /b, value: {c: [1]}}}]}",
+        );
+        let catalog = crate::source::parse_source("r.yaml", &transformed, "cluster.local").unwrap();
+        let route = &catalog.services().next().unwrap().ports[0].routes[1];
+        let response = route.transform.as_ref().unwrap().response.as_ref().unwrap();
+        assert_eq!(
+            response.json[1],
+            pillion_api::transform::JsonEdit::Set {
+                path: "/b".into(),
+                value: serde_json::json!({"c": [1]})
+            }
+        );
+        let e = refused(&transformed.replace("path: /a", "path: a"));
+        assert!(
+            e.reason.starts_with(
+                "services[0].ports[0].routes[1].transform.response.json[0].path: \"a\" is not a JSON Pointer"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.line(), Some(32), "{e}");
+
         let limited = FILE.replace(
             "        target_port: 8080\n",
             "        target_port: 8080\n        circuit_breaker: {max_requests: 200}\n",
@@ -452,13 +480,15 @@ services:
             crate::source::parse_source("policy.md", &doc[start..start + len], "cluster.local")
                 .unwrap_or_else(|e| panic!("{e}"));
         let routes = &catalog.services().next().unwrap().ports[0].routes;
-        assert_eq!(routes.len(), 4);
+        assert_eq!(routes.len(), 5);
         assert_eq!(routes[1].backends[0].weight, 90);
         let catalog_cache = routes[3].cache.as_ref().expect("the catalog route caches");
         assert_eq!(
             catalog_cache.default_ttl,
             Some(std::time::Duration::from_secs(30))
         );
+        let invoices = routes[4].transform.as_ref().expect("the invoices route transforms");
+        assert!(invoices.response.is_some() && invoices.request.is_none());
         let api = catalog.workloads().find(|w| w.name == "api").unwrap();
         assert_eq!(api.inbound.ports[&8080].server.routes.len(), 2);
     }

@@ -1,7 +1,8 @@
 //! Answers the proxy gives itself, with a status a client can act on and a one-line
 //! reason a person can read: 503 when nothing can serve, 502 when the upstream
 //! failed, 504 when it was too slow, 429 for rate limits, 403 for authorization,
-//! 401 for end-user tokens, 400 for requests the proxy cannot forward. Every one carries [`PILLION_ERROR`]
+//! 401 for end-user tokens, 400 for requests the proxy cannot forward (413, 415
+//! and 408 for bodies a route must read whole). Every one carries [`PILLION_ERROR`]
 //! with a short code, so callers (and tests) can tell them from the application's.
 
 use std::fmt;
@@ -84,6 +85,21 @@ pub(crate) enum HttpError {
     /// The host is not one the connection's certificate covers (RFC 9110 §15.5.20).
     #[error("misdirected: {0}")]
     Misdirected(&'static str),
+    /// A body the route must read whole is larger than its bound.
+    #[error("the request body is larger than the route's {0} bytes")]
+    TooLarge(u64),
+    /// The caller's body is not in the format the route's transform reads.
+    #[error("unsupported media type: {0}")]
+    MediaType(String),
+    /// The caller's body could not be read or rewritten.
+    #[error("bad request body: {0}")]
+    BadBody(String),
+    /// The caller did not send its body within the route's timeout.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// The upstream's answer could not be read or rewritten.
+    #[error("the upstream's answer cannot be transformed: {0}")]
+    BadAnswer(String),
 }
 
 impl HttpError {
@@ -111,6 +127,11 @@ impl HttpError {
             HttpError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            HttpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            HttpError::BadBody(_) => StatusCode::BAD_REQUEST,
+            HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            HttpError::BadAnswer(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -129,6 +150,11 @@ impl HttpError {
             HttpError::Unsupported(_) => "unsupported",
             HttpError::NotFound(_) => "not-found",
             HttpError::Misdirected(_) => "misdirected",
+            HttpError::TooLarge(_) => "body-too-large",
+            HttpError::MediaType(_) => "unsupported-media-type",
+            HttpError::BadBody(_) => "bad-body",
+            HttpError::BodyTimeout(_) => "body-timeout",
+            HttpError::BadAnswer(_) => "bad-upstream-body",
         }
     }
 

@@ -5,7 +5,8 @@
 //! answered here), clean and edit the headers, rewrite the path into the head every
 //! try sends, start a copy for the route's mirror ([`super::mirror`]), then hand it
 //! to [`super::retry`]; edit the response on its way back and count it. A route
-//! with a cache goes through [`super::cache`] first. Upgrades and `CONNECT` take
+//! with a cache goes through [`super::cache`] first; one with a body transform
+//! has its bodies rewritten on the way ([`super::transform`]). Upgrades and `CONNECT` take
 //! [`crate::http::upgrade`] to one endpoint.
 
 use std::convert::Infallible;
@@ -21,8 +22,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::retry::{self, pick_backend, Template};
-use super::{cache, mirror};
+use super::retry::{self, pick_backend, Outgoing, Template};
+use super::{cache, mirror, transform};
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, ResponseBody};
@@ -196,28 +197,76 @@ impl OutboundConn {
             Err(e) => return (e.response(), Arc::clone(&self.no_peer)),
         };
         observer.inject(&mut template.headers);
-        let body = match &route.mirror {
-            Some((backend, share)) => match share.admit(rand::random()) {
-                Admit::Copy(permit) => {
-                    let backend = Arc::clone(backend);
-                    let copy =
-                        mirror::Shadow::new(permit, backend, route.timeout, route.metrics.clone());
-                    copy.spawn(&template, body)
+        let shadow = self.shadow(route);
+        let transforms = route.transform.as_deref();
+        let outgoing = match transforms.and_then(|t| Some((t, t.request.as_ref()?))) {
+            Some((transforms, rewrite)) => {
+                let rewritten = Box::pin(transform::request(
+                    transforms,
+                    rewrite,
+                    &mut template.headers,
+                    body,
+                    route.timeout,
+                    start,
+                ));
+                let bytes = match rewritten.await {
+                    Ok(bytes) => bytes,
+                    Err(e) => return (e.response(), Arc::clone(&self.no_peer)),
+                };
+                if let Some(shadow) = shadow {
+                    shadow.spawn_whole(&template, bytes.clone());
                 }
-                Admit::Full => {
-                    route.metrics.action(Action::MirrorSkipped);
-                    CallerBody::new(body)
-                }
-                Admit::No => CallerBody::new(body),
-            },
-            None => CallerBody::new(body),
+                Outgoing::Whole(bytes)
+            }
+            None => Outgoing::Stream(match shadow {
+                Some(shadow) => shadow.spawn(&template, body),
+                None => CallerBody::new(body),
+            }),
         };
-        match retry::forward(target, route, template, body, start, observer).await {
-            Ok((response, peer)) => (response.map(ResponseBody::Upstream), peer),
+        let answer_rewrite = transforms.and_then(|t| Some((t, t.response.as_ref()?)));
+        let head = answer_rewrite.is_some().then(|| {
+            transform::ask_for_whole_answer(&mut template.headers);
+            template.method.clone()
+        });
+        let answered = retry::forward(target, route, template, outgoing, start, observer).await;
+        let (response, peer) = match answered {
+            Ok(answered) => answered,
             Err(e) => {
                 tracing::debug!(service = %target.port.service, route = %route.name, error = %e, "request failed");
-                (e.response(), Arc::clone(&self.no_peer))
+                return (e.response(), Arc::clone(&self.no_peer));
             }
+        };
+        let (Some((transforms, rewrite)), Some(method)) = (answer_rewrite, head) else {
+            return (response.map(ResponseBody::Upstream), peer);
+        };
+        let deadline = route.timeout.map(|t| (start + t, t));
+        let rewritten = Box::pin(transform::response(
+            transforms, rewrite, &method, response, deadline,
+        ));
+        match rewritten.await {
+            Ok(response) => (response, peer),
+            Err(e) => {
+                tracing::debug!(service = %target.port.service, route = %route.name, error = %e, "answer not transformed");
+                (e.response(), peer)
+            }
+        }
+    }
+
+    /// The copy of this request the route's mirror takes, if it takes one.
+    fn shadow(&self, route: &RouteState) -> Option<mirror::Shadow> {
+        let (backend, share) = route.mirror.as_ref()?;
+        match share.admit(rand::random()) {
+            Admit::Copy(permit) => Some(mirror::Shadow::new(
+                permit,
+                Arc::clone(backend),
+                route.timeout,
+                route.metrics.clone(),
+            )),
+            Admit::Full => {
+                route.metrics.action(Action::MirrorSkipped);
+                None
+            }
+            Admit::No => None,
         }
     }
 

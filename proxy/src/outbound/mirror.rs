@@ -75,6 +75,11 @@ impl Shadow {
         CallerBody::teed(body, tx)
     }
 
+    /// Starts the copy of a request whose body is already whole (a rewritten one).
+    pub(super) fn spawn_whole(self, template: &Template, body: Bytes) {
+        tokio::spawn(self.send(shadow_head(template), body));
+    }
+
     /// Sends the copy to an endpoint of the backend and drains the answer.
     async fn send(self, head: Template, body: Bytes) {
         let answered = send(&self.backend, head, body, self.limit).await;

@@ -23,6 +23,7 @@ pub(crate) mod http;
 pub(crate) mod mirror;
 pub(crate) mod retry;
 pub(crate) mod tcp;
+pub(crate) mod transform;
 
 use std::sync::Arc;
 

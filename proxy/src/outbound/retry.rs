@@ -34,6 +34,25 @@ pub(super) struct Template {
     pub headers: HeaderMap,
 }
 
+/// What a request sends upstream: the caller's body as it streams, or a body
+/// already whole in memory (a transform's rewrite), sent again as it is by a retry.
+pub(super) enum Outgoing {
+    /// The caller's body.
+    Stream(CallerBody),
+    /// A whole body.
+    Whole(bytes::Bytes),
+}
+
+/// Where a retry's body comes from.
+enum Again {
+    /// Nowhere: the request had no body (or may not be retried).
+    Nothing,
+    /// The record of the caller's body.
+    Replay(ReplayBody),
+    /// The whole body, shared.
+    Whole(bytes::Bytes),
+}
+
 /// A response and the identity of the endpoint that gave it (the metrics' `peer`).
 pub(super) type Answered = (Response<UpstreamBody>, Arc<str>);
 
@@ -58,7 +77,7 @@ pub(super) async fn forward(
     target: &Target,
     route: &RouteState,
     template: Template,
-    body: CallerBody,
+    body: Outgoing,
     start: Instant,
     observer: &mut RequestObserver,
 ) -> Result<Answered, HttpError> {
@@ -67,13 +86,23 @@ pub(super) async fn forward(
         budget.deposit(start);
     }
     // With retries, keep a recording handle and give each try a replay of it.
-    let (mut body, recording) = if body.is_end_stream() {
-        (Some(RequestBody::Empty), None)
-    } else if retry.is_some() {
-        let recording = ReplayBody::new(body);
-        (recording.replay().map(RequestBody::Replay), Some(recording))
-    } else {
-        (Some(RequestBody::Stream(body)), None)
+    let (mut body, again) = match body {
+        Outgoing::Whole(bytes) if bytes.is_empty() => (Some(RequestBody::Empty), Again::Nothing),
+        Outgoing::Whole(bytes) => (
+            Some(RequestBody::Whole(Some(bytes.clone()))),
+            Again::Whole(bytes),
+        ),
+        Outgoing::Stream(body) if body.is_end_stream() => {
+            (Some(RequestBody::Empty), Again::Nothing)
+        }
+        Outgoing::Stream(body) if retry.is_some() => {
+            let recording = ReplayBody::new(body);
+            (
+                recording.replay().map(RequestBody::Replay),
+                Again::Replay(recording),
+            )
+        }
+        Outgoing::Stream(body) => (Some(RequestBody::Stream(body)), Again::Nothing),
     };
     let limits = Limits {
         deadline: route.timeout.map(|t| start + t),
@@ -114,7 +143,10 @@ pub(super) async fn forward(
             return tried.into_answer();
         };
         let method = template.as_ref().map(|t| &t.method);
-        let replayable = recording.as_ref().is_none_or(ReplayBody::is_replayable);
+        let replayable = match &again {
+            Again::Replay(recording) => recording.is_replayable(),
+            Again::Nothing | Again::Whole(_) => true,
+        };
         match retry_delay(policy, method, &tried, attempt, limits.deadline) {
             Some(wait) if replayable && budget.try_withdraw(tried.done) => {
                 route.metrics.retries.inc();
@@ -123,9 +155,10 @@ pub(super) async fn forward(
                 failed_on = Some(Arc::clone(&tried.endpoint));
                 drop(tried);
                 tokio::time::sleep(wait).await;
-                body = match &recording {
-                    Some(recording) => recording.replay().map(RequestBody::Replay),
-                    None => Some(RequestBody::Empty),
+                body = match &again {
+                    Again::Replay(recording) => recording.replay().map(RequestBody::Replay),
+                    Again::Whole(bytes) => Some(RequestBody::Whole(Some(bytes.clone()))),
+                    Again::Nothing => Some(RequestBody::Empty),
                 };
                 attempt += 1;
             }

@@ -43,3 +43,4 @@ pub(crate) mod retry;
 pub(crate) mod route_match;
 pub(crate) mod share;
 pub(crate) mod split;
+pub(crate) mod transform;

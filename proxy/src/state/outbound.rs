@@ -45,6 +45,7 @@ use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryBudget;
 use crate::policy::route_match::RouteTable;
 use crate::policy::split::{labels_match, Split};
+use crate::policy::transform::Transforms;
 use crate::state::resolved::{Resolved, Usage};
 use crate::telemetry::metrics::http::{no_peer, HttpMetrics, RouteMetrics};
 use crate::telemetry::metrics::Direction;
@@ -137,6 +138,8 @@ pub(crate) struct RouteState {
     pub mirror: Option<(Arc<Backend>, MirrorShare)>,
     /// Answers kept for reuse (boxed: most routes have none).
     pub cache: Option<Box<RouteCache>>,
+    /// Rewrites of the bodies going each way (boxed: most routes have none).
+    pub transform: Option<Box<Transforms>>,
     /// The route's metric handles.
     pub metrics: RouteMetrics,
 }
@@ -419,6 +422,7 @@ impl Compiler<'_> {
             faults: None,
             mirror: None,
             cache: None,
+            transform: None,
         };
         Arc::new(PortRoutes {
             service: service_label,
@@ -687,6 +691,13 @@ impl Compiler<'_> {
                 .ok()?,
             )),
         };
+        let transform = match &route.transform {
+            None => None,
+            Some(policy) => Some(Box::new(Transforms::compile(policy).or_else(|| {
+                fail("transform", &"a JSON Pointer does not parse");
+                None
+            })?)),
+        };
         let route_name: Arc<str> = Arc::from(route.name.as_str());
         Some(RouteState {
             metrics: self
@@ -705,6 +716,7 @@ impl Compiler<'_> {
             faults: route.fault.as_ref().map(Faults::new),
             mirror,
             cache,
+            transform,
         })
     }
 

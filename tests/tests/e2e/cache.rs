@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use pillion::local::Pod;
-use pillion_tests::curl::Seen;
+use pillion_tests::curl::{to_service as curl, Seen};
 use pillion_tests::http_mesh::{load, policy_actions, HttpWorld, VIP};
 
 use crate::common::{sidecar_opts, testbin};
@@ -34,22 +33,6 @@ impl Cached for Seen {
     fn cache(&self) -> &str {
         self.header("pillion-cache")
     }
-}
-
-/// `curl -i` from `pod` to the service, with extra `-H` headers (and other flags).
-fn curl(pod: &Pod, path: &str, flags: &[&str]) -> Seen {
-    let url = format!("http://{VIP}{path}");
-    let mut args = vec!["curl", "-sS", "-i", "--max-time", "10"];
-    args.extend_from_slice(flags);
-    args.push(&url);
-    let out = pod.exec(&args).expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "curl {path}: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Seen::of(&out)
 }
 
 #[test]

@@ -29,3 +29,4 @@ mod telemetry_mesh;
 mod telemetry_up;
 mod telemetry_world;
 mod transfer;
+mod transform;
