@@ -3,6 +3,7 @@
 //! The proxy and the agent never depend on each other; they meet here.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod api_keys;
 pub mod breaker;
 pub mod cache;

@@ -192,6 +192,9 @@ pub struct Route {
     /// Rewrites of the request's and the answer's bodies (JSON edits, XML ↔ JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transform: Option<crate::transform::Transform>,
+    /// Answers composed from several services' JSON, called at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<crate::aggregate::Aggregate>,
 }
 
 /// Copies of a share of a route's requests, sent to another backend whose answers
@@ -209,11 +212,14 @@ pub struct Mirror {
 impl Eq for Mirror {}
 
 impl Route {
-    /// Every backend the route sends to, its mirror's included: what must exist.
+    /// Every backend the route sends to, its mirror's and its aggregation's parts
+    /// included: what must exist.
     pub fn sent_to(&self) -> impl Iterator<Item = &WeightedBackend> {
+        let parts = self.aggregate.iter().flat_map(|a| &a.parts);
         self.backends
             .iter()
             .chain(self.mirror.as_ref().map(|m| &m.backend))
+            .chain(parts.map(|p| &p.backend))
     }
 }
 
@@ -668,6 +674,20 @@ pub enum PolicyProblem {
     /// A move to a place inside what it moves.
     #[error("{0:?} is inside what is moved")]
     MoveIntoItself(String),
+    /// An aggregation with no parts or more than [`crate::aggregate::MAX_PARTS`].
+    #[error("an aggregation needs 1 to 16 parts")]
+    BadPartCount,
+    /// A part named like the member that carries a partial answer's errors.
+    #[error("part name {0:?} is reserved for the errors of a partial answer")]
+    ReservedPartName(String),
+    /// A part's path that is not an origin-form target.
+    #[error("path {0:?} must start with '/' and be a valid path and query (no spaces, no '#')")]
+    BadPartPath(String),
+    /// A field an aggregation route cannot have: its parts say where to send.
+    #[error(
+        "an aggregate route cannot have `{0}`: each part has its own backend, retry and timeout"
+    )]
+    AggregateAlongside(&'static str),
     /// A backend port of 0.
     #[error("a port must be 1 to 65535")]
     ZeroPort,
@@ -813,6 +833,24 @@ impl Route {
         }
         if let Some(transform) = &self.transform {
             transform.validate().map_err(|e| e.within("transform"))?;
+        }
+        if let Some(aggregate) = &self.aggregate {
+            aggregate.validate().map_err(|e| e.within("aggregate"))?;
+            let alongside = [
+                ("backends", !self.backends.is_empty()),
+                ("retry", self.retry.is_some()),
+                ("per_try_timeout", self.per_try_timeout.is_some()),
+                ("rewrite", self.rewrite.is_some()),
+                ("mirror", self.mirror.is_some()),
+                ("cache", self.cache.is_some()),
+                ("transform", self.transform.is_some()),
+            ];
+            if let Some((field, _)) = alongside.iter().find(|(_, set)| *set) {
+                return Err(PolicyError::new(
+                    *field,
+                    PolicyProblem::AggregateAlongside(field),
+                ));
+            }
         }
         if let Some(rewrite) = &self.rewrite {
             validate_path(&rewrite.prefix).map_err(|e| e.within("rewrite.prefix"))?;
@@ -992,7 +1030,7 @@ impl HeaderEdits {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), PolicyError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), PolicyError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_ROUTE_NAME_LEN
         && name
@@ -1073,7 +1111,7 @@ fn validate_backends(backends: &[WeightedBackend]) -> Result<(), PolicyError> {
 }
 
 /// One backend's service and subset labels are not empty.
-fn validate_backend(b: &WeightedBackend) -> Result<(), PolicyError> {
+pub(crate) fn validate_backend(b: &WeightedBackend) -> Result<(), PolicyError> {
     if b.service.as_deref() == Some("") {
         return Err(PolicyError::new("service", PolicyProblem::Empty));
     }

@@ -67,7 +67,8 @@ pub struct HttpApp {
 /// `/whoami` reports `x-user`, `x-groups`, whether `authorization` came and the
 /// `cookie`; `/cache` and `/shared` answer with caching headers ([`cacheable`]); `/flaky` fails 30 % with 503; `/fail` always 503; `/slow` waits 2 s; `/lb` waits
 /// the configured delay; `/sick` is 500 while sick; `/big` echoes the body; `/doc`
-/// answers JSON and XML documents for body transforms ([`document`]); a
+/// answers JSON and XML documents for body transforms ([`document`]); `/request`
+/// answers JSON saying what the request carried (query, host, accept, peer…); a
 /// WebSocket upgrade gets an echo socket; anything else is 200.
 pub fn spawn_http_app(pod: &Pod, port: u16, name: &'static str) -> Result<HttpApp> {
     let stats = Arc::new(AppStats::default());
@@ -166,6 +167,30 @@ async fn answer(req: Request<Incoming>, name: &'static str, s: &AppStats) -> Res
         "sick" if s.sick.load(Ordering::SeqCst) => reply(500, name, "sick"),
         "cache" | "shared" => cacheable(&req, name, s).await,
         "doc" => document(req, name).await,
+        "request" => {
+            let header = |n: &str| {
+                (req.headers().get(n))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let seen = serde_json::json!({
+                "app": name,
+                "query": req.uri().query().unwrap_or(""),
+                "host": header("host"),
+                "accept": header("accept"),
+                "accept_encoding": header("accept-encoding"),
+                "peer": header("pillion-peer-identity"),
+                "user": header("x-user"),
+                "if_none_match": header("if-none-match"),
+            });
+            let mut r = reply(200, name, seen.to_string());
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "big" => match req.into_body().collect().await {
             Ok(body) => reply(200, name, body.to_bytes()),
             Err(_) => reply(400, name, "body"),
@@ -486,6 +511,19 @@ impl HttpWorld {
         source: impl FnOnce(&HttpPods) -> String,
         agent_flags: &[&str],
     ) -> Result<HttpWorld> {
+        let base = |_: &HttpPods| Ok(base.clone());
+        HttpWorld::start_custom(test, binary, base, source, agent_flags)
+    }
+
+    /// [`HttpWorld::start_with_source`] with the sidecars' options made for the
+    /// world's pods (e.g. a collector started in `c` to export to).
+    pub fn start_custom(
+        test: &str,
+        binary: &Path,
+        base: impl FnOnce(&HttpPods) -> Result<SidecarOpts>,
+        source: impl FnOnce(&HttpPods) -> String,
+        agent_flags: &[&str],
+    ) -> Result<HttpWorld> {
         let world = World::new(test)?;
         let pods = HttpPods {
             a: world.pod("a")?,
@@ -496,6 +534,7 @@ impl HttpWorld {
             d: world.pod("d")?,
         };
         let agent_pod = world.pod("agent")?;
+        let base = base(&pods)?;
         let dir = MeshDir::new(test)?;
         let source = dir.write("source.yaml", &source(&pods))?;
         let agent = MeshAgent::start(&agent_pod, binary, &dir, &source, agent_flags)?;

@@ -51,6 +51,7 @@
 //!               claims: {scope: [orders.read]}
 //! ```
 
+use pillion_api::aggregate::Aggregate;
 use pillion_api::cache::ResponseCache;
 use pillion_api::duration::HumaneDuration;
 use pillion_api::fault::FaultInjection;
@@ -110,6 +111,9 @@ pub struct RouteSpec {
     /// Rewrites of the bodies going each way (`- set: {…}` edits are YAML maps).
     #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
     pub transform: Option<Transform>,
+    /// Answers composed from several services' JSON.
+    #[serde(default)]
+    pub aggregate: Option<Aggregate>,
 }
 
 /// A server route of an inbound port, as written.
@@ -136,11 +140,13 @@ pub struct ServerRouteSpec {
 }
 
 impl RouteSpec {
-    /// Every backend it sends to, its mirror's included.
+    /// Every backend it sends to, its mirror's and its aggregation's included.
     pub fn sent_to(&self) -> impl Iterator<Item = &WeightedBackend> {
+        let parts = self.aggregate.iter().flat_map(|a| &a.parts);
         self.backends
             .iter()
             .chain(self.mirror.as_ref().map(|m| &m.backend))
+            .chain(parts.map(|p| &p.backend))
     }
 
     /// The wire route.
@@ -160,6 +166,7 @@ impl RouteSpec {
             mirror: self.mirror.clone(),
             cache: self.cache.clone(),
             transform: self.transform.clone(),
+            aggregate: self.aggregate.clone(),
         }
     }
 }
@@ -469,6 +476,40 @@ services:
         let bad = good.replace("ports: [{port: 80}]", "ports: [{port: 81}]");
         let e = refused(&bad);
         assert!(e.reason.contains("has no port 80"), "{e}");
+
+        // An aggregation's parts are backends too: each must exist, and each is in
+        // the views of the route's callers.
+        let page = "          - name: page\n            matches: [{path: {exact: /page}}]\n            aggregate:\n              parts:\n                - {name: own, backend: {}, path: /a}\n                - {name: other, backend: {service: fallback}, path: /b}\n";
+        let aggregating = FILE.replace(
+            "          - name: all\n",
+            &format!("{page}          - name: all\n"),
+        );
+        let catalog = crate::source::parse_source("r.yaml", &aggregating, "cluster.local").unwrap();
+        let api = catalog.services().next().unwrap();
+        let names: Vec<_> = catalog
+            .backends_of(api)
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(names, ["fallback"]);
+        let e = refused(&aggregating.replace("service: fallback}", "service: nope}"));
+        assert!(
+            e.reason.starts_with(
+                "services[0].ports[0].routes[1].aggregate.parts[1].backend.service: no service named `nope`"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.line(), Some(31), "{e}");
+        let e = refused(&aggregating.replace(
+            "path: {exact: /page}}]\n",
+            "path: {exact: /page}}]\n            cache: {}\n",
+        ));
+        assert!(
+            e.reason.starts_with(
+                "services[0].ports[0].routes[1].cache: an aggregate route cannot have `cache`"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -487,7 +528,10 @@ services:
             catalog_cache.default_ttl,
             Some(std::time::Duration::from_secs(30))
         );
-        let invoices = routes[4].transform.as_ref().expect("the invoices route transforms");
+        let invoices = routes[4]
+            .transform
+            .as_ref()
+            .expect("the invoices route transforms");
         assert!(invoices.response.is_some() && invoices.request.is_none());
         let api = catalog.workloads().find(|w| w.name == "api").unwrap();
         assert_eq!(api.inbound.ports[&8080].server.routes.len(), 2);

@@ -139,15 +139,20 @@ pub fn add_services(
     Ok(())
 }
 
-/// Every backend `route` (written at `at_route`) sends to, its mirror's included,
-/// with the entry path each is written at.
+/// Every backend `route` (written at `at_route`) sends to, its mirror's and its
+/// aggregation's included, with the entry path each is written at.
 fn sent_to<'r>(
     at_route: &'r EntryPath,
     route: &'r pillion_api::policy::Route,
 ) -> impl Iterator<Item = (EntryPath, &'r pillion_api::policy::WeightedBackend)> + 'r {
+    let parts = (route.aggregate.iter()).flat_map(|a| a.parts.iter().enumerate());
     (route.backends.iter().enumerate())
         .map(|(b, backend)| (at_route.key("backends").index(b), backend))
         .chain((route.mirror.iter()).map(|m| (at_route.key("mirror").key("backend"), &m.backend)))
+        .chain(parts.map(|(p, part)| {
+            let at = at_route.key("aggregate").key("parts").index(p);
+            (at.key("backend"), &part.backend)
+        }))
 }
 
 /// Every route backend of `part` that names another service must name one of the

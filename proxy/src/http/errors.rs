@@ -97,6 +97,15 @@ pub(crate) enum HttpError {
     /// The caller did not send its body within the route's timeout.
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    /// A part of an aggregation failed, and the route fails with it.
+    #[error("part {0}")]
+    PartFailed(String),
+    /// A part of an aggregation did not answer in time, and the route fails with it.
+    #[error("part {0}")]
+    PartTimeout(String),
+    /// A method the route does not serve.
+    #[error("method not allowed: {0}")]
+    Method(&'static str),
     /// The upstream's answer could not be read or rewritten.
     #[error("the upstream's answer cannot be transformed: {0}")]
     BadAnswer(String),
@@ -131,7 +140,9 @@ impl HttpError {
             HttpError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HttpError::BadBody(_) => StatusCode::BAD_REQUEST,
             HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            HttpError::BadAnswer(_) => StatusCode::BAD_GATEWAY,
+            HttpError::BadAnswer(_) | HttpError::PartFailed(_) => StatusCode::BAD_GATEWAY,
+            HttpError::PartTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            HttpError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -155,6 +166,9 @@ impl HttpError {
             HttpError::BadBody(_) => "bad-body",
             HttpError::BodyTimeout(_) => "body-timeout",
             HttpError::BadAnswer(_) => "bad-upstream-body",
+            HttpError::PartFailed(_) => "part-failed",
+            HttpError::PartTimeout(_) => "part-timeout",
+            HttpError::Method(_) => "method-not-allowed",
         }
     }
 

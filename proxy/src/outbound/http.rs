@@ -6,7 +6,8 @@
 //! try sends, start a copy for the route's mirror ([`super::mirror`]), then hand it
 //! to [`super::retry`]; edit the response on its way back and count it. A route
 //! with a cache goes through [`super::cache`] first; one with a body transform
-//! has its bodies rewritten on the way ([`super::transform`]). Upgrades and `CONNECT` take
+//! has its bodies rewritten on the way ([`super::transform`]); an aggregation route
+//! is answered from its parts' calls ([`super::aggregate`]). Upgrades and `CONNECT` take
 //! [`crate::http::upgrade`] to one endpoint.
 
 use std::convert::Infallible;
@@ -23,7 +24,7 @@ use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::retry::{self, pick_backend, Outgoing, Template};
-use super::{cache, mirror, transform};
+use super::{aggregate, cache, mirror, transform};
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, ResponseBody};
@@ -126,9 +127,16 @@ impl OutboundConn {
             return HttpError::NotFound("no route of the host matches the request").response();
         }
         if upgrade_requested(&parts.method, parts.version, &parts.headers) {
+            if route.aggregate.is_some() {
+                return HttpError::Unsupported("upgrades on an aggregation route").response();
+            }
             return (self.upgrade(Request::from_parts(parts, body), &target, route)).await;
         }
-        let mut observer = self.inputs.settings.recorders.client(&parts, self.orig_dst);
+        let recorders = &self.inputs.settings.recorders;
+        let mut observer = match route.aggregate {
+            None => recorders.client(&parts, self.orig_dst),
+            Some(_) => recorders.composer(&parts, self.orig_dst),
+        };
         observer.set_route(&route.name);
         observer.set_request_bytes(declared_len(&body));
         route.metrics.request(&self.no_peer);
@@ -150,6 +158,12 @@ impl OutboundConn {
                     .response(&self.no_peer, status, start.elapsed());
                 return ResponseBody::observed(observer, answer);
             }
+        }
+        if let Some(aggregation) = &route.aggregate {
+            // Boxed, as faults are; the caller's body is not sent anywhere.
+            drop(body);
+            let serve = aggregate::serve(self, &target, route, aggregation, parts, start, observer);
+            return Box::pin(serve).await;
         }
         if let Some(cache) = &route.cache {
             // Boxed, as faults are: routes without a cache keep their future's size.
@@ -289,6 +303,16 @@ impl OutboundConn {
             .metrics
             .response(peer, response.status().as_u16(), start.elapsed());
         ResponseBody::observed(observer, response)
+    }
+
+    /// The tracer and access log requests are recorded with.
+    pub(super) fn recorders(&self) -> &crate::telemetry::Recorders {
+        &self.inputs.settings.recorders
+    }
+
+    /// The address the application's connection was aimed at.
+    pub(super) fn orig_dst(&self) -> SocketAddr {
+        self.orig_dst
     }
 
     /// The peer label of answers the proxy made itself.

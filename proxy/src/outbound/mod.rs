@@ -18,6 +18,7 @@
 //! asked about ([`crate::control::resolve`]) and then served as above; one the agent
 //! cannot be asked about is refused, never passed through.
 
+pub(crate) mod aggregate;
 pub(crate) mod cache;
 pub(crate) mod http;
 pub(crate) mod mirror;

@@ -29,15 +29,19 @@ use crate::upstream::pool::UpstreamBody;
 const DIGESTS: [&str; 3] = ["content-md5", "content-digest", "repr-digest"];
 
 /// How a whole body read went.
-enum Whole {
+pub(super) enum Whole {
+    /// All of it.
     Read(Bytes),
+    /// More than the bound (declared or read).
     TooLarge,
+    /// It broke off, for this reason.
     Broken(String),
+    /// It did not end by the deadline.
     Late,
 }
 
 /// Reads `body` whole if it is at most `max` bytes and ends by `deadline`.
-async fn read_whole<B>(body: B, max: u64, deadline: Option<Instant>) -> Whole
+pub(super) async fn read_whole<B>(body: B, max: u64, deadline: Option<Instant>) -> Whole
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -52,6 +52,8 @@ use crate::telemetry::metrics::Direction;
 use crate::upstream::connect::{MeshTarget, UpstreamConnector};
 use crate::upstream::endpoint::{Backend, EndpointState};
 use crate::upstream::Upstream;
+use http::uri::{Authority, PathAndQuery};
+use pillion_api::aggregate::{Aggregate, OnPartial};
 
 /// Name of the implicit route that takes requests no route matches.
 pub(crate) const DEFAULT_ROUTE: &str = "default";
@@ -140,8 +142,35 @@ pub(crate) struct RouteState {
     pub cache: Option<Box<RouteCache>>,
     /// Rewrites of the bodies going each way (boxed: most routes have none).
     pub transform: Option<Box<Transforms>>,
+    /// The calls whose JSON makes the answer, for an aggregation route.
+    pub aggregate: Option<Box<Aggregation>>,
     /// The route's metric handles.
     pub metrics: RouteMetrics,
+}
+
+/// An aggregation route's calls, compiled.
+#[derive(Debug)]
+pub(crate) struct Aggregation {
+    /// The calls, in the order written.
+    pub parts: Box<[PartState]>,
+    /// What a failed part does to the answer.
+    pub on_partial: OnPartial,
+    /// Largest answer read from each part.
+    pub max_part_bytes: u64,
+}
+
+/// One call of an aggregation: a route of its own (its backend, timeout, retries
+/// and metrics) with the request it sends.
+#[derive(Debug)]
+pub(crate) struct PartState {
+    /// Its member in the answer.
+    pub name: Arc<str>,
+    /// Where it goes and how it is tried.
+    pub route: RouteState,
+    /// The path and query it asks for.
+    pub path: PathAndQuery,
+    /// The authority (and `Host`) it is sent with: `name.namespace[:port]`.
+    pub authority: Authority,
 }
 
 impl Target {
@@ -423,6 +452,7 @@ impl Compiler<'_> {
             mirror: None,
             cache: None,
             transform: None,
+            aggregate: None,
         };
         Arc::new(PortRoutes {
             service: service_label,
@@ -698,6 +728,14 @@ impl Compiler<'_> {
                 None
             })?)),
         };
+        let aggregate = match &route.aggregate {
+            None => None,
+            Some(aggregate) => Some(Box::new(
+                self.aggregation(service, port, &route.name, aggregate)
+                    .map_err(|e| fail("aggregate", &e))
+                    .ok()?,
+            )),
+        };
         let route_name: Arc<str> = Arc::from(route.name.as_str());
         Some(RouteState {
             metrics: self
@@ -717,6 +755,7 @@ impl Compiler<'_> {
             mirror,
             cache,
             transform,
+            aggregate,
         })
     }
 
@@ -759,6 +798,84 @@ impl Compiler<'_> {
             .collect();
         let name = service_name(owner);
         self.backend(&name, owner_port, &backend.subset, None, &endpoints)
+    }
+
+    /// An aggregation's parts: each a route of one backend with the part's timeout,
+    /// retries (and budget, kept by `route/part`) and metrics.
+    fn aggregation(
+        &mut self,
+        service: &Service,
+        port: &ServicePort,
+        route: &str,
+        aggregate: &Aggregate,
+    ) -> Result<Aggregation, &'static str> {
+        let mut parts = Vec::with_capacity(aggregate.parts.len());
+        for part in &aggregate.parts {
+            let (namespace, name) = match &part.backend.service {
+                Some(other) => other
+                    .split_once('/')
+                    .unwrap_or((service.namespace.as_str(), other.as_str())),
+                None => (service.namespace.as_str(), service.name.as_str()),
+            };
+            let part_port = part.backend.port.unwrap_or(port.port);
+            let authority = match part_port {
+                80 => format!("{name}.{namespace}"),
+                other => format!("{name}.{namespace}:{other}"),
+            };
+            let authority = Authority::try_from(authority)
+                .map_err(|_| "a part's service is not a host name")?;
+            let path = PathAndQuery::try_from(part.path.as_str())
+                .map_err(|_| "a part's path is not a valid target")?;
+            let key = RouteKey {
+                service: service_name(service),
+                port: port.port,
+                route: format!("{route}/{}", part.name),
+            };
+            let retry = part.retry.as_ref().map(|policy| {
+                let config = policy.budget_or_default();
+                let budget = match self.previous.budgets.get(&key) {
+                    Some((old, budget)) if *old == config => Arc::clone(budget),
+                    _ => Arc::new(RetryBudget::new(&config, self.now)),
+                };
+                self.table
+                    .budgets
+                    .insert(key.clone(), (config, Arc::clone(&budget)));
+                (policy.clone(), budget)
+            });
+            let backend = self.route_backend(service, port, &part.backend);
+            let part_service: Arc<str> = Arc::from(format!("{namespace}/{name}"));
+            let part_route: Arc<str> = Arc::from(key.route.as_str());
+            parts.push(PartState {
+                name: Arc::from(part.name.as_str()),
+                route: RouteState {
+                    metrics: self
+                        .metrics
+                        .route(Direction::Outbound, &part_service, &part_route),
+                    name: part_route,
+                    split: Split::single(),
+                    backends: Box::new([backend]),
+                    timeout: part.timeout,
+                    per_try_timeout: None,
+                    retry,
+                    limiter: None,
+                    request_edits: HeaderEditor::default(),
+                    response_edits: HeaderEditor::default(),
+                    rewrite: None,
+                    faults: None,
+                    mirror: None,
+                    cache: None,
+                    transform: None,
+                    aggregate: None,
+                },
+                path,
+                authority,
+            });
+        }
+        Ok(Aggregation {
+            parts: parts.into_boxed_slice(),
+            on_partial: aggregate.on_partial,
+            max_part_bytes: aggregate.max_part_bytes,
+        })
     }
 
     fn limiter(

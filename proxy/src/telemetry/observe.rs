@@ -43,6 +43,14 @@ impl Recorders {
         self.observer(Direction::Outbound, req, span)
     }
 
+    /// Observes a request this proxy answers itself from calls it makes (an
+    /// aggregation): a SERVER span, whose calls are CLIENT children, and an
+    /// `outbound` log line.
+    pub fn composer(&self, req: &impl RequestHead, target: SocketAddr) -> RequestObserver {
+        let span = self.tracer.start_composer(req, target);
+        self.observer(Direction::Outbound, req, span)
+    }
+
     fn observer(
         &self,
         direction: Direction,

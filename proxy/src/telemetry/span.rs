@@ -198,6 +198,17 @@ impl Tracer {
         Some(span)
     }
 
+    /// Starts the SERVER span of a request the outbound proxy answers itself from
+    /// calls of its own (an aggregation to `target`); each call's CLIENT span is
+    /// its child.
+    pub fn start_composer(&self, req: &impl RequestHead, target: SocketAddr) -> Option<ActiveSpan> {
+        let mut span = self.start(SpanKind::Server, req)?;
+        if let Some(rec) = span.record.as_mut() {
+            rec.server_port = Some(target.port());
+        }
+        Some(span)
+    }
+
     fn start(&self, kind: SpanKind, req: &impl RequestHead) -> Option<ActiveSpan> {
         let inner = self.inner.as_ref()?;
         let incoming = context::extract(req.headers());

@@ -1,6 +1,7 @@
 //! The end-to-end tests: pods as real network namespaces in a private world, real iptables, the real agent, init and proxy, real TLS and HTTP clients; one test binary (`common` holds what several modules use).
 #![allow(clippy::unwrap_used)] // Tests: a panic with its reason is the report.
 
+mod aggregate;
 mod breaker;
 mod bypass;
 mod cache;

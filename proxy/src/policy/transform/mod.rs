@@ -106,16 +106,7 @@ impl Rewrite {
     /// Checks that a message with `headers` carries a body this rewrite reads.
     pub(crate) fn accepts(&self, headers: &HeaderMap) -> Result<(), Problem> {
         let wanted = self.reads();
-        let encoded = headers
-            .get_all(CONTENT_ENCODING)
-            .iter()
-            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let mut types = headers.get_all(CONTENT_TYPE).iter();
-        let format = match (types.next(), types.next()) {
-            (Some(one), None) => format_of(one),
-            _ => None,
-        };
-        if encoded || format != Some(wanted) {
+        if body_format(headers) != Some(wanted) {
             return Err(Problem::MediaType(wanted.name()));
         }
         Ok(())
@@ -139,6 +130,25 @@ impl Rewrite {
         };
         let retyped = (self.reads() != self.writes()).then(|| self.writes().content_type());
         Ok((out, retyped))
+    }
+}
+
+/// Whether a message with `headers` carries JSON, uncompressed.
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    body_format(headers) == Some(Format::Json)
+}
+
+/// The format of a message's body: one `Content-Type` the rewrites read, and no
+/// `Content-Encoding` but `identity`.
+fn body_format(headers: &HeaderMap) -> Option<Format> {
+    let encoded = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    match (types.next(), types.next()) {
+        (Some(one), None) if !encoded => format_of(one),
+        _ => None,
     }
 }
 
