@@ -64,6 +64,15 @@ pub(crate) enum HttpError {
         /// Its bound.
         max: u32,
     },
+    /// Every connection the endpoint's breaker allows is in use and its queue of
+    /// waiting requests is full.
+    #[error("{endpoint} has every allowed connection in use and {max} requests waiting, its circuit breaker's max_pending_requests")]
+    Pending {
+        /// The endpoint.
+        endpoint: String,
+        /// The bound on waiting requests.
+        max: u32,
+    },
     /// The route's request timeout passed.
     #[error("request timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -113,8 +122,15 @@ pub(crate) enum HttpError {
 
 impl HttpError {
     /// A failed send to `endpoint`, as either direction answers it: 502 whether the
-    /// connection was never made or the exchange broke, with the whole cause chain.
+    /// connection was never made or the exchange broke, with the whole cause chain
+    /// (503 when the endpoint's connection bound refused it).
     pub(crate) fn from_send(endpoint: String, e: &SendError) -> Self {
+        if let SendError::Overflow { max, .. } = e {
+            return HttpError::Pending {
+                endpoint,
+                max: *max,
+            };
+        }
         let reason = pillion_api::error::chain(e);
         if e.is_connect() {
             HttpError::Connect { endpoint, reason }
@@ -128,7 +144,8 @@ impl HttpError {
         match self {
             HttpError::NoEndpoints { .. }
             | HttpError::AllEjected { .. }
-            | HttpError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | HttpError::Overflow { .. }
+            | HttpError::Pending { .. } => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Connect { .. } | HttpError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             HttpError::Timeout(_) | HttpError::TryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -151,7 +168,7 @@ impl HttpError {
         match self {
             HttpError::NoEndpoints { .. } => "no-endpoints",
             HttpError::AllEjected { .. } => "all-ejected",
-            HttpError::Overflow { .. } => "overflow",
+            HttpError::Overflow { .. } | HttpError::Pending { .. } => "overflow",
             HttpError::Connect { .. } => "connect-failed",
             HttpError::Upstream { .. } => "upstream-failed",
             HttpError::Timeout(_) => "timeout",

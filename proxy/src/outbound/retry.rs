@@ -23,7 +23,7 @@ use crate::state::outbound::{RouteState, Target};
 use crate::telemetry::metrics::http::Action;
 use crate::telemetry::RequestObserver;
 use crate::upstream::endpoint::{Backend, EndpointState};
-use crate::upstream::pool::UpstreamBody;
+use crate::upstream::pool::{SendError, UpstreamBody};
 use crate::upstream::Wire;
 
 /// The parts of a request every try sends.
@@ -229,6 +229,16 @@ async fn one_try(
         None => Some(sent.await),
     };
     let done = Instant::now();
+    if let Some(Err(SendError::Overflow { max, .. })) = &result {
+        // Refused by the endpoint's connection bound before anything was sent:
+        // final, not retried, not the endpoint's fault.
+        drop(in_flight);
+        route.metrics.action(Action::Overflow);
+        return Err(HttpError::Pending {
+            endpoint: endpoint.addr.to_string(),
+            max: *max,
+        });
+    }
     let (outcome, result) = match result {
         Some(Ok(response)) => (
             Outcome::Status(response.status()),

@@ -496,7 +496,7 @@ impl Compiler<'_> {
             if e.identity.is_none() || self.table.targets.contains_key(&addr) {
                 continue;
             }
-            let destination = match self.endpoint(service, e) {
+            let destination = match self.endpoint(service, None, e) {
                 Some(endpoint) => Destination::Endpoint(endpoint),
                 None => Destination::Refused,
             };
@@ -509,11 +509,18 @@ impl Compiler<'_> {
     fn endpoints_of(&mut self, service: &Service, port: &ServicePort) -> Vec<Arc<EndpointState>> {
         service
             .endpoints_for(port)
-            .filter_map(|e| self.endpoint(service, e))
+            .filter_map(|e| self.endpoint(service, Some(port), e))
             .collect()
     }
 
-    fn endpoint(&mut self, service: &Service, e: &Endpoint) -> Option<Arc<EndpointState>> {
+    /// The endpoint's state, carried over from the previous table when possible,
+    /// with its service port's connection bounds (none for bytes to an endpoint).
+    fn endpoint(
+        &mut self,
+        service: &Service,
+        port: Option<&ServicePort>,
+        e: &Endpoint,
+    ) -> Option<Arc<EndpointState>> {
         let addr = SocketAddr::new(canonical(e.address), e.port);
         let key = EndpointKey {
             addr,
@@ -522,6 +529,7 @@ impl Compiler<'_> {
         if let Some(found) = self.table.endpoints.get(&key) {
             return Some(Arc::clone(found));
         }
+        let bounds = port.map(|p| p.circuit_breaker.unwrap_or_default());
         let state = match self.previous.endpoints.get(&key) {
             Some(old) => Arc::clone(old),
             None => {
@@ -544,6 +552,12 @@ impl Compiler<'_> {
                 })
             }
         };
+        // Carried over with the endpoint, so connections held keep counting.
+        if let Some(bounds) = bounds {
+            state
+                .upstream
+                .set_connection_limits(bounds.max_connections, bounds.max_pending_requests);
+        }
         self.table.endpoints.insert(key, Arc::clone(&state));
         Some(state)
     }
@@ -794,7 +808,7 @@ impl Compiler<'_> {
         let endpoints: Vec<Arc<EndpointState>> = owner
             .endpoints_for(owner_port)
             .filter(|e| labels_match(&backend.subset, &e.labels))
-            .filter_map(|e| self.endpoint(owner, e))
+            .filter_map(|e| self.endpoint(owner, Some(owner_port), e))
             .collect();
         let name = service_name(owner);
         self.backend(&name, owner_port, &backend.subset, None, &endpoints)

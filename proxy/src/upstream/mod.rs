@@ -65,6 +65,11 @@ impl Upstream {
         self
     }
 
+    /// The circuit breaker's bounds on this upstream's HTTP/1.1 connections.
+    pub(crate) fn set_connection_limits(&self, max_connections: u32, max_pending: u32) {
+        self.http1.limits().set(max_connections, max_pending);
+    }
+
     /// The connector (address and TLS) of this upstream.
     pub(crate) fn connector(&self) -> &UpstreamConnector {
         &self.connector

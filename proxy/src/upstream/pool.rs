@@ -5,6 +5,7 @@
 //! which matters because every request crosses two of these.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::connect::{UpstreamConnectError, UpstreamConnector};
 use crate::http::body::RequestBody;
 use crate::policy::breaker::Admitted;
+use tokio::sync::Notify;
 
 /// How long an idle pooled connection is kept.
 pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -52,6 +54,15 @@ pub(crate) enum SendError {
         #[source]
         source: hyper::Error,
     },
+    /// Every connection the bound allows is in use and `max` requests already
+    /// wait for one: refused at once, nothing sent.
+    #[error("{addr} has every connection its circuit breaker allows in use and {max} requests waiting (max_pending_requests)")]
+    Overflow {
+        /// The upstream address.
+        addr: std::net::SocketAddr,
+        /// The bound on waiting requests.
+        max: u32,
+    },
     /// The request was sent (or being sent) and the exchange failed.
     #[error("request to {addr} failed")]
     Request {
@@ -70,49 +81,184 @@ impl SendError {
     }
 }
 
-/// Idle HTTP/1.1 connections of one upstream.
+/// Idle HTTP/1.1 connections of one upstream, and the bounds on all of them.
 #[derive(Debug, Default)]
 pub(crate) struct Http1Pool {
     idle: Mutex<Vec<Idle>>,
+    limits: Arc<ConnLimits>,
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
+/// An HTTP/1.1 connection with its place under the upstream's bound, given back
+/// when the connection is dropped.
+#[derive(Debug)]
+struct Conn {
+    sender: http1::SendRequest<RequestBody>,
+    _slot: Slot,
+}
+
+/// The circuit breaker's bounds on one upstream's HTTP/1.1 connections: how many
+/// the proxy holds at once (idle or in use), and how many requests may wait for
+/// one when all are in use. One atomic each way per connection or wait; waiting
+/// requests are woken when a connection is put back or closed.
+#[derive(Debug)]
+pub(crate) struct ConnLimits {
+    open: AtomicU32,
+    max_open: AtomicU32,
+    waiting: AtomicU32,
+    max_waiting: AtomicU32,
+    freed: Notify,
+}
+
+/// Unbounded until a service port's breaker sets bounds (the inbound side's pools
+/// towards the local application never get any: the application's capacity is its
+/// own business).
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            open: AtomicU32::new(0),
+            max_open: AtomicU32::new(u32::MAX),
+            waiting: AtomicU32::new(0),
+            max_waiting: AtomicU32::new(u32::MAX),
+            freed: Notify::new(),
+        }
+    }
+}
+
+/// One connection's place under [`ConnLimits`].
+#[derive(Debug)]
+struct Slot(Arc<ConnLimits>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+/// One waiting request's place under [`ConnLimits`].
+#[derive(Debug)]
+struct Place(Arc<ConnLimits>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Takes one of `max` places counted by `count`, if one is free.
+fn take(count: &AtomicU32, max: &AtomicU32) -> bool {
+    let max = max.load(Ordering::Relaxed);
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+impl ConnLimits {
+    /// New bounds (at least one of each); connections and waits beyond a lower
+    /// bound end on their own.
+    pub(crate) fn set(&self, max_connections: u32, max_pending: u32) {
+        self.max_open
+            .store(max_connections.max(1), Ordering::Relaxed);
+        self.max_waiting
+            .store(max_pending.max(1), Ordering::Relaxed);
+    }
+
+    fn slot(self: &Arc<Self>) -> Option<Slot> {
+        take(&self.open, &self.max_open).then(|| Slot(Arc::clone(self)))
+    }
+
+    fn place(self: &Arc<Self>) -> Option<Place> {
+        take(&self.waiting, &self.max_waiting).then(|| Place(Arc::clone(self)))
+    }
+
+    fn has_room(&self) -> bool {
+        self.open.load(Ordering::Acquire) < self.max_open.load(Ordering::Relaxed)
+    }
+
+    /// Connections held now.
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> u32 {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
 impl Http1Pool {
-    /// Sends `request` on an idle connection, or on a new one; the connection goes
-    /// back to the pool when the response body has been read to its end.
+    /// Sends `request` on an idle connection, or on a new one while the bound
+    /// allows; at the bound it waits for one to be put back or closed, unless
+    /// `max_pending` requests already wait (then [`SendError::Overflow`]). The
+    /// connection goes back to the pool when the response body has been read to
+    /// its end.
     pub(crate) async fn send(
         self: &Arc<Self>,
         connector: &UpstreamConnector,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         origin_form(&mut request);
-        for _ in 0..STALE_TRIES {
-            let Some(mut sender) = self.take_ready().await else {
-                break;
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.wrap(response, sender)),
-                Err(mut e) => match e.take_message() {
-                    // Never written: the connection died while idle; try another.
-                    Some(back) => request = back,
-                    None => return Err(request_failed(connector, e.into_error())),
-                },
+        let mut waiting: Option<Place> = None;
+        loop {
+            for _ in 0..STALE_TRIES {
+                let Some(mut conn) = self.take_ready().await else {
+                    break;
+                };
+                match conn.sender.try_send_request(request).await {
+                    Ok(response) => return Ok(self.wrap(response, conn)),
+                    Err(mut e) => match e.take_message() {
+                        // Never written: the connection died while idle; try another.
+                        Some(back) => request = back,
+                        None => return Err(request_failed(connector, e.into_error())),
+                    },
+                }
             }
-        }
-        let mut sender = connect_http1(connector).await?;
-        match sender.send_request(request).await {
-            Ok(response) => Ok(self.wrap(response, sender)),
-            Err(source) => Err(request_failed(connector, source)),
+            if let Some(slot) = self.limits.slot() {
+                drop(waiting);
+                let mut conn = Conn {
+                    sender: connect_http1(connector).await?,
+                    _slot: slot,
+                };
+                return match conn.sender.send_request(request).await {
+                    Ok(response) => Ok(self.wrap(response, conn)),
+                    Err(source) => Err(request_failed(connector, source)),
+                };
+            }
+            if waiting.is_none() {
+                waiting = Some(self.limits.place().ok_or(SendError::Overflow {
+                    addr: connector.addr(),
+                    max: self.limits.max_waiting.load(Ordering::Relaxed),
+                })?);
+            }
+            let freed = self.limits.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            // Put back or closed since the last look: go again without waiting.
+            if self.limits.has_room() || !self.is_idle_empty() {
+                continue;
+            }
+            freed.await;
         }
     }
 
+    /// The bounds on this upstream's connections.
+    pub(crate) fn limits(&self) -> &ConnLimits {
+        &self.limits
+    }
+
+    fn is_idle_empty(&self) -> bool {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// The newest idle connection that is still open and ready, dropping stale ones.
-    async fn take_ready(&self) -> Option<http1::SendRequest<RequestBody>> {
+    async fn take_ready(&self) -> Option<Conn> {
         loop {
             let idle = {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -126,20 +272,16 @@ impl Http1Pool {
                     .clear();
                 return None;
             }
-            let mut sender = idle.sender;
+            let mut conn = idle.conn;
             // Put back at the end of a body, the connection may need a moment to
             // read its last bytes; a closed one fails here and is dropped.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            if conn.sender.ready().await.is_ok() {
+                return Some(conn);
             }
         }
     }
 
-    fn wrap(
-        self: &Arc<Self>,
-        response: Response<Incoming>,
-        sender: http1::SendRequest<RequestBody>,
-    ) -> Response<UpstreamBody> {
+    fn wrap(self: &Arc<Self>, response: Response<Incoming>, conn: Conn) -> Response<UpstreamBody> {
         let keep = !closes_connection(&response);
         response.map(|inner| {
             let mut body = UpstreamBody {
@@ -147,7 +289,7 @@ impl Http1Pool {
                 inner,
                 recycle: keep.then(|| Recycle {
                     pool: Arc::clone(self),
-                    sender,
+                    conn,
                 }),
             };
             if body.inner.is_end_stream() {
@@ -157,14 +299,21 @@ impl Http1Pool {
         })
     }
 
-    fn put(&self, sender: http1::SendRequest<RequestBody>) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_PER_UPSTREAM {
+    fn put(&self, conn: Conn) {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() >= MAX_IDLE_PER_UPSTREAM {
+                // Dropped outside the lock: its slot wakes a waiting request.
+                drop(idle);
+                drop(conn);
+                return;
+            }
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
+        self.limits.freed.notify_one();
     }
 
     /// Idle connections right now (for tests and the admin view).
@@ -338,7 +487,7 @@ pub(crate) struct UpstreamBody {
 #[derive(Debug)]
 struct Recycle {
     pool: Arc<Http1Pool>,
-    sender: http1::SendRequest<RequestBody>,
+    conn: Conn,
 }
 
 impl UpstreamBody {
@@ -358,8 +507,8 @@ impl UpstreamBody {
     }
 
     fn recycle(&mut self) {
-        if let Some(Recycle { pool, sender }) = self.recycle.take() {
-            pool.put(sender);
+        if let Some(Recycle { pool, conn }) = self.recycle.take() {
+            pool.put(conn);
         }
     }
 }
@@ -517,6 +666,85 @@ mod tests {
             .await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn http1_connections_are_bounded_and_requests_wait_then_overflow() {
+        let (addr, accepted) = server(Server::KeepAlive).await;
+        let pool = Arc::new(Http1Pool::default());
+        pool.limits().set(1, 1);
+        let c = connector(addr);
+        // The one connection allowed is busy until its body is read.
+        let first = pool
+            .send(&c, get(addr, http::Version::HTTP_11))
+            .await
+            .unwrap();
+        assert_eq!(pool.limits().open(), 1);
+        // A second request waits for it...
+        let waiter = {
+            let (pool, c) = (Arc::clone(&pool), connector(addr));
+            tokio::spawn(async move {
+                text(
+                    pool.send(&c, get(addr, http::Version::HTTP_11))
+                        .await
+                        .unwrap(),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "the second request waits for the connection"
+        );
+        // ...and a third, with the queue full, is refused at once.
+        let refused = pool.send(&c, get(addr, http::Version::HTTP_11)).await;
+        assert!(matches!(refused, Err(SendError::Overflow { max: 1, .. })));
+        // The first body ends: its connection goes to the waiting request.
+        text(first).await;
+        let answered = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken when the connection came back")
+            .unwrap();
+        assert_eq!(answered, format!("{addr} /a?b=1"));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "never a second connection"
+        );
+        assert_eq!(pool.limits().open(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_gives_its_place_to_a_waiting_request() {
+        let (addr, accepted) = server(Server::CloseEach).await;
+        let pool = Arc::new(Http1Pool::default());
+        pool.limits().set(1, 4);
+        let c = connector(addr);
+        let first = pool
+            .send(&c, get(addr, http::Version::HTTP_11))
+            .await
+            .unwrap();
+        let waiter = {
+            let (pool, c) = (Arc::clone(&pool), connector(addr));
+            tokio::spawn(async move {
+                text(
+                    pool.send(&c, get(addr, http::Version::HTTP_11))
+                        .await
+                        .unwrap(),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // `Connection: close`: the first connection is dropped, not pooled.
+        text(first).await;
+        tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken when the connection closed")
+            .unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.limits().open(), 0);
     }
 
     #[tokio::test]

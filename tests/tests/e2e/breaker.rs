@@ -2,12 +2,16 @@
 //! agent: with `max_requests: 2`, two slow requests are in flight and every other
 //! concurrent one is answered `503 overflow` at once by the caller's proxy, never
 //! reaching the service; places come back when the answers end, and the refusals
-//! are counted.
+//! are counted. With `max_connections: 2, max_pending_requests: 2`, two requests
+//! are sent, two wait for their connections and are sent when those come back,
+//! and the rest are refused at once.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use pillion_tests::http_mesh::{load, policy_actions, source_yaml, HttpWorld, APP_PORT, VIP};
+use pillion_tests::http_mesh::{
+    get, h1_client, load, one, policy_actions, source_yaml, HttpWorld, APP_PORT, VIP,
+};
 
 use crate::common::{sidecar_opts, testbin};
 
@@ -16,10 +20,10 @@ const ROUTES: &str = r#"- name: lb
   backends: [{subset: {version: v1}}]
 "#;
 
-#[test]
-fn a_full_breaker_answers_503_at_once() {
-    let w = HttpWorld::start_with_source(
-        "http_breaker",
+/// The world, with `breaker` as the service port's `circuit_breaker`.
+fn world(test: &str, breaker: &'static str) -> HttpWorld {
+    HttpWorld::start_with_source(
+        test,
         &testbin(),
         &sidecar_opts(),
         |pods| {
@@ -28,12 +32,17 @@ fn a_full_breaker_answers_503_at_once() {
             assert!(text.contains(&port));
             text.replace(
                 &port,
-                &format!("{port}        circuit_breaker: {{max_requests: 2}}\n"),
+                &format!("{port}        circuit_breaker: {breaker}\n"),
             )
         },
         &[],
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_full_breaker_answers_503_at_once() {
+    let w = world("http_breaker", "{max_requests: 2}");
     let a = w.pods.a.clone();
     let vip = VIP.parse().unwrap();
     let app = &w.apps[0].stats;
@@ -80,4 +89,78 @@ fn a_full_breaker_answers_503_at_once() {
         ),
         0.0
     );
+}
+
+#[test]
+fn a_full_connection_bound_queues_then_refuses() {
+    let w = world(
+        "http_breaker_conns",
+        "{max_connections: 2, max_pending_requests: 2}",
+    );
+    let a = w.pods.a.clone();
+    let vip = VIP.parse().unwrap();
+    let app = &w.apps[0].stats;
+    app.lb_delay_ms.store(1000, Ordering::SeqCst);
+
+    // Eight at once, each on its own client connection: two go out on the two
+    // connections allowed, two wait for them, four are refused at once.
+    let answers = a
+        .run(move || async move {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    tokio::spawn(async move {
+                        let answer = one(&h1_client(), get(vip, "/lb", &[])).await;
+                        (start.elapsed(), answer)
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await.unwrap());
+            }
+            answers
+        })
+        .unwrap();
+    let served: Vec<_> = answers.iter().filter(|(_, r)| r.status == 200).collect();
+    let refused: Vec<_> = answers.iter().filter(|(_, r)| r.status == 503).collect();
+    assert_eq!(
+        (served.len(), refused.len()),
+        (4, 4),
+        "{answers:?}\n{}",
+        w.dump()
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|(took, r)| r.error == "overflow" && *took < Duration::from_millis(900)),
+        "{answers:?}"
+    );
+    let mut took: Vec<_> = served.iter().map(|(took, _)| *took).collect();
+    took.sort();
+    assert!(
+        took[1] < Duration::from_millis(1900),
+        "the first two: {took:?}"
+    );
+    assert!(
+        took[2] >= Duration::from_millis(1900),
+        "the two that waited went out after the first answers: {took:?}"
+    );
+    assert_eq!(
+        app.count("lb"),
+        4,
+        "refused requests must not reach the service"
+    );
+    let m = w.sidecars[0].metrics().unwrap();
+    assert_eq!(
+        policy_actions(&m, "outbound", "demo/web", "lb", "overflow"),
+        4.0
+    );
+
+    // With the answers back, the connections serve again.
+    app.lb_delay_ms.store(0, Ordering::SeqCst);
+    let answers = a
+        .run(move || async move { load(vip, 20, 2, "/lb", &[]).await })
+        .unwrap();
+    assert!(answers.iter().all(|r| r.status == 200), "{answers:?}");
 }
