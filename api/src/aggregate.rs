@@ -140,8 +140,12 @@ impl AggregatePart {
                 PolicyProblem::BadPartPath(self.path.clone()),
             ));
         }
-        if self.timeout == Some(Duration::ZERO) {
-            return Err(PolicyError::new("timeout", PolicyProblem::ZeroDuration));
+        crate::policy::validate_timeout(self.timeout).map_err(|e| e.within("timeout"))?;
+        if self.backend.port.is_some() && self.backend.service.is_none() {
+            return Err(PolicyError::new(
+                "backend.port",
+                PolicyProblem::PortWithoutService,
+            ));
         }
         if let Some(retry) = &self.retry {
             retry.validate().map_err(|e| e.within("retry"))?;
@@ -196,6 +200,16 @@ mod tests {
                 part(r#", "retry": {"attempts": 0}"#),
                 "parts[0].retry.attempts",
                 "between 1",
+            ),
+            (
+                part(r#", "timeout": "400d""#),
+                "parts[0].timeout",
+                "at most 366d",
+            ),
+            (
+                r#"{"parts": [{"name": "a", "backend": {"port": 8080}, "path": "/"}]}"#.to_string(),
+                "parts[0].backend.port",
+                "another service",
             ),
             (
                 r#"{"parts": [{"name": "a b", "backend": {}, "path": "/"}]}"#.to_string(),

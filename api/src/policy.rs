@@ -104,6 +104,9 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// Longest regular expression program accepted, in bytes of compiled size, so one
 /// policy cannot make every proxy allocate unbounded memory.
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Longest timeout a route (or an aggregation's part) may set: far beyond any
+/// request, and far from the clock arithmetic's limits.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 86_400);
 /// Longest route name; names appear in metrics labels and rate-limit headers.
 pub const MAX_ROUTE_NAME_LEN: usize = 128;
 /// Prefix of the proxy's own headers (`pillion-peer-identity`, `pillion-orig-proto`):
@@ -688,6 +691,13 @@ pub enum PolicyProblem {
         "an aggregate route cannot have `{0}`: each part has its own backend, retry and timeout"
     )]
     AggregateAlongside(&'static str),
+    /// A part's backend port without a service: the port of the route's own
+    /// service is the one it is called on.
+    #[error("a port is for another service: name it with `service`")]
+    PortWithoutService,
+    /// A timeout beyond [`MAX_TIMEOUT`].
+    #[error("a timeout must be at most 366d")]
+    TimeoutTooLong,
     /// A backend port of 0.
     #[error("a port must be 1 to 65535")]
     ZeroPort,
@@ -804,9 +814,7 @@ impl Route {
             ("timeout", self.timeout),
             ("per_try_timeout", self.per_try_timeout),
         ] {
-            if value == Some(Duration::ZERO) {
-                return Err(PolicyError::new(field, PolicyProblem::ZeroDuration));
-            }
+            validate_timeout(value).map_err(|e| e.within(field))?;
         }
         if let Some(retry) = &self.retry {
             retry.validate().map_err(|e| e.within("retry"))?;
@@ -1027,6 +1035,15 @@ impl HeaderEdits {
             validate_edited_name(name).map_err(|e| e.within(format!("remove[{i}]")))?;
         }
         Ok(())
+    }
+}
+
+/// A timeout, if set, is longer than zero and at most [`MAX_TIMEOUT`].
+pub(crate) fn validate_timeout(timeout: Option<Duration>) -> Result<(), PolicyError> {
+    match timeout {
+        Some(Duration::ZERO) => Err(PolicyError::new("", PolicyProblem::ZeroDuration)),
+        Some(t) if t > MAX_TIMEOUT => Err(PolicyError::new("", PolicyProblem::TimeoutTooLong)),
+        _ => Ok(()),
     }
 }
 

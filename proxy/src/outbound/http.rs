@@ -127,8 +127,13 @@ impl OutboundConn {
             return HttpError::NotFound("no route of the host matches the request").response();
         }
         if upgrade_requested(&parts.method, parts.version, &parts.headers) {
+            // Their bytes would pass untouched: refused where the route reads them.
             if route.aggregate.is_some() {
                 return HttpError::Unsupported("upgrades on an aggregation route").response();
+            }
+            if route.transform.is_some() {
+                return HttpError::Unsupported("upgrades on a route that transforms bodies")
+                    .response();
             }
             return (self.upgrade(Request::from_parts(parts, body), &target, route)).await;
         }
@@ -238,8 +243,8 @@ impl OutboundConn {
             }),
         };
         let answer_rewrite = transforms.and_then(|t| Some((t, t.response.as_ref()?)));
-        let head = answer_rewrite.is_some().then(|| {
-            transform::ask_for_whole_answer(&mut template.headers);
+        let head = answer_rewrite.map(|(_, rewrite)| {
+            transform::ask_for_whole_answer(&mut template.headers, rewrite);
             template.method.clone()
         });
         let answered = retry::forward(target, route, template, outgoing, start, observer).await;

@@ -6,15 +6,17 @@
 //! body with `413` (too large), `415` (not the declared format, or compressed),
 //! `408` (too slow) or `400` (does not parse, or an edit finds no place); the
 //! upstream's with `502` (`504` when too slow). Messages without a body (and
-//! answers to `HEAD`, `204`, `304`) pass untouched. A request whose answer is
-//! rewritten asks for it uncompressed and whole (`Accept-Encoding: identity`, no
-//! `Range`), and the rewritten answer's `ETag` becomes weak.
+//! answers to `HEAD`, `204`, `304`) pass with their bodies untouched, their fields
+//! describing the rewritten representation (type, weak `ETag`, no digests). A
+//! request whose answer is rewritten asks for it uncompressed, whole
+//! (`Accept-Encoding: identity`, no `Range`) and, when converted, in the format
+//! the route reads; the rewritten answer's `ETag` becomes weak.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_RANGE, RANGE,
+    ACCEPT, ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_RANGE, RANGE,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body::Body;
@@ -26,7 +28,7 @@ use crate::policy::transform::{Problem, Rewrite, Transforms};
 use crate::upstream::pool::UpstreamBody;
 
 /// Fields describing an answer's bytes that a rewrite makes wrong.
-const DIGESTS: [&str; 3] = ["content-md5", "content-digest", "repr-digest"];
+const DIGESTS: [&str; 4] = ["content-md5", "content-digest", "repr-digest", "digest"];
 
 /// How a whole body read went.
 pub(super) enum Whole {
@@ -101,16 +103,20 @@ where
         Problem::MediaType(_) => HttpError::MediaType(e.to_string()),
         Problem::Body(why) => HttpError::BadBody(why),
     })?;
-    retype(headers, out.len(), retyped);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    describe(headers, retyped);
     Ok(Bytes::from(out))
 }
 
 /// What a request whose answer will be rewritten asks of the upstream: the whole
-/// answer, uncompressed.
-pub(super) fn ask_for_whole_answer(headers: &mut HeaderMap) {
+/// answer, uncompressed, and (when the route converts) in the format it reads.
+pub(super) fn ask_for_whole_answer(headers: &mut HeaderMap, rewrite: &Rewrite) {
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     headers.remove(RANGE);
     headers.remove(IF_RANGE);
+    if let Some(reads) = rewrite.converts_from() {
+        headers.insert(ACCEPT, reads);
+    }
 }
 
 /// The upstream's answer, rewritten (or untouched when it has no body).
@@ -122,19 +128,25 @@ pub(super) async fn response(
     deadline: Option<(Instant, Duration)>,
 ) -> Result<Response<ResponseBody>, HttpError> {
     let status = response.status();
-    let bodiless = *method == Method::HEAD
+    let head = *method == Method::HEAD;
+    let bodiless = head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || response.body().is_end_stream();
-    if bodiless {
-        return Ok(response.map(ResponseBody::Upstream));
-    }
+        || status == StatusCode::NOT_MODIFIED;
     let (mut parts, body) = response.into_parts();
-    let max = transforms.max_body_bytes;
-    if let Err(e) = rewrite.accepts(&parts.headers) {
-        return Err(HttpError::BadAnswer(e.to_string()));
+    if bodiless {
+        // The fields still describe the rewritten representation (a `HEAD`'s or
+        // a `304`'s must match the `GET`'s), but its length is not known here.
+        if head {
+            parts.headers.remove(CONTENT_LENGTH);
+        }
+        let retyped = rewrite
+            .converts_to()
+            .filter(|_| parts.headers.contains_key(CONTENT_TYPE));
+        describe(&mut parts.headers, retyped);
+        return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     }
+    let max = transforms.max_body_bytes;
     let bytes = match read_whole(body, max, deadline.map(|(at, _)| at)).await {
         Whole::Read(bytes) => bytes,
         Whole::TooLarge => {
@@ -149,13 +161,30 @@ pub(super) async fn response(
             ))
         }
     };
-    let (out, retyped) = if bytes.is_empty() {
-        (Vec::new(), None)
-    } else {
-        (rewrite.apply(&bytes)).map_err(|e| HttpError::BadAnswer(e.to_string()))?
-    };
-    let headers = &mut parts.headers;
-    retype(headers, out.len(), retyped);
+    if bytes.is_empty() {
+        // Nothing to rewrite, whatever it says it is.
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+        return Ok(Response::from_parts(parts, ResponseBody::local(bytes)));
+    }
+    if let Err(e) = rewrite.accepts(&parts.headers) {
+        return Err(HttpError::BadAnswer(e.to_string()));
+    }
+    let (out, retyped) =
+        (rewrite.apply(&bytes)).map_err(|e| HttpError::BadAnswer(e.to_string()))?;
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    describe(&mut parts.headers, retyped);
+    Ok(Response::from_parts(parts, ResponseBody::local(out)))
+}
+
+/// The fields of a rewritten message that described the bytes it had: its type
+/// when the format changed, digests and ranges gone, a strong `ETag` made weak
+/// (the same content, no longer the same bytes).
+fn describe(headers: &mut HeaderMap, retyped: Option<HeaderValue>) {
+    if let Some(content_type) = retyped {
+        headers.insert(CONTENT_TYPE, content_type);
+    }
     for name in DIGESTS {
         headers.remove(name);
     }
@@ -169,15 +198,6 @@ pub(super) async fn response(
                 Err(_) => headers.remove(ETAG),
             };
         }
-    }
-    Ok(Response::from_parts(parts, ResponseBody::local(out)))
-}
-
-/// Sets the length (and the type, when the format changed) of a rewritten body.
-fn retype(headers: &mut HeaderMap, len: usize, content_type: Option<HeaderValue>) {
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-    if let Some(content_type) = content_type {
-        headers.insert(CONTENT_TYPE, content_type);
     }
 }
 
@@ -212,6 +232,17 @@ mod tests {
             .unwrap();
         assert_eq!(&out[..], br#"{"name":"x"}"#);
         assert_eq!(headers[CONTENT_LENGTH], "12");
+        let mut digested = json_headers();
+        digested.insert("content-digest", HeaderValue::from_static("sha-256=:x:"));
+        digested.insert("digest", HeaderValue::from_static("SHA-256=x"));
+        let body = Full::new(Bytes::from_static(br#"{"admin": true}"#));
+        request(&t, rewrite, &mut digested, body, None, Instant::now())
+            .await
+            .unwrap();
+        assert!(
+            digested.get("content-digest").is_none() && digested.get("digest").is_none(),
+            "digests of the bytes the caller sent are gone"
+        );
     }
 
     #[tokio::test]
@@ -308,7 +339,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
         headers.insert(RANGE, HeaderValue::from_static("bytes=0-10"));
-        ask_for_whole_answer(&mut headers);
+        let t = transforms(json!({"response": {"convert": "xml_to_json"}}));
+        ask_for_whole_answer(&mut headers, t.response.as_ref().unwrap());
+        assert_eq!(
+            headers[ACCEPT], "application/xml",
+            "the format the route reads"
+        );
         assert_eq!(headers[ACCEPT_ENCODING], "identity");
         assert!(headers.get(RANGE).is_none());
     }

@@ -354,6 +354,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// A stable digest of a transform's policy, for the keys of what it produced.
+fn fingerprint(transform: &pillion_api::transform::Transform) -> u64 {
+    let text = serde_json::to_vec(transform).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &text);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
 fn service_name(service: &Service) -> String {
     format!("{}/{}", service.namespace, service.name)
 }
@@ -526,10 +535,16 @@ impl Compiler<'_> {
             addr,
             identity: e.identity.clone(),
         };
+        let bounds = port.map(|p| p.circuit_breaker.unwrap_or_default());
         if let Some(found) = self.table.endpoints.get(&key) {
+            // Listed by another port too: the tighter of their bounds holds.
+            if let Some(b) = bounds {
+                found
+                    .upstream
+                    .tighten_connection_limits(b.max_connections, b.max_pending_requests);
+            }
             return Some(Arc::clone(found));
         }
-        let bounds = port.map(|p| p.circuit_breaker.unwrap_or_default());
         let state = match self.previous.endpoints.get(&key) {
             Some(old) => Arc::clone(old),
             None => {
@@ -721,6 +736,12 @@ impl Compiler<'_> {
                 MirrorShare::new(m.percent),
             )
         });
+        // Entries kept under another transform (or none) are never answered: the
+        // transform's fingerprint is part of every key.
+        let cache_route = match &route.transform {
+            None => route.name.clone(),
+            Some(t) => format!("{}#{:016x}", route.name, fingerprint(t)),
+        };
         let cache = match &route.cache {
             None => None,
             Some(policy) => Some(Box::new(
@@ -728,7 +749,7 @@ impl Compiler<'_> {
                     policy,
                     &name,
                     port.port,
-                    &route.name,
+                    &cache_route,
                     Arc::clone(&self.settings.responses),
                 )
                 .map_err(|e| fail("cache", &e))
@@ -831,7 +852,11 @@ impl Compiler<'_> {
                     .unwrap_or((service.namespace.as_str(), other.as_str())),
                 None => (service.namespace.as_str(), service.name.as_str()),
             };
-            let part_port = part.backend.port.unwrap_or(port.port);
+            // A backend's port applies to another service only (as in `route_backend`).
+            let part_port = match &part.backend.service {
+                Some(_) => part.backend.port.unwrap_or(port.port),
+                None => port.port,
+            };
             let authority = match part_port {
                 80 => format!("{name}.{namespace}"),
                 other => format!("{name}.{namespace}:{other}"),

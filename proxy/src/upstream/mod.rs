@@ -70,6 +70,11 @@ impl Upstream {
         self.http1.limits().set(max_connections, max_pending);
     }
 
+    /// Lowers the bounds to these where they are lower (an endpoint two ports list).
+    pub(crate) fn tighten_connection_limits(&self, max_connections: u32, max_pending: u32) {
+        self.http1.limits().tighten(max_connections, max_pending);
+    }
+
     /// The connector (address and TLS) of this upstream.
     pub(crate) fn connector(&self) -> &UpstreamConnector {
         &self.connector

@@ -165,10 +165,23 @@ impl ConnLimits {
     /// New bounds (at least one of each); connections and waits beyond a lower
     /// bound end on their own.
     pub(crate) fn set(&self, max_connections: u32, max_pending: u32) {
-        self.max_open
-            .store(max_connections.max(1), Ordering::Relaxed);
+        let before = self
+            .max_open
+            .swap(max_connections.max(1), Ordering::Relaxed);
         self.max_waiting
             .store(max_pending.max(1), Ordering::Relaxed);
+        if max_connections > before {
+            // Room for more connections: every waiting request looks again.
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Lowers the bounds to these where they are lower.
+    pub(crate) fn tighten(&self, max_connections: u32, max_pending: u32) {
+        self.max_open
+            .fetch_min(max_connections.max(1), Ordering::Relaxed);
+        self.max_waiting
+            .fetch_min(max_pending.max(1), Ordering::Relaxed);
     }
 
     fn slot(self: &Arc<Self>) -> Option<Slot> {
@@ -284,12 +297,15 @@ impl Http1Pool {
     fn wrap(self: &Arc<Self>, response: Response<Incoming>, conn: Conn) -> Response<UpstreamBody> {
         let keep = !closes_connection(&response);
         response.map(|inner| {
+            // A connection that closes after this answer still holds its place
+            // until the body has been read: the socket is in use until then.
             let mut body = UpstreamBody {
                 admitted: None,
                 inner,
-                recycle: keep.then(|| Recycle {
+                recycle: Some(Recycle {
                     pool: Arc::clone(self),
                     conn,
+                    keep,
                 }),
             };
             if body.inner.is_end_stream() {
@@ -488,6 +504,8 @@ pub(crate) struct UpstreamBody {
 struct Recycle {
     pool: Arc<Http1Pool>,
     conn: Conn,
+    /// Whether the connection goes back to the pool (else it is dropped).
+    keep: bool,
 }
 
 impl UpstreamBody {
@@ -507,8 +525,10 @@ impl UpstreamBody {
     }
 
     fn recycle(&mut self) {
-        if let Some(Recycle { pool, conn }) = self.recycle.take() {
-            pool.put(conn);
+        if let Some(Recycle { pool, conn, keep }) = self.recycle.take() {
+            if keep {
+                pool.put(conn);
+            }
         }
     }
 }

@@ -227,6 +227,18 @@ fn aggregation_routes_merge_their_parts_and_fail_as_declared() {
         )
         .unwrap();
     let ours: Vec<_> = spans.iter().filter(|s| s.trace_id() == TRACE).collect();
+    // The trace as a tree, for the record (`--nocapture`).
+    for s in &ours {
+        println!(
+            "span {} parent {} {} {} route={} status={}",
+            s.span_id(),
+            s.parent_span_id().unwrap_or_default(),
+            if s.is_server() { "SERVER" } else { "CLIENT" },
+            s.resource_attr("service.name").unwrap_or(""),
+            s.str_attr("pillion.route").unwrap_or(""),
+            s.int_attr("http.response.status_code").unwrap_or(0),
+        );
+    }
     let root = ours
         .iter()
         .find(|s| s.parent_span_id().as_deref() == Some(CALLER_SPAN))

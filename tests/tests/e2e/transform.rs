@@ -8,7 +8,7 @@
 //! compressed or too large — refused with its status, never passed on as it came.
 
 use pillion_tests::curl::{to_service as curl, Seen};
-use pillion_tests::http_mesh::HttpWorld;
+use pillion_tests::http_mesh::{HttpWorld, ORDER_XML};
 use serde_json::{json, Value};
 
 use crate::common::{sidecar_opts, testbin};
@@ -80,9 +80,20 @@ fn routes_rewrite_bodies_and_refuse_what_they_cannot_read() {
     let h2 = get("/doc/json", &["--http2-prior-knowledge"]);
     assert_eq!((h2.version.as_str(), h2.status), ("HTTP/2", 200), "{h2:?}");
     assert_eq!(json_of(&h2), json_of(&redacted));
-    // HEAD has no body to rewrite.
+    // HEAD has no body to rewrite, but its fields describe the GET's answer.
     let head = get("/doc/json", &["-I"]);
     assert_eq!(head.status, 200, "{head:?}");
+    let head = get("/doc/xml", &["-I"]);
+    assert_eq!(
+        (
+            head.status,
+            head.header("content-type"),
+            head.header("etag")
+        ),
+        (200, "application/json", "W/\"v1\""),
+        "{head:?}"
+    );
+    assert_ne!(head.header("content-length"), ORDER_XML.len().to_string());
 
     // Answers the route cannot read: 502 with the reason, the secret never out.
     for (path, why) in [
@@ -144,6 +155,23 @@ fn routes_rewrite_bodies_and_refuse_what_they_cannot_read() {
         assert_eq!(edited.status, 200, "{hidden}: {edited:?}");
         assert_eq!(json_of(&edited), json!({"source": "mesh"}), "{hidden}");
     }
+    // An upgrade's bytes could not be rewritten: refused, not relayed.
+    let upgrade = post(
+        r#"{"admin": true}"#,
+        &[
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "connection: upgrade",
+            "-H",
+            "upgrade: websocket",
+        ],
+    );
+    assert_eq!(
+        (upgrade.status, upgrade.header("pillion-error")),
+        (501, "unsupported"),
+        "{upgrade:?}"
+    );
     // No body: nothing to rewrite, passed on.
     assert_eq!(get("/doc/echo", &[]).status, 200);
 

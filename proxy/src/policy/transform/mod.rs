@@ -57,6 +57,13 @@ impl Format {
         }
     }
 
+    fn essence(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Format::Json => "application/json",
+            Format::Xml => "application/xml",
+        })
+    }
+
     fn content_type(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Format::Json => "application/json",
@@ -101,6 +108,17 @@ impl Rewrite {
             Some(Convert::JsonToXml) => Format::Xml,
             _ => Format::Json,
         }
+    }
+
+    /// The type of the bodies this rewrite reads, when it converts (else `None`:
+    /// JSON in, JSON out).
+    pub(crate) fn converts_from(&self) -> Option<HeaderValue> {
+        self.convert.map(|_| self.reads().essence())
+    }
+
+    /// The type of the bodies this rewrite writes, when it converts.
+    pub(crate) fn converts_to(&self) -> Option<HeaderValue> {
+        self.convert.map(|_| self.writes().content_type())
     }
 
     /// Checks that a message with `headers` carries a body this rewrite reads.

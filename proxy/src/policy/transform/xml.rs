@@ -2,8 +2,8 @@
 //! XML body and a JSON service can answer an XML client:
 //!
 //! - the document is an object with one member, the root element;
-//! - an element with neither attributes nor child elements is its text (trimmed;
-//!   `""` when empty); otherwise an object whose attributes are `@name` members,
+//! - an element with neither attributes nor child elements is its text (trimmed
+//!   of XML white space; `""` when empty); otherwise an object whose attributes are `@name` members,
 //!   child elements are members by name (repeated names make an array, in order),
 //!   and text, if any, is `#text`;
 //! - every value read from XML is a string: nothing is guessed about numbers.
@@ -86,7 +86,7 @@ impl Open {
 
     /// The element's value, and its name.
     fn close(mut self) -> (String, Value) {
-        let text = self.text.trim();
+        let text = self.text.trim_matches(is_xml_space);
         let value = if self.members.is_empty() {
             Value::String(text.to_string())
         } else {
@@ -98,6 +98,11 @@ impl Open {
         };
         (self.name, value)
     }
+}
+
+/// XML's white space (and only it: a no-break space is content).
+fn is_xml_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, XmlError> {
@@ -136,6 +141,9 @@ pub(crate) fn to_json(body: &[u8]) -> Result<Value, XmlError> {
                 stack.push(Open::new(&start)?);
             }
             Event::Empty(start) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(XmlError::Refused("the XML is nested too deeply"));
+                }
                 let (name, value) = Open::new(&start)?.close();
                 done(name, value, &mut stack, &mut root)?;
             }
@@ -152,7 +160,7 @@ pub(crate) fn to_json(body: &[u8]) -> Result<Value, XmlError> {
                 let content = text.xml10_content();
                 match stack.last_mut() {
                     Some(open) => open.text.push_str(&content),
-                    None if content.trim().is_empty() => {}
+                    None if content.chars().all(is_xml_space) => {}
                     None => return Err(XmlError::Refused("the XML has text outside its root")),
                 }
             }
@@ -316,8 +324,9 @@ fn text(out: &mut String, scalar: &Value) -> Result<(), XmlError> {
             "the JSON has a character XML cannot carry",
         ));
     }
-    // Line ends and tabs as references, so reading the document back (which
-    // normalizes them) gives the same text.
+    // Line ends and tabs inside the text as references, so reading the document
+    // back (which normalizes line ends) keeps them; text read from XML is already
+    // trimmed, so what it gives back is the same.
     for c in escape(plain).chars() {
         match c {
             '\r' => out.push_str("&#xD;"),
@@ -380,6 +389,23 @@ mod tests {
         assert_eq!(
             String::from_utf8(wrapped).unwrap(),
             r#"<?xml version="1.0" encoding="UTF-8"?><r><list>1</list><list>2</list><n>1</n><none/><ok>true</ok></r>"#
+        );
+    }
+
+    #[test]
+    fn only_xml_white_space_is_trimmed() {
+        assert_eq!(
+            to_json("<p>\u{A0}5 \n</p>".as_bytes()).unwrap(),
+            json!({"p": "\u{A0}5"})
+        );
+        let deep_empty = format!(
+            "{}<x/>{}",
+            "<a>".repeat(MAX_DEPTH),
+            "</a>".repeat(MAX_DEPTH)
+        );
+        assert!(
+            to_json(deep_empty.as_bytes()).is_err(),
+            "an empty element counts as a level"
         );
     }
 
