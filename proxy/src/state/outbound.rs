@@ -173,6 +173,31 @@ pub(crate) struct PartState {
     pub authority: Authority,
 }
 
+impl RouteState {
+    /// A route to one backend with no policy of its own: a port's default route,
+    /// or (with a timeout and retries) an aggregation's part.
+    fn plain(name: Arc<str>, backend: Arc<Backend>, metrics: RouteMetrics) -> RouteState {
+        RouteState {
+            metrics,
+            name,
+            split: Split::single(),
+            backends: Box::new([backend]),
+            timeout: None,
+            per_try_timeout: None,
+            retry: None,
+            limiter: None,
+            request_edits: HeaderEditor::default(),
+            response_edits: HeaderEditor::default(),
+            rewrite: None,
+            faults: None,
+            mirror: None,
+            cache: None,
+            transform: None,
+            aggregate: None,
+        }
+    }
+}
+
 impl Target {
     /// The endpoint for an opaque (non-HTTP) connection: the pinned one, or one of
     /// the service port's endpoints by load.
@@ -443,26 +468,8 @@ impl Compiler<'_> {
         };
         let all = self.backend(&name, port, &BTreeMap::new(), None, endpoints);
         let default_name: Arc<str> = Arc::from(DEFAULT_ROUTE);
-        let default = RouteState {
-            metrics: self
-                .metrics
-                .route(Direction::Outbound, &service_label, &default_name),
-            name: default_name,
-            split: Split::single(),
-            backends: Box::new([Arc::clone(&all)]),
-            timeout: None,
-            per_try_timeout: None,
-            retry: None,
-            limiter: None,
-            request_edits: HeaderEditor::default(),
-            response_edits: HeaderEditor::default(),
-            rewrite: None,
-            faults: None,
-            mirror: None,
-            cache: None,
-            transform: None,
-            aggregate: None,
-        };
+        let metrics = (self.metrics).route(Direction::Outbound, &service_label, &default_name);
+        let default = RouteState::plain(default_name, Arc::clone(&all), metrics);
         Arc::new(PortRoutes {
             service: service_label,
             port: port.port,
@@ -710,17 +717,7 @@ impl Compiler<'_> {
                     .ok()?,
             ),
         };
-        let retry = route.retry.as_ref().map(|policy| {
-            let config = policy.budget_or_default();
-            let budget = match self.previous.budgets.get(&key) {
-                Some((old, budget)) if *old == config => Arc::clone(budget),
-                _ => Arc::new(RetryBudget::new(&config, self.now)),
-            };
-            self.table
-                .budgets
-                .insert(key.clone(), (config, Arc::clone(&budget)));
-            (policy.clone(), budget)
-        });
+        let retry = (route.retry.as_ref()).map(|policy| self.retry(&key, policy));
         let backends = if route.backends.is_empty() {
             vec![self.backend(&name, port, &BTreeMap::new(), None, all)]
         } else {
@@ -870,41 +867,17 @@ impl Compiler<'_> {
                 port: port.port,
                 route: format!("{route}/{}", part.name),
             };
-            let retry = part.retry.as_ref().map(|policy| {
-                let config = policy.budget_or_default();
-                let budget = match self.previous.budgets.get(&key) {
-                    Some((old, budget)) if *old == config => Arc::clone(budget),
-                    _ => Arc::new(RetryBudget::new(&config, self.now)),
-                };
-                self.table
-                    .budgets
-                    .insert(key.clone(), (config, Arc::clone(&budget)));
-                (policy.clone(), budget)
-            });
+            let retry = (part.retry.as_ref()).map(|policy| self.retry(&key, policy));
             let backend = self.route_backend(service, port, &part.backend);
             let part_service: Arc<str> = Arc::from(format!("{namespace}/{name}"));
             let part_route: Arc<str> = Arc::from(key.route.as_str());
+            let metrics = (self.metrics).route(Direction::Outbound, &part_service, &part_route);
             parts.push(PartState {
                 name: Arc::from(part.name.as_str()),
                 route: RouteState {
-                    metrics: self
-                        .metrics
-                        .route(Direction::Outbound, &part_service, &part_route),
-                    name: part_route,
-                    split: Split::single(),
-                    backends: Box::new([backend]),
                     timeout: part.timeout,
-                    per_try_timeout: None,
                     retry,
-                    limiter: None,
-                    request_edits: HeaderEditor::default(),
-                    response_edits: HeaderEditor::default(),
-                    rewrite: None,
-                    faults: None,
-                    mirror: None,
-                    cache: None,
-                    transform: None,
-                    aggregate: None,
+                    ..RouteState::plain(part_route, backend, metrics)
                 },
                 path,
                 authority,
@@ -915,6 +888,24 @@ impl Compiler<'_> {
             on_partial: aggregate.on_partial,
             max_part_bytes: aggregate.max_part_bytes,
         })
+    }
+
+    /// A retry policy with its budget, carried over (by route key) while the
+    /// budget's configuration stays the same.
+    fn retry(
+        &mut self,
+        key: &RouteKey,
+        policy: &pillion_api::policy::RetryPolicy,
+    ) -> (pillion_api::policy::RetryPolicy, Arc<RetryBudget>) {
+        let config = policy.budget_or_default();
+        let budget = match self.previous.budgets.get(key) {
+            Some((old, budget)) if *old == config => Arc::clone(budget),
+            _ => Arc::new(RetryBudget::new(&config, self.now)),
+        };
+        self.table
+            .budgets
+            .insert(key.clone(), (config, Arc::clone(&budget)));
+        (policy.clone(), budget)
     }
 
     fn limiter(

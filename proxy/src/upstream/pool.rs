@@ -688,6 +688,16 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// A request sent in a task of its own (it may wait for a connection); its
+    /// answer's text.
+    fn waiting(pool: &Arc<Http1Pool>, addr: SocketAddr) -> tokio::task::JoinHandle<String> {
+        let (pool, c) = (Arc::clone(pool), connector(addr));
+        tokio::spawn(async move {
+            let sent = pool.send(&c, get(addr, http::Version::HTTP_11)).await;
+            text(sent.unwrap()).await
+        })
+    }
+
     #[tokio::test]
     async fn http1_connections_are_bounded_and_requests_wait_then_overflow() {
         let (addr, accepted) = server(Server::KeepAlive).await;
@@ -701,17 +711,7 @@ mod tests {
             .unwrap();
         assert_eq!(pool.limits().open(), 1);
         // A second request waits for it...
-        let waiter = {
-            let (pool, c) = (Arc::clone(&pool), connector(addr));
-            tokio::spawn(async move {
-                text(
-                    pool.send(&c, get(addr, http::Version::HTTP_11))
-                        .await
-                        .unwrap(),
-                )
-                .await
-            })
-        };
+        let waiter = waiting(&pool, addr);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             !waiter.is_finished(),
@@ -745,17 +745,7 @@ mod tests {
             .send(&c, get(addr, http::Version::HTTP_11))
             .await
             .unwrap();
-        let waiter = {
-            let (pool, c) = (Arc::clone(&pool), connector(addr));
-            tokio::spawn(async move {
-                text(
-                    pool.send(&c, get(addr, http::Version::HTTP_11))
-                        .await
-                        .unwrap(),
-                )
-                .await
-            })
-        };
+        let waiter = waiting(&pool, addr);
         tokio::time::sleep(Duration::from_millis(50)).await;
         // `Connection: close`: the first connection is dropped, not pooled.
         text(first).await;
