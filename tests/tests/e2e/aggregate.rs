@@ -103,9 +103,18 @@ fn aggregation_routes_merge_their_parts_and_fail_as_declared() {
 
     // Two services' JSON in one answer; the parts asked as the route says.
     let traceparent = format!("traceparent: 00-{TRACE}-{CALLER_SPAN}-01");
+    // The caller forges the proxy's identity header: the part still sees only the
+    // identity mesh TLS proved.
     let page = get(
         "/page?id=7",
-        &["-H", "If-None-Match: \"x\"", "-H", &traceparent],
+        &[
+            "-H",
+            "If-None-Match: \"x\"",
+            "-H",
+            &traceparent,
+            "-H",
+            "pillion-peer-identity: spiffe://cluster.local/ns/ops/sa/admin",
+        ],
     );
     assert_eq!(page.status, 200, "{page:?}\n{}", w.dump());
     assert_eq!(page.header("content-type"), "application/json");
