@@ -297,6 +297,7 @@ mod tests {
             PortPolicy {
                 jwt: Some(JwtPolicy {
                     providers: vec![provider],
+                    introspection: None,
                     required: true,
                 }),
                 ..PortPolicy::default()

@@ -28,7 +28,7 @@ pub fn view_for(
         Discovery::Full => catalog.services().cloned().collect(),
         Discovery::OnDemand => {
             let mut own = catalog.services_at(&workload.addresses);
-            for service in gateway_services(catalog, workload) {
+            for service in called_services(catalog, workload) {
                 if !own.iter().any(|s| std::ptr::eq(*s, service)) {
                     own.push(service);
                 }
@@ -47,14 +47,25 @@ pub fn view_for(
     }
 }
 
-/// The services a gateway's routes send to, and the services their routes send to
-/// in turn (a canary split behind the gateway), so a gateway never asks for them:
-/// it has no original destinations to resolve.
-fn gateway_services<'a>(
+/// The services a workload's proxy calls on its own: its token introspection
+/// endpoints, the services a gateway's routes send to, and the services their
+/// routes send to in turn (a canary split behind the gateway), so a gateway never
+/// asks for them: it has no original destinations to resolve.
+fn called_services<'a>(
     catalog: &'a Catalog,
     workload: &Workload,
 ) -> Vec<&'a pillion_api::view::Service> {
     let mut found: Vec<&pillion_api::view::Service> = Vec::new();
+    // Token introspection endpoints are called by the proxy itself, never through
+    // an original destination it could resolve.
+    let asked = (workload.introspections()).filter_map(|(_, x)| x.service_name());
+    for (ns, name) in asked {
+        if let Some((_, service)) = catalog.service_named(ns, name) {
+            if !found.iter().any(|f| std::ptr::eq(*f, service)) {
+                found.push(service);
+            }
+        }
+    }
     let hosts = workload.gateway.iter().flat_map(|g| &g.hosts);
     let named = (hosts.flat_map(|h| &h.routes))
         .flat_map(|r| r.sent_to())

@@ -19,7 +19,17 @@
 //!       clock_skew: 30s
 //!       claim_headers: {sub: x-user, scope: x-scopes}
 //!       forward_token: false
+//!   introspection:                     # opaque tokens (RFC 7662), asked through the mesh
+//!     service: idp/oauth
+//!     port: 8080
+//!     path: /oauth2/introspect
+//!     audiences: [orders]
+//!     cache_ttl: 30s
 //! ```
+//!
+//! A token that is not a JWT, or a JWT no provider's key verifies, goes to the
+//! introspection endpoint when one is set; a JWT a provider's key does verify is
+//! judged by its claims alone and never asked about.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -48,12 +58,29 @@ pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
 /// The scheme in front of a token in [`DEFAULT_TOKEN_HEADER`].
 pub const BEARER_PREFIX: &str = "Bearer ";
 
+/// Longest wait for an introspection answer accepted in a policy.
+pub const MAX_INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default wait for an introspection answer.
+pub const DEFAULT_INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest time an introspection answer may be reused: a revoked token keeps
+/// working at most this long.
+pub const MAX_INTROSPECTION_CACHE_TTL: Duration = Duration::from_secs(600);
+/// Default reuse of an introspection answer.
+pub const DEFAULT_INTROSPECTION_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Default path of the introspection endpoint.
+pub const DEFAULT_INTROSPECTION_PATH: &str = "/introspect";
+
 /// The end-user authentication of one inbound port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtPolicy {
-    /// Issuers whose tokens are accepted; a token must verify against one of them.
+    /// Issuers whose tokens are accepted; a token must verify against one of them
+    /// (or, with [`JwtPolicy::introspection`], be active there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<JwtProvider>,
+    /// Where opaque tokens are asked about (RFC 7662).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<Introspection>,
     /// Whether a request without any token is refused (401). A token that is present
     /// must verify either way. Routes may override it with `jwt_required`.
     #[serde(default = "yes")]
@@ -95,6 +122,79 @@ pub struct JwtProvider {
     pub forward_token: bool,
 }
 
+/// OAuth 2.0 token introspection (RFC 7662): the authorization server says whether
+/// a token is active and what it grants. The endpoint is a mesh service reached
+/// through this proxy's own outbound path (mesh TLS as this workload's identity,
+/// balancing, breakers), so the server can authorize callers by mesh identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    /// The endpoint's service, `namespace/name`.
+    pub service: String,
+    /// Its port.
+    pub port: u16,
+    /// The path tokens are posted to.
+    #[serde(default = "default_introspection_path")]
+    pub path: String,
+    /// The `iss` an answer must carry, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values, as for a provider: empty means an answer naming any
+    /// audience is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Where the token is read from, after the providers' places; empty means
+    /// `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<TokenSource>,
+    /// Longest wait for an answer (at most [`MAX_INTROSPECTION_TIMEOUT`]).
+    #[serde(
+        default = "default_introspection_timeout",
+        with = "crate::duration::serde_humane"
+    )]
+    pub timeout: Duration,
+    /// How long an answer is reused, never past the token's `exp` (at most
+    /// [`MAX_INTROSPECTION_CACHE_TTL`]; zero asks every time).
+    #[serde(
+        default = "default_introspection_cache_ttl",
+        with = "crate::duration::serde_humane"
+    )]
+    pub cache_ttl: Duration,
+    /// Tolerance for an answer's `exp` and `nbf`, at most [`MAX_CLOCK_SKEW`].
+    #[serde(default = "default_clock_skew", with = "crate::duration::serde_humane")]
+    pub clock_skew: Duration,
+    /// Members of the answer copied to request headers, as a provider's claims.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Whether the token itself goes on to the application.
+    #[serde(default = "yes")]
+    pub forward_token: bool,
+}
+
+fn default_introspection_path() -> String {
+    DEFAULT_INTROSPECTION_PATH.to_string()
+}
+
+fn default_introspection_timeout() -> Duration {
+    DEFAULT_INTROSPECTION_TIMEOUT
+}
+
+fn default_introspection_cache_ttl() -> Duration {
+    DEFAULT_INTROSPECTION_CACHE_TTL
+}
+
+impl Introspection {
+    /// The places a token is looked for, the default one when none is written.
+    pub fn sources(&self) -> Vec<TokenSource> {
+        sources_or_default(&self.from)
+    }
+
+    /// The service's namespace and name.
+    pub fn service_name(&self) -> Option<(&str, &str)> {
+        self.service.split_once('/')
+    }
+}
+
 /// Where in a request a token travels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -123,14 +223,18 @@ fn default_clock_skew() -> Duration {
 impl JwtProvider {
     /// The places a token is looked for, the default one when none is written.
     pub fn sources(&self) -> Vec<TokenSource> {
-        if self.from.is_empty() {
-            vec![TokenSource::Header {
-                name: DEFAULT_TOKEN_HEADER.to_string(),
-                prefix: Some(BEARER_PREFIX.to_string()),
-            }]
-        } else {
-            self.from.clone()
-        }
+        sources_or_default(&self.from)
+    }
+}
+
+fn sources_or_default(from: &[TokenSource]) -> Vec<TokenSource> {
+    if from.is_empty() {
+        vec![TokenSource::Header {
+            name: DEFAULT_TOKEN_HEADER.to_string(),
+            prefix: Some(BEARER_PREFIX.to_string()),
+        }]
+    } else {
+        from.to_vec()
     }
 }
 
@@ -172,8 +276,17 @@ pub enum JwtProblem {
     #[error("the key set has no signing key this proxy can use (RSA, EC P-256/P-384, Ed25519)")]
     NoKeys,
     /// A port with JWT authentication but no provider.
-    #[error("at least one provider is needed")]
+    #[error("at least one provider (or an introspection endpoint) is needed")]
     NoProviders,
+    /// An introspection service not written `namespace/name`.
+    #[error("{0:?} must be written namespace/name")]
+    BadService(String),
+    /// An introspection path that is not an origin-form target.
+    #[error("{0:?} must be a path starting with /")]
+    BadPath(String),
+    /// A port, wait or reuse time out of its bounds, and what they are.
+    #[error("{0}")]
+    OutOfRange(&'static str),
     /// Two providers with one issuer.
     #[error("issuer {0:?} is listed twice")]
     DuplicateIssuer(String),
@@ -301,7 +414,7 @@ impl JwtPolicy {
             path,
             problem: PolicyProblem::Jwt(problem),
         };
-        if self.providers.is_empty() {
+        if self.providers.is_empty() && self.introspection.is_none() {
             return Err(at("providers".into(), JwtProblem::NoProviders));
         }
         for (i, p) in self.providers.iter().enumerate() {
@@ -315,9 +428,6 @@ impl JwtPolicy {
                     JwtProblem::DuplicateIssuer(p.issuer.clone()),
                 ));
             }
-            if let Some(k) = p.audiences.iter().position(String::is_empty) {
-                return Err(at(here(&format!("audiences[{k}]")), JwtProblem::Empty));
-            }
             match (&p.jwks_uri, p.jwks.is_empty()) {
                 (None, false) => {
                     parse_jwks(&p.jwks).map_err(|e| at(here("jwks"), e))?;
@@ -329,34 +439,28 @@ impl JwtPolicy {
                 }
                 _ => return Err(at(here("jwks"), JwtProblem::JwksOrUri)),
             }
-            if p.clock_skew > MAX_CLOCK_SKEW {
-                return Err(at(here("clock_skew"), JwtProblem::SkewTooLarge));
-            }
-            for (k, source) in p.from.iter().enumerate() {
-                let where_ = here(&format!("from[{k}]"));
-                match source {
-                    TokenSource::Header { name, .. } => {
-                        if !usable_header(name) {
-                            return Err(at(where_, JwtProblem::BadHeader(name.clone())));
-                        }
-                    }
-                    TokenSource::Cookie(name) => {
-                        if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                        {
-                            return Err(at(where_, JwtProblem::BadCookie(name.clone())));
-                        }
-                    }
-                }
-            }
-            for (claim, header) in &p.claim_headers {
-                let where_ = here(&format!("claim_headers.{claim}"));
-                if claim.is_empty() {
-                    return Err(at(where_, JwtProblem::Empty));
-                }
-                if !usable_header(header) || header.eq_ignore_ascii_case("cookie") {
-                    return Err(at(where_, JwtProblem::BadHeader(header.clone())));
-                }
-            }
+            let shared = Shared {
+                audiences: &p.audiences,
+                clock_skew: p.clock_skew,
+                from: &p.from,
+                claim_headers: &p.claim_headers,
+            };
+            shared
+                .validate()
+                .map_err(|(field, e)| at(here(&field), e))?;
+        }
+        if let Some(x) = &self.introspection {
+            let here = |field: &str| format!("introspection.{field}");
+            x.validate_own().map_err(|(field, e)| at(here(&field), e))?;
+            let shared = Shared {
+                audiences: &x.audiences,
+                clock_skew: x.clock_skew,
+                from: &x.from,
+                claim_headers: &x.claim_headers,
+            };
+            shared
+                .validate()
+                .map_err(|(field, e)| at(here(&field), e))?;
         }
         Ok(())
     }
@@ -364,9 +468,96 @@ impl JwtPolicy {
     /// Every header a claim is copied to, on any provider: removed from each request
     /// before any is set.
     pub fn claim_header_names(&self) -> impl Iterator<Item = &str> {
-        self.providers
-            .iter()
-            .flat_map(|p| p.claim_headers.values().map(String::as_str))
+        let introspected = self.introspection.iter().map(|x| &x.claim_headers);
+        (self.providers.iter().map(|p| &p.claim_headers))
+            .chain(introspected)
+            .flat_map(|headers| headers.values().map(String::as_str))
+    }
+}
+
+/// What providers and introspection check alike.
+struct Shared<'a> {
+    audiences: &'a [String],
+    clock_skew: Duration,
+    from: &'a [TokenSource],
+    claim_headers: &'a BTreeMap<String, String>,
+}
+
+impl Shared<'_> {
+    /// The field that is wrong (below the provider) and why.
+    fn validate(&self) -> Result<(), (String, JwtProblem)> {
+        if let Some(k) = self.audiences.iter().position(String::is_empty) {
+            return Err((format!("audiences[{k}]"), JwtProblem::Empty));
+        }
+        if self.clock_skew > MAX_CLOCK_SKEW {
+            return Err(("clock_skew".into(), JwtProblem::SkewTooLarge));
+        }
+        for (k, source) in self.from.iter().enumerate() {
+            let where_ = format!("from[{k}]");
+            match source {
+                TokenSource::Header { name, .. } => {
+                    if !usable_header(name) {
+                        return Err((where_, JwtProblem::BadHeader(name.clone())));
+                    }
+                }
+                TokenSource::Cookie(name) => {
+                    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err((where_, JwtProblem::BadCookie(name.clone())));
+                    }
+                }
+            }
+        }
+        for (claim, header) in self.claim_headers {
+            let where_ = format!("claim_headers.{claim}");
+            if claim.is_empty() {
+                return Err((where_, JwtProblem::Empty));
+            }
+            if !usable_header(header) || header.eq_ignore_ascii_case("cookie") {
+                return Err((where_, JwtProblem::BadHeader(header.clone())));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Introspection {
+    /// The endpoint's own fields: service, port, path, times, issuer.
+    fn validate_own(&self) -> Result<(), (String, JwtProblem)> {
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        match self.service_name() {
+            Some((ns, name)) if label(ns) && label(name) => {}
+            _ => {
+                return Err((
+                    "service".into(),
+                    JwtProblem::BadService(self.service.clone()),
+                ))
+            }
+        }
+        if self.port == 0 {
+            return Err(("port".into(), JwtProblem::OutOfRange("port must not be 0")));
+        }
+        let origin_form = self.path.starts_with('/')
+            && http::uri::PathAndQuery::try_from(self.path.as_str()).is_ok();
+        if !origin_form {
+            return Err(("path".into(), JwtProblem::BadPath(self.path.clone())));
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_INTROSPECTION_TIMEOUT {
+            let bound = "timeout must be more than 0s and at most 60s";
+            return Err(("timeout".into(), JwtProblem::OutOfRange(bound)));
+        }
+        if self.cache_ttl > MAX_INTROSPECTION_CACHE_TTL {
+            let bound = "cache_ttl must be at most 600s";
+            return Err(("cache_ttl".into(), JwtProblem::OutOfRange(bound)));
+        }
+        if self.issuer.as_deref().is_some_and(str::is_empty) {
+            return Err(("issuer".into(), JwtProblem::Empty));
+        }
+        Ok(())
     }
 }
 
@@ -454,6 +645,7 @@ mod tests {
     fn policies_are_checked_field_by_field() {
         let good = JwtPolicy {
             providers: vec![provider(set(&[EC]))],
+            introspection: None,
             required: true,
         };
         good.validate().unwrap();
@@ -526,6 +718,71 @@ mod tests {
         for (policy, path) in cases {
             assert_eq!(policy.validate().unwrap_err().path, path, "{policy:?}");
         }
+    }
+
+    #[test]
+    fn introspection_stands_alone_and_is_checked_field_by_field() {
+        let good: JwtPolicy = serde_json::from_str(
+            r#"{"introspection":{"service":"idp/oauth","port":8080,
+                "claim_headers":{"sub":"x-user"}}}"#,
+        )
+        .unwrap();
+        good.validate().unwrap();
+        let x = good.introspection.as_ref().unwrap();
+        assert_eq!(x.path, DEFAULT_INTROSPECTION_PATH);
+        assert_eq!(x.timeout, DEFAULT_INTROSPECTION_TIMEOUT);
+        assert_eq!(x.cache_ttl, DEFAULT_INTROSPECTION_CACHE_TTL);
+        assert_eq!(x.service_name(), Some(("idp", "oauth")));
+        assert_eq!(good.claim_header_names().collect::<Vec<_>>(), ["x-user"]);
+        // The bounds the messages name are the constants.
+        assert_eq!(MAX_INTROSPECTION_TIMEOUT, Duration::from_secs(60));
+        assert_eq!(MAX_INTROSPECTION_CACHE_TTL, Duration::from_secs(600));
+        let mut cases: Vec<(JwtPolicy, &str)> = Vec::new();
+        let mut with = |edit: &dyn Fn(&mut Introspection), path: &'static str| {
+            let mut p = good.clone();
+            edit(p.introspection.as_mut().unwrap());
+            cases.push((p, path));
+        };
+        with(&|x| x.service = "oauth".into(), "introspection.service");
+        with(&|x| x.service = "idp/OAuth".into(), "introspection.service");
+        with(&|x| x.service = "/oauth".into(), "introspection.service");
+        with(&|x| x.port = 0, "introspection.port");
+        with(&|x| x.path = "introspect".into(), "introspection.path");
+        with(&|x| x.path = "/a b".into(), "introspection.path");
+        with(&|x| x.timeout = Duration::ZERO, "introspection.timeout");
+        with(
+            &|x| x.timeout = Duration::from_secs(61),
+            "introspection.timeout",
+        );
+        with(
+            &|x| x.cache_ttl = Duration::from_secs(601),
+            "introspection.cache_ttl",
+        );
+        with(&|x| x.issuer = Some(String::new()), "introspection.issuer");
+        with(
+            &|x| x.audiences = vec![String::new()],
+            "introspection.audiences[0]",
+        );
+        with(
+            &|x| x.clock_skew = Duration::from_secs(301),
+            "introspection.clock_skew",
+        );
+        with(
+            &|x| x.from = vec![TokenSource::Cookie("a;b".into())],
+            "introspection.from[0]",
+        );
+        with(
+            &|x| {
+                x.claim_headers.insert("sub".into(), "cookie".into());
+            },
+            "introspection.claim_headers.sub",
+        );
+        for (policy, path) in cases {
+            assert_eq!(policy.validate().unwrap_err().path, path, "{policy:?}");
+        }
+        // Neither providers nor introspection: nothing could verify a token.
+        let none: JwtPolicy = serde_json::from_str(r#"{"required":false}"#).unwrap();
+        assert_eq!(none.validate().unwrap_err().path, "providers");
     }
 
     #[test]

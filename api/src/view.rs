@@ -224,6 +224,15 @@ impl Service {
 }
 
 impl View {
+    /// The token introspection endpoints the proxy calls itself: its inbound ports'
+    /// and its gateway hosts'.
+    pub fn introspections(&self) -> impl Iterator<Item = &crate::jwt::Introspection> {
+        let hosts = self.gateway.iter().flat_map(|g| &g.hosts);
+        (self.inbound.ports.values().filter_map(|p| p.jwt.as_ref()))
+            .chain(hosts.filter_map(|h| h.jwt.as_ref()))
+            .filter_map(|j| j.introspection.as_ref())
+    }
+
     /// The endpoint listening at `addr`, if any service lists it, so a proxy that
     /// connects to a pod address directly still learns the identity to verify.
     pub fn endpoint_for(&self, addr: SocketAddr) -> Option<&Endpoint> {

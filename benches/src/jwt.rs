@@ -44,6 +44,7 @@ pub fn run(smoke: bool) -> Result<Vec<JwtRow>> {
     let issuer = Issuer::new("https://issuer.bench", "b", &algs)?;
     let policy = JwtPolicy {
         required: true,
+        introspection: None,
         providers: vec![JwtProvider {
             issuer: issuer.name.clone(),
             audiences: vec!["orders".into()],

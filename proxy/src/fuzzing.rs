@@ -411,6 +411,7 @@ pub fn jwt(data: &[u8]) {
         };
         Authenticator::new(&JwtPolicy {
             providers: vec![provider],
+            introspection: None,
             required: true,
         })
         .ok()

@@ -109,6 +109,26 @@ pub struct Workload {
     pub token: Option<TokenHash>,
 }
 
+impl Workload {
+    /// Its introspection endpoints (inbound ports', then gateway hosts'), each with
+    /// where it is written below the workload.
+    pub fn introspections(
+        &self,
+    ) -> impl Iterator<Item = (String, &pillion_api::jwt::Introspection)> + '_ {
+        let ports = (self.inbound.ports.iter()).filter_map(|(port, p)| {
+            let x = p.jwt.as_ref()?.introspection.as_ref()?;
+            Some((format!("inbound.ports.{port}.jwt.introspection"), x))
+        });
+        let hosts = (self.gateway.iter().flat_map(|g| g.hosts.iter().enumerate())).filter_map(
+            |(h, host)| {
+                let x = host.jwt.as_ref()?.introspection.as_ref()?;
+                Some((format!("gateway.hosts[{h}].jwt.introspection"), x))
+            },
+        );
+        ports.chain(hosts)
+    }
+}
+
 /// A catalog with the version it was published under, as the reloader hands it out.
 #[derive(Debug, Clone)]
 pub struct Snapshot {

@@ -12,6 +12,13 @@
 //!       clock_skew: 30s
 //!       claim_headers: {sub: x-user}
 //!       forward_token: true
+//!   introspection:                 # opaque tokens, asked through the mesh (RFC 7662)
+//!     service: oauth               # `name` in the workload's namespace, or `namespace/name`
+//!     port: 8080
+//!     path: /introspect
+//!     audiences: [orders]
+//!     timeout: 2s
+//!     cache_ttl: 30s
 //! ```
 //!
 //! An inline `jwks` may be written as YAML (the JWK Set's own shape) or as a string
@@ -20,7 +27,10 @@
 use std::collections::BTreeMap;
 
 use pillion_api::duration::HumaneDuration;
-use pillion_api::jwt::{JwtPolicy, JwtProvider, TokenSource, DEFAULT_CLOCK_SKEW};
+use pillion_api::jwt::{
+    Introspection, JwtPolicy, JwtProvider, TokenSource, DEFAULT_CLOCK_SKEW,
+    DEFAULT_INTROSPECTION_CACHE_TTL, DEFAULT_INTROSPECTION_PATH, DEFAULT_INTROSPECTION_TIMEOUT,
+};
 use serde::Deserialize;
 
 /// A port's `jwt:` as written.
@@ -31,7 +41,48 @@ pub struct JwtSpec {
     #[serde(default = "yes")]
     pub required: bool,
     /// The trusted issuers.
+    #[serde(default)]
     pub providers: Vec<JwtProviderSpec>,
+    /// Where opaque tokens are asked about.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionSpec>,
+}
+
+/// An introspection endpoint as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSpec {
+    /// The endpoint's service: `name` (the workload's namespace) or `namespace/name`.
+    pub service: String,
+    /// Its port.
+    pub port: u16,
+    /// The path tokens are posted to.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The `iss` an answer must carry.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted audiences.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Where tokens travel.
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
+    pub from: Vec<TokenSource>,
+    /// Longest wait for an answer.
+    #[serde(default)]
+    pub timeout: Option<HumaneDuration>,
+    /// How long an answer is reused.
+    #[serde(default)]
+    pub cache_ttl: Option<HumaneDuration>,
+    /// Tolerance for `exp` and `nbf`.
+    #[serde(default)]
+    pub clock_skew: Option<HumaneDuration>,
+    /// Members of the answer copied to request headers.
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Whether the token goes on to the application.
+    #[serde(default = "yes")]
+    pub forward_token: bool,
 }
 
 /// One provider as written.
@@ -68,8 +119,9 @@ fn yes() -> bool {
 }
 
 impl JwtSpec {
-    /// The wire policy (checked afterwards by [`JwtPolicy::validate`]).
-    pub fn to_policy(&self) -> JwtPolicy {
+    /// The wire policy of a workload in `namespace` (checked afterwards by
+    /// [`JwtPolicy::validate`]).
+    pub fn to_policy(&self, namespace: &str) -> JwtPolicy {
         JwtPolicy {
             required: self.required,
             providers: self
@@ -77,6 +129,35 @@ impl JwtSpec {
                 .iter()
                 .map(JwtProviderSpec::to_provider)
                 .collect(),
+            introspection: self.introspection.as_ref().map(|x| x.to_wire(namespace)),
+        }
+    }
+}
+
+impl IntrospectionSpec {
+    /// The service as `namespace/name`, a bare name being in `namespace`.
+    pub fn service_in(&self, namespace: &str) -> String {
+        if self.service.contains('/') {
+            self.service.clone()
+        } else {
+            format!("{namespace}/{}", self.service)
+        }
+    }
+
+    fn to_wire(&self, namespace: &str) -> Introspection {
+        let or = |d: Option<HumaneDuration>, default| d.map_or(default, HumaneDuration::get);
+        Introspection {
+            service: self.service_in(namespace),
+            port: self.port,
+            path: (self.path.clone()).unwrap_or_else(|| DEFAULT_INTROSPECTION_PATH.to_string()),
+            issuer: self.issuer.clone(),
+            audiences: self.audiences.clone(),
+            from: self.from.clone(),
+            timeout: or(self.timeout, DEFAULT_INTROSPECTION_TIMEOUT),
+            cache_ttl: or(self.cache_ttl, DEFAULT_INTROSPECTION_CACHE_TTL),
+            clock_skew: or(self.clock_skew, DEFAULT_CLOCK_SKEW),
+            claim_headers: self.claim_headers.clone(),
+            forward_token: self.forward_token,
         }
     }
 }
@@ -134,6 +215,103 @@ workloads:
               matches: [{path: {exact: /healthz}}]
               jwt_required: false
 "#;
+
+    /// A port whose opaque tokens are asked about at a service of another namespace.
+    const INTROSPECTED: &str = r#"
+workloads:
+  - name: api
+    namespace: shop
+    token: api-token
+    addresses: [198.18.0.2]
+    inbound:
+      ports:
+        8080:
+          jwt:
+            introspection:
+              service: idp/oauth
+              port: 9000
+              audiences: [orders]
+              cache_ttl: 10s
+              claim_headers: {sub: x-user}
+          routes:
+            - name: orders
+              matches: [{path: {prefix: /orders}}]
+              claims: {scope: [orders.read]}
+services:
+  - name: oauth
+    namespace: idp
+    addresses: [198.18.0.200]
+    ports: [{port: 9000}]
+  - name: other
+    namespace: idp
+    ports: [{port: 80}]
+"#;
+
+    #[test]
+    fn introspection_reaches_the_view_with_its_service() {
+        let catalog = parse_source("s.yaml", INTROSPECTED, "cluster.local").unwrap();
+        let api = catalog.workload_for_token("api-token").unwrap();
+        let jwt = api.inbound.ports[&8080].jwt.as_ref().unwrap();
+        assert!(jwt.providers.is_empty());
+        let x = jwt.introspection.as_ref().unwrap();
+        assert_eq!((x.service.as_str(), x.port), ("idp/oauth", 9000));
+        assert_eq!(x.path, "/introspect");
+        assert_eq!(x.cache_ttl.as_secs(), 10);
+        // The proxy calls the endpoint itself: an on-demand view carries it (and
+        // nothing else it does not serve).
+        let view = crate::view::view_for(&catalog, api, 1, "", crate::view::Discovery::OnDemand);
+        let names: Vec<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["oauth"]);
+        // A bare name is the workload's own namespace.
+        let bare = INTROSPECTED
+            .replace("service: idp/oauth", "service: oauth")
+            .replace(
+                "namespace: idp\n    addresses",
+                "namespace: shop\n    addresses",
+            );
+        let catalog = parse_source("s.yaml", &bare, "cluster.local").unwrap();
+        let api = catalog.workload_for_token("api-token").unwrap();
+        let x = (api.inbound.ports[&8080].jwt.as_ref())
+            .and_then(|j| j.introspection.as_ref())
+            .unwrap();
+        assert_eq!(x.service, "shop/oauth");
+    }
+
+    #[test]
+    fn bad_introspection_is_refused_at_its_line() {
+        let cases = [
+            (
+                INTROSPECTED.replace("service: idp/oauth", "service: idp/nothing"),
+                "jwt.introspection.service: no service named `idp/nothing`",
+                12,
+            ),
+            (
+                INTROSPECTED.replace("port: 9000\n", "port: 9001\n"),
+                "jwt.introspection.port: service `idp/oauth` has no port 9001 (it offers 9000)",
+                13,
+            ),
+            (
+                INTROSPECTED.replace("cache_ttl: 10s", "cache_ttl: 1h"),
+                "jwt.introspection.cache_ttl: cache_ttl must be at most 600s",
+                15,
+            ),
+            (
+                INTROSPECTED.replace("cache_ttl: 10s", "timeout: 0s"),
+                "jwt.introspection.timeout: timeout must be more than 0s",
+                15,
+            ),
+            (
+                INTROSPECTED.replace("service: idp/oauth", "service: Idp/oauth"),
+                "jwt.introspection.service: \"Idp/oauth\" must be written namespace/name",
+                12,
+            ),
+        ];
+        for (text, want, line) in cases {
+            let e = refused(&text);
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(e.line(), Some(line), "{e}");
+        }
+    }
 
     fn refused(text: &str) -> SourceError {
         parse_source("s.yaml", text, "cluster.local").unwrap_err()

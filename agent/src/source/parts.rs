@@ -208,6 +208,13 @@ fn uses(file: &SourceFile) -> Vec<Name> {
         }
     }
     for w in &file.workloads {
+        let ports = w.inbound.ports.values().filter_map(|p| p.jwt.as_ref());
+        let hosts = (w.gateway.iter().flat_map(|g| &g.hosts)).filter_map(|h| h.jwt.as_ref());
+        for x in ports.chain(hosts).filter_map(|j| j.introspection.as_ref()) {
+            let service = x.service_in(&w.namespace.0);
+            let (ns, name) = service.split_once('/').unwrap_or_default();
+            names.push(Name::Service(ns.to_string(), name.to_string()));
+        }
         let routes = (w.gateway.iter().flat_map(|g| &g.hosts)).flat_map(|h| &h.routes);
         for b in routes
             .flat_map(|r| r.sent_to())

@@ -4,7 +4,6 @@
 //! part took it, and an endpoint may name a workload of another part.
 
 use super::catalog::{Catalog, Origin, Workload};
-use super::jwt::JwtSpec;
 use super::model::{EndpointSpec, GatewaySpec, Name, ServiceSpec, SourceFile, WorkloadSpec};
 use super::path::EntryPath;
 use super::routes;
@@ -239,7 +238,7 @@ fn workload(spec: &WorkloadSpec, at: &EntryPath, td: &str) -> Result<Workload, S
     for (port, p) in &spec.inbound.ports {
         let at = at.key("inbound").key("ports").key(port.0);
         let server = routes::server_policy(&p.routes, &at).map_err(|(path, why)| err(path, why))?;
-        let jwt = p.jwt.as_ref().map(JwtSpec::to_policy);
+        let jwt = p.jwt.as_ref().map(|j| j.to_policy(&spec.namespace.0));
         validate_port_auth(jwt.as_ref(), &server)
             .map_err(|e| err(routes::join(&at, &e.path), e.problem.to_string()))?;
         let policy = PortPolicy {
@@ -295,7 +294,7 @@ fn gateway(
         hosts.push(GatewayHost {
             hostnames: host.hostnames.clone(),
             routes,
-            jwt: host.jwt.as_ref().map(JwtSpec::to_policy),
+            jwt: host.jwt.as_ref().map(|j| j.to_policy(namespace)),
             server: ServerPolicy {
                 routes: host
                     .server_routes
@@ -318,6 +317,7 @@ fn gateway(
 /// Every gateway route backend of `part` must name a service with the port it names.
 pub fn check_gateway_backends(part: &str, catalog: &Catalog) -> Result<(), SemanticError> {
     for (i, workload) in catalog.workloads_of(part).enumerate() {
+        check_introspection(workload, &EntryPath::root("workloads").index(i), catalog)?;
         let Some(gateway) = &workload.gateway else {
             continue;
         };
@@ -357,6 +357,43 @@ pub fn check_gateway_backends(part: &str, catalog: &Catalog) -> Result<(), Seman
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Every introspection endpoint of `workload` (at `at`) must name a service with
+/// the port it names.
+fn check_introspection(
+    workload: &Workload,
+    at: &EntryPath,
+    catalog: &Catalog,
+) -> Result<(), SemanticError> {
+    for (path, x) in workload.introspections() {
+        let at = routes::join(at, &path);
+        let Some((ns, name)) = x.service_name() else {
+            continue;
+        };
+        match catalog.service_named(ns, name) {
+            None => {
+                return Err(err(
+                    at.key("service"),
+                    format!("no service named `{}`", x.service),
+                ))
+            }
+            Some((_, s)) if !s.ports.iter().any(|p| p.port == x.port) => {
+                let offered: Vec<String> = s.ports.iter().map(|p| p.port.to_string()).collect();
+                return Err(err(
+                    at.key("port"),
+                    format!(
+                        "service `{}` has no port {} (it offers {})",
+                        x.service,
+                        x.port,
+                        offered.join(", ")
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
     }
     Ok(())

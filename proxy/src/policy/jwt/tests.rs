@@ -46,6 +46,7 @@ fn authenticator(edit: impl FnOnce(&mut JwtProvider)) -> Authenticator {
     edit(&mut p);
     Authenticator::new(&JwtPolicy {
         providers: vec![p],
+        introspection: None,
         required: true,
     })
     .unwrap()
