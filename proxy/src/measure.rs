@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use http::HeaderMap;
 use pillion_api::jwt::JwtPolicy;
 
-use crate::policy::jwt::{unix_now, Authenticator, ClaimRules};
+use crate::policy::jwt::{unix_now, Authenticator, Checked, ClaimRules};
 
 /// A port's token check with one route's claims, as the inbound path runs it.
 pub struct TokenCheck {
@@ -30,8 +30,10 @@ impl TokenCheck {
     /// headers); the refusal's reason when it does not pass.
     pub fn check(&self, headers: &mut HeaderMap) -> Result<(), &'static str> {
         let required = true;
-        self.auth
-            .authenticate(required, &self.claims, headers, unix_now())
-            .map_err(|r| r.reason())
+        match (self.auth).authenticate(required, &self.claims, headers, unix_now()) {
+            Ok(Checked::Done) => Ok(()),
+            Ok(Checked::Ask(_)) => Err("the token would be asked about at the endpoint"),
+            Err(refusal) => Err(refusal.reason()),
+        }
     }
 }

@@ -27,9 +27,10 @@ use super::host::request_host;
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::ResponseBody;
-use crate::http::errors::{api_key_refused, rate_limited, unauthenticated, HttpError};
+use crate::http::errors::{api_key_refused, rate_limited, HttpError};
 use crate::http::hop::{self, strip_own_headers};
 use crate::http::server;
+use crate::inbound::token;
 use crate::outbound::http::OutboundConn;
 use crate::policy::api_key::KeyRefusal;
 use crate::state::gateway::HostKeys;
@@ -214,11 +215,12 @@ impl GatewayConn {
                 .response(&self.no_peer, response.status().as_u16(), start.elapsed());
             response
         };
-        if let Err(refusal) = policy.authenticate(route, &mut parts.headers) {
-            tracing::info!(route = %route.name, reason = refusal.reason(),
+        let checked = token::check(&self.inputs, &policy, route, &mut parts.headers, None);
+        if let Err(failure) = checked.await {
+            tracing::info!(route = %route.name, reason = %failure.reason(),
                 "gateway request refused: end-user token");
             route.metrics.action(Action::TokenRefused);
-            return refuse(unauthenticated(refusal));
+            return refuse(failure.response());
         }
         if let Some(limiter) = &route.limiter {
             let key = limiter.key(Some(&self.client), &parts.headers);

@@ -118,6 +118,16 @@ pub(crate) enum HttpError {
     /// The upstream's answer could not be read or rewritten.
     #[error("the upstream's answer cannot be transformed: {0}")]
     BadAnswer(String),
+    /// The token introspection endpoint gave no usable answer, so the request's
+    /// token cannot be judged: 503 (unreachable), 504 (too slow) or 502 (a failure
+    /// or an answer that is not one).
+    #[error("token introspection failed: {reason}")]
+    Introspection {
+        /// The status the caller gets.
+        status: StatusCode,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl HttpError {
@@ -160,6 +170,7 @@ impl HttpError {
             HttpError::BadAnswer(_) | HttpError::PartFailed(_) => StatusCode::BAD_GATEWAY,
             HttpError::PartTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             HttpError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::Introspection { status, .. } => *status,
         }
     }
 
@@ -186,6 +197,7 @@ impl HttpError {
             HttpError::PartFailed(_) => "part-failed",
             HttpError::PartTimeout(_) => "part-timeout",
             HttpError::Method(_) => "method-not-allowed",
+            HttpError::Introspection { .. } => "introspection-failed",
         }
     }
 

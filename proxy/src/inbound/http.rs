@@ -23,12 +23,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::app::inputs::Inputs;
 use crate::detect::Protocol;
 use crate::http::body::{declared_len, RequestBody, ResponseBody};
-use crate::http::errors::{rate_limited, unauthenticated, HttpError};
+use crate::http::errors::{rate_limited, HttpError};
 use crate::http::hop::{
     self, strip_hop_by_hop, strip_own_headers, take_orig_proto, upgrade_requested,
 };
 use crate::http::tee::CallerBody;
 use crate::http::{server, upgrade};
+use crate::inbound::token;
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
 use crate::state::inbound::InboundPort;
 use crate::telemetry::metrics::http::{no_peer, Action};
@@ -173,11 +174,18 @@ impl InboundConn {
             };
             return done(observer, HttpError::Forbidden(why).response());
         }
-        if let Err(refusal) = policy.authenticate(route, &mut parts.headers) {
+        let checked = token::check(
+            &self.inputs,
+            &policy,
+            route,
+            &mut parts.headers,
+            Some(&observer),
+        );
+        if let Err(failure) = checked.await {
             tracing::info!(port = self.target.port(), route = %route.name, peer = %self.peer_label,
-                reason = refusal.reason(), "request refused: end-user token");
+                reason = %failure.reason(), "request refused: end-user token");
             route.metrics.action(Action::TokenRefused);
-            return done(observer, unauthenticated(refusal));
+            return done(observer, failure.response());
         }
         if let Some(limiter) = &route.limiter {
             let key = limiter.key(peer, &parts.headers);

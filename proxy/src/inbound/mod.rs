@@ -20,6 +20,7 @@
 pub(crate) mod admit;
 pub(crate) mod http;
 pub(crate) mod target;
+pub(crate) mod token;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

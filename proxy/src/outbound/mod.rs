@@ -21,6 +21,7 @@
 pub(crate) mod aggregate;
 pub(crate) mod cache;
 pub(crate) mod http;
+pub(crate) mod introspect;
 pub(crate) mod mirror;
 pub(crate) mod retry;
 pub(crate) mod tcp;

@@ -16,6 +16,15 @@
 //! - a route's claim rules need every named claim to hold one listed value (403
 //!   `insufficient_scope` otherwise).
 //!
+//! # Opaque tokens
+//!
+//! With an introspection endpoint (RFC 7662, [`introspect`]), a token that is not a
+//! JWT, or a JWT no provider's key verifies, is asked about instead of refused:
+//! [`Authenticator::authenticate`] hands back an [`Ask`], the caller posts it
+//! through the mesh, and [`Authenticator::settle`] judges the answer like claims.
+//! A JWT a provider's key verifies is never asked about, so a token the main path
+//! refuses for its claims (expired, wrong audience) cannot pass by another path.
+//!
 //! # The cache
 //!
 //! A verified token is kept (bounded by bytes, shared by the port's connections)
@@ -33,6 +42,10 @@ use pillion_api::jwt::{
     parse_jwks, JwtPolicy, JwtProvider, TokenSource, VerifyKey, MAX_TOKEN_BYTES,
 };
 use serde_json::{Map, Value};
+
+pub(crate) mod introspect;
+
+pub(crate) use introspect::{Endpoint, Judged};
 
 /// Bytes of tokens and claims the cache of one port keeps.
 const CACHE_BYTES: u64 = 4 << 20;
@@ -83,11 +96,25 @@ impl Refusal {
     }
 }
 
+/// The reason given for a token that is neither a JWT nor asked about.
+const MALFORMED: &str = "the token is malformed";
+/// The reason given for a JWT no provider's key verifies.
+const NO_KEY: &str = "no trusted key verifies the token";
+
+/// Who vouched for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum By {
+    /// The provider of this index, whose key verified its signature.
+    Provider(usize),
+    /// The introspection endpoint, which said it is active.
+    Introspection,
+}
+
 /// What a verified token says, read once per token.
 #[derive(Debug)]
 pub(crate) struct Verified {
-    /// Index of the provider whose key verified it.
-    provider: usize,
+    /// Who vouched for it.
+    by: By,
     exp: u64,
     nbf: Option<u64>,
     claims: Map<String, Value>,
@@ -115,6 +142,8 @@ pub(crate) struct Token<'a, 'h> {
 /// The end-user authentication of one port, compiled from its [`JwtPolicy`].
 pub(crate) struct Authenticator {
     providers: Box<[Provider]>,
+    /// Where tokens no provider verifies are asked about.
+    introspection: Option<introspect::Introspector>,
     required: bool,
     /// Every provider's claim headers: removed from each request first.
     strip: Box<[HeaderName]>,
@@ -125,6 +154,7 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("providers", &self.providers.len())
+            .field("introspection", &self.introspection.is_some())
             .field("required", &self.required)
             .finish_non_exhaustive()
     }
@@ -168,7 +198,6 @@ impl Authenticator {
     /// unusable (the caller then refuses every token: fail closed).
     pub(crate) fn new(policy: &JwtPolicy) -> Result<Authenticator, JwtError> {
         let unusable = |e: &dyn std::fmt::Display| JwtError::Unusable(e.to_string());
-        let header = |name: &str| HeaderName::from_bytes(name.as_bytes()).map_err(|e| unusable(&e));
         let mut providers = Vec::with_capacity(policy.providers.len());
         for p in &policy.providers {
             let keys = parse_jwks(&p.jwks).map_err(|e| unusable(&e))?;
@@ -179,22 +208,8 @@ impl Authenticator {
                     (k, checks)
                 })
                 .collect();
-            let sources = p
-                .sources()
-                .into_iter()
-                .map(|s| match s {
-                    TokenSource::Header { name, prefix } => Ok(Source::Header {
-                        name: header(&name)?,
-                        prefix: prefix.map(Box::from),
-                    }),
-                    TokenSource::Cookie(name) => Ok(Source::Cookie(name.into())),
-                })
-                .collect::<Result<_, JwtError>>()?;
-            let claim_headers = p
-                .claim_headers
-                .iter()
-                .map(|(claim, name)| Ok((ClaimPath::new(claim), header(name)?)))
-                .collect::<Result<_, JwtError>>()?;
+            let sources = compile_sources(&p.sources())?;
+            let claim_headers = compile_claim_headers(&p.claim_headers)?;
             providers.push(Provider {
                 keys,
                 sources,
@@ -205,10 +220,15 @@ impl Authenticator {
         }
         let strip = policy
             .claim_header_names()
-            .map(header)
+            .map(header_name)
             .collect::<Result<_, _>>()?;
+        let introspection = match &policy.introspection {
+            Some(x) => Some(introspect::Introspector::new(x)?),
+            None => None,
+        };
         Ok(Authenticator {
             providers: providers.into_boxed_slice(),
+            introspection,
             required: policy.required,
             strip,
             cache: quick_cache::sync::Cache::with_weighter(CACHE_TOKENS, CACHE_BYTES, Weight),
@@ -230,14 +250,24 @@ impl Authenticator {
     /// The request's token, if any: the first place of the first provider that has
     /// one. A header sent twice is refused rather than picked from.
     fn find<'a, 'h>(&'a self, headers: &'h HeaderMap) -> Result<Option<Token<'a, 'h>>, Refusal> {
-        for provider in &*self.providers {
-            for source in &*provider.sources {
+        let introspected = self.introspection.iter().map(|x| &x.sources);
+        let places = (self.providers.iter().map(|p| &p.sources)).chain(introspected);
+        for sources in places {
+            for source in &**sources {
                 if let Some(token) = source.find(headers)? {
                     return Ok(Some(token));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// The clock skew allowed to whoever vouched for a token.
+    fn skew(&self, by: By) -> u64 {
+        match by {
+            By::Provider(i) => self.providers.get(i).map_or(0, |p| p.skew),
+            By::Introspection => self.introspection.as_ref().map_or(0, |x| x.skew),
+        }
     }
 
     /// Verifies `token` (from the cache when it was verified before) at unix time
@@ -247,26 +277,19 @@ impl Authenticator {
             return Err(Refusal::Invalid("the token is too long"));
         }
         if let Some(hit) = self.cache.get(token) {
-            let skew = self.providers.get(hit.provider).map_or(0, |p| p.skew);
-            check_times(hit.exp, hit.nbf, skew, now)?;
+            check_times(hit.exp, hit.nbf, self.skew(hit.by), now)?;
             return Ok(hit);
         }
         let verified = Arc::new(self.verify_signature(token)?);
-        check_times(
-            verified.exp,
-            verified.nbf,
-            self.providers[verified.provider].skew,
-            now,
-        )?;
+        check_times(verified.exp, verified.nbf, self.skew(verified.by), now)?;
         self.cache.insert(Box::from(token), Arc::clone(&verified));
         Ok(verified)
     }
 
     /// The signature and claims check, done once per token.
     fn verify_signature(&self, token: &str) -> Result<Verified, Refusal> {
-        let header =
-            decode_header(token).map_err(|_| Refusal::Invalid("the token is malformed"))?;
-        let mut refusal = Refusal::Invalid("no trusted key verifies the token");
+        let header = decode_header(token).map_err(|_| Refusal::Invalid(MALFORMED))?;
+        let mut refusal = Refusal::Invalid(NO_KEY);
         for (index, provider) in self.providers.iter().enumerate() {
             for (key, checks) in &*provider.keys {
                 if header.kid.is_some() && key.kid.is_some() && header.kid != key.kid {
@@ -296,22 +319,58 @@ impl Authenticator {
 
     /// A request's whole check at unix time `now`: the caller's claim headers go,
     /// the token is found and verified (a token that is sent must verify, `required`
-    /// or not), `claims` are checked, and the claim headers are set.
+    /// or not), `claims` are checked, and the claim headers are set. A token only
+    /// the introspection endpoint can judge, and that the cache does not know, is
+    /// handed back to be asked about ([`Checked::Ask`]).
     pub(crate) fn authenticate(
         &self,
         required: bool,
         claims: &ClaimRules,
         headers: &mut HeaderMap,
         now: u64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Checked<'_>, Refusal> {
         self.strip_claim_headers(headers);
-        let (verified, at) = match self.find(headers)? {
+        let token = match self.find(headers)? {
             None if required => return Err(Refusal::Missing),
-            None => return Ok(()),
-            Some(token) => (self.verify(token.text(), now)?, token.at()),
+            None => return Ok(Checked::Done),
+            Some(token) => token,
+        };
+        let at = token.at();
+        let verified = match (self.verify(token.text(), now), &self.introspection) {
+            (Ok(verified), _) => verified,
+            // Not a JWT, or one no provider's key signed: the endpoint's to judge.
+            (Err(Refusal::Invalid(MALFORMED | NO_KEY)), Some(x)) => {
+                match x.cached(token.text(), now) {
+                    Some(known) => known?,
+                    None => {
+                        return Ok(Checked::Ask(Ask {
+                            token: Box::from(token.text()),
+                            at,
+                            introspector: x,
+                        }))
+                    }
+                }
+            }
+            (Err(refusal), _) => return Err(refusal),
         };
         claims.check(&verified)?;
         self.apply(&verified, at, headers);
+        Ok(Checked::Done)
+    }
+
+    /// Finishes a check [`Authenticator::authenticate`] handed back, with the
+    /// endpoint's `answer` (the body of its `200`).
+    pub(crate) fn settle(
+        &self,
+        ask: Ask<'_>,
+        answer: &[u8],
+        claims: &ClaimRules,
+        headers: &mut HeaderMap,
+        now: u64,
+    ) -> Result<(), Judged> {
+        let verified = ask.introspector.judge(&ask.token, answer, now)?;
+        claims.check(&verified).map_err(Judged::Refused)?;
+        self.apply(&verified, ask.at, headers);
         Ok(())
     }
 
@@ -321,10 +380,10 @@ impl Authenticator {
         for (name, value) in &*verified.headers {
             headers.insert(name.clone(), value.clone());
         }
-        let forward = self
-            .providers
-            .get(verified.provider)
-            .is_none_or(|p| p.forward_token);
+        let forward = match verified.by {
+            By::Provider(i) => self.providers.get(i).is_none_or(|p| p.forward_token),
+            By::Introspection => (self.introspection.as_ref()).is_none_or(|x| x.forward_token),
+        };
         if !forward {
             remove_token(at, headers);
         }
@@ -358,7 +417,7 @@ fn claim_failure(kind: &ErrorKind) -> Option<&'static str> {
         ErrorKind::InvalidIssuer => "the token's issuer is not trusted here",
         ErrorKind::InvalidAudience => "the token's audience is not accepted here",
         ErrorKind::MissingRequiredClaim(_) => "the token lacks exp, iss or aud",
-        ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::Base64(_) => "the token is malformed",
+        ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::Base64(_) => MALFORMED,
         _ => return None,
     })
 }
@@ -385,25 +444,114 @@ impl Provider {
     /// What the proxy keeps of a token whose signature and claims held.
     fn read(&self, index: usize, claims: Map<String, Value>, token_len: usize) -> Verified {
         let seconds = |name: &str| claims.get(name).and_then(Value::as_u64);
-        let headers: Box<[_]> = self
-            .claim_headers
+        let (exp, nbf) = (seconds("exp").unwrap_or(0), seconds("nbf"));
+        let vouched = Vouched {
+            by: By::Provider(index),
+            exp,
+            nbf,
+            claims,
+        };
+        vouched.read(&self.claim_headers, token_len)
+    }
+}
+
+/// A token someone vouched for, before its claim headers are made.
+struct Vouched {
+    by: By,
+    exp: u64,
+    nbf: Option<u64>,
+    claims: Map<String, Value>,
+}
+
+impl Vouched {
+    /// What the proxy keeps: the claims and their `claim_headers`, weighed with a
+    /// key of `key_len` bytes.
+    fn read(self, claim_headers: &[(ClaimPath, HeaderName)], key_len: usize) -> Verified {
+        let claims = self.claims;
+        let headers: Box<[_]> = claim_headers
             .iter()
             .filter_map(|(path, name)| {
                 let text = header_text(path.get(&claims)?)?;
                 Some((name.clone(), HeaderValue::from_str(&text).ok()?))
             })
             .collect();
-        let weight = token_len as u64
+        let weight = key_len as u64
             + serde_json::to_string(&claims).map_or(0, |s| s.len() as u64)
             + headers.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
         Verified {
-            provider: index,
-            exp: seconds("exp").unwrap_or(0),
-            nbf: seconds("nbf"),
+            by: self.by,
+            exp: self.exp,
+            nbf: self.nbf,
             claims,
             headers,
             weight,
         }
+    }
+}
+
+/// The places tokens are read from, compiled.
+fn compile_sources(sources: &[TokenSource]) -> Result<Box<[Source]>, JwtError> {
+    sources
+        .iter()
+        .map(|s| match s {
+            TokenSource::Header { name, prefix } => Ok(Source::Header {
+                name: header_name(name)?,
+                prefix: prefix.as_deref().map(Box::from),
+            }),
+            TokenSource::Cookie(name) => Ok(Source::Cookie(name.as_str().into())),
+        })
+        .collect()
+}
+
+/// The claims copied to headers, compiled.
+fn compile_claim_headers(
+    claim_headers: &std::collections::BTreeMap<String, String>,
+) -> Result<Box<[(ClaimPath, HeaderName)]>, JwtError> {
+    claim_headers
+        .iter()
+        .map(|(claim, name)| Ok((ClaimPath::new(claim), header_name(name)?)))
+        .collect()
+}
+
+fn header_name(name: &str) -> Result<HeaderName, JwtError> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|e| JwtError::Unusable(e.to_string()))
+}
+
+/// What [`Authenticator::authenticate`] leaves to do.
+#[must_use]
+#[derive(Debug)]
+pub(crate) enum Checked<'a> {
+    /// The request may go on.
+    Done,
+    /// The token must be asked about first, then [`Authenticator::settle`]d.
+    Ask(Ask<'a>),
+}
+
+/// A token to ask the introspection endpoint about.
+pub(crate) struct Ask<'a> {
+    token: Box<str>,
+    at: Found<'a>,
+    introspector: &'a introspect::Introspector,
+}
+
+impl std::fmt::Debug for Ask<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Ask")
+            .field("at", &self.at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Ask<'a> {
+    /// The token to post.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Where to post it.
+    pub(crate) fn endpoint(&self) -> &'a Endpoint {
+        &self.introspector.endpoint
     }
 }
 

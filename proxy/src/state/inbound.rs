@@ -15,7 +15,7 @@ use pillion_api::policy::RateLimit;
 use pillion_api::view::{Mode, PortPolicy, Protocol, View};
 
 use crate::policy::authz::Authorizer;
-use crate::policy::jwt::{unix_now, Authenticator, ClaimRules, Refusal};
+use crate::policy::jwt::{unix_now, Ask, Authenticator, Checked, ClaimRules, Judged, Refusal};
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::route_match::RouteTable;
 use crate::telemetry::metrics::http::{HttpMetrics, RouteMetrics};
@@ -72,15 +72,33 @@ impl InboundPort {
         &self,
         route: &ServerRouteState,
         headers: &mut http::HeaderMap,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Checked<'_>, Refusal> {
         match &self.jwt {
-            PortJwt::Off => Ok(()),
+            PortJwt::Off => Ok(Checked::Done),
             PortJwt::Unusable => Err(Refusal::Invalid("this port's token keys are unusable")),
             PortJwt::On(auth) => {
                 let required =
                     !route.claims.is_empty() || route.jwt_required.unwrap_or(auth.required());
                 auth.authenticate(required, &route.claims, headers, unix_now())
             }
+        }
+    }
+
+    /// Finishes what [`InboundPort::authenticate`] handed back, with the
+    /// introspection endpoint's answer.
+    pub(crate) fn settle(
+        &self,
+        route: &ServerRouteState,
+        ask: Ask<'_>,
+        answer: &[u8],
+        headers: &mut http::HeaderMap,
+    ) -> Result<(), Judged> {
+        match &self.jwt {
+            PortJwt::On(auth) => auth.settle(ask, answer, &route.claims, headers, unix_now()),
+            // An ask comes from this port's authenticator: unreachable, and refused.
+            PortJwt::Off | PortJwt::Unusable => Err(Judged::Refused(Refusal::Invalid(
+                "this port's token keys are unusable",
+            ))),
         }
     }
 

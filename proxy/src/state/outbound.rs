@@ -279,6 +279,9 @@ pub(crate) struct OutboundTable {
     budgets: HashMap<RouteKey, (pillion_api::policy::RetryBudget, Arc<RetryBudget>)>,
     /// A gateway's hosts' routes, in the order of the view's hosts.
     gateway: Vec<Arc<PortRoutes>>,
+    /// The token introspection endpoints' service ports, by `namespace/name` and
+    /// port, with the address their calls are recorded as sent to.
+    introspection: HashMap<(Box<str>, u16), (Target, SocketAddr)>,
 }
 
 impl OutboundTable {
@@ -307,6 +310,12 @@ impl OutboundTable {
     /// The routes of the view's gateway hosts, in their order.
     pub(crate) fn gateway_routes(&self) -> &[Arc<PortRoutes>] {
         &self.gateway
+    }
+
+    /// The service port a token introspection endpoint names, and the address its
+    /// calls are recorded as sent to.
+    pub(crate) fn introspection(&self, service: &str, port: u16) -> Option<&(Target, SocketAddr)> {
+        self.introspection.get(&(Box::from(service), port))
     }
 
     /// How many destinations the table knows.
@@ -351,6 +360,9 @@ impl OutboundTable {
         compiler.used = None;
         let hosts = view.gateway.iter().flat_map(|g| &g.hosts);
         let gateway = hosts.map(|host| compiler.gateway_host(host)).collect();
+        for x in view.introspections() {
+            compiler.introspection(&x.service, x.port);
+        }
         table.gateway = gateway;
         for (addr, used) in &resolved.outside {
             let addr = SocketAddr::new(canonical(addr.ip()), addr.port());
@@ -429,6 +441,49 @@ impl Compiler<'_> {
                     used,
                 });
         }
+    }
+
+    /// A token introspection endpoint's service port: the target its address reaches
+    /// (its routes, shared), or, for a service without one, its routes compiled here.
+    fn introspection(&mut self, wanted: &str, port: u16) {
+        let key = (Box::from(wanted), port);
+        if self.table.introspection.contains_key(&key) {
+            return;
+        }
+        let services = self.services;
+        let found = services.iter().find_map(|&(s, _)| {
+            (service_name(s) == wanted)
+                .then(|| s.ports.iter().find(|p| p.port == port).map(|p| (s, p)))
+                .flatten()
+        });
+        let Some((service, service_port)) = found else {
+            tracing::warn!(service = %wanted, port, "introspection service not in the view; opaque tokens get 503");
+            return;
+        };
+        let by_address = (service.addresses.iter())
+            .map(|vip| SocketAddr::new(canonical(*vip), port))
+            .find_map(|addr| match self.table.targets.get(&addr) {
+                Some(Entry {
+                    destination: Destination::Service(target),
+                    ..
+                }) => Some((target.clone(), addr)),
+                _ => None,
+            });
+        let found = match by_address {
+            Some(found) => found,
+            None => {
+                let endpoints = self.endpoints_of(service, service_port);
+                let addr =
+                    (endpoints.first()).map_or(SocketAddr::from(([0, 0, 0, 0], port)), |e| e.addr);
+                let routes = self.port_routes(service, service_port, &endpoints, false);
+                let target = Target {
+                    port: routes,
+                    pinned: None,
+                };
+                (target, addr)
+            }
+        };
+        self.table.introspection.insert(key, found);
     }
 
     /// The routes of a service port over its `endpoints` (a gateway host's are a port

@@ -399,3 +399,51 @@ fn refusals_answer_as_rfc_6750_says() {
         assert!(!refusal.reason().contains(['"', '\\']));
     }
 }
+
+/// With an introspection endpoint beside a provider, only what the provider cannot
+/// judge is asked about: a JWT its key verifies is judged by its claims alone, so an
+/// expired or foreign-audience token never gets a second chance elsewhere.
+#[test]
+fn only_what_no_provider_can_judge_is_asked_about() {
+    let policy: JwtPolicy = serde_json::from_value(json!({
+        "providers": [serde_json::to_value(provider()).unwrap()],
+        "introspection": {"service": "idp/oauth", "port": 9000}
+    }))
+    .unwrap();
+    let auth = Authenticator::new(&policy).unwrap();
+    let t = now();
+    let ask = |token: &str| {
+        let mut headers = bearer(token);
+        let checked = auth.authenticate(true, &ClaimRules::default(), &mut headers, t as u64);
+        match checked {
+            Ok(Checked::Done) => Ok(false),
+            Ok(Checked::Ask(ask)) => {
+                assert_eq!(ask.token(), token);
+                Ok(true)
+            }
+            Err(refusal) => Err(refusal),
+        }
+    };
+    assert_eq!(ask(&sign(ES256, json!({}))), Ok(false));
+    assert_eq!(
+        ask(&sign(ES256, json!({"exp": t - 3600}))),
+        Err(Refusal::Invalid("the token has expired"))
+    );
+    assert_eq!(
+        ask(&sign(ES256, json!({"aud": "bank"}))),
+        Err(Refusal::Invalid(
+            "the token's audience is not accepted here"
+        ))
+    );
+    // Signed by a key the provider does not hold, or not a JWT at all: asked.
+    let foreign = stranger()
+        .sign(ES256, &stranger().claims(AUD, json!({})))
+        .unwrap();
+    assert_eq!(ask(&foreign), Ok(true));
+    assert_eq!(ask("2YotnFZFEjr1zCsicMWpAA"), Ok(true));
+    // A token too long to verify is too long to ask about.
+    assert_eq!(
+        ask(&"a".repeat(MAX_TOKEN_BYTES + 1)),
+        Err(Refusal::Invalid("the token is too long"))
+    );
+}
