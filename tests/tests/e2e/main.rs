@@ -18,6 +18,7 @@ mod h2_edges;
 mod harness;
 mod http_mesh;
 mod init_rules;
+mod introspection;
 mod jwt;
 mod loopback;
 mod mesh_agent;
