@@ -39,6 +39,9 @@ pub const SERVER_FIRST_AFTER: Duration = Duration::from_millis(250);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight connections may drain after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long browsers keep to HTTPS for a gateway's hosts (`Strict-Transport-Security`
+/// `max-age`): a year, the common preload minimum.
+pub const GATEWAY_HSTS: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Bytes of answers one proxy keeps for the routes with a `cache:`, all together.
 pub const RESPONSE_CACHE_BYTES: u64 = 64 << 20;
 /// How long a proxy with on-demand discovery keeps a destination nobody uses.

@@ -155,6 +155,12 @@ pub(crate) struct Args {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub gateway_redirect_port: u16,
 
+    /// How long browsers must keep to HTTPS for the gateway's hosts: sent as
+    /// `Strict-Transport-Security: max-age=…` on every HTTPS answer that has none
+    /// (never on a plaintext one); 0s sends none.
+    #[arg(long, env = "PILLION_GATEWAY_HSTS", default_value_t = HumaneDuration(defaults::GATEWAY_HSTS))]
+    pub gateway_hsts: HumaneDuration,
+
     /// The gateway's server certificates: directories each holding tls.crt (the
     /// chain, leaf first) and tls.key, as a mounted Kubernetes TLS Secret; the name a
     /// client asks for (SNI) picks one, and changed files are picked up while running.
@@ -185,6 +191,7 @@ impl Args {
                 https_addrs: self.gateway_https.clone(),
                 http_addrs: self.gateway_http.clone(),
                 redirect_port: self.gateway_redirect_port,
+                hsts: self.gateway_hsts.get(),
                 cert_dirs: self.gateway_certs.clone(),
             },
         }

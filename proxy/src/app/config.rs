@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     /// The HTTPS port visitors are redirected to: the public one (a Service's 443),
     /// not necessarily the one the listener binds.
     pub redirect_port: u16,
+    /// `Strict-Transport-Security`'s `max-age` on HTTPS answers (zero: none).
+    pub hsts: std::time::Duration,
     /// Directories each holding `tls.crt` (chain) and `tls.key` (its key), the
     /// layout of a mounted Kubernetes TLS Secret.
     pub cert_dirs: Vec<std::path::PathBuf>,
@@ -108,6 +110,7 @@ impl Default for GatewayConfig {
             https_addrs: Vec::new(),
             http_addrs: Vec::new(),
             redirect_port: 443,
+            hsts: pillion_api::defaults::GATEWAY_HSTS,
             cert_dirs: Vec::new(),
         }
     }

@@ -137,6 +137,7 @@ struct GatewayListeners {
     https_addrs: Vec<SocketAddr>,
     http_addrs: Vec<SocketAddr>,
     redirect_port: u16,
+    hsts: std::time::Duration,
     certs: Arc<Certs>,
 }
 
@@ -159,6 +160,7 @@ impl GatewayListeners {
             https,
             http,
             redirect_port: gateway.redirect_port,
+            hsts: gateway.hsts,
             certs,
         }))
     }
@@ -497,7 +499,7 @@ fn serve_gateway(
     let stop = shared.drain.clone();
     tokio::spawn(Arc::clone(&gateway.certs).watch(async move { stop.started().await }));
     let redirect = Arc::new(Redirect::new(Arc::clone(&inputs), gateway.redirect_port));
-    let stack = match Gateway::new(inputs, gateway.certs) {
+    let stack = match Gateway::new(inputs, gateway.certs, gateway.hsts) {
         Ok(stack) => Arc::new(stack),
         Err(error) => {
             tracing::error!(%error, "the gateway's TLS configuration cannot be built; the gateway listeners stay closed");

@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, FORWARDED, HOST};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, COOKIE, FORWARDED, HOST, STRICT_TRANSPORT_SECURITY,
+};
 use http::request::Parts;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
@@ -29,7 +31,7 @@ use crate::detect::Protocol;
 use crate::http::body::ResponseBody;
 use crate::http::errors::{api_key_refused, rate_limited, HttpError};
 use crate::http::hop::{self, strip_own_headers};
-use crate::http::server;
+use crate::http::{grpc, server};
 use crate::inbound::token;
 use crate::outbound::http::OutboundConn;
 use crate::policy::api_key::KeyRefusal;
@@ -117,6 +119,7 @@ pub(crate) async fn serve<IO>(
     protocol: Protocol,
     (client, local): (SocketAddr, SocketAddr),
     cert: Option<Arc<ServerCert>>,
+    hsts: Option<HeaderValue>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -126,13 +129,22 @@ pub(crate) async fn serve<IO>(
         outbound: OutboundConn::new(Arc::clone(&inputs), local),
         inputs,
         cert,
+        hsts,
         forwarded_for: HeaderValue::from_str(&address).ok(),
         client: Arc::from(address.as_str()),
         no_peer: no_peer(),
     });
     let service = service_fn(move |req| {
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        let grpc = hop::is_grpc(req.headers());
+        async move {
+            let mut response = grpc::for_caller(grpc, conn.handle(req).await);
+            if let Some(hsts) = &conn.hsts {
+                (response.headers_mut().entry(STRICT_TRANSPORT_SECURITY))
+                    .or_insert_with(|| hsts.clone());
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     server::serve(io, protocol, service, shutdown).await;
 }
@@ -142,6 +154,8 @@ struct GatewayConn {
     inputs: Arc<Inputs>,
     outbound: OutboundConn,
     cert: Option<Arc<ServerCert>>,
+    /// `Strict-Transport-Security` for answers without one.
+    hsts: Option<HeaderValue>,
     /// The visitor's address: the key of limits by `client_identity` at the edge.
     client: Arc<str>,
     /// The same, as the `X-Forwarded-For` the application gets.

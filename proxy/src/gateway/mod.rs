@@ -34,6 +34,8 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 pub(crate) struct Gateway {
     inputs: Arc<Inputs>,
     certs: Arc<Certs>,
+    /// `Strict-Transport-Security` for every answer, if any.
+    hsts: Option<::http::HeaderValue>,
     acceptor: TlsAcceptor,
 }
 
@@ -44,17 +46,26 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// The stack over `certs` (TLS 1.2 and 1.3, the mesh's crypto provider).
-    pub(crate) fn new(inputs: Arc<Inputs>, certs: Arc<Certs>) -> Result<Gateway, rustls::Error> {
+    /// The stack over `certs` (TLS 1.2 and 1.3, the mesh's crypto provider),
+    /// telling browsers to keep to HTTPS for `hsts` (zero: not at all).
+    pub(crate) fn new(
+        inputs: Arc<Inputs>,
+        certs: Arc<Certs>,
+        hsts: std::time::Duration,
+    ) -> Result<Gateway, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&certs) as Arc<dyn rustls::server::ResolvesServerCert>);
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        let hsts = (!hsts.is_zero())
+            .then(|| format!("max-age={}", hsts.as_secs()))
+            .and_then(|v| ::http::HeaderValue::from_str(&v).ok());
         Ok(Gateway {
             inputs,
             certs,
+            hsts,
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })
     }
@@ -93,6 +104,7 @@ impl Stack for Gateway {
             (protocol, self.certs.loaded().pick(sni.as_deref()).cloned())
         };
         let addrs = (info.client, info.local);
-        http::serve(Arc::clone(&self.inputs), tls, protocol, addrs, cert).await;
+        let hsts = self.hsts.clone();
+        http::serve(Arc::clone(&self.inputs), tls, protocol, addrs, cert, hsts).await;
     }
 }

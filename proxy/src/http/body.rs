@@ -110,6 +110,14 @@ impl ResponseBody {
         ResponseBody::Local((!bytes.is_empty()).then_some(bytes))
     }
 
+    /// Makes the body empty, its telemetry kept (an answer sent trailers-only).
+    pub(crate) fn empty(&mut self) {
+        match self {
+            ResponseBody::Observed(body) => body.inner_mut().empty(),
+            other => *other = ResponseBody::Local(None),
+        }
+    }
+
     /// `response` with its telemetry finishing when its body ends; unchanged (no
     /// wrapping, no cost) when the observer records nothing.
     pub(crate) fn observed(

@@ -207,14 +207,21 @@ impl HttpError {
     }
 }
 
+/// The text of an answer the proxy made (`pillion: <reason>`), kept beside its
+/// body for a gRPC caller, who gets it as `grpc-message` instead.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalReason(pub bytes::Bytes);
+
 /// A short text response made by the proxy.
 pub(crate) fn local_response(
     status: StatusCode,
     code: &'static str,
     reason: &dyn fmt::Display,
 ) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::local(format!("pillion: {reason}\n")));
+    let text = bytes::Bytes::from(format!("pillion: {reason}\n"));
+    let mut response = Response::new(ResponseBody::local(text.clone()));
     *response.status_mut() = status;
+    response.extensions_mut().insert(LocalReason(text));
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,

@@ -3,7 +3,7 @@
 //! idle HTTP/2 connections with [`idle`]), the
 //! body types ([`body`], with [`replay`] for retries), what changes about a message
 //! as it crosses the proxy ([`hop`]: hop-by-hop headers, the mesh hop's version
-//! header, the absolute URI sent upstream), the proxy's own answers ([`errors`]) and
+//! header, the absolute URI sent upstream), the proxy's own answers ([`errors`], and to gRPC callers [`grpc`]) and
 //! upgrades and `CONNECT` ([`upgrade`]).
 //!
 //! A request's path lives with its direction: [`crate::outbound::http`] (route, limit,
@@ -16,6 +16,7 @@
 
 pub(crate) mod body;
 pub(crate) mod errors;
+pub(crate) mod grpc;
 pub(crate) mod hop;
 pub(crate) mod idle;
 pub(crate) mod replay;

@@ -28,7 +28,7 @@ use crate::http::hop::{
     self, strip_hop_by_hop, strip_own_headers, take_orig_proto, upgrade_requested,
 };
 use crate::http::tee::CallerBody;
-use crate::http::{server, upgrade};
+use crate::http::{grpc, server, upgrade};
 use crate::inbound::token;
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
 use crate::state::inbound::InboundPort;
@@ -87,9 +87,13 @@ pub(crate) async fn serve<IO>(
         peer,
         policy: ArcSwapOption::empty(),
     });
+    // A peer proxy gets the proxy's answers in HTTP (its retries read them, and it
+    // answers its own gRPC caller); anyone else gets them as gRPC asks.
+    let to_caller = conn.peer.is_none();
     let service = service_fn(move |req| {
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        let grpc = to_caller && hop::is_grpc(req.headers());
+        async move { Ok::<_, Infallible>(grpc::for_caller(grpc, conn.handle(req).await)) }
     });
     server::serve(io, protocol, service, shutdown).await;
 }

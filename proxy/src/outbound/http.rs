@@ -31,7 +31,7 @@ use crate::http::body::{declared_len, ResponseBody};
 use crate::http::errors::{fault_response, rate_limited, HttpError};
 use crate::http::hop::{self, strip_hop_by_hop, strip_own_headers, upgrade_requested};
 use crate::http::tee::CallerBody;
-use crate::http::{server, upgrade};
+use crate::http::{grpc, server, upgrade};
 use crate::policy::fault::Faults;
 use crate::policy::mirror::Admit;
 use crate::state::outbound::{RouteState, Target};
@@ -53,7 +53,8 @@ pub(crate) async fn serve<IO, F>(
     let conn = Arc::new(OutboundConn::new(inputs, orig_dst));
     let service = service_fn(move |req| {
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        let grpc = hop::is_grpc(req.headers());
+        async move { Ok::<_, Infallible>(grpc::for_caller(grpc, conn.handle(req).await)) }
     });
     server::serve(io, protocol, service, shutdown).await;
 }

@@ -184,6 +184,11 @@ pub struct ObservedBody<B> {
 }
 
 impl<B> ObservedBody<B> {
+    /// The body observed, to be replaced (an answer emptied on its way out).
+    pub(crate) fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
     fn finish(&mut self) {
         if let Some(mut observer) = self.observer.take() {
             observer.finish_mut(Some(self.status), self.bytes);

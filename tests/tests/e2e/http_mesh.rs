@@ -300,6 +300,26 @@ fn identity_authorization_ejection_updates_and_streams() {
             "{answer:?}"
         );
     }
+    // A gRPC caller gets the refusal as gRPC: x's own proxy turns the server proxy's
+    // 403 into a trailers-only PERMISSION_DENIED (HTTP/2, prior knowledge).
+    let grpc = pillion_tests::curl::to_service(
+        &x,
+        "/pkg.Service/Method",
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "@/dev/null",
+        ],
+    );
+    assert_eq!(grpc.status, 200, "{grpc:?}");
+    assert_eq!(grpc.header("grpc-status"), "7", "{grpc:?}");
+    assert_eq!(grpc.header("content-type"), "application/grpc", "{grpc:?}");
+    assert_eq!(grpc.header("pillion-error"), "forbidden", "{grpc:?}");
+    assert!(grpc.body.is_empty(), "trailers-only: {grpc:?}");
 
     // A per-caller server limit (enforced by b1's proxy; the route pins b1): the
     // greedy caller is limited, the other is not.
@@ -367,7 +387,8 @@ fn identity_authorization_ejection_updates_and_streams() {
     assert!(m.value("pillion_http_requests_total", &inbound(CLIENT_ID)) >= 20.0);
     let mut refused = inbound(INTRUDER_ID).to_vec();
     refused.push(("status_code", "403"));
-    assert_eq!(m.value("pillion_http_responses_total", &refused), 2.0);
+    // Two HTTP refusals and the gRPC one: metrics keep the status the proxy decided.
+    assert_eq!(m.value("pillion_http_responses_total", &refused), 3.0);
 
     // A route change in the agent's file applies within 2 s; nothing in flight fails.
     let running = Arc::new(AtomicBool::new(true));
