@@ -14,6 +14,7 @@ mod first_word;
 mod flags;
 mod floods;
 mod gateway;
+mod gateway_clients;
 mod h2_edges;
 mod harness;
 mod http_mesh;
