@@ -3,7 +3,9 @@
 //! in the cache, check a route's claims, set the claim headers) on one thread, per
 //! request, for a token seen before (the cache) and for tokens seen the first time
 //! (a signature each) of every algorithm. Keys and tokens come from the test issuer
-//! ([`pillion_testkit::jwt`]). The target is a repeat at most 2 µs.
+//! ([`pillion_testkit::jwt`]). The target is a repeat at most 2 µs. Opaque tokens
+//! judged by an introspection endpoint are measured the same way, the endpoint
+//! answering at once (its round trip through the mesh is the network's).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -80,6 +82,34 @@ pub fn run(smoke: bool) -> Result<Vec<JwtRow>> {
             batches,
         )?);
     }
+    // Opaque tokens: the answer judged once, then served from the cache.
+    let introspected: JwtPolicy = serde_json::from_value(json!({
+        "introspection": {"service": "idp/oauth", "port": 9000, "audiences": ["orders"],
+            "claim_headers": {"sub": "x-user"}}
+    }))?;
+    let answer = json!({"active": true, "sub": "alice", "scope": "orders.read profile",
+        "aud": "orders", "exp": pillion_testkit::jwt::now() + 3600});
+    let opaque = || {
+        TokenCheck::new(&introspected, &claims)
+            .map(|c| c.answering(answer.to_string().into_bytes()))
+            .map_err(|e| anyhow!(e))
+    };
+    rows.push(measure(
+        "an opaque token seen before (introspection, from the cache)",
+        &opaque()?,
+        &["2YotnFZFEjr1zCsicMWpAA".to_string()],
+        repeats,
+        batches,
+    )?);
+    let tokens: Vec<String> = (0..fresh * batches)
+        .map(|n| format!("opaque-{n}"))
+        .collect();
+    rows.push(first_sight(
+        "an opaque token the first time (its answer judged; no network)",
+        &opaque()?,
+        &tokens,
+        batches,
+    )?);
     for alg in algs {
         let tokens = (0..fresh * batches)
             .map(|n| token(alg, n + 1))

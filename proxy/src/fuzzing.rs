@@ -438,6 +438,57 @@ pub fn jwt(data: &[u8]) {
     }
 }
 
+/// An introspection endpoint's answer (the network's bytes) about an opaque token,
+/// judged for a route that needs scope `fuzz.read`: never a panic, and a request
+/// passes only when the answer is a JSON object whose `active` is `true`; the
+/// claim header comes from the answer or is absent, never from the caller.
+pub fn introspection_answer(data: &[u8]) {
+    use crate::policy::jwt::{unix_now, Authenticator, Checked, ClaimRules};
+    use pillion_api::jwt::JwtPolicy;
+
+    static AUTH: OnceLock<Option<Authenticator>> = OnceLock::new();
+    let auth = AUTH.get_or_init(|| {
+        // cache_ttl 0: every run asks, none is answered from an earlier one.
+        let policy: JwtPolicy = serde_json::from_value(serde_json::json!({
+            "introspection": {"service": "idp/oauth", "port": 9000, "issuer": "https://idp.fuzz",
+                "audiences": ["fuzz"], "cache_ttl": "0s", "claim_headers": {"sub": "x-user"}}
+        }))
+        .ok()?;
+        Authenticator::new(&policy).ok()
+    });
+    let Some(auth) = auth else {
+        return;
+    };
+    let rules = ClaimRules::new(&std::collections::BTreeMap::from([(
+        "scope".to_string(),
+        vec!["fuzz.read".to_string()],
+    )]));
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer opaque-fuzz-token"),
+    );
+    headers.insert("x-user", HeaderValue::from_static("mallory"));
+    let now = unix_now();
+    let Ok(Checked::Ask(ask)) = auth.authenticate(true, &rules, &mut headers, now) else {
+        panic!("an opaque token must be asked about");
+    };
+    let settled = auth.settle(ask, data, &rules, &mut headers, now);
+    assert_ne!(
+        headers.get("x-user").map(|v| v.as_bytes()),
+        Some(&b"mallory"[..]),
+        "the caller's claim header survived"
+    );
+    if settled.is_ok() {
+        let answer: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+        assert_eq!(
+            answer.get("active"),
+            Some(&serde_json::Value::Bool(true)),
+            "an answer that is not active let a request through: {answer}"
+        );
+    }
+}
+
 /// A body for a route's transforms: read as XML and, if that works, written back
 /// and read again, which must give the same JSON; read as JSON and run through
 /// edits of every kind and written as XML. Nothing may panic.
@@ -734,6 +785,11 @@ mod tests {
     #[test]
     fn replay_transform_body() {
         pillion_api::fuzzing::replay_corpus("transform_body", super::transform_body);
+    }
+
+    #[test]
+    fn replay_introspection_answer() {
+        pillion_api::fuzzing::replay_corpus("introspection_answer", super::introspection_answer);
     }
 
     #[test]
