@@ -60,9 +60,13 @@ fn called_services<'a>(
     // an original destination it could resolve.
     let asked = (workload.introspections()).filter_map(|(_, x)| x.service_name());
     for (ns, name) in asked {
-        if let Some((_, service)) = catalog.service_named(ns, name) {
-            if !found.iter().any(|f| std::ptr::eq(*f, service)) {
-                found.push(service);
+        let Some((_, service)) = catalog.service_named(ns, name) else {
+            continue;
+        };
+        // With the services its routes split to: the call is routed like any other.
+        for s in std::iter::once(service).chain(catalog.backends_of(service)) {
+            if !found.iter().any(|f| std::ptr::eq(*f, s)) {
+                found.push(s);
             }
         }
     }

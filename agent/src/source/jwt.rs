@@ -262,6 +262,16 @@ services:
         let view = crate::view::view_for(&catalog, api, 1, "", crate::view::Discovery::OnDemand);
         let names: Vec<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["oauth"]);
+        // With the services the endpoint's routes split to.
+        let split = INTROSPECTED.replace(
+            "    ports: [{port: 9000}]\n",
+            "    ports:\n      - port: 9000\n        routes:\n          - name: canary\n            backends: [{service: oauth}, {service: other, port: 80}]\n",
+        );
+        let catalog = parse_source("s.yaml", &split, "cluster.local").unwrap();
+        let api = catalog.workload_for_token("api-token").unwrap();
+        let view = crate::view::view_for(&catalog, api, 1, "", crate::view::Discovery::OnDemand);
+        let names: Vec<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["oauth", "other"]);
         // A bare name is the workload's own namespace.
         let bare = INTROSPECTED
             .replace("service: idp/oauth", "service: oauth")

@@ -381,6 +381,19 @@ fn check_introspection(
                     format!("no service named `{}`", x.service),
                 ))
             }
+            Some((_, s))
+                if s.ports.iter().any(|p| {
+                    p.port == x.port && p.protocol == pillion_api::view::Protocol::Opaque
+                }) =>
+            {
+                return Err(err(
+                    at.key("port"),
+                    format!(
+                        "port {} of `{}` is opaque: introspection is asked in HTTP",
+                        x.port, x.service
+                    ),
+                ))
+            }
             Some((_, s)) if !s.ports.iter().any(|p| p.port == x.port) => {
                 let offered: Vec<String> = s.ports.iter().map(|p| p.port.to_string()).collect();
                 return Err(err(

@@ -37,7 +37,7 @@ use crate::outbound::http::OutboundConn;
 use crate::policy::api_key::KeyRefusal;
 use crate::state::gateway::HostKeys;
 use crate::state::outbound::Target;
-use crate::telemetry::metrics::http::{no_peer, Action};
+use crate::telemetry::metrics::http::no_peer;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -233,7 +233,7 @@ impl GatewayConn {
         if let Err(failure) = checked.await {
             tracing::info!(route = %route.name, reason = %failure.reason(),
                 "gateway request refused: end-user token");
-            route.metrics.action(Action::TokenRefused);
+            route.metrics.action(failure.action());
             return refuse(failure.response());
         }
         if let Some(limiter) = &route.limiter {

@@ -59,7 +59,8 @@ impl Gateway {
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&certs) as Arc<dyn rustls::server::ResolvesServerCert>);
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        let hsts = (!hsts.is_zero())
+        // Whole seconds: under one, none (max-age=0 would clear a browser's record).
+        let hsts = (hsts.as_secs() > 0)
             .then(|| format!("max-age={}", hsts.as_secs()))
             .and_then(|v| ::http::HeaderValue::from_str(&v).ok());
         Ok(Gateway {

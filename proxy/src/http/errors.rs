@@ -24,6 +24,8 @@ const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Marks a response the proxy made, with a short machine-readable reason.
 pub(crate) const PILLION_ERROR: HeaderName = HeaderName::from_static("pillion-error");
+/// The [`PILLION_ERROR`] of an answer about a failed token introspection.
+pub(crate) const INTROSPECTION_FAILED: &str = "introspection-failed";
 
 /// Why the proxy answered instead of the application.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +199,7 @@ impl HttpError {
             HttpError::PartFailed(_) => "part-failed",
             HttpError::PartTimeout(_) => "part-timeout",
             HttpError::Method(_) => "method-not-allowed",
-            HttpError::Introspection { .. } => "introspection-failed",
+            HttpError::Introspection { .. } => INTROSPECTION_FAILED,
         }
     }
 

@@ -32,7 +32,7 @@ use crate::http::{grpc, server, upgrade};
 use crate::inbound::token;
 use crate::policy::authz::{peer_identity_value, set_peer_identity, Denied};
 use crate::state::inbound::InboundPort;
-use crate::telemetry::metrics::http::{no_peer, Action};
+use crate::telemetry::metrics::http::no_peer;
 use crate::telemetry::span::Inbound as SpanConn;
 use crate::telemetry::RequestObserver;
 use crate::upstream::{Upstream, Wire};
@@ -188,7 +188,7 @@ impl InboundConn {
         if let Err(failure) = checked.await {
             tracing::info!(port = self.target.port(), route = %route.name, peer = %self.peer_label,
                 reason = %failure.reason(), "request refused: end-user token");
-            route.metrics.action(Action::TokenRefused);
+            route.metrics.action(failure.action());
             return done(observer, failure.response());
         }
         if let Some(limiter) = &route.limiter {
@@ -225,6 +225,9 @@ impl InboundConn {
             Ok(response) => {
                 let mut response = response.map(ResponseBody::Upstream);
                 strip_hop_by_hop(response.headers_mut());
+                // Only this proxy speaks as a proxy: an application's `pillion-error`
+                // would be taken for a refusal (and its gRPC form) downstream.
+                strip_own_headers(response.headers_mut());
                 *response.version_mut() = downstream_version;
                 response
             }

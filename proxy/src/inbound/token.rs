@@ -11,6 +11,7 @@ use crate::http::errors::{unauthenticated, HttpError};
 use crate::outbound::introspect;
 use crate::policy::jwt::{Ask, Checked, Judged, Refusal};
 use crate::state::inbound::{InboundPort, ServerRouteState};
+use crate::telemetry::metrics::http::Action;
 use crate::telemetry::RequestObserver;
 
 /// Why a request's end user was not let through.
@@ -28,6 +29,14 @@ impl TokenFailure {
         match self {
             TokenFailure::Refused(refusal) => unauthenticated(*refusal),
             TokenFailure::Unanswered(e) => e.response(),
+        }
+    }
+
+    /// What the route's metrics count it as.
+    pub(crate) fn action(&self) -> Action {
+        match self {
+            TokenFailure::Refused(_) => Action::TokenRefused,
+            TokenFailure::Unanswered(_) => Action::IntrospectionFailed,
         }
     }
 

@@ -5,16 +5,18 @@
 //!
 //! What the answer means is [`crate::policy::jwt::introspect`]'s to say; this
 //! module fails closed on everything short of a `200` with a body of at most
-//! [`MAX_ANSWER_BYTES`] within the endpoint's timeout: `503` when the service
-//! cannot be reached, `504` when it is too slow, `502` otherwise. Traced as a
-//! CLIENT span, a child of the request's span where there is one.
+//! [`MAX_ANSWER_BYTES`] within the endpoint's timeout: `503` when the service has
+//! no endpoint to send to (none in the view, none up, its breaker full), `504` when
+//! it is too slow, `502` otherwise (a failed connection, another status, a broken
+//! answer). Traced as a CLIENT span, a child of the request's span where there is
+//! one.
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE};
-use http::uri::Scheme;
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
 
 use super::retry::{self, Outgoing, Template};
@@ -46,11 +48,11 @@ pub(crate) async fn ask(
     let found = {
         let state = inputs.state.load();
         (state.outbound())
-            .introspection(&endpoint.service, endpoint.port)
+            .introspection(&endpoint.service_port)
             .cloned()
     };
     let Some((target, addr)) = found else {
-        let why = format!("{} is not in this proxy's view", endpoint.service);
+        let why = format!("{} is not in this proxy's view", endpoint.service_port.0);
         return Err(failed(StatusCode::SERVICE_UNAVAILABLE, why));
     };
     let uri = Uri::builder()
@@ -59,7 +61,7 @@ pub(crate) async fn ask(
         .path_and_query(endpoint.path.clone())
         .build()
         .map_err(|e| failed(StatusCode::BAD_GATEWAY, e.to_string()))?;
-    let (mut head, ()) = Request::post(uri.clone())
+    let (mut head, ()) = Request::post(uri)
         .body(())
         .map_err(|e| failed(StatusCode::BAD_GATEWAY, e.to_string()))?
         .into_parts();
@@ -73,7 +75,23 @@ pub(crate) async fn ask(
     if let Some(parent) = parent {
         parent.inject(h);
     }
-    let (route, _) = target.port.select(&head);
+    // The service port's route, as for any request: its header edits and path
+    // rewrite (a client credential, the server's own path), backends, timeouts,
+    // retries and breakers. Not its mirror, cache, transforms or faults: the token
+    // goes nowhere else and the answer is the endpoint's own.
+    let (route, prefix) = target.port.select(&head);
+    route.request_edits.apply(&mut head.headers);
+    if let (Some(rewriter), Some(prefix)) = (&route.rewrite, prefix) {
+        let rewritten = rewriter.rewrite_path_and_query(&head.uri, prefix);
+        let path = PathAndQuery::try_from(rewritten)
+            .map_err(|_| failed(StatusCode::BAD_GATEWAY, "the rewritten path is not valid"))?;
+        head.uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(endpoint.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| failed(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    }
     let mut observer = inputs.settings.recorders.client(&head, addr);
     observer.set_route(&route.name);
     observer.inject(&mut head.headers);
@@ -81,7 +99,7 @@ pub(crate) async fn ask(
     route.metrics.request(&caller);
     let template = Template {
         method: Method::POST,
-        uri,
+        uri: head.uri,
         version: Version::HTTP_11,
         headers: head.headers,
     };
@@ -89,28 +107,45 @@ pub(crate) async fn ask(
     let deadline = start + endpoint.timeout;
     let sent = retry::forward(&target, route, template, form, start, &mut observer);
     let answered = tokio::time::timeout_at(deadline.into(), sent).await;
-    let (response, peer) = match answered {
-        Ok(Ok(answered)) => answered,
+    let (result, status, peer) = match answered {
+        Ok(Ok((response, peer))) => {
+            let status = response.status();
+            (
+                read(response, status, deadline, endpoint).await,
+                status,
+                peer,
+            )
+        }
         Ok(Err(e)) => {
             let status = e.status();
-            route
-                .metrics
-                .response(&caller, status.as_u16(), start.elapsed());
-            observer.finish(Some(status), 0);
-            return Err(failed(status, e.to_string()));
+            (Err(failed(status, e.to_string())), status, caller)
         }
         Err(_) => {
-            route.metrics.response(&caller, 504, start.elapsed());
-            observer.finish(Some(StatusCode::GATEWAY_TIMEOUT), 0);
             let why = format!("no answer within {:?}", endpoint.timeout);
-            return Err(failed(StatusCode::GATEWAY_TIMEOUT, why));
+            let status = StatusCode::GATEWAY_TIMEOUT;
+            (Err(failed(status, why)), status, caller)
         }
     };
-    let status = response.status();
+    // Recorded once the answer is whole (or given up on), with its length.
+    let bytes = result.as_ref().map_or(0, |b| b.len() as u64);
+    let recorded = match &result {
+        Err(HttpError::Introspection { status, .. }) if status.as_u16() == 504 => *status,
+        _ => status,
+    };
     route
         .metrics
-        .response(&peer, status.as_u16(), start.elapsed());
-    observer.finish(Some(status), 0);
+        .response(&peer, recorded.as_u16(), start.elapsed());
+    observer.finish(Some(recorded), bytes);
+    result
+}
+
+/// The body of the endpoint's answer, when it is a `200` read whole in time.
+async fn read(
+    response: http::Response<crate::upstream::pool::UpstreamBody>,
+    status: StatusCode,
+    deadline: Instant,
+    endpoint: &Endpoint,
+) -> Result<Bytes, HttpError> {
     if status != StatusCode::OK {
         let why = format!("the endpoint answered {status}");
         return Err(failed(StatusCode::BAD_GATEWAY, why));

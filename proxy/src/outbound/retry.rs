@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Body as _;
 
 use crate::http::body::RequestBody;
-use crate::http::errors::HttpError;
+use crate::http::errors::{HttpError, INTROSPECTION_FAILED, PILLION_ERROR};
 use crate::http::hop::{orig_proto_value, ORIG_PROTO};
 use crate::http::replay::ReplayBody;
 use crate::http::tee::CallerBody;
@@ -60,6 +60,9 @@ pub(super) type Answered = (Response<UpstreamBody>, Arc<str>);
 struct Tried {
     endpoint: Arc<EndpointState>,
     outcome: Outcome,
+    /// The server's proxy answered for a third party (its token introspection
+    /// endpoint failed): final, and not held against the endpoint.
+    blameless: bool,
     result: Result<Response<UpstreamBody>, HttpError>,
     done: Instant,
 }
@@ -239,11 +242,15 @@ async fn one_try(
             max: *max,
         });
     }
+    let mut blameless = false;
     let (outcome, result) = match result {
-        Some(Ok(response)) => (
-            Outcome::Status(response.status()),
-            Ok(response.map(|body| body.holding(admitted))),
-        ),
+        Some(Ok(response)) => {
+            blameless = third_party_failure(response.headers());
+            (
+                Outcome::Status(response.status()),
+                Ok(response.map(|body| body.holding(admitted))),
+            )
+        }
         Some(Err(e)) => {
             let outcome = if e.is_connect() {
                 Outcome::ConnectFailure
@@ -271,11 +278,12 @@ async fn one_try(
         // A refused connection is fast; that must not make the endpoint look cheap.
         Outcome::ConnectFailure | Outcome::Reset => drop(in_flight),
     }
-    let ok = matches!(outcome, Outcome::Status(s) if !s.is_server_error());
+    let ok = blameless || matches!(outcome, Outcome::Status(s) if !s.is_server_error());
     backend.report(index, ok, done, sent_ejected);
     Ok(Tried {
         endpoint,
         outcome,
+        blameless,
         result,
         done,
     })
@@ -288,6 +296,16 @@ impl Tried {
     }
 }
 
+/// Whether an answer is a server proxy's about a third party it depends on (its
+/// token introspection endpoint), not about the endpoint: another endpoint would
+/// ask the same party, and ejecting this one for it would let an outsider's bad
+/// tokens empty the backend.
+fn third_party_failure(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(PILLION_ERROR)
+        .is_some_and(|code| code.as_bytes() == INTROSPECTION_FAILED.as_bytes())
+}
+
 /// The wait before another try, or `None` when this outcome is final: the route's
 /// conditions and attempts allow it and the wait ends before the deadline.
 fn retry_delay(
@@ -298,7 +316,7 @@ fn retry_delay(
     deadline: Option<Instant>,
 ) -> Option<Duration> {
     let method = method?;
-    if !should_retry(policy, method, tried.outcome, attempt) {
+    if tried.blameless || !should_retry(policy, method, tried.outcome, attempt) {
         return None;
     }
     let wait = full_jitter(

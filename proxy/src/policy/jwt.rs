@@ -161,6 +161,8 @@ impl std::fmt::Debug for Authenticator {
 }
 
 struct Provider {
+    /// The `iss` its tokens carry.
+    issuer: Box<str>,
     keys: Box<[(VerifyKey, Box<[Validation]>)]>,
     sources: Box<[Source]>,
     skew: u64,
@@ -211,6 +213,7 @@ impl Authenticator {
             let sources = compile_sources(&p.sources())?;
             let claim_headers = compile_claim_headers(&p.claim_headers)?;
             providers.push(Provider {
+                issuer: Box::from(p.issuer.as_str()),
                 keys,
                 sources,
                 skew: p.clock_skew.as_secs(),
@@ -335,27 +338,56 @@ impl Authenticator {
             None => return Ok(Checked::Done),
             Some(token) => token,
         };
-        let at = token.at();
-        let verified = match (self.verify(token.text(), now), &self.introspection) {
-            (Ok(verified), _) => verified,
-            // Not a JWT, or one no provider's key signed: the endpoint's to judge.
-            (Err(Refusal::Invalid(MALFORMED | NO_KEY)), Some(x)) => {
-                match x.cached(token.text(), now) {
-                    Some(known) => known?,
-                    None => {
-                        return Ok(Checked::Ask(Ask {
-                            token: Box::from(token.text()),
-                            at,
-                            introspector: x,
-                        }))
-                    }
+        let (at, text) = (token.at(), token.text());
+        if text.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::Invalid("the token is too long"));
+        }
+        // A token the endpoint judged is known by its answer, without trying every
+        // provider's keys on it again.
+        let known = (self.introspection.as_ref()).and_then(|x| x.cached(text, now));
+        let verified = match (known, self.verify(text, now), &self.introspection) {
+            (Some(known), _, _) => known?,
+            (None, Ok(verified), _) => verified,
+            // Not a JWT, or one no provider's key signed: the endpoint's to judge,
+            // unless it claims a provider's issuer (then only that provider's keys
+            // may vouch for it: no second opinion on a forged signature).
+            (None, Err(refusal @ Refusal::Invalid(MALFORMED | NO_KEY)), Some(x)) => {
+                if self.claims_a_provider(text) {
+                    return Err(refusal);
                 }
+                return Ok(Checked::Ask(Ask {
+                    token: Box::from(text),
+                    at,
+                    introspector: x,
+                }));
             }
-            (Err(refusal), _) => return Err(refusal),
+            (None, Err(refusal), _) => return Err(refusal),
         };
         claims.check(&verified)?;
         self.apply(&verified, at, headers);
         Ok(Checked::Done)
+    }
+
+    /// Whether `token` is a JWT whose (unverified) `iss` is one of the providers'.
+    fn claims_a_provider(&self, token: &str) -> bool {
+        use base64::Engine as _;
+        let mut parts = token.split('.');
+        let (Some(_), Some(payload), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let Ok(json) = engine.decode(payload.trim_end_matches('=')) else {
+            return false;
+        };
+        let Ok(claims) = serde_json::from_slice::<Value>(&json) else {
+            return false;
+        };
+        let Some(iss) = claims.get("iss").and_then(Value::as_str) else {
+            return false;
+        };
+        self.providers.iter().any(|p| &*p.issuer == iss)
     }
 
     /// Finishes a check [`Authenticator::authenticate`] handed back, with the

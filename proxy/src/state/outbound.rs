@@ -314,8 +314,11 @@ impl OutboundTable {
 
     /// The service port a token introspection endpoint names, and the address its
     /// calls are recorded as sent to.
-    pub(crate) fn introspection(&self, service: &str, port: u16) -> Option<&(Target, SocketAddr)> {
-        self.introspection.get(&(Box::from(service), port))
+    pub(crate) fn introspection(
+        &self,
+        service_port: &(Box<str>, u16),
+    ) -> Option<&(Target, SocketAddr)> {
+        self.introspection.get(service_port)
     }
 
     /// How many destinations the table knows.

@@ -26,6 +26,9 @@ const IDP_PORT: u16 = 9000;
 const IDP_VIP: &str = "198.18.1.120";
 const ISS: &str = "https://idp.test";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/demo/sa/server";
+/// The client credential the endpoint's route adds to every call (some servers
+/// want one besides the mesh identity).
+const CLIENT_CREDENTIAL: &str = "Basic c2hvcDpzZWNyZXQ=";
 /// A token with characters the form encoding must carry.
 const GOOD: &str = "2YotnFZ+FEjr1/zCsicMWpAA==";
 
@@ -45,6 +48,13 @@ routes:
   - name: orders
     matches: [{path: {prefix: /whoami/orders}}]
     claims: {scope: [orders.read]}
+"#;
+
+/// The client's route to the servers retries server errors: an introspection
+/// failure must not be one of them.
+const CLIENT_ROUTES: &str = r#"- name: all
+  matches: [{path: {prefix: /}}]
+  retry: {attempts: 3, conditions: [5xx]}
 "#;
 
 /// Each call the endpoint got: the token it read and who the mesh said called.
@@ -118,6 +128,13 @@ fn start_endpoint(pod: &pillion::local::Pod, calls: Calls) -> pillion::local::Ta
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
+            let path = req.uri().path().to_string();
+            let credential = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
             let form_ok = req.method() == http::Method::POST
                 && req
                     .headers()
@@ -127,7 +144,12 @@ fn start_endpoint(pod: &pillion::local::Pod, calls: Calls) -> pillion::local::Ta
             let body = String::from_utf8_lossy(&body).to_string();
             let token = form_value(&body, "token").unwrap_or_default();
             calls.lock().unwrap().push((token.clone(), caller.clone()));
-            if !form_ok || form_value(&body, "token_type_hint").as_deref() != Some("access_token") {
+            // The endpoint's route gave the call its path and a client credential.
+            let routed = path == "/oauth2/introspect" && credential == CLIENT_CREDENTIAL;
+            if !routed
+                || !form_ok
+                || form_value(&body, "token_type_hint").as_deref() != Some("access_token")
+            {
                 return text(400, "not an introspection request");
             }
             if caller != SERVER_ID {
@@ -215,10 +237,10 @@ fn opaque_tokens_are_judged_by_the_introspection_endpoint_through_the_mesh() {
         let endpoint = format!(
             "{intruder}    inbound:\n      ports:\n        {IDP_PORT}:\n          mode: strict\n          allow: [\"{SERVER_ID}\"]\n"
         );
-        let text = source_yaml(pods, "[]", INBOUND);
+        let text = source_yaml(pods, CLIENT_ROUTES, INBOUND);
         assert!(text.contains(&intruder), "{text}");
         format!(
-            "{}  - name: oauth\n    namespace: other\n    addresses: [{IDP_VIP}]\n    ports: [{{port: {IDP_PORT}}}]\n    endpoints:\n      - workload: intruder\n        addresses: [{x}]\n",
+            "{}  - name: oauth\n    namespace: other\n    addresses: [{IDP_VIP}]\n    ports:\n      - port: {IDP_PORT}\n        routes:\n          - name: introspect\n            matches: [{{path: {{prefix: /introspect}}}}]\n            rewrite: {{prefix: /oauth2/introspect}}\n            request_headers: {{set: {{authorization: \"{CLIENT_CREDENTIAL}\"}}}}\n    endpoints:\n      - workload: intruder\n        addresses: [{x}]\n",
             text.replacen(&intruder, &endpoint, 1)
         )
     };
@@ -341,6 +363,12 @@ fn opaque_tokens_are_judged_by_the_introspection_endpoint_through_the_mesh() {
         if *status == 401 && token.is_some() {
             assert!(seen.challenge.contains(invalid), "{what}: {seen:?}");
         }
+        if token.is_none() {
+            assert_eq!(
+                seen.challenge, r#"Bearer realm="pillion""#,
+                "{what}: {seen:?}"
+            );
+        }
     }
     // A revoked token asked again costs the endpoint nothing more.
     for _ in 0..4 {
@@ -348,6 +376,12 @@ fn opaque_tokens_are_judged_by_the_introspection_endpoint_through_the_mesh() {
         assert_eq!(seen.status, 401, "{seen:?}");
     }
     assert!(calls_for("revoked") <= 2, "{}", calls_for("revoked"));
+    // So is an active token refused for its audience.
+    for _ in 0..4 {
+        let seen = ask(a, VIP, "/whoami", &[("authorization", &bearer("bank"))]);
+        assert_eq!(seen.status, 401, "{seen:?}");
+    }
+    assert!(calls_for("bank") <= 2, "{}", calls_for("bank"));
 
     // The endpoint failing, lying or hanging: never a pass.
     for (token, status, max) in [
@@ -359,6 +393,9 @@ fn opaque_tokens_are_judged_by_the_introspection_endpoint_through_the_mesh() {
         assert_eq!(seen.status, status, "{token}: {seen:?}");
         assert_eq!(seen.error, "introspection-failed", "{token}: {seen:?}");
         assert!(seen.took < max, "{token} took {:?}", seen.took);
+        // The client's proxy did not retry it on another server (nor count it against
+        // the server): the endpoint was asked once.
+        assert_eq!(calls_for(token), 1, "{token} was retried");
     }
 
     // Every call came over the mesh as the servers' identity, the token intact.

@@ -8,8 +8,10 @@
 //!   endpoint's fault (502), never a pass;
 //! - `active: false`: 401 `invalid_token`;
 //! - an active token is still refused when its `exp` is past or its `nbf` ahead
-//!   (within the clock skew), when the policy names an issuer and `iss` differs, and
-//!   by `aud` as a provider's token is (one of the audiences; none listed: no `aud`);
+//!   (within the clock skew; whole or fractional seconds), when the policy names an
+//!   issuer and `iss` differs, by `aud` as a provider's token is (one of the
+//!   audiences; none listed: no `aud`), and when `token_type` or `token_use` says it
+//!   is a refresh token (a hint is only a hint: servers answer for any token);
 //! - the answer's members are the token's claims for a route's claim rules and
 //!   claim headers (`scope` a space-separated list, as in RFC 7662 §2.2).
 //!
@@ -17,9 +19,10 @@
 //!
 //! Keyed by the token's SHA-256, so the token itself is never kept. An active
 //! answer is reused until `cache_ttl` passes or the token's `exp`, whichever is
-//! first; an inactive one for `cache_ttl` (a revoked token retried in a loop costs
-//! the endpoint one call per period). Bounded by bytes like the JWT cache; a new
-//! view starts it empty.
+//! first; a refusal (inactive, expired, another issuer or audience, a refresh
+//! token) for `cache_ttl`, so a refused token retried in a loop costs the endpoint
+//! one call per period. Bounded by bytes like the JWT cache; kept across views while
+//! the port's policy is unchanged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,10 +40,9 @@ use super::{
 /// Where tokens are posted, compiled from the policy.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
-    /// The service, `namespace/name`.
-    pub service: Box<str>,
-    /// Its port.
-    pub port: u16,
+    /// The service (`namespace/name`) and its port: the key the state's
+    /// introspection targets are found by.
+    pub service_port: (Box<str>, u16),
     /// The authority (and `Host`) of the call: `name.namespace[:port]`.
     pub authority: Authority,
     /// The path posted to.
@@ -62,7 +64,7 @@ pub(crate) enum Judged {
 #[derive(Clone)]
 enum Remembered {
     Active { until: u64, verified: Arc<Verified> },
-    Inactive { until: u64 },
+    Refused { until: u64, refusal: Refusal },
 }
 
 #[derive(Clone)]
@@ -72,7 +74,7 @@ impl quick_cache::Weighter<[u8; 32], Remembered> for Weight {
     fn weight(&self, _: &[u8; 32], val: &Remembered) -> u64 {
         match val {
             Remembered::Active { verified, .. } => verified.weight,
-            Remembered::Inactive { .. } => 32,
+            Remembered::Refused { .. } => 32,
         }
     }
 }
@@ -91,6 +93,7 @@ pub(crate) struct Introspector {
 }
 
 const INACTIVE: Refusal = Refusal::Invalid("the token is not active");
+const REFRESH: Refusal = Refusal::Invalid("the token is a refresh token, not an access token");
 const WRONG_AUDIENCE: Refusal = Refusal::Invalid("the token's audience is not accepted here");
 
 impl Introspector {
@@ -104,8 +107,7 @@ impl Introspector {
         };
         Ok(Introspector {
             endpoint: Endpoint {
-                service: Box::from(x.service.as_str()),
-                port: x.port,
+                service_port: (Box::from(x.service.as_str()), x.port),
                 authority: Authority::try_from(authority).map_err(|_| unusable("service"))?,
                 path: PathAndQuery::try_from(x.path.as_str()).map_err(|_| unusable("path"))?,
                 timeout: x.timeout,
@@ -130,7 +132,7 @@ impl Introspector {
             Remembered::Active { until, verified } if now < until => {
                 Some(check_times(verified.exp, verified.nbf, self.skew, now).map(|()| verified))
             }
-            Remembered::Inactive { until } if now < until => Some(Err(INACTIVE)),
+            Remembered::Refused { until, refusal } if now < until => Some(Err(refusal)),
             _ => None,
         }
     }
@@ -146,30 +148,44 @@ impl Introspector {
         let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(answer) else {
             return Err(Judged::Unusable("the answer is not a JSON object"));
         };
+        let until = now.saturating_add(self.ttl);
+        let refused = |refusal: Refusal| {
+            self.remember(key, Remembered::Refused { until, refusal });
+            Judged::Refused(refusal)
+        };
         match claims.get("active") {
             Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => {
-                self.remember(
-                    key,
-                    Remembered::Inactive {
-                        until: now + self.ttl,
-                    },
-                );
-                return Err(Judged::Refused(INACTIVE));
-            }
+            Some(Value::Bool(false)) => return Err(refused(INACTIVE)),
             _ => return Err(Judged::Unusable("the answer has no boolean `active`")),
         }
         let exp = seconds(&claims, "exp")?;
         let nbf = seconds(&claims, "nbf")?;
         let exp = exp.unwrap_or(u64::MAX);
-        check_times(exp, nbf, self.skew, now).map_err(Judged::Refused)?;
+        match check_times(exp, nbf, self.skew, now) {
+            Ok(()) => {}
+            // Not valid yet: it may be soon, so the refusal is not kept.
+            Err(refusal) if nbf.is_some_and(|nbf| nbf > now) && exp >= now => {
+                return Err(Judged::Refused(refusal))
+            }
+            Err(refusal) => return Err(refused(refusal)),
+        }
         if let Some(issuer) = &self.issuer {
             if claims.get("iss").and_then(Value::as_str) != Some(&**issuer) {
                 let refusal = Refusal::Invalid("the token's issuer is not trusted here");
-                return Err(Judged::Refused(refusal));
+                return Err(refused(refusal));
             }
         }
-        self.check_audience(&claims)?;
+        let kind = |name| claims.get(name).and_then(Value::as_str);
+        let refresh =
+            |t: &str| t.eq_ignore_ascii_case("refresh_token") || t.eq_ignore_ascii_case("refresh");
+        if kind("token_type").is_some_and(refresh) || kind("token_use").is_some_and(refresh) {
+            return Err(refused(REFRESH));
+        }
+        match self.check_audience(&claims) {
+            Ok(()) => {}
+            Err(Judged::Refused(refusal)) => return Err(refused(refusal)),
+            Err(unusable) => return Err(unusable),
+        }
         let vouched = Vouched {
             by: By::Introspection,
             exp,
@@ -177,7 +193,7 @@ impl Introspector {
             claims,
         };
         let verified = Arc::new(vouched.read(&self.claim_headers, key.len()));
-        let until = (now + self.ttl).min(exp);
+        let until = until.min(exp);
         self.remember(
             key,
             Remembered::Active {
@@ -224,13 +240,17 @@ impl Introspector {
     }
 }
 
-/// A time member of the answer: absent, or seconds since the epoch.
+/// A time member of the answer: absent, or seconds since the epoch (RFC 7519's
+/// NumericDate may have a fraction, which is dropped).
 fn seconds(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, Judged> {
+    let bad = Judged::Unusable("a time in the answer is not seconds since the epoch");
     match claims.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => value.as_u64().map(Some).ok_or(Judged::Unusable(
-            "a time in the answer is not whole seconds",
-        )),
+        Some(value) => match (value.as_u64(), value.as_f64()) {
+            (Some(whole), _) => Ok(Some(whole)),
+            (None, Some(f)) if f.is_finite() && (0.0..1e15).contains(&f) => Ok(Some(f as u64)),
+            _ => Err(bad),
+        },
     }
 }
 
@@ -368,8 +388,22 @@ mod tests {
             (
                 active(serde_json::json!({"exp": "soon"})),
                 Err(Judged::Unusable(
-                    "a time in the answer is not whole seconds",
+                    "a time in the answer is not seconds since the epoch",
                 )),
+            ),
+            (
+                active(serde_json::json!({"exp": -1})),
+                Err(Judged::Unusable(
+                    "a time in the answer is not seconds since the epoch",
+                )),
+            ),
+            (
+                active(serde_json::json!({"token_type": "refresh_token"})),
+                Err(Judged::Refused(REFRESH)),
+            ),
+            (
+                active(serde_json::json!({"token_use": "refresh"})),
+                Err(Judged::Refused(REFRESH)),
             ),
             (
                 br#"{"active": "true"}"#.to_vec(),
@@ -404,15 +438,35 @@ mod tests {
         );
         let no_aud = br#"{"active": true, "iss": "https://idp.test", "scope": "orders.read"}"#;
         assert!(round(&auth, "none", no_aud).is_ok());
+        // Fractional seconds are seconds; an access token's type is no refusal.
+        let auth = policy(|_| {});
+        let fraction = active(serde_json::json!({"exp": (NOW + 60) as f64 + 0.5,
+            "token_type": "Bearer"}));
+        assert!(round(&auth, "fraction", &fraction).is_ok());
     }
 
     #[test]
-    fn inactive_answers_are_kept_and_no_cache_keeps_nothing() {
+    fn refusals_are_kept_and_no_cache_keeps_nothing() {
         let auth = policy(|_| {});
         assert!(round(&auth, "revoked", br#"{"active": false}"#).is_err());
         let mut again = bearer("revoked");
         let refused = auth.authenticate(true, &ClaimRules::default(), &mut again, NOW + 1);
         assert_eq!(refused.unwrap_err(), INACTIVE);
+        // An active token refused for its audience is not asked about again either.
+        let bank = active(serde_json::json!({"aud": "bank"}));
+        assert!(round(&auth, "bank", &bank).is_err());
+        let mut again = bearer("bank");
+        let refused = auth.authenticate(true, &ClaimRules::default(), &mut again, NOW + 1);
+        assert_eq!(refused.unwrap_err(), WRONG_AUDIENCE);
+        // One not valid yet is asked about again: it may be valid soon.
+        let early = active(serde_json::json!({"nbf": NOW + 120}));
+        assert!(round(&auth, "early", &early).is_err());
+        let mut again = bearer("early");
+        let rules = scope(&["orders.read"]);
+        let checked = auth
+            .authenticate(true, &rules, &mut again, NOW + 1)
+            .unwrap();
+        assert!(matches!(checked, Checked::Ask(_)));
         // An active answer is kept no longer than the token lives.
         let short = active(serde_json::json!({"exp": NOW + 5}));
         assert!(round(&auth, "short", &short).is_ok());

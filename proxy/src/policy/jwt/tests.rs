@@ -435,10 +435,15 @@ fn only_what_no_provider_can_judge_is_asked_about() {
             "the token's audience is not accepted here"
         ))
     );
-    // Signed by a key the provider does not hold, or not a JWT at all: asked.
-    let foreign = stranger()
-        .sign(ES256, &stranger().claims(AUD, json!({})))
+    // Claiming the provider's issuer with a key it does not hold: a forgery, refused
+    // without a second opinion.
+    let forged = stranger()
+        .sign(ES256, &stranger().claims(AUD, json!({"exp": t - 3600})))
         .unwrap();
+    assert_eq!(ask(&forged), Err(Refusal::Invalid(NO_KEY)));
+    // Another issuer's JWT, or not a JWT at all: asked.
+    let other = Issuer::new("https://other.test", "o", &[ES256]).unwrap();
+    let foreign = other.sign(ES256, &other.claims(AUD, json!({}))).unwrap();
     assert_eq!(ask(&foreign), Ok(true));
     assert_eq!(ask("2YotnFZFEjr1zCsicMWpAA"), Ok(true));
     // A token too long to verify is too long to ask about.

@@ -87,6 +87,9 @@ pub(crate) enum Action {
     MirrorDropped,
     /// The end user's token did not do (401, 400 or 403).
     TokenRefused,
+    /// The token could not be judged: its introspection endpoint failed (502, 503
+    /// or 504).
+    IntrospectionFailed,
     /// Answered from the route's cache without asking upstream.
     CacheHit,
     /// Not in the cache: sent upstream (and kept if the answer allows).
@@ -110,6 +113,7 @@ impl EncodeLabelValue for Action {
             Action::MirrorSkipped => "mirror_skipped",
             Action::MirrorDropped => "mirror_dropped",
             Action::TokenRefused => "token_refused",
+            Action::IntrospectionFailed => "introspection_failed",
             Action::CacheHit => "cache_hit",
             Action::CacheMiss => "cache_miss",
             Action::CacheStale => "cache_stale",
