@@ -63,6 +63,7 @@ fn one(services: usize) -> Result<KubeSize> {
     cluster.list(&cluster.retry_policies, Vec::new());
     cluster.list(&cluster.rate_limit_policies, Vec::new());
     cluster.list(&cluster.authorization_policies, Vec::new());
+    cluster.list(&cluster.authentication_policies, Vec::new());
     let first = retranslate(
         &cluster,
         &Catalog::default(),

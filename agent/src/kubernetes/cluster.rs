@@ -177,6 +177,8 @@ pub struct Cluster {
     pub rate_limit_policies: Mutex<Kind<DynamicObject>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Mutex<Kind<DynamicObject>>,
+    /// AuthenticationPolicies.
+    pub authentication_policies: Mutex<Kind<DynamicObject>>,
     dirty: Mutex<Dirty>,
 }
 
@@ -193,6 +195,7 @@ impl Default for Cluster {
             retry_policies: Mutex::new(Kind::new(own)),
             rate_limit_policies: Mutex::new(Kind::new(own)),
             authorization_policies: Mutex::new(Kind::new(own)),
+            authentication_policies: Mutex::new(Kind::new(own)),
             dirty: Mutex::new(Dirty::default()),
         }
     }
@@ -229,6 +232,7 @@ impl Cluster {
             && lock(&self.retry_policies).listed
             && lock(&self.rate_limit_policies).listed
             && lock(&self.authorization_policies).listed
+            && lock(&self.authentication_policies).listed
     }
 
     /// What the translation of namespace `ns` reads: its objects, and the Routes
@@ -248,6 +252,7 @@ impl Cluster {
             retry_policies: lock(&self.retry_policies).in_namespace(ns),
             rate_limit_policies: lock(&self.rate_limit_policies).in_namespace(ns),
             authorization_policies: lock(&self.authorization_policies).in_namespace(ns),
+            authentication_policies: lock(&self.authentication_policies).in_namespace(ns),
         }
     }
 
@@ -267,6 +272,7 @@ impl Cluster {
             retry_policies: all(&self.retry_policies),
             rate_limit_policies: all(&self.rate_limit_policies),
             authorization_policies: all(&self.authorization_policies),
+            authentication_policies: all(&self.authentication_policies),
         }
     }
 }

@@ -13,12 +13,13 @@ pub const GROUP: &str = "pillion.io";
 /// The one served version.
 pub const VERSION: &str = "v1alpha1";
 
-/// The four policy kinds with their plural resource names.
-pub const KINDS: [(&str, &str); 4] = [
+/// The five policy kinds with their plural resource names.
+pub const KINDS: [(&str, &str); 5] = [
     ("Route", "routes"),
     ("RetryPolicy", "retrypolicies"),
     ("RateLimitPolicy", "ratelimitpolicies"),
     ("AuthorizationPolicy", "authorizationpolicies"),
+    ("AuthenticationPolicy", "authenticationpolicies"),
 ];
 
 /// How to reach one policy kind through the API, for an untyped watch.
@@ -368,4 +369,148 @@ pub struct PodSelector {
     /// Labels a pod must all carry.
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+}
+
+/// `AuthenticationPolicy.spec`: end users' tokens on one port of the selected pods.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationPolicySpec {
+    /// Pods of the namespace it applies to; empty selects all.
+    #[serde(default)]
+    pub pod_selector: Option<PodSelector>,
+    /// The application port.
+    pub port: u16,
+    /// Whether a request without a token is refused.
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// JWT issuers and their keys.
+    #[serde(default)]
+    pub providers: Vec<ProviderSpec>,
+    /// The introspection endpoint for opaque tokens.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionSpec>,
+    /// Claims per path, and paths open without a token.
+    #[serde(default)]
+    pub rules: Vec<AuthenticationRule>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One JWT issuer, as the CRD spells it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSpec {
+    /// The `iss` of its tokens.
+    pub issuer: String,
+    /// Accepted audiences.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The key set as JSON text.
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Where the agent fetches the key set.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Where tokens travel.
+    #[serde(default)]
+    pub from: Vec<TokenPlace>,
+    /// Tolerance for `exp` and `nbf`.
+    #[serde(default)]
+    pub clock_skew: Option<pillion_api::duration::HumaneDuration>,
+    /// Claims copied to request headers.
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Whether the token goes on to the application.
+    #[serde(default = "yes")]
+    pub forward_token: bool,
+}
+
+/// A place a token travels: a header (with an optional scheme prefix) or a cookie.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPlace {
+    /// A request header.
+    #[serde(default)]
+    pub header: Option<HeaderPlace>,
+    /// A cookie's name.
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+/// A header a token travels in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderPlace {
+    /// The header's name.
+    pub name: String,
+    /// Text in front of the token (`Bearer `).
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// The introspection endpoint, as the CRD spells it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntrospectionSpec {
+    /// Its Service: `name` (the policy's namespace) or `namespace/name`.
+    pub service: String,
+    /// The Service's port.
+    pub port: u16,
+    /// The path tokens are posted to.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The `iss` an answer must carry.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted audiences.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Where tokens travel.
+    #[serde(default)]
+    pub from: Vec<TokenPlace>,
+    /// Longest wait for an answer.
+    #[serde(default)]
+    pub timeout: Option<pillion_api::duration::HumaneDuration>,
+    /// How long an answer is reused.
+    #[serde(default)]
+    pub cache_ttl: Option<pillion_api::duration::HumaneDuration>,
+    /// Tolerance for `exp` and `nbf`.
+    #[serde(default)]
+    pub clock_skew: Option<pillion_api::duration::HumaneDuration>,
+    /// Members of the answer copied to request headers.
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Whether the token goes on to the application.
+    #[serde(default = "yes")]
+    pub forward_token: bool,
+}
+
+/// What one path needs of the end user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationRule {
+    /// The rule's name (its index otherwise).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The paths it covers.
+    pub path: RulePath,
+    /// Claims the token must carry here.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<String>>,
+    /// `false` admits requests without a token here.
+    #[serde(default)]
+    pub jwt_required: Option<bool>,
+}
+
+/// A rule's paths: `Exact` or `PathPrefix` (the default), as Gateway API writes them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RulePath {
+    /// `Exact` or `PathPrefix`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The path.
+    pub value: String,
 }

@@ -94,12 +94,13 @@ pub fn start(
         }),
     );
     tasks.push(watch.kind::<Pod>(Api::all(client.clone()), "pods", |c| &c.pods));
-    let [(k0, p0), (k1, p1), (k2, p2), (k3, p3)] = crd::KINDS;
-    let policies: [(&str, &'static str, Selector<DynamicObject>); 4] = [
+    let [(k0, p0), (k1, p1), (k2, p2), (k3, p3), (k4, p4)] = crd::KINDS;
+    let policies: [(&str, &'static str, Selector<DynamicObject>); 5] = [
         (k0, p0, |c| &c.routes),
         (k1, p1, |c| &c.retry_policies),
         (k2, p2, |c| &c.rate_limit_policies),
         (k3, p3, |c| &c.authorization_policies),
+        (k4, p4, |c| &c.authentication_policies),
     ];
     for (kind, plural, select) in policies {
         let ar: ApiResource = crd::api_resource(kind, plural);

@@ -335,6 +335,7 @@ pub fn empty_lists() -> BTreeMap<&'static str, Vec<Value>> {
         "retrypolicies",
         "ratelimitpolicies",
         "authorizationpolicies",
+        "authenticationpolicies",
     ]
     .into_iter()
     .map(|p| (p, Vec::new()))

@@ -46,6 +46,7 @@ fn objects() -> Objects {
         retry_policies: of_kind("RetryPolicy"),
         rate_limit_policies: of_kind("RateLimitPolicy"),
         authorization_policies: of_kind("AuthorizationPolicy"),
+        authentication_policies: of_kind("AuthenticationPolicy"),
     }
 }
 
@@ -261,6 +262,59 @@ fn authorization_and_service_rate_limits_become_inbound_policy() {
 }
 
 #[test]
+fn authentication_policies_become_a_ports_tokens_and_claim_rules() {
+    let t = translated();
+    let echo = &t.catalog.workloads().nth(1).unwrap();
+    assert_eq!(echo.identity.to_string(), id("echo"));
+    let port = echo.inbound.ports.get(&5678).unwrap();
+    let jwt = port.jwt.as_ref().expect("echo-tokens on echo:5678");
+    assert!(jwt.required, "required by default");
+    let p = &jwt.providers[0];
+    assert_eq!(p.issuer, "https://idp.test");
+    assert_eq!(p.jwks_uri.as_deref(), Some("https://idp.test/keys"));
+    assert_eq!(p.from.len(), 2);
+    assert_eq!(p.clock_skew, Duration::from_secs(30));
+    assert_eq!(p.claim_headers["sub"], "x-user");
+    // A bare Service name is the policy's namespace.
+    let x = jwt.introspection.as_ref().unwrap();
+    assert_eq!((x.service.as_str(), x.port), ("demo/web", 80));
+    assert_eq!(x.path, "/oauth2/introspect");
+    assert_eq!(x.cache_ttl, Duration::from_secs(10));
+    assert!(!x.forward_token);
+    // The rules are server routes next to the AuthorizationPolicy's allow list.
+    let names: Vec<&str> = port.server.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["authn.echo-tokens.orders", "authn.echo-tokens.1"]);
+    assert_eq!(port.server.routes[0].claims["scope"], ["orders.read"]);
+    assert_eq!(port.server.routes[1].jwt_required, Some(false));
+    assert_eq!(
+        port.mode,
+        Mode::Strict,
+        "the AuthorizationPolicy still holds"
+    );
+    pillion_api::policy::validate_port_auth(port.jwt.as_ref(), &port.server).unwrap();
+    // The proxy calls the endpoint itself: an on-demand view carries its Service.
+    let view = view_for(&t.catalog, echo, 1, "", Discovery::OnDemand);
+    assert!(
+        view.services.iter().any(|s| s.name == "web"),
+        "{:?}",
+        view.services
+    );
+    // The second policy on the same port, and the broken ones, are skipped, each
+    // with what is wrong.
+    let all = t.warnings.join("\n");
+    for want in [
+        "AuthenticationPolicy demo/zz-echo-again skipped for spiffe://cluster.local/ns/demo/sa/echo: port 5678 already has an AuthenticationPolicy",
+        "AuthenticationPolicy demo/no-idp skipped: no Service missing for introspection",
+        "AuthenticationPolicy demo/two-places skipped: providers[0]: each `from` entry is exactly one of header and cookie",
+        "AuthenticationPolicy demo/hmac skipped: jwt.providers[0].jwks: key 0 of the key set: a symmetric (oct) key",
+    ] {
+        assert!(all.contains(want), "{want}\n in\n{all}");
+    }
+    let web = &t.catalog.workloads().nth(2).unwrap();
+    assert!(web.inbound.ports.values().all(|p| p.jwt.is_none()));
+}
+
+#[test]
 fn broken_policies_are_skipped_with_warnings() {
     let t = translated();
     let all = t.warnings.join("\n");
@@ -360,6 +414,7 @@ fn odd_objects_never_panic() {
         retry_policies: of_kind("RetryPolicy"),
         rate_limit_policies: of_kind("RateLimitPolicy"),
         authorization_policies: of_kind("AuthorizationPolicy"),
+        authentication_policies: of_kind("AuthenticationPolicy"),
     };
     let t = translate(&objects, TD);
     let names: Vec<_> = t.catalog.services().map(|s| s.name.as_str()).collect();
@@ -452,6 +507,10 @@ fn translating_the_touched_namespaces_gives_what_translating_the_cluster_gives()
     cluster.list(
         &cluster.authorization_policies,
         of_kind(&all_policies, "AuthorizationPolicy"),
+    );
+    cluster.list(
+        &cluster.authentication_policies,
+        of_kind(&all_policies, "AuthenticationPolicy"),
     );
     assert!(cluster.listed());
     let mut catalog = Catalog::default();
@@ -591,4 +650,23 @@ fn routes_with_a_gateway_parent_become_the_gateways_hosts() {
         services.contains("echo") && services.contains("web"),
         "{services:?}"
     );
+}
+
+#[test]
+fn the_examples_authentication_policy_has_a_usable_key_set() {
+    let path = format!(
+        "{}/../deploy/example/policies.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "AuthenticationPolicy")
+        .expect("the example has an AuthenticationPolicy");
+    let jwks = policy["spec"]["providers"][0]["jwks"].as_str().unwrap();
+    let keys = pillion_api::jwt::parse_jwks(jwks).unwrap();
+    assert_eq!(keys.len(), 1);
 }

@@ -56,6 +56,7 @@ const PILLION_KINDS: &[&str] = &[
     "RetryPolicy",
     "RateLimitPolicy",
     "AuthorizationPolicy",
+    "AuthenticationPolicy",
 ];
 
 fn deploy_dir(sub: &str) -> PathBuf {
@@ -426,6 +427,7 @@ fn rbac_grants_exactly_what_the_agent_needs() {
         "retrypolicies",
         "ratelimitpolicies",
         "authorizationpolicies",
+        "authenticationpolicies",
     ] {
         expected.insert(grant("pillion.io", resource, read(), &[]));
     }

@@ -12,6 +12,33 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 impl Translator<'_> {
+    /// The identities of the meshed pods of namespace `ns` that carry every label of
+    /// `selector` (an empty one selects all): whom a port policy applies to.
+    pub(super) fn selected(
+        &self,
+        ns: &str,
+        selector: &std::collections::BTreeMap<String, String>,
+        pods: &[Arc<Pod>],
+    ) -> BTreeSet<String> {
+        pods.iter()
+            .filter(|pod| pod.metadata.namespace.as_deref() == Some(ns))
+            .filter(|pod| {
+                let labels = pod.metadata.labels.as_ref();
+                selector
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .filter_map(|pod| {
+                let key = (ns.to_string(), pod.metadata.name.clone()?);
+                self.pods
+                    .get(&key)?
+                    .identity
+                    .as_ref()
+                    .map(|i| i.to_string())
+            })
+            .collect()
+    }
+
     /// Service-targeted rate limits: a catch-all server route on the target port of
     /// every workload behind the Service.
     pub(super) fn service_rate_limits(
@@ -134,25 +161,7 @@ impl Translator<'_> {
                 .as_ref()
                 .map(|s| s.match_labels.clone())
                 .unwrap_or_default();
-            let ids: BTreeSet<String> = pods
-                .iter()
-                .filter(|pod| pod.metadata.namespace.as_deref() == Some(p.namespace.as_str()))
-                .filter(|pod| {
-                    let labels = pod.metadata.labels.as_ref();
-                    selector
-                        .iter()
-                        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-                })
-                .filter_map(|pod| {
-                    let key = (p.namespace.clone(), pod.metadata.name.clone()?);
-                    self.pods
-                        .get(&key)?
-                        .identity
-                        .as_ref()
-                        .map(|i| i.to_string())
-                })
-                .collect();
-            for id in ids {
+            for id in self.selected(&p.namespace, &selector, pods) {
                 let Some(w) = self.workloads.get_mut(&id) else {
                     continue;
                 };

@@ -26,7 +26,11 @@
 //! - `AuthorizationPolicy` → the mode and allow list of one port of every workload
 //!   with a selected pod. Policy is per identity: pods sharing a ServiceAccount share
 //!   it; when several policies cover one port, `Strict` wins and allow lists add up.
+//! - `AuthenticationPolicy` → the `jwt` (token providers, introspection) and claim
+//!   rules (server routes `authn.<policy>.<rule>`) of one port of those workloads;
+//!   one per port, the first by namespace/name, the others skipped with a warning.
 
+mod authn;
 mod inbound;
 mod routes;
 mod rules;
@@ -71,6 +75,8 @@ pub struct Objects {
     pub rate_limit_policies: Vec<Arc<DynamicObject>>,
     /// `pillion.io` AuthorizationPolicies, untyped.
     pub authorization_policies: Vec<Arc<DynamicObject>>,
+    /// `pillion.io` AuthenticationPolicies, untyped.
+    pub authentication_policies: Vec<Arc<DynamicObject>>,
 }
 
 /// The translated model and what was skipped on the way.
@@ -141,6 +147,7 @@ fn run(objects: &Objects, trust_domain: &str, scope: Option<&str>) -> Part {
     t.retry_policies(&objects.retry_policies, &services);
     t.route_rate_limits(&objects.rate_limit_policies);
     t.authorization_policies(&objects.authorization_policies, &objects.pods);
+    t.authentication_policies(&objects.authentication_policies, &objects.pods, &services);
     t.service_rate_limits(&objects.rate_limit_policies, &services);
     for service in &mut services {
         for port in &mut service.ports {

@@ -1,0 +1,199 @@
+//! AuthenticationPolicies: end users' tokens on one port of the selected pods —
+//! the same `jwt` policy (providers, introspection) and claim rules the YAML
+//! source writes, checked by the same validator.
+
+use super::{find_service, Translator};
+use crate::kubernetes::crd::{
+    self, AuthenticationPolicySpec, AuthenticationRule, IntrospectionSpec, ProviderSpec, TokenPlace,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use pillion_api::jwt::{
+    Introspection, JwtPolicy, JwtProvider, TokenSource, DEFAULT_CLOCK_SKEW,
+    DEFAULT_INTROSPECTION_CACHE_TTL, DEFAULT_INTROSPECTION_PATH, DEFAULT_INTROSPECTION_TIMEOUT,
+};
+use pillion_api::policy::{validate_port_auth, PathMatch, RouteMatch, ServerPolicy, ServerRoute};
+use pillion_api::view::{self, PortPolicy, Protocol};
+use std::sync::Arc;
+
+impl Translator<'_> {
+    /// Each policy's `jwt` and claim rules onto its port of every workload with a
+    /// selected pod. One policy per port and workload: a second is skipped there
+    /// with a warning (policies are taken in namespace/name order).
+    pub(super) fn authentication_policies(
+        &mut self,
+        policies: &[Arc<DynamicObject>],
+        pods: &[Arc<Pod>],
+        services: &[view::Service],
+    ) {
+        let mut parsed = Vec::new();
+        for obj in policies {
+            match crd::parse::<AuthenticationPolicySpec>(obj) {
+                Ok(p) => parsed.push(p),
+                Err(e) => self.warn(format!("AuthenticationPolicy {e}")),
+            }
+        }
+        parsed.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for p in parsed {
+            let label = format!("AuthenticationPolicy {}/{}", p.namespace, p.name);
+            let (jwt, server) = match compile(&p.spec, &p.namespace, &p.name) {
+                Ok(compiled) => compiled,
+                Err(why) => {
+                    self.warn(format!("{label} skipped: {why}"));
+                    continue;
+                }
+            };
+            let endpoint = jwt.introspection.as_ref();
+            if let Some(why) = endpoint.and_then(|x| unusable_endpoint(x, &p.namespace, services)) {
+                self.warn(format!("{label} skipped: {why}"));
+                continue;
+            }
+            let selector = (p.spec.pod_selector.as_ref())
+                .map(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            for id in self.selected(&p.namespace, &selector, pods) {
+                let Some(w) = self.workloads.get_mut(&id) else {
+                    continue;
+                };
+                let default_mode = w.inbound.default_mode;
+                let port = (w.inbound.ports.entry(p.spec.port)).or_insert_with(|| PortPolicy {
+                    mode: default_mode,
+                    ..PortPolicy::default()
+                });
+                if port.jwt.is_some() {
+                    let warning = format!(
+                        "{label} skipped for {id}: port {} already has an AuthenticationPolicy",
+                        p.spec.port
+                    );
+                    self.warnings.push(warning);
+                    continue;
+                }
+                port.jwt = Some(jwt.clone());
+                port.server.routes.extend(server.routes.iter().cloned());
+            }
+        }
+    }
+}
+
+/// The wire policy and claim rules of `spec` (in namespace `ns`), validated.
+fn compile(
+    spec: &AuthenticationPolicySpec,
+    ns: &str,
+    name: &str,
+) -> Result<(JwtPolicy, ServerPolicy), String> {
+    if spec.port == 0 {
+        return Err("port 0".into());
+    }
+    let providers = (spec.providers.iter())
+        .enumerate()
+        .map(|(i, p)| provider(p).map_err(|why| format!("providers[{i}]: {why}")))
+        .collect::<Result<_, _>>()?;
+    let introspection = match &spec.introspection {
+        Some(x) => Some(introspection(x, ns).map_err(|why| format!("introspection: {why}"))?),
+        None => None,
+    };
+    let jwt = JwtPolicy {
+        providers,
+        introspection,
+        required: spec.required,
+    };
+    let routes = (spec.rules.iter())
+        .enumerate()
+        .map(|(i, r)| rule(r, name, i).map_err(|why| format!("rules[{i}]: {why}")))
+        .collect::<Result<_, _>>()?;
+    let server = ServerPolicy { routes };
+    validate_port_auth(Some(&jwt), &server).map_err(|e| e.to_string())?;
+    Ok((jwt, server))
+}
+
+fn places(from: &[TokenPlace]) -> Result<Vec<TokenSource>, String> {
+    from.iter()
+        .map(|place| match (&place.header, &place.cookie) {
+            (Some(h), None) => Ok(TokenSource::Header {
+                name: h.name.clone(),
+                prefix: h.prefix.clone(),
+            }),
+            (None, Some(cookie)) => Ok(TokenSource::Cookie(cookie.clone())),
+            _ => Err("each `from` entry is exactly one of header and cookie".to_string()),
+        })
+        .collect()
+}
+
+fn provider(p: &ProviderSpec) -> Result<JwtProvider, String> {
+    Ok(JwtProvider {
+        issuer: p.issuer.clone(),
+        audiences: p.audiences.clone(),
+        jwks: p.jwks.clone().unwrap_or_default(),
+        jwks_uri: p.jwks_uri.clone(),
+        from: places(&p.from)?,
+        clock_skew: p.clock_skew.map_or(DEFAULT_CLOCK_SKEW, |d| d.get()),
+        claim_headers: p.claim_headers.clone(),
+        forward_token: p.forward_token,
+    })
+}
+
+fn introspection(x: &IntrospectionSpec, ns: &str) -> Result<Introspection, String> {
+    let service = match x.service.contains('/') {
+        true => x.service.clone(),
+        false => format!("{ns}/{}", x.service),
+    };
+    let or =
+        |d: Option<pillion_api::duration::HumaneDuration>, default| d.map_or(default, |d| d.get());
+    Ok(Introspection {
+        service,
+        port: x.port,
+        path: (x.path.clone()).unwrap_or_else(|| DEFAULT_INTROSPECTION_PATH.to_string()),
+        issuer: x.issuer.clone(),
+        audiences: x.audiences.clone(),
+        from: places(&x.from)?,
+        timeout: or(x.timeout, DEFAULT_INTROSPECTION_TIMEOUT),
+        cache_ttl: or(x.cache_ttl, DEFAULT_INTROSPECTION_CACHE_TTL),
+        clock_skew: or(x.clock_skew, DEFAULT_CLOCK_SKEW),
+        claim_headers: x.claim_headers.clone(),
+        forward_token: x.forward_token,
+    })
+}
+
+/// A rule as a server route, named `authn.<policy>.<rule name or index>`.
+fn rule(r: &AuthenticationRule, policy: &str, index: usize) -> Result<ServerRoute, String> {
+    let path = match r.path.kind.as_deref() {
+        None | Some("PathPrefix") => PathMatch::Prefix(r.path.value.clone()),
+        Some("Exact") => PathMatch::Exact(r.path.value.clone()),
+        Some(other) => {
+            return Err(format!(
+                "path type {other:?} is neither Exact nor PathPrefix"
+            ))
+        }
+    };
+    let rule_name = (r.name.clone()).unwrap_or_else(|| index.to_string());
+    Ok(ServerRoute {
+        name: format!("authn.{policy}.{rule_name}"),
+        matches: vec![RouteMatch {
+            path: Some(path),
+            ..RouteMatch::default()
+        }],
+        claims: r.claims.clone(),
+        jwt_required: r.jwt_required,
+        ..ServerRoute::default()
+    })
+}
+
+/// Why an introspection endpoint in the policy's namespace `own` cannot be used (one
+/// of another namespace is not visible here: a missing one answers 503 at the proxy).
+fn unusable_endpoint(x: &Introspection, own: &str, services: &[view::Service]) -> Option<String> {
+    let (ns, name) = x.service_name()?;
+    let Some(service) = find_service(services, ns, name) else {
+        return (ns == own).then(|| format!("no Service {name} for introspection"));
+    };
+    match service.ports.iter().find(|p| p.port == x.port) {
+        None => Some(format!(
+            "introspection service {} has no port {}",
+            x.service, x.port
+        )),
+        Some(p) if p.protocol == Protocol::Opaque => Some(format!(
+            "introspection port {} of {} is opaque: introspection is asked in HTTP",
+            x.port, x.service
+        )),
+        Some(_) => None,
+    }
+}
