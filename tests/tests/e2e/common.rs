@@ -142,3 +142,27 @@ impl LongLived {
         }
     }
 }
+
+/// The proxy user: a gateway's key files must be its own (0600).
+pub const PROXY_UID: u32 = 2580;
+
+/// Writes a gateway certificate directory `root/name` (`tls.crt` the chain,
+/// `tls.key` 0600), owned by the proxy user, as a mounted TLS Secret is.
+pub fn gateway_cert_dir(
+    root: &std::path::Path,
+    name: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> PathBuf {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tls.crt"), chain_pem).unwrap();
+    let key = dir.join("tls.key");
+    std::fs::write(&key, key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for path in [&dir, &dir.join("tls.crt"), &key] {
+        chown(path, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+    }
+    dir
+}

@@ -8,7 +8,6 @@
 //! (308 to HTTPS), a forged identity header, a missing, wrong or tampered token
 //! (401/403), too many requests (429). All asked with curl, as a user would.
 
-use std::os::unix::fs::chown;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm::ES256;
@@ -20,7 +19,7 @@ use pillion_tests::http_mesh::{source_yaml, HttpWorld};
 use pillion_tests::mesh::mesh_sidecar_opts;
 use serde_json::json;
 
-use crate::common::{raw_exchange, sidecar_opts, testbin, ALL_ROUTES};
+use crate::common::{gateway_cert_dir, raw_exchange, sidecar_opts, testbin, ALL_ROUTES};
 
 const SHOP: &str = "shop.pillion.test";
 const OTHER: &str = "other.pillion.test";
@@ -38,9 +37,6 @@ fn sha256_hex(text: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
-
-/// The proxy user: the gateway's key files must be its own (0600).
-const PROXY_UID: u32 = 2580;
 
 /// The gateway workload, put first in the agent's source.
 fn gateway_workload(jwks: &str) -> String {
@@ -129,17 +125,7 @@ fn curl(pod: &Pod, gw: &str, ca: &str, url: &str, flags: &[&str]) -> Seen {
 
 /// Writes one certificate directory (`tls.crt`, `tls.key` 0600), owned by the proxy user.
 fn cert_dir(root: &std::path::Path, name: &str, cert: &EdgeCert) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tls.crt"), &cert.chain_pem).unwrap();
-    let key = dir.join("tls.key");
-    std::fs::write(&key, &cert.key_pem).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    for path in [&dir, &dir.join("tls.crt"), &key] {
-        chown(path, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
-    }
-    dir
+    gateway_cert_dir(root, name, &cert.chain_pem, &cert.key_pem)
 }
 
 #[test]

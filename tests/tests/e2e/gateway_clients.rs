@@ -23,7 +23,6 @@
 //!   root refuses the site.
 
 use std::collections::HashMap;
-use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,13 +42,11 @@ use serde_json::{json, Value};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
-use crate::common::{sidecar_opts, testbin, ALL_ROUTES};
+use crate::common::{gateway_cert_dir, sidecar_opts, testbin, ALL_ROUTES};
 
 const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8081;
 const ISS: &str = "https://issuer.test";
-/// The proxy user: the gateway's key files must be its own (0600).
-const PROXY_UID: u32 = 2580;
 /// The gateway's mesh identity, what every server behind it sees.
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/edge/sa/edge";
 /// The OTLP trace export method, as a gRPC path.
@@ -103,17 +100,7 @@ fn web_chain(names: &[&str]) -> WebChain {
 /// Writes the gateway's certificate directory (`tls.crt`, `tls.key` 0600), owned by
 /// the proxy user, as `gateway.rs` does.
 fn cert_dir(root: &Path, chain: &WebChain) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = root.join("edge-tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tls.crt"), &chain.chain_pem).unwrap();
-    let key = dir.join("tls.key");
-    std::fs::write(&key, &chain.key_pem).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    for path in [&dir, &dir.join("tls.crt"), &key] {
-        chown(path, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
-    }
-    dir
+    gateway_cert_dir(root, "edge-tls", &chain.chain_pem, &chain.key_pem)
 }
 
 /// Starts the gateway (workload `edge/edge`) in a pod `gw` of its own: HTTPS on
