@@ -157,7 +157,7 @@ fn the_token_figure_measures_repeats_and_first_sights() {
     assert!(printed.contains("| case |"), "no table:\n{printed}");
     let rows = written_json(&out, "jwt.json");
     let rows = rows.as_array().expect("a list of cases");
-    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(rows.len(), 8, "{rows:?}");
     for row in rows {
         let ns = row["ns_per_request"].as_f64().unwrap_or(f64::NAN);
         assert!(ns > 0.0 && ns < 10_000_000.0, "{row}");
@@ -171,6 +171,11 @@ fn the_token_figure_measures_repeats_and_first_sights() {
     };
     assert!(
         ns("seen before (ES256") * 5.0 < ns("first time (ES256)"),
+        "{rows:?}"
+    );
+    // So is an opaque token the endpoint judged once.
+    assert!(
+        ns("opaque token seen before") < ns("opaque token the first time"),
         "{rows:?}"
     );
     let _ = std::fs::remove_dir_all(&out);
