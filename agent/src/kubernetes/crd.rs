@@ -378,8 +378,13 @@ pub struct AuthenticationPolicySpec {
     /// Pods of the namespace it applies to; empty selects all.
     #[serde(default)]
     pub pod_selector: Option<PodSelector>,
-    /// The application port.
+    /// The application port (not with `gateway`).
+    #[serde(default)]
     pub port: u16,
+    /// A gateway's hosts instead of pods' port: the gateway's ServiceAccount (in
+    /// the policy's namespace) and the hostnames its Routes serve.
+    #[serde(default)]
+    pub gateway: Option<GatewayTarget>,
     /// Whether a request without a token is refused.
     #[serde(default = "yes")]
     pub required: bool,
@@ -396,6 +401,16 @@ pub struct AuthenticationPolicySpec {
 
 fn yes() -> bool {
     true
+}
+
+/// The gateway hosts an AuthenticationPolicy applies to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTarget {
+    /// The gateway's ServiceAccount, in the policy's namespace.
+    pub name: String,
+    /// Its hosts the policy covers.
+    pub hostnames: Vec<String>,
 }
 
 /// One JWT issuer, as the CRD spells it.

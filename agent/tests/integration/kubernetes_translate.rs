@@ -653,6 +653,69 @@ fn routes_with_a_gateway_parent_become_the_gateways_hosts() {
 }
 
 #[test]
+fn authentication_policies_reach_a_gateways_hosts() {
+    let object = |kind: &str, name: &str, spec: serde_json::Value| -> Arc<DynamicObject> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "pillion.io/v1alpha1", "kind": kind,
+                "metadata": {"name": name, "namespace": "gateways"}, "spec": spec}))
+            .unwrap(),
+        )
+    };
+    let mut objects = objects();
+    objects.routes.push(object(
+        "Route",
+        "shop",
+        serde_json::json!({"parentRefs": [{"kind": "Gateway", "name": "edge"}],
+            "hostnames": ["shop.example.com", "open.example.com"],
+            "rules": [{"name": "all", "backendRefs": [{"name": "echo", "namespace": "demo", "port": 80}]}]}),
+    ));
+    let tokens = serde_json::json!({"gateway": {"name": "edge", "hostnames": ["Shop.example.com", "nowhere.example.com"]},
+        "providers": [{"issuer": "https://idp.test", "jwksUri": "https://idp.test/keys"}],
+        "rules": [{"name": "orders", "path": {"value": "/orders"}, "claims": {"scope": ["orders.read"]}}]});
+    objects
+        .authentication_policies
+        .push(object("AuthenticationPolicy", "a-shop", tokens));
+    objects.authentication_policies.push(object(
+        "AuthenticationPolicy",
+        "b-again",
+        serde_json::json!({"gateway": {"name": "edge", "hostnames": ["shop.example.com"]},
+            "providers": [{"issuer": "https://other.test", "jwksUri": "https://other.test/keys"}]}),
+    ));
+    objects.authentication_policies.push(object(
+        "AuthenticationPolicy",
+        "c-both",
+        serde_json::json!({"gateway": {"name": "edge", "hostnames": ["open.example.com"]}, "port": 8080,
+            "providers": [{"issuer": "https://idp.test", "jwksUri": "https://idp.test/keys"}]}),
+    ));
+    let t = translate(&objects, TD);
+    let edge = (t.catalog.workloads())
+        .find(|w| w.identity.to_string() == "spiffe://cluster.local/ns/gateways/sa/edge")
+        .unwrap();
+    let hosts = &edge.gateway.as_ref().unwrap().hosts;
+    let shop = hosts
+        .iter()
+        .find(|h| h.hostnames == ["shop.example.com"])
+        .unwrap();
+    let jwt = shop.jwt.as_ref().expect("the first policy for the host");
+    assert_eq!(jwt.providers[0].issuer, "https://idp.test");
+    assert_eq!(shop.server.routes[0].name, "authn.a-shop.orders");
+    let open = hosts
+        .iter()
+        .find(|h| h.hostnames == ["open.example.com"])
+        .unwrap();
+    assert!(open.jwt.is_none(), "no policy applies to it");
+    let all = t.warnings.join("\n");
+    for want in [
+        "AuthenticationPolicy gateways/b-again skipped for host shop.example.com: it already has an AuthenticationPolicy",
+        "AuthenticationPolicy gateways/c-both skipped: a gateway target takes no port",
+        "AuthenticationPolicy gateways/a-shop: gateway spiffe://cluster.local/ns/gateways/sa/edge serves no host nowhere.example.com",
+    ] {
+        assert!(all.contains(want), "{want}\n in\n{all}");
+    }
+}
+
+#[test]
 fn the_examples_authentication_policy_has_a_usable_key_set() {
     let path = format!(
         "{}/../deploy/example/policies.yaml",

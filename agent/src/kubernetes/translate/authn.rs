@@ -48,6 +48,10 @@ impl Translator<'_> {
                 self.warn(format!("{label} skipped: {why}"));
                 continue;
             }
+            if let Some(gateway) = &p.spec.gateway {
+                self.gateway_authentication(gateway, &p.namespace, label, jwt, server);
+                continue;
+            }
             let selector = (p.spec.pod_selector.as_ref())
                 .map(|s| s.match_labels.clone())
                 .unwrap_or_default();
@@ -75,14 +79,63 @@ impl Translator<'_> {
     }
 }
 
+/// A gateway host's end-user policy, waiting for the host its Routes make.
+#[derive(Debug, Clone)]
+pub(super) struct HostAuth {
+    pub(super) jwt: JwtPolicy,
+    pub(super) server: ServerPolicy,
+    /// The policy it came from, for warnings.
+    pub(super) label: String,
+}
+
+impl Translator<'_> {
+    /// A policy for a gateway's hosts: kept by hostname until the gateway's hosts
+    /// are built; the first policy for a host applies.
+    fn gateway_authentication(
+        &mut self,
+        gateway: &crd::GatewayTarget,
+        ns: &str,
+        label: String,
+        jwt: JwtPolicy,
+        server: ServerPolicy,
+    ) {
+        let identity = match pillion_identity::SpiffeId::new(self.trust_domain, ns, &gateway.name) {
+            Ok(id) => id.to_string(),
+            Err(e) => return self.warn(format!("{label} skipped: {e}")),
+        };
+        if gateway.hostnames.is_empty() {
+            return self.warn(format!("{label} skipped: a gateway target needs hostnames"));
+        }
+        for hostname in &gateway.hostnames {
+            let hosts = self.gateway_auth.entry(identity.clone()).or_default();
+            match hosts.entry(hostname.to_ascii_lowercase()) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    let warning =
+                        format!("{label} skipped for host {hostname}: it already has an AuthenticationPolicy");
+                    self.warnings.push(warning);
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(HostAuth {
+                        jwt: jwt.clone(),
+                        server: server.clone(),
+                        label: label.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// The wire policy and claim rules of `spec` (in namespace `ns`), validated.
 fn compile(
     spec: &AuthenticationPolicySpec,
     ns: &str,
     name: &str,
 ) -> Result<(JwtPolicy, ServerPolicy), String> {
-    if spec.port == 0 {
-        return Err("port 0".into());
+    match (spec.port, &spec.gateway) {
+        (0, None) => return Err("port 0 (a port, or a gateway target, is needed)".into()),
+        (p, Some(_)) if p != 0 => return Err("a gateway target takes no port".into()),
+        _ => {}
     }
     let providers = (spec.providers.iter())
         .enumerate()

@@ -140,6 +140,7 @@ fn run(objects: &Objects, trust_domain: &str, scope: Option<&str>) -> Part {
         workloads: BTreeMap::new(),
         routes: BTreeMap::new(),
         gateway_hosts: BTreeMap::new(),
+        gateway_auth: BTreeMap::new(),
     };
     t.index_pods(&objects.pods);
     let mut services = t.services(&objects.services, &objects.endpoint_slices);
@@ -182,6 +183,8 @@ struct Translator<'a> {
     routes: BTreeMap<PortKey, Vec<RouteEntry>>,
     /// Gateway identity → hostname → its routes, from Routes with a gateway parent.
     gateway_hosts: BTreeMap<String, BTreeMap<String, Vec<Route>>>,
+    /// Gateway identity → hostname → its end-user policy, from AuthenticationPolicies.
+    gateway_auth: BTreeMap<String, BTreeMap<String, authn::HostAuth>>,
 }
 
 impl Translator<'_> {
@@ -196,13 +199,18 @@ impl Translator<'_> {
             let Ok(id) = identity.parse::<SpiffeId>() else {
                 continue;
             };
+            let mut auth = self.gateway_auth.remove(&identity).unwrap_or_default();
             let mut policy = pillion_api::gateway::GatewayPolicy::default();
             for (hostname, routes) in hosts {
+                let (jwt, server) = match auth.remove(&hostname) {
+                    Some(a) => (Some(a.jwt), a.server),
+                    None => (None, Default::default()),
+                };
                 let host = pillion_api::gateway::GatewayHost {
                     hostnames: vec![hostname],
                     routes: unique_names(routes),
-                    jwt: None,
-                    server: Default::default(),
+                    jwt,
+                    server,
                     api_keys: None,
                 };
                 // One bad host is dropped alone; the gateway keeps serving the rest.
@@ -213,6 +221,12 @@ impl Translator<'_> {
                         host.hostnames[0]
                     )),
                 }
+            }
+            for (hostname, a) in auth {
+                self.warn(format!(
+                    "{}: gateway {identity} serves no host {hostname}",
+                    a.label
+                ));
             }
             if policy.hosts.is_empty() {
                 continue;
