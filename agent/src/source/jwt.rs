@@ -144,7 +144,8 @@ impl IntrospectionSpec {
         }
     }
 
-    fn to_wire(&self, namespace: &str) -> Introspection {
+    /// The wire form, a bare service name being in `namespace` (defaults filled).
+    pub(crate) fn to_wire(&self, namespace: &str) -> Introspection {
         let or = |d: Option<HumaneDuration>, default| d.map_or(default, HumaneDuration::get);
         Introspection {
             service: self.service_in(namespace),
@@ -163,7 +164,8 @@ impl IntrospectionSpec {
 }
 
 impl JwtProviderSpec {
-    fn to_provider(&self) -> JwtProvider {
+    /// The wire form (defaults filled).
+    pub(crate) fn to_provider(&self) -> JwtProvider {
         let jwks = match &self.jwks {
             None => String::new(),
             Some(serde_json::Value::String(text)) => text.clone(),

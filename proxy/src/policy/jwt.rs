@@ -274,15 +274,30 @@ impl Authenticator {
     }
 
     /// Verifies `token` (from the cache when it was verified before) at unix time
-    /// `now`.
+    /// `now`: the JWT path alone, as the tests drive it.
+    #[cfg(test)]
     fn verify(&self, token: &str, now: u64) -> Result<Arc<Verified>, Refusal> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::Invalid("the token is too long"));
         }
-        if let Some(hit) = self.cache.get(token) {
-            check_times(hit.exp, hit.nbf, self.skew(hit.by), now)?;
-            return Ok(hit);
+        match self.cache.get(token) {
+            Some(hit) => check_times(hit.exp, hit.nbf, self.skew(hit.by), now).map(|()| hit),
+            None => self.verify_fresh(token, now),
         }
+    }
+
+    /// What a cache says of `token` at `now`: the verified tokens' first (a hash of
+    /// the text), then the introspection answers' (a SHA-256), so a token the
+    /// endpoint judged is not tried against every provider's keys again.
+    fn known(&self, token: &str, now: u64) -> Option<Result<Arc<Verified>, Refusal>> {
+        if let Some(hit) = self.cache.get(token) {
+            return Some(check_times(hit.exp, hit.nbf, self.skew(hit.by), now).map(|()| hit));
+        }
+        self.introspection.as_ref()?.cached(token, now)
+    }
+
+    /// A token no cache knows: its signature and claims, then kept.
+    fn verify_fresh(&self, token: &str, now: u64) -> Result<Arc<Verified>, Refusal> {
         let verified = Arc::new(self.verify_signature(token)?);
         check_times(verified.exp, verified.nbf, self.skew(verified.by), now)?;
         self.cache.insert(Box::from(token), Arc::clone(&verified));
@@ -342,26 +357,25 @@ impl Authenticator {
         if text.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::Invalid("the token is too long"));
         }
-        // A token the endpoint judged is known by its answer, without trying every
-        // provider's keys on it again.
-        let known = (self.introspection.as_ref()).and_then(|x| x.cached(text, now));
-        let verified = match (known, self.verify(text, now), &self.introspection) {
-            (Some(known), _, _) => known?,
-            (None, Ok(verified), _) => verified,
-            // Not a JWT, or one no provider's key signed: the endpoint's to judge,
-            // unless it claims a provider's issuer (then only that provider's keys
-            // may vouch for it: no second opinion on a forged signature).
-            (None, Err(refusal @ Refusal::Invalid(MALFORMED | NO_KEY)), Some(x)) => {
-                if self.claims_a_provider(text) {
-                    return Err(refusal);
+        let verified = match self.known(text, now) {
+            Some(known) => known?,
+            None => match (self.verify_fresh(text, now), &self.introspection) {
+                (Ok(verified), _) => verified,
+                // Not a JWT, or one no provider's key signed: the endpoint's to judge,
+                // unless it claims a provider's issuer (then only that provider's
+                // keys may vouch for it: no second opinion on a forged signature).
+                (Err(refusal @ Refusal::Invalid(MALFORMED | NO_KEY)), Some(x)) => {
+                    if self.claims_a_provider(text) {
+                        return Err(refusal);
+                    }
+                    return Ok(Checked::Ask(Ask {
+                        token: Box::from(text),
+                        at,
+                        introspector: x,
+                    }));
                 }
-                return Ok(Checked::Ask(Ask {
-                    token: Box::from(text),
-                    at,
-                    introspector: x,
-                }));
-            }
-            (None, Err(refusal), _) => return Err(refusal),
+                (Err(refusal), _) => return Err(refusal),
+            },
         };
         claims.check(&verified)?;
         self.apply(&verified, at, headers);

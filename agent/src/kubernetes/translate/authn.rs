@@ -8,10 +8,7 @@ use crate::kubernetes::crd::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
-use pillion_api::jwt::{
-    Introspection, JwtPolicy, JwtProvider, TokenSource, DEFAULT_CLOCK_SKEW,
-    DEFAULT_INTROSPECTION_CACHE_TTL, DEFAULT_INTROSPECTION_PATH, DEFAULT_INTROSPECTION_TIMEOUT,
-};
+use pillion_api::jwt::{Introspection, JwtPolicy, JwtProvider, TokenSource};
 use pillion_api::policy::{validate_port_auth, PathMatch, RouteMatch, ServerPolicy, ServerRoute};
 use pillion_api::view::{self, PortPolicy, Protocol};
 use std::sync::Arc;
@@ -172,39 +169,38 @@ fn places(from: &[TokenPlace]) -> Result<Vec<TokenSource>, String> {
         .collect()
 }
 
+/// A provider as the YAML source writes it, so both sources share one conversion
+/// (and its defaults).
 fn provider(p: &ProviderSpec) -> Result<JwtProvider, String> {
-    Ok(JwtProvider {
+    let spec = crate::source::jwt::JwtProviderSpec {
         issuer: p.issuer.clone(),
         audiences: p.audiences.clone(),
-        jwks: p.jwks.clone().unwrap_or_default(),
+        jwks: p.jwks.clone().map(serde_json::Value::String),
         jwks_uri: p.jwks_uri.clone(),
         from: places(&p.from)?,
-        clock_skew: p.clock_skew.map_or(DEFAULT_CLOCK_SKEW, |d| d.get()),
+        clock_skew: p.clock_skew,
         claim_headers: p.claim_headers.clone(),
         forward_token: p.forward_token,
-    })
+    };
+    Ok(spec.to_provider())
 }
 
+/// The introspection endpoint as the YAML source writes it, converted the same way.
 fn introspection(x: &IntrospectionSpec, ns: &str) -> Result<Introspection, String> {
-    let service = match x.service.contains('/') {
-        true => x.service.clone(),
-        false => format!("{ns}/{}", x.service),
-    };
-    let or =
-        |d: Option<pillion_api::duration::HumaneDuration>, default| d.map_or(default, |d| d.get());
-    Ok(Introspection {
-        service,
+    let spec = crate::source::jwt::IntrospectionSpec {
+        service: x.service.clone(),
         port: x.port,
-        path: (x.path.clone()).unwrap_or_else(|| DEFAULT_INTROSPECTION_PATH.to_string()),
+        path: x.path.clone(),
         issuer: x.issuer.clone(),
         audiences: x.audiences.clone(),
         from: places(&x.from)?,
-        timeout: or(x.timeout, DEFAULT_INTROSPECTION_TIMEOUT),
-        cache_ttl: or(x.cache_ttl, DEFAULT_INTROSPECTION_CACHE_TTL),
-        clock_skew: or(x.clock_skew, DEFAULT_CLOCK_SKEW),
+        timeout: x.timeout,
+        cache_ttl: x.cache_ttl,
+        clock_skew: x.clock_skew,
         claim_headers: x.claim_headers.clone(),
         forward_token: x.forward_token,
-    })
+    };
+    Ok(spec.to_wire(ns))
 }
 
 /// A rule as a server route, named `authn.<policy>.<rule name or index>`.
